@@ -1,0 +1,650 @@
+//! Configuration: the file's schema, every problem reported at once, and the compiled,
+//! immutable [`Snapshot`] that requests read.
+//!
+//! A snapshot is built whole (files read, certificates parsed, rules compiled) or not at all,
+//! so whatever is swapped in is known to work.
+
+pub mod diagnostics;
+pub mod load;
+pub mod schema;
+
+pub use diagnostics::{Problem, Problems, Source};
+
+use crate::canonical::{normalize_host, normalize_path};
+use crate::forward::{ClientSettings, HttpClient, Upstream, client_tls, system_roots};
+use crate::policy::{Pattern, Policy, Rule};
+use crate::routing::{Login, Route, RouteTable};
+use crate::tls::{Resumption, ServerTls, read_chain, read_crl, read_key, read_roots};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use load::Locator;
+use schema::*;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The compiled configuration. Immutable; a reload builds a new one.
+pub struct Snapshot {
+    /// Increases by one on every successful load.
+    pub generation: u64,
+    /// Where the configuration came from, for messages.
+    pub source: String,
+    pub listen: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub routes: RouteTable,
+    /// Audit mode: denials are logged and let through.
+    pub audit: bool,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_body_bytes: Option<u64>,
+    /// The HTTP/1.1 + HTTP/2 server settings, with the limits applied.
+    pub http: auto::Builder<TokioExecutor>,
+    pub log: LogSection,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .field("source", &self.source)
+            .field("listen", &self.listen)
+            .field("routes", &self.routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a load needs from the running process.
+pub struct Context {
+    pub generation: u64,
+    pub resumption: Resumption,
+}
+
+/// Reads and compiles a configuration file.
+pub fn load_file(path: &Path, ctx: &Context) -> Result<Snapshot, Problems> {
+    let name = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(Problems {
+                source: Arc::new(Source {
+                    name,
+                    text: String::new(),
+                }),
+                items: vec![Problem::at(None, format!("cannot read the file: {e}"))],
+            });
+        }
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    load_text(&name, text, &base, ctx)
+}
+
+/// Compiles configuration text; relative file paths are resolved against `base`.
+pub fn load_text(
+    name: &str,
+    text: String,
+    base: &Path,
+    ctx: &Context,
+) -> Result<Snapshot, Problems> {
+    let (raw, locator, mut items) = load::parse(&text);
+    let source = Arc::new(Source {
+        name: name.to_owned(),
+        text,
+    });
+    if !items.is_empty() && raw.routes.is_empty() && raw.tls.is_none() {
+        return Err(Problems { source, items });
+    }
+    let mut compiler = Compiler {
+        base,
+        locator: &locator,
+        problems: &mut items,
+    };
+    let snapshot = compiler.compile(raw, name, ctx);
+    match snapshot {
+        Some(s) if items.is_empty() => Ok(s),
+        _ => Err(Problems { source, items }),
+    }
+}
+
+struct Compiler<'a> {
+    base: &'a Path,
+    locator: &'a Locator,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Compiler<'_> {
+    fn problem(&mut self, path: &str, message: impl Into<String>) {
+        let span = self.locator.value(path);
+        self.problems.push(Problem::at(span, message));
+    }
+
+    fn problem_help(&mut self, path: &str, message: impl Into<String>, help: impl Into<String>) {
+        let span = self.locator.value(path);
+        self.problems
+            .push(Problem::at(span, message).with_help(help));
+    }
+
+    fn file(&self, value: &str) -> PathBuf {
+        let p = Path::new(value);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn compile(&mut self, raw: load::RawConfig, name: &str, ctx: &Context) -> Option<Snapshot> {
+        let listen = self.socket_addr("server.listen", &raw.server.listen);
+        let admin = if raw.admin.listen.is_empty() {
+            None
+        } else {
+            self.socket_addr("admin.listen", &raw.admin.listen)
+        };
+        let server = &raw.server;
+        if server.max_header_bytes < 8192 {
+            self.problem("server.max_header_bytes", "must be at least 8192");
+        }
+        if server.max_connections == 0 {
+            self.problem("server.max_connections", "must be at least 1");
+        }
+        if server.max_concurrent_streams == 0 {
+            self.problem("server.max_concurrent_streams", "must be at least 1");
+        }
+        for (key, d) in [
+            ("server.handshake_timeout", server.handshake_timeout),
+            ("server.header_read_timeout", server.header_read_timeout),
+            ("server.idle_timeout", server.idle_timeout),
+        ] {
+            if d.0.is_zero() {
+                self.problem(key, "must be longer than zero");
+            }
+        }
+        match raw.log.format.as_str() {
+            "text" | "json" => {}
+            other => self.problem_help(
+                "log.format",
+                format!("unknown log format {other:?}"),
+                "use \"text\" or \"json\"",
+            ),
+        }
+        let audit = match raw.audit.mode.as_deref() {
+            None | Some("enforce") => false,
+            Some("audit") => true,
+            Some(other) => {
+                self.problem_help(
+                    "audit.mode",
+                    format!("unknown mode {other:?}"),
+                    "use \"enforce\" or \"audit\"",
+                );
+                false
+            }
+        };
+
+        let tls = match &raw.tls {
+            Some(tls) => self.server_tls(tls, &ctx.resumption),
+            None => {
+                self.problems.push(
+                    Problem::at(None, "missing [tls] section")
+                        .with_help("Vigil only speaks TLS: give cert, key and client_ca"),
+                );
+                None
+            }
+        };
+        let routes = self.routes(&raw);
+
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout.0)
+            .max_buf_size(server.max_header_bytes.max(8192))
+            .keep_alive(true);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(server.max_concurrent_streams)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+
+        Some(Snapshot {
+            generation: ctx.generation,
+            source: name.to_owned(),
+            listen: listen?,
+            admin,
+            tls: tls?,
+            routes: routes?,
+            audit,
+            max_connections: server.max_connections,
+            handshake_timeout: server.handshake_timeout.0,
+            idle_timeout: server.idle_timeout.0,
+            drain_timeout: server.drain_timeout.0,
+            max_body_bytes: (server.max_body_bytes > 0).then_some(server.max_body_bytes),
+            http,
+            log: raw.log,
+        })
+    }
+
+    fn socket_addr(&mut self, key: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem_help(
+                    key,
+                    format!("{text:?} is not an IP address and port"),
+                    "write it like \"127.0.0.1:8443\" or \"[::]:8443\"",
+                );
+                None
+            }
+        }
+    }
+
+    fn server_tls(
+        &mut self,
+        tls: &TlsSection,
+        resumption: &Resumption,
+    ) -> Option<Arc<rustls::ServerConfig>> {
+        let chain = read_chain(&self.file(&tls.cert))
+            .map_err(|e| self.problem("tls.cert", e))
+            .ok();
+        let key = read_key(&self.file(&tls.key))
+            .map_err(|e| self.problem("tls.key", e))
+            .ok();
+        let mut roots = rustls::RootCertStore::empty();
+        if tls.client_ca.is_empty() {
+            self.problem_help(
+                "tls.client_ca",
+                "no client CA: every client certificate would be refused",
+                "list the PEM bundles of the CAs that issue device and workload certificates",
+            );
+        }
+        let mut roots_ok = true;
+        for (i, ca) in tls.client_ca.iter().enumerate() {
+            if let Err(e) = read_roots(&self.file(ca), &mut roots) {
+                self.problem(&format!("tls.client_ca.{i}"), e);
+                roots_ok = false;
+            }
+        }
+        let mut crls = Vec::new();
+        for (i, crl) in tls.crl.iter().enumerate() {
+            match read_crl(&self.file(crl)) {
+                Ok(list) => crls.extend(list),
+                Err(e) => self.problem(&format!("tls.crl.{i}"), e),
+            }
+        }
+        let (chain, key) = (chain?, key?);
+        if !roots_ok || roots.is_empty() {
+            return None;
+        }
+        ServerTls {
+            chain,
+            key,
+            client_roots: roots,
+            crls,
+            allow_unknown_revocation: tls.allow_unknown_revocation,
+            enforce_crl_expiry: tls.enforce_crl_expiry,
+            session_tickets: tls.session_tickets,
+        }
+        .build(resumption)
+        .map_err(|e| self.problem("tls", e))
+        .ok()
+    }
+
+    fn routes(&mut self, raw: &load::RawConfig) -> Option<RouteTable> {
+        if raw.routes.is_empty() {
+            self.problems.push(
+                Problem::at(None, "no [[route]]: every request would get 404")
+                    .with_help("add a [[route]] with name, host, upstream, login and allow"),
+            );
+            return None;
+        }
+        let mut clients: HashMap<ClientKey, HttpClient> = HashMap::new();
+        let mut names = HashSet::new();
+        let mut places = HashSet::new();
+        let mut routes = Vec::new();
+        let mut all_ok = true;
+        for (i, route) in raw.routes.iter().enumerate() {
+            let Some(route) = route else {
+                all_ok = false;
+                continue;
+            };
+            let at = format!("route.{i}");
+            if route.name.trim().is_empty() {
+                self.problem(&format!("{at}.name"), "route name is empty");
+            } else if !names.insert(route.name.clone()) {
+                self.problem(
+                    &format!("{at}.name"),
+                    format!("duplicate route name {:?}", route.name),
+                );
+            }
+            match self.route(&at, route, raw, &mut clients) {
+                Some(compiled) => {
+                    if !places.insert((compiled.host.clone(), compiled.path.clone())) {
+                        self.problem(
+                            &format!("{at}.path"),
+                            format!(
+                                "another route already serves host {:?} path {:?}",
+                                compiled.host, compiled.path
+                            ),
+                        );
+                    }
+                    routes.push(compiled);
+                }
+                None => all_ok = false,
+            }
+        }
+        all_ok.then(|| RouteTable::new(routes))
+    }
+
+    fn route(
+        &mut self,
+        at: &str,
+        r: &RouteSection,
+        raw: &load::RawConfig,
+        clients: &mut HashMap<ClientKey, HttpClient>,
+    ) -> Option<Route> {
+        let before = self.problems.len();
+        let host = self.route_host(&format!("{at}.host"), &r.host);
+        let path = match r.path.as_deref() {
+            None | Some("/") => "/".to_owned(),
+            Some(p) => match normalize_path(p) {
+                Ok(n) if n == p || n.trim_end_matches('/') == p.trim_end_matches('/') => {
+                    p.trim_end_matches('/').to_owned()
+                }
+                Ok(n) => {
+                    self.problem_help(
+                        &format!("{at}.path"),
+                        format!("path {p:?} is not in normal form"),
+                        format!("write {n:?}"),
+                    );
+                    String::new()
+                }
+                Err(e) => {
+                    self.problem(&format!("{at}.path"), format!("invalid path {p:?}: {e}"));
+                    String::new()
+                }
+            },
+        };
+        let login = match r.login.as_deref() {
+            Some("none") => Some(Login::None),
+            Some(other) => {
+                self.problem_help(
+                    &format!("{at}.login"),
+                    format!("unknown login {other:?}"),
+                    "\"none\": the client certificate is the identity",
+                );
+                None
+            }
+            None => {
+                self.problems.push(
+                    Problem::at(self.locator.value(at), format!("{at}: missing `login`"))
+                        .with_help("say how callers are identified: login = \"none\" for certificate identity"),
+                );
+                None
+            }
+        };
+        let mut rules = Vec::new();
+        for (j, rule) in r.allow.iter().enumerate() {
+            rules.push(self.rule(&format!("{at}.allow.{j}"), rule));
+        }
+        if r.allow.is_empty() {
+            self.problems.push(
+                Problem::at(
+                    self.locator.value(at),
+                    format!(
+                        "route {:?} has no allow rules: it would deny everything",
+                        r.name
+                    ),
+                )
+                .with_help(
+                    "add allow = [{ spiffe = [\"spiffe://example.org/ns/*/sa/*\"] }] or similar",
+                ),
+            );
+        }
+        let upstream = self.upstream(at, r, raw, clients);
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(Route {
+            label: Arc::from(r.name.as_str()),
+            name: r.name.clone(),
+            host: host?,
+            path,
+            login: login?,
+            policy: Policy { rules },
+            upstream: upstream?,
+            max_body_bytes: r.max_body_bytes.map(|n| if n == 0 { u64::MAX } else { n }),
+        })
+    }
+
+    fn route_host(&mut self, key: &str, host: &str) -> Option<String> {
+        if host == "*" {
+            return Some(host.to_owned());
+        }
+        let (wild, name) = match host.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, host),
+        };
+        match normalize_host(name) {
+            Ok(n) if n.contains(':') && !n.starts_with('[') => {
+                self.problem(key, "a route host has no port");
+                None
+            }
+            Ok(n) => Some(if wild { format!("*.{n}") } else { n }),
+            Err(e) => {
+                self.problem(key, format!("invalid host {host:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn rule(&mut self, at: &str, r: &RuleSection) -> Rule {
+        let mut rule = Rule::default();
+        for (i, p) in r.spiffe.iter().enumerate() {
+            if !p.starts_with("spiffe://") {
+                self.problem(
+                    &format!("{at}.spiffe.{i}"),
+                    format!("{p:?} is not a SPIFFE ID pattern (spiffe://trust-domain/path)"),
+                );
+                continue;
+            }
+            if let Some(pat) = self.pattern(&format!("{at}.spiffe.{i}"), p) {
+                rule.spiffe.push(pat);
+            }
+        }
+        for (i, p) in r.cert_subject.iter().enumerate() {
+            if let Some(pat) = self.pattern(&format!("{at}.cert_subject.{i}"), p) {
+                rule.cert_subject.push(pat);
+            }
+        }
+        for (i, p) in r.cert_san.iter().enumerate() {
+            if let Some(pat) = self.pattern(&format!("{at}.cert_san.{i}"), p) {
+                rule.cert_san.push(pat);
+            }
+        }
+        for (i, f) in r.cert_fingerprint.iter().enumerate() {
+            let parsed = crate::certs::parse_hex(f)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok());
+            match parsed {
+                Some(fp) => rule.cert_fingerprint.push(fp),
+                None => self.problem(
+                    &format!("{at}.cert_fingerprint.{i}"),
+                    format!("{f:?} is not a SHA-256 fingerprint (64 hex digits)"),
+                ),
+            }
+        }
+        for (i, m) in r.methods.iter().enumerate() {
+            match http::Method::from_bytes(m.as_bytes()) {
+                Ok(method) if m.bytes().all(|b| b.is_ascii_uppercase()) => {
+                    rule.methods.push(method)
+                }
+                _ => self.problem_help(
+                    &format!("{at}.methods.{i}"),
+                    format!("invalid method {m:?}"),
+                    "methods are upper case, like \"GET\"",
+                ),
+            }
+        }
+        for (i, p) in r.paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                self.problem(
+                    &format!("{at}.paths.{i}"),
+                    format!("path pattern {p:?} must start with /"),
+                );
+                continue;
+            }
+            if let Some(pat) = self.pattern(&format!("{at}.paths.{i}"), p) {
+                rule.paths.push(pat);
+            }
+        }
+        for (i, n) in r.networks.iter().enumerate() {
+            let parsed = n
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => rule.networks.push(net.trunc()),
+                Err(_) => self.problem_help(
+                    &format!("{at}.networks.{i}"),
+                    format!("{n:?} is not a network"),
+                    "write it in CIDR form, like \"10.0.0.0/8\"",
+                ),
+            }
+        }
+        rule
+    }
+
+    fn pattern(&mut self, key: &str, text: &str) -> Option<Pattern> {
+        Pattern::new(text).map_err(|e| self.problem(key, e)).ok()
+    }
+
+    fn upstream(
+        &mut self,
+        at: &str,
+        r: &RouteSection,
+        raw: &load::RawConfig,
+        clients: &mut HashMap<ClientKey, HttpClient>,
+    ) -> Option<Upstream> {
+        let key = format!("{at}.upstream");
+        let uri: http::Uri = match r.upstream.parse() {
+            Ok(u) => u,
+            Err(e) => {
+                self.problem(&key, format!("invalid upstream URL {:?}: {e}", r.upstream));
+                return None;
+            }
+        };
+        let scheme = match uri.scheme_str() {
+            Some("http") => http::uri::Scheme::HTTP,
+            Some("https") => http::uri::Scheme::HTTPS,
+            _ => {
+                self.problem_help(
+                    &key,
+                    format!("upstream {:?} needs http:// or https://", r.upstream),
+                    "write it like \"http://10.0.0.12:8080\"",
+                );
+                return None;
+            }
+        };
+        let Some(authority) = uri.authority().cloned() else {
+            self.problem(&key, "upstream has no host");
+            return None;
+        };
+        if uri.query().is_some() {
+            self.problem(&key, "upstream URL cannot have a query");
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        let is_https = scheme == http::uri::Scheme::HTTPS;
+        if !is_https
+            && (r.upstream_ca.is_some() || r.upstream_cert.is_some() || r.upstream_key.is_some())
+        {
+            self.problem(
+                &key,
+                "upstream_ca, upstream_cert and upstream_key need an https:// upstream",
+            );
+        }
+        let client_key = ClientKey {
+            ca: r.upstream_ca.clone(),
+            cert: r.upstream_cert.clone(),
+            key: r.upstream_key.clone(),
+            connect_timeout: r.connect_timeout.unwrap_or(raw.upstream.connect_timeout).0,
+        };
+        let client = match clients.get(&client_key) {
+            Some(c) => c.clone(),
+            None => {
+                let client = self.client(at, &client_key, &raw.upstream)?;
+                clients.insert(client_key, client.clone());
+                client
+            }
+        };
+        Some(Upstream {
+            scheme,
+            authority,
+            base_path,
+            preserve_host: r.preserve_host,
+            response_timeout: r
+                .response_timeout
+                .unwrap_or(raw.upstream.response_timeout)
+                .0,
+            client,
+        })
+    }
+
+    fn client(
+        &mut self,
+        at: &str,
+        key: &ClientKey,
+        defaults: &UpstreamSection,
+    ) -> Option<HttpClient> {
+        let roots = match &key.ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                if let Err(e) = read_roots(&self.file(ca), &mut roots) {
+                    self.problem(&format!("{at}.upstream_ca"), e);
+                    return None;
+                }
+                roots
+            }
+            None => system_roots(),
+        };
+        let identity = match (&key.cert, &key.key) {
+            (Some(cert), Some(k)) => {
+                let chain = read_chain(&self.file(cert))
+                    .map_err(|e| self.problem(&format!("{at}.upstream_cert"), e));
+                let pk = read_key(&self.file(k))
+                    .map_err(|e| self.problem(&format!("{at}.upstream_key"), e));
+                Some((chain.ok()?, pk.ok()?))
+            }
+            (None, None) => None,
+            _ => {
+                self.problem(
+                    &format!("{at}.upstream_cert"),
+                    "upstream_cert and upstream_key go together",
+                );
+                return None;
+            }
+        };
+        let tls = client_tls(roots, identity)
+            .map_err(|e| self.problem(&format!("{at}.upstream"), e))
+            .ok()?;
+        Some(
+            ClientSettings {
+                tls,
+                connect_timeout: key.connect_timeout,
+                pool_idle_timeout: defaults.pool_idle_timeout.0,
+                pool_max_idle_per_host: defaults.pool_max_idle_per_host,
+            }
+            .build(),
+        )
+    }
+}
+
+/// Routes with the same upstream TLS settings share one connection pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    connect_timeout: Duration,
+}

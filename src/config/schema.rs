@@ -1,0 +1,305 @@
+//! The configuration file as an operator writes it: plain serde types, no validation beyond types.
+//!
+//! Each section is deserialised on its own (see `load.rs`), so one mistake does not hide the others.
+//! Defaults live here, next to the field they belong to, and are repeated in `docs/configuration.md`.
+
+use serde::Deserialize;
+use std::time::Duration;
+
+/// A duration written as "250ms", "30s", "5m", "8h" or "1h 30m".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?} ({e}); write it like \"30s\", \"5m\" or \"1h 30m\""
+                ))
+            })
+    }
+}
+
+/// `[server]`: the downstream listener and the limits on what clients control.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSection {
+    /// Address to accept TLS connections on.
+    #[serde(default = "ServerSection::default_listen")]
+    pub listen: String,
+    /// Open downstream connections at most; further ones are closed at once (metric
+    /// `vigil_connections_rejected_total`).
+    #[serde(default = "ServerSection::default_max_connections")]
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake.
+    #[serde(default = "ServerSection::default_handshake_timeout")]
+    pub handshake_timeout: HumanDuration,
+    /// Time allowed to receive a request's headers (slowloris); on HTTP/1.1 also the longest a
+    /// keep-alive connection may wait between requests.
+    #[serde(default = "ServerSection::default_header_read_timeout")]
+    pub header_read_timeout: HumanDuration,
+    /// A connection on which no byte moves for this long is closed.
+    #[serde(default = "ServerSection::default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list); at least 8192.
+    #[serde(default = "ServerSection::default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Largest request body; bigger ones get 413. 0 turns the limit off.
+    #[serde(default = "ServerSection::default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Concurrent HTTP/2 streams per connection.
+    #[serde(default = "ServerSection::default_max_streams")]
+    pub max_concurrent_streams: u32,
+    /// On SIGTERM, in-flight requests get this long to finish before the process exits.
+    #[serde(default = "ServerSection::default_drain_timeout")]
+    pub drain_timeout: HumanDuration,
+}
+
+impl ServerSection {
+    fn default_listen() -> String {
+        "127.0.0.1:8443".into()
+    }
+    fn default_max_connections() -> usize {
+        10_000
+    }
+    fn default_handshake_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
+    }
+    fn default_header_read_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
+    }
+    fn default_idle_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(120))
+    }
+    fn default_max_header_bytes() -> usize {
+        32 * 1024
+    }
+    fn default_max_body_bytes() -> u64 {
+        16 * 1024 * 1024
+    }
+    fn default_max_streams() -> u32 {
+        128
+    }
+    fn default_drain_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: Self::default_listen(),
+            max_connections: Self::default_max_connections(),
+            handshake_timeout: Self::default_handshake_timeout(),
+            header_read_timeout: Self::default_header_read_timeout(),
+            idle_timeout: Self::default_idle_timeout(),
+            max_header_bytes: Self::default_max_header_bytes(),
+            max_body_bytes: Self::default_max_body_bytes(),
+            max_concurrent_streams: Self::default_max_streams(),
+            drain_timeout: Self::default_drain_timeout(),
+        }
+    }
+}
+
+/// `[tls]`: the server certificate and what a client certificate must chain to.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsSection {
+    /// PEM chain, leaf first.
+    pub cert: String,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: String,
+    /// PEM bundles of the CAs client certificates must chain to. At least one.
+    pub client_ca: Vec<String>,
+    /// PEM or DER CRLs. With any CRL configured, every certificate in a client's chain must have a
+    /// known revocation status, unless `allow_unknown_revocation` is true.
+    #[serde(default)]
+    pub crl: Vec<String>,
+    /// Accept certificates no configured CRL speaks about.
+    #[serde(default)]
+    pub allow_unknown_revocation: bool,
+    /// Refuse clients when a CRL's nextUpdate has passed (fail closed). Default true.
+    #[serde(default = "default_true")]
+    pub enforce_crl_expiry: bool,
+    /// Issue TLS 1.3 session tickets for resumption. Default true.
+    #[serde(default = "default_true")]
+    pub session_tickets: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[admin]`: the operator's listener for health, readiness and metrics.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminSection {
+    /// Plain HTTP; keep it on loopback or a private interface. Empty string turns it off.
+    #[serde(default = "AdminSection::default_listen")]
+    pub listen: String,
+}
+
+impl AdminSection {
+    fn default_listen() -> String {
+        "127.0.0.1:9901".into()
+    }
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: Self::default_listen(),
+        }
+    }
+}
+
+/// `[log]`: where decision lines and diagnostics go.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSection {
+    /// "stdout", "stderr", "off", or a file path (appended to).
+    #[serde(default = "LogSection::default_decisions")]
+    pub decisions: String,
+    /// Diagnostics format on stderr: "text" or "json".
+    #[serde(default = "LogSection::default_format")]
+    pub format: String,
+    /// Diagnostics filter, in `RUST_LOG` syntax; `RUST_LOG` wins when set.
+    #[serde(default = "LogSection::default_level")]
+    pub level: String,
+}
+
+impl LogSection {
+    fn default_decisions() -> String {
+        "stdout".into()
+    }
+    fn default_format() -> String {
+        "text".into()
+    }
+    fn default_level() -> String {
+        "info".into()
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            decisions: Self::default_decisions(),
+            format: Self::default_format(),
+            level: Self::default_level(),
+        }
+    }
+}
+
+/// `[audit]`: enforce decisions, or only log what would be denied.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AuditSection {
+    /// "enforce" (default) or "audit".
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// `[upstream]`: defaults for every route's upstream client.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamSection {
+    #[serde(default = "UpstreamSection::default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Time from sending the request to receiving the response headers; past it, 504.
+    #[serde(default = "UpstreamSection::default_response_timeout")]
+    pub response_timeout: HumanDuration,
+    /// Pooled idle upstream connections are closed after this long.
+    #[serde(default = "UpstreamSection::default_pool_idle_timeout")]
+    pub pool_idle_timeout: HumanDuration,
+    /// Idle pooled connections kept per upstream.
+    #[serde(default = "UpstreamSection::default_pool_max_idle")]
+    pub pool_max_idle_per_host: usize,
+}
+
+impl UpstreamSection {
+    fn default_connect_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(5))
+    }
+    fn default_response_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(60))
+    }
+    fn default_pool_idle_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(90))
+    }
+    fn default_pool_max_idle() -> usize {
+        64
+    }
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Self::default_connect_timeout(),
+            response_timeout: Self::default_response_timeout(),
+            pool_idle_timeout: Self::default_pool_idle_timeout(),
+            pool_max_idle_per_host: Self::default_pool_max_idle(),
+        }
+    }
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RouteSection {
+    pub name: String,
+    /// Exact host, `*.example.com` (one label), or `*` for any host.
+    pub host: String,
+    /// Path prefix, matched on whole segments. Default "/".
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `http://host:port` or `https://host:port`, optionally with a base path.
+    pub upstream: String,
+    /// "none": the client certificate is the identity.
+    #[serde(default)]
+    pub login: Option<String>,
+    #[serde(default)]
+    pub allow: Vec<RuleSection>,
+    /// Send the client's Host upstream instead of the upstream's authority. Default false.
+    #[serde(default)]
+    pub preserve_host: bool,
+    /// PEM bundle to verify an `https://` upstream with; default: the system's roots.
+    #[serde(default)]
+    pub upstream_ca: Option<String>,
+    /// Client certificate and key Vigil presents to an `https://` upstream (mTLS).
+    #[serde(default)]
+    pub upstream_cert: Option<String>,
+    #[serde(default)]
+    pub upstream_key: Option<String>,
+    /// Override `[upstream] connect_timeout` for this route.
+    #[serde(default)]
+    pub connect_timeout: Option<HumanDuration>,
+    /// Override `[upstream] response_timeout` for this route.
+    #[serde(default)]
+    pub response_timeout: Option<HumanDuration>,
+    /// Override `[server] max_body_bytes` for this route.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+}
+
+/// One entry of a route's `allow` list: every condition given must hold (AND); the list is OR.
+/// An empty rule allows every client with a valid certificate; write one on purpose.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RuleSection {
+    /// SPIFFE ID patterns: `*` matches within one path segment, `**` across segments.
+    #[serde(default)]
+    pub spiffe: Vec<String>,
+    /// Patterns on the certificate subject's common name.
+    #[serde(default)]
+    pub cert_subject: Vec<String>,
+    /// Patterns on any DNS, email or URI SAN of the certificate.
+    #[serde(default)]
+    pub cert_san: Vec<String>,
+    /// SHA-256 fingerprints (hex, colons optional) of allowed certificates.
+    #[serde(default)]
+    pub cert_fingerprint: Vec<String>,
+    /// HTTP methods, upper case.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Path patterns on the normalised path: `*` within a segment, `**` across; `/api/**` covers `/api` too.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Source networks in CIDR form.
+    #[serde(default)]
+    pub networks: Vec<String>,
+}

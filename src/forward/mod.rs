@@ -1,0 +1,284 @@
+//! Sending an authorised request upstream: a pooled client per upstream TLS setting, header
+//! hygiene, identity headers, timeouts and upgrade pass-through.
+
+use crate::body::{Body, BoxError};
+use crate::canonical::{header_safe, is_spoofable, remove_hop_by_hop};
+use crate::server::Connection;
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+pub static X_VIGIL_WORKLOAD: HeaderName = HeaderName::from_static("x-vigil-workload");
+pub static X_VIGIL_DEVICE: HeaderName = HeaderName::from_static("x-vigil-device");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Where a route's traffic goes and how.
+#[derive(Debug)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Prepended to the forwarded path; empty or `/base` without trailing slash.
+    pub base_path: String,
+    pub preserve_host: bool,
+    pub response_timeout: Duration,
+    pub client: HttpClient,
+}
+
+/// How to reach upstreams with one TLS setting; one pool each.
+pub struct ClientSettings {
+    pub tls: rustls::ClientConfig,
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl ClientSettings {
+    pub fn build(self) -> HttpClient {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(self.tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https)
+    }
+}
+
+/// Why forwarding failed; each maps to one status in `error.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The upstream refused or did not accept the connection in time: it is down or unreachable.
+    #[error("upstream unreachable: {0}")]
+    Connect(String),
+    /// The upstream accepted the request but sent no response headers in time.
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The client sent more body than the route allows.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
+    /// The upstream broke the exchange (reset, protocol error, bad TLS).
+    #[error("upstream failed: {0}")]
+    Upstream(String),
+}
+
+/// What the pipeline decided about a request that forwarding needs to know.
+pub struct Outbound<'a> {
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub request_id: &'a HeaderValue,
+    pub max_body_bytes: Option<u64>,
+    /// Header names (alias form) stripped from the request besides Vigil's own.
+    pub strip: &'a [String],
+}
+
+/// Sends `req` upstream and returns the response head with a streaming body.
+pub async fn forward(
+    upstream: &Upstream,
+    conn: &Arc<Connection>,
+    mut req: Request<Body>,
+    out: Outbound<'_>,
+) -> Result<Response<Body>, ForwardError> {
+    let downstream_upgrade = hyper::upgrade::on(&mut req);
+    let (mut parts, body) = req.into_parts();
+    let headers = &mut parts.headers;
+
+    let upgrade = remove_hop_by_hop(headers);
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_spoofable(name, out.strip))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(&name);
+    }
+
+    if out.preserve_host(upstream) {
+        if let Ok(host) = HeaderValue::from_str(out.host) {
+            headers.insert(header::HOST, host);
+        }
+    } else {
+        headers.remove(header::HOST);
+    }
+    headers.insert(
+        X_FORWARDED_FOR.clone(),
+        header_safe(&conn.remote.ip().to_string()),
+    );
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+    headers.insert(X_FORWARDED_HOST.clone(), header_safe(out.host));
+    headers.insert(X_REQUEST_ID.clone(), out.request_id.clone());
+    if let Some(id) = &conn.peer.spiffe_id {
+        headers.insert(X_VIGIL_WORKLOAD.clone(), header_safe(id));
+    }
+    headers.insert(X_VIGIL_DEVICE.clone(), conn.peer_fingerprint.clone());
+    if let Some(proto) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto.clone());
+    }
+
+    parts.uri = upstream.uri_for(out.path, out.query)?;
+    parts.version = Version::HTTP_11;
+
+    let body = match out.max_body_bytes {
+        Some(limit) => http_body_util::Limited::new(body, limit as usize)
+            .map_err(BoxError::from)
+            .boxed_unsync(),
+        None => body,
+    };
+    let request = Request::from_parts(parts, body);
+
+    let sent = tokio::time::timeout(upstream.response_timeout, upstream.client.request(request));
+    let mut response = match sent.await {
+        Err(_) => return Err(ForwardError::Timeout(upstream.response_timeout)),
+        Ok(Err(e)) => return Err(classify(&e, out.max_body_bytes)),
+        Ok(Ok(r)) => r,
+    };
+
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(tunnel(conn.clone(), downstream_upgrade, upstream_upgrade));
+    } else {
+        remove_hop_by_hop(response.headers_mut());
+    }
+    Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+}
+
+impl Outbound<'_> {
+    fn preserve_host(&self, upstream: &Upstream) -> bool {
+        upstream.preserve_host
+    }
+}
+
+impl Upstream {
+    fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, ForwardError> {
+        let mut pq = String::with_capacity(
+            self.base_path.len() + path.len() + 1 + query.map_or(0, str::len),
+        );
+        pq.push_str(&self.base_path);
+        pq.push_str(path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| ForwardError::Upstream(format!("cannot build upstream URI: {e}")))
+    }
+}
+
+fn classify(err: &hyper_util::client::legacy::Error, limit: Option<u64>) -> ForwardError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return ForwardError::BodyTooLarge(limit.unwrap_or(0));
+        }
+        source = e.source();
+    }
+    if err.is_connect() {
+        ForwardError::Connect(error_chain(err))
+    } else {
+        ForwardError::Upstream(error_chain(err))
+    }
+}
+
+/// "outer: inner: innermost", for logs.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// Splices an upgraded connection (WebSocket and the like) to the upstream until either side
+/// closes, the downstream connection goes idle, or the connection is ordered closed.
+async fn tunnel(
+    conn: Arc<Connection>,
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
+    let (down, up) = match tokio::try_join!(downstream, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(conn = conn.id, error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let mut down = TokioIo::new(down);
+    let mut up = TokioIo::new(up);
+    conn.metrics.tunnels_open.inc();
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut down, &mut up) => {
+            if let Err(e) = result {
+                tracing::debug!(conn = conn.id, error = %e, "tunnel ended with an error");
+            }
+        }
+        () = conn.closing.cancelled() => {
+            tracing::info!(conn = conn.id, "tunnel closed: connection ordered closed");
+        }
+        () = conn.activity.idle(conn.idle_timeout) => {
+            tracing::debug!(conn = conn.id, "tunnel closed: idle");
+        }
+    }
+    conn.metrics.tunnels_open.dec();
+}
+
+/// Builds the TLS client configuration for upstreams from optional CA and client identity.
+pub fn client_tls(
+    roots: rustls::RootCertStore,
+    identity: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+) -> Result<rustls::ClientConfig, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    match identity {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| format!("upstream client certificate and key do not fit together: {e}")),
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// The platform's trust anchors, for `https://` upstreams without `upstream_ca`.
+pub fn system_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for cert in found.certs {
+        let _ = roots.add(cert);
+    }
+    roots
+}

@@ -1,0 +1,155 @@
+//! Vigil: an identity-aware mTLS reverse proxy.
+//!
+//! Every connection proves who it is with a client certificate (TLS 1.3 only); every request is
+//! canonicalised once, routed, decided by default-deny policy, logged, and only then forwarded
+//! with identity headers the client could not have forged.
+//!
+//! # Layout
+//! Modules follow a request through the proxy:
+//! - [`config`]: the TOML schema, every problem at once with line and column, and the compiled
+//!   immutable [`config::Snapshot`] a request reads.
+//! - [`server`]: accept loop, connection limits, the TLS handshake, idle and drain handling.
+//! - [`tls`]: the rustls server configuration, client-certificate verification with CRLs,
+//!   handshake failure reasons, and [`tls::PeerCert`], the identity read from the certificate.
+//! - [`canonical`]: the one canonical form of host, path and headers that every stage uses.
+//! - [`pipeline`]: one request, top to bottom: canonicalise, route, decide, log, forward.
+//! - [`routing`]: host and path-prefix matching, most specific first.
+//! - [`policy`]: rules and the pure `evaluate(&Policy, &RequestFacts) -> Decision`.
+//! - [`forward`]: upstream connection pools, header hygiene, identity headers, upgrades.
+//! - [`decision_log`]: one JSON line per decision, written off the request path.
+//! - [`metrics`], [`admin`]: Prometheus metrics, health and readiness.
+//! - [`error`]: every answer Vigil gives itself, with its status and whose fault it was.
+//! - [`certs`]: a development PKI with rcgen (`vigil certs`).
+//! - [`demo`]: everything on built-in defaults (`vigil demo`).
+
+pub mod admin;
+pub mod body;
+pub mod canonical;
+pub mod certs;
+pub mod config;
+pub mod decision_log;
+pub mod demo;
+pub mod error;
+pub mod forward;
+pub mod metrics;
+pub mod pipeline;
+pub mod policy;
+pub mod routing;
+pub mod server;
+pub mod tls;
+
+use config::Snapshot;
+use server::Shared;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A proxy started in this process.
+pub struct Running {
+    /// The bound downstream address (the real port when the config said 0).
+    pub addr: SocketAddr,
+    /// The bound admin address, when the admin listener is on.
+    pub admin: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    pub readiness: Arc<admin::Readiness>,
+    shutdown: CancellationToken,
+    admin_stop: CancellationToken,
+    proxy: JoinHandle<()>,
+    admin_task: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains open connections (up to `drain_timeout`), then returns.
+    pub async fn shutdown(self) {
+        self.readiness.set(false);
+        self.shutdown.cancel();
+        let _ = self.proxy.await;
+        // The admin listener outlives the drain, so probes see "not ready" meanwhile.
+        self.admin_stop.cancel();
+        if let Some(admin) = self.admin_task {
+            let _ = admin.await;
+        }
+    }
+
+    /// A token that stops this proxy when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the decision log {target}: {source}")]
+    DecisionLog {
+        target: String,
+        source: std::io::Error,
+    },
+}
+
+/// Binds the listeners and starts serving `snapshot`.
+pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
+    // Some dependencies build TLS configs from the process default; make it ours.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let metrics = metrics::Metrics::new();
+    let target = decision_log::Target::parse(&snapshot.log.decisions);
+    let decisions =
+        decision_log::DecisionLog::open(&target, metrics.clone()).map_err(|source| {
+            StartError::DecisionLog {
+                target: snapshot.log.decisions.clone(),
+                source,
+            }
+        })?;
+    let listener = TcpListener::bind(snapshot.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: snapshot.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: snapshot.listen,
+        source,
+    })?;
+    let admin_listener = match snapshot.admin {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|source| StartError::Bind { addr: a, source })?,
+        ),
+        None => None,
+    };
+    let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let shared = Shared::new(snapshot, metrics, decisions);
+    let readiness = Arc::new(admin::Readiness::default());
+    let shutdown = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
+    let proxy = tokio::spawn(server::serve(listener, shared.clone(), shutdown.clone()));
+    let admin_task = admin_listener.map(|l| {
+        tokio::spawn(admin::serve(
+            l,
+            shared.clone(),
+            readiness.clone(),
+            admin_stop.clone(),
+        ))
+    });
+    readiness.set(true);
+    tracing::info!(%addr, admin = ?admin, "vigil listening");
+    Ok(Running {
+        addr,
+        admin,
+        shared,
+        readiness,
+        shutdown,
+        admin_stop,
+        proxy,
+        admin_task,
+    })
+}

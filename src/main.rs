@@ -1,0 +1,270 @@
+//! The `vigil` command: argument parsing and logging set-up; everything else is in the library.
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+use vigil::certs;
+use vigil::config;
+
+#[derive(Parser)]
+#[command(name = "vigil", version, about = "Identity-aware mTLS reverse proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a configuration until SIGTERM or Ctrl-C.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration: print every problem with its location; exit 1 if any.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a demo on built-in defaults: dev PKI, a demo upstream and the proxy.
+    Demo {
+        /// Where the dev PKI and demo.toml go.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Development certificates: a CA, leaves and CRLs.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a dev CA, server, device and workload certificates and an empty CRL to DIR.
+    Init {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Regenerate everything, including the CA.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue one more certificate from the CA in DIR.
+    Issue(IssueArgs),
+    /// Add a certificate to DIR/ca.crl.
+    Revoke {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// The certificate to revoke.
+        #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
+        cert: Option<PathBuf>,
+        /// Its serial number in hex.
+        #[arg(long)]
+        serial: Option<String>,
+        /// When the CRL says the next one is due.
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        next_update: std::time::Duration,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Device,
+    Workload,
+    Server,
+}
+
+#[derive(Args)]
+struct IssueArgs {
+    #[arg(long, default_value = "certs")]
+    dir: PathBuf,
+    #[arg(long, value_enum)]
+    kind: KindArg,
+    /// File stem and common name.
+    #[arg(long)]
+    name: String,
+    /// SPIFFE ID (workload certificates).
+    #[arg(long)]
+    spiffe_id: Option<String>,
+    #[arg(long)]
+    dns: Vec<String>,
+    #[arg(long)]
+    ip: Vec<IpAddr>,
+    #[arg(long)]
+    email: Vec<String>,
+    /// Lifetime, e.g. "1h" for a short-lived certificate; default one year.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<std::time::Duration>,
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(&config),
+        Command::Demo { dir, listen, admin } => {
+            init_tracing("info", "text");
+            runtime()?.block_on(async {
+                let stop = shutdown_signal();
+                vigil::demo::run(&vigil::demo::Options { dir, listen, admin }, stop)
+                    .await
+                    .map_err(anyhow::Error::msg)
+            })
+        }
+        Command::Certs(cmd) => certs_command(cmd),
+    }
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let ctx = config::Context {
+        generation: 1,
+        resumption: vigil::tls::Resumption::new()?,
+    };
+    match config::load_file(path, &ctx) {
+        Ok(snapshot) => {
+            println!(
+                "{}: ok ({} route{})",
+                path.display(),
+                snapshot.routes.len(),
+                if snapshot.routes.len() == 1 { "" } else { "s" }
+            );
+            Ok(())
+        }
+        Err(problems) => {
+            eprintln!("{problems}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let ctx = config::Context {
+        generation: 1,
+        resumption: vigil::tls::Resumption::new()?,
+    };
+    let snapshot = match config::load_file(path, &ctx) {
+        Ok(s) => s,
+        Err(problems) => {
+            eprintln!("{problems}");
+            eprintln!("refusing to start with an invalid configuration");
+            std::process::exit(1);
+        }
+    };
+    init_tracing(&snapshot.log.level, &snapshot.log.format);
+    runtime()?.block_on(async {
+        let running = vigil::start(snapshot).await?;
+        shutdown_signal().cancelled().await;
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        Ok(())
+    })
+}
+
+fn certs_command(cmd: CertsCommand) -> anyhow::Result<()> {
+    match cmd {
+        CertsCommand::Init { dir, force } => {
+            let report = certs::init(&dir, force)?;
+            for p in &report.created {
+                println!("created {}", p.display());
+            }
+            for p in &report.kept {
+                println!("kept    {}", p.display());
+            }
+        }
+        CertsCommand::Issue(a) => {
+            let opts = certs::IssueOptions {
+                kind: match a.kind {
+                    KindArg::Device => certs::Kind::Device,
+                    KindArg::Workload => certs::Kind::Workload,
+                    KindArg::Server => certs::Kind::Server,
+                },
+                name: a.name,
+                spiffe_id: a.spiffe_id,
+                dns: a.dns,
+                ips: a.ip,
+                emails: a.email,
+                ttl: a.ttl,
+                force: a.force,
+            };
+            let (cert, key, serial) = certs::issue_to_dir(&a.dir, &opts)?;
+            println!(
+                "created {} and {} (serial {serial})",
+                cert.display(),
+                key.display()
+            );
+        }
+        CertsCommand::Revoke {
+            dir,
+            cert,
+            serial,
+            next_update,
+        } => {
+            let serial = match (cert, serial) {
+                (Some(path), _) => {
+                    let pem = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    certs::serial_of(&pem)?
+                }
+                (None, Some(hex)) => certs::parse_hex(&hex)?,
+                (None, None) => bail!("give --cert FILE or --serial HEX"),
+            };
+            let (crl, count) = certs::revoke_in_dir(&dir, &serial, next_update)?;
+            println!(
+                "revoked serial {} in {} ({count} entr{})",
+                certs::hex(&serial),
+                crl.display(),
+                if count == 1 { "y" } else { "ies" }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn init_tracing(level: &str, format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Cancelled on SIGTERM or SIGINT.
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    t.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        t.cancel();
+    });
+    token
+}

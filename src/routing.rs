@@ -1,0 +1,124 @@
+//! Which route a request belongs to: by host, then by the longest path prefix.
+
+use crate::forward::Upstream;
+use crate::policy::Policy;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// How a route establishes who is asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Login {
+    /// The client certificate alone is the identity (services, or device-only access).
+    None,
+}
+
+impl Login {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Login::None => "none",
+        }
+    }
+}
+
+/// A compiled `[[route]]`.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    /// `name` as a metrics label, shared rather than copied per request.
+    pub label: Arc<str>,
+    /// As written: exact host, `*.suffix` or `*`.
+    pub host: String,
+    /// Path prefix, without trailing slash except for the root "/".
+    pub path: String,
+    pub login: Login,
+    pub policy: Policy,
+    pub upstream: Upstream,
+    pub max_body_bytes: Option<u64>,
+}
+
+impl Route {
+    /// Whole-segment prefix match: `/api` covers `/api` and `/api/x`, not `/apix`.
+    fn covers(&self, path: &str) -> bool {
+        if self.path == "/" {
+            return true;
+        }
+        match path.strip_prefix(self.path.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+}
+
+/// Routes indexed for lookup. Most specific wins: exact host over `*.suffix` over `*`, then
+/// the longest path prefix.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<String, Vec<Arc<Route>>>,
+    wildcard: HashMap<String, Vec<Arc<Route>>>,
+    any: Vec<Arc<Route>>,
+    all: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        let mut table = RouteTable::default();
+        for route in routes {
+            let route = Arc::new(route);
+            table.all.push(route.clone());
+            if route.host == "*" {
+                table.any.push(route);
+            } else if let Some(suffix) = route.host.strip_prefix("*.") {
+                table
+                    .wildcard
+                    .entry(suffix.to_owned())
+                    .or_default()
+                    .push(route);
+            } else {
+                table
+                    .exact
+                    .entry(route.host.clone())
+                    .or_default()
+                    .push(route);
+            }
+        }
+        let by_specificity = |v: &mut Vec<Arc<Route>>| {
+            v.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        };
+        table.exact.values_mut().for_each(by_specificity);
+        table.wildcard.values_mut().for_each(by_specificity);
+        by_specificity(&mut table.any);
+        table
+    }
+
+    /// `host` is canonical and without port; `path` is normalised.
+    pub fn find(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        if let Some(found) = self.exact.get(host).and_then(|r| first_covering(r, path)) {
+            return Some(found);
+        }
+        if let Some((_, parent)) = host.split_once('.')
+            && let Some(found) = self
+                .wildcard
+                .get(parent)
+                .and_then(|r| first_covering(r, path))
+        {
+            return Some(found);
+        }
+        first_covering(&self.any, path)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.all.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.all.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+}
+
+fn first_covering<'a>(routes: &'a [Arc<Route>], path: &str) -> Option<&'a Arc<Route>> {
+    routes.iter().find(|r| r.covers(path))
+}

@@ -1,0 +1,181 @@
+//! The downstream TLS endpoint: TLS 1.3 only, a verified client certificate on every connection.
+
+pub mod peer;
+
+pub use peer::PeerCert;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier};
+use rustls::{RootCertStore, ServerConfig};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The crypto provider, once, so that every config uses the same one (aws-lc-rs).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Resumption state that outlives any one configuration, so a reload does not invalidate
+/// every client's session tickets.
+#[derive(Debug, Clone)]
+pub struct Resumption {
+    cache: Arc<dyn StoresServerSessions>,
+    ticketer: Arc<dyn ProducesTickets>,
+}
+
+impl Resumption {
+    pub fn new() -> Result<Self, rustls::Error> {
+        Ok(Self {
+            cache: rustls::server::ServerSessionMemoryCache::new(4096),
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new()?,
+        })
+    }
+}
+
+/// What the server side of TLS needs, already read from disk.
+pub struct ServerTls {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub client_roots: RootCertStore,
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+    pub allow_unknown_revocation: bool,
+    pub enforce_crl_expiry: bool,
+    pub session_tickets: bool,
+}
+
+impl ServerTls {
+    /// Builds the rustls configuration. Errors are phrased for the operator.
+    pub fn build(self, resumption: &Resumption) -> Result<Arc<ServerConfig>, String> {
+        let provider = provider();
+        let mut verifier = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(self.client_roots),
+            provider.clone(),
+        )
+        .with_crls(self.crls);
+        if self.allow_unknown_revocation {
+            verifier = verifier.allow_unknown_revocation_status();
+        }
+        if self.enforce_crl_expiry {
+            verifier = verifier.enforce_revocation_expiration();
+        }
+        let verifier = verifier
+            .build()
+            .map_err(|e| format!("client CA / CRL setup failed: {e}"))?;
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| format!("TLS 1.3 unavailable: {e}"))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain, self.key)
+            .map_err(|e| format!("server certificate and key do not fit together: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.session_storage = resumption.cache.clone();
+        if self.session_tickets {
+            config.ticketer = resumption.ticketer.clone();
+            config.send_tls13_tickets = 2;
+        } else {
+            config.send_tls13_tickets = 0;
+        }
+        Ok(Arc::new(config))
+    }
+}
+
+pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, e))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no PEM certificate found", path.display()));
+    }
+    Ok(chain)
+}
+
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(path, e))
+}
+
+/// Adds every certificate of a PEM bundle to `roots`.
+pub fn read_roots(path: &Path, roots: &mut RootCertStore) -> Result<(), String> {
+    for cert in read_chain(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A CRL in PEM, or raw DER when the file is not PEM.
+pub fn read_crl(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let pem: Result<Vec<_>, _> = CertificateRevocationListDer::pem_slice_iter(&bytes).collect();
+    let crls = match pem {
+        Ok(list) if !list.is_empty() => list,
+        _ => vec![CertificateRevocationListDer::from(bytes)],
+    };
+    // Parse now, so a broken CRL is a config error instead of every handshake failing.
+    for crl in &crls {
+        webpki_check_crl(crl).map_err(|e| format!("{}: not a valid CRL: {e}", path.display()))?;
+    }
+    Ok(crls)
+}
+
+fn webpki_check_crl(crl: &CertificateRevocationListDer<'_>) -> Result<(), String> {
+    use x509_parser::prelude::FromDer;
+    match x509_parser::revocation_list::CertificateRevocationList::from_der(crl.as_ref()) {
+        Ok(([], _)) => Ok(()),
+        Ok(_) => Err("trailing data after the CRL".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => format!("{}: {io}", path.display()),
+        other => format!("{}: not valid PEM: {other:?}", path.display()),
+    }
+}
+
+/// Why a handshake failed, as a metric label. Each names a likely cause for on-call.
+pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error, PeerIncompatible};
+    if err.kind() == std::io::ErrorKind::TimedOut {
+        return "timeout";
+    }
+    let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
+        return match err.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe => "closed_by_client",
+            _ => "io",
+        };
+    };
+    match tls {
+        Error::NoCertificatesPresented => "no_certificate",
+        Error::InvalidCertificate(cert) => match cert {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_yet_valid"
+            }
+            CertificateError::UnknownIssuer => "unknown_issuer",
+            CertificateError::Revoked => "revoked",
+            CertificateError::UnknownRevocationStatus => "unknown_revocation_status",
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => "expired_crl",
+            CertificateError::BadSignature => "bad_signature",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "wrong_purpose"
+            }
+            _ => "bad_certificate",
+        },
+        Error::PeerIncompatible(
+            PeerIncompatible::SupportedVersionsExtensionRequired
+            | PeerIncompatible::Tls12NotOffered
+            | PeerIncompatible::Tls12NotOfferedOrEnabled,
+        ) => "protocol_version",
+        Error::PeerIncompatible(_) => "incompatible",
+        Error::AlertReceived(_) => "alert_from_client",
+        Error::InvalidMessage(_) | Error::PeerMisbehaved(_) => "protocol_error",
+        _ => "other",
+    }
+}

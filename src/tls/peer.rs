@@ -1,0 +1,95 @@
+//! Who is on the other end of a connection, read once from the verified client certificate.
+
+use aws_lc_rs::digest;
+use x509_parser::prelude::*;
+
+/// Identity facts of a verified client certificate. Computed once per connection, shared by
+/// every request on it.
+#[derive(Debug, Clone)]
+pub struct PeerCert {
+    /// Subject distinguished name, RFC 4514 style.
+    pub subject: String,
+    pub common_name: Option<String>,
+    pub issuer: String,
+    pub dns: Vec<String>,
+    pub emails: Vec<String>,
+    pub uris: Vec<String>,
+    /// Set only when the certificate carries exactly one URI SAN that is a well-formed SPIFFE ID.
+    pub spiffe_id: Option<String>,
+    /// Serial number, big-endian bytes.
+    pub serial: Vec<u8>,
+    /// SHA-256 over the DER certificate.
+    pub fingerprint: [u8; 32],
+    /// `fingerprint` in lower-case hex, as used in headers, logs and rules.
+    pub fingerprint_hex: String,
+    /// Validity bounds, Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl PeerCert {
+    /// Reads the leaf the TLS layer already verified. Fails only on a certificate x509-parser
+    /// cannot read, which rustls would not have accepted in the first place.
+    pub fn from_der(der: &[u8]) -> Result<Self, String> {
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+        let common_name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned);
+        let mut dns = Vec::new();
+        let mut emails = Vec::new();
+        let mut uris = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+                    GeneralName::RFC822Name(e) => emails.push((*e).to_owned()),
+                    GeneralName::URI(u) => uris.push((*u).to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        let spiffe: Vec<&String> = uris
+            .iter()
+            .filter(|u| u.to_ascii_lowercase().starts_with("spiffe://"))
+            .collect();
+        let spiffe_id = match spiffe.as_slice() {
+            [one] if crate::certs::validate_spiffe_id(one).is_ok() => Some((*one).clone()),
+            _ => None,
+        };
+        let fingerprint: [u8; 32] = digest::digest(&digest::SHA256, der)
+            .as_ref()
+            .try_into()
+            .map_err(|_| "SHA-256 digest is not 32 bytes".to_owned())?;
+        Ok(Self {
+            subject: cert.subject().to_string(),
+            common_name,
+            issuer: cert.issuer().to_string(),
+            dns,
+            emails,
+            uris,
+            spiffe_id,
+            serial: cert.raw_serial().to_vec(),
+            fingerprint_hex: crate::certs::hex(&fingerprint),
+            fingerprint,
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+
+    /// Serial number in lower-case hex.
+    pub fn serial_hex(&self) -> String {
+        crate::certs::hex(&self.serial)
+    }
+
+    /// Every SAN, for rules that match any of them.
+    pub fn sans(&self) -> impl Iterator<Item = &str> {
+        self.dns
+            .iter()
+            .chain(&self.emails)
+            .chain(&self.uris)
+            .map(String::as_str)
+    }
+}
