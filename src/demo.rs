@@ -39,15 +39,10 @@ pub async fn echo_upstream(listener: TcpListener, shutdown: CancellationToken) {
 }
 
 fn echo(req: &Request<Incoming>) -> Response<Body> {
-    let headers: Vec<(String, String)> = req
+    let headers: Vec<String> = req
         .headers()
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes())))
         .collect();
     let payload = serde_json::json!({
         "method": req.method().as_str(),

@@ -12,6 +12,7 @@
 //! - [`tls`]: the rustls server configuration, client-certificate verification with CRLs,
 //!   handshake failure reasons, and [`tls::PeerCert`], the identity read from the certificate.
 //! - [`canonical`]: the one canonical form of host, path and headers that every stage uses.
+//! - [`framing`]: catches HTTP/1 requests with both Transfer-Encoding and Content-Length.
 //! - [`pipeline`]: one request, top to bottom: canonicalise, route, decide, log, forward.
 //! - [`routing`]: host and path-prefix matching, most specific first.
 //! - [`policy`]: rules and the pure `evaluate(&Policy, &RequestFacts) -> Decision`.
@@ -31,6 +32,7 @@ pub mod decision_log;
 pub mod demo;
 pub mod error;
 pub mod forward;
+pub mod framing;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;

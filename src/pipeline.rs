@@ -38,6 +38,12 @@ pub fn canonicalize<'a>(
     conn: &Connection,
 ) -> Result<Canonical<'a>, Refusal> {
     let headers = req.headers();
+    if req.version() <= http::Version::HTTP_11 {
+        let index = conn.h1_requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(why) = conn.framing.refusal(index) {
+            return Err(Refusal::BadRequest(why));
+        }
+    }
     if req.method() == Method::CONNECT {
         return Err(Refusal::MethodNotAllowed);
     }

@@ -3,6 +3,7 @@
 
 use crate::config::Snapshot;
 use crate::decision_log::DecisionLog;
+use crate::framing::{Verdict, Watch};
 use crate::metrics::{Metrics, Reason};
 use crate::tls::{PeerCert, handshake_failure_reason};
 use arc_swap::ArcSwap;
@@ -98,6 +99,10 @@ pub struct Connection {
     /// Cancelled to close the connection and any tunnel opened on it.
     pub closing: CancellationToken,
     pub metrics: Arc<Metrics>,
+    /// HTTP/1 framing conflicts seen on the wire (see `framing`).
+    pub framing: Arc<Verdict>,
+    /// HTTP/1 requests started on this connection, to match against `framing`.
+    pub h1_requests: AtomicU64,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -186,6 +191,8 @@ async fn connection(
         }
     };
     let sni = session.server_name().map(str::to_ascii_lowercase);
+    let framing = Verdict::new();
+    let watch = (session.alpn_protocol() != Some(b"h2")).then(|| Watch::new(framing.clone()));
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     shared.metrics.connections_open.inc();
     let conn = Arc::new(Connection {
@@ -199,6 +206,8 @@ async fn connection(
         idle_timeout: snapshot.idle_timeout,
         closing,
         metrics: shared.metrics.clone(),
+        framing,
+        h1_requests: AtomicU64::new(0),
         _permit: permit,
     });
     conn.activity.touch();
@@ -207,6 +216,7 @@ async fn connection(
     let io = TokioIo::new(Tracked {
         inner: tls,
         activity: conn.activity.clone(),
+        watch,
     });
     let service = {
         let shared = shared.clone();
@@ -282,10 +292,11 @@ fn note_connection_error(shared: &Shared, id: u64, e: &(dyn std::error::Error + 
     tracing::debug!(conn = id, error = %e, "connection ended with an error");
 }
 
-/// The TLS stream, noting when bytes move.
+/// The TLS stream, noting when bytes move and, on HTTP/1, watching request framing.
 struct Tracked<T> {
     inner: T,
     activity: Activity,
+    watch: Option<Watch>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
@@ -298,6 +309,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.activity.touch();
+            let this = &mut *self;
+            if let Some(watch) = &mut this.watch {
+                watch.feed(&buf.filled()[before..]);
+            }
         }
         poll
     }

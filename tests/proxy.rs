@@ -1,0 +1,745 @@
+//! The core proxy over real sockets: TLS refusals, identity, rules, hygiene, limits, upstreams.
+
+mod support;
+
+use anyhow::Result;
+use rustls::pki_types::pem::PemObject;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use vigil::certs::{Authority, Issued, LeafSpec};
+
+struct Fixture {
+    pki: Pki,
+    running: vigil::Running,
+    decisions: PathBuf,
+    upstream: SocketAddr,
+    web: Issued,
+    batch: Issued,
+    laptop: Issued,
+    _upstream_stop: CancellationToken,
+}
+
+impl Fixture {
+    fn as_identity(&self, id: &Issued) -> rustls::ClientConfig {
+        client_config(Some(id), self.pki.ca.cert_pem(), &[b"http/1.1"]).expect("client config")
+    }
+    fn web(&self) -> rustls::ClientConfig {
+        self.as_identity(&self.web)
+    }
+}
+
+const API_ROUTE: &str = r#"
+[[route]]
+name = "api"
+host = "localhost"
+upstream = "http://UPSTREAM"
+login = "none"
+allow = [
+  { spiffe = ["spiffe://example.org/ns/frontend/sa/*"], paths = ["/public/**", "/ws"], methods = ["GET", "POST"] },
+  { cert_subject = ["*-laptop"], paths = ["/laptops/**"] },
+]
+"#;
+
+async fn fixture_with(extra_server: &str, routes: &str, tail: &str) -> Result<Fixture> {
+    let pki = Pki::new()?;
+    let (upstream, stop) = echo_upstream().await?;
+    let decisions = pki.path("decisions.log");
+    let text = format!(
+        "{}{}{}",
+        base_config(extra_server, &decisions),
+        tail,
+        routes.replace("UPSTREAM", &upstream.to_string())
+    );
+    let running = spawn(&pki, &text).await?;
+    Ok(Fixture {
+        web: pki.workload(SPIFFE_WEB)?,
+        batch: pki.workload(SPIFFE_BATCH)?,
+        laptop: pki.device("alice-laptop")?,
+        pki,
+        running,
+        decisions,
+        upstream,
+        _upstream_stop: stop,
+    })
+}
+
+async fn fixture() -> Result<Fixture> {
+    fixture_with("", API_ROUTE, "").await
+}
+
+#[tokio::test]
+async fn allowed_workload_reaches_upstream_with_identity_headers() -> Result<()> {
+    let f = fixture().await?;
+    let reply = get(f.running.addr, f.web(), "/public/hello?x=1", "").await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let body = reply.json();
+    assert_eq!(body["path"], "/public/hello");
+    assert_eq!(body["query"], "x=1");
+    assert_eq!(
+        reply.upstream_header("x-vigil-workload").as_deref(),
+        Some(SPIFFE_WEB)
+    );
+    let fingerprint = reply.upstream_header("x-vigil-device").unwrap_or_default();
+    assert_eq!(fingerprint.len(), 64, "{fingerprint}");
+    assert_eq!(
+        reply.upstream_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(
+        reply.upstream_header("x-forwarded-proto").as_deref(),
+        Some("https")
+    );
+    assert_eq!(
+        reply.upstream_header("x-forwarded-host").as_deref(),
+        Some("localhost")
+    );
+    let request_id = reply
+        .header("x-request-id")
+        .expect("request id on the response");
+    assert_eq!(
+        reply.upstream_header("x-request-id"),
+        Some(request_id.clone())
+    );
+    assert_eq!(reply.upstream_header("host"), Some(f.upstream.to_string()));
+
+    let line = decision_for(&f.decisions, &request_id)
+        .await
+        .expect("decision line");
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(line["route"], "api");
+    assert_eq!(line["workload"], SPIFFE_WEB);
+    assert_eq!(line["device"], fingerprint);
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["mode"], "enforce");
+    Ok(())
+}
+
+#[tokio::test]
+async fn denied_workload_gets_403_with_reason_in_decision_log() -> Result<()> {
+    let f = fixture().await?;
+    let reply = get(f.running.addr, f.as_identity(&f.batch), "/public/hello", "").await?;
+    assert_eq!(reply.status, 403);
+    let body = reply.json();
+    assert_eq!(body["reason"], "access denied by route 'api'");
+    let request_id = body["request_id"].as_str().unwrap_or_default().to_owned();
+    assert!(!request_id.is_empty());
+    // Nothing about the rules leaks to the client.
+    assert!(!reply.body.contains("frontend"), "{}", reply.body);
+
+    let line = decision_for(&f.decisions, &request_id)
+        .await
+        .expect("decision line");
+    assert_eq!(line["decision"], "deny");
+    assert_eq!(line["status"], 403);
+    assert_eq!(line["workload"], SPIFFE_BATCH);
+    let reasons = line["reasons"].to_string();
+    assert!(
+        reasons.contains("SPIFFE ID spiffe://example.org/ns/batch/sa/job not allowed"),
+        "{reasons}"
+    );
+    assert!(reasons.contains("certificate subject CN"), "{reasons}");
+
+    // Wrong method for an allowed workload.
+    let reply = raw(
+        f.running.addr,
+        f.web(),
+        "localhost",
+        "DELETE /public/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    assert_eq!(reply.status, 403);
+    Ok(())
+}
+
+#[tokio::test]
+async fn device_certificate_rules() -> Result<()> {
+    let f = fixture().await?;
+    let laptop = f.as_identity(&f.laptop);
+    assert_eq!(
+        get(f.running.addr, laptop.clone(), "/laptops/x", "")
+            .await?
+            .status,
+        200
+    );
+    assert_eq!(
+        get(f.running.addr, laptop, "/public/x", "").await?.status,
+        403
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn spoofed_identity_headers_are_stripped() -> Result<()> {
+    let f = fixture().await?;
+    let spoof = "X-Vigil-User: mallory\r\n\
+                 X_Vigil_User: mallory\r\n\
+                 x.vigil.email: mallory@example.org\r\n\
+                 X-VIGIL-WORKLOAD: spiffe://example.org/ns/admin/sa/root\r\n\
+                 X-Vigil-Device: 00\r\n\
+                 X-Forwarded-For: 10.9.9.9\r\n\
+                 X-Forwarded-Host: admin.internal\r\n\
+                 Forwarded: for=10.9.9.9\r\n\
+                 X-Real-IP: 10.9.9.9\r\n\
+                 X-Request-Id: chosen-by-client\r\n\
+                 X-HTTP-Method-Override: DELETE\r\n\
+                 X-Method-Override: DELETE\r\n\
+                 Connection: X-Vigil-Workload, X-Forwarded-For, X-Request-Id\r\n";
+    let reply = get(f.running.addr, f.web(), "/public/x", spoof).await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let headers = reply.upstream_headers();
+    for (name, value) in &headers {
+        let alias = name.replace(['_', '.'], "-");
+        assert!(
+            !value.contains("mallory") && !value.contains("10.9.9.9"),
+            "{name}: {value}"
+        );
+        assert!(
+            !alias.contains("method-override"),
+            "{name} reached upstream"
+        );
+        assert_ne!(alias, "forwarded");
+        assert_ne!(alias, "x-real-ip");
+    }
+    let count = |n: &str| headers.iter().filter(|(k, _)| k == n).count();
+    assert_eq!(count("x-vigil-workload"), 1);
+    assert_eq!(
+        reply.upstream_header("x-vigil-workload").as_deref(),
+        Some(SPIFFE_WEB)
+    );
+    assert_eq!(count("x-forwarded-for"), 1);
+    assert_eq!(
+        reply.upstream_header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_ne!(
+        reply.upstream_header("x-request-id").as_deref(),
+        Some("chosen-by-client")
+    );
+    assert_ne!(
+        reply.upstream_header("x-vigil-device").as_deref(),
+        Some("00")
+    );
+    assert!(reply.upstream_header("x-vigil-user").is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn path_tricks_neither_bypass_rules_nor_reach_upstream_unnormalised() -> Result<()> {
+    let f = fixture().await?;
+    let cases: &[(&str, u16, Option<&str>)] = &[
+        ("/public/../admin", 403, None),
+        ("/public/%2e%2e/admin", 403, None),
+        ("/public/%2E%2E/admin", 403, None),
+        ("/public/.%2e/admin", 403, None),
+        ("/public/..%2fadmin", 400, None),
+        ("/public/%2Fadmin", 400, None),
+        ("/public/%252e%252e/admin", 400, None),
+        ("/public/%255c..%255cadmin", 400, None),
+        ("/public/..%5cadmin", 400, None),
+        ("/public/%00", 400, None),
+        ("/public/x;a=b", 400, None),
+        ("/../public/x", 400, None),
+        ("/public/a/./b/../c", 200, Some("/public/a/c")),
+        ("//public//x", 200, Some("/public/x")),
+        ("/public/%7euser/%41", 200, Some("/public/~user/A")),
+        ("/public/%3f", 200, Some("/public/%3F")),
+        ("/public%2f..%2fadmin", 400, None),
+    ];
+    for (path, status, upstream_path) in cases {
+        let reply = get(f.running.addr, f.web(), path, "").await?;
+        assert_eq!(reply.status, *status, "{path}: {reply:?}");
+        match upstream_path {
+            Some(p) => assert_eq!(reply.json()["path"], *p, "{path}"),
+            None => assert!(
+                reply.json().get("headers").is_none(),
+                "{path} reached the upstream"
+            ),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn ambiguous_requests_are_refused() -> Result<()> {
+    let f = fixture().await?;
+    let cases: Vec<(String, u16)> = vec![
+        ("GET /public/x HTTP/1.1\r\nHost: localhost\r\nHost: other.test\r\nConnection: close\r\n\r\n".into(), 400),
+        ("GET /public/x HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n".into(), 421),
+        ("GET https://other.test/public/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into(), 400),
+        ("POST /public/x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nConnection: close\r\n\r\n0\r\n\r\n".into(), 400),
+        ("GET /public/x HTTP/1.1\r\nHost: localhost\r\nX-Bad: a\0b\r\nConnection: close\r\n\r\n".into(), 400),
+        ("GET /public/x#frag HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into(), 400),
+        ("GET /nothing-here HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into(), 403),
+        ("GET /public/x HTTP/1.1\r\nHost: LOCALHOST.:443\r\nConnection: close\r\n\r\n".into(), 200),
+        ("CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\nConnection: close\r\n\r\n".into(), 405),
+    ];
+    for (request, status) in cases {
+        let reply = raw(f.running.addr, f.web(), "localhost", &request).await;
+        match reply {
+            Ok(r) => assert_eq!(r.status, status, "{request:?}: {r:?}"),
+            Err(e) => panic!("{request:?}: {e}"),
+        }
+    }
+    // A host with no route, on a connection opened for that host.
+    let reply = raw(
+        f.running.addr,
+        f.web(),
+        "other.test",
+        "GET / HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    assert_eq!(reply.status, 404);
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_headers_and_bodies_are_refused() -> Result<()> {
+    let f = fixture_with("max_body_bytes = 1024", API_ROUTE, "").await?;
+    let big = format!("X-Big: {}\r\n", "a".repeat(40 * 1024));
+    let reply = get(f.running.addr, f.web(), "/public/x", &big).await?;
+    assert_eq!(reply.status, 431, "{reply:?}");
+
+    let body = "b".repeat(2000);
+    let declared = format!(
+        "POST /public/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n{body}"
+    );
+    let reply = raw(f.running.addr, f.web(), "localhost", &declared).await?;
+    assert_eq!(reply.status, 413);
+
+    let chunked = format!(
+        "POST /public/x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n7d0\r\n{body}\r\n0\r\n\r\n"
+    );
+    let reply = raw(f.running.addr, f.web(), "localhost", &chunked).await?;
+    assert_eq!(reply.status, 413, "{reply:?}");
+
+    let small = "POST /public/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    assert_eq!(
+        raw(f.running.addr, f.web(), "localhost", small)
+            .await?
+            .status,
+        200
+    );
+    assert!(metric(&f.running, "vigil_limits_hit_total{limit=\"body_size\"}").await? >= 2.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn refused_handshakes_fail_with_a_reason_metric() -> Result<()> {
+    let pki = Pki::new()?;
+    let now = time::OffsetDateTime::now_utc();
+    let expired = pki.ca.issue(&LeafSpec::workload(SPIFFE_WEB).validity(
+        now - time::Duration::days(10),
+        now - time::Duration::days(1),
+    ))?;
+    let future = pki.ca.issue(&LeafSpec::workload(SPIFFE_WEB).validity(
+        now + time::Duration::days(1),
+        now + time::Duration::days(10),
+    ))?;
+    let other_ca = Authority::generate("Other CA")?;
+    let foreign = other_ca.issue(&LeafSpec::workload(SPIFFE_WEB))?;
+    let revoked = pki.workload(SPIFFE_WEB)?;
+    let good = pki.workload(SPIFFE_WEB)?;
+    pki.write_crl(&[&revoked.serial], 1)?;
+
+    let (upstream, _stop) = echo_upstream().await?;
+    let log = pki.path("decisions.log");
+    let text = format!(
+        "{}{}",
+        base_config("", &log).replace(
+            "client_ca = [\"ca.pem\"]",
+            "client_ca = [\"ca.pem\"]\ncrl = [\"ca.crl\"]"
+        ),
+        API_ROUTE.replace("UPSTREAM", &upstream.to_string())
+    );
+    let running = spawn(&pki, &text).await?;
+    let roots = pki.ca.cert_pem();
+
+    let attempt = |config: rustls::ClientConfig| async move {
+        match connect(running.addr, config, "localhost").await {
+            Err(_) => false,
+            Ok(mut tls) => {
+                let _ = tls
+                    .write_all(
+                        b"GET /public/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                    )
+                    .await;
+                read_reply(&mut tls).await.is_ok()
+            }
+        }
+    };
+    assert!(
+        attempt(client_config(Some(&good), roots, &[])?).await,
+        "a good certificate works"
+    );
+    let tls12 = {
+        let mut roots_store = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(roots.as_bytes()) {
+            roots_store.add(c?)?;
+        }
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(good.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(good.key_pem.as_bytes())?;
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS12])?
+        .with_root_certificates(roots_store)
+        .with_client_auth_cert(chain, key)?
+    };
+    let cases: Vec<(&str, rustls::ClientConfig)> = vec![
+        ("no_certificate", client_config(None, roots, &[])?),
+        ("expired", client_config(Some(&expired), roots, &[])?),
+        ("not_yet_valid", client_config(Some(&future), roots, &[])?),
+        ("unknown_issuer", client_config(Some(&foreign), roots, &[])?),
+        ("revoked", client_config(Some(&revoked), roots, &[])?),
+        ("protocol_version", tls12),
+    ];
+    for (reason, config) in cases {
+        assert!(!attempt(config).await, "{reason}: the request went through");
+        let series = format!("vigil_tls_handshake_failures_total{{reason=\"{reason}\"}}");
+        let seen = eventually(STEP, || {
+            let series = series.clone();
+            let running = &running;
+            async move { metric(running, &series).await.unwrap_or(0.0) >= 1.0 }
+        })
+        .await;
+        assert!(seen, "no metric {series}");
+    }
+    // Nothing refused at the handshake reached the decision log or the upstream.
+    assert_eq!(decisions(&log).len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn session_resumption_works() -> Result<()> {
+    let f = fixture().await?;
+    let config = f.web();
+    let mut first = connect(f.running.addr, config.clone(), "localhost").await?;
+    first
+        .write_all(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    assert_eq!(read_reply(&mut first).await?.status, 200);
+    let mut second = connect(f.running.addr, config, "localhost").await?;
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    second
+        .write_all(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let reply = read_reply(&mut second).await?;
+    assert_eq!(reply.status, 200);
+    // The resumed connection still carries the certificate identity.
+    assert_eq!(
+        reply.upstream_header("x-vigil-workload").as_deref(),
+        Some(SPIFFE_WEB)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn dead_and_slow_upstreams_give_502_and_504() -> Result<()> {
+    let pki = Pki::new()?;
+    let dead = dead_address().await?;
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_addr = silent.local_addr()?;
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let decisions = pki.path("decisions.log");
+    let text = format!(
+        r#"{}
+[[route]]
+name = "dead"
+host = "localhost"
+path = "/dead"
+upstream = "http://{dead}"
+login = "none"
+allow = [{{ spiffe = ["spiffe://example.org/**"] }}]
+
+[[route]]
+name = "slow"
+host = "localhost"
+path = "/slow"
+upstream = "http://{silent_addr}"
+login = "none"
+response_timeout = "500ms"
+allow = [{{ spiffe = ["spiffe://example.org/**"] }}]
+"#,
+        base_config("", &decisions)
+    );
+    let running = spawn(&pki, &text).await?;
+    let web = client_config(Some(&pki.workload(SPIFFE_WEB)?), pki.ca.cert_pem(), &[])?;
+
+    let started = std::time::Instant::now();
+    let reply = get(running.addr, web.clone(), "/dead/x", "").await?;
+    assert_eq!(reply.status, 502, "{reply:?}");
+    assert_eq!(reply.json()["reason"], "upstream unavailable");
+    let id = reply.json()["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let line = decision_for(&decisions, &id).await.expect("decision line");
+    assert!(
+        line["reasons"].to_string().contains("upstream unreachable"),
+        "{line}"
+    );
+
+    let reply = get(running.addr, web, "/slow/x", "").await?;
+    assert_eq!(reply.status, 504, "{reply:?}");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(
+        metric(
+            &running,
+            "vigil_upstream_errors_total{route=\"dead\",kind=\"connect\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    assert!(
+        metric(
+            &running,
+            "vigil_upstream_errors_total{route=\"slow\",kind=\"timeout\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    hold.abort();
+    Ok(())
+}
+
+#[tokio::test]
+async fn slow_request_headers_are_cut_off() -> Result<()> {
+    let f = fixture_with("header_read_timeout = \"1s\"", API_ROUTE, "").await?;
+    let mut tls = connect(f.running.addr, f.web(), "localhost").await?;
+    tls.write_all(b"GET /public/x HTTP/1.1\r\nHost: local")
+        .await?;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(8), tls.read(&mut buf))
+        .await?
+        .unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        metric(
+            &f.running,
+            "vigil_limits_hit_total{limit=\"header_read_timeout\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() -> Result<()> {
+    let f = fixture_with(
+        "idle_timeout = \"1s\"\nheader_read_timeout = \"30s\"",
+        API_ROUTE,
+        "",
+    )
+    .await?;
+    let mut tls = connect(f.running.addr, f.web(), "localhost").await?;
+    tls.write_all(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await?;
+    assert_eq!(read_reply(&mut tls).await?.status, 200);
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(8), tls.read(&mut buf))
+        .await?
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the idle connection was not closed");
+    assert!(metric(&f.running, "vigil_limits_hit_total{limit=\"idle_timeout\"}").await? >= 1.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed() -> Result<()> {
+    let f = fixture_with("max_connections = 2", API_ROUTE, "").await?;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tls = connect(f.running.addr, f.web(), "localhost").await?;
+        tls.write_all(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await?;
+        assert_eq!(read_reply(&mut tls).await?.status, 200);
+        held.push(tls);
+    }
+    let third = get(f.running.addr, f.web(), "/public/x", "").await;
+    assert!(third.is_err(), "{third:?}");
+    assert!(metric(&f.running, "vigil_connections_rejected_total").await? >= 1.0);
+    drop(held);
+    let freed = eventually(STEP, || async {
+        get(f.running.addr, f.web(), "/public/x", "")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(freed, "slots were not released");
+    Ok(())
+}
+
+#[tokio::test]
+async fn http2_requests_are_served() -> Result<()> {
+    let f = fixture().await?;
+    let config = client_config(Some(&f.web), f.pki.ca.cert_pem(), &[b"h2", b"http/1.1"])?;
+    let (status, body) = h2_get(
+        f.running.addr,
+        config.clone(),
+        "https://localhost/public/h2",
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(json["path"], "/public/h2");
+    assert_eq!(json["version"], "HTTP/1.1");
+    let (status, _) = h2_get(
+        f.running.addr,
+        config.clone(),
+        "https://localhost/public/%2e%2e/admin",
+    )
+    .await?;
+    assert_eq!(status, 403);
+    let (status, _) = h2_get(f.running.addr, config, "https://other.test/public/x").await?;
+    assert_eq!(status, 421);
+    Ok(())
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_proxy() -> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let pki = Pki::new()?;
+    let ws = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let ws_addr = ws.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = ws.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = socket.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        let _ = socket.send(msg).await;
+                    }
+                }
+            });
+        }
+    });
+    let decisions = pki.path("decisions.log");
+    let text = format!(
+        "{}{}",
+        base_config("", &decisions),
+        API_ROUTE.replace("UPSTREAM", &ws_addr.to_string())
+    );
+    let running = spawn(&pki, &text).await?;
+    let config = client_config(
+        Some(&pki.workload(SPIFFE_WEB)?),
+        pki.ca.cert_pem(),
+        &[b"http/1.1"],
+    )?;
+    let tls = connect(running.addr, config, "localhost").await?;
+    let (mut socket, response) = tokio::time::timeout(
+        STEP,
+        tokio_tungstenite::client_async("wss://localhost/ws", tls),
+    )
+    .await??;
+    assert_eq!(response.status(), 101);
+    for i in 0..3 {
+        socket.send(Message::text(format!("hello {i}"))).await?;
+        let echoed = tokio::time::timeout(STEP, socket.next()).await?;
+        assert_eq!(
+            echoed.transpose()?,
+            Some(Message::text(format!("hello {i}")))
+        );
+    }
+    assert!(metric(&running, "vigil_tunnels_open").await? >= 1.0);
+    socket.close(None).await?;
+
+    // A denied workload cannot open the tunnel.
+    let config = client_config(
+        Some(&pki.workload(SPIFFE_BATCH)?),
+        pki.ca.cert_pem(),
+        &[b"http/1.1"],
+    )?;
+    let tls = connect(running.addr, config, "localhost").await?;
+    let denied = tokio_tungstenite::client_async("wss://localhost/ws", tls).await;
+    assert!(denied.is_err());
+    Ok(())
+}
+
+#[tokio::test]
+async fn audit_mode_logs_denials_and_lets_them_through() -> Result<()> {
+    let f = fixture_with("", API_ROUTE, "\n[audit]\nmode = \"audit\"\n").await?;
+    let reply = get(f.running.addr, f.as_identity(&f.batch), "/public/x", "").await?;
+    assert_eq!(reply.status, 200);
+    let id = reply.header("x-request-id").unwrap_or_default();
+    let line = decision_for(&f.decisions, &id)
+        .await
+        .expect("decision line");
+    assert_eq!(line["decision"], "audit");
+    assert_eq!(line["mode"], "audit");
+    assert!(line["reasons"].to_string().contains("not allowed"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn whoami_describes_the_caller() -> Result<()> {
+    let f = fixture().await?;
+    let reply = get(f.running.addr, f.web(), "/.vigil/whoami", "").await?;
+    assert_eq!(reply.status, 200);
+    let json = reply.json();
+    assert_eq!(json["certificate"]["spiffe_id"], SPIFFE_WEB);
+    assert_eq!(json["route"], "api");
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests() -> Result<()> {
+    let pki = Pki::new()?;
+    // An upstream that answers after a second.
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let slow_addr = slow.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = slow.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndone",
+                    )
+                    .await;
+            });
+        }
+    });
+    let decisions = pki.path("decisions.log");
+    let text = format!(
+        "{}{}",
+        base_config("drain_timeout = \"10s\"", &decisions),
+        API_ROUTE.replace("UPSTREAM", &slow_addr.to_string())
+    );
+    let running = spawn(&pki, &text).await?;
+    let addr = running.addr;
+    let config = client_config(Some(&pki.workload(SPIFFE_WEB)?), pki.ca.cert_pem(), &[])?;
+    let in_flight = tokio::spawn(get(addr, config.clone(), "/public/x", ""));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(15), running.shutdown()).await?;
+    let reply = in_flight.await??;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "done");
+    assert!(
+        get(addr, config, "/public/x", "").await.is_err(),
+        "still accepting after shutdown"
+    );
+    Ok(())
+}
