@@ -14,11 +14,18 @@ use toml::de::{DeTable, DeValue};
 /// Spans of every key and value in the document, by dotted path (`route.0.allow.1.spiffe`).
 #[derive(Debug, Default)]
 pub struct Locator {
+    /// The document did not parse; nothing else is known.
+    unparsed: bool,
     keys: HashMap<String, Range<usize>>,
     values: HashMap<String, Range<usize>>,
 }
 
 impl Locator {
+    /// True when the document could not be parsed at all.
+    pub fn unparsed(&self) -> bool {
+        self.unparsed
+    }
+
     /// Where the value at `path` is written, for problems about a value.
     pub fn value(&self, path: &str) -> Option<Range<usize>> {
         self.values.get(path).cloned()
@@ -145,6 +152,7 @@ pub fn parse(text: &str) -> (RawConfig, Locator, Vec<Problem>) {
     if !problems.is_empty() {
         // A syntax error can shift everything after it; reporting type errors on a
         // half-parsed tree would only add noise.
+        locator.unparsed = true;
         return (raw, locator, problems);
     }
     locator.walk_table("", root.get_ref());
@@ -203,40 +211,103 @@ pub fn parse(text: &str) -> (RawConfig, Locator, Vec<Problem>) {
 }
 
 /// Deserialises one section, reporting unknown keys (with suggestions) and type errors.
+///
+/// serde stops at the first type error, so after each one the offending key is taken out and
+/// the section is read again: one run reports every bad value in the section.
 fn section<T: DeserializeOwned>(
     path: &str,
-    value: Spanned<DeValue<'_>>,
+    mut value: Spanned<DeValue<'_>>,
     known: &[&str],
     locator: &Locator,
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
     let mut unknown = Vec::new();
-    let result: Result<T, toml::de::Error> =
-        serde_ignored::deserialize(value.into_deserializer(), |p| unknown.push(p.to_string()));
+    let mut failed = false;
+    for _ in 0..64 {
+        let mut ignored = Vec::new();
+        let result: Result<T, toml::de::Error> =
+            serde_ignored::deserialize(value.clone().into_deserializer(), |p| {
+                ignored.push(p.to_string())
+            });
+        for key in ignored {
+            if !unknown.contains(&key) {
+                unknown.push(key);
+            }
+        }
+        match result {
+            Ok(v) => {
+                report_unknown(path, &unknown, known, locator, problems);
+                return (!failed).then_some(v);
+            }
+            Err(err) => {
+                failed = true;
+                let message = err.message().to_owned();
+                let span = err.span().or_else(|| locator.value(path));
+                problems.push(Problem::at(span.clone(), format!("in `{path}`: {message}")));
+                match span {
+                    Some(span) if remove_value_at(value.get_mut(), &span) => continue,
+                    _ => break,
+                }
+            }
+        }
+    }
+    report_unknown(path, &unknown, known, locator, problems);
+    None
+}
+
+/// Takes out the innermost table entry whose value contains `span`.
+fn remove_value_at(value: &mut DeValue<'_>, span: &Range<usize>) -> bool {
+    let contains = |v: &Spanned<DeValue<'_>>| {
+        let s = v.span();
+        s.start <= span.start && span.end <= s.end
+    };
+    match value {
+        DeValue::Table(table) => {
+            let mut hit = None;
+            for (key, v) in table.iter_mut() {
+                if contains(v) {
+                    if remove_value_at(v.get_mut(), span) {
+                        return true;
+                    }
+                    hit = Some(key.clone());
+                    break;
+                }
+            }
+            match hit {
+                Some(key) => table.remove(&key).is_some(),
+                None => false,
+            }
+        }
+        DeValue::Array(items) => items
+            .iter_mut()
+            .find(|v| contains(v))
+            .is_some_and(|v| remove_value_at(v.get_mut(), span)),
+        _ => false,
+    }
+}
+
+fn report_unknown(
+    path: &str,
+    unknown: &[String],
+    known: &[&str],
+    locator: &Locator,
+    problems: &mut Vec<Problem>,
+) {
     for rel in unknown {
-        let full = join(path, &rel);
-        let key = rel.rsplit('.').next().unwrap_or(&rel);
+        let full = join(path, rel);
+        let key = rel.rsplit('.').next().unwrap_or(rel);
         // Keys inside an `allow` rule are checked against the rule's keys.
         let candidates = if rel.starts_with("allow.") {
             RULE_KEYS
         } else {
             known
         };
-        let mut problem = Problem::at(locator.key(&full), format!("unknown key `{full}`"));
-        problem = problem.with_help(
-            suggest(key, candidates)
-                .unwrap_or_else(|| format!("known keys here: {}", candidates.join(", "))),
+        problems.push(
+            Problem::at(locator.key(&full), format!("unknown key `{full}`")).with_help(
+                suggest(key, candidates)
+                    .unwrap_or_else(|| format!("known keys here: {}", candidates.join(", "))),
+            ),
         );
-        problems.push(problem);
-    }
-    match result {
-        Ok(v) => Some(v),
-        Err(err) => {
-            let message = err.message().to_owned();
-            let span = err.span().or_else(|| locator.value(path));
-            problems.push(Problem::at(span, format!("in `{path}`: {message}")));
-            None
-        }
     }
 }
 
@@ -295,6 +366,24 @@ allow = [{ spife = ["spiffe://x/y"] }]
             .and_then(|p| p.help.clone());
         assert_eq!(spife.as_deref(), Some("did you mean `spiffe`?"));
         assert!(problems.iter().all(|p| p.span.is_some()));
+    }
+
+    #[test]
+    fn every_type_error_in_a_section_is_reported() {
+        let text =
+            "[server]\nmax_connections = \"lots\"\nidle_timeout = \"soon\"\nmax_body_bytes = -1\n";
+        let (_raw, _loc, problems) = parse(text);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        let lines: Vec<usize> = problems
+            .iter()
+            .map(|p| {
+                super::super::diagnostics::line_col(text, p.span.clone().unwrap_or(0..0).start).0
+            })
+            .collect();
+        assert!(
+            lines.contains(&2) && lines.contains(&3) && lines.contains(&4),
+            "{lines:?}"
+        );
     }
 
     #[test]

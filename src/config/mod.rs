@@ -95,7 +95,8 @@ pub fn load_text(
         name: name.to_owned(),
         text,
     });
-    if !items.is_empty() && raw.routes.is_empty() && raw.tls.is_none() {
+    if locator.unparsed() {
+        // Syntax errors: nothing further can be said reliably.
         return Err(Problems { source, items });
     }
     let mut compiler = Compiler {

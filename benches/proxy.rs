@@ -1,0 +1,1826 @@
+//! `cargo bench --bench proxy` (or `scripts/bench`): Vigil against nginx as an mTLS reverse proxy
+//! and against the upstream itself, in one run.
+//!
+//! The proxy under test runs as its own process pinned to core 0; this process (the load
+//! generator and the upstream) pins itself to core 1. On two shared cores req/s is capped by the
+//! load generator, so the numbers that matter are the proxy's own CPU time per request and per full
+//! handshake (nanoseconds on-CPU from `/proc/PID/task/*/schedstat`), latency at one connection, and
+//! memory per idle TLS connection (RSS from `/proc/PID/smaps_rollup`), reported as ratios to nginx.
+//!
+//! Every TLS connection presents a client certificate, offers TLS 1.3 only and X25519 only (both
+//! proxies then do the same key exchange), and never resumes a session, so each one is a full
+//! handshake. The direct target is plain HTTP: the upstream has no TLS.
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST, HeaderValue, USER_AGENT};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsConnector;
+use vigil::certs::{Authority, LeafSpec};
+
+/// The core the proxy under test runs on; this process takes [`LOADGEN_CORE`].
+const PROXY_CORE: &str = "0";
+const LOADGEN_CORE: &str = "1";
+/// Size of the upstream's fixed response body.
+const BODY_LEN: usize = 100;
+const CLIENT_SPIFFE_ID: &str = "spiffe://vigil.test/ns/bench/sa/loadgen";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Concurrency while opening the idle connections.
+const IDLE_OPEN_CONCURRENCY: usize = 8;
+/// Aims from the acceptance text.
+const AIM_KEEPALIVE_CPU: f64 = 0.65;
+const AIM_HANDSHAKE_CPU: f64 = 0.30;
+const AIM_IDLE_KIB: f64 = 16.0;
+
+const USAGE: &str = "\
+usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
+
+  --seconds N                 measured time per scenario and target (default 5; warm-up is extra)
+  --connections N             keep-alive connections (default 16)
+  --handshake-connections N   concurrent new-connection loops in the handshake scenario (default 4)
+  --idle N                    idle TLS connections for the memory scenario (default 1000)
+  --vigil PATH                the vigil binary (default: <target dir>/release/vigil)
+  --no-nginx                  skip the nginx comparison
+  --keep-temp                 keep the temp dir (configs, logs, certificates) and print its path
+  --help                      this text";
+
+// ---------------------------------------------------------------------------------------------
+// Arguments
+
+#[derive(Debug, Clone)]
+struct Args {
+    seconds: f64,
+    connections: usize,
+    handshake_connections: usize,
+    idle: usize,
+    vigil: Option<PathBuf>,
+    no_nginx: bool,
+    keep_temp: bool,
+}
+
+impl Args {
+    fn parse() -> Result<Option<Self>> {
+        let mut args = Args {
+            seconds: 5.0,
+            connections: 16,
+            handshake_connections: 4,
+            idle: 1000,
+            vigil: None,
+            no_nginx: false,
+            keep_temp: false,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(arg) = it.next() {
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+                _ => (arg.clone(), None),
+            };
+            let mut value = |what: &str| -> Result<String> {
+                match inline.clone() {
+                    Some(v) => Ok(v),
+                    None => it
+                        .next()
+                        .ok_or_else(|| anyhow!("{what} needs a value\n\n{USAGE}")),
+                }
+            };
+            match name.as_str() {
+                // cargo passes --bench to harness = false benches.
+                "--bench" => {}
+                "--help" | "-h" => {
+                    println!("{USAGE}");
+                    return Ok(None);
+                }
+                "--seconds" => {
+                    args.seconds = parse_num(&value("--seconds")?, "--seconds")?;
+                    if !(args.seconds > 0.0 && args.seconds <= 600.0) {
+                        bail!("--seconds must be in (0, 600]");
+                    }
+                }
+                "--connections" => {
+                    args.connections = parse_count(&value("--connections")?, "--connections")?;
+                }
+                "--handshake-connections" => {
+                    args.handshake_connections = parse_count(
+                        &value("--handshake-connections")?,
+                        "--handshake-connections",
+                    )?;
+                }
+                "--idle" => args.idle = parse_count(&value("--idle")?, "--idle")?,
+                "--vigil" => args.vigil = Some(PathBuf::from(value("--vigil")?)),
+                "--no-nginx" => args.no_nginx = true,
+                "--keep-temp" => args.keep_temp = true,
+                other => bail!("unknown argument {other:?}\n\n{USAGE}"),
+            }
+        }
+        Ok(Some(args))
+    }
+}
+
+fn parse_num(text: &str, what: &str) -> Result<f64> {
+    text.parse::<f64>()
+        .with_context(|| format!("{what}: {text:?} is not a number"))
+}
+
+fn parse_count(text: &str, what: &str) -> Result<usize> {
+    let n = text
+        .parse::<usize>()
+        .with_context(|| format!("{what}: {text:?} is not a whole number"))?;
+    if n == 0 || n > 20_000 {
+        bail!("{what} must be between 1 and 20000");
+    }
+    Ok(n)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry point
+
+fn main() -> Result<()> {
+    let Some(args) = Args::parse()? else {
+        return Ok(());
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinned = if cores >= 2 {
+        // Before any thread exists, so everything this process starts stays on the core.
+        pin_to(std::process::id(), LOADGEN_CORE)?;
+        true
+    } else {
+        println!("WARNING: only {cores} core available: nothing is pinned");
+        false
+    };
+    raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        tokio::select! {
+            result = run(args, pinned) => result,
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        }
+    })
+}
+
+async fn run(args: Args, pinned: bool) -> Result<()> {
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("clock before 1970")?
+        .as_secs();
+    let vigil_bin = vigil_binary(&args)?;
+    let nginx_bin = if args.no_nginx { None } else { find_nginx() };
+    let env = environment(&vigil_bin, nginx_bin.as_deref());
+    print_environment(&env, &args);
+
+    let tmp = tempfile::Builder::new()
+        .prefix("vigil-bench-")
+        .tempdir()
+        .context("creating a temp dir")?;
+    let dir = tmp.path().to_path_buf();
+    let pki = Pki::create(&dir)?;
+
+    let upstream = Upstream::start().await?;
+    println!("upstream: http://{} (in this process)", upstream.addr);
+
+    let vigil = start_vigil(&vigil_bin, &dir, upstream.addr, pinned).await?;
+    let mut notes: Vec<String> = Vec::new();
+    let nginx = match (&nginx_bin, args.no_nginx) {
+        (_, true) => {
+            notes.push("nginx comparison skipped (--no-nginx)".into());
+            None
+        }
+        (None, false) => {
+            notes.push(
+                "nginx comparison SKIPPED: nginx is not installed (scripts/bench installs it)"
+                    .into(),
+            );
+            None
+        }
+        (Some(bin), false) => {
+            match start_nginx(bin, &dir, &env.nginx_configure, upstream.addr, pinned).await {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    notes.push(format!(
+                        "nginx comparison SKIPPED: nginx did not start: {e:#}"
+                    ));
+                    None
+                }
+            }
+        }
+    };
+    for n in &notes {
+        println!("\n*** {n} ***");
+    }
+
+    let tls = TlsConnector::from(pki.client_config()?);
+    let mut targets = vec![Target {
+        name: "vigil",
+        ep: Endpoint {
+            addr: vigil.addr,
+            tls: Some(tls.clone()),
+        },
+        proxy: Some(&vigil),
+    }];
+    if let Some(n) = &nginx {
+        targets.push(Target {
+            name: "nginx",
+            ep: Endpoint {
+                addr: n.addr,
+                tls: Some(tls.clone()),
+            },
+            proxy: Some(n),
+        });
+    }
+    targets.push(Target {
+        name: "direct",
+        ep: Endpoint {
+            addr: upstream.addr,
+            tls: None,
+        },
+        proxy: None,
+    });
+
+    println!();
+    for t in &targets {
+        let (_, info) = timeout(CONNECT_TIMEOUT, connect(&t.ep)).await?;
+        let pin = t
+            .proxy
+            .map(|p| format!(", proxy cpus {}", cpus_allowed(p.pid)))
+            .unwrap_or_default();
+        println!(
+            "{:<6} {}{}",
+            t.name,
+            info.unwrap_or_else(|| "plain HTTP/1.1 (no TLS)".into()),
+            pin
+        );
+    }
+
+    let measure = Duration::from_secs_f64(args.seconds);
+    let warmup = Duration::from_secs_f64((args.seconds / 5.0).clamp(0.2, 1.0));
+    let bench = Bench {
+        served: upstream.served.clone(),
+        clk_tck: clk_tck(),
+    };
+    let mut report = Report::default();
+
+    // Idle memory first, while the proxies' heaps are small: a heap already grown by the other
+    // scenarios would hide part of what idle connections cost.
+    let mut idle = Vec::new();
+    for t in targets.iter().filter(|t| t.proxy.is_some()) {
+        eprintln!("... idle memory: {}", t.name);
+        idle.push(bench.idle_memory(t, args.idle).await?);
+    }
+    print_idle(&idle, args.idle);
+    report.idle = idle;
+
+    let scenarios = [
+        Scenario::KeepAlive(args.connections),
+        Scenario::Latency,
+        Scenario::Handshake(args.handshake_connections),
+    ];
+    for scenario in scenarios {
+        let mut rows = Vec::new();
+        for t in &targets {
+            eprintln!("... {}: {}", scenario.key(), t.name);
+            rows.push(bench.scenario(t, scenario, warmup, measure).await?);
+        }
+        print_scenario(scenario, &rows);
+        report.scenarios.push((scenario, rows));
+    }
+
+    for t in &targets {
+        if let Some(p) = t.proxy {
+            if let Some(msg) = p.exited() {
+                notes.push(format!("{} {msg} during the run", t.name));
+            }
+        }
+    }
+    let summary = summarise(&report, &mut notes);
+    let json = report_json(&report, &env, &args, &summary, &notes, started);
+    let path = write_json(&json, started)?;
+    println!("\nresults written to {}", path.display());
+
+    drop(nginx);
+    drop(vigil);
+    if args.keep_temp {
+        let kept = tmp.keep();
+        println!("temp dir kept: {}", kept.display());
+    }
+    if report.total_errors() > 0 {
+        bail!(
+            "{} requests or connections FAILED during the run; see the tables above",
+            report.total_errors()
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Environment and processes
+
+fn pin_to(pid: u32, core: &str) -> Result<()> {
+    let out = Command::new("taskset")
+        .args(["-a", "-cp", core, &pid.to_string()])
+        .output()
+        .context("running taskset (util-linux) to pin the load generator")?;
+    if !out.status.success() {
+        bail!(
+            "taskset -a -cp {core} {pid} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Thousands of sockets need more than the usual 1024 descriptors; children inherit the limit.
+fn raise_fd_limit() {
+    let pid = std::process::id().to_string();
+    let ok = Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=65536:65536"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        println!("note: could not raise the open-file limit with prlimit; keep --idle small");
+    }
+}
+
+fn cpus_allowed(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+fn vigil_binary(args: &Args) -> Result<PathBuf> {
+    let path = match &args.vigil {
+        Some(p) => p.clone(),
+        None => {
+            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+                || Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+                PathBuf::from,
+            );
+            target.join("release").join("vigil")
+        }
+    };
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release --bin vigil` (scripts/bench does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn find_nginx() -> Option<PathBuf> {
+    let from_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("nginx"))
+            .find(|p| p.is_file())
+    });
+    from_path.or_else(|| {
+        let sbin = PathBuf::from("/usr/sbin/nginx");
+        sbin.is_file().then_some(sbin)
+    })
+}
+
+struct Environment {
+    vigil_version: String,
+    nginx_version: Option<String>,
+    nginx_configure: String,
+    nproc: String,
+    kernel: String,
+    cpu: String,
+    loadavg: String,
+}
+
+fn command_text(program: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Some(text.trim().to_owned())
+}
+
+fn environment(vigil: &Path, nginx: Option<&Path>) -> Environment {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    Environment {
+        vigil_version: command_text(vigil, &["--version"]).unwrap_or_else(|| "?".into()),
+        nginx_version: nginx.and_then(|n| command_text(n, &["-v"])),
+        nginx_configure: nginx
+            .and_then(|n| command_text(n, &["-V"]))
+            .unwrap_or_default(),
+        nproc: command_text(Path::new("nproc"), &[]).unwrap_or_else(|| "?".into()),
+        kernel: command_text(Path::new("uname"), &["-sr"]).unwrap_or_else(|| "?".into()),
+        cpu,
+        loadavg: std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+    }
+}
+
+fn print_environment(env: &Environment, args: &Args) {
+    println!("== Vigil proxy benchmark ==");
+    println!("vigil:   {}", env.vigil_version);
+    println!(
+        "nginx:   {}",
+        env.nginx_version.as_deref().unwrap_or("not installed")
+    );
+    println!("nproc:   {}   cpu: {}   {}", env.nproc, env.cpu, env.kernel);
+    println!("loadavg: {}", env.loadavg);
+    if let Some(one) = env
+        .loadavg
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        if one > 0.5 {
+            println!(
+                "note: the machine is already busy (1-min load {one}): req/s and latency will be \
+                 noisy; CPU per request much less so"
+            );
+        }
+    }
+    println!(
+        "proxy pinned to core {PROXY_CORE}; load generator and upstream pinned to core \
+         {LOADGEN_CORE}; {} s per scenario and target",
+        args.seconds
+    );
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL with its children) when dropped.
+struct ChildGuard {
+    name: &'static str,
+    child: Child,
+}
+
+impl ChildGuard {
+    fn spawn(name: &'static str, mut cmd: Command, dir: &Path) -> Result<Self> {
+        let stdout = File::create(dir.join(format!("{name}.stdout")))
+            .with_context(|| format!("creating {name}.stdout"))?;
+        let stderr = File::create(dir.join(format!("{name}.stderr")))
+            .with_context(|| format!("creating {name}.stderr"))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Self { name, child })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pid = self.pid().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{} did not stop on SIGTERM: killing it", self.name);
+        let children = children_of(self.pid());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for c in children {
+            let _ = Command::new("kill").args(["-KILL", &c.to_string()]).status();
+        }
+    }
+}
+
+/// Processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| stat_fields(&s).and_then(|f| f.get(1)?.parse::<u32>().ok()))
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// The fields of /proc/PID/stat after the command name, so index 0 is field 3 (state).
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().collect())
+}
+
+fn clk_tck() -> u64 {
+    command_text(Path::new("getconf"), &["CLK_TCK"])
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100)
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// A proxy under test, running as its own process.
+struct Proxy {
+    kind: &'static str,
+    /// Stops the process when the proxy is dropped.
+    _guard: ChildGuard,
+    pid: u32,
+    addr: SocketAddr,
+    /// nginx: the worker processes; they do all the work. Vigil: the process itself.
+    workers: Vec<u32>,
+}
+
+impl Proxy {
+    fn cpu_pids(&self) -> &[u32] {
+        &self.workers
+    }
+
+    fn exited(&self) -> Option<String> {
+        if !Path::new(&format!("/proc/{}", self.pid)).exists() {
+            return Some("EXITED".into());
+        }
+        let now = if self.kind == "nginx" {
+            children_of(self.pid)
+        } else {
+            vec![self.pid]
+        };
+        (now != self.workers).then(|| format!("changed worker processes {:?} -> {now:?}", self.workers))
+    }
+}
+
+async fn wait_ready(name: &str, ep: &Endpoint, guard: &mut ChildGuard, dir: &Path) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut last = String::from("not tried");
+    while Instant::now() < deadline {
+        if let Some(status) = guard.child.try_wait()? {
+            bail!(
+                "{name} exited ({status}) before it was ready; its stderr:\n{}",
+                tail(&dir.join(format!("{name}.stderr")))
+            );
+        }
+        let attempt = async {
+            let (mut conn, _) = connect(ep).await?;
+            request(&mut conn).await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => last = format!("{e:#}"),
+            Err(_) => last = "timed out".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!(
+        "{name} was not ready after {READY_TIMEOUT:?} (last attempt: {last}); its stderr:\n{}",
+        tail(&dir.join(format!("{name}.stderr")))
+    )
+}
+
+fn pinned_command(program: &Path, pinned: bool) -> Command {
+    if pinned {
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c").arg(PROXY_CORE).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+async fn start_vigil(bin: &Path, dir: &Path, upstream: SocketAddr, pinned: bool) -> Result<Proxy> {
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()?);
+    let decisions = dir.join("vigil-decisions.log");
+    // Long timeouts so the idle connections outlive the memory measurement; a short drain so
+    // the process stops promptly at the end.
+    let config = format!(
+        r#"# Written by benches/proxy.rs
+[server]
+listen = "{addr}"
+header_read_timeout = "300s"
+idle_timeout = "300s"
+drain_timeout = "1s"
+
+[tls]
+cert = "server.pem"
+key = "server.key"
+client_ca = ["ca.pem"]
+
+[admin]
+listen = ""
+
+[log]
+decisions = "{decisions}"
+level = "warn"
+
+[[route]]
+name = "bench"
+host = "*"
+upstream = "http://{upstream}"
+login = "none"
+allow = [{{ spiffe = ["{CLIENT_SPIFFE_ID}"] }}]
+"#,
+        decisions = decisions.display(),
+    );
+    let path = dir.join("vigil.toml");
+    std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+    let mut cmd = pinned_command(bin, pinned);
+    cmd.arg("run").arg("--config").arg(&path);
+    let mut guard = ChildGuard::spawn("vigil", cmd, dir)?;
+    let ep = Endpoint {
+        addr,
+        tls: Some(TlsConnector::from(Pki::load(dir)?.client_config()?)),
+    };
+    wait_ready("vigil", &ep, &mut guard, dir).await?;
+    let pid = guard.pid();
+    Ok(Proxy {
+        kind: "vigil",
+        _guard: guard,
+        pid,
+        addr,
+        workers: vec![pid],
+    })
+}
+
+fn nginx_config(dir: &Path, configure: &str, addr: SocketAddr, upstream: SocketAddr) -> String {
+    let d = dir.display();
+    let mut temp_paths = format!(
+        "    client_body_temp_path {d}/nginx-tmp/body;\n    proxy_temp_path {d}/nginx-tmp/proxy;\n"
+    );
+    // Modules compiled in create their default temp dirs under /var unless told otherwise; naming
+    // a path for a module that is not compiled in is an error.
+    for module in ["fastcgi", "uwsgi", "scgi"] {
+        if !configure.contains(&format!("--without-http_{module}_module")) {
+            let _ = writeln!(temp_paths, "    {module}_temp_path {d}/nginx-tmp/{module};");
+        }
+    }
+    let user = if command_text(Path::new("id"), &["-u"]).as_deref() == Some("0") {
+        // As root the worker would otherwise switch to nobody, who cannot enter the temp dir.
+        "user root;\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"# Written by benches/proxy.rs
+{user}worker_processes 1;
+worker_rlimit_nofile 65536;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+
+events {{
+    worker_connections 16384;
+}}
+
+http {{
+    access_log {d}/nginx-access.log;
+{temp_paths}
+    # Like Vigil's bench config: connections stay open for the whole run.
+    keepalive_timeout 300s;
+    keepalive_requests 1000000;
+
+    upstream bench_upstream {{
+        server {upstream};
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 300s;
+    }}
+
+    server {{
+        listen {addr} ssl;
+        server_name localhost;
+        ssl_certificate {d}/server.pem;
+        ssl_certificate_key {d}/server.key;
+        ssl_protocols TLSv1.3;
+        ssl_verify_client on;
+        ssl_client_certificate {d}/ca.pem;
+        ssl_verify_depth 2;
+
+        location / {{
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # Some identity for the upstream, as Vigil sends (nginx cannot read the SPIFFE ID).
+            proxy_set_header X-Client-Verify $ssl_client_verify;
+            proxy_set_header X-Client-Subject $ssl_client_s_dn;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+async fn start_nginx(
+    bin: &Path,
+    dir: &Path,
+    configure: &str,
+    upstream: SocketAddr,
+    pinned: bool,
+) -> Result<Proxy> {
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()?);
+    std::fs::create_dir_all(dir.join("nginx-tmp")).context("creating nginx-tmp")?;
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, nginx_config(dir, configure, addr, upstream))
+        .with_context(|| format!("writing {}", path.display()))?;
+    let mut cmd = pinned_command(bin, pinned);
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("nginx-error.log"))
+        .arg("-c")
+        .arg(&path)
+        .args(["-g", "daemon off;"]);
+    let mut guard = ChildGuard::spawn("nginx", cmd, dir)?;
+    let ep = Endpoint {
+        addr,
+        tls: Some(TlsConnector::from(Pki::load(dir)?.client_config()?)),
+    };
+    if let Err(e) = wait_ready("nginx", &ep, &mut guard, dir).await {
+        bail!("{e:#}\nnginx-error.log:\n{}", tail(&dir.join("nginx-error.log")));
+    }
+    let pid = guard.pid();
+    let workers = children_of(pid);
+    if workers.is_empty() {
+        bail!("nginx master {pid} has no worker process");
+    }
+    Ok(Proxy {
+        kind: "nginx",
+        _guard: guard,
+        pid,
+        addr,
+        workers,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// PKI
+
+struct Pki {
+    ca: CertificateDer<'static>,
+    client_chain: Vec<CertificateDer<'static>>,
+    client_key: PrivateKeyDer<'static>,
+}
+
+impl Pki {
+    /// A CA, a server certificate for localhost and 127.0.0.1, and the load generator's
+    /// workload certificate, written to `dir`.
+    fn create(dir: &Path) -> Result<Self> {
+        let ca = Authority::generate("Vigil Bench CA").context("generating the bench CA")?;
+        let server = ca
+            .issue(&LeafSpec::server(
+                vec!["localhost".into()],
+                vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            ))
+            .context("issuing the server certificate")?;
+        let client = ca
+            .issue(&LeafSpec::workload(CLIENT_SPIFFE_ID))
+            .context("issuing the client certificate")?;
+        for (name, text) in [
+            ("ca.pem", ca.cert_pem()),
+            ("server.pem", &server.cert_pem),
+            ("server.key", &server.key_pem),
+            ("client.pem", &client.cert_pem),
+            ("client.key", &client.key_pem),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Self::load(dir)
+    }
+
+    fn load(dir: &Path) -> Result<Self> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+        };
+        let ca = CertificateDer::from_pem_slice(&read("ca.pem")?).context("parsing ca.pem")?;
+        let client_chain = vec![
+            CertificateDer::from_pem_slice(&read("client.pem")?).context("parsing client.pem")?,
+        ];
+        let client_key =
+            PrivateKeyDer::from_pem_slice(&read("client.key")?).context("parsing client.key")?;
+        Ok(Self {
+            ca,
+            client_chain,
+            client_key,
+        })
+    }
+
+    /// TLS 1.3 only, X25519 only, client certificate always, never a resumed session.
+    fn client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).context("adding the bench CA")?;
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("TLS 1.3 client config")?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(self.client_chain.clone(), self.client_key.clone_key())
+            .context("client certificate")?;
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(Arc::new(config))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream
+
+struct Upstream {
+    addr: SocketAddr,
+    served: Arc<AtomicU64>,
+}
+
+impl Upstream {
+    /// HTTP/1.1 with keep-alive; every request gets the same 100-byte body.
+    async fn start() -> Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .context("binding the upstream")?;
+        let addr = listener.local_addr()?;
+        let served = Arc::new(AtomicU64::new(0));
+        let mut text = b"hello from the vigil bench upstream ".to_vec();
+        text.resize(BODY_LEN - 1, b'.');
+        text.push(b'\n');
+        let body = Bytes::from(text);
+        let counter = served.clone();
+        tokio::spawn(async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let counter = counter.clone();
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req: Request<Incoming>| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let mut response = Response::new(Full::new(body.clone()));
+                        response
+                            .headers_mut()
+                            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, served })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generator
+
+#[derive(Clone)]
+struct Endpoint {
+    addr: SocketAddr,
+    /// None: plain HTTP.
+    tls: Option<TlsConnector>,
+}
+
+struct Target<'a> {
+    name: &'static str,
+    ep: Endpoint,
+    proxy: Option<&'a Proxy>,
+}
+
+struct Conn {
+    sender: SendRequest<Empty<Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Conn {
+    /// Closes the connection (close_notify and FIN) and waits until it is gone.
+    async fn close(self) {
+        drop(self.sender);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.driver).await;
+    }
+}
+
+async fn timeout<T>(limit: Duration, f: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| anyhow!("timed out after {limit:?}"))?
+}
+
+/// Opens a connection: TCP, then (for proxies) a full TLS 1.3 handshake with the client
+/// certificate. Returns the negotiated TLS parameters when there is TLS.
+async fn connect(ep: &Endpoint) -> Result<(Conn, Option<String>)> {
+    let tcp = TcpStream::connect(ep.addr)
+        .await
+        .with_context(|| format!("connecting to {}", ep.addr))?;
+    tcp.set_nodelay(true)?;
+    match &ep.tls {
+        None => Ok((http1(tcp).await?, None)),
+        Some(tls) => {
+            let stream = tls
+                .connect(ServerName::try_from("localhost")?, tcp)
+                .await
+                .context("TLS handshake")?;
+            let (_, session) = stream.get_ref();
+            let info = format!(
+                "{:?} {:?} {}",
+                session.protocol_version().context("no TLS version")?,
+                session
+                    .negotiated_cipher_suite()
+                    .context("no cipher suite")?
+                    .suite(),
+                session
+                    .negotiated_key_exchange_group()
+                    .map_or("?".into(), |g| format!("{:?}", g.name())),
+            );
+            Ok((http1(stream).await?, Some(info)))
+        }
+    }
+}
+
+async fn http1<I>(io: I) -> Result<Conn>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .context("HTTP/1.1 client handshake")?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(Conn { sender, driver })
+}
+
+/// One GET; anything but a 200 with the upstream's exact body is an error.
+async fn request(conn: &mut Conn) -> Result<()> {
+    let req = Request::get("/bench")
+        .header(HOST, "localhost")
+        .header(USER_AGENT, "vigil-bench")
+        .body(Empty::<Bytes>::new())?;
+    conn.sender
+        .ready()
+        .await
+        .context("connection closed by the server")?;
+    let response = conn
+        .sender
+        .send_request(req)
+        .await
+        .context("sending the request")?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .context("reading the response body")?
+        .to_bytes();
+    if status != StatusCode::OK {
+        let shown = &body[..body.len().min(200)];
+        bail!("status {status}: {}", String::from_utf8_lossy(shown));
+    }
+    if body.len() != BODY_LEN {
+        bail!("a {}-byte body, expected {BODY_LEN}", body.len());
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    errors: u64,
+    /// The first few distinct error messages.
+    messages: Vec<String>,
+    latencies_ns: Vec<u64>,
+}
+
+impl Tally {
+    fn error(&mut self, e: &anyhow::Error) {
+        self.errors += 1;
+        let text = format!("{e:#}");
+        if self.messages.len() < 5 && !self.messages.contains(&text) {
+            self.messages.push(text);
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        for m in other.messages {
+            if self.messages.len() < 5 && !self.messages.contains(&m) {
+                self.messages.push(m);
+            }
+        }
+        self.latencies_ns.extend(other.latencies_ns);
+    }
+}
+
+/// Sends requests back to back on `conn` until `deadline`; reconnects after an error.
+async fn keepalive_loop(ep: Endpoint, conn: Option<Conn>, deadline: Instant) -> (Option<Conn>, Tally) {
+    let mut tally = Tally::default();
+    let mut conn = conn;
+    while Instant::now() < deadline {
+        let Some(c) = conn.as_mut() else {
+            match timeout(CONNECT_TIMEOUT, connect(&ep)).await {
+                Ok((c, _)) => conn = Some(c),
+                Err(e) => {
+                    tally.error(&e.context("reconnecting"));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            continue;
+        };
+        let t0 = Instant::now();
+        match timeout(REQUEST_TIMEOUT, request(c)).await {
+            Ok(()) => {
+                tally.latencies_ns.push(t0.elapsed().as_nanos() as u64);
+                tally.ok += 1;
+            }
+            Err(e) => {
+                tally.error(&e);
+                conn = None;
+            }
+        }
+    }
+    (conn, tally)
+}
+
+/// A new connection (full handshake) for every request, `loops` at a time, until `deadline`.
+async fn handshake_round(ep: &Endpoint, loops: usize, deadline: Instant) -> Tally {
+    let mut set = JoinSet::new();
+    for _ in 0..loops {
+        let ep = ep.clone();
+        set.spawn(async move {
+            let mut tally = Tally::default();
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let once = async {
+                    let (mut conn, _) = connect(&ep).await?;
+                    request(&mut conn).await?;
+                    Ok::<_, anyhow::Error>(conn)
+                };
+                match timeout(CONNECT_TIMEOUT + REQUEST_TIMEOUT, once).await {
+                    Ok(conn) => {
+                        tally.latencies_ns.push(t0.elapsed().as_nanos() as u64);
+                        tally.ok += 1;
+                        conn.close().await;
+                    }
+                    Err(e) => {
+                        tally.error(&e);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            tally
+        });
+    }
+    let mut total = Tally::default();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(t) => total.merge(t),
+            Err(e) => total.error(&anyhow!("load task failed: {e}")),
+        }
+    }
+    total
+}
+
+async fn keepalive_round(
+    ep: &Endpoint,
+    conns: Vec<Option<Conn>>,
+    deadline: Instant,
+) -> (Vec<Option<Conn>>, Tally) {
+    let mut set = JoinSet::new();
+    for conn in conns {
+        set.spawn(keepalive_loop(ep.clone(), conn, deadline));
+    }
+    let mut back = Vec::new();
+    let mut total = Tally::default();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((c, t)) => {
+                back.push(c);
+                total.merge(t);
+            }
+            Err(e) => total.error(&anyhow!("load task failed: {e}")),
+        }
+    }
+    (back, total)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements from /proc
+
+/// CPU time of a set of processes: per thread on-CPU nanoseconds, plus utime+stime in ticks.
+#[derive(Debug, Clone, Default)]
+struct Cpu {
+    threads: BTreeMap<u32, u64>,
+    ticks: u64,
+}
+
+fn read_cpu(pids: &[u32]) -> Result<Cpu> {
+    let mut cpu = Cpu::default();
+    for &pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading /proc/{pid}/stat (did the process exit?)"))?;
+        let fields = stat_fields(&stat).context("unreadable /proc/PID/stat")?;
+        let field = |i: usize| -> Result<u64> {
+            fields
+                .get(i)
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("/proc/{pid}/stat: no field {}", i + 3))
+        };
+        cpu.ticks += field(11)? + field(12)?; // fields 14 (utime) and 15 (stime)
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .with_context(|| format!("listing /proc/{pid}/task"))?;
+        for task in tasks {
+            let task = task?;
+            let Some(tid) = task.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            // A thread may exit between listing and reading; it then simply is not counted.
+            if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+                if let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse().ok()) {
+                    cpu.threads.insert(tid, ns);
+                }
+            }
+        }
+    }
+    Ok(cpu)
+}
+
+/// CPU nanoseconds spent between two samples, and where the number comes from. schedstat is
+/// nanosecond-exact but forgets threads that exit; then fall back to the tick counters.
+fn cpu_delta(before: &Cpu, after: &Cpu, clk_tck: u64) -> (u64, &'static str) {
+    let all_alive = before.threads.keys().all(|t| after.threads.contains_key(t));
+    if all_alive && !before.threads.is_empty() {
+        let ns = after
+            .threads
+            .iter()
+            .map(|(tid, ns)| ns.saturating_sub(before.threads.get(tid).copied().unwrap_or(0)))
+            .sum();
+        (ns, "schedstat")
+    } else {
+        let ticks = after.ticks.saturating_sub(before.ticks);
+        (ticks * 1_000_000_000 / clk_tck.max(1), "stat ticks")
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Mem {
+    rss_kib: u64,
+    pss_kib: Option<u64>,
+}
+
+fn read_mem(pid: u32) -> Result<Mem> {
+    let kib = |text: &str, key: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+        if let Some(rss) = kib(&text, "Rss:") {
+            return Ok(Mem {
+                rss_kib: rss,
+                pss_kib: kib(&text, "Pss:"),
+            });
+        }
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    Ok(Mem {
+        rss_kib: kib(&text, "VmRSS:").context("no VmRSS")?,
+        pss_kib: None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+#[derive(Debug, Clone, Copy)]
+enum Scenario {
+    KeepAlive(usize),
+    Latency,
+    Handshake(usize),
+}
+
+impl Scenario {
+    fn key(self) -> &'static str {
+        match self {
+            Scenario::KeepAlive(_) => "keep_alive",
+            Scenario::Latency => "latency",
+            Scenario::Handshake(_) => "handshake",
+        }
+    }
+
+    fn title(self) -> String {
+        match self {
+            Scenario::KeepAlive(c) => format!(
+                "keep-alive: {c} connections, requests back to back; CPU per request"
+            ),
+            Scenario::Latency => {
+                "latency: 1 connection, one request at a time; CPU per request".into()
+            }
+            Scenario::Handshake(c) => format!(
+                "handshake: a new connection per request (full TLS 1.3 handshake with client \
+                 certificate, no resumption), {c} at a time; CPU per handshake+request"
+            ),
+        }
+    }
+}
+
+/// One target's numbers for one scenario.
+struct Row {
+    target: &'static str,
+    ok: u64,
+    errors: u64,
+    messages: Vec<String>,
+    wall: Duration,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    /// Proxy CPU ns per successful request (None for direct).
+    proxy_cpu_ns: Option<f64>,
+    proxy_busy: Option<f64>,
+    cpu_source: Option<&'static str>,
+    loadgen_cpu_ns: Option<f64>,
+    upstream_served: u64,
+}
+
+impl Row {
+    fn req_per_s(&self) -> f64 {
+        self.ok as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+struct IdleRow {
+    target: &'static str,
+    opened: usize,
+    errors: u64,
+    messages: Vec<String>,
+    closed_early: usize,
+    before: Mem,
+    after: Mem,
+}
+
+impl IdleRow {
+    fn rss_kib_per_conn(&self) -> Option<f64> {
+        (self.opened > 0).then(|| {
+            (self.after.rss_kib as f64 - self.before.rss_kib as f64) / self.opened as f64
+        })
+    }
+
+    fn pss_kib_per_conn(&self) -> Option<f64> {
+        let (b, a) = (self.before.pss_kib?, self.after.pss_kib?);
+        (self.opened > 0).then(|| (a as f64 - b as f64) / self.opened as f64)
+    }
+}
+
+struct Bench {
+    served: Arc<AtomicU64>,
+    clk_tck: u64,
+}
+
+fn percentile_us(sorted_ns: &[u64], p: f64) -> Option<f64> {
+    if sorted_ns.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted_ns.len() as f64).ceil() as usize;
+    Some(sorted_ns[rank.clamp(1, sorted_ns.len()) - 1] as f64 / 1000.0)
+}
+
+impl Bench {
+    async fn scenario(
+        &self,
+        t: &Target<'_>,
+        scenario: Scenario,
+        warmup: Duration,
+        measure: Duration,
+    ) -> Result<Row> {
+        let me = [std::process::id()];
+        match scenario {
+            Scenario::KeepAlive(n) => {
+                let mut conns = Vec::with_capacity(n);
+                let mut opening = Tally::default();
+                for _ in 0..n {
+                    match timeout(CONNECT_TIMEOUT, connect(&t.ep)).await {
+                        Ok((c, _)) => conns.push(Some(c)),
+                        Err(e) => {
+                            opening.error(&e);
+                            conns.push(None);
+                        }
+                    }
+                }
+                let (conns, _) = keepalive_round(&t.ep, conns, Instant::now() + warmup).await;
+                let start = self.sample(t, &me)?;
+                let (conns, mut tally) =
+                    keepalive_round(&t.ep, conns, Instant::now() + measure).await;
+                let end = self.sample(t, &me)?;
+                for c in conns.into_iter().flatten() {
+                    c.close().await;
+                }
+                tally.merge(opening);
+                Ok(self.row(t, tally, &start, &end))
+            }
+            Scenario::Latency => {
+                let (conn, _) = timeout(CONNECT_TIMEOUT, connect(&t.ep)).await?;
+                let (conns, _) =
+                    keepalive_round(&t.ep, vec![Some(conn)], Instant::now() + warmup).await;
+                let start = self.sample(t, &me)?;
+                let (conns, tally) = keepalive_round(&t.ep, conns, Instant::now() + measure).await;
+                let end = self.sample(t, &me)?;
+                for c in conns.into_iter().flatten() {
+                    c.close().await;
+                }
+                Ok(self.row(t, tally, &start, &end))
+            }
+            Scenario::Handshake(loops) => {
+                handshake_round(&t.ep, loops, Instant::now() + warmup).await;
+                let start = self.sample(t, &me)?;
+                let tally = handshake_round(&t.ep, loops, Instant::now() + measure).await;
+                let end = self.sample(t, &me)?;
+                // Let the closed connections finish on the proxy's side before the next scenario.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(self.row(t, tally, &start, &end))
+            }
+        }
+    }
+
+    fn sample(&self, t: &Target<'_>, me: &[u32]) -> Result<Sample> {
+        Ok(Sample {
+            at: Instant::now(),
+            proxy: t.proxy.map(|p| read_cpu(p.cpu_pids())).transpose()?,
+            loadgen: read_cpu(me)?,
+            served: self.served.load(Ordering::Relaxed),
+        })
+    }
+
+    fn row(&self, t: &Target<'_>, mut tally: Tally, start: &Sample, end: &Sample) -> Row {
+        tally.latencies_ns.sort_unstable();
+        let wall = end.at - start.at;
+        let per = |ns: u64| (tally.ok > 0).then(|| ns as f64 / tally.ok as f64);
+        let (proxy_ns, source) = match (&start.proxy, &end.proxy) {
+            (Some(a), Some(b)) => {
+                let (ns, src) = cpu_delta(a, b, self.clk_tck);
+                (Some(ns), Some(src))
+            }
+            _ => (None, None),
+        };
+        let (loadgen_ns, _) = cpu_delta(&start.loadgen, &end.loadgen, self.clk_tck);
+        Row {
+            target: t.name,
+            ok: tally.ok,
+            errors: tally.errors,
+            messages: tally.messages,
+            wall,
+            p50_us: percentile_us(&tally.latencies_ns, 50.0),
+            p99_us: percentile_us(&tally.latencies_ns, 99.0),
+            proxy_cpu_ns: proxy_ns.and_then(per),
+            proxy_busy: proxy_ns.map(|ns| ns as f64 / wall.as_nanos().max(1) as f64),
+            cpu_source: source,
+            loadgen_cpu_ns: per(loadgen_ns),
+            upstream_served: end.served - start.served,
+        }
+    }
+
+    /// Opens `n` TLS connections, one request on each, and leaves them idle: the growth of the
+    /// proxy's resident memory divided by `n`.
+    async fn idle_memory(&self, t: &Target<'_>, n: usize) -> Result<IdleRow> {
+        let proxy = t.proxy.context("idle memory needs a proxy")?;
+        let mem_pid = *proxy.workers.first().context("no proxy process")?;
+        // A little traffic first, so lazily built state is not counted per connection.
+        let (conn, _) = timeout(CONNECT_TIMEOUT, connect(&t.ep)).await?;
+        let (conns, _) = keepalive_round(
+            &t.ep,
+            vec![Some(conn)],
+            Instant::now() + Duration::from_millis(200),
+        )
+        .await;
+        for c in conns.into_iter().flatten() {
+            c.close().await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = read_mem(mem_pid)?;
+
+        let gate = Arc::new(Semaphore::new(IDLE_OPEN_CONCURRENCY));
+        let mut set = JoinSet::new();
+        for _ in 0..n {
+            let ep = t.ep.clone();
+            let gate = gate.clone();
+            set.spawn(async move {
+                let _permit = gate.acquire_owned().await?;
+                let once = async {
+                    let (mut conn, _) = connect(&ep).await?;
+                    request(&mut conn).await?;
+                    Ok::<_, anyhow::Error>(conn)
+                };
+                timeout(CONNECT_TIMEOUT + REQUEST_TIMEOUT, once).await
+            });
+        }
+        let mut tally = Tally::default();
+        let mut open = Vec::with_capacity(n);
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok(Ok(c)) => open.push(c),
+                Ok(Err(e)) => tally.error(&e),
+                Err(e) => tally.error(&anyhow!("load task failed: {e}")),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = read_mem(mem_pid)?;
+        let closed_early = open.iter().filter(|c| c.sender.is_closed()).count();
+        let opened = open.len();
+        let mut closing = JoinSet::new();
+        for c in open {
+            closing.spawn(c.close());
+        }
+        while closing.join_next().await.is_some() {}
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(IdleRow {
+            target: t.name,
+            opened,
+            errors: tally.errors + closed_early as u64,
+            messages: tally.messages,
+            closed_early,
+            before,
+            after,
+        })
+    }
+}
+
+struct Sample {
+    at: Instant,
+    proxy: Option<Cpu>,
+    loadgen: Cpu,
+    served: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+#[derive(Default)]
+struct Report {
+    idle: Vec<IdleRow>,
+    scenarios: Vec<(Scenario, Vec<Row>)>,
+}
+
+impl Report {
+    fn total_errors(&self) -> u64 {
+        self.idle.iter().map(|r| r.errors).sum::<u64>()
+            + self
+                .scenarios
+                .iter()
+                .flat_map(|(_, rows)| rows.iter().map(|r| r.errors))
+                .sum::<u64>()
+    }
+
+    fn row(&self, key: &str, target: &str) -> Option<&Row> {
+        self.scenarios
+            .iter()
+            .find(|(s, _)| s.key() == key)
+            .and_then(|(_, rows)| rows.iter().find(|r| r.target == target))
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+fn print_scenario(scenario: Scenario, rows: &[Row]) {
+    println!("\n== {} ==", scenario.title());
+    println!(
+        "{:<8} {:>9} {:>7} {:>9} {:>9} {:>9} {:>14} {:>10} {:>14}",
+        "target",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "proxy CPU µs",
+        "proxy busy",
+        "loadgen CPU µs"
+    );
+    for r in rows {
+        println!(
+            "{:<8} {:>9} {:>7} {:>9.0} {:>9} {:>9} {:>14} {:>10} {:>14}{}",
+            r.target,
+            r.ok,
+            r.errors,
+            r.req_per_s(),
+            opt(r.p50_us, 0),
+            opt(r.p99_us, 0),
+            opt(r.proxy_cpu_ns.map(|ns| ns / 1000.0), 1),
+            r.proxy_busy
+                .map_or_else(|| "-".into(), |b| format!("{:.0}%", b * 100.0)),
+            opt(r.loadgen_cpu_ns.map(|ns| ns / 1000.0), 1),
+            if r.target == "direct" {
+                "   (plain HTTP to the upstream, no TLS, no proxy)"
+            } else {
+                ""
+            }
+        );
+    }
+    let find = |name: &str| rows.iter().find(|r| r.target == name);
+    if let (Some(v), Some(n)) = (find("vigil"), find("nginx")) {
+        println!(
+            "vigil/nginx: proxy CPU {}x   p50 {}x   p99 {}x   req/s {}x",
+            opt(ratio(v.proxy_cpu_ns, n.proxy_cpu_ns), 2),
+            opt(ratio(v.p50_us, n.p50_us), 2),
+            opt(ratio(v.p99_us, n.p99_us), 2),
+            opt(ratio(Some(v.req_per_s()), Some(n.req_per_s())), 2),
+        );
+    }
+    for r in rows {
+        let proxied = r.target != "direct";
+        if proxied && r.upstream_served != r.ok {
+            println!(
+                "note: {}: the upstream served {} requests for {} answered",
+                r.target, r.upstream_served, r.ok
+            );
+        }
+        if r.cpu_source == Some("stat ticks") {
+            println!(
+                "note: {}: a proxy thread exited, CPU from 10 ms ticks (coarse)",
+                r.target
+            );
+        }
+        if r.errors > 0 {
+            println!("!!! {}: {} ERRORS: {:?}", r.target, r.errors, r.messages);
+        }
+    }
+}
+
+fn print_idle(rows: &[IdleRow], n: usize) {
+    println!(
+        "\n== idle memory: {n} TLS connections, one request each, then idle; proxy RSS growth =="
+    );
+    println!(
+        "{:<8} {:>7} {:>7} {:>14} {:>13} {:>12} {:>12}",
+        "target", "open", "errors", "RSS before KiB", "RSS after KiB", "KiB/conn", "PSS KiB/conn"
+    );
+    for r in rows {
+        println!(
+            "{:<8} {:>7} {:>7} {:>14} {:>13} {:>12} {:>12}",
+            r.target,
+            r.opened,
+            r.errors,
+            r.before.rss_kib,
+            r.after.rss_kib,
+            opt(r.rss_kib_per_conn(), 1),
+            opt(r.pss_kib_per_conn(), 1),
+        );
+    }
+    println!("(nginx: the worker process; its master holds no connections)");
+    let find = |name: &str| rows.iter().find(|r| r.target == name);
+    if let (Some(v), Some(n)) = (find("vigil"), find("nginx")) {
+        println!(
+            "vigil/nginx: KiB per idle connection {}x",
+            opt(ratio(v.rss_kib_per_conn(), n.rss_kib_per_conn()), 2)
+        );
+    }
+    for r in rows {
+        if r.errors > 0 {
+            println!(
+                "!!! {}: {} ERRORS ({} connections closed before the measurement ended): {:?}",
+                r.target, r.errors, r.closed_early, r.messages
+            );
+        }
+    }
+}
+
+struct Summary {
+    keepalive_cpu: Option<f64>,
+    handshake_cpu: Option<f64>,
+    latency_p50: Option<f64>,
+    latency_p99: Option<f64>,
+    idle_kib_vigil: Option<f64>,
+    idle_ratio: Option<f64>,
+}
+
+fn verdict(value: Option<f64>, aim: f64) -> &'static str {
+    match value {
+        Some(v) if v <= aim => "meets the aim",
+        Some(_) => "MISSES the aim",
+        None => "not measured",
+    }
+}
+
+fn summarise(report: &Report, notes: &mut Vec<String>) -> Summary {
+    let cpu = |key: &str, t: &str| report.row(key, t).and_then(|r| r.proxy_cpu_ns);
+    let lat = |t: &str| report.row("latency", t);
+    let idle = |t: &str| report.idle.iter().find(|r| r.target == t);
+    let s = Summary {
+        keepalive_cpu: ratio(cpu("keep_alive", "vigil"), cpu("keep_alive", "nginx")),
+        handshake_cpu: ratio(cpu("handshake", "vigil"), cpu("handshake", "nginx")),
+        latency_p50: ratio(
+            lat("vigil").and_then(|r| r.p50_us),
+            lat("nginx").and_then(|r| r.p50_us),
+        ),
+        latency_p99: ratio(
+            lat("vigil").and_then(|r| r.p99_us),
+            lat("nginx").and_then(|r| r.p99_us),
+        ),
+        idle_kib_vigil: idle("vigil").and_then(IdleRow::rss_kib_per_conn),
+        idle_ratio: ratio(
+            idle("vigil").and_then(IdleRow::rss_kib_per_conn),
+            idle("nginx").and_then(IdleRow::rss_kib_per_conn),
+        ),
+    };
+    println!("\n== summary: Vigil as a ratio to nginx ==");
+    println!(
+        "CPU per keep-alive request   {:>6}x   (aim <= {AIM_KEEPALIVE_CPU}: {})",
+        opt(s.keepalive_cpu, 2),
+        verdict(s.keepalive_cpu, AIM_KEEPALIVE_CPU)
+    );
+    println!(
+        "CPU per full handshake       {:>6}x   (aim <= {AIM_HANDSHAKE_CPU}: {})",
+        opt(s.handshake_cpu, 2),
+        verdict(s.handshake_cpu, AIM_HANDSHAKE_CPU)
+    );
+    println!(
+        "latency at 1 connection      p50 {}x   p99 {}x",
+        opt(s.latency_p50, 2),
+        opt(s.latency_p99, 2)
+    );
+    println!(
+        "memory per idle TLS conn     {} KiB (aim <= {AIM_IDLE_KIB} KiB: {}),   {}x nginx",
+        opt(s.idle_kib_vigil, 1),
+        verdict(s.idle_kib_vigil, AIM_IDLE_KIB),
+        opt(s.idle_ratio, 2)
+    );
+    let errors = report.total_errors();
+    if errors > 0 {
+        notes.push(format!("{errors} ERRORS during the run"));
+    }
+    if !notes.is_empty() {
+        println!();
+        for n in notes.iter() {
+            println!("*** {n} ***");
+        }
+    }
+    s
+}
+
+fn row_json(r: &Row) -> Value {
+    json!({
+        "target": r.target,
+        "requests": r.ok,
+        "errors": r.errors,
+        "error_messages": r.messages,
+        "seconds": r.wall.as_secs_f64(),
+        "req_per_s": r.req_per_s(),
+        "p50_us": r.p50_us,
+        "p99_us": r.p99_us,
+        "proxy_cpu_us_per_request": r.proxy_cpu_ns.map(|ns| ns / 1000.0),
+        "proxy_core_busy": r.proxy_busy,
+        "proxy_cpu_source": r.cpu_source,
+        "loadgen_cpu_us_per_request": r.loadgen_cpu_ns.map(|ns| ns / 1000.0),
+        "upstream_served": r.upstream_served,
+        "transport": if r.target == "direct" { "plain HTTP/1.1, no TLS" } else { "TLS 1.3 mTLS, HTTP/1.1" },
+    })
+}
+
+fn report_json(
+    report: &Report,
+    env: &Environment,
+    args: &Args,
+    s: &Summary,
+    notes: &[String],
+    started: u64,
+) -> Value {
+    let scenarios: serde_json::Map<String, Value> = report
+        .scenarios
+        .iter()
+        .map(|(sc, rows)| {
+            let concurrency = match sc {
+                Scenario::KeepAlive(c) | Scenario::Handshake(c) => *c,
+                Scenario::Latency => 1,
+            };
+            (
+                sc.key().to_owned(),
+                json!({
+                    "description": sc.title(),
+                    "concurrency": concurrency,
+                    "targets": rows.iter().map(row_json).collect::<Vec<_>>(),
+                }),
+            )
+        })
+        .collect();
+    let idle: Vec<Value> = report
+        .idle
+        .iter()
+        .map(|r| {
+            json!({
+                "target": r.target,
+                "connections": r.opened,
+                "errors": r.errors,
+                "error_messages": r.messages,
+                "closed_early": r.closed_early,
+                "rss_before_kib": r.before.rss_kib,
+                "rss_after_kib": r.after.rss_kib,
+                "pss_before_kib": r.before.pss_kib,
+                "pss_after_kib": r.after.pss_kib,
+                "rss_kib_per_connection": r.rss_kib_per_conn(),
+                "pss_kib_per_connection": r.pss_kib_per_conn(),
+            })
+        })
+        .collect();
+    json!({
+        "unix_time": started,
+        "vigil_version": env.vigil_version,
+        "nginx_version": env.nginx_version,
+        "nproc": env.nproc,
+        "cpu": env.cpu,
+        "kernel": env.kernel,
+        "loadavg_at_start": env.loadavg,
+        "settings": {
+            "seconds_per_scenario": args.seconds,
+            "keep_alive_connections": args.connections,
+            "handshake_connections": args.handshake_connections,
+            "idle_connections": args.idle,
+            "proxy_core": PROXY_CORE,
+            "loadgen_core": LOADGEN_CORE,
+            "tls": "TLS 1.3, X25519, client certificate (ECDSA P-256), no resumption",
+            "body_bytes": BODY_LEN,
+        },
+        "scenarios": scenarios,
+        "idle_memory": idle,
+        "ratios_vigil_to_nginx": {
+            "cpu_per_keep_alive_request": s.keepalive_cpu,
+            "cpu_per_full_handshake": s.handshake_cpu,
+            "latency_p50": s.latency_p50,
+            "latency_p99": s.latency_p99,
+            "kib_per_idle_connection": s.idle_ratio,
+        },
+        "aims": {
+            "cpu_per_keep_alive_request": AIM_KEEPALIVE_CPU,
+            "cpu_per_full_handshake": AIM_HANDSHAKE_CPU,
+            "kib_per_idle_connection": AIM_IDLE_KIB,
+        },
+        "vigil_kib_per_idle_connection": s.idle_kib_vigil,
+        "total_errors": report.total_errors(),
+        "notes": notes,
+    })
+}
+
+fn write_json(value: &Value, started: u64) -> Result<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("proxy-{started}.json"));
+    let text = serde_json::to_string_pretty(value).context("serialising the results")?;
+    std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}

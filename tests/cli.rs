@@ -1,0 +1,300 @@
+//! The `vigil` binary: `check` on broken configurations, `certs`, and `run` with SIGTERM.
+
+use anyhow::Result;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn vigil() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+}
+
+fn certs_init(dir: &Path) -> Result<()> {
+    let out = vigil().args(["certs", "init", "--dir"]).arg(dir).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn check(dir: &Path, text: &str) -> Result<(bool, String)> {
+    let path = dir.join("vigil.toml");
+    std::fs::write(&path, text)?;
+    let out = vigil().args(["check", "--config"]).arg(&path).output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[tls]
+cert = "server.pem"
+key = "server.key"
+client_ca = ["ca.pem"]
+crl = ["ca.crl"]
+
+[[route]]
+name = "api"
+host = "api.example.com"
+path = "/v1"
+upstream = "http://127.0.0.1:9"
+login = "none"
+allow = [{ spiffe = ["spiffe://example.org/ns/*/sa/*"], methods = ["GET"] }]
+"#;
+
+#[test]
+fn check_accepts_a_good_config() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let (ok, out) = check(dir.path(), GOOD)?;
+    assert!(ok, "{out}");
+    assert!(out.contains("ok (1 route)"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn check_reports_every_problem_with_its_location() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let broken = GOOD
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nmax_conections = 5",
+        )
+        .replace("key = \"server.key\"", "key = \"missing.key\"")
+        .replace(
+            "methods = [\"GET\"]",
+            "methods = [\"get\"], netwroks = [\"10.0.0.0/8\"]",
+        )
+        .replace(
+            "upstream = \"http://127.0.0.1:9\"",
+            "upstream = \"ftp://127.0.0.1:9\"",
+        )
+        + "\n[[route]]\nname = \"api\"\nhost = \"bad host\"\nupstream = \"http://127.0.0.1:9\"\nlogin = \"oidc-ish\"\nidle = \"5 parsecs\"\nallow = []\n";
+    let (ok, out) = check(dir.path(), &broken)?;
+    assert!(!ok, "{out}");
+    let expect = [
+        "unknown key `server.max_conections`",
+        "did you mean `max_connections`?",
+        "missing.key",
+        "invalid method \"get\"",
+        "unknown key `route.0.allow.0.netwroks`",
+        "did you mean `networks`?",
+        "needs http:// or https://",
+        "duplicate route name \"api\"",
+        "invalid host \"bad host\"",
+        "unknown login \"oidc-ish\"",
+        "unknown key `route.1.idle`",
+        "has no allow rules",
+    ];
+    for e in expect {
+        assert!(out.contains(e), "missing {e:?} in:\n{out}");
+    }
+    // Locations: file:line:col and a caret under the offending text.
+    let path = dir.path().join("vigil.toml").display().to_string();
+    assert!(out.contains(&format!("{path}:4:1")), "{out}");
+    assert!(out.contains('^'), "{out}");
+    assert!(out.contains("problems in"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn check_reports_syntax_and_type_errors() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ok, out) = check(dir.path(), "[server\nlisten = 1\n")?;
+    assert!(!ok);
+    assert!(out.contains(":1:"), "{out}");
+    let (ok, out) = check(
+        dir.path(),
+        "[server]\nmax_connections = \"lots\"\nidle_timeout = \"soon\"\n",
+    )?;
+    assert!(!ok);
+    assert!(out.contains("in `server`"), "{out}");
+    assert!(out.contains("missing [tls] section"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn check_reports_a_bad_crl_and_a_bad_ca() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    std::fs::write(
+        dir.path().join("bad.crl"),
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    )?;
+    std::fs::write(dir.path().join("empty.pem"), "")?;
+    let broken = GOOD
+        .replace("crl = [\"ca.crl\"]", "crl = [\"bad.crl\"]")
+        .replace("client_ca = [\"ca.pem\"]", "client_ca = [\"empty.pem\"]");
+    let (ok, out) = check(dir.path(), &broken)?;
+    assert!(!ok);
+    assert!(out.contains("bad.crl: not a valid CRL"), "{out}");
+    assert!(out.contains("empty.pem: no PEM certificate found"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn run_refuses_an_invalid_config() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("vigil.toml");
+    std::fs::write(&path, "[bogus]\n")?;
+    let out = vigil().args(["run", "--config"]).arg(&path).output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown section `bogus`"), "{err}");
+    assert!(err.contains("refusing to start"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn certs_issue_and_revoke() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    for name in [
+        "ca.pem",
+        "ca.key",
+        "server.pem",
+        "server.key",
+        "device.pem",
+        "device.key",
+        "workload.pem",
+        "workload.key",
+        "ca.crl",
+    ] {
+        assert!(dir.path().join(name).exists(), "{name}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["ca.key", "server.key", "device.key", "workload.key"] {
+        let mode = std::fs::metadata(dir.path().join(key))?
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode & 0o077, 0, "{key} is readable by others: {mode:o}");
+    }
+    let out = vigil()
+        .args([
+            "certs",
+            "issue",
+            "--kind",
+            "workload",
+            "--name",
+            "billing",
+            "--spiffe-id",
+            "spiffe://example.org/ns/billing/sa/api",
+            "--ttl",
+            "1h",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = std::fs::read_to_string(dir.path().join("billing.pem"))?;
+    let peer = vigil::tls::PeerCert::from_der(
+        rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+            .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())?
+            .as_slice(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        peer.spiffe_id.as_deref(),
+        Some("spiffe://example.org/ns/billing/sa/api")
+    );
+    assert!(
+        peer.not_after - peer.not_before <= 3600 + 120,
+        "ttl not applied"
+    );
+
+    let bad = vigil()
+        .args([
+            "certs",
+            "issue",
+            "--kind",
+            "workload",
+            "--name",
+            "x",
+            "--spiffe-id",
+            "spiffe://Example.org/../x",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()?;
+    assert!(!bad.status.success());
+
+    let out = vigil()
+        .args(["certs", "revoke", "--cert"])
+        .arg(dir.path().join("billing.pem"))
+        .arg("--dir")
+        .arg(dir.path())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crl = std::fs::read_to_string(dir.path().join("ca.crl"))?;
+    let (number, revoked) = vigil::certs::read_crl(&crl)?;
+    assert_eq!(number, 2);
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(
+        revoked[0].serial,
+        peer.serial
+            .iter()
+            .copied()
+            .skip_while(|b| *b == 0)
+            .collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+#[test]
+fn run_serves_and_drains_on_sigterm() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listen.local_addr()?;
+    drop(listen);
+    let config = GOOD.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\""))
+        + "\n[admin]\nlisten = \"\"\n[log]\ndecisions = \"off\"\n";
+    let path = dir.path().join("vigil.toml");
+    std::fs::write(&path, config)?;
+    let mut child = vigil()
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "vigil did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("vigil did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+    Ok(())
+}
