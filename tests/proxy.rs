@@ -743,3 +743,134 @@ async fn shutdown_drains_in_flight_requests() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn https_upstream_with_mutual_tls() -> Result<()> {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let pki = Pki::new()?;
+    // The upstream's own certificate, and the one Vigil presents to it.
+    let upstream_cert = pki
+        .ca
+        .issue(&LeafSpec::server(vec![], vec!["127.0.0.1".parse()?]))?;
+    let proxy_identity = pki.device("vigil-proxy")?;
+    std::fs::write(pki.path("proxy-client.pem"), &proxy_identity.cert_pem)?;
+    std::fs::write(pki.path("proxy-client.key"), &proxy_identity.key_pem)?;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.cert_der().clone())?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()?;
+    let chain =
+        rustls::pki_types::CertificateDer::pem_slice_iter(upstream_cert.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(upstream_cert.key_pem.as_bytes())?;
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let upstream = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let presented = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| vigil::tls::PeerCert::from_der(c.as_ref()).ok())
+                    .and_then(|p| p.common_name)
+                    .unwrap_or_default();
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let body = format!(
+                        "{} {} via {presented} {:?}",
+                        req.method(),
+                        req.uri().path(),
+                        req.version()
+                    );
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            bytes::Bytes::from(body),
+                        )))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+
+    let decisions = pki.path("decisions.log");
+    let text = format!(
+        r#"{}
+[[route]]
+name = "secure"
+host = "localhost"
+upstream = "https://{upstream}"
+upstream_ca = "ca.pem"
+upstream_cert = "proxy-client.pem"
+upstream_key = "proxy-client.key"
+login = "none"
+allow = [{{ spiffe = ["spiffe://example.org/**"] }}]
+"#,
+        base_config("", &decisions)
+    );
+    let running = spawn(&pki, &text).await?;
+    let web = client_config(Some(&pki.workload(SPIFFE_WEB)?), pki.ca.cert_pem(), &[])?;
+    let reply = get(running.addr, web, "/over/tls", "").await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        reply.body.starts_with("GET /over/tls via vigil-proxy"),
+        "{}",
+        reply.body
+    );
+    // ALPN picked HTTP/2 to the upstream.
+    assert!(reply.body.ends_with("HTTP/2.0"), "{}", reply.body);
+
+    // Without the client identity, the upstream refuses Vigil, which answers 502.
+    let text = text.replace(
+        "upstream_cert = \"proxy-client.pem\"\nupstream_key = \"proxy-client.key\"\n",
+        "",
+    );
+    let running = spawn(&pki, &text).await?;
+    let web = client_config(Some(&pki.workload(SPIFFE_WEB)?), pki.ca.cert_pem(), &[])?;
+    assert_eq!(get(running.addr, web, "/over/tls", "").await?.status, 502);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways_over_http2() -> Result<()> {
+    use http_body_util::{BodyExt, Full};
+    let f = fixture().await?;
+    let config = client_config(Some(&f.web), f.pki.ca.cert_pem(), &[b"h2"])?;
+    let tls = connect(f.running.addr, config, "localhost").await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let payload = "z".repeat(256 * 1024);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("https://localhost/public/upload")
+        .body(Full::new(bytes::Bytes::from(payload.clone())))?;
+    let resp = sender.send_request(req).await?;
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await?.to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body)?;
+    assert_eq!(json["method"], "POST");
+    assert!(json["headers"].to_string().contains("x-vigil-workload"));
+    Ok(())
+}
