@@ -1,6 +1,7 @@
 //! The operator's listener: health, readiness and metrics, over plain HTTP on loopback.
 
 use crate::body::{self, Body};
+use crate::config::reload::Reloader;
 use crate::server::Shared;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -28,13 +29,16 @@ impl Readiness {
     }
 }
 
+/// What the admin endpoints read and act on.
+#[derive(Clone)]
+pub struct State {
+    pub shared: Arc<Shared>,
+    pub readiness: Arc<Readiness>,
+    pub reloader: Option<Arc<Reloader>>,
+}
+
 /// Serves the admin endpoints until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    readiness: Arc<Readiness>,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, state: State, shutdown: CancellationToken) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, _) = tokio::select! {
@@ -48,13 +52,12 @@ pub async fn serve(
                 }
             },
         };
-        let shared = shared.clone();
-        let readiness = readiness.clone();
+        let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let response = answer(&shared, &readiness, &req);
-                async move { Ok::<_, Infallible>(response) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(answer(&state, req).await) }
             });
             let _ = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -63,27 +66,47 @@ pub async fn serve(
     }
 }
 
-fn answer(shared: &Shared, readiness: &Readiness, req: &Request<Incoming>) -> Response<Body> {
+async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let shared = &state.shared;
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             let snapshot = shared.snapshot.load();
-            if readiness.get() {
-                json(
-                    StatusCode::OK,
-                    serde_json::json!({
-                        "ready": true,
-                        "config_generation": snapshot.generation,
-                        "routes": snapshot.routes.len(),
-                    }),
-                )
+            let reload = state.reloader.as_ref().map(|r| r.status());
+            let ready = state.readiness.get();
+            let status = if ready {
+                StatusCode::OK
             } else {
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({ "ready": false, "reason": "starting or draining" }),
-                )
-            }
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json(
+                status,
+                serde_json::json!({
+                    "ready": ready,
+                    "reason": (!ready).then_some("starting or draining"),
+                    "config_generation": snapshot.generation,
+                    "routes": snapshot.routes.len(),
+                    "reload": reload.as_deref(),
+                }),
+            )
         }
+        (&Method::POST, "/reload") => match &state.reloader {
+            None => json(
+                StatusCode::CONFLICT,
+                serde_json::json!({ "ok": false, "errors": ["this process was not started from a configuration file"] }),
+            ),
+            Some(reloader) => match reloader.reload("POST /reload").await {
+                Ok(done) => json(
+                    StatusCode::OK,
+                    serde_json::json!({ "ok": true, "generation": done.generation, "restart_required": done.restart_required }),
+                ),
+                Err(errors) => json(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    serde_json::json!({ "ok": false, "generation": shared.snapshot.load().generation, "errors": errors }),
+                ),
+            },
+        },
+        (_, "/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         (&Method::GET, "/metrics") => {
             let mut r = text(StatusCode::OK, shared.metrics.render());
             r.headers_mut().insert(

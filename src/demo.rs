@@ -116,10 +116,7 @@ pub async fn run(opts: &Options, stop: CancellationToken) -> Result<(), String> 
         config_text(opts.listen, opts.admin, upstream_addr),
     )
     .map_err(|e| format!("{}: {e}", config_path.display()))?;
-    let ctx = crate::config::Context {
-        generation: 1,
-        resumption: crate::tls::Resumption::new().map_err(|e| e.to_string())?,
-    };
+    let ctx = crate::config::Context::first().map_err(|e| e.to_string())?;
     let snapshot = crate::config::load_file(&config_path, &ctx).map_err(|p| p.to_string())?;
     let running = crate::start(snapshot).await.map_err(|e| e.to_string())?;
     print_instructions(&opts.dir, running.addr, running.admin, upstream_addr);

@@ -56,6 +56,8 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     pub readiness: Arc<admin::Readiness>,
+    /// Present when started from a file: reloads it on demand and on change.
+    pub reloader: Option<Arc<config::reload::Reloader>>,
     shutdown: CancellationToken,
     admin_stop: CancellationToken,
     proxy: JoinHandle<()>,
@@ -94,10 +96,44 @@ pub enum StartError {
         target: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Config(Box<config::Problems>),
+    #[error("TLS set-up failed: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
-/// Binds the listeners and starts serving `snapshot`.
+/// Loads `path`, starts serving it, and reloads it when it (or a file it names) changes, on
+/// SIGHUP (wired by the binary) and on `POST /reload`.
+pub async fn start_file(path: &std::path::Path) -> Result<Running, StartError> {
+    let context = config::Context::first()?;
+    let file = path.to_path_buf();
+    let first = context.clone();
+    let snapshot = tokio::task::spawn_blocking(move || config::load_file(&file, &first))
+        .await
+        .map_err(|e| StartError::Tls(rustls::Error::General(e.to_string())))?
+        .map_err(|p| StartError::Config(Box::new(p)))?;
+    start_reloadable(snapshot, path, context).await
+}
+
+/// Starts serving `snapshot`, already loaded from `path` with `context`, and reloads `path`
+/// from then on (see [`start_file`]).
+pub async fn start_reloadable(
+    snapshot: Snapshot,
+    path: &std::path::Path,
+    context: config::Context,
+) -> Result<Running, StartError> {
+    launch(snapshot, Some((path.to_path_buf(), context))).await
+}
+
+/// Binds the listeners and starts serving `snapshot`, which never changes.
 pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
+    launch(snapshot, None).await
+}
+
+async fn launch(
+    snapshot: Snapshot,
+    file: Option<(std::path::PathBuf, config::Context)>,
+) -> Result<Running, StartError> {
     // Some dependencies build TLS configs from the process default; make it ours.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let metrics = metrics::Metrics::new();
@@ -133,12 +169,20 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
     let readiness = Arc::new(admin::Readiness::default());
     let shutdown = CancellationToken::new();
     let admin_stop = CancellationToken::new();
+    let reloader = file.map(|(path, context)| {
+        let reloader = config::reload::Reloader::new(&path, shared.clone(), context);
+        tokio::spawn(reloader.clone().watch(admin_stop.clone()));
+        reloader
+    });
     let proxy = tokio::spawn(server::serve(listener, shared.clone(), shutdown.clone()));
     let admin_task = admin_listener.map(|l| {
         tokio::spawn(admin::serve(
             l,
-            shared.clone(),
-            readiness.clone(),
+            admin::State {
+                shared: shared.clone(),
+                readiness: readiness.clone(),
+                reloader: reloader.clone(),
+            },
             admin_stop.clone(),
         ))
     });
@@ -149,6 +193,7 @@ pub async fn start(snapshot: Snapshot) -> Result<Running, StartError> {
         admin,
         shared,
         readiness,
+        reloader,
         shutdown,
         admin_stop,
         proxy,

@@ -121,10 +121,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let ctx = config::Context {
-        generation: 1,
-        resumption: vigil::tls::Resumption::new()?,
-    };
+    let ctx = config::Context::first()?;
     match config::load_file(path, &ctx) {
         Ok(snapshot) => {
             println!(
@@ -143,10 +140,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
-    let ctx = config::Context {
-        generation: 1,
-        resumption: vigil::tls::Resumption::new()?,
-    };
+    let ctx = config::Context::first()?;
     let snapshot = match config::load_file(path, &ctx) {
         Ok(s) => s,
         Err(problems) => {
@@ -157,12 +151,29 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     };
     init_tracing(&snapshot.log.level, &snapshot.log.format);
     runtime()?.block_on(async {
-        let running = vigil::start(snapshot).await?;
+        let running = vigil::start_reloadable(snapshot, path, ctx).await?;
+        if let Some(reloader) = running.reloader.clone() {
+            tokio::spawn(reload_on_sighup(reloader));
+        }
         shutdown_signal().cancelled().await;
         tracing::info!("shutting down");
         running.shutdown().await;
         Ok(())
     })
+}
+
+async fn reload_on_sighup(reloader: std::sync::Arc<config::reload::Reloader>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let _ = reloader.reload("SIGHUP").await;
+    }
 }
 
 fn certs_command(cmd: CertsCommand) -> anyhow::Result<()> {

@@ -62,6 +62,9 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub decision_log_dropped: Counter,
     pub config_generation: Gauge,
+    pub config_reloads: Counter,
+    pub config_reload_failures: Counter,
+    pub config_last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -134,6 +137,24 @@ impl Metrics {
             "Generation of the configuration snapshot in use",
             config_generation.clone(),
         );
+        let config_reloads = Counter::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads applied",
+            config_reloads.clone(),
+        );
+        let config_reload_failures = Counter::default();
+        registry.register(
+            "config_reload_failures",
+            "Configuration reloads refused because the new configuration was invalid",
+            config_reload_failures.clone(),
+        );
+        let config_last_reload_success = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last configuration load that was applied",
+            config_last_reload_success.clone(),
+        );
         Arc::new(Self {
             registry,
             requests,
@@ -147,6 +168,9 @@ impl Metrics {
             upstream_errors,
             decision_log_dropped,
             config_generation,
+            config_reloads,
+            config_reload_failures,
+            config_last_reload_success,
         })
     }
 

@@ -183,6 +183,19 @@ async fn connection(
         let e = io::Error::other("no client certificate after handshake");
         return handshake_failed(&shared, remote, "no_certificate", &e);
     };
+    if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        let chain = session.peer_certificates().unwrap_or_default();
+        let intermediates = chain.get(1..).unwrap_or_default();
+        let now = rustls::pki_types::UnixTime::now();
+        if let Err(e) = snapshot
+            .client_verifier
+            .verify_client_cert(leaf, intermediates, now)
+        {
+            let reason = crate::tls::tls_failure_reason(&e);
+            let e = io::Error::other(format!("resumed session refused: {e}"));
+            return handshake_failed(&shared, remote, reason, &e);
+        }
+    }
     let peer = match PeerCert::from_der(leaf.as_ref()) {
         Ok(p) => Arc::new(p),
         Err(e) => {

@@ -6,6 +6,7 @@
 
 pub mod diagnostics;
 pub mod load;
+pub mod reload;
 pub mod schema;
 
 pub use diagnostics::{Problem, Problems, Source};
@@ -19,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use load::Locator;
 use schema::*;
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,8 @@ pub struct Snapshot {
     pub listen: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub tls: Arc<rustls::ServerConfig>,
+    /// The verifier inside `tls`, to re-check certificates of resumed sessions.
+    pub client_verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     pub routes: RouteTable,
     /// Audit mode: denials are logged and let through.
     pub audit: bool,
@@ -45,6 +49,11 @@ pub struct Snapshot {
     /// The HTTP/1.1 + HTTP/2 server settings, with the limits applied.
     pub http: auto::Builder<TokioExecutor>,
     pub log: LogSection,
+    /// Every file the configuration refers to, including itself, for the watcher.
+    pub files: Vec<PathBuf>,
+    /// Upstream pools by TLS setting, with a hash of the files behind it, so a reload that
+    /// does not touch them keeps the pools (and their warm connections).
+    clients: HashMap<ClientKey, (u64, HttpClient)>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -59,9 +68,23 @@ impl std::fmt::Debug for Snapshot {
 }
 
 /// What a load needs from the running process.
+#[derive(Clone)]
 pub struct Context {
     pub generation: u64,
     pub resumption: Resumption,
+    /// The snapshot being replaced, whose upstream pools may be kept.
+    pub previous: Option<Arc<Snapshot>>,
+}
+
+impl Context {
+    /// For the first load of a process.
+    pub fn first() -> Result<Self, rustls::Error> {
+        Ok(Self {
+            generation: 1,
+            resumption: Resumption::new()?,
+            previous: None,
+        })
+    }
 }
 
 /// Reads and compiles a configuration file.
@@ -80,7 +103,9 @@ pub fn load_file(path: &Path, ctx: &Context) -> Result<Snapshot, Problems> {
         }
     };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    load_text(&name, text, &base, ctx)
+    let mut snapshot = load_text(&name, text, &base, ctx)?;
+    snapshot.files.push(path.to_path_buf());
+    Ok(snapshot)
 }
 
 /// Compiles configuration text; relative file paths are resolved against `base`.
@@ -103,6 +128,9 @@ pub fn load_text(
         base,
         locator: &locator,
         problems: &mut items,
+        files: RefCell::new(Vec::new()),
+        previous: ctx.previous.as_deref(),
+        clients: HashMap::new(),
     };
     let snapshot = compiler.compile(raw, name, ctx);
     match snapshot {
@@ -115,6 +143,10 @@ struct Compiler<'a> {
     base: &'a Path,
     locator: &'a Locator,
     problems: &'a mut Vec<Problem>,
+    /// Files read so far.
+    files: RefCell<Vec<PathBuf>>,
+    previous: Option<&'a Snapshot>,
+    clients: HashMap<ClientKey, (u64, HttpClient)>,
 }
 
 impl Compiler<'_> {
@@ -129,13 +161,16 @@ impl Compiler<'_> {
             .push(Problem::at(span, message).with_help(help));
     }
 
+    /// The path of a file the configuration names, resolved and remembered for the watcher.
     fn file(&self, value: &str) -> PathBuf {
         let p = Path::new(value);
-        if p.is_absolute() {
+        let path = if p.is_absolute() {
             p.to_path_buf()
         } else {
             self.base.join(p)
-        }
+        };
+        self.files.borrow_mut().push(path.clone());
+        path
     }
 
     fn compile(&mut self, raw: load::RawConfig, name: &str, ctx: &Context) -> Option<Snapshot> {
@@ -196,6 +231,7 @@ impl Compiler<'_> {
             }
         };
         let routes = self.routes(&raw);
+        let tls = tls?;
 
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
@@ -215,7 +251,8 @@ impl Compiler<'_> {
             source: name.to_owned(),
             listen: listen?,
             admin,
-            tls: tls?,
+            tls: tls.0,
+            client_verifier: tls.1,
             routes: routes?,
             audit,
             max_connections: server.max_connections,
@@ -225,6 +262,13 @@ impl Compiler<'_> {
             max_body_bytes: (server.max_body_bytes > 0).then_some(server.max_body_bytes),
             http,
             log: raw.log,
+            files: {
+                let mut files = self.files.take();
+                files.sort();
+                files.dedup();
+                files
+            },
+            clients: std::mem::take(&mut self.clients),
         })
     }
 
@@ -246,7 +290,10 @@ impl Compiler<'_> {
         &mut self,
         tls: &TlsSection,
         resumption: &Resumption,
-    ) -> Option<Arc<rustls::ServerConfig>> {
+    ) -> Option<(
+        Arc<rustls::ServerConfig>,
+        Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    )> {
         let chain = read_chain(&self.file(&tls.cert))
             .map_err(|e| self.problem("tls.cert", e))
             .ok();
@@ -301,7 +348,6 @@ impl Compiler<'_> {
             );
             return None;
         }
-        let mut clients: HashMap<ClientKey, HttpClient> = HashMap::new();
         let mut names = HashSet::new();
         let mut places = HashSet::new();
         let mut routes = Vec::new();
@@ -320,7 +366,7 @@ impl Compiler<'_> {
                     format!("duplicate route name {:?}", route.name),
                 );
             }
-            match self.route(&at, route, raw, &mut clients) {
+            match self.route(&at, route, raw) {
                 Some(compiled) => {
                     if !places.insert((compiled.host.clone(), compiled.path.clone())) {
                         self.problem(
@@ -339,13 +385,7 @@ impl Compiler<'_> {
         all_ok.then(|| RouteTable::new(routes))
     }
 
-    fn route(
-        &mut self,
-        at: &str,
-        r: &RouteSection,
-        raw: &load::RawConfig,
-        clients: &mut HashMap<ClientKey, HttpClient>,
-    ) -> Option<Route> {
+    fn route(&mut self, at: &str, r: &RouteSection, raw: &load::RawConfig) -> Option<Route> {
         let before = self.problems.len();
         let host = self.route_host(&format!("{at}.host"), &r.host);
         let path = match r.path.as_deref() {
@@ -404,7 +444,7 @@ impl Compiler<'_> {
                 ),
             );
         }
-        let upstream = self.upstream(at, r, raw, clients);
+        let upstream = self.upstream(at, r, raw);
         if self.problems.len() > before {
             return None;
         }
@@ -521,13 +561,7 @@ impl Compiler<'_> {
         Pattern::new(text).map_err(|e| self.problem(key, e)).ok()
     }
 
-    fn upstream(
-        &mut self,
-        at: &str,
-        r: &RouteSection,
-        raw: &load::RawConfig,
-        clients: &mut HashMap<ClientKey, HttpClient>,
-    ) -> Option<Upstream> {
+    fn upstream(&mut self, at: &str, r: &RouteSection, raw: &load::RawConfig) -> Option<Upstream> {
         let key = format!("{at}.upstream");
         let uri: http::Uri = match r.upstream.parse() {
             Ok(u) => u,
@@ -571,14 +605,7 @@ impl Compiler<'_> {
             key: r.upstream_key.clone(),
             connect_timeout: r.connect_timeout.unwrap_or(raw.upstream.connect_timeout).0,
         };
-        let client = match clients.get(&client_key) {
-            Some(c) => c.clone(),
-            None => {
-                let client = self.client(at, &client_key, &raw.upstream)?;
-                clients.insert(client_key, client.clone());
-                client
-            }
-        };
+        let client = self.client_for(at, client_key, &raw.upstream)?;
         Some(Upstream {
             scheme,
             authority,
@@ -590,6 +617,37 @@ impl Compiler<'_> {
                 .0,
             client,
         })
+    }
+
+    /// The pool for `key`: shared with earlier routes of this load, kept from the previous
+    /// snapshot when its files are unchanged, or new.
+    fn client_for(
+        &mut self,
+        at: &str,
+        key: ClientKey,
+        defaults: &UpstreamSection,
+    ) -> Option<HttpClient> {
+        let files: Vec<PathBuf> = [&key.ca, &key.cert, &key.key]
+            .into_iter()
+            .flatten()
+            .map(|f| self.file(f))
+            .collect();
+        let material = material_hash(&files);
+        if let Some((hash, client)) = self.clients.get(&key)
+            && *hash == material
+        {
+            return Some(client.clone());
+        }
+        if let Some((hash, client)) = self.previous.and_then(|p| p.clients.get(&key))
+            && *hash == material
+        {
+            let client = client.clone();
+            self.clients.insert(key, (material, client.clone()));
+            return Some(client);
+        }
+        let client = self.client(at, &key, defaults)?;
+        self.clients.insert(key, (material, client.clone()));
+        Some(client)
     }
 
     fn client(
@@ -639,6 +697,17 @@ impl Compiler<'_> {
             .build(),
         )
     }
+}
+
+/// A hash of the files' contents (unreadable files hash as absent; reading them for real
+/// reports the error).
+fn material_hash(files: &[PathBuf]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for f in files {
+        std::fs::read(f).ok().hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 /// Routes with the same upstream TLS settings share one connection pool.

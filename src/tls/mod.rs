@@ -6,6 +6,7 @@ pub use peer::PeerCert;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use std::path::Path;
@@ -45,8 +46,13 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
-    /// Builds the rustls configuration. Errors are phrased for the operator.
-    pub fn build(self, resumption: &Resumption) -> Result<Arc<ServerConfig>, String> {
+    /// Builds the rustls configuration, and returns the client verifier too: resumed sessions
+    /// skip certificate verification in TLS, so the server re-checks them with it (a ticket
+    /// may predate the CRL now in force). Errors are phrased for the operator.
+    pub fn build(
+        self,
+        resumption: &Resumption,
+    ) -> Result<(Arc<ServerConfig>, Arc<dyn ClientCertVerifier>), String> {
         let provider = provider();
         let mut verifier = WebPkiClientVerifier::builder_with_provider(
             Arc::new(self.client_roots),
@@ -65,7 +71,7 @@ impl ServerTls {
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| format!("TLS 1.3 unavailable: {e}"))?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(verifier.clone())
             .with_single_cert(self.chain, self.key)
             .map_err(|e| format!("server certificate and key do not fit together: {e}"))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -76,7 +82,7 @@ impl ServerTls {
         } else {
             config.send_tls13_tickets = 0;
         }
-        Ok(Arc::new(config))
+        Ok((Arc::new(config), verifier))
     }
 }
 
@@ -138,7 +144,7 @@ fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> String {
 
 /// Why a handshake failed, as a metric label. Each names a likely cause for on-call.
 pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
-    use rustls::{CertificateError, Error, PeerIncompatible};
+    use rustls::Error;
     if err.kind() == std::io::ErrorKind::TimedOut {
         return "timeout";
     }
@@ -150,6 +156,12 @@ pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
             _ => "io",
         };
     };
+    tls_failure_reason(tls)
+}
+
+/// The metric label for a rustls error.
+pub fn tls_failure_reason(tls: &rustls::Error) -> &'static str {
+    use rustls::{CertificateError, Error, PeerIncompatible};
     match tls {
         Error::NoCertificatesPresented => "no_certificate",
         Error::InvalidCertificate(cert) => match cert {

@@ -109,10 +109,7 @@ decisions = "{}"
 
 /// Compiles `text` (paths relative to the PKI dir) and starts the proxy.
 pub async fn spawn(pki: &Pki, text: &str) -> Result<vigil::Running> {
-    let ctx = vigil::config::Context {
-        generation: 1,
-        resumption: vigil::tls::Resumption::new()?,
-    };
+    let ctx = vigil::config::Context::first()?;
     let snapshot = vigil::config::load_text("test.toml", text.to_owned(), pki.dir.path(), &ctx)
         .map_err(|p| anyhow::anyhow!("{p}"))?;
     Ok(vigil::start(snapshot).await?)
@@ -344,13 +341,20 @@ pub async fn h2_get(
     Ok((status, String::from_utf8_lossy(&body).to_string()))
 }
 
-/// The admin listener's metrics text.
-pub async fn metrics(running: &vigil::Running) -> Result<String> {
+/// A request to the admin listener.
+pub async fn admin(running: &vigil::Running, method: &str, path: &str) -> Result<Reply> {
     let admin = running.admin.context("admin listener off")?;
     let mut tcp = TcpStream::connect(admin).await?;
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-        .await?;
-    Ok(read_reply(&mut tcp).await?.body)
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await?;
+    read_reply(&mut tcp).await
+}
+
+/// The admin listener's metrics text.
+pub async fn metrics(running: &vigil::Running) -> Result<String> {
+    Ok(admin(running, "GET", "/metrics").await?.body)
 }
 
 /// The value of one metric line (exact name with labels), or 0.

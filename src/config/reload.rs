@@ -1,0 +1,247 @@
+//! Replacing the configuration while traffic flows.
+//!
+//! Every trigger (a watched file changing, SIGHUP, `POST /reload`) goes through
+//! [`Reloader::reload`]: the whole configuration, with every file it names, is read and
+//! compiled into a new snapshot off the async threads; only if all of it is valid is it
+//! swapped in, atomically. Requests in flight keep the snapshot they started with; the next
+//! request and the next TLS handshake see the new one. An invalid change leaves the old
+//! snapshot serving and is reported in the log, in `vigil_config_reload_failures_total`, in
+//! the answer to `POST /reload` and in `/readyz`.
+
+use super::{Context, Snapshot, load_file};
+use crate::server::Shared;
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What the last reload attempt left behind, for `/readyz` and `POST /reload`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadStatus {
+    pub generation: u64,
+    /// Unix seconds of the last applied load.
+    pub last_success: Option<u64>,
+    /// Problems of the last attempt, when it was refused; cleared by the next success.
+    pub last_error: Option<Vec<String>>,
+    /// Settings changed in the file that only take effect after a restart.
+    pub restart_required: Vec<String>,
+}
+
+/// The outcome of one reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reloaded {
+    pub generation: u64,
+    pub restart_required: Vec<String>,
+}
+
+/// Reloads one configuration file into the running proxy.
+pub struct Reloader {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    context: Context,
+    /// One reload at a time; triggers arriving meanwhile wait their turn.
+    lock: tokio::sync::Mutex<()>,
+    status: ArcSwap<ReloadStatus>,
+}
+
+impl Reloader {
+    pub fn new(path: &Path, shared: Arc<Shared>, context: Context) -> Arc<Self> {
+        let generation = shared.snapshot.load().generation;
+        Arc::new(Self {
+            path: path.to_path_buf(),
+            shared,
+            context,
+            lock: tokio::sync::Mutex::new(()),
+            status: ArcSwap::from_pointee(ReloadStatus {
+                generation,
+                last_success: Some(unix_now()),
+                ..ReloadStatus::default()
+            }),
+        })
+    }
+
+    pub fn status(&self) -> Arc<ReloadStatus> {
+        self.status.load_full()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads, validates and applies the configuration file. `trigger` names the cause in logs.
+    pub async fn reload(&self, trigger: &str) -> Result<Reloaded, Vec<String>> {
+        let _one_at_a_time = self.lock.lock().await;
+        let current = self.shared.snapshot.load_full();
+        let mut context = self.context.clone();
+        context.generation = current.generation + 1;
+        context.previous = Some(current.clone());
+        let path = self.path.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_file(&path, &context)).await;
+        let metrics = &self.shared.metrics;
+        let snapshot = match loaded {
+            Ok(Ok(snapshot)) => snapshot,
+            Ok(Err(problems)) => {
+                let summary = problems.summary();
+                for line in &summary {
+                    tracing::error!(trigger, problem = %line, "configuration reload refused");
+                }
+                return Err(self.refused(summary));
+            }
+            Err(join) => {
+                let summary = vec![format!("reload task failed: {join}")];
+                tracing::error!(trigger, error = %join, "configuration reload failed");
+                return Err(self.refused(summary));
+            }
+        };
+        let restart_required = needs_restart(&current, &snapshot);
+        for what in &restart_required {
+            tracing::warn!(trigger, change = %what, "setting changed; it takes effect after a restart");
+        }
+        let generation = snapshot.generation;
+        self.shared.snapshot.store(Arc::new(snapshot));
+        metrics.config_generation.set(generation as i64);
+        metrics.config_reloads.inc();
+        let now = unix_now();
+        metrics.config_last_reload_success.set(now as f64);
+        self.status.store(Arc::new(ReloadStatus {
+            generation,
+            last_success: Some(now),
+            last_error: None,
+            restart_required: restart_required.clone(),
+        }));
+        tracing::info!(trigger, generation, "configuration reloaded");
+        Ok(Reloaded {
+            generation,
+            restart_required,
+        })
+    }
+
+    fn refused(&self, summary: Vec<String>) -> Vec<String> {
+        self.shared.metrics.config_reload_failures.inc();
+        let mut status = (*self.status.load_full()).clone();
+        status.last_error = Some(summary.clone());
+        self.status.store(Arc::new(status));
+        summary
+    }
+
+    /// Watches the configuration file and every file it names; changes (bursts coalesced)
+    /// trigger a reload. Returns when `stop` is cancelled.
+    pub async fn watch(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<notify::Event>>();
+        let mut watcher = match notify::recommended_watcher(move |event| {
+            let _ = tx.send(event);
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch configuration files; reload with SIGHUP or POST /reload");
+                return;
+            }
+        };
+        let mut watched = Watched::default();
+        watched.update(&mut watcher, &self.shared.snapshot.load().files);
+        loop {
+            let first = tokio::select! {
+                () = stop.cancelled() => return,
+                event = rx.recv() => event,
+            };
+            let Some(first) = first else { return };
+            let mut relevant = watched.is_relevant(&first);
+            // Editors and config-map updates write in bursts: wait for quiet, then reload once.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+                    Ok(Some(event)) => relevant |= watched.is_relevant(&event),
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            if relevant {
+                let _ = self.reload("file change").await;
+                watched.update(&mut watcher, &self.shared.snapshot.load().files);
+            }
+        }
+    }
+}
+
+/// The directories watched and the files in them that matter.
+#[derive(Default)]
+struct Watched {
+    dirs: Vec<PathBuf>,
+    files: Vec<PathBuf>,
+}
+
+impl Watched {
+    /// Watches the directories of `files`: watching a directory, not the file, survives editors
+    /// and tools that replace a file by renaming a new one over it.
+    fn update(&mut self, watcher: &mut impl notify::Watcher, files: &[PathBuf]) {
+        let files: Vec<PathBuf> = files.iter().map(|f| absolute(f)).collect();
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        for gone in self.dirs.iter().filter(|d| !dirs.contains(d)) {
+            let _ = watcher.unwatch(gone);
+        }
+        for dir in dirs.iter().filter(|d| !self.dirs.contains(d)) {
+            if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
+            }
+        }
+        self.dirs = dirs;
+        self.files = files;
+    }
+
+    fn is_relevant(&self, event: &notify::Result<notify::Event>) -> bool {
+        let Ok(event) = event else { return true };
+        if event.kind.is_access() {
+            return false;
+        }
+        event.paths.iter().any(|p| {
+            self.files.iter().any(|f| f == p)
+                // Kubernetes mounts swap a `..data` symlink when a ConfigMap or Secret changes.
+                || p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(".."))
+        })
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Settings that are bound at start-up; a change is reported, not half-applied.
+fn needs_restart(old: &Snapshot, new: &Snapshot) -> Vec<String> {
+    let mut changed = Vec::new();
+    if old.listen != new.listen {
+        changed.push(format!("server.listen {} -> {}", old.listen, new.listen));
+    }
+    if old.admin != new.admin {
+        changed.push(format!("admin.listen {:?} -> {:?}", old.admin, new.admin));
+    }
+    if old.max_connections != new.max_connections {
+        changed.push(format!(
+            "server.max_connections {} -> {}",
+            old.max_connections, new.max_connections
+        ));
+    }
+    if old.log.decisions != new.log.decisions {
+        changed.push(format!(
+            "log.decisions {:?} -> {:?}",
+            old.log.decisions, new.log.decisions
+        ));
+    }
+    if old.log.format != new.log.format || old.log.level != new.log.level {
+        changed.push("log.format / log.level".to_owned());
+    }
+    changed
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
