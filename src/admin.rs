@@ -11,6 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -55,13 +56,60 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: CancellationTo
         let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
+            let admin_tls = state.shared.snapshot.load().admin_tls.as_ref().map(|t| {
+                (
+                    tokio_rustls::TlsAcceptor::from(t.config.clone()),
+                    t.allow_spiffe.clone(),
+                )
+            });
+            let Some((acceptor, allow)) = admin_tls else {
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(answer(&state, req).await) }
+                });
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                return;
+            };
+            let accepted =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+            let tls = match accepted {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(reason = crate::tls::handshake_failure_reason(&e), error = %e, "admin handshake refused");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let caller = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::tls::PeerCert::from_der(c.as_ref()).ok())
+                .and_then(|p| p.spiffe_id);
+            let permitted = allow.is_empty()
+                || caller
+                    .as_deref()
+                    .is_some_and(|id| allow.iter().any(|p| p.matches(id)));
+            if !permitted {
+                tracing::warn!(caller = ?caller, "admin request refused: SPIFFE ID not allowed");
+            }
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, req).await) }
+                async move {
+                    if permitted {
+                        Ok::<_, Infallible>(answer(&state, req).await)
+                    } else {
+                        Ok(json(
+                            StatusCode::FORBIDDEN,
+                            serde_json::json!({ "error": "this client certificate may not use the admin listener" }),
+                        ))
+                    }
+                }
             });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
         });
     }
 }

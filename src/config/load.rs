@@ -105,7 +105,7 @@ const TLS_KEYS: &[&str] = &[
     "enforce_crl_expiry",
     "session_tickets",
 ];
-const ADMIN_KEYS: &[&str] = &["listen"];
+const ADMIN_KEYS: &[&str] = &["listen", "client_ca", "allow_spiffe", "cert", "key"];
 const LOG_KEYS: &[&str] = &["decisions", "format", "level"];
 const AUDIT_KEYS: &[&str] = &["mode"];
 const UPSTREAM_KEYS: &[&str] = &[

@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub source: String,
     pub listen: SocketAddr,
     pub admin: Option<SocketAddr>,
+    /// TLS with client certificates for the admin listener, when configured.
+    pub admin_tls: Option<AdminTls>,
     pub tls: Arc<rustls::ServerConfig>,
     /// The verifier inside `tls`, to re-check certificates of resumed sessions.
     pub client_verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
@@ -65,6 +67,13 @@ impl std::fmt::Debug for Snapshot {
             .field("routes", &self.routes.len())
             .finish_non_exhaustive()
     }
+}
+
+/// The admin listener's client-certificate requirement.
+pub struct AdminTls {
+    pub config: Arc<rustls::ServerConfig>,
+    /// SPIFFE ID patterns allowed; empty allows any verified client.
+    pub allow_spiffe: Vec<Pattern>,
 }
 
 /// What a load needs from the running process.
@@ -231,6 +240,19 @@ impl Compiler<'_> {
             }
         };
         let routes = self.routes(&raw);
+        let admin_tls = match &raw.tls {
+            Some(tls) if !raw.admin.client_ca.is_empty() => self.admin_tls(&raw.admin, tls),
+            _ => {
+                if !raw.admin.allow_spiffe.is_empty() {
+                    self.problem_help(
+                        "admin.allow_spiffe",
+                        "allow_spiffe needs client certificates on the admin listener",
+                        "set admin.client_ca too",
+                    );
+                }
+                None
+            }
+        };
         let tls = tls?;
 
         let mut http = auto::Builder::new(TokioExecutor::new());
@@ -251,6 +273,7 @@ impl Compiler<'_> {
             source: name.to_owned(),
             listen: listen?,
             admin,
+            admin_tls,
             tls: tls.0,
             client_verifier: tls.1,
             routes: routes?,
@@ -335,9 +358,62 @@ impl Compiler<'_> {
             enforce_crl_expiry: tls.enforce_crl_expiry,
             session_tickets: tls.session_tickets,
         }
-        .build(resumption)
+        .build(Some(resumption))
         .map_err(|e| self.problem("tls", e))
         .ok()
+    }
+
+    fn admin_tls(&mut self, admin: &AdminSection, tls: &TlsSection) -> Option<AdminTls> {
+        let cert = admin.cert.as_deref().unwrap_or(&tls.cert);
+        let key = admin.key.as_deref().unwrap_or(&tls.key);
+        let chain = read_chain(&self.file(cert))
+            .map_err(|e| self.problem("admin.cert", e))
+            .ok();
+        let key = read_key(&self.file(key))
+            .map_err(|e| self.problem("admin.key", e))
+            .ok();
+        let mut roots = rustls::RootCertStore::empty();
+        for (i, ca) in admin.client_ca.iter().enumerate() {
+            if let Err(e) = read_roots(&self.file(ca), &mut roots) {
+                self.problem(&format!("admin.client_ca.{i}"), e);
+            }
+        }
+        let mut crls = Vec::new();
+        for crl in &tls.crl {
+            if let Ok(list) = read_crl(&self.file(crl)) {
+                crls.extend(list);
+            }
+        }
+        let mut allow_spiffe = Vec::new();
+        for (i, p) in admin.allow_spiffe.iter().enumerate() {
+            let key = format!("admin.allow_spiffe.{i}");
+            if !p.starts_with("spiffe://") {
+                self.problem(&key, format!("{p:?} is not a SPIFFE ID pattern"));
+            } else if let Some(pattern) = self.pattern(&key, p) {
+                allow_spiffe.push(pattern);
+            }
+        }
+        let (chain, key) = (chain?, key?);
+        if roots.is_empty() {
+            return None;
+        }
+        let (config, _) = ServerTls {
+            chain,
+            key,
+            client_roots: roots,
+            crls,
+            allow_unknown_revocation: tls.allow_unknown_revocation,
+            enforce_crl_expiry: tls.enforce_crl_expiry,
+            session_tickets: false,
+        }
+        // No resumption: every admin connection proves its certificate afresh.
+        .build(None)
+        .map_err(|e| self.problem("admin", e))
+        .ok()?;
+        Some(AdminTls {
+            config,
+            allow_spiffe,
+        })
     }
 
     fn routes(&mut self, raw: &load::RawConfig) -> Option<RouteTable> {

@@ -134,9 +134,22 @@ fn default_true() -> bool {
 /// `[admin]`: the operator's listener for health, readiness and metrics.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AdminSection {
-    /// Plain HTTP; keep it on loopback or a private interface. Empty string turns it off.
+    /// Plain HTTP unless `client_ca` is set; keep it on loopback or a private interface.
+    /// Empty string turns it off.
     #[serde(default = "AdminSection::default_listen")]
     pub listen: String,
+    /// CA bundles for admin clients. When set, the admin listener speaks TLS 1.3 and requires a
+    /// client certificate that chains to one of them (and passes `[tls] crl`).
+    #[serde(default)]
+    pub client_ca: Vec<String>,
+    /// SPIFFE ID patterns allowed to use the admin listener; empty allows any verified client.
+    #[serde(default)]
+    pub allow_spiffe: Vec<String>,
+    /// Certificate and key of the admin listener; default: those of `[tls]`.
+    #[serde(default)]
+    pub cert: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 impl AdminSection {
@@ -149,6 +162,10 @@ impl Default for AdminSection {
     fn default() -> Self {
         Self {
             listen: Self::default_listen(),
+            client_ca: Vec::new(),
+            allow_spiffe: Vec::new(),
+            cert: None,
+            key: None,
         }
     }
 }

@@ -51,7 +51,7 @@ impl ServerTls {
     /// may predate the CRL now in force). Errors are phrased for the operator.
     pub fn build(
         self,
-        resumption: &Resumption,
+        resumption: Option<&Resumption>,
     ) -> Result<(Arc<ServerConfig>, Arc<dyn ClientCertVerifier>), String> {
         let provider = provider();
         let mut verifier = WebPkiClientVerifier::builder_with_provider(
@@ -75,12 +75,20 @@ impl ServerTls {
             .with_single_cert(self.chain, self.key)
             .map_err(|e| format!("server certificate and key do not fit together: {e}"))?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        config.session_storage = resumption.cache.clone();
-        if self.session_tickets {
-            config.ticketer = resumption.ticketer.clone();
-            config.send_tls13_tickets = 2;
-        } else {
-            config.send_tls13_tickets = 0;
+        match resumption {
+            Some(r) => {
+                config.session_storage = r.cache.clone();
+                if self.session_tickets {
+                    config.ticketer = r.ticketer.clone();
+                    config.send_tls13_tickets = 2;
+                } else {
+                    config.send_tls13_tickets = 0;
+                }
+            }
+            None => {
+                config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+                config.send_tls13_tickets = 0;
+            }
         }
         Ok((Arc::new(config), verifier))
     }

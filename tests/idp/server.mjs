@@ -673,6 +673,7 @@ process.stdout.write(`${JSON.stringify({
   port,
   client_id: vigilClient.client_id,
   service_client_id: serviceClient.client_id,
+  service_client_secret: serviceClient.client_secret,
   resource,
 })}\n`);
 
