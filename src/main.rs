@@ -40,6 +40,15 @@ enum Command {
     /// Development certificates: a CA, leaves and CRLs.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Probe a running Vigil's admin listener (for container health checks): exit 0 when the
+    /// endpoint answers 200. Works for a plain-HTTP admin listener.
+    Health {
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// `/healthz` (alive) or `/readyz` (ready for traffic).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -117,6 +126,24 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::Certs(cmd) => certs_command(cmd),
+        Command::Health { admin, path } => health(admin, &path),
+    }
+}
+
+fn health(admin: SocketAddr, path: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(3);
+    let mut stream = std::net::TcpStream::connect_timeout(&admin, timeout)
+        .with_context(|| format!("connecting to {admin}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {admin}\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let status = answer.split_whitespace().nth(1).unwrap_or("");
+    if status == "200" {
+        Ok(())
+    } else {
+        bail!("{path} answered {status:?}")
     }
 }
 

@@ -298,3 +298,50 @@ fn run_serves_and_drains_on_sigterm() -> Result<()> {
     assert!(exit.success(), "{exit:?}");
     Ok(())
 }
+
+/// A directory with the files the shipped examples refer to under `tls/`.
+fn example_pki() -> Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    let tls = dir.path().join("tls");
+    certs_init(&tls)?;
+    std::fs::copy(tls.join("ca.pem"), tls.join("upstream-ca.pem"))?;
+    std::fs::copy(tls.join("device.pem"), tls.join("proxy-client.pem"))?;
+    std::fs::copy(tls.join("device.key"), tls.join("proxy-client.key"))?;
+    Ok(dir)
+}
+
+#[test]
+fn shipped_examples_pass_check() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let deployment = std::fs::read_to_string(root.join("examples/deployment/vigil.toml"))?;
+    let manifest = std::fs::read_to_string(root.join("examples/kubernetes/vigil.yaml"))?;
+    let embedded: String = manifest
+        .split("vigil.toml: |\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n---").next())
+        .map(|block| {
+            block
+                .lines()
+                .map(|l| l.strip_prefix("    ").unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    assert!(
+        embedded.contains("[[route]]"),
+        "no config found in the Kubernetes example"
+    );
+    for (name, text) in [("deployment", deployment), ("kubernetes", embedded)] {
+        let dir = example_pki()?;
+        let (ok, out) = check(dir.path(), &text)?;
+        assert!(ok, "examples/{name}: {out}");
+    }
+    // config/example.toml refers to ../certs from its own directory.
+    let example = std::fs::read_to_string(root.join("config/example.toml"))?;
+    let dir = tempfile::tempdir()?;
+    certs_init(&dir.path().join("certs"))?;
+    std::fs::create_dir(dir.path().join("config"))?;
+    let (ok, out) = check(&dir.path().join("config"), &example)?;
+    assert!(ok, "config/example.toml: {out}");
+    Ok(())
+}

@@ -94,7 +94,9 @@ impl Drop for Idp {
 }
 
 fn idp_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("idp")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("idp")
 }
 
 impl Idp {
@@ -112,8 +114,19 @@ impl Idp {
 
         let mut cmd = Command::new("node");
         cmd.arg(dir.join("server.mjs"))
-            .args(["--port", "0", "--issuer-host", "127.0.0.1", "--exit-with-stdin"])
-            .args(["--client-id", &opts.client_id, "--client-secret", &opts.client_secret]);
+            .args([
+                "--port",
+                "0",
+                "--issuer-host",
+                "127.0.0.1",
+                "--exit-with-stdin",
+            ])
+            .args([
+                "--client-id",
+                &opts.client_id,
+                "--client-secret",
+                &opts.client_secret,
+            ]);
         for uri in &opts.redirect_uris {
             cmd.args(["--redirect-uri", uri]);
         }
@@ -193,7 +206,10 @@ impl Idp {
         let line = match tokio::time::timeout(READY, rx).await {
             Ok(Ok(line)) => line,
             Ok(Err(_)) => bail!("the IdP exited before it was ready:\n{}", idp.stderr_tail()),
-            Err(_) => bail!("the IdP was not ready within {READY:?}:\n{}", idp.stderr_tail()),
+            Err(_) => bail!(
+                "the IdP was not ready within {READY:?}:\n{}",
+                idp.stderr_tail()
+            ),
         };
         let ready: serde_json::Value = serde_json::from_str(&line)
             .with_context(|| format!("the IdP's ready line is not JSON: {line:?}"))?;
@@ -230,15 +246,21 @@ impl Idp {
     /// Marks the user disabled: logins are refused and refresh-token grants for them fail with
     /// `invalid_grant`. Tokens already issued stay valid until they expire.
     pub async fn disable_user(&self, id: &str) -> Result<()> {
-        self.admin_post(&format!("/__admin/users/{}", encode(id)), r#"{"disabled":true}"#)
-            .await
-            .map(drop)
+        self.admin_post(
+            &format!("/__admin/users/{}", encode(id)),
+            r#"{"disabled":true}"#,
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn enable_user(&self, id: &str) -> Result<()> {
-        self.admin_post(&format!("/__admin/users/{}", encode(id)), r#"{"disabled":false}"#)
-            .await
-            .map(drop)
+        self.admin_post(
+            &format!("/__admin/users/{}", encode(id)),
+            r#"{"disabled":false}"#,
+        )
+        .await
+        .map(drop)
     }
 
     /// Merges `claims` (an object, e.g. `{"groups": ["sales"], "risk": "high"}`; `null` removes
@@ -248,7 +270,9 @@ impl Idp {
             bail!("claims must be a JSON object, got {claims}");
         }
         let body = serde_json::json!({ "claims": claims }).to_string();
-        self.admin_post(&format!("/__admin/users/{}", encode(id)), &body).await.map(drop)
+        self.admin_post(&format!("/__admin/users/{}", encode(id)), &body)
+            .await
+            .map(drop)
     }
 
     /// Ends every provider session of the user and revokes all their grants (so refresh tokens
@@ -256,7 +280,8 @@ impl Idp {
     /// client's `backchannel_logout_uri`. Returns the server's report, e.g.
     /// `{"sessions":1,"grants":1,"backchannel":[{"client_id":"vigil","sid":"...","ok":true}]}`.
     pub async fn revoke_user(&self, id: &str) -> Result<serde_json::Value> {
-        self.admin_post(&format!("/__admin/users/{}/revoke", encode(id)), "").await
+        self.admin_post(&format!("/__admin/users/{}/revoke", encode(id)), "")
+            .await
     }
 
     /// A client-credentials access token (a JWT with `aud` = [`Idp::resource`]) for the service
@@ -294,8 +319,9 @@ impl Idp {
             form.as_bytes().to_vec(),
         )
         .await?;
-        let json = serde_json::from_slice(&reply.body)
-            .with_context(|| format!("token endpoint answered {}: {}", reply.status, reply.text()))?;
+        let json = serde_json::from_slice(&reply.body).with_context(|| {
+            format!("token endpoint answered {}: {}", reply.status, reply.text())
+        })?;
         Ok((reply.status, json))
     }
 
@@ -321,7 +347,8 @@ fn ensure_installed(dir: &Path) -> Result<()> {
     static IN_PROCESS: Mutex<()> = Mutex::new(());
     let _guard = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
 
-    let lock_file = std::fs::read(dir.join("package-lock.json")).context("tests/idp/package-lock.json")?;
+    let lock_file =
+        std::fs::read(dir.join("package-lock.json")).context("tests/idp/package-lock.json")?;
     let marker = dir.join("node_modules").join(".vigil-installed-lock.json");
     let installed = || std::fs::read(&marker).is_ok_and(|m| m == lock_file);
     if installed() {
@@ -347,7 +374,10 @@ fn ensure_installed(dir: &Path) -> Result<()> {
                     continue;
                 }
                 if std::time::Instant::now() > deadline {
-                    bail!("waited {INSTALL:?} for another process's `npm ci` ({} exists)", lock.display());
+                    bail!(
+                        "waited {INSTALL:?} for another process's `npm ci` ({} exists)",
+                        lock.display()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -366,7 +396,13 @@ fn ensure_installed(dir: &Path) -> Result<()> {
     }
 
     let out = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--prefer-offline", "--loglevel=error"])
+        .args([
+            "ci",
+            "--no-audit",
+            "--no-fund",
+            "--prefer-offline",
+            "--loglevel=error",
+        ])
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()
@@ -409,7 +445,13 @@ pub async fn login_flow(authorize_url: &str, user: &str, password: &str) -> Resu
         if method == "POST" {
             headers.push(("content-type", "application/x-www-form-urlencoded".into()));
         }
-        let reply = request(method, &url.to_string(), &headers, std::mem::take(&mut body)).await?;
+        let reply = request(
+            method,
+            &url.to_string(),
+            &headers,
+            std::mem::take(&mut body),
+        )
+        .await?;
         jar.store(&url, &reply.set_cookies);
 
         if (300..400).contains(&reply.status) {
@@ -428,18 +470,29 @@ pub async fn login_flow(authorize_url: &str, user: &str, password: &str) -> Resu
 
         let page = reply.text();
         let Some(form) = Form::first(&page) else {
-            bail!("{} {url}: page without a form:\n{}", reply.status, page_text(&page));
+            bail!(
+                "{} {url}: page without a form:\n{}",
+                reply.status,
+                page_text(&page)
+            );
         };
         let mut fields = form.hidden.clone();
         if form.inputs.iter().any(|n| n == "login") {
             if submitted_login {
-                bail!("the login was refused ({}):\n{}", reply.status, page_text(&page));
+                bail!(
+                    "the login was refused ({}):\n{}",
+                    reply.status,
+                    page_text(&page)
+                );
             }
             submitted_login = true;
             fields.push(("login".into(), user.into()));
             fields.push(("password".into(), password.into()));
         }
-        let pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let pairs: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         body = form_encode(&pairs).into_bytes();
         url = url.join(&form.action)?;
         method = "POST";
@@ -457,7 +510,9 @@ struct Form {
 impl Form {
     fn first(page: &str) -> Option<Form> {
         let start = page.find("<form")?;
-        let end = page[start..].find("</form>").map_or(page.len(), |e| start + e);
+        let end = page[start..]
+            .find("</form>")
+            .map_or(page.len(), |e| start + e);
         let html = &page[start..end];
         let open = &html[..html.find('>')?];
         let action = attr(open, "action").unwrap_or_default();
@@ -476,7 +531,11 @@ impl Form {
             }
             rest = &rest[tag_end..];
         }
-        Some(Form { action, hidden, inputs })
+        Some(Form {
+            action,
+            hidden,
+            inputs,
+        })
     }
 }
 
@@ -497,7 +556,9 @@ fn attr(tag: &str, name: &str) -> Option<String> {
             let rest = &rest[1..];
             &rest[..rest.find(quote)?]
         } else {
-            let end = rest.find(|c: char| c.is_ascii_whitespace() || c == '>' || c == '/').unwrap_or(rest.len());
+            let end = rest
+                .find(|c: char| c.is_ascii_whitespace() || c == '>' || c == '/')
+                .unwrap_or(rest.len());
             &rest[..end]
         };
         return Some(unescape(value));
@@ -572,7 +633,12 @@ impl CookieJar {
             self.cookies
                 .retain(|c| !(c.host == host && c.path == path && c.name == name));
             if !expired {
-                self.cookies.push(Cookie { host, path, name, value });
+                self.cookies.push(Cookie {
+                    host,
+                    path,
+                    name,
+                    value,
+                });
             }
         }
     }
@@ -590,11 +656,17 @@ impl CookieJar {
             })
             .collect();
         // Longer paths first, as browsers send them.
-        matching.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        matching.sort_by_key(|c| std::cmp::Reverse(c.path.len()));
         if matching.is_empty() {
             return None;
         }
-        Some(matching.iter().map(|c| format!("{}={}", c.name, c.value)).collect::<Vec<_>>().join("; "))
+        Some(
+            matching
+                .iter()
+                .map(|c| format!("{}={}", c.name, c.value))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
     }
 }
 
@@ -610,7 +682,9 @@ struct Url {
 
 impl Url {
     fn parse(s: &str) -> Result<Url> {
-        let (scheme, rest) = s.split_once("://").with_context(|| format!("not an absolute URL: {s}"))?;
+        let (scheme, rest) = s
+            .split_once("://")
+            .with_context(|| format!("not an absolute URL: {s}"))?;
         if scheme != "http" && scheme != "https" {
             bail!("unsupported scheme in {s}");
         }
@@ -620,7 +694,11 @@ impl Url {
         if !target.starts_with('/') {
             target.insert(0, '/');
         }
-        Ok(Url { scheme: scheme.to_ascii_lowercase(), authority: authority.to_ascii_lowercase(), target })
+        Ok(Url {
+            scheme: scheme.to_ascii_lowercase(),
+            authority: authority.to_ascii_lowercase(),
+            target,
+        })
     }
 
     /// Resolves a Location or form action: absolute URLs and absolute paths (what the
@@ -631,13 +709,21 @@ impl Url {
         } else if reference.starts_with("//") {
             Url::parse(&format!("{}:{reference}", self.scheme))
         } else if reference.starts_with('/') {
-            Ok(Url { target: reference.split('#').next().unwrap_or("/").to_owned(), ..self.clone() })
+            Ok(Url {
+                target: reference.split('#').next().unwrap_or("/").to_owned(),
+                ..self.clone()
+            })
         } else if reference.starts_with('?') {
-            Ok(Url { target: format!("{}{reference}", self.path()), ..self.clone() })
+            Ok(Url {
+                target: format!("{}{reference}", self.path()),
+                ..self.clone()
+            })
         } else if reference.is_empty() {
             Ok(self.clone())
         } else {
-            Err(anyhow!("relative reference {reference:?} from {self} is not supported"))
+            Err(anyhow!(
+                "relative reference {reference:?} from {self} is not supported"
+            ))
         }
     }
 
@@ -683,7 +769,12 @@ impl HttpReply {
 }
 
 /// One request on a fresh connection. Only `http://` (the provider is plain http on loopback).
-async fn request(method: &str, url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Result<HttpReply> {
+async fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> Result<HttpReply> {
     let parsed = Url::parse(url)?;
     if parsed.scheme != "http" {
         bail!("only http:// is spoken here: {url}");
@@ -707,7 +798,9 @@ async fn request(method: &str, url: &str, headers: &[(&str, String)], body: Vec<
         for (name, value) in headers {
             builder = builder.header(*name, value.as_str());
         }
-        let response = sender.send_request(builder.body(Full::new(Bytes::from(body)))?).await?;
+        let response = sender
+            .send_request(builder.body(Full::new(Bytes::from(body)))?)
+            .await?;
         let status = response.status().as_u16();
         let location = response
             .headers()
@@ -721,7 +814,12 @@ async fn request(method: &str, url: &str, headers: &[(&str, String)], body: Vec<
             .filter_map(|v| v.to_str().ok().map(str::to_owned))
             .collect();
         let body = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok(HttpReply { status, location, set_cookies, body })
+        anyhow::Ok(HttpReply {
+            status,
+            location,
+            set_cookies,
+            body,
+        })
     };
     tokio::time::timeout(STEP, exchange)
         .await
@@ -755,7 +853,10 @@ fn base64(data: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -765,34 +866,4 @@ fn base64(data: &[u8]) -> String {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (plain, encoded) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
-            assert_eq!(base64(plain.as_bytes()), encoded);
-        }
-    }
-
-    #[test]
-    fn forms_and_cookies() {
-        let page = r#"<form id="login" method="post" action="/interaction/a&amp;b/login"><input type="hidden" name="xsrf" value="x1"><input id="u" type="text" name="login"></form>"#;
-        let form = Form::first(page).unwrap();
-        assert_eq!(form.action, "/interaction/a&b/login");
-        assert_eq!(form.hidden, vec![("xsrf".to_owned(), "x1".to_owned())]);
-        assert_eq!(form.inputs, vec!["login".to_owned()]);
-
-        let base = Url::parse("http://127.0.0.1:9/auth?x=1").unwrap();
-        let mut jar = CookieJar::default();
-        jar.store(&base, &["_interaction=abc; path=/interaction/u1; httponly".into(), "_session=s; path=/".into()]);
-        assert_eq!(jar.header(&base.join("/interaction/u1").unwrap()).unwrap(), "_interaction=abc; _session=s");
-        assert_eq!(jar.header(&base.join("/interaction/u10").unwrap()).unwrap(), "_session=s");
-        jar.store(&base, &["_session=; path=/; expires=Thu, 01 Jan 1970 00:00:00 GMT".into()]);
-        assert_eq!(jar.header(&base), None);
-        assert_eq!(base.join("https://localhost:8443/cb?code=1").unwrap().authority, "localhost:8443");
-    }
 }

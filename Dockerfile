@@ -1,0 +1,27 @@
+# Vigil: build with the Rust toolchain, run on a small Debian image as a non-root user.
+#   docker build -t vigil .
+#   docker run --rm -v $PWD/certs:/etc/vigil/certs:ro -v $PWD/vigil.toml:/etc/vigil/vigil.toml:ro \
+#     -p 8443:8443 vigil
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+RUN cargo build --release --locked --bin vigil \
+ && strip target/release/vigil
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 65532 --home-dir /nonexistent --shell /usr/sbin/nologin vigil
+COPY --from=build /src/target/release/vigil /usr/local/bin/vigil
+USER 65532:65532
+WORKDIR /etc/vigil
+EXPOSE 8443 9901
+# The admin listener must be plain HTTP on an address the container can reach itself at.
+HEALTHCHECK --interval=10s --timeout=4s --start-period=5s --retries=3 \
+  CMD ["vigil", "health", "--admin", "127.0.0.1:9901", "--path", "/healthz"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["vigil"]
+CMD ["run", "--config", "/etc/vigil/vigil.toml"]
