@@ -4,7 +4,7 @@
 //! request never sees half of a reload.
 
 use crate::body::{self, Body};
-use crate::canonical::{self, host_without_port, normalize_host, normalize_path};
+use crate::canonical::{host_without_port, normalize_host, normalize_path};
 use crate::config::Snapshot;
 use crate::decision_log::{self, Entry};
 use crate::error::Refusal;
@@ -150,22 +150,18 @@ pub async fn handle(
     record.path = canonical.path.clone().into_owned();
 
     let hostname = host_without_port(&canonical.host);
+    if let Some(rest) = canonical.path.strip_prefix("/.vigil/") {
+        // Vigil's own endpoints exist on every host that has a route.
+        if !snapshot.routes.serves_host(hostname) {
+            return record.refuse(Refusal::NoRoute, None);
+        }
+        record.route = snapshot.routes.find(hostname, &canonical.path).cloned();
+        return record.reserved(rest);
+    }
     let Some(route) = snapshot.routes.find(hostname, &canonical.path).cloned() else {
         return record.refuse(Refusal::NoRoute, None);
     };
     record.route = Some(route.clone());
-
-    if let Some(rest) = canonical.path.strip_prefix("/.vigil/") {
-        return record.reserved(rest);
-    }
-
-    let limit = route.max_body_bytes.or(snapshot.max_body_bytes);
-    if let (Some(limit), Some(len)) = (limit, content_length(&req))
-        && len > limit
-    {
-        shared.metrics.limit("body_size");
-        return record.refuse(Refusal::PayloadTooLarge, None);
-    }
 
     let facts = RequestFacts {
         method: req.method(),
@@ -178,6 +174,15 @@ pub async fn handle(
     if !decision.allow && !audit_pass {
         let public = format!("access denied by route '{}'", route.name);
         return record.refuse(Refusal::Forbidden(public), Some(&decision));
+    }
+
+    // After the decision: an unauthorised client learns nothing about the route's limits.
+    let limit = route.max_body_bytes.or(snapshot.max_body_bytes);
+    if let (Some(limit), Some(len)) = (limit, content_length(&req))
+        && len > limit
+    {
+        shared.metrics.limit("body_size");
+        return record.refuse(Refusal::PayloadTooLarge, Some(&decision));
     }
 
     let path = canonical.path.into_owned();
@@ -256,10 +261,13 @@ struct Record<'a> {
 impl Record<'_> {
     fn refuse(&self, refusal: Refusal, decision: Option<&Decision>) -> Response<Body> {
         let response = refusal.response(self.request_id);
-        let reasons = match decision {
+        let mut reasons = match decision {
             Some(d) => d.reasons.clone(),
-            None => vec![refusal.reason().to_owned()],
+            None => Vec::new(),
         };
+        if !matches!(refusal, Refusal::Forbidden(_)) {
+            reasons.push(refusal.reason().to_owned());
+        }
         self.log("deny", &reasons, response.status());
         response
     }
@@ -350,11 +358,4 @@ impl Record<'_> {
             .get_or_create(&RouteOnly { route: label })
             .observe(latency.as_secs_f64());
     }
-}
-
-/// Used by `canonicalize` callers that only have a path (tests, `policy explain`).
-pub fn normalise_for_policy(path: &str) -> Result<String, Refusal> {
-    canonical::normalize_path(path)
-        .map(Cow::into_owned)
-        .map_err(|e| Refusal::BadRequest(e.reason()))
 }

@@ -106,6 +106,15 @@ impl RouteTable {
         first_covering(&self.any, path)
     }
 
+    /// True when some route, on any path, serves `host`.
+    pub fn serves_host(&self, host: &str) -> bool {
+        !self.any.is_empty()
+            || self.exact.contains_key(host)
+            || host
+                .split_once('.')
+                .is_some_and(|(_, parent)| self.wildcard.contains_key(parent))
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.all.iter()
     }

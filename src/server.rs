@@ -123,7 +123,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
             accepted = listener.accept() => accepted,
         };
         let (stream, remote) = match accepted {
-            Ok(pair) => pair,
+            // An IPv4 client on a dual-stack listener is ::ffff:a.b.c.d; rules and logs want a.b.c.d.
+            Ok((stream, remote)) => (
+                stream,
+                SocketAddr::new(remote.ip().to_canonical(), remote.port()),
+            ),
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");

@@ -200,6 +200,8 @@ impl Compiler<'_> {
             self.problem("server.max_concurrent_streams", "must be at least 1");
         }
         for (key, d) in [
+            ("upstream.connect_timeout", raw.upstream.connect_timeout),
+            ("upstream.response_timeout", raw.upstream.response_timeout),
             ("server.handshake_timeout", server.handshake_timeout),
             ("server.header_read_timeout", server.header_read_timeout),
             ("server.idle_timeout", server.idle_timeout),
@@ -265,8 +267,9 @@ impl Compiler<'_> {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(server.max_concurrent_streams)
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20));
+            // No server pings: they would count as activity and keep idle connections open
+            // forever; `idle_timeout` finds dead peers instead.
+            .keep_alive_interval(None);
 
         Some(Snapshot {
             generation: ctx.generation,
@@ -284,7 +287,13 @@ impl Compiler<'_> {
             drain_timeout: server.drain_timeout.0,
             max_body_bytes: (server.max_body_bytes > 0).then_some(server.max_body_bytes),
             http,
-            log: raw.log,
+            log: LogSection {
+                decisions: match raw.log.decisions.as_str() {
+                    "stdout" | "stderr" | "off" | "" | "-" => raw.log.decisions.clone(),
+                    path => self.base.join(path).display().to_string(),
+                },
+                ..raw.log
+            },
             files: {
                 let mut files = self.files.take();
                 files.sort();
@@ -545,8 +554,12 @@ impl Compiler<'_> {
             None => (false, host),
         };
         match normalize_host(name) {
-            Ok(n) if n.contains(':') && !n.starts_with('[') => {
-                self.problem(key, "a route host has no port");
+            Ok(_) if has_port(name) => {
+                self.problem_help(
+                    key,
+                    format!("route host {host:?} has a port"),
+                    "routes match on the host name alone; drop the port",
+                );
                 None
             }
             Ok(n) => Some(if wild { format!("*.{n}") } else { n }),
@@ -680,8 +693,10 @@ impl Compiler<'_> {
             cert: r.upstream_cert.clone(),
             key: r.upstream_key.clone(),
             connect_timeout: r.connect_timeout.unwrap_or(raw.upstream.connect_timeout).0,
+            pool_idle_timeout: raw.upstream.pool_idle_timeout.0,
+            pool_max_idle_per_host: raw.upstream.pool_max_idle_per_host,
         };
-        let client = self.client_for(at, client_key, &raw.upstream)?;
+        let client = self.client_for(at, client_key)?;
         Some(Upstream {
             scheme,
             authority,
@@ -697,12 +712,7 @@ impl Compiler<'_> {
 
     /// The pool for `key`: shared with earlier routes of this load, kept from the previous
     /// snapshot when its files are unchanged, or new.
-    fn client_for(
-        &mut self,
-        at: &str,
-        key: ClientKey,
-        defaults: &UpstreamSection,
-    ) -> Option<HttpClient> {
+    fn client_for(&mut self, at: &str, key: ClientKey) -> Option<HttpClient> {
         let files: Vec<PathBuf> = [&key.ca, &key.cert, &key.key]
             .into_iter()
             .flatten()
@@ -721,17 +731,12 @@ impl Compiler<'_> {
             self.clients.insert(key, (material, client.clone()));
             return Some(client);
         }
-        let client = self.client(at, &key, defaults)?;
+        let client = self.client(at, &key)?;
         self.clients.insert(key, (material, client.clone()));
         Some(client)
     }
 
-    fn client(
-        &mut self,
-        at: &str,
-        key: &ClientKey,
-        defaults: &UpstreamSection,
-    ) -> Option<HttpClient> {
+    fn client(&mut self, at: &str, key: &ClientKey) -> Option<HttpClient> {
         let roots = match &key.ca {
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
@@ -767,11 +772,21 @@ impl Compiler<'_> {
             ClientSettings {
                 tls,
                 connect_timeout: key.connect_timeout,
-                pool_idle_timeout: defaults.pool_idle_timeout.0,
-                pool_max_idle_per_host: defaults.pool_max_idle_per_host,
+                pool_idle_timeout: key.pool_idle_timeout,
+                pool_max_idle_per_host: key.pool_max_idle_per_host,
             }
             .build(),
         )
+    }
+}
+
+/// True when a host as written carries a port (`example.com:443`, `[::1]:8443`).
+fn has_port(host: &str) -> bool {
+    match host.strip_prefix('[') {
+        Some(rest) => rest
+            .split_once(']')
+            .is_some_and(|(_, after)| !after.is_empty()),
+        None => host.contains(':'),
     }
 }
 
@@ -793,4 +808,6 @@ struct ClientKey {
     cert: Option<String>,
     key: Option<String>,
     connect_timeout: Duration,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
 }

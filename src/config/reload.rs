@@ -39,6 +39,8 @@ pub struct Reloaded {
 pub struct Reloader {
     path: PathBuf,
     shared: Arc<Shared>,
+    /// What the process bound at start-up; later configurations are compared with this.
+    bound: Bound,
     context: Context,
     /// One reload at a time; triggers arriving meanwhile wait their turn.
     lock: tokio::sync::Mutex<()>,
@@ -47,9 +49,16 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn new(path: &Path, shared: Arc<Shared>, context: Context) -> Arc<Self> {
-        let generation = shared.snapshot.load().generation;
+        let first = shared.snapshot.load_full();
+        let generation = first.generation;
+        let bound = Bound::of(&first);
+        shared
+            .metrics
+            .config_last_reload_success
+            .set(unix_now() as f64);
         Arc::new(Self {
             path: path.to_path_buf(),
+            bound,
             shared,
             context,
             lock: tokio::sync::Mutex::new(()),
@@ -94,7 +103,7 @@ impl Reloader {
                 return Err(self.refused(summary));
             }
         };
-        let restart_required = needs_restart(&current, &snapshot);
+        let restart_required = self.bound.differences(&snapshot);
         for what in &restart_required {
             tracing::warn!(trigger, change = %what, "setting changed; it takes effect after a restart");
         }
@@ -212,31 +221,55 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// Settings that are bound at start-up; a change is reported, not half-applied.
-fn needs_restart(old: &Snapshot, new: &Snapshot) -> Vec<String> {
-    let mut changed = Vec::new();
-    if old.listen != new.listen {
-        changed.push(format!("server.listen {} -> {}", old.listen, new.listen));
+/// Settings bound at start-up: a change is reported as needing a restart, not half-applied.
+#[derive(Debug, Clone, PartialEq)]
+struct Bound {
+    listen: std::net::SocketAddr,
+    admin: Option<std::net::SocketAddr>,
+    max_connections: usize,
+    decisions: String,
+    format: String,
+    level: String,
+}
+
+impl Bound {
+    fn of(s: &Snapshot) -> Self {
+        Self {
+            listen: s.listen,
+            admin: s.admin,
+            max_connections: s.max_connections,
+            decisions: s.log.decisions.clone(),
+            format: s.log.format.clone(),
+            level: s.log.level.clone(),
+        }
     }
-    if old.admin != new.admin {
-        changed.push(format!("admin.listen {:?} -> {:?}", old.admin, new.admin));
+
+    fn differences(&self, new: &Snapshot) -> Vec<String> {
+        let new = Bound::of(new);
+        let mut changed = Vec::new();
+        if self.listen != new.listen {
+            changed.push(format!("server.listen {} -> {}", self.listen, new.listen));
+        }
+        if self.admin != new.admin {
+            changed.push(format!("admin.listen {:?} -> {:?}", self.admin, new.admin));
+        }
+        if self.max_connections != new.max_connections {
+            changed.push(format!(
+                "server.max_connections {} -> {}",
+                self.max_connections, new.max_connections
+            ));
+        }
+        if self.decisions != new.decisions {
+            changed.push(format!(
+                "log.decisions {:?} -> {:?}",
+                self.decisions, new.decisions
+            ));
+        }
+        if self.format != new.format || self.level != new.level {
+            changed.push("log.format / log.level".to_owned());
+        }
+        changed
     }
-    if old.max_connections != new.max_connections {
-        changed.push(format!(
-            "server.max_connections {} -> {}",
-            old.max_connections, new.max_connections
-        ));
-    }
-    if old.log.decisions != new.log.decisions {
-        changed.push(format!(
-            "log.decisions {:?} -> {:?}",
-            old.log.decisions, new.log.decisions
-        ));
-    }
-    if old.log.format != new.log.format || old.log.level != new.log.level {
-        changed.push("log.format / log.level".to_owned());
-    }
-    changed
 }
 
 fn unix_now() -> u64 {
