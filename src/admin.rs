@@ -121,7 +121,8 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/readyz") => {
             let snapshot = shared.snapshot.load();
             let reload = state.reloader.as_ref().map(|r| r.status());
-            let ready = state.readiness.get();
+            let provider_ready = snapshot.oidc.as_ref().is_none_or(|p| p.is_ready());
+            let ready = state.readiness.get() && provider_ready;
             let status = if ready {
                 StatusCode::OK
             } else {
@@ -131,7 +132,17 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
                 status,
                 serde_json::json!({
                     "ready": ready,
-                    "reason": (!ready).then_some("starting or draining"),
+                    "reason": if !provider_ready {
+                        Some("identity provider not discovered yet")
+                    } else if !ready {
+                        Some("starting or draining")
+                    } else {
+                        None
+                    },
+                    "identity_provider": snapshot.oidc.as_ref().map(|p| serde_json::json!({
+                        "issuer": p.settings.issuer,
+                        "ready": p.is_ready(),
+                    })),
                     "config_generation": snapshot.generation,
                     "routes": snapshot.routes.len(),
                     "reload": reload.as_deref(),

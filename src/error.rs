@@ -26,6 +26,10 @@ pub enum Refusal {
     NoRoute,
     /// Policy denied the request; the reason is the short public one.
     Forbidden(String),
+    /// The route needs a signed-in person or a bearer token, and there is none (or it is bad).
+    Unauthorized(String),
+    /// Something Vigil depends on (the identity provider) is not available; never an allow.
+    Unavailable(String),
     /// The method cannot be proxied (CONNECT).
     MethodNotAllowed,
     /// The body is over the route's limit.
@@ -43,6 +47,8 @@ impl Refusal {
             Refusal::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Refusal::NoRoute => StatusCode::NOT_FOUND,
             Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+            Refusal::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
@@ -57,7 +63,8 @@ impl Refusal {
             | Refusal::NoRoute
             | Refusal::MethodNotAllowed
             | Refusal::PayloadTooLarge => Fault::Client,
-            Refusal::Forbidden(_) => Fault::Policy,
+            Refusal::Forbidden(_) | Refusal::Unauthorized(_) => Fault::Policy,
+            Refusal::Unavailable(_) => Fault::Upstream,
             Refusal::BadGateway | Refusal::GatewayTimeout => Fault::Upstream,
         }
     }
@@ -68,7 +75,7 @@ impl Refusal {
             Refusal::BadRequest(why) => why,
             Refusal::Misdirected => "this connection is not for that host",
             Refusal::NoRoute => "no route for this host and path",
-            Refusal::Forbidden(why) => why,
+            Refusal::Forbidden(why) | Refusal::Unauthorized(why) | Refusal::Unavailable(why) => why,
             Refusal::MethodNotAllowed => "method not supported by the proxy",
             Refusal::PayloadTooLarge => "request body too large",
             Refusal::BadGateway => "upstream unavailable",
@@ -76,24 +83,74 @@ impl Refusal {
         }
     }
 
-    /// A small JSON answer carrying the reason and the request id.
-    pub fn response(&self, request_id: &HeaderValue) -> Response<Body> {
+    /// For a login that could not start or finish.
+    pub fn from_login(e: &crate::identity::oidc::LoginError) -> Self {
+        match e.status() {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => {
+                Refusal::Unavailable(e.to_string())
+            }
+            _ => Refusal::Unauthorized(e.to_string()),
+        }
+    }
+
+    /// A small answer carrying the reason and the request id: an HTML page for browsers,
+    /// JSON for everything else.
+    pub fn response(&self, request_id: &HeaderValue, html: bool) -> Response<Body> {
         let status = self.status();
-        let payload = serde_json::json!({
-            "status": status.as_u16(),
-            "error": status.canonical_reason().unwrap_or("error"),
-            "reason": self.reason(),
-            "request_id": request_id.to_str().unwrap_or(""),
-        });
-        let mut response = Response::new(body::full(payload.to_string()));
+        let id = request_id.to_str().unwrap_or("");
+        let title = status.canonical_reason().unwrap_or("error");
+        let (content_type, text) = if html {
+            ("text/html; charset=utf-8", page(title, self.reason(), id))
+        } else {
+            let payload = serde_json::json!({
+                "status": status.as_u16(),
+                "error": title,
+                "reason": self.reason(),
+                "request_id": id,
+            });
+            ("application/json", payload.to_string())
+        };
+        let mut response = Response::new(body::full(text));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"vigil\""),
+            );
+        }
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(crate::forward::X_REQUEST_ID.clone(), request_id.clone());
         response
     }
+}
+
+/// A plain page: no scripts, no external resources.
+pub fn page(title: &str, message: &str, request_id: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+         <meta name=\"viewport\" content=\"width=device-width\"></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
+         <h1>{t}</h1><p>{m}</p><p><small>Request id: <code>{r}</code></small></p></body></html>",
+        t = escape(title),
+        m = escape(message),
+        r = escape(request_id),
+    )
+}
+
+/// HTML-escapes text for element content and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }

@@ -30,9 +30,11 @@ pub mod certs;
 pub mod config;
 pub mod decision_log;
 pub mod demo;
+pub mod endpoints;
 pub mod error;
 pub mod forward;
 pub mod framing;
+pub mod identity;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
@@ -165,6 +167,9 @@ async fn launch(
     };
     let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
 
+    if let Some(provider) = &snapshot.oidc {
+        provider.start();
+    }
     let shared = Shared::new(snapshot, metrics, decisions);
     let readiness = Arc::new(admin::Readiness::default());
     let shutdown = CancellationToken::new();

@@ -4,16 +4,21 @@
 //! request never sees half of a reload.
 
 use crate::body::{self, Body};
+use crate::canonical::header_safe;
 use crate::canonical::{host_without_port, normalize_host, normalize_path};
 use crate::config::Snapshot;
 use crate::decision_log::{self, Entry};
 use crate::error::Refusal;
 use crate::forward::{self, ForwardError, Outbound};
+use crate::identity::session::{self, Rejected};
+use crate::identity::{self, Identity};
 use crate::metrics::{RequestLabels, RouteLabel, RouteOnly, UpstreamErrorLabels};
 use crate::policy::{self, Decision, RequestFacts};
-use crate::routing::Route;
+use crate::routing::{Login, Route};
 use crate::server::{Connection, Shared};
-use http::header::{self, HeaderValue};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -136,6 +141,8 @@ pub async fn handle(
         host: String::new(),
         path: String::new(),
         route: None,
+        identity: None,
+        html: wants_html(&req),
         started,
     };
 
@@ -156,18 +163,39 @@ pub async fn handle(
             return record.refuse(Refusal::NoRoute, None);
         }
         record.route = snapshot.routes.find(hostname, &canonical.path).cloned();
-        return record.reserved(rest);
+        let rest = rest.to_owned();
+        let host = canonical.host.clone();
+        return crate::endpoints::handle(&mut record, &rest, &host, req).await;
     }
     let Some(route) = snapshot.routes.find(hostname, &canonical.path).cloned() else {
         return record.refuse(Refusal::NoRoute, None);
     };
     record.route = Some(route.clone());
 
+    // Who is asking, beyond the certificate.
+    let mut set_cookies = Vec::new();
+    let identity = match route.login {
+        Login::None => None,
+        Login::Oidc => match identify_session(&snapshot, conn, req.headers()) {
+            Ok((identity, cookies)) => {
+                set_cookies = cookies;
+                Some(identity)
+            }
+            Err(why) => return record.login_required(&why, &req, &canonical),
+        },
+        Login::Bearer => match identify_bearer(&snapshot, &route, req.headers()).await {
+            Ok(identity) => Some(identity),
+            Err(why) => return record.refuse(Refusal::Unauthorized(why), None),
+        },
+    };
+    record.identity = identity.clone();
+
     let facts = RequestFacts {
         method: req.method(),
         path: &canonical.path,
         client_ip: conn.remote.ip(),
         peer: &conn.peer,
+        identity: identity.as_ref(),
     };
     let decision = policy::evaluate(&route.policy, &facts);
     let audit_pass = !decision.allow && snapshot.audit;
@@ -185,6 +213,7 @@ pub async fn handle(
         return record.refuse(Refusal::PayloadTooLarge, Some(&decision));
     }
 
+    let identity_headers = identity_headers(&snapshot, &route, conn, identity.as_ref());
     let path = canonical.path.into_owned();
     let host = canonical.host;
     let query = canonical.query.map(str::to_owned);
@@ -195,15 +224,18 @@ pub async fn handle(
         query: query.as_deref(),
         request_id: &request_id,
         max_body_bytes: limit,
-        strip: &[],
+        strip: &route.strip,
+        identity: identity_headers,
     };
     let result = forward::forward(&route.upstream, conn, req, outbound).await;
     let kind = if audit_pass { "audit" } else { "allow" };
     match result {
         Ok(mut response) => {
-            response
-                .headers_mut()
-                .insert(forward::X_REQUEST_ID.clone(), request_id.clone());
+            let headers = response.headers_mut();
+            headers.insert(forward::X_REQUEST_ID.clone(), request_id.clone());
+            for cookie in set_cookies {
+                headers.append(header::SET_COOKIE, cookie);
+            }
             record.log(kind, &decision.reasons, response.status());
             response
         }
@@ -229,12 +261,152 @@ pub async fn handle(
             tracing::warn!(request_id = ?request_id, route = %route.name, error = %err, "forwarding failed");
             let mut reasons = decision.reasons.clone();
             reasons.push(err.to_string());
-            let response = refusal.response(&request_id);
+            let response = refusal.response(&request_id, record.html);
             record.log(kind, &reasons, response.status());
             response
         }
     }
 }
+
+/// A browser navigation that can follow a redirect to the login page.
+fn wants_html(req: &Request<Incoming>) -> bool {
+    (req.method() == Method::GET || req.method() == Method::HEAD)
+        && req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/html"))
+}
+
+/// The session of this request, checked against the connection's device certificate; with the
+/// cookies to set when its idle clock moved.
+pub fn identify_session(
+    snapshot: &Snapshot,
+    conn: &Connection,
+    headers: &http::HeaderMap,
+) -> Result<(Identity, Vec<HeaderValue>), Rejected> {
+    let (Some(sessions), Some(provider)) = (&snapshot.sessions, &snapshot.oidc) else {
+        return Err(Rejected::Absent);
+    };
+    let mut session = session::read(headers, &sessions.ring)?;
+    let now = identity::now();
+    session.check(
+        &conn.peer.fingerprint_hex,
+        now,
+        sessions.idle.as_secs() as i64,
+    )?;
+    let identity = Identity::from_session(&session, &provider.settings.mfa_amr);
+    let mut cookies = Vec::new();
+    if now - session.last_seen >= 60 {
+        session.last_seen = now;
+        let present = session::chunks_present(headers);
+        match session::write(&session, &sessions.ring, now, present) {
+            Ok(c) => cookies = c,
+            Err(e) => tracing::warn!(error = %e, "cannot update the session cookie"),
+        }
+    }
+    Ok((identity, cookies))
+}
+
+async fn identify_bearer(
+    snapshot: &Snapshot,
+    route: &Route,
+    headers: &http::HeaderMap,
+) -> Result<Identity, String> {
+    let provider = snapshot
+        .oidc
+        .as_ref()
+        .ok_or_else(|| "no identity provider configured".to_owned())?;
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .ok_or_else(|| "bearer token required".to_owned())?;
+    let audience = route.bearer_audience.as_deref().unwrap_or_default();
+    let claims = provider
+        .verify_bearer(token, audience, &route.bearer_scopes)
+        .await?;
+    Ok(Identity::from_bearer(
+        claims,
+        &provider.settings.groups_claim,
+    ))
+}
+
+/// The identity headers for the upstream: Vigil's own, the route's legacy ones, and the
+/// signed assertion.
+fn identity_headers(
+    snapshot: &Snapshot,
+    route: &Route,
+    conn: &Connection,
+    identity: Option<&Identity>,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut out = Vec::new();
+    if let Some(who) = identity {
+        out.push((X_VIGIL_USER.clone(), header_safe(&who.subject)));
+        if let Some(email) = &who.email {
+            out.push((X_VIGIL_EMAIL.clone(), header_safe(email)));
+        }
+        if !who.groups.is_empty() {
+            out.push((X_VIGIL_GROUPS.clone(), header_safe(&who.groups.join(","))));
+        }
+    }
+    for (name, claim) in &route.headers {
+        let value = match claim.as_str() {
+            "device" => Some(conn.peer.fingerprint_hex.clone()),
+            "workload" => conn.peer.spiffe_id.clone(),
+            other => identity
+                .map(|who| who.claim(other).join(","))
+                .filter(|v| !v.is_empty()),
+        };
+        if let Some(v) = value {
+            out.push((name.clone(), header_safe(&v)));
+        }
+    }
+    if let Some(signer) = &snapshot.signer {
+        let mut claims = serde_json::Map::new();
+        let subject = identity
+            .map(|w| w.subject.clone())
+            .or_else(|| conn.peer.spiffe_id.clone())
+            .unwrap_or_else(|| conn.peer.fingerprint_hex.clone());
+        claims.insert("sub".into(), subject.into());
+        claims.insert("aud".into(), route.name.clone().into());
+        claims.insert("login".into(), route.login.as_str().into());
+        claims.insert(
+            "cnf".into(),
+            serde_json::json!({ "x5t#S256": URL_SAFE_NO_PAD.encode(conn.peer.fingerprint) }),
+        );
+        claims.insert("device".into(), conn.peer.fingerprint_hex.clone().into());
+        if let Some(id) = &conn.peer.spiffe_id {
+            claims.insert("spiffe".into(), id.clone().into());
+        }
+        if let Some(who) = identity {
+            if let Some(email) = &who.email {
+                claims.insert("email".into(), email.clone().into());
+            }
+            claims.insert("groups".into(), who.groups.clone().into());
+            claims.insert("amr".into(), who.amr.clone().into());
+            claims.insert("mfa".into(), who.mfa.into());
+            claims.insert("verified_at".into(), who.verified_at.into());
+        }
+        match signer.sign(claims, identity::now()) {
+            Ok(token) => {
+                if let Ok(v) = HeaderValue::from_str(&token) {
+                    out.push((X_VIGIL_ASSERTION.clone(), v));
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot sign the assertion"),
+        }
+    }
+    out
+}
+
+static X_VIGIL_USER: HeaderName = HeaderName::from_static("x-vigil-user");
+static X_VIGIL_EMAIL: HeaderName = HeaderName::from_static("x-vigil-email");
+static X_VIGIL_GROUPS: HeaderName = HeaderName::from_static("x-vigil-groups");
+static X_VIGIL_ASSERTION: HeaderName = HeaderName::from_static("x-vigil-assertion");
 
 fn content_length(req: &Request<Incoming>) -> Option<u64> {
     req.headers()
@@ -246,21 +418,24 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
 }
 
 /// What the decision log and metrics need to know about a request as it goes.
-struct Record<'a> {
-    shared: &'a Arc<Shared>,
-    conn: &'a Arc<Connection>,
-    snapshot: &'a Snapshot,
-    request_id: &'a HeaderValue,
-    method: Method,
-    host: String,
-    path: String,
-    route: Option<Arc<Route>>,
-    started: Instant,
+pub struct Record<'a> {
+    pub shared: &'a Arc<Shared>,
+    pub conn: &'a Arc<Connection>,
+    pub snapshot: &'a Snapshot,
+    pub request_id: &'a HeaderValue,
+    pub method: Method,
+    pub host: String,
+    pub path: String,
+    pub route: Option<Arc<Route>>,
+    pub identity: Option<Identity>,
+    /// The client is a browser that should get HTML pages.
+    pub html: bool,
+    pub started: Instant,
 }
 
 impl Record<'_> {
-    fn refuse(&self, refusal: Refusal, decision: Option<&Decision>) -> Response<Body> {
-        let response = refusal.response(self.request_id);
+    pub fn refuse(&self, refusal: Refusal, decision: Option<&Decision>) -> Response<Body> {
+        let response = refusal.response(self.request_id, self.html);
         let mut reasons = match decision {
             Some(d) => d.reasons.clone(),
             None => Vec::new(),
@@ -272,51 +447,69 @@ impl Record<'_> {
         response
     }
 
-    /// `/.vigil/...`: Vigil's own endpoints on every routed host.
-    fn reserved(&self, rest: &str) -> Response<Body> {
-        match rest {
-            "whoami" => {
-                let peer = &self.conn.peer;
-                let payload = serde_json::json!({
-                    "request_id": self.request_id.to_str().unwrap_or(""),
-                    "route": self.route.as_ref().map(|r| r.name.as_str()),
-                    "certificate": {
-                        "subject": peer.subject,
-                        "issuer": peer.issuer,
-                        "serial": peer.serial_hex(),
-                        "fingerprint_sha256": peer.fingerprint_hex,
-                        "spiffe_id": peer.spiffe_id,
-                        "dns": peer.dns,
-                        "emails": peer.emails,
-                        "uris": peer.uris,
-                        "not_before": peer.not_before,
-                        "not_after": peer.not_after,
-                    },
-                    "client_address": self.conn.remote.ip().to_string(),
-                });
-                let mut response = Response::new(body::full(payload.to_string()));
+    /// No acceptable session: browsers go to the provider, other clients get 401.
+    fn login_required(
+        &self,
+        why: &Rejected,
+        req: &Request<Incoming>,
+        canonical: &Canonical<'_>,
+    ) -> Response<Body> {
+        let reason = why.to_string();
+        if *why != Rejected::Absent {
+            tracing::info!(request_id = ?self.request_id, reason = %reason, "session refused");
+        }
+        let (Some(provider), Some(sessions)) = (&self.snapshot.oidc, &self.snapshot.sessions)
+        else {
+            return self.refuse(
+                Refusal::Unavailable("sign-in is not configured".into()),
+                None,
+            );
+        };
+        if !self.html {
+            return self.refuse(
+                Refusal::Unauthorized(format!("sign-in required ({reason})")),
+                None,
+            );
+        }
+        let mut return_to = canonical.path.to_string();
+        if let Some(q) = req.uri().query() {
+            return_to.push('?');
+            return_to.push_str(q);
+        }
+        match provider.begin(&sessions.ring, &canonical.host, &return_to, false) {
+            Ok(redirect) => {
+                let mut response =
+                    crate::endpoints::redirect(StatusCode::FOUND, &redirect.location);
                 let headers = response.headers_mut();
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                headers.append(header::SET_COOKIE, redirect.cookie);
+                if *why != Rejected::Absent {
+                    for c in session::clear(session::chunks_present(req.headers())) {
+                        headers.append(header::SET_COOKIE, c);
+                    }
+                }
                 headers.insert(forward::X_REQUEST_ID.clone(), self.request_id.clone());
                 self.log(
-                    "allow",
-                    &["vigil endpoint whoami".to_owned()],
-                    StatusCode::OK,
+                    "deny",
+                    &[format!("sign-in required: {reason}")],
+                    StatusCode::FOUND,
                 );
                 response
             }
-            _ => self.refuse(Refusal::NoRoute, None),
+            Err(e) => self.refuse(Refusal::from_login(&e), None),
         }
     }
 
-    fn log(&self, decision: &'static str, reasons: &[String], status: StatusCode) {
+    pub fn log(&self, decision: &'static str, reasons: &[String], status: StatusCode) {
         let latency = self.started.elapsed();
         let route_name = self.route.as_ref().map(|r| r.name.as_str());
         let peer = &self.conn.peer;
+        let (user, groups) = match &self.identity {
+            Some(who) => (
+                Some(who.email.as_deref().unwrap_or(&who.subject)),
+                who.groups.as_slice(),
+            ),
+            None => (None, &[][..]),
+        };
         self.shared.decisions.record(&Entry {
             time: decision_log::now_rfc3339(),
             request_id: self.request_id.to_str().unwrap_or(""),
@@ -328,8 +521,8 @@ impl Record<'_> {
             device: &peer.fingerprint_hex,
             subject: &peer.subject,
             workload: peer.spiffe_id.as_deref(),
-            user: None,
-            groups: &[],
+            user,
+            groups,
             decision,
             reasons,
             mode: if self.snapshot.audit {

@@ -10,12 +10,18 @@ use std::sync::Arc;
 pub enum Login {
     /// The client certificate alone is the identity (services, or device-only access).
     None,
+    /// People: a session from an OIDC login, bound to the device certificate.
+    Oidc,
+    /// Services: an access token from the provider, on top of the workload certificate.
+    Bearer,
 }
 
 impl Login {
     pub fn as_str(self) -> &'static str {
         match self {
             Login::None => "none",
+            Login::Oidc => "oidc",
+            Login::Bearer => "bearer",
         }
     }
 }
@@ -34,6 +40,13 @@ pub struct Route {
     pub policy: Policy,
     pub upstream: Upstream,
     pub max_body_bytes: Option<u64>,
+    /// `login = "bearer"`: required audience and scopes.
+    pub bearer_audience: Option<String>,
+    pub bearer_scopes: Vec<String>,
+    /// Legacy identity headers: (header, claim).
+    pub headers: Vec<(http::HeaderName, String)>,
+    /// Their names in alias form, stripped from client requests.
+    pub strip: Vec<String>,
 }
 
 impl Route {

@@ -78,13 +78,44 @@ pub struct RawConfig {
     pub log: LogSection,
     pub audit: AuditSection,
     pub upstream: UpstreamSection,
+    pub oidc: Option<OidcSection>,
+    pub session: Option<SessionSection>,
+    pub assertion: Option<AssertionSection>,
     /// Routes in file order; `None` where a route could not be read.
     pub routes: Vec<Option<RouteSection>>,
 }
 
 const SECTIONS: &[&str] = &[
-    "server", "tls", "admin", "log", "audit", "upstream", "route",
+    "server",
+    "tls",
+    "admin",
+    "log",
+    "audit",
+    "upstream",
+    "oidc",
+    "session",
+    "assertion",
+    "route",
 ];
+const OIDC_KEYS: &[&str] = &[
+    "issuer",
+    "client_id",
+    "client_secret_file",
+    "client_secret_env",
+    "redirect_url",
+    "scopes",
+    "groups_claim",
+    "risk_claim",
+    "mfa_amr",
+    "post_logout_redirect_url",
+    "userinfo",
+    "algorithms",
+    "clock_skew",
+    "login_timeout",
+    "ca",
+];
+const SESSION_KEYS: &[&str] = &["keys_file", "lifetime", "idle"];
+const ASSERTION_KEYS: &[&str] = &["keys_file", "issuer", "lifetime"];
 const SERVER_KEYS: &[&str] = &[
     "listen",
     "max_connections",
@@ -128,6 +159,9 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "connect_timeout",
     "response_timeout",
     "max_body_bytes",
+    "bearer_audience",
+    "bearer_scopes",
+    "headers",
 ];
 pub(crate) const RULE_KEYS: &[&str] = &[
     "spiffe",
@@ -137,6 +171,11 @@ pub(crate) const RULE_KEYS: &[&str] = &[
     "methods",
     "paths",
     "networks",
+    "users",
+    "email_domains",
+    "groups",
+    "mfa",
+    "claims",
 ];
 
 /// Parses `text`, returning the typed sections, the span index and every problem found.
@@ -185,6 +224,11 @@ pub fn parse(text: &str) -> (RawConfig, Locator, Vec<Problem>) {
                 if let Some(v) = section(name, value, UPSTREAM_KEYS, &locator, &mut problems) {
                     raw.upstream = v;
                 }
+            }
+            "oidc" => raw.oidc = section(name, value, OIDC_KEYS, &locator, &mut problems),
+            "session" => raw.session = section(name, value, SESSION_KEYS, &locator, &mut problems),
+            "assertion" => {
+                raw.assertion = section(name, value, ASSERTION_KEYS, &locator, &mut problems)
             }
             "route" => match value.into_inner() {
                 DeValue::Array(items) => {

@@ -12,7 +12,11 @@ pub mod schema;
 pub use diagnostics::{Problem, Problems, Source};
 
 use crate::canonical::{normalize_host, normalize_path};
+use crate::forward::assertion::Signer;
 use crate::forward::{ClientSettings, HttpClient, Upstream, client_tls, system_roots};
+use crate::identity::Sessions;
+use crate::identity::oidc::Provider;
+use crate::identity::seal::KeyRing;
 use crate::policy::{Pattern, Policy, Rule};
 use crate::routing::{Login, Route, RouteTable};
 use crate::tls::{Resumption, ServerTls, read_chain, read_crl, read_key, read_roots};
@@ -38,6 +42,12 @@ pub struct Snapshot {
     /// TLS with client certificates for the admin listener, when configured.
     pub admin_tls: Option<AdminTls>,
     pub tls: Arc<rustls::ServerConfig>,
+    /// The OpenID Provider, when `[oidc]` is configured.
+    pub oidc: Option<Arc<Provider>>,
+    /// Session keys and lifetimes, when `[session]` is configured.
+    pub sessions: Option<Arc<Sessions>>,
+    /// Signs `X-Vigil-Assertion`, when `[assertion]` is configured.
+    pub signer: Option<Arc<Signer>>,
     /// The verifier inside `tls`, to re-check certificates of resumed sessions.
     pub client_verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     pub routes: RouteTable,
@@ -242,6 +252,9 @@ impl Compiler<'_> {
             }
         };
         let routes = self.routes(&raw);
+        let oidc = self.oidc(&raw, ctx);
+        let sessions = self.sessions(&raw);
+        let signer = self.signer(&raw);
         let admin_tls = match &raw.tls {
             Some(tls) if !raw.admin.client_ca.is_empty() => self.admin_tls(&raw.admin, tls),
             _ => {
@@ -277,6 +290,9 @@ impl Compiler<'_> {
             listen: listen?,
             admin,
             admin_tls,
+            oidc,
+            sessions,
+            signer,
             tls: tls.0,
             client_verifier: tls.1,
             routes: routes?,
@@ -370,6 +386,139 @@ impl Compiler<'_> {
         .build(Some(resumption))
         .map_err(|e| self.problem("tls", e))
         .ok()
+    }
+
+    fn oidc(&mut self, raw: &load::RawConfig, ctx: &Context) -> Option<Arc<Provider>> {
+        let o = raw.oidc.as_ref()?;
+        let before = self.problems.len();
+        if url::Url::parse(&o.issuer).map_or(true, |u| !matches!(u.scheme(), "https" | "http")) {
+            self.problem(
+                "oidc.issuer",
+                format!("{:?} is not an http(s) URL", o.issuer),
+            );
+        }
+        let secret = match (&o.client_secret_file, &o.client_secret_env) {
+            (Some(file), None) => std::fs::read_to_string(self.file(file))
+                .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|e| self.problem("oidc.client_secret_file", format!("{file}: {e}")))
+                .ok(),
+            (None, Some(var)) => std::env::var(var)
+                .map_err(|_| {
+                    self.problem(
+                        "oidc.client_secret_env",
+                        format!("environment variable {var} is not set"),
+                    )
+                })
+                .ok(),
+            _ => {
+                self.problem_help(
+                    "oidc",
+                    "give exactly one of client_secret_file and client_secret_env",
+                    "secrets never go in the configuration file itself",
+                );
+                None
+            }
+        };
+        let mut algorithms = Vec::new();
+        for (i, name) in o.algorithms.iter().enumerate() {
+            match crate::identity::oidc::algorithm(name) {
+                Some(a) => algorithms.push(a),
+                None => self.problem_help(
+                    &format!("oidc.algorithms.{i}"),
+                    format!("algorithm {name:?} is not accepted"),
+                    "asymmetric algorithms only: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA",
+                ),
+            }
+        }
+        if !o.scopes.iter().any(|s| s == "openid") {
+            self.problem("oidc.scopes", "scopes must include \"openid\"");
+        }
+        if let Some(url) = &o.redirect_url
+            && !url.starts_with("https://")
+        {
+            self.problem("oidc.redirect_url", "the redirect URL must be https://");
+        }
+        let ca = match &o.ca {
+            Some(ca) => std::fs::read(self.file(ca))
+                .map_err(|e| self.problem("oidc.ca", format!("{ca}: {e}")))
+                .ok(),
+            None => None,
+        };
+        let standard = [
+            "sub", "email", "name", "groups", "amr", "acr", "device", "workload",
+        ];
+        let mut keep_claims: Vec<String> = raw
+            .routes
+            .iter()
+            .flatten()
+            .flat_map(|r| {
+                r.allow
+                    .iter()
+                    .flat_map(|rule| rule.claims.keys().cloned())
+                    .chain(r.headers.values().cloned())
+            })
+            .filter(|c| !standard.contains(&c.as_str()))
+            .collect();
+        keep_claims.sort();
+        keep_claims.dedup();
+        if self.problems.len() > before {
+            return None;
+        }
+        let settings = crate::identity::oidc::Settings {
+            issuer: o.issuer.clone(),
+            client_id: o.client_id.clone(),
+            client_secret: secret?,
+            redirect_url: o.redirect_url.clone(),
+            scopes: o.scopes.clone(),
+            groups_claim: o.groups_claim.clone(),
+            risk_claim: o.risk_claim.clone(),
+            keep_claims,
+            mfa_amr: o.mfa_amr.clone(),
+            post_logout_redirect: o.post_logout_redirect_url.clone(),
+            userinfo: o.userinfo,
+            algorithms,
+            clock_skew: o.clock_skew.0,
+            login_timeout: o.login_timeout.0,
+            ca,
+        };
+        if let Some(previous) = ctx.previous.as_ref().and_then(|p| p.oidc.clone())
+            && previous.settings == settings
+        {
+            return Some(previous);
+        }
+        Provider::new(settings)
+            .map(Arc::new)
+            .map_err(|e| self.problem("oidc", e))
+            .ok()
+    }
+
+    fn sessions(&mut self, raw: &load::RawConfig) -> Option<Arc<Sessions>> {
+        let s = raw.session.as_ref()?;
+        let ring = KeyRing::from_file(&self.file(&s.keys_file))
+            .map_err(|e| self.problem("session.keys_file", e))
+            .ok()?;
+        if s.idle.0 > s.lifetime.0 {
+            self.problem(
+                "session.idle",
+                "the idle timeout is longer than the lifetime",
+            );
+        }
+        Some(Arc::new(Sessions {
+            ring,
+            lifetime: s.lifetime.0,
+            idle: s.idle.0,
+        }))
+    }
+
+    fn signer(&mut self, raw: &load::RawConfig) -> Option<Arc<Signer>> {
+        let a = raw.assertion.as_ref()?;
+        if a.lifetime.0.is_zero() || a.lifetime.0 > Duration::from_secs(3600) {
+            self.problem("assertion.lifetime", "between 1 second and 1 hour");
+        }
+        Signer::from_file(&self.file(&a.keys_file), a.issuer.clone(), a.lifetime.0)
+            .map(Arc::new)
+            .map_err(|e| self.problem("assertion.keys_file", e))
+            .ok()
     }
 
     fn admin_tls(&mut self, admin: &AdminSection, tls: &TlsSection) -> Option<AdminTls> {
@@ -495,11 +644,37 @@ impl Compiler<'_> {
         };
         let login = match r.login.as_deref() {
             Some("none") => Some(Login::None),
+            Some("oidc") => {
+                if raw.oidc.is_none() || raw.session.is_none() {
+                    self.problem_help(
+                        &format!("{at}.login"),
+                        "login = \"oidc\" needs the [oidc] and [session] sections",
+                        "configure the provider in [oidc] and the session keys in [session]",
+                    );
+                }
+                Some(Login::Oidc)
+            }
+            Some("bearer") => {
+                if raw.oidc.is_none() {
+                    self.problem(
+                        &format!("{at}.login"),
+                        "login = \"bearer\" needs the [oidc] section (whose keys verify the tokens)",
+                    );
+                }
+                if r.bearer_audience.is_none() {
+                    self.problem_help(
+                        &format!("{at}.login"),
+                        "login = \"bearer\" needs bearer_audience",
+                        "the audience (aud) the provider issues this API's access tokens for",
+                    );
+                }
+                Some(Login::Bearer)
+            }
             Some(other) => {
                 self.problem_help(
                     &format!("{at}.login"),
                     format!("unknown login {other:?}"),
-                    "\"none\": the client certificate is the identity",
+                    "\"none\" (certificate identity), \"oidc\" (people) or \"bearer\" (service tokens)",
                 );
                 None
             }
@@ -513,7 +688,37 @@ impl Compiler<'_> {
         };
         let mut rules = Vec::new();
         for (j, rule) in r.allow.iter().enumerate() {
-            rules.push(self.rule(&format!("{at}.allow.{j}"), rule));
+            let compiled = self.rule(&format!("{at}.allow.{j}"), rule);
+            if compiled.needs_identity() && login == Some(Login::None) {
+                self.problem_help(
+                    &format!("{at}.allow.{j}"),
+                    "this rule is about people (users, groups, mfa, claims) but the route has login = \"none\"",
+                    "use login = \"oidc\" for people or \"bearer\" for service tokens",
+                );
+            }
+            rules.push(compiled);
+        }
+        let mut headers = Vec::new();
+        let mut strip = Vec::new();
+        for (name, claim) in &r.headers {
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => {
+                    strip.push(crate::canonical::alias_key(h.as_str()).into_owned());
+                    headers.push((h, claim.clone()));
+                }
+                Err(_) => self.problem(
+                    &format!("{at}.headers.{name}"),
+                    format!("{name:?} is not a valid header name"),
+                ),
+            }
+        }
+        if r.login.as_deref() != Some("bearer")
+            && (r.bearer_audience.is_some() || !r.bearer_scopes.is_empty())
+        {
+            self.problem(
+                &format!("{at}.bearer_audience"),
+                "bearer_audience and bearer_scopes apply only to login = \"bearer\"",
+            );
         }
         if r.allow.is_empty() {
             self.problems.push(
@@ -542,6 +747,10 @@ impl Compiler<'_> {
             policy: Policy { rules },
             upstream: upstream?,
             max_body_bytes: r.max_body_bytes.map(|n| if n == 0 { u64::MAX } else { n }),
+            bearer_audience: r.bearer_audience.clone(),
+            bearer_scopes: r.bearer_scopes.clone(),
+            headers,
+            strip,
         })
     }
 
@@ -643,7 +852,34 @@ impl Compiler<'_> {
                 ),
             }
         }
+        self.identity_rule(at, r, &mut rule);
         rule
+    }
+
+    fn identity_rule(&mut self, at: &str, r: &RuleSection, rule: &mut Rule) {
+        for (i, p) in r.users.iter().enumerate() {
+            if let Some(pat) = self.pattern(&format!("{at}.users.{i}"), p) {
+                rule.users.push(pat);
+            }
+        }
+        for (i, d) in r.email_domains.iter().enumerate() {
+            let d = d.trim_start_matches('@').to_ascii_lowercase();
+            if d.is_empty() || d.contains('@') || normalize_host(&d).is_err() {
+                self.problem(
+                    &format!("{at}.email_domains.{i}"),
+                    format!("{d:?} is not a domain"),
+                );
+            } else {
+                rule.email_domains.push(d);
+            }
+        }
+        rule.groups = r.groups.clone();
+        rule.mfa = r.mfa.unwrap_or(false);
+        rule.claims = r
+            .claims
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
     }
 
     fn pattern(&mut self, key: &str, text: &str) -> Option<Pattern> {

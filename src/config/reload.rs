@@ -108,6 +108,9 @@ impl Reloader {
             tracing::warn!(trigger, change = %what, "setting changed; it takes effect after a restart");
         }
         let generation = snapshot.generation;
+        if let Some(provider) = &snapshot.oidc {
+            provider.start();
+        }
         self.shared.snapshot.store(Arc::new(snapshot));
         metrics.config_generation.set(generation as i64);
         metrics.config_reloads.inc();

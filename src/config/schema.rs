@@ -256,6 +256,130 @@ impl Default for UpstreamSection {
     }
 }
 
+/// `[oidc]`: the OpenID Provider people log in with.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OidcSection {
+    /// Issuer URL; discovery is read from `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    /// File holding the client secret (trailing newline ignored).
+    #[serde(default)]
+    pub client_secret_file: Option<String>,
+    /// Environment variable holding the client secret.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// Fixed redirect URL. Default: `https://<request host>/.vigil/callback`, so each host keeps
+    /// its own host-only cookies; register every such URL with the provider.
+    #[serde(default)]
+    pub redirect_url: Option<String>,
+    #[serde(default = "OidcSection::default_scopes")]
+    pub scopes: Vec<String>,
+    /// Claim holding the person's groups.
+    #[serde(default = "OidcSection::default_groups_claim")]
+    pub groups_claim: String,
+    /// Claim holding the provider's risk level for the person.
+    #[serde(default = "OidcSection::default_risk_claim")]
+    pub risk_claim: String,
+    /// `amr` values that count as multi-factor for `mfa = true` rules.
+    #[serde(default = "OidcSection::default_mfa_amr")]
+    pub mfa_amr: Vec<String>,
+    /// Where the provider returns people after logout; a relative path is on the same host.
+    #[serde(default = "OidcSection::default_post_logout")]
+    pub post_logout_redirect_url: String,
+    /// Also read claims from the userinfo endpoint at login.
+    #[serde(default)]
+    pub userinfo: bool,
+    /// Signature algorithms accepted on ID and access tokens (asymmetric only).
+    #[serde(default = "OidcSection::default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock difference tolerated on token times.
+    #[serde(default = "OidcSection::default_skew")]
+    pub clock_skew: HumanDuration,
+    /// How long a started login may take.
+    #[serde(default = "OidcSection::default_login_timeout")]
+    pub login_timeout: HumanDuration,
+    /// PEM bundle to verify the provider's TLS certificate with; default: the system's roots.
+    #[serde(default)]
+    pub ca: Option<String>,
+}
+
+impl OidcSection {
+    fn default_scopes() -> Vec<String> {
+        vec!["openid".into(), "email".into(), "profile".into()]
+    }
+    fn default_groups_claim() -> String {
+        "groups".into()
+    }
+    fn default_risk_claim() -> String {
+        "risk".into()
+    }
+    fn default_mfa_amr() -> Vec<String> {
+        [
+            "mfa", "otp", "hwk", "swk", "sc", "fpt", "face", "iris", "retina", "vbm",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    fn default_post_logout() -> String {
+        "/.vigil/logged-out".into()
+    }
+    fn default_algorithms() -> Vec<String> {
+        ["RS256", "PS256", "ES256", "EdDSA"]
+            .map(String::from)
+            .to_vec()
+    }
+    fn default_skew() -> HumanDuration {
+        HumanDuration(Duration::from_secs(60))
+    }
+    fn default_login_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(600))
+    }
+}
+
+/// `[session]`: browser sessions after an OIDC login.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SessionSection {
+    /// One base64 32-byte key per line: the first seals, every key opens.
+    pub keys_file: String,
+    /// Absolute lifetime of a session.
+    #[serde(default = "SessionSection::default_lifetime")]
+    pub lifetime: HumanDuration,
+    /// A session unused for this long ends.
+    #[serde(default = "SessionSection::default_idle")]
+    pub idle: HumanDuration,
+}
+
+impl SessionSection {
+    fn default_lifetime() -> HumanDuration {
+        HumanDuration(Duration::from_secs(8 * 3600))
+    }
+    fn default_idle() -> HumanDuration {
+        HumanDuration(Duration::from_secs(3600))
+    }
+}
+
+/// `[assertion]`: the signed JWT sent upstream in `X-Vigil-Assertion`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AssertionSection {
+    /// PEM file of PKCS#8 P-256 private keys: the first signs, all are published at
+    /// `/.vigil/jwks.json`.
+    pub keys_file: String,
+    /// `iss` of the assertions.
+    #[serde(default = "AssertionSection::default_issuer")]
+    pub issuer: String,
+    #[serde(default = "AssertionSection::default_lifetime")]
+    pub lifetime: HumanDuration,
+}
+
+impl AssertionSection {
+    fn default_issuer() -> String {
+        "vigil".into()
+    }
+    fn default_lifetime() -> HumanDuration {
+        HumanDuration(Duration::from_secs(120))
+    }
+}
+
 /// One `[[route]]`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RouteSection {
@@ -267,9 +391,21 @@ pub struct RouteSection {
     pub path: Option<String>,
     /// `http://host:port` or `https://host:port`, optionally with a base path.
     pub upstream: String,
-    /// "none": the client certificate is the identity.
+    /// "none": the client certificate is the identity; "oidc": people log in with the provider
+    /// (on top of their device certificate); "bearer": services present an access token from
+    /// the provider (on top of their workload certificate).
     #[serde(default)]
     pub login: Option<String>,
+    /// `login = "bearer"`: the audience access tokens must be issued for.
+    #[serde(default)]
+    pub bearer_audience: Option<String>,
+    /// `login = "bearer"`: scopes every access token must carry.
+    #[serde(default)]
+    pub bearer_scopes: Vec<String>,
+    /// Extra identity headers for legacy upstreams: header name = claim ("sub", "email",
+    /// "name", "groups", "device", "workload" or any claim). Stripped from client requests.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub allow: Vec<RuleSection>,
     /// Send the client's Host upstream instead of the upstream's authority. Default false.
@@ -319,4 +455,19 @@ pub struct RuleSection {
     /// Source networks in CIDR form.
     #[serde(default)]
     pub networks: Vec<String>,
+    /// People (or bearer subjects) by email or subject; patterns.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Email domains, like "example.com".
+    #[serde(default)]
+    pub email_domains: Vec<String>,
+    /// Any of these groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Require a multi-factor login (`amr`).
+    #[serde(default)]
+    pub mfa: Option<bool>,
+    /// Claim name = allowed values (any of).
+    #[serde(default)]
+    pub claims: std::collections::BTreeMap<String, Vec<String>>,
 }

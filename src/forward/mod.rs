@@ -15,6 +15,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod assertion;
+
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 pub static X_VIGIL_WORKLOAD: HeaderName = HeaderName::from_static("x-vigil-workload");
@@ -91,6 +93,8 @@ pub struct Outbound<'a> {
     pub max_body_bytes: Option<u64>,
     /// Header names (alias form) stripped from the request besides Vigil's own.
     pub strip: &'a [String],
+    /// Identity headers to set (after every client-sent one is gone).
+    pub identity: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Sends `req` upstream and returns the response head with a streaming body.
@@ -113,8 +117,9 @@ pub async fn forward(
     for name in spoofed {
         headers.remove(&name);
     }
+    crate::identity::session::strip_from_request(headers);
 
-    if out.preserve_host(upstream) {
+    if upstream.preserve_host {
         if let Ok(host) = HeaderValue::from_str(out.host) {
             headers.insert(header::HOST, host);
         }
@@ -132,6 +137,9 @@ pub async fn forward(
         headers.insert(X_VIGIL_WORKLOAD.clone(), header_safe(id));
     }
     headers.insert(X_VIGIL_DEVICE.clone(), conn.peer_fingerprint.clone());
+    for (name, value) in out.identity {
+        headers.insert(name, value);
+    }
     if let Some(proto) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto.clone());
@@ -161,13 +169,8 @@ pub async fn forward(
     } else {
         remove_hop_by_hop(response.headers_mut());
     }
+    crate::identity::session::strip_from_response(response.headers_mut());
     Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()))
-}
-
-impl Outbound<'_> {
-    fn preserve_host(&self, upstream: &Upstream) -> bool {
-        upstream.preserve_host
-    }
 }
 
 impl Upstream {

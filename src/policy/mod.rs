@@ -7,6 +7,7 @@ pub mod pattern;
 
 pub use pattern::Pattern;
 
+use crate::identity::Identity;
 use crate::tls::PeerCert;
 use http::Method;
 use ipnet::IpNet;
@@ -22,6 +23,25 @@ pub struct Rule {
     pub methods: Vec<Method>,
     pub paths: Vec<Pattern>,
     pub networks: Vec<IpNet>,
+    /// Email or subject patterns.
+    pub users: Vec<Pattern>,
+    /// Lower-case email domains.
+    pub email_domains: Vec<String>,
+    pub groups: Vec<String>,
+    pub mfa: bool,
+    /// Claim name and allowed values.
+    pub claims: Vec<(String, Vec<String>)>,
+}
+
+impl Rule {
+    /// True when the rule says something about the person, so it needs a login.
+    pub fn needs_identity(&self) -> bool {
+        !self.users.is_empty()
+            || !self.email_domains.is_empty()
+            || !self.groups.is_empty()
+            || self.mfa
+            || !self.claims.is_empty()
+    }
 }
 
 /// A route's rules, in the order written.
@@ -39,6 +59,8 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     pub client_ip: IpAddr,
     pub peer: &'a PeerCert,
+    /// The person or service beyond the certificate, when the route establishes one.
+    pub identity: Option<&'a Identity>,
 }
 
 /// The outcome, with the reasons that go into the decision log.
@@ -233,6 +255,7 @@ mod tests {
                     path,
                     client_ip: *ip,
                     peer,
+                    identity: None,
                 },
             );
             assert_eq!(d.allow, *allow, "{method} {path} {:?}", d.reasons);
@@ -254,6 +277,7 @@ mod tests {
                 path: "/",
                 client_ip: "127.0.0.1".parse().unwrap(),
                 peer: &p,
+                identity: None,
             },
         );
         assert!(!d.allow);

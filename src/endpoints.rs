@@ -1,0 +1,347 @@
+//! Vigil's own endpoints under `/.vigil/` on every routed host: login, callback, logout,
+//! the signed-out page, `whoami` and the assertion keys.
+
+use crate::body::{self, Body};
+use crate::error::{Refusal, escape, page};
+use crate::forward::X_REQUEST_ID;
+use crate::identity::session;
+use crate::identity::{self, Identity};
+use crate::pipeline::{Record, identify_session};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+/// Answers `/.vigil/<rest>`.
+pub async fn handle(
+    record: &mut Record<'_>,
+    rest: &str,
+    host: &str,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    match (req.method().clone(), rest) {
+        (Method::GET, "whoami") => whoami(record, &req),
+        (Method::GET, "jwks.json") => jwks(record),
+        (Method::GET, "login") => login(record, host, &req),
+        (Method::GET, "callback") => callback(record, host, &req).await,
+        (Method::GET, "logout") => logout_page(record, &req),
+        (Method::POST, "logout") => logout(record, host, req).await,
+        (Method::GET, "logged-out") => {
+            let mut r = html(StatusCode::OK, "Signed out", "You are signed out.", record);
+            record.log(
+                "allow",
+                &["vigil endpoint logged-out".into()],
+                StatusCode::OK,
+            );
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        (_, "whoami" | "jwks.json" | "login" | "callback" | "logged-out" | "logout") => {
+            record.refuse(Refusal::MethodNotAllowed, None)
+        }
+        _ => record.refuse(Refusal::NoRoute, None),
+    }
+}
+
+/// A redirect that no cache keeps.
+pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        headers.insert(header::LOCATION, v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn html(status: StatusCode, title: &str, message: &str, record: &Record<'_>) -> Response<Body> {
+    let mut response = Response::new(body::full(page(
+        title,
+        message,
+        record.request_id.to_str().unwrap_or(""),
+    )));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(X_REQUEST_ID.clone(), record.request_id.clone());
+    response
+}
+
+fn json(status: StatusCode, value: serde_json::Value, record: &Record<'_>) -> Response<Body> {
+    let mut response = Response::new(body::full(value.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(X_REQUEST_ID.clone(), record.request_id.clone());
+    response
+}
+
+/// The caller's identity: certificate, device, and the signed-in person when there is one.
+fn whoami(record: &mut Record<'_>, req: &Request<Incoming>) -> Response<Body> {
+    let peer = &record.conn.peer;
+    let signed_in = identify_session(record.snapshot, record.conn, req.headers()).ok();
+    let mut cookies = Vec::new();
+    let user = signed_in.map(|(who, set)| {
+        cookies = set;
+        who
+    });
+    let csrf = user.as_ref().and_then(|who| logout_token(record, who));
+    record.identity = user.clone();
+    let payload = serde_json::json!({
+        "request_id": record.request_id.to_str().unwrap_or(""),
+        "route": record.route.as_ref().map(|r| r.name.as_str()),
+        "certificate": {
+            "subject": peer.subject,
+            "issuer": peer.issuer,
+            "serial": peer.serial_hex(),
+            "fingerprint_sha256": peer.fingerprint_hex,
+            "spiffe_id": peer.spiffe_id,
+            "dns": peer.dns,
+            "emails": peer.emails,
+            "uris": peer.uris,
+            "not_before": peer.not_before,
+            "not_after": peer.not_after,
+        },
+        "device": { "fingerprint_sha256": peer.fingerprint_hex },
+        "user": user,
+        "logout_csrf": csrf,
+        "client_address": record.conn.remote.ip().to_string(),
+    });
+    let mut response = json(StatusCode::OK, payload, record);
+    for c in cookies {
+        response.headers_mut().append(header::SET_COOKIE, c);
+    }
+    record.log(
+        "allow",
+        &["vigil endpoint whoami".to_owned()],
+        StatusCode::OK,
+    );
+    response
+}
+
+fn jwks(record: &Record<'_>) -> Response<Body> {
+    let keys = record
+        .snapshot
+        .signer
+        .as_ref()
+        .map_or_else(|| serde_json::json!({ "keys": [] }), |s| s.jwks());
+    let mut response = json(StatusCode::OK, keys, record);
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    record.log(
+        "allow",
+        &["vigil endpoint jwks.json".to_owned()],
+        StatusCode::OK,
+    );
+    response
+}
+
+/// `/.vigil/login?rd=/path`: starts a login by hand, returning to `rd` on this host.
+fn login(record: &Record<'_>, host: &str, req: &Request<Incoming>) -> Response<Body> {
+    let (Some(provider), Some(sessions)) = (&record.snapshot.oidc, &record.snapshot.sessions)
+    else {
+        return record.refuse(Refusal::NoRoute, None);
+    };
+    let rd = query_param(req, "rd").unwrap_or_default();
+    let return_to = identity::safe_return(&rd);
+    let step_up = query_param(req, "step_up").is_some_and(|v| v == "1");
+    match provider.begin(&sessions.ring, host, &return_to, step_up) {
+        Ok(start) => {
+            let mut response = redirect(StatusCode::FOUND, &start.location);
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, start.cookie);
+            record.log("allow", &["sign-in started".into()], StatusCode::FOUND);
+            response
+        }
+        Err(e) => record.refuse(Refusal::from_login(&e), None),
+    }
+}
+
+/// `/.vigil/callback`: finishes a login and sets the session cookie.
+async fn callback(record: &mut Record<'_>, host: &str, req: &Request<Incoming>) -> Response<Body> {
+    let (Some(provider), Some(sessions)) = (&record.snapshot.oidc, &record.snapshot.sessions)
+    else {
+        return record.refuse(Refusal::NoRoute, None);
+    };
+    let query = req.uri().query().unwrap_or("");
+    let finished = provider
+        .finish(
+            &sessions.ring,
+            host,
+            query,
+            req.headers(),
+            &record.conn.peer.fingerprint_hex,
+            sessions.lifetime,
+        )
+        .await;
+    match finished {
+        Ok(done) => {
+            let now = identity::now();
+            let present = session::chunks_present(req.headers());
+            let cookies = match session::write(&done.session, &sessions.ring, now, present) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write the session cookie");
+                    return record.refuse(
+                        Refusal::Unavailable("the session could not be stored".into()),
+                        None,
+                    );
+                }
+            };
+            let who = Identity::from_session(&done.session, &provider.settings.mfa_amr);
+            record.identity = Some(who);
+            let mut response = redirect(StatusCode::SEE_OTHER, &done.return_to);
+            let headers = response.headers_mut();
+            headers.append(header::SET_COOKIE, done.clear_cookie);
+            for c in cookies {
+                headers.append(header::SET_COOKIE, c);
+            }
+            record.log("allow", &["signed in".into()], StatusCode::SEE_OTHER);
+            response
+        }
+        Err(e) => {
+            tracing::info!(request_id = ?record.request_id, error = %e, "sign-in failed");
+            let status = e.status();
+            let mut response = html(status, "Sign-in failed", &e.to_string(), record);
+            if !record.html {
+                response = json(
+                    status,
+                    serde_json::json!({ "status": status.as_u16(), "reason": e.to_string(), "request_id": record.request_id.to_str().unwrap_or("") }),
+                    record,
+                );
+            }
+            record.log("deny", &[format!("sign-in failed: {e}")], status);
+            response
+        }
+    }
+}
+
+/// The CSRF token for logging out: a MAC of the session id with the session key.
+fn logout_token(record: &Record<'_>, who: &Identity) -> Option<String> {
+    let sessions = record.snapshot.sessions.as_ref()?;
+    match &who.source {
+        identity::Source::Session { sid } => Some(sessions.ring.tag(sid.as_bytes())),
+        identity::Source::Bearer { .. } => None,
+    }
+}
+
+/// `GET /.vigil/logout`: a page with a button, since logging out changes state.
+fn logout_page(record: &Record<'_>, req: &Request<Incoming>) -> Response<Body> {
+    let signed_in = identify_session(record.snapshot, record.conn, req.headers()).ok();
+    let Some((who, _)) = signed_in else {
+        let r = html(
+            StatusCode::OK,
+            "Signed out",
+            "You are not signed in.",
+            record,
+        );
+        record.log(
+            "allow",
+            &["vigil endpoint logout (not signed in)".into()],
+            StatusCode::OK,
+        );
+        return r;
+    };
+    let token = logout_token(record, &who).unwrap_or_default();
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sign out</title></head>\
+         <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\"><h1>Sign out</h1>\
+         <p>Signed in as {}.</p><form method=\"post\" action=\"/.vigil/logout\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\" id=\"sign-out\">Sign out</button>\
+         </form></body></html>",
+        escape(who.email.as_deref().unwrap_or(&who.subject)),
+        escape(&token)
+    );
+    let mut response = Response::new(body::full(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    record.log(
+        "allow",
+        &["vigil endpoint logout page".into()],
+        StatusCode::OK,
+    );
+    response
+}
+
+/// `POST /.vigil/logout`: checks the CSRF token (form field `csrf` or header `X-Vigil-CSRF`)
+/// and the Origin, ends the session and sends the person to the provider's logout.
+async fn logout(record: &mut Record<'_>, host: &str, req: Request<Incoming>) -> Response<Body> {
+    let (Some(provider), Some(sessions)) = (&record.snapshot.oidc, &record.snapshot.sessions)
+    else {
+        return record.refuse(Refusal::NoRoute, None);
+    };
+    if let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        && origin != format!("https://{host}")
+    {
+        return record.refuse(Refusal::Forbidden("cross-site logout refused".into()), None);
+    }
+    let present = session::chunks_present(req.headers());
+    let Ok((who, _)) = identify_session(record.snapshot, record.conn, req.headers()) else {
+        let mut response = redirect(StatusCode::SEE_OTHER, "/.vigil/logged-out");
+        for c in session::clear(present) {
+            response.headers_mut().append(header::SET_COOKIE, c);
+        }
+        record.log(
+            "allow",
+            &["logout without a session".into()],
+            StatusCode::SEE_OTHER,
+        );
+        return response;
+    };
+    let header_token = req
+        .headers()
+        .get("x-vigil-csrf")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (_, body) = req.into_parts();
+    let form = match http_body_util::Limited::new(body, 8 * 1024).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return record.refuse(Refusal::PayloadTooLarge, None),
+    };
+    let form_token = url::form_urlencoded::parse(&form)
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v.into_owned());
+    let token = header_token.or(form_token).unwrap_or_default();
+    let identity::Source::Session { sid } = &who.source else {
+        return record.refuse(Refusal::BadRequest("not a session"), None);
+    };
+    if !sessions.ring.verify_tag(sid.as_bytes(), &token) {
+        record.identity = Some(who);
+        return record.refuse(
+            Refusal::Forbidden("missing or wrong logout token".into()),
+            None,
+        );
+    }
+    record.identity = Some(who);
+    let mut response = redirect(StatusCode::SEE_OTHER, &provider.logout_url(host));
+    for c in session::clear(present) {
+        response.headers_mut().append(header::SET_COOKIE, c);
+    }
+    record.log("allow", &["signed out".into()], StatusCode::SEE_OTHER);
+    response
+}
+
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(req.uri().query()?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}

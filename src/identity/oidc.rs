@@ -1,0 +1,817 @@
+//! The OpenID Provider: discovery, the authorization-code flow with PKCE, ID token
+//! verification, refresh, and verification of bearer access tokens.
+//!
+//! Discovery runs in the background with backoff; until it has succeeded the provider is not
+//! ready (`/readyz` says so) and routes that need a login answer 503: an unreachable provider is
+//! never an allow. Signing keys are refetched when a token names a key the cached set lacks, at
+//! most once per [`JWKS_REFRESH_INTERVAL`].
+
+use super::seal::{KeyRing, Purpose};
+use super::session::{LOGIN_COOKIE_PREFIX, Session, cookie, set_cookie};
+use arc_swap::ArcSwapOption;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderValue;
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreClient, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
+    CoreProviderMetadata,
+};
+use openidconnect::{
+    AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
+    EndpointSet, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
+    RefreshToken, Scope, TokenResponse,
+};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The shortest time between two refetches of the provider's keys.
+pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+
+type Client = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+/// `[oidc]`, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// Fixed redirect URL; `None` means `https://<request host>/.vigil/callback`.
+    pub redirect_url: Option<String>,
+    pub scopes: Vec<String>,
+    pub groups_claim: String,
+    pub risk_claim: String,
+    /// Extra claims kept in the session because rules or headers use them.
+    pub keep_claims: Vec<String>,
+    /// `amr` values that count as multi-factor.
+    pub mfa_amr: Vec<String>,
+    /// Where the provider sends people after logout; relative means on the request's host.
+    pub post_logout_redirect: String,
+    pub userinfo: bool,
+    pub algorithms: Vec<CoreJwsSigningAlgorithm>,
+    pub clock_skew: Duration,
+    pub login_timeout: Duration,
+    /// PEM bundle to trust for the provider, instead of the system's roots.
+    pub ca: Option<Vec<u8>>,
+}
+
+/// The asymmetric algorithms an ID token or access token may be signed with. `none` and the
+/// HMAC family are never accepted: an HMAC "signed" with the public key is a classic forgery.
+pub fn algorithm(name: &str) -> Option<CoreJwsSigningAlgorithm> {
+    use CoreJwsSigningAlgorithm as A;
+    Some(match name {
+        "RS256" => A::RsaSsaPkcs1V15Sha256,
+        "RS384" => A::RsaSsaPkcs1V15Sha384,
+        "RS512" => A::RsaSsaPkcs1V15Sha512,
+        "PS256" => A::RsaSsaPssSha256,
+        "PS384" => A::RsaSsaPssSha384,
+        "PS512" => A::RsaSsaPssSha512,
+        "ES256" => A::EcdsaP256Sha256,
+        "ES384" => A::EcdsaP384Sha384,
+        "EdDSA" => A::EdDsa,
+        _ => return Option::None,
+    })
+}
+
+struct Discovered {
+    client: Client,
+    end_session: Option<String>,
+    userinfo: Option<String>,
+    /// The same keys in jsonwebtoken's form, for bearer tokens.
+    jwks: jsonwebtoken::jwk::JwkSet,
+    fetched: Instant,
+}
+
+/// One configured provider; shared across reloads while its settings are unchanged.
+pub struct Provider {
+    pub settings: Settings,
+    http: reqwest::Client,
+    discovered: ArcSwapOption<Discovered>,
+    refreshing: tokio::sync::Mutex<()>,
+    started: AtomicBool,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("issuer", &self.settings.issuer)
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+/// What went wrong in a login, with what the person is told.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("the identity provider is not available yet")]
+    NotReady,
+    #[error("the sign-in link is stale or was already used; start again")]
+    NoPendingLogin,
+    #[error("the sign-in response does not match this browser's sign-in")]
+    StateMismatch,
+    #[error("the sign-in took too long; start again")]
+    Expired,
+    #[error("the identity provider refused the sign-in: {0}")]
+    Refused(String),
+    #[error("the identity provider could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the identity provider's answer was not acceptable: {0}")]
+    BadToken(String),
+}
+
+impl LoginError {
+    pub fn status(&self) -> http::StatusCode {
+        use http::StatusCode;
+        match self {
+            LoginError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            LoginError::Unreachable(_) => StatusCode::BAD_GATEWAY,
+            LoginError::BadToken(_) => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// A login in progress, sealed into a short-lived cookie named after its `state`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Pending {
+    state: String,
+    nonce: String,
+    verifier: String,
+    return_to: String,
+    host: String,
+    created: i64,
+}
+
+/// A started login: where to send the browser, and the cookie to set.
+pub struct Redirect {
+    pub location: String,
+    pub cookie: HeaderValue,
+}
+
+/// A finished login.
+pub struct Completed {
+    pub session: Session,
+    pub return_to: String,
+    pub clear_cookie: HeaderValue,
+}
+
+/// Claims of a verified bearer access token.
+#[derive(Debug, Clone)]
+pub struct BearerClaims {
+    pub sub: String,
+    pub client_id: Option<String>,
+    pub scopes: Vec<String>,
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Provider {
+    pub fn new(settings: Settings) -> Result<Self, String> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let roots = match &settings.ca {
+            Some(pem) => {
+                let mut roots = rustls::RootCertStore::empty();
+                use rustls::pki_types::pem::PemObject;
+                for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+                    let cert = cert.map_err(|e| format!("oidc.ca: {e:?}"))?;
+                    roots.add(cert).map_err(|e| format!("oidc.ca: {e}"))?;
+                }
+                roots
+            }
+            None => crate::forward::system_roots(),
+        };
+        let tls = crate::forward::client_tls(roots, None)?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| format!("HTTP client for the provider: {e}"))?;
+        Ok(Self {
+            settings,
+            http,
+            discovered: ArcSwapOption::empty(),
+            refreshing: tokio::sync::Mutex::new(()),
+            started: AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.discovered.load().is_some()
+    }
+
+    /// Starts background discovery once; later calls do nothing.
+    pub fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let provider = self.clone();
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(250);
+            loop {
+                match provider.discover().await {
+                    Ok(()) => {
+                        tracing::info!(issuer = %provider.settings.issuer, "identity provider discovered");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(issuer = %provider.settings.issuer, error = %e, retry_in = ?wait, "identity provider discovery failed");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(30));
+                    }
+                }
+                // A provider dropped by a reload stops retrying.
+                if Arc::strong_count(&provider) == 1 {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Fetches the discovery document and the keys, and replaces what was cached.
+    pub async fn discover(&self) -> Result<(), String> {
+        let base = self.settings.issuer.trim_end_matches('/');
+        let url = format!("{base}/.well-known/openid-configuration");
+        let doc: serde_json::Value = self.get_json(&url).await?;
+        let metadata: CoreProviderMetadata =
+            serde_json::from_value(doc.clone()).map_err(|e| format!("discovery document: {e}"))?;
+        if metadata.issuer().as_str().trim_end_matches('/') != base {
+            return Err(format!(
+                "discovery says the issuer is {}, not {}",
+                metadata.issuer().as_str(),
+                self.settings.issuer
+            ));
+        }
+        let jwks_json: serde_json::Value = self.get_json(metadata.jwks_uri().as_str()).await?;
+        let keys: CoreJsonWebKeySet =
+            serde_json::from_value(jwks_json.clone()).map_err(|e| format!("provider keys: {e}"))?;
+        let jwks: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_value(jwks_json).map_err(|e| format!("provider keys: {e}"))?;
+        let end_session = doc["end_session_endpoint"].as_str().map(str::to_owned);
+        let userinfo = metadata.userinfo_endpoint().map(|u| u.as_str().to_owned());
+        let metadata = metadata.set_jwks(keys);
+        let client = CoreClient::from_provider_metadata(
+            metadata,
+            ClientId::new(self.settings.client_id.clone()),
+            Some(ClientSecret::new(self.settings.client_secret.clone())),
+        );
+        self.discovered.store(Some(Arc::new(Discovered {
+            client,
+            end_session,
+            userinfo,
+            jwks,
+            fetched: Instant::now(),
+        })));
+        Ok(())
+    }
+
+    /// Refetches discovery and keys, unless that happened within [`JWKS_REFRESH_INTERVAL`].
+    async fn refresh_keys(&self) -> bool {
+        let _one = self.refreshing.lock().await;
+        if let Some(d) = self.discovered.load_full()
+            && d.fetched.elapsed() < JWKS_REFRESH_INTERVAL
+        {
+            return false;
+        }
+        match self.discover().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "refetching the provider's keys failed");
+                false
+            }
+        }
+    }
+
+    async fn get_json(&self, url: &str) -> Result<serde_json::Value, String> {
+        let response = self
+            .http
+            .get(url)
+            .header(http::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {}", crate::forward::error_chain(&e)))?;
+        if !response.status().is_success() {
+            return Err(format!("{url}: HTTP {}", response.status()));
+        }
+        response.json().await.map_err(|e| format!("{url}: {e}"))
+    }
+
+    fn ready(&self) -> Result<Arc<Discovered>, LoginError> {
+        self.discovered.load_full().ok_or(LoginError::NotReady)
+    }
+
+    pub fn redirect_url(&self, host: &str) -> String {
+        match &self.settings.redirect_url {
+            Some(fixed) => fixed.clone(),
+            None => format!("https://{host}/.vigil/callback"),
+        }
+    }
+
+    /// Where to send a person after logout: the provider's end-session endpoint when it has
+    /// one, which then returns them to the post-logout page.
+    pub fn logout_url(&self, host: &str) -> String {
+        let back = if self.settings.post_logout_redirect.starts_with('/') {
+            format!("https://{host}{}", self.settings.post_logout_redirect)
+        } else {
+            self.settings.post_logout_redirect.clone()
+        };
+        match self
+            .discovered
+            .load()
+            .as_ref()
+            .and_then(|d| d.end_session.clone())
+        {
+            Some(end) => {
+                let mut url = match url::Url::parse(&end) {
+                    Ok(u) => u,
+                    Err(_) => return back,
+                };
+                url.query_pairs_mut()
+                    .append_pair("client_id", &self.settings.client_id)
+                    .append_pair("post_logout_redirect_uri", &back);
+                url.to_string()
+            }
+            None => back,
+        }
+    }
+
+    /// Starts a login: authorization code + PKCE (S256), fresh `state` and `nonce`.
+    /// `step_up` asks the provider to authenticate again, with multi-factor.
+    pub fn begin(
+        &self,
+        ring: &KeyRing,
+        host: &str,
+        return_to: &str,
+        step_up: bool,
+    ) -> Result<Redirect, LoginError> {
+        let discovered = self.ready()?;
+        let state = random_token();
+        let nonce = random_token();
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let redirect = RedirectUrl::new(self.redirect_url(host))
+            .map_err(|e| LoginError::BadToken(format!("redirect URL: {e}")))?;
+        let (state_for_url, nonce_for_url) = (state.clone(), nonce.clone());
+        let mut request = discovered
+            .client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                move || CsrfToken::new(state_for_url),
+                move || Nonce::new(nonce_for_url),
+            )
+            .set_pkce_challenge(challenge)
+            .set_redirect_uri(Cow::Owned(redirect));
+        for scope in self.settings.scopes.iter().filter(|s| *s != "openid") {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        if step_up {
+            request = request
+                .add_prompt(openidconnect::core::CoreAuthPrompt::Login)
+                .set_max_age(Duration::from_secs(0));
+        }
+        let (url, _, _) = request.url();
+        let pending = Pending {
+            state: state.clone(),
+            nonce,
+            verifier: verifier.secret().clone(),
+            return_to: return_to.to_owned(),
+            host: host.to_owned(),
+            created: super::now(),
+        };
+        let json = serde_json::to_vec(&pending).map_err(|e| LoginError::BadToken(e.to_string()))?;
+        let sealed = ring
+            .seal(Purpose::Login, &json)
+            .map_err(LoginError::BadToken)?;
+        let cookie = set_cookie(
+            &login_cookie_name(&state),
+            &sealed,
+            self.settings.login_timeout.as_secs() as i64,
+        )
+        .map_err(LoginError::BadToken)?;
+        Ok(Redirect {
+            location: url.to_string(),
+            cookie,
+        })
+    }
+
+    /// Finishes a login at the callback: checks `state` against this browser's pending login,
+    /// exchanges the code with the PKCE verifier, verifies the ID token and builds a session
+    /// bound to `device`.
+    pub async fn finish(
+        &self,
+        ring: &KeyRing,
+        host: &str,
+        query: &str,
+        headers: &http::HeaderMap,
+        device: &str,
+        lifetime: Duration,
+    ) -> Result<Completed, LoginError> {
+        let params: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect();
+        let state = params.get("state").cloned().unwrap_or_default();
+        if state.len() < 16 {
+            return Err(LoginError::StateMismatch);
+        }
+        let name = login_cookie_name(&state);
+        let sealed = cookie(headers, &name).ok_or(LoginError::NoPendingLogin)?;
+        let pending: Pending = ring
+            .open(Purpose::Login, sealed)
+            .ok()
+            .and_then(|plain| serde_json::from_slice(&plain).ok())
+            .ok_or(LoginError::NoPendingLogin)?;
+        let clear_cookie = set_cookie(&name, "", 0).map_err(LoginError::BadToken)?;
+        if aws_lc_rs::constant_time::verify_slices_are_equal(
+            pending.state.as_bytes(),
+            state.as_bytes(),
+        )
+        .is_err()
+            || pending.host != host
+        {
+            return Err(LoginError::StateMismatch);
+        }
+        let now = super::now();
+        if now - pending.created > self.settings.login_timeout.as_secs() as i64 {
+            return Err(LoginError::Expired);
+        }
+        if let Some(error) = params.get("error") {
+            let detail = params
+                .get("error_description")
+                .map(|d| format!("{error}: {d}"))
+                .unwrap_or_else(|| error.clone());
+            return Err(LoginError::Refused(detail));
+        }
+        if let Some(iss) = params.get("iss")
+            && iss.trim_end_matches('/') != self.settings.issuer.trim_end_matches('/')
+        {
+            return Err(LoginError::BadToken(format!("response from issuer {iss}")));
+        }
+        let code = params
+            .get("code")
+            .cloned()
+            .ok_or_else(|| LoginError::Refused("no authorization code".into()))?;
+        let discovered = self.ready()?;
+        let redirect = RedirectUrl::new(self.redirect_url(host))
+            .map_err(|e| LoginError::BadToken(e.to_string()))?;
+        let exchange = discovered
+            .client
+            .exchange_code(AuthorizationCode::new(code))
+            .map_err(|e| LoginError::BadToken(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier.clone()))
+            .set_redirect_uri(Cow::Owned(redirect));
+        let tokens = exchange
+            .request_async(&self.http)
+            .await
+            .map_err(token_error)?;
+        let id_token = tokens
+            .id_token()
+            .ok_or_else(|| LoginError::BadToken("no ID token in the token response".into()))?;
+        let nonce = Nonce::new(pending.nonce.clone());
+        let raw = id_token.to_string();
+        let verified = self
+            .verify_id_token(&raw, |verifier, token| {
+                token.claims(verifier, &nonce).map(|_| ())
+            })
+            .await?;
+        let mut claims = verified;
+        if self.settings.userinfo
+            && let Some(url) = &discovered.userinfo
+        {
+            let extra = self
+                .userinfo(url, tokens.access_token().secret())
+                .await
+                .map_err(LoginError::Unreachable)?;
+            if extra.get("sub") != claims.get("sub") {
+                return Err(LoginError::BadToken(
+                    "userinfo is about another subject".into(),
+                ));
+            }
+            for (k, v) in extra {
+                claims.entry(k).or_insert(v);
+            }
+        }
+        let mut session = self.session_from(&claims, device, now, lifetime)?;
+        session.refresh_token = tokens.refresh_token().map(|t| t.secret().clone());
+        Ok(Completed {
+            session,
+            return_to: pending.return_to,
+            clear_cookie,
+        })
+    }
+
+    /// Refreshes a session with its refresh token: a failure (revoked grant, disabled account)
+    /// means the session ends.
+    pub async fn refresh(&self, session: &Session, now: i64) -> Result<Session, LoginError> {
+        let discovered = self.ready()?;
+        let token = session
+            .refresh_token
+            .clone()
+            .ok_or_else(|| LoginError::Refused("the session has no refresh token".into()))?;
+        let token = RefreshToken::new(token);
+        let request = discovered
+            .client
+            .exchange_refresh_token(&token)
+            .map_err(|e| LoginError::BadToken(e.to_string()))?;
+        let tokens = request
+            .request_async(&self.http)
+            .await
+            .map_err(token_error)?;
+        let mut next = session.clone();
+        if let Some(id_token) = tokens.id_token() {
+            let claims = self
+                .verify_id_token(&id_token.to_string(), |verifier, token| {
+                    token
+                        .claims(verifier, |_: Option<&Nonce>| Ok::<(), String>(()))
+                        .map(|_| ())
+                })
+                .await?;
+            let fresh = self.session_from(&claims, &session.device, now, Duration::ZERO)?;
+            if fresh.sub != session.sub {
+                return Err(LoginError::BadToken(
+                    "refresh returned another subject".into(),
+                ));
+            }
+            next.email = fresh.email;
+            next.name = fresh.name;
+            next.groups = fresh.groups;
+            next.risk = fresh.risk;
+            next.claims = fresh.claims;
+            if !fresh.amr.is_empty() {
+                next.amr = fresh.amr;
+            }
+        }
+        if let Some(rt) = tokens.refresh_token() {
+            next.refresh_token = Some(rt.secret().clone());
+        }
+        next.verified_at = now;
+        Ok(next)
+    }
+
+    /// Verifies an ID token with the cached keys, refetching them once on an unknown key.
+    /// Returns the token's claims as JSON, read from the verified payload.
+    async fn verify_id_token<F>(
+        &self,
+        raw: &str,
+        check: F,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, LoginError>
+    where
+        F: Fn(
+            &openidconnect::core::CoreIdTokenVerifier<'_>,
+            &openidconnect::core::CoreIdToken,
+        ) -> Result<(), openidconnect::ClaimsVerificationError>,
+    {
+        let token: openidconnect::core::CoreIdToken = raw
+            .parse()
+            .map_err(|e| LoginError::BadToken(format!("ID token: {e}")))?;
+        for attempt in 0..2 {
+            let discovered = self.ready()?;
+            let skew = chrono::Duration::from_std(self.settings.clock_skew).unwrap_or_default();
+            let verifier = discovered
+                .client
+                .id_token_verifier()
+                .set_allowed_algs(self.settings.algorithms.clone())
+                .set_time_fn(move || chrono::Utc::now() - skew)
+                .set_issue_time_verifier_fn(move |iat| {
+                    let now = chrono::Utc::now();
+                    if iat > now + skew * 2 {
+                        Err(format!("issued in the future ({iat})"))
+                    } else if now - iat > chrono::Duration::minutes(10) + skew {
+                        Err(format!("issued too long ago ({iat})"))
+                    } else {
+                        Ok(())
+                    }
+                });
+            match check(&verifier, &token) {
+                Ok(()) => return decode_payload(raw),
+                Err(openidconnect::ClaimsVerificationError::SignatureVerification(
+                    openidconnect::SignatureVerificationError::NoMatchingKey,
+                )) if attempt == 0 => {
+                    if !self.refresh_keys().await {
+                        return Err(LoginError::BadToken("signed with an unknown key".into()));
+                    }
+                }
+                Err(e) => return Err(LoginError::BadToken(e.to_string())),
+            }
+        }
+        Err(LoginError::BadToken("signed with an unknown key".into()))
+    }
+
+    async fn userinfo(
+        &self,
+        url: &str,
+        access_token: &str,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .map_err(|e| format!("userinfo: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("userinfo: HTTP {}", response.status()));
+        }
+        response.json().await.map_err(|e| format!("userinfo: {e}"))
+    }
+
+    fn session_from(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        device: &str,
+        now: i64,
+        lifetime: Duration,
+    ) -> Result<Session, LoginError> {
+        let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        let list = |name: &str| -> Vec<String> {
+            match claims.get(name) {
+                Some(serde_json::Value::Array(items)) => items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
+                Some(serde_json::Value::String(s)) => vec![s.clone()],
+                _ => Vec::new(),
+            }
+        };
+        let sub = text("sub").ok_or_else(|| LoginError::BadToken("no subject".into()))?;
+        let kept = self
+            .settings
+            .keep_claims
+            .iter()
+            .filter_map(|name| claims.get(name).map(|v| (name.clone(), v.clone())))
+            .collect();
+        Ok(Session {
+            sid: random_token(),
+            sub,
+            email: text("email"),
+            name: text("name"),
+            groups: list(&self.settings.groups_claim),
+            amr: list("amr"),
+            acr: text("acr"),
+            risk: text(&self.settings.risk_claim),
+            claims: kept,
+            device: device.to_owned(),
+            issued_at: now,
+            verified_at: now,
+            auth_time: claims.get("auth_time").and_then(|v| v.as_i64()),
+            expires_at: now + lifetime.as_secs() as i64,
+            last_seen: now,
+            refresh_token: None,
+            idp_sid: text("sid"),
+        })
+    }
+
+    /// Verifies a bearer access token (a JWT from this provider) for `audience` with `scopes`.
+    pub async fn verify_bearer(
+        &self,
+        token: &str,
+        audience: &str,
+        scopes: &[String],
+    ) -> Result<BearerClaims, String> {
+        for attempt in 0..2 {
+            let discovered = self
+                .discovered
+                .load_full()
+                .ok_or("identity provider not available")?;
+            match self.check_bearer(&discovered.jwks, token, audience, scopes) {
+                Err(BearerFailure::UnknownKey) if attempt == 0 => {
+                    if !self.refresh_keys().await {
+                        return Err("token signed with an unknown key".into());
+                    }
+                }
+                Err(BearerFailure::UnknownKey) => {
+                    return Err("token signed with an unknown key".into());
+                }
+                Err(BearerFailure::Invalid(why)) => return Err(why),
+                Ok(claims) => return Ok(claims),
+            }
+        }
+        Err("token signed with an unknown key".into())
+    }
+
+    fn check_bearer(
+        &self,
+        jwks: &jsonwebtoken::jwk::JwkSet,
+        token: &str,
+        audience: &str,
+        scopes: &[String],
+    ) -> Result<BearerClaims, BearerFailure> {
+        use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+        let header =
+            decode_header(token).map_err(|e| BearerFailure::Invalid(format!("token: {e}")))?;
+        let allowed: Vec<Algorithm> = self
+            .settings
+            .algorithms
+            .iter()
+            .filter_map(|a| serde_json::to_value(a).ok())
+            .filter_map(|v| serde_json::from_value::<Algorithm>(v).ok())
+            .collect();
+        if !allowed.contains(&header.alg) {
+            return Err(BearerFailure::Invalid(format!(
+                "token algorithm {:?} not allowed",
+                header.alg
+            )));
+        }
+        let jwk = match &header.kid {
+            Some(kid) => jwks.find(kid).ok_or(BearerFailure::UnknownKey)?,
+            None => return Err(BearerFailure::Invalid("token names no key".into())),
+        };
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|e| BearerFailure::Invalid(format!("key: {e}")))?;
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.set_issuer(&[
+            self.settings.issuer.as_str(),
+            self.settings.issuer.trim_end_matches('/'),
+        ]);
+        validation.set_audience(&[audience]);
+        validation.leeway = self.settings.clock_skew.as_secs();
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
+            .map_err(|e| BearerFailure::Invalid(format!("token rejected: {e}")))?;
+        let claims = data.claims;
+        let granted: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
+            (Some(serde_json::Value::String(s)), _) => {
+                s.split_whitespace().map(str::to_owned).collect()
+            }
+            (_, Some(serde_json::Value::Array(a))) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if let Some(missing) = scopes.iter().find(|s| !granted.contains(s)) {
+            return Err(BearerFailure::Invalid(format!(
+                "token lacks scope {missing}"
+            )));
+        }
+        Ok(BearerClaims {
+            sub: claims
+                .get("sub")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            client_id: claims
+                .get("client_id")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned),
+            scopes: granted,
+            claims,
+        })
+    }
+}
+
+enum BearerFailure {
+    UnknownKey,
+    Invalid(String),
+}
+
+type TokenError = openidconnect::RequestTokenError<
+    openidconnect::HttpClientError<reqwest::Error>,
+    openidconnect::StandardErrorResponse<openidconnect::core::CoreErrorResponseType>,
+>;
+
+/// A token endpoint failure: the provider said no, or could not be reached.
+fn token_error(e: TokenError) -> LoginError {
+    match &e {
+        openidconnect::RequestTokenError::ServerResponse(response) => {
+            LoginError::Refused(response.to_string())
+        }
+        openidconnect::RequestTokenError::Request(_) => {
+            LoginError::Unreachable(crate::forward::error_chain(&e))
+        }
+        _ => LoginError::BadToken(crate::forward::error_chain(&e)),
+    }
+}
+
+/// The payload of a JWT whose signature has already been verified.
+fn decode_payload(raw: &str) -> Result<serde_json::Map<String, serde_json::Value>, LoginError> {
+    let payload = raw
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| LoginError::BadToken("not a JWT".into()))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| LoginError::BadToken("payload is not base64url".into()))?;
+    serde_json::from_slice(&bytes).map_err(|_| LoginError::BadToken("payload is not JSON".into()))
+}
+
+fn login_cookie_name(state: &str) -> String {
+    let prefix: String = state.chars().take(8).collect();
+    format!("{LOGIN_COOKIE_PREFIX}{prefix}")
+}
+
+/// 32 random bytes, base64url: states, nonces, session ids.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
