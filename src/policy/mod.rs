@@ -149,6 +149,51 @@ impl Rule {
                 f.client_ip
             ));
         }
+        if self.needs_identity() {
+            self.check_identity(f.identity)?;
+        }
+        Ok(())
+    }
+
+    fn check_identity(&self, identity: Option<&Identity>) -> Result<(), String> {
+        let Some(who) = identity else {
+            return Err("no signed-in identity".into());
+        };
+        if !self.users.is_empty()
+            && !self.users.iter().any(|p| {
+                p.matches(&who.subject) || who.email.as_deref().is_some_and(|e| p.matches(e))
+            })
+        {
+            return Err(format!(
+                "user {} not allowed",
+                who.email.as_deref().unwrap_or(&who.subject)
+            ));
+        }
+        if !self.email_domains.is_empty() {
+            let domain = who
+                .email
+                .as_deref()
+                .and_then(|e| e.rsplit_once('@'))
+                .map(|(_, d)| d.to_ascii_lowercase());
+            if !domain.is_some_and(|d| self.email_domains.contains(&d)) {
+                return Err("email domain not allowed".into());
+            }
+        }
+        if !self.groups.is_empty() && !self.groups.iter().any(|g| who.groups.contains(g)) {
+            return Err(format!(
+                "not in any of the groups {}",
+                self.groups.join(", ")
+            ));
+        }
+        if self.mfa && !who.mfa {
+            return Err("multi-factor login required".into());
+        }
+        for (claim, allowed) in &self.claims {
+            let values = who.claim(claim);
+            if !values.iter().any(|v| allowed.contains(v)) {
+                return Err(format!("claim {claim} not allowed"));
+            }
+        }
         Ok(())
     }
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// How long the server may take to print its ready line.
-const READY: Duration = Duration::from_secs(20);
+const READY: Duration = Duration::from_secs(60);
 /// How long one HTTP exchange with the provider may take.
 const STEP: Duration = Duration::from_secs(10);
 /// How long `npm ci` (or waiting for another process's `npm ci`) may take.
@@ -234,6 +234,14 @@ impl Idp {
     pub fn stderr_tail(&self) -> String {
         let tail = self.stderr.lock().unwrap();
         tail.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Stops the provider now (it is down from here on), as a crash would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// `/.well-known/openid-configuration`.
@@ -766,6 +774,11 @@ impl HttpReply {
         }
         serde_json::from_slice(&self.body).with_context(|| format!("not JSON: {}", self.text()))
     }
+}
+
+/// The body of a GET, as text (plain http on loopback only).
+pub async fn get_text(url: &str) -> Result<String> {
+    Ok(request("GET", url, &[], Vec::new()).await?.text())
 }
 
 /// One request on a fresh connection. Only `http://` (the provider is plain http on loopback).

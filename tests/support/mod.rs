@@ -1,6 +1,9 @@
 //! Shared harness for integration tests: a PKI made with rcgen, the proxy spawned in-process
 //! on 127.0.0.1:0, real upstreams, and TLS clients that present certificates.
+
 #![allow(dead_code)]
+
+pub mod idp;
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
