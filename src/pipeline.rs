@@ -11,6 +11,7 @@ use crate::decision_log::{self, Entry};
 use crate::error::Refusal;
 use crate::forward::{self, ForwardError, Outbound};
 use crate::identity::session::{self, Rejected};
+use crate::identity::verify::Outcome;
 use crate::identity::{self, Identity};
 use crate::metrics::{RequestLabels, RouteLabel, RouteOnly, UpstreamErrorLabels};
 use crate::policy::{self, Decision, RequestFacts};
@@ -176,7 +177,7 @@ pub async fn handle(
     let mut set_cookies = Vec::new();
     let identity = match route.login {
         Login::None => None,
-        Login::Oidc => match identify_session(&snapshot, conn, req.headers()) {
+        Login::Oidc => match verified_session(shared, &snapshot, conn, req.headers()).await {
             Ok((identity, cookies)) => {
                 set_cookies = cookies;
                 Some(identity)
@@ -306,6 +307,50 @@ pub fn identify_session(
         }
     }
     Ok((identity, cookies))
+}
+
+/// [`identify_session`], then re-verified with the provider when the last verification is
+/// older than `[verify] interval`.
+async fn verified_session(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    conn: &Connection,
+    headers: &http::HeaderMap,
+) -> Result<(Identity, Vec<HeaderValue>), Rejected> {
+    let (identity, cookies) = identify_session(snapshot, conn, headers)?;
+    let (Some(sessions), Some(provider)) = (&snapshot.sessions, &snapshot.oidc) else {
+        return Err(Rejected::Absent);
+    };
+    let now = identity::now();
+    let interval = snapshot.verify.interval.as_secs() as i64;
+    if now - identity.verified_at < interval {
+        return Ok((identity, cookies));
+    }
+    let session = session::read(headers, &sessions.ring)?;
+    match shared.reverifier.reverify(provider, &session).await {
+        Outcome::Refreshed(mut fresh) => {
+            fresh.last_seen = now;
+            let present = session::chunks_present(headers);
+            let cookies = session::write(&fresh, &sessions.ring, now, present).unwrap_or_default();
+            Ok((
+                Identity::from_session(&fresh, &provider.settings.mfa_amr),
+                cookies,
+            ))
+        }
+        Outcome::Ended(why) => {
+            tracing::info!(user = %session.sub, reason = %why, "session ended by the provider");
+            Err(Rejected::Ended(why))
+        }
+        Outcome::Unreachable(why) => {
+            let stale_for = now - identity.verified_at - interval;
+            if stale_for <= snapshot.verify.max_stale.as_secs() as i64 {
+                tracing::warn!(user = %session.sub, reason = %why, stale_for, "provider unreachable; last verification still holds");
+                Ok((identity, cookies))
+            } else {
+                Err(Rejected::Unverifiable(why))
+            }
+        }
+    }
 }
 
 async fn identify_bearer(

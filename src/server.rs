@@ -33,6 +33,8 @@ pub struct Shared {
     /// Random per process, prefixes request ids.
     pub instance_id: String,
     pub no_route_label: Arc<str>,
+    /// Session re-verifications in flight.
+    pub reverifier: crate::identity::verify::Reverifier,
     next_connection: AtomicU64,
 }
 
@@ -47,6 +49,7 @@ impl Shared {
             decisions,
             instance_id: crate::certs::hex(&random),
             no_route_label: Arc::from("(none)"),
+            reverifier: Default::default(),
             next_connection: AtomicU64::new(1),
         })
     }

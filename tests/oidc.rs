@@ -713,3 +713,70 @@ async fn bearer_tokens_for_services() -> Result<()> {
     );
     Ok(())
 }
+
+/// Cookies after a response: the pairs it set replace those of the same name.
+fn merge_cookies(old: &str, reply: &Reply) -> String {
+    let set = cookie_pairs(reply);
+    if set.is_empty() {
+        return old.to_owned();
+    }
+    let mut jar: Vec<(String, String)> = old
+        .split("; ")
+        .chain(set.split("; "))
+        .filter_map(|p| p.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    jar.reverse();
+    jar.retain(|(k, _)| seen.insert(k.clone()));
+    jar.reverse();
+    jar.into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[tokio::test]
+async fn claims_refresh_and_disabled_users_lose_access_after_the_interval() -> Result<()> {
+    let w = world_with("\n[verify]\ninterval = \"1s\"\nmax_stale = \"1s\"").await?;
+    let (mut session, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    let reply = w.visit(&w.alice_laptop, "/hello", &session).await?;
+    assert_eq!(
+        reply.upstream_header("x-vigil-groups").as_deref(),
+        Some("engineering,admins")
+    );
+
+    w.idp
+        .set_claims(
+            ALICE,
+            serde_json::json!({ "groups": ["engineering", "auditors"], "risk": "medium" }),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let reply = w.visit(&w.alice_laptop, "/hello", &session).await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.upstream_header("x-vigil-groups").as_deref(),
+        Some("engineering,auditors")
+    );
+    assert_eq!(
+        reply.upstream_header("x-remote-risk").as_deref(),
+        Some("medium")
+    );
+    session = merge_cookies(&session, &reply);
+
+    w.idp.disable_user(ALICE).await?;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let reply = w.visit(&w.alice_laptop, "/hello", &session).await?;
+    assert_eq!(reply.status, 302, "{reply:?}");
+    let id = reply.header("x-request-id").unwrap_or_default();
+    let line = decision_for(&w.decisions, &id)
+        .await
+        .context("decision line")?;
+    assert!(
+        line["reasons"]
+            .to_string()
+            .contains("ended by the identity provider"),
+        "{line}"
+    );
+    Ok(())
+}

@@ -81,6 +81,7 @@ pub struct RawConfig {
     pub oidc: Option<OidcSection>,
     pub session: Option<SessionSection>,
     pub assertion: Option<AssertionSection>,
+    pub verify: VerifySection,
     /// Routes in file order; `None` where a route could not be read.
     pub routes: Vec<Option<RouteSection>>,
 }
@@ -95,8 +96,10 @@ const SECTIONS: &[&str] = &[
     "oidc",
     "session",
     "assertion",
+    "verify",
     "route",
 ];
+const VERIFY_KEYS: &[&str] = &["interval", "max_stale"];
 const OIDC_KEYS: &[&str] = &[
     "issuer",
     "client_id",
@@ -229,6 +232,11 @@ pub fn parse(text: &str) -> (RawConfig, Locator, Vec<Problem>) {
             "session" => raw.session = section(name, value, SESSION_KEYS, &locator, &mut problems),
             "assertion" => {
                 raw.assertion = section(name, value, ASSERTION_KEYS, &locator, &mut problems)
+            }
+            "verify" => {
+                if let Some(v) = section(name, value, VERIFY_KEYS, &locator, &mut problems) {
+                    raw.verify = v;
+                }
             }
             "route" => match value.into_inner() {
                 DeValue::Array(items) => {

@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub oidc: Option<Arc<Provider>>,
     /// Session keys and lifetimes, when `[session]` is configured.
     pub sessions: Option<Arc<Sessions>>,
+    /// Continuous verification settings.
+    pub verify: crate::identity::verify::Settings,
     /// Signs `X-Vigil-Assertion`, when `[assertion]` is configured.
     pub signer: Option<Arc<Signer>>,
     /// The verifier inside `tls`, to re-check certificates of resumed sessions.
@@ -210,6 +212,7 @@ impl Compiler<'_> {
             self.problem("server.max_concurrent_streams", "must be at least 1");
         }
         for (key, d) in [
+            ("verify.interval", raw.verify.interval),
             ("upstream.connect_timeout", raw.upstream.connect_timeout),
             ("upstream.response_timeout", raw.upstream.response_timeout),
             ("server.handshake_timeout", server.handshake_timeout),
@@ -293,6 +296,10 @@ impl Compiler<'_> {
             oidc,
             sessions,
             signer,
+            verify: crate::identity::verify::Settings {
+                interval: raw.verify.interval.0,
+                max_stale: raw.verify.max_stale.0,
+            },
             tls: tls.0,
             client_verifier: tls.1,
             routes: routes?,

@@ -380,6 +380,36 @@ impl AssertionSection {
     }
 }
 
+/// `[verify]`: continuous verification.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VerifySection {
+    /// How often a session's identity is confirmed with the provider (refresh token).
+    #[serde(default = "VerifySection::default_interval")]
+    pub interval: HumanDuration,
+    /// How long the last good answer holds when the provider cannot be reached; after that,
+    /// sessions due for verification are refused.
+    #[serde(default = "VerifySection::default_max_stale")]
+    pub max_stale: HumanDuration,
+}
+
+impl VerifySection {
+    fn default_interval() -> HumanDuration {
+        HumanDuration(Duration::from_secs(300))
+    }
+    fn default_max_stale() -> HumanDuration {
+        HumanDuration(Duration::from_secs(600))
+    }
+}
+
+impl Default for VerifySection {
+    fn default() -> Self {
+        Self {
+            interval: Self::default_interval(),
+            max_stale: Self::default_max_stale(),
+        }
+    }
+}
+
 /// One `[[route]]`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RouteSection {

@@ -4,6 +4,7 @@
 pub mod oidc;
 pub mod seal;
 pub mod session;
+pub mod verify;
 
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -74,6 +74,10 @@ pub enum Rejected {
     Expired,
     #[error("session idle for too long")]
     Idle,
+    #[error("session ended by the identity provider: {0}")]
+    Ended(String),
+    #[error("identity could not be re-verified: {0}")]
+    Unverifiable(String),
 }
 
 impl Session {
