@@ -40,6 +40,10 @@ enum Command {
     /// Development certificates: a CA, leaves and CRLs.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Session and assertion keys: generate a new key and put it first in FILE, so it seals or
+    /// signs from the next reload on while the old keys still open or verify.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Probe a running Vigil's admin listener (for container health checks): exit 0 when the
     /// endpoint answers 200. Works for a plain-HTTP admin listener.
     Health {
@@ -77,6 +81,14 @@ enum CertsCommand {
         #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
         next_update: std::time::Duration,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// A new AES-256 session key (base64, one per line) at the top of FILE.
+    Session { file: PathBuf },
+    /// A new P-256 assertion signing key (PKCS#8 PEM) at the top of FILE.
+    Assertion { file: PathBuf },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -127,7 +139,51 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Certs(cmd) => certs_command(cmd),
         Command::Health { admin, path } => health(admin, &path),
+        Command::Keys(cmd) => keys_command(cmd),
     }
+}
+
+fn keys_command(cmd: KeysCommand) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (file, new) = match cmd {
+        KeysCommand::Session { file } => (
+            file,
+            vigil::identity::seal::KeyRing::generate_line().map_err(anyhow::Error::msg)? + "\n",
+        ),
+        KeysCommand::Assertion { file } => (
+            file,
+            vigil::forward::assertion::Signer::generate_pem().map_err(anyhow::Error::msg)?,
+        ),
+    };
+    let old = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    };
+    let tmp = file.with_extension("new");
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    out.write_all(new.as_bytes())?;
+    out.write_all(old.as_bytes())?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, &file)?;
+    let count = if new.starts_with("-----") {
+        (old.matches("BEGIN PRIVATE KEY").count() + 1).to_string()
+    } else {
+        (old.lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .count()
+            + 1)
+        .to_string()
+    };
+    println!("{}: new key first, {count} key(s) in all", file.display());
+    Ok(())
 }
 
 fn health(admin: SocketAddr, path: &str) -> anyhow::Result<()> {

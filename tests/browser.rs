@@ -195,8 +195,8 @@ async fn run_browser(config: &Path, ca: &Path, log: &Path) -> Result<(Option<i32
 /// (a marker holds a copy of it). A directory made with `create_dir` is the lock between test
 /// processes; one older than [`INSTALL`] was left by a dead process.
 fn ensure_installed(dir: &Path) -> Result<()> {
-    let lock_file = std::fs::read(dir.join("package-lock.json"))
-        .context("tests/browser/package-lock.json")?;
+    let lock_file =
+        std::fs::read(dir.join("package-lock.json")).context("tests/browser/package-lock.json")?;
     let marker = dir.join("node_modules").join(".vigil-installed-lock.json");
     let installed = || std::fs::read(&marker).is_ok_and(|m| m == lock_file);
     let lock = dir.join(".npm-ci.lock");
@@ -216,7 +216,10 @@ fn ensure_installed(dir: &Path) -> Result<()> {
                 if stale {
                     let _ = std::fs::remove_dir(&lock);
                 } else if Instant::now() > deadline {
-                    bail!("waited {INSTALL:?} for another `npm ci` ({})", lock.display());
+                    bail!(
+                        "waited {INSTALL:?} for another `npm ci` ({})",
+                        lock.display()
+                    );
                 } else {
                     std::thread::sleep(Duration::from_millis(200));
                 }

@@ -307,6 +307,17 @@ fn example_pki() -> Result<tempfile::TempDir> {
     std::fs::copy(tls.join("ca.pem"), tls.join("upstream-ca.pem"))?;
     std::fs::copy(tls.join("device.pem"), tls.join("proxy-client.pem"))?;
     std::fs::copy(tls.join("device.key"), tls.join("proxy-client.key"))?;
+    std::fs::write(tls.join("oidc-client-secret"), "secret\n")?;
+    let keys = vigil()
+        .args(["keys", "session"])
+        .arg(tls.join("session.keys"))
+        .output()?;
+    anyhow::ensure!(keys.status.success());
+    let keys = vigil()
+        .args(["keys", "assertion"])
+        .arg(tls.join("assertion.pem"))
+        .output()?;
+    anyhow::ensure!(keys.status.success());
     Ok(dir)
 }
 
@@ -343,5 +354,51 @@ fn shipped_examples_pass_check() -> Result<()> {
     std::fs::create_dir(dir.path().join("config"))?;
     let (ok, out) = check(&dir.path().join("config"), &example)?;
     assert!(ok, "config/example.toml: {out}");
+    Ok(())
+}
+
+#[test]
+fn keys_rotate_with_the_new_key_first() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("session.keys");
+    for _ in 0..2 {
+        assert!(
+            vigil()
+                .args(["keys", "session"])
+                .arg(&file)
+                .status()?
+                .success()
+        );
+    }
+    let text = std::fs::read_to_string(&file)?;
+    let ring = vigil::identity::seal::KeyRing::parse(&text).map_err(anyhow::Error::msg)?;
+    let sealed = ring
+        .seal(vigil::identity::seal::Purpose::Session, b"x")
+        .map_err(anyhow::Error::msg)?;
+    // The first line seals; the second (older) alone cannot open it.
+    let older = text.lines().nth(1).unwrap_or_default();
+    let old_ring = vigil::identity::seal::KeyRing::parse(older).map_err(anyhow::Error::msg)?;
+    assert!(
+        old_ring
+            .open(vigil::identity::seal::Purpose::Session, &sealed)
+            .is_err()
+    );
+    assert_eq!(std::fs::metadata(&file)?.permissions().mode() & 0o077, 0);
+
+    let pem = dir.path().join("assertion.pem");
+    for _ in 0..2 {
+        assert!(
+            vigil()
+                .args(["keys", "assertion"])
+                .arg(&pem)
+                .status()?
+                .success()
+        );
+    }
+    let signer =
+        vigil::forward::assertion::Signer::from_file(&pem, "v".into(), Duration::from_secs(60))
+            .map_err(anyhow::Error::msg)?;
+    assert_eq!(signer.jwks()["keys"].as_array().map(Vec::len), Some(2));
     Ok(())
 }

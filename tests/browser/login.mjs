@@ -16,7 +16,8 @@
 //
 // Prints what it does; exits 0 when every step passed, 1 otherwise (with the failing step, the
 // navigations that led there and the text of the page). Set VIGIL_BROWSER_SHOTS=DIR to keep a
-// screenshot of every page checked.
+// screenshot of every page checked, VIGIL_BROWSER_VERBOSE=1 to print every response (with the
+// names of the cookies it sets) and the console.
 
 import { readFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -44,6 +45,7 @@ const config = JSON.parse(readFileSync(configPath, 'utf8'));
 const base = config.base_url;
 const issuer = config.issuer;
 const shots = process.env.VIGIL_BROWSER_SHOTS;
+const verbose = Boolean(process.env.VIGIL_BROWSER_VERBOSE);
 if (shots) mkdirSync(shots, { recursive: true });
 
 const started = Date.now();
@@ -102,7 +104,16 @@ async function openAs(browser, who) {
     if (r.request().isNavigationRequest() && r.frame() === page.mainFrame()) {
       trace.push(`${r.request().method()} ${r.status()} ${r.url()}`);
     }
+    if (verbose) {
+      const cookies = (r.headers()['set-cookie'] ?? '').split('\n').filter(Boolean);
+      const names = cookies.map((c) => c.split(';')[0].split('=')[0] + (/max-age=0/i.test(c) ? ' (cleared)' : ''));
+      console.log(`  ${r.request().method()} ${r.status()} ${r.url()}${names.length ? ` set-cookie: ${names.join(', ')}` : ''}`);
+    }
   });
+  if (verbose) {
+    page.on('console', (m) => console.log(`  console.${m.type()}: ${m.text()}`));
+    page.on('requestfailed', (r) => console.log(`  failed: ${r.url()} ${r.failure()?.errorText}`));
+  }
   return context;
 }
 
