@@ -162,6 +162,8 @@ fn main() -> Result<()> {
     let Some(args) = Args::parse()? else {
         return Ok(());
     };
+    // Before pinning: afterwards `nproc` would count the one allowed core.
+    let nproc = command_text(Path::new("nproc"), &[]).unwrap_or_else(|| "?".into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = if cores >= 2 {
         // Before any thread exists, so everything this process starts stays on the core.
@@ -171,27 +173,27 @@ fn main() -> Result<()> {
         println!("WARNING: only {cores} core available: nothing is pinned");
         false
     };
-    raise_fd_limit();
+    raise_fd_limit(args.idle);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
         tokio::select! {
-            result = run(args, pinned) => result,
+            result = run(args, pinned, nproc) => result,
             _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
         }
     })
 }
 
-async fn run(args: Args, pinned: bool) -> Result<()> {
+async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .context("clock before 1970")?
         .as_secs();
     let vigil_bin = vigil_binary(&args)?;
     let nginx_bin = if args.no_nginx { None } else { find_nginx() };
-    let env = environment(&vigil_bin, nginx_bin.as_deref());
+    let env = environment(&vigil_bin, nginx_bin.as_deref(), nproc);
     print_environment(&env, &args);
 
     let tmp = tempfile::Builder::new()
@@ -354,18 +356,44 @@ fn pin_to(pid: u32, core: &str) -> Result<()> {
     Ok(())
 }
 
-/// Thousands of sockets need more than the usual 1024 descriptors; children inherit the limit.
-fn raise_fd_limit() {
-    let pid = std::process::id().to_string();
-    let ok = Command::new("prlimit")
-        .args(["--pid", &pid, "--nofile=65536:65536"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        println!("note: could not raise the open-file limit with prlimit; keep --idle small");
+/// The soft and hard limits on open files of this process.
+fn fd_limits() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut values = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().unwrap_or(u64::MAX));
+    Some((values.next()?, values.next()?))
+}
+
+/// Thousands of sockets need more than the usual 1024 descriptors (the proxies hold two per
+/// idle connection); children inherit the limit.
+fn raise_fd_limit(idle: usize) {
+    let want = 2 * idle as u64 + 1024;
+    let Some((soft, hard)) = fd_limits() else {
+        return;
+    };
+    if soft >= want {
+        return;
     }
+    let target = want.max(65_536);
+    let pid = std::process::id().to_string();
+    for limit in [format!("{target}:{target}"), format!("{hard}:{hard}")] {
+        let _ = Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={limit}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if fd_limits().is_some_and(|(s, _)| s >= want) {
+            return;
+        }
+    }
+    let now = fd_limits().map_or(soft, |(s, _)| s);
+    println!(
+        "WARNING: open-file limit {now} is below the {want} that --idle {idle} needs; \
+         raise it (ulimit -n) or lower --idle"
+    );
 }
 
 fn cpus_allowed(pid: u32) -> String {
@@ -428,7 +456,7 @@ fn command_text(program: &Path, args: &[&str]) -> Option<String> {
     Some(text.trim().to_owned())
 }
 
-fn environment(vigil: &Path, nginx: Option<&Path>) -> Environment {
+fn environment(vigil: &Path, nginx: Option<&Path>, nproc: String) -> Environment {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -443,7 +471,7 @@ fn environment(vigil: &Path, nginx: Option<&Path>) -> Environment {
         nginx_configure: nginx
             .and_then(|n| command_text(n, &["-V"]))
             .unwrap_or_default(),
-        nproc: command_text(Path::new("nproc"), &[]).unwrap_or_else(|| "?".into()),
+        nproc,
         kernel: command_text(Path::new("uname"), &["-sr"]).unwrap_or_else(|| "?".into()),
         cpu,
         loadavg: std::fs::read_to_string("/proc/loadavg")
@@ -526,7 +554,9 @@ impl Drop for ChildGuard {
         let _ = self.child.kill();
         let _ = self.child.wait();
         for c in children {
-            let _ = Command::new("kill").args(["-KILL", &c.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &c.to_string()])
+                .status();
         }
     }
 }
@@ -595,7 +625,8 @@ impl Proxy {
         } else {
             vec![self.pid]
         };
-        (now != self.workers).then(|| format!("changed worker processes {:?} -> {now:?}", self.workers))
+        (now != self.workers)
+            .then(|| format!("changed worker processes {:?} -> {now:?}", self.workers))
     }
 }
 
@@ -626,6 +657,13 @@ async fn wait_ready(name: &str, ep: &Endpoint, guard: &mut ChildGuard, dir: &Pat
     )
 }
 
+/// `dir/logs`, where the proxies' per-request logs go.
+fn logs_dir(dir: &Path) -> Result<PathBuf> {
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    Ok(logs)
+}
+
 fn pinned_command(program: &Path, pinned: bool) -> Command {
     if pinned {
         let mut cmd = Command::new("taskset");
@@ -638,7 +676,9 @@ fn pinned_command(program: &Path, pinned: bool) -> Command {
 
 async fn start_vigil(bin: &Path, dir: &Path, upstream: SocketAddr, pinned: bool) -> Result<Proxy> {
     let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()?);
-    let decisions = dir.join("vigil-decisions.log");
+    // Logs go to their own directory: Vigil watches the directories of its configuration files
+    // for changes, and a log written beside them would wake that watcher on every request.
+    let decisions = logs_dir(dir)?.join("vigil-decisions.log");
     // Long timeouts so the idle connections outlive the memory measurement; a short drain so
     // the process stops promptly at the end.
     let config = format!(
@@ -720,7 +760,7 @@ events {{
 }}
 
 http {{
-    access_log {d}/nginx-access.log;
+    access_log {d}/logs/nginx-access.log;
 {temp_paths}
     # Like Vigil's bench config: connections stay open for the whole run.
     keepalive_timeout 300s;
@@ -766,6 +806,7 @@ async fn start_nginx(
 ) -> Result<Proxy> {
     let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()?);
     std::fs::create_dir_all(dir.join("nginx-tmp")).context("creating nginx-tmp")?;
+    logs_dir(dir)?;
     let path = dir.join("nginx.conf");
     std::fs::write(&path, nginx_config(dir, configure, addr, upstream))
         .with_context(|| format!("writing {}", path.display()))?;
@@ -783,7 +824,10 @@ async fn start_nginx(
         tls: Some(TlsConnector::from(Pki::load(dir)?.client_config()?)),
     };
     if let Err(e) = wait_ready("nginx", &ep, &mut guard, dir).await {
-        bail!("{e:#}\nnginx-error.log:\n{}", tail(&dir.join("nginx-error.log")));
+        bail!(
+            "{e:#}\nnginx-error.log:\n{}",
+            tail(&dir.join("nginx-error.log"))
+        );
     }
     let pid = guard.pid();
     let workers = children_of(pid);
@@ -1064,7 +1108,11 @@ impl Tally {
 }
 
 /// Sends requests back to back on `conn` until `deadline`; reconnects after an error.
-async fn keepalive_loop(ep: Endpoint, conn: Option<Conn>, deadline: Instant) -> (Option<Conn>, Tally) {
+async fn keepalive_loop(
+    ep: Endpoint,
+    conn: Option<Conn>,
+    deadline: Instant,
+) -> (Option<Conn>, Tally) {
     let mut tally = Tally::default();
     let mut conn = conn;
     while Instant::now() < deadline {
@@ -1182,7 +1230,11 @@ fn read_cpu(pids: &[u32]) -> Result<Cpu> {
             .with_context(|| format!("listing /proc/{pid}/task"))?;
         for task in tasks {
             let task = task?;
-            let Some(tid) = task.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             // A thread may exit between listing and reading; it then simply is not counted.
@@ -1262,9 +1314,9 @@ impl Scenario {
 
     fn title(self) -> String {
         match self {
-            Scenario::KeepAlive(c) => format!(
-                "keep-alive: {c} connections, requests back to back; CPU per request"
-            ),
+            Scenario::KeepAlive(c) => {
+                format!("keep-alive: {c} connections, requests back to back; CPU per request")
+            }
             Scenario::Latency => {
                 "latency: 1 connection, one request at a time; CPU per request".into()
             }
@@ -1311,9 +1363,8 @@ struct IdleRow {
 
 impl IdleRow {
     fn rss_kib_per_conn(&self) -> Option<f64> {
-        (self.opened > 0).then(|| {
-            (self.after.rss_kib as f64 - self.before.rss_kib as f64) / self.opened as f64
-        })
+        (self.opened > 0)
+            .then(|| (self.after.rss_kib as f64 - self.before.rss_kib as f64) / self.opened as f64)
     }
 
     fn pss_kib_per_conn(&self) -> Option<f64> {

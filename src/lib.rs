@@ -72,6 +72,8 @@ impl Running {
         self.readiness.set(false);
         self.shutdown.cancel();
         let _ = self.proxy.await;
+        let decisions = self.shared.decisions.clone();
+        let _ = tokio::task::spawn_blocking(move || decisions.close()).await;
         // The admin listener outlives the drain, so probes see "not ready" meanwhile.
         self.admin_stop.cancel();
         if let Some(admin) = self.admin_task {

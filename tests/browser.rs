@@ -267,9 +267,8 @@ async fn a_real_browser_logs_in_is_refused_without_mfa_and_logs_out() -> Result<
     let config = w.browser_config()?;
     let (status, output) =
         run_browser(&config, &w.pki.path("ca.pem"), &w.pki.path("browser.log")).await?;
-    eprintln!("{output}");
     match status {
-        Some(0) => {}
+        Some(0) => eprintln!("{output}"),
         Some(code) => bail!(
             "the browser test failed (exit {code}):\n{output}\n[idp stderr]\n{}",
             w.idp.stderr_tail()

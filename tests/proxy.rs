@@ -409,7 +409,15 @@ async fn refused_handshakes_fail_with_a_reason_metric() -> Result<()> {
         .await;
         assert!(seen, "no metric {series}");
     }
-    // Nothing refused at the handshake reached the decision log or the upstream.
+    // Nothing refused at the handshake reached the decision log or the upstream: only the
+    // good request's line is there (lines are written in batches).
+    let written = eventually(STEP, || {
+        let n = decisions(&log).len();
+        async move { n >= 1 }
+    })
+    .await;
+    assert!(written);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(decisions(&log).len(), 1);
     Ok(())
 }

@@ -140,9 +140,15 @@ impl Reloader {
     /// Watches the configuration file and every file it names; changes (bursts coalesced)
     /// trigger a reload. Returns when `stop` is cancelled.
     pub async fn watch(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<notify::Result<notify::Event>>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        // Filtered on the watcher's own thread: files written next to the configuration (a
+        // decision log, say) must not wake the runtime on every write.
+        let files: Arc<ArcSwap<Vec<PathBuf>>> = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let filter = files.clone();
         let mut watcher = match notify::recommended_watcher(move |event| {
-            let _ = tx.send(event);
+            if is_relevant(&filter.load(), &event) {
+                let _ = tx.send(());
+            }
         }) {
             Ok(w) => w,
             Err(e) => {
@@ -151,41 +157,41 @@ impl Reloader {
             }
         };
         let mut watched = Watched::default();
-        watched.update(&mut watcher, &self.shared.snapshot.load().files);
+        watched.update(&mut watcher, &self.shared.snapshot.load().files, &files);
         loop {
-            let first = tokio::select! {
+            tokio::select! {
                 () = stop.cancelled() => return,
-                event = rx.recv() => event,
-            };
-            let Some(first) = first else { return };
-            let mut relevant = watched.is_relevant(&first);
+                event = rx.recv() => if event.is_none() { return },
+            }
             // Editors and config-map updates write in bursts: wait for quiet, then reload once.
             loop {
                 match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
-                    Ok(Some(event)) => relevant |= watched.is_relevant(&event),
+                    Ok(Some(())) => {}
                     Ok(None) => return,
                     Err(_) => break,
                 }
             }
-            if relevant {
-                let _ = self.reload("file change").await;
-                watched.update(&mut watcher, &self.shared.snapshot.load().files);
-            }
+            let _ = self.reload("file change").await;
+            watched.update(&mut watcher, &self.shared.snapshot.load().files, &files);
         }
     }
 }
 
-/// The directories watched and the files in them that matter.
+/// The directories watched.
 #[derive(Default)]
 struct Watched {
     dirs: Vec<PathBuf>,
-    files: Vec<PathBuf>,
 }
 
 impl Watched {
     /// Watches the directories of `files`: watching a directory, not the file, survives editors
     /// and tools that replace a file by renaming a new one over it.
-    fn update(&mut self, watcher: &mut impl notify::Watcher, files: &[PathBuf]) {
+    fn update(
+        &mut self,
+        watcher: &mut impl notify::Watcher,
+        files: &[PathBuf],
+        relevant: &ArcSwap<Vec<PathBuf>>,
+    ) {
         let files: Vec<PathBuf> = files.iter().map(|f| absolute(f)).collect();
         let mut dirs: Vec<PathBuf> = files
             .iter()
@@ -202,22 +208,22 @@ impl Watched {
             }
         }
         self.dirs = dirs;
-        self.files = files;
+        relevant.store(Arc::new(files));
     }
+}
 
-    fn is_relevant(&self, event: &notify::Result<notify::Event>) -> bool {
-        let Ok(event) = event else { return true };
-        if event.kind.is_access() {
-            return false;
-        }
-        event.paths.iter().any(|p| {
-            self.files.iter().any(|f| f == p)
-                // Kubernetes mounts swap a `..data` symlink when a ConfigMap or Secret changes.
-                || p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(".."))
-        })
+fn is_relevant(files: &[PathBuf], event: &notify::Result<notify::Event>) -> bool {
+    let Ok(event) = event else { return true };
+    if event.kind.is_access() {
+        return false;
     }
+    event.paths.iter().any(|p| {
+        files.iter().any(|f| f == p)
+            // Kubernetes mounts swap a `..data` symlink when a ConfigMap or Secret changes.
+            || p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(".."))
+    })
 }
 
 fn absolute(path: &Path) -> PathBuf {

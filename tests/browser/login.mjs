@@ -100,18 +100,18 @@ async function openAs(browser, who) {
   context.setDefaultNavigationTimeout(STEP_MS);
   page = await context.newPage();
   trace = [];
-  page.on('response', (r) => {
+  page.on('response', async (r) => {
     if (r.request().isNavigationRequest() && r.frame() === page.mainFrame()) {
       trace.push(`${r.request().method()} ${r.status()} ${r.url()}`);
     }
     if (verbose) {
-      const cookies = (r.headers()['set-cookie'] ?? '').split('\n').filter(Boolean);
+      const cookies = (await r.headerValue('set-cookie').catch(() => null) ?? '').split('\n').filter(Boolean);
       const names = cookies.map((c) => c.split(';')[0].split('=')[0] + (/max-age=0/i.test(c) ? ' (cleared)' : ''));
       console.log(`  ${r.request().method()} ${r.status()} ${r.url()}${names.length ? ` set-cookie: ${names.join(', ')}` : ''}`);
     }
   });
   if (verbose) {
-    page.on('console', (m) => console.log(`  console.${m.type()}: ${m.text()}`));
+    page.on('console', (m) => console.log(`  console.${m.type()}: ${m.text()} ${m.location().url ?? ''}`));
     page.on('requestfailed', (r) => console.log(`  failed: ${r.url()} ${r.failure()?.errorText}`));
   }
   return context;
