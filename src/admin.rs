@@ -166,6 +166,13 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             },
         },
         (_, "/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (&Method::POST, "/revoke") => revoke(shared, req).await,
+        (&Method::POST, "/restore") => restore(shared, req).await,
+        (&Method::GET, "/revocations") => json(
+            StatusCode::OK,
+            serde_json::to_value(shared.revocations.listing()).unwrap_or_default(),
+        ),
+        (_, "/revoke" | "/restore") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         (&Method::GET, "/metrics") => {
             let mut r = text(StatusCode::OK, shared.metrics.render());
             r.headers_mut().insert(
@@ -179,6 +186,81 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `POST /revoke` with a JSON object naming any of `session` (a session id, as shown by
+/// `/.vigil/whoami`), `user` (a subject) and `device` (a certificate's SHA-256 fingerprint):
+/// effective for the next request, and open connections are re-checked at once.
+async fn revoke(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let Some(body) = read_json(req).await else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "ok": false, "error": "send a JSON object with session, user or device" }),
+        );
+    };
+    let now = crate::identity::now();
+    let mut done = Vec::new();
+    if let Some(sid) = body["session"].as_str() {
+        shared.revocations.revoke_session(sid);
+        done.push("session");
+    }
+    if let Some(sub) = body["user"].as_str() {
+        shared.revocations.revoke_user(sub, now);
+        done.push("user");
+    }
+    if let Some(fp) = body["device"].as_str() {
+        let fp = fp.replace(':', "");
+        if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "ok": false, "error": "device is a SHA-256 fingerprint in hex" }),
+            );
+        }
+        shared.revocations.revoke_device(&fp, now);
+        done.push("device");
+    }
+    if done.is_empty() {
+        return json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "ok": false, "error": "name a session, user or device" }),
+        );
+    }
+    for kind in &done {
+        shared
+            .metrics
+            .revocations
+            .get_or_create(&crate::metrics::Reason { reason: kind })
+            .inc();
+    }
+    tracing::warn!(revoked = ?done, what = %body, "revocation ordered by an operator");
+    shared.live.wake.notify_one();
+    json(StatusCode::OK, serde_json::json!({ "ok": true, "revoked": done }))
+}
+
+/// `POST /restore` with `{"device": FINGERPRINT}` lifts a device block.
+async fn restore(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let restored = match read_json(req).await {
+        Some(body) => body["device"]
+            .as_str()
+            .is_some_and(|fp| shared.revocations.restore_device(&fp.replace(':', ""))),
+        None => false,
+    };
+    json(
+        if restored { StatusCode::OK } else { StatusCode::NOT_FOUND },
+        serde_json::json!({ "ok": restored }),
+    )
+}
+
+async fn read_json(req: Request<Incoming>) -> Option<serde_json::Value> {
+    use http_body_util::BodyExt;
+    let bytes = http_body_util::Limited::new(req.into_body(), 16 * 1024)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .filter(serde_json::Value::is_object)
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {

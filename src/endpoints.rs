@@ -26,6 +26,7 @@ pub async fn handle(
         (Method::GET, "callback") => callback(record, host, &req).await,
         (Method::GET, "logout") => logout_page(record, &req),
         (Method::POST, "logout") => logout(record, host, req).await,
+        (Method::POST, "backchannel") => backchannel(record, req).await,
         (Method::GET, "logged-out") => {
             let mut r = html(StatusCode::OK, "Signed out", "You are signed out.", record);
             record.log(
@@ -37,7 +38,10 @@ pub async fn handle(
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
         }
-        (_, "whoami" | "jwks.json" | "login" | "callback" | "logged-out" | "logout") => {
+        (
+            _,
+            "whoami" | "jwks.json" | "login" | "callback" | "logged-out" | "logout" | "backchannel",
+        ) => {
             record.refuse(Refusal::MethodNotAllowed, None)
         }
         _ => record.refuse(Refusal::NoRoute, None),
@@ -338,6 +342,58 @@ async fn logout(record: &mut Record<'_>, host: &str, req: Request<Incoming>) -> 
     }
     record.log("allow", &["signed out".into()], StatusCode::SEE_OTHER);
     response
+}
+
+/// `POST /.vigil/backchannel`: OIDC back-channel logout. The provider posts a signed logout
+/// token; the sessions it names (by provider session, or all of the user's) end at once.
+async fn backchannel(record: &mut Record<'_>, req: Request<Incoming>) -> Response<Body> {
+    let Some(provider) = &record.snapshot.oidc else {
+        return record.refuse(Refusal::NoRoute, None);
+    };
+    let (_, body) = req.into_parts();
+    let form = match http_body_util::Limited::new(body, 16 * 1024).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return record.refuse(Refusal::PayloadTooLarge, None),
+    };
+    let token = url::form_urlencoded::parse(&form)
+        .find(|(k, _)| k == "logout_token")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    match provider.verify_logout_token(&token).await {
+        Ok((sub, sid)) => {
+            let revocations = &record.shared.revocations;
+            match (&sid, &sub) {
+                (Some(sid), _) => revocations.revoke_provider_session(sid),
+                (None, Some(sub)) => revocations.revoke_user(sub, identity::now()),
+                (None, None) => {}
+            }
+            record
+                .shared
+                .metrics
+                .revocations
+                .get_or_create(&crate::metrics::Reason { reason: "backchannel" })
+                .inc();
+            record.shared.live.wake.notify_one();
+            tracing::info!(sub = ?sub, sid = ?sid, "back-channel logout");
+            let mut response = json(StatusCode::OK, serde_json::json!({ "ok": true }), record);
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            record.log(
+                "allow",
+                &[format!("back-channel logout of {}", sub.or(sid).unwrap_or_default())],
+                StatusCode::OK,
+            );
+            response
+        }
+        Err(why) => {
+            let response = json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": "invalid_request", "error_description": why }),
+                record,
+            );
+            record.log("deny", &[format!("back-channel logout refused: {why}")], StatusCode::BAD_REQUEST);
+            response
+        }
+    }
 }
 
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {

@@ -17,6 +17,10 @@
 //! - [`routing`]: host and path-prefix matching, most specific first.
 //! - [`policy`]: rules and the pure `evaluate(&Policy, &RequestFacts) -> Decision`.
 //! - [`forward`]: upstream connection pools, header hygiene, identity headers, upgrades.
+//! - [`identity`]: OIDC login, sealed sessions, bearer tokens, re-verification.
+//! - [`live`], [`revocation`]: open connections re-checked and cut off when they no longer
+//!   pass; revocations by session, user and device.
+//! - [`endpoints`]: Vigil's own `/.vigil/` endpoints.
 //! - [`decision_log`]: one JSON line per decision, written off the request path.
 //! - [`metrics`], [`admin`]: Prometheus metrics, health and readiness.
 //! - [`error`]: every answer Vigil gives itself, with its status and whose fault it was.
@@ -35,9 +39,11 @@ pub mod error;
 pub mod forward;
 pub mod framing;
 pub mod identity;
+pub mod live;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod revocation;
 pub mod routing;
 pub mod server;
 pub mod tls;
@@ -181,6 +187,7 @@ async fn launch(
         tokio::spawn(reloader.clone().watch(admin_stop.clone()));
         reloader
     });
+    tokio::spawn(live::verifier(shared.clone(), admin_stop.clone()));
     let proxy = tokio::spawn(server::serve(listener, shared.clone(), shutdown.clone()));
     let admin_task = admin_listener.map(|l| {
         tokio::spawn(admin::serve(

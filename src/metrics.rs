@@ -57,6 +57,8 @@ pub struct Metrics {
     pub handshakes: Counter,
     pub connections_open: Gauge,
     pub connections_rejected: Counter,
+    pub connections_cut: Family<Reason, Counter>,
+    pub revocations: Family<Reason, Counter>,
     pub tunnels_open: Gauge,
     pub limits_hit: Family<Limit, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
@@ -106,6 +108,18 @@ impl Metrics {
             "connections_rejected",
             "Connections closed at accept because max_connections was reached",
             connections_rejected.clone(),
+        );
+        let connections_cut = Family::<Reason, Counter>::default();
+        registry.register(
+            "connections_cut",
+            "Open connections closed because they no longer passed verification, by reason",
+            connections_cut.clone(),
+        );
+        let revocations = Family::<Reason, Counter>::default();
+        registry.register(
+            "revocations",
+            "Revocations received, by kind (session, user, device, backchannel)",
+            revocations.clone(),
         );
         let tunnels_open = Gauge::default();
         registry.register(
@@ -163,6 +177,8 @@ impl Metrics {
             handshakes,
             connections_open,
             connections_rejected,
+            connections_cut,
+            revocations,
             tunnels_open,
             limits_hit,
             upstream_errors,

@@ -175,11 +175,13 @@ pub async fn handle(
 
     // Who is asking, beyond the certificate.
     let mut set_cookies = Vec::new();
+    let mut session = None;
     let identity = match route.login {
         Login::None => None,
         Login::Oidc => match verified_session(shared, &snapshot, conn, req.headers()).await {
-            Ok((identity, cookies)) => {
+            Ok((open, identity, cookies)) => {
                 set_cookies = cookies;
+                session = Some(open);
                 Some(identity)
             }
             Err(why) => return record.login_required(&why, &req, &canonical),
@@ -227,6 +229,7 @@ pub async fn handle(
         max_body_bytes: limit,
         strip: &route.strip,
         identity: identity_headers,
+        session,
     };
     let result = forward::forward(&route.upstream, conn, req, outbound).await;
     let kind = if audit_pass { "audit" } else { "allow" };
@@ -286,6 +289,15 @@ pub fn identify_session(
     conn: &Connection,
     headers: &http::HeaderMap,
 ) -> Result<(Identity, Vec<HeaderValue>), Rejected> {
+    read_session(snapshot, conn, headers).map(|(_, identity, cookies)| (identity, cookies))
+}
+
+/// The open session of a request, with its identity and any cookie refresh.
+fn read_session(
+    snapshot: &Snapshot,
+    conn: &Connection,
+    headers: &http::HeaderMap,
+) -> Result<(session::Session, Identity, Vec<HeaderValue>), Rejected> {
     let (Some(sessions), Some(provider)) = (&snapshot.sessions, &snapshot.oidc) else {
         return Err(Rejected::Absent);
     };
@@ -306,7 +318,7 @@ pub fn identify_session(
             Err(e) => tracing::warn!(error = %e, "cannot update the session cookie"),
         }
     }
-    Ok((identity, cookies))
+    Ok((session, identity, cookies))
 }
 
 /// [`identify_session`], then re-verified with the provider when the last verification is
@@ -316,26 +328,26 @@ async fn verified_session(
     snapshot: &Snapshot,
     conn: &Connection,
     headers: &http::HeaderMap,
-) -> Result<(Identity, Vec<HeaderValue>), Rejected> {
-    let (identity, cookies) = identify_session(snapshot, conn, headers)?;
+) -> Result<(session::Session, Identity, Vec<HeaderValue>), Rejected> {
+    let (session, identity, cookies) = read_session(snapshot, conn, headers)?;
+    if let Some(why) = shared.revocations.session(&session) {
+        return Err(Rejected::Revoked(why));
+    }
     let (Some(sessions), Some(provider)) = (&snapshot.sessions, &snapshot.oidc) else {
         return Err(Rejected::Absent);
     };
     let now = identity::now();
     let interval = snapshot.verify.interval.as_secs() as i64;
     if now - identity.verified_at < interval {
-        return Ok((identity, cookies));
+        return Ok((session, identity, cookies));
     }
-    let session = session::read(headers, &sessions.ring)?;
     match shared.reverifier.reverify(provider, &session).await {
         Outcome::Refreshed(mut fresh) => {
             fresh.last_seen = now;
             let present = session::chunks_present(headers);
             let cookies = session::write(&fresh, &sessions.ring, now, present).unwrap_or_default();
-            Ok((
-                Identity::from_session(&fresh, &provider.settings.mfa_amr),
-                cookies,
-            ))
+            let identity = Identity::from_session(&fresh, &provider.settings.mfa_amr);
+            Ok((*fresh, identity, cookies))
         }
         Outcome::Ended(why) => {
             tracing::info!(user = %session.sub, reason = %why, "session ended by the provider");
@@ -345,7 +357,7 @@ async fn verified_session(
             let stale_for = now - identity.verified_at - interval;
             if stale_for <= snapshot.verify.max_stale.as_secs() as i64 {
                 tracing::warn!(user = %session.sub, reason = %why, stale_for, "provider unreachable; last verification still holds");
-                Ok((identity, cookies))
+                Ok((session, identity, cookies))
             } else {
                 Err(Rejected::Unverifiable(why))
             }

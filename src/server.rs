@@ -35,6 +35,10 @@ pub struct Shared {
     pub no_route_label: Arc<str>,
     /// Session re-verifications in flight.
     pub reverifier: crate::identity::verify::Reverifier,
+    /// Open connections, for the live verifier.
+    pub live: crate::live::Registry,
+    /// Sessions, users and devices revoked by operators or the provider.
+    pub revocations: crate::revocation::Revocations,
     next_connection: AtomicU64,
 }
 
@@ -50,6 +54,8 @@ impl Shared {
             instance_id: crate::certs::hex(&random),
             no_route_label: Arc::from("(none)"),
             reverifier: Default::default(),
+            live: Default::default(),
+            revocations: Default::default(),
             next_connection: AtomicU64::new(1),
         })
     }
@@ -99,8 +105,17 @@ pub struct Connection {
     pub sni: Option<String>,
     pub activity: Activity,
     pub idle_timeout: Duration,
-    /// Cancelled to close the connection and any tunnel opened on it.
+    /// Cancelled to close the connection gracefully (drain), and any tunnel opened on it.
     pub closing: CancellationToken,
+    /// Cancelled to cut the connection off at once: it no longer passes verification.
+    pub kill: CancellationToken,
+    /// The verified client certificate chain, leaf first, for re-verification.
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Configuration generation the chain was last verified under.
+    verified_generation: AtomicU64,
+    /// Sessions of the tunnels open on this connection.
+    pub tunnels: std::sync::Mutex<Vec<crate::live::TunnelSession>>,
+    registry: std::sync::Weak<Shared>,
     pub metrics: Arc<Metrics>,
     /// HTTP/1 framing conflicts seen on the wire (see `framing`).
     pub framing: Arc<Verdict>,
@@ -109,9 +124,22 @@ pub struct Connection {
     _permit: OwnedSemaphorePermit,
 }
 
+impl Connection {
+    pub fn verified_generation(&self) -> u64 {
+        self.verified_generation.load(Ordering::Relaxed)
+    }
+
+    pub fn set_verified_generation(&self, generation: u64) {
+        self.verified_generation.store(generation, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Connection {
     fn drop(&mut self) {
         self.metrics.connections_open.dec();
+        if let Some(shared) = self.registry.upgrade() {
+            shared.live.remove(self.id);
+        }
     }
 }
 
@@ -210,6 +238,14 @@ async fn connection(
             return handshake_failed(&shared, remote, "bad_certificate", &e);
         }
     };
+    if shared.revocations.device(&peer_fingerprint_of(leaf)) {
+        let e = io::Error::other("device certificate revoked by an operator");
+        return handshake_failed(&shared, remote, "device_revoked", &e);
+    }
+    let chain: Vec<rustls::pki_types::CertificateDer<'static>> = session
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
     let sni = session.server_name().map(str::to_ascii_lowercase);
     let framing = Verdict::new();
     let watch = (session.alpn_protocol() != Some(b"h2")).then(|| Watch::new(framing.clone()));
@@ -225,12 +261,18 @@ async fn connection(
         activity: Activity::new(),
         idle_timeout: snapshot.idle_timeout,
         closing,
+        kill: CancellationToken::new(),
+        chain,
+        verified_generation: AtomicU64::new(snapshot.generation),
+        tunnels: std::sync::Mutex::new(Vec::new()),
+        registry: Arc::downgrade(&shared),
         metrics: shared.metrics.clone(),
         framing,
         h1_requests: AtomicU64::new(0),
         _permit: permit,
     });
     conn.activity.touch();
+    shared.live.insert(&conn);
     tracing::debug!(conn = id, %remote, subject = %conn.peer.subject, "connection open");
 
     let io = TokioIo::new(Tracked {
@@ -276,10 +318,15 @@ async fn connection(
                 serving.as_mut().graceful_shutdown();
                 draining = Some(tokio::time::Instant::now() + drain);
             }
+            () = conn.kill.cancelled() => break,
             () = hard_stop => break,
         }
     }
     tracing::debug!(conn = id, "connection closed");
+}
+
+fn peer_fingerprint_of(cert: &rustls::pki_types::CertificateDer<'_>) -> String {
+    crate::certs::hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref()).as_ref())
 }
 
 fn handshake_failed(shared: &Shared, remote: SocketAddr, reason: &'static str, e: &io::Error) {

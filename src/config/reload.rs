@@ -112,6 +112,8 @@ impl Reloader {
             provider.start();
         }
         self.shared.snapshot.store(Arc::new(snapshot));
+        // Open connections are re-checked against the new CAs and CRLs now.
+        self.shared.live.wake.notify_one();
         metrics.config_generation.set(generation as i64);
         metrics.config_reloads.inc();
         let now = unix_now();

@@ -95,6 +95,8 @@ pub struct Outbound<'a> {
     pub strip: &'a [String],
     /// Identity headers to set (after every client-sent one is gone).
     pub identity: Vec<(HeaderName, HeaderValue)>,
+    /// The session the request came with; a tunnel opened by it is re-checked against it.
+    pub session: Option<crate::identity::session::Session>,
 }
 
 /// Sends `req` upstream and returns the response head with a streaming body.
@@ -165,7 +167,12 @@ pub async fn forward(
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(tunnel(conn.clone(), downstream_upgrade, upstream_upgrade));
+        tokio::spawn(tunnel(
+            conn.clone(),
+            downstream_upgrade,
+            upstream_upgrade,
+            out.session,
+        ));
     } else {
         remove_hop_by_hop(response.headers_mut());
     }
@@ -229,6 +236,7 @@ async fn tunnel(
     conn: Arc<Connection>,
     downstream: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
+    session: Option<crate::identity::session::Session>,
 ) {
     let (down, up) = match tokio::try_join!(downstream, upstream) {
         Ok(pair) => pair,
@@ -237,6 +245,16 @@ async fn tunnel(
             return;
         }
     };
+    static TUNNELS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tunnel_id = TUNNELS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some(session) = session
+        && let Ok(mut tunnels) = conn.tunnels.lock()
+    {
+        tunnels.push(crate::live::TunnelSession {
+            id: tunnel_id,
+            session,
+        });
+    }
     let mut down = TokioIo::new(down);
     let mut up = TokioIo::new(up);
     conn.metrics.tunnels_open.inc();
@@ -249,11 +267,17 @@ async fn tunnel(
         () = conn.closing.cancelled() => {
             tracing::info!(conn = conn.id, "tunnel closed: connection ordered closed");
         }
+        () = conn.kill.cancelled() => {
+            tracing::info!(conn = conn.id, "tunnel cut off: it no longer passes verification");
+        }
         () = conn.activity.idle(conn.idle_timeout) => {
             tracing::debug!(conn = conn.id, "tunnel closed: idle");
         }
     }
     conn.metrics.tunnels_open.dec();
+    if let Ok(mut tunnels) = conn.tunnels.lock() {
+        tunnels.retain(|t| t.id != tunnel_id);
+    }
 }
 
 /// Builds the TLS client configuration for upstreams from optional CA and client identity.

@@ -697,13 +697,67 @@ impl Provider {
         Err("token signed with an unknown key".into())
     }
 
-    fn check_bearer(
+    /// Verifies an OIDC back-channel logout token; returns its `sub` and `sid`.
+    pub async fn verify_logout_token(
+        &self,
+        token: &str,
+    ) -> Result<(Option<String>, Option<String>), String> {
+        let claims = self
+            .verify_jwt(token, &self.settings.client_id.clone(), &["iat", "iss", "aud"])
+            .await?;
+        let is_logout = claims
+            .get("events")
+            .and_then(|e| e.get("http://schemas.openid.net/event/backchannel-logout"))
+            .is_some();
+        if !is_logout {
+            return Err("not a back-channel logout token (no logout event)".into());
+        }
+        if claims.contains_key("nonce") {
+            return Err("a logout token must not carry a nonce".into());
+        }
+        let text = |n: &str| claims.get(n).and_then(|v| v.as_str()).map(str::to_owned);
+        let (sub, sid) = (text("sub"), text("sid"));
+        if sub.is_none() && sid.is_none() {
+            return Err("a logout token names a sub or a sid".into());
+        }
+        Ok((sub, sid))
+    }
+
+    /// Verifies a JWT from this provider for `audience`, refetching keys once on an unknown key.
+    async fn verify_jwt(
+        &self,
+        token: &str,
+        audience: &str,
+        required: &[&str],
+    ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        for attempt in 0..2 {
+            let discovered = self
+                .discovered
+                .load_full()
+                .ok_or("identity provider not available")?;
+            match self.decode_jwt(&discovered.jwks, token, audience, required) {
+                Err(BearerFailure::UnknownKey) if attempt == 0 => {
+                    if !self.refresh_keys().await {
+                        return Err("token signed with an unknown key".into());
+                    }
+                }
+                Err(BearerFailure::UnknownKey) => {
+                    return Err("token signed with an unknown key".into());
+                }
+                Err(BearerFailure::Invalid(why)) => return Err(why),
+                Ok(claims) => return Ok(claims),
+            }
+        }
+        Err("token signed with an unknown key".into())
+    }
+
+    fn decode_jwt(
         &self,
         jwks: &jsonwebtoken::jwk::JwkSet,
         token: &str,
         audience: &str,
-        scopes: &[String],
-    ) -> Result<BearerClaims, BearerFailure> {
+        required: &[&str],
+    ) -> Result<serde_json::Map<String, serde_json::Value>, BearerFailure> {
         use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
         let header =
             decode_header(token).map_err(|e| BearerFailure::Invalid(format!("token: {e}")))?;
@@ -724,8 +778,8 @@ impl Provider {
             Some(kid) => jwks.find(kid).ok_or(BearerFailure::UnknownKey)?,
             None => return Err(BearerFailure::Invalid("token names no key".into())),
         };
-        let key =
-            DecodingKey::from_jwk(jwk).map_err(|e| BearerFailure::Invalid(format!("key: {e}")))?;
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|e| BearerFailure::Invalid(format!("key: {e}")))?;
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
         validation.set_issuer(&[
@@ -734,10 +788,20 @@ impl Provider {
         ]);
         validation.set_audience(&[audience]);
         validation.leeway = self.settings.clock_skew.as_secs();
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let data = decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
-            .map_err(|e| BearerFailure::Invalid(format!("token rejected: {e}")))?;
-        let claims = data.claims;
+        validation.set_required_spec_claims(required);
+        decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
+            .map(|data| data.claims)
+            .map_err(|e| BearerFailure::Invalid(format!("token rejected: {e}")))
+    }
+
+    fn check_bearer(
+        &self,
+        jwks: &jsonwebtoken::jwk::JwkSet,
+        token: &str,
+        audience: &str,
+        scopes: &[String],
+    ) -> Result<BearerClaims, BearerFailure> {
+        let claims = self.decode_jwt(jwks, token, audience, &["exp", "iss", "aud", "sub"])?;
         let granted: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
             (Some(serde_json::Value::String(s)), _) => {
                 s.split_whitespace().map(str::to_owned).collect()

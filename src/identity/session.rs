@@ -78,6 +78,8 @@ pub enum Rejected {
     Ended(String),
     #[error("identity could not be re-verified: {0}")]
     Unverifiable(String),
+    #[error("{0}")]
+    Revoked(&'static str),
 }
 
 impl Session {

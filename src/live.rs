@@ -1,0 +1,172 @@
+//! Live connections: a registry of every open downstream connection and the verifier that
+//! re-checks them, so a keep-alive, HTTP/2 or WebSocket connection does not outlive its
+//! identity.
+//!
+//! The verifier runs every `[verify] interval`, and at once after a reload (a new CRL) or a
+//! revocation. For each connection it checks that the client certificate has not expired,
+//! still verifies against the current CAs and CRLs, and is not a revoked device; for each
+//! tunnel (WebSocket) opened under a login it checks the session is not revoked and
+//! re-verifies it with the provider when due. What no longer passes is cut off: the
+//! connection is closed without waiting for in-flight requests.
+
+use crate::identity::session::Session;
+use crate::identity::verify::Outcome;
+use crate::metrics::Reason;
+use crate::server::{Connection, Shared};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Every open connection, by id.
+#[derive(Default)]
+pub struct Registry {
+    connections: Mutex<HashMap<u64, Weak<Connection>>>,
+    /// Wakes the verifier before its interval (reload, revocation).
+    pub wake: Notify,
+}
+
+impl Registry {
+    pub fn insert(&self, conn: &Arc<Connection>) {
+        if let Ok(mut map) = self.connections.lock() {
+            map.insert(conn.id, Arc::downgrade(conn));
+        }
+    }
+
+    pub fn remove(&self, id: u64) {
+        if let Ok(mut map) = self.connections.lock() {
+            map.remove(&id);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.connections.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Connection>> {
+        self.connections
+            .lock()
+            .map(|m| m.values().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A tunnel's session, re-checked while the tunnel is open.
+pub struct TunnelSession {
+    pub id: u64,
+    pub session: Session,
+}
+
+/// Runs the verifier until `stop`.
+pub async fn verifier(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let interval = shared.snapshot.load().verify.interval;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+            () = shared.live.wake.notified() => {}
+        }
+        sweep(&shared).await;
+    }
+}
+
+/// One pass over every live connection.
+pub async fn sweep(shared: &Shared) {
+    let snapshot = shared.snapshot.load_full();
+    let now = crate::identity::now();
+    let unix_now = rustls::pki_types::UnixTime::now();
+    for conn in shared.live.snapshot() {
+        if conn.kill.is_cancelled() {
+            continue;
+        }
+        let reason = if now >= conn.peer.not_after {
+            Some("certificate_expired")
+        } else if shared.revocations.device(&conn.peer.fingerprint_hex) {
+            Some("device_revoked")
+        } else if conn.verified_generation() != snapshot.generation {
+            // The CAs or CRLs may have changed since this connection was verified.
+            let chain = &conn.chain;
+            match chain.split_first() {
+                Some((leaf, intermediates)) => match snapshot
+                    .client_verifier
+                    .verify_client_cert(leaf, intermediates, unix_now)
+                {
+                    Ok(_) => {
+                        conn.set_verified_generation(snapshot.generation);
+                        None
+                    }
+                    Err(e) => Some(crate::tls::tls_failure_reason(&e)),
+                },
+                None => Some("no_certificate"),
+            }
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            cut(shared, &conn, reason);
+            continue;
+        }
+        if let Some(reason) = check_tunnels(shared, &snapshot, &conn, now).await {
+            cut(shared, &conn, reason);
+        }
+    }
+}
+
+async fn check_tunnels(
+    shared: &Shared,
+    snapshot: &crate::config::Snapshot,
+    conn: &Connection,
+    now: i64,
+) -> Option<&'static str> {
+    let sessions: Vec<Session> = conn
+        .tunnels
+        .lock()
+        .map(|t| t.iter().map(|t| t.session.clone()).collect())
+        .unwrap_or_default();
+    let interval = snapshot.verify.interval.as_secs() as i64;
+    for session in sessions {
+        if shared.revocations.session(&session).is_some() {
+            return Some("session_revoked");
+        }
+        if now >= session.expires_at {
+            return Some("session_expired");
+        }
+        if now - session.verified_at >= interval
+            && let Some(provider) = &snapshot.oidc
+        {
+            match shared.reverifier.reverify(provider, &session).await {
+                Outcome::Refreshed(fresh) => {
+                    if let Ok(mut tunnels) = conn.tunnels.lock() {
+                        for t in tunnels.iter_mut().filter(|t| t.session.sid == session.sid) {
+                            t.session = (*fresh).clone();
+                        }
+                    }
+                }
+                Outcome::Ended(_) => return Some("session_ended"),
+                Outcome::Unreachable(_) => {
+                    if now - session.verified_at - interval
+                        > snapshot.verify.max_stale.as_secs() as i64
+                    {
+                        return Some("session_unverifiable");
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Closes `conn` now, with a log line and a metric.
+pub fn cut(shared: &Shared, conn: &Connection, reason: &'static str) {
+    tracing::info!(conn = conn.id, remote = %conn.remote, subject = %conn.peer.subject, reason, "connection cut off: it no longer passes verification");
+    shared
+        .metrics
+        .connections_cut
+        .get_or_create(&Reason { reason })
+        .inc();
+    conn.kill.cancel();
+}
