@@ -234,7 +234,10 @@ async fn revoke(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     }
     tracing::warn!(revoked = ?done, what = %body, "revocation ordered by an operator");
     shared.live.wake.notify_one();
-    json(StatusCode::OK, serde_json::json!({ "ok": true, "revoked": done }))
+    json(
+        StatusCode::OK,
+        serde_json::json!({ "ok": true, "revoked": done }),
+    )
 }
 
 /// `POST /restore` with `{"device": FINGERPRINT}` lifts a device block.
@@ -246,7 +249,11 @@ async fn restore(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         None => false,
     };
     json(
-        if restored { StatusCode::OK } else { StatusCode::NOT_FOUND },
+        if restored {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        },
         serde_json::json!({ "ok": restored }),
     )
 }

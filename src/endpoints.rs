@@ -41,9 +41,7 @@ pub async fn handle(
         (
             _,
             "whoami" | "jwks.json" | "login" | "callback" | "logged-out" | "logout" | "backchannel",
-        ) => {
-            record.refuse(Refusal::MethodNotAllowed, None)
-        }
+        ) => record.refuse(Refusal::MethodNotAllowed, None),
         _ => record.refuse(Refusal::NoRoute, None),
     }
 }
@@ -351,7 +349,10 @@ async fn backchannel(record: &mut Record<'_>, req: Request<Incoming>) -> Respons
         return record.refuse(Refusal::NoRoute, None);
     };
     let (_, body) = req.into_parts();
-    let form = match http_body_util::Limited::new(body, 16 * 1024).collect().await {
+    let form = match http_body_util::Limited::new(body, 16 * 1024)
+        .collect()
+        .await
+    {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return record.refuse(Refusal::PayloadTooLarge, None),
     };
@@ -371,15 +372,22 @@ async fn backchannel(record: &mut Record<'_>, req: Request<Incoming>) -> Respons
                 .shared
                 .metrics
                 .revocations
-                .get_or_create(&crate::metrics::Reason { reason: "backchannel" })
+                .get_or_create(&crate::metrics::Reason {
+                    reason: "backchannel",
+                })
                 .inc();
             record.shared.live.wake.notify_one();
             tracing::info!(sub = ?sub, sid = ?sid, "back-channel logout");
             let mut response = json(StatusCode::OK, serde_json::json!({ "ok": true }), record);
-            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             record.log(
                 "allow",
-                &[format!("back-channel logout of {}", sub.or(sid).unwrap_or_default())],
+                &[format!(
+                    "back-channel logout of {}",
+                    sub.or(sid).unwrap_or_default()
+                )],
                 StatusCode::OK,
             );
             response
@@ -390,7 +398,11 @@ async fn backchannel(record: &mut Record<'_>, req: Request<Incoming>) -> Respons
                 serde_json::json!({ "error": "invalid_request", "error_description": why }),
                 record,
             );
-            record.log("deny", &[format!("back-channel logout refused: {why}")], StatusCode::BAD_REQUEST);
+            record.log(
+                "deny",
+                &[format!("back-channel logout refused: {why}")],
+                StatusCode::BAD_REQUEST,
+            );
             response
         }
     }

@@ -59,7 +59,12 @@ impl Revocations {
     /// Lifts a device block.
     pub fn restore_device(&self, fingerprint: &str) -> bool {
         let mut removed = false;
-        self.edit(|l| removed = l.devices.remove(&fingerprint.to_ascii_lowercase()).is_some());
+        self.edit(|l| {
+            removed = l
+                .devices
+                .remove(&fingerprint.to_ascii_lowercase())
+                .is_some()
+        });
         removed
     }
 
@@ -79,7 +84,10 @@ impl Revocations {
         if l.sessions.contains(&session.sid) {
             return Some("session revoked");
         }
-        if l.users.get(&session.sub).is_some_and(|at| session.issued_at <= *at) {
+        if l.users
+            .get(&session.sub)
+            .is_some_and(|at| session.issued_at <= *at)
+        {
             return Some("user's sessions revoked");
         }
         if let Some(idp_sid) = &session.idp_sid

@@ -130,7 +130,8 @@ impl Connection {
     }
 
     pub fn set_verified_generation(&self, generation: u64) {
-        self.verified_generation.store(generation, Ordering::Relaxed);
+        self.verified_generation
+            .store(generation, Ordering::Relaxed);
     }
 }
 

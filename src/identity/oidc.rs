@@ -703,7 +703,11 @@ impl Provider {
         token: &str,
     ) -> Result<(Option<String>, Option<String>), String> {
         let claims = self
-            .verify_jwt(token, &self.settings.client_id.clone(), &["iat", "iss", "aud"])
+            .verify_jwt(
+                token,
+                &self.settings.client_id.clone(),
+                &["iat", "iss", "aud"],
+            )
             .await?;
         let is_logout = claims
             .get("events")
@@ -778,8 +782,8 @@ impl Provider {
             Some(kid) => jwks.find(kid).ok_or(BearerFailure::UnknownKey)?,
             None => return Err(BearerFailure::Invalid("token names no key".into())),
         };
-        let key = DecodingKey::from_jwk(jwk)
-            .map_err(|e| BearerFailure::Invalid(format!("key: {e}")))?;
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|e| BearerFailure::Invalid(format!("key: {e}")))?;
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
         validation.set_issuer(&[

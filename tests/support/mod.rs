@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod idp;
+pub mod world;
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
@@ -125,6 +126,28 @@ pub async fn echo_upstream() -> Result<(SocketAddr, CancellationToken)> {
     let stop = CancellationToken::new();
     tokio::spawn(vigil::demo::echo_upstream(listener, stop.clone()));
     Ok((addr, stop))
+}
+
+/// A WebSocket upstream that echoes every text and binary message.
+pub async fn ws_echo_upstream() -> Result<SocketAddr> {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = socket.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        let _ = socket.send(msg).await;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
 }
 
 /// An address nothing listens on.

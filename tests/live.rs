@@ -1,0 +1,278 @@
+//! Continuous verification of live connections and revocation: open connections do not
+//! outlive their certificate, device or session.
+
+mod support;
+
+use anyhow::{Context as _, Result};
+use std::time::{Duration, Instant};
+use support::idp::ALICE;
+use support::world::*;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A proxy started from a file with an (initially empty) CRL, for workload certificates.
+async fn workload_proxy(pki: &Pki) -> Result<(vigil::Running, std::path::PathBuf)> {
+    let (upstream, stop) = echo_upstream().await?;
+    std::mem::forget(stop);
+    pki.write_crl(&[], 1)?;
+    let config = pki.path("vigil.toml");
+    let text = format!(
+        "{}[[route]]\nname = \"r\"\nhost = \"localhost\"\nupstream = \"http://{upstream}\"\nlogin = \"none\"\nallow = [{{ spiffe = [\"spiffe://example.org/**\"] }}]\n",
+        base_config("", &pki.path("d.log")).replace(
+            "client_ca = [\"ca.pem\"]",
+            "client_ca = [\"ca.pem\"]\ncrl = [\"ca.crl\"]"
+        )
+    );
+    std::fs::write(&config, text)?;
+    Ok((vigil::start_file(&config).await?, config))
+}
+
+#[tokio::test]
+async fn a_certificate_put_on_the_crl_loses_its_open_http2_connection() -> Result<()> {
+    let pki = Pki::new()?;
+    let (running, _) = workload_proxy(&pki).await?;
+    let victim = pki.workload(SPIFFE_WEB)?;
+    let config = client_config(Some(&victim), pki.ca.cert_pem(), &[b"h2"])?;
+    let tls = connect(running.addr, config, "localhost").await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await?;
+    let connection = tokio::spawn(conn);
+    let request = || {
+        http::Request::builder()
+            .uri("https://localhost/x")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+    };
+    assert_eq!(sender.send_request(request()?).await?.status(), 200);
+
+    pki.write_crl(&[&victim.serial], 2)?;
+    let revoked_at = Instant::now();
+    assert_eq!(admin(&running, "POST", "/reload").await?.status, 200);
+    let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(
+        closed.is_ok(),
+        "the HTTP/2 connection stayed open after the CRL reload"
+    );
+    eprintln!("cut off {:?} after the reload", revoked_at.elapsed());
+    assert!(sender.send_request(request()?).await.is_err());
+    assert!(metric(&running, "vigil_connections_cut_total{reason=\"revoked\"}").await? >= 1.0);
+    // And it cannot come back.
+    let again = get(
+        running.addr,
+        client_config(Some(&victim), pki.ca.cert_pem(), &[])?,
+        "/x",
+        "",
+    )
+    .await;
+    assert!(again.is_err());
+    Ok(())
+}
+
+#[tokio::test]
+async fn admin_device_revocation_is_immediate() -> Result<()> {
+    let pki = Pki::new()?;
+    let (running, _) = workload_proxy(&pki).await?;
+    let laptop = pki.workload(SPIFFE_WEB)?;
+    let config = client_config(Some(&laptop), pki.ca.cert_pem(), &[b"http/1.1"])?;
+    let mut tls = connect(running.addr, config.clone(), "localhost").await?;
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await?;
+    let reply = read_reply(&mut tls).await?;
+    assert_eq!(reply.status, 200);
+    let fingerprint = reply
+        .upstream_header("x-vigil-device")
+        .context("device header")?;
+
+    let admin_addr = running.admin.context("admin")?;
+    let body = format!("{{\"device\":\"{fingerprint}\"}}");
+    let mut tcp = tokio::net::TcpStream::connect(admin_addr).await?;
+    tcp.write_all(format!("POST /revoke HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
+    let answer = read_reply(&mut tcp).await?;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await?
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the revoked device's connection stayed open");
+    eprintln!(
+        "device cut off {:?} after the revocation",
+        started.elapsed()
+    );
+    assert!(
+        get(running.addr, config.clone(), "/x", "").await.is_err(),
+        "a revoked device got in again"
+    );
+    let listing = admin(&running, "GET", "/revocations").await?;
+    assert!(listing.body.contains(&fingerprint));
+
+    let mut tcp = tokio::net::TcpStream::connect(admin_addr).await?;
+    tcp.write_all(format!("POST /restore HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
+    assert_eq!(read_reply(&mut tcp).await?.status, 200);
+    assert_eq!(get(running.addr, config, "/x", "").await?.status, 200);
+    Ok(())
+}
+
+async fn post_admin(running: &vigil::Running, path: &str, body: &str) -> Result<Reply> {
+    let mut tcp = tokio::net::TcpStream::connect(running.admin.context("admin")?).await?;
+    tcp.write_all(format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
+    read_reply(&mut tcp).await
+}
+
+#[tokio::test]
+async fn admin_session_and_user_revocation() -> Result<()> {
+    let w = world().await?;
+    let (first, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    let (second, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    let sid = w
+        .visit(&w.alice_laptop, "/.vigil/whoami", &first)
+        .await?
+        .json()["user"]["source"]["sid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!sid.is_empty());
+    assert_eq!(
+        post_admin(&w.running, "/revoke", &format!("{{\"session\":\"{sid}\"}}"))
+            .await?
+            .status,
+        200
+    );
+    assert_eq!(
+        w.visit(&w.alice_laptop, "/hello", &first).await?.status,
+        302
+    );
+    assert_eq!(
+        w.visit(&w.alice_laptop, "/hello", &second).await?.status,
+        200
+    );
+
+    assert_eq!(
+        post_admin(&w.running, "/revoke", "{\"user\":\"alice\"}")
+            .await?
+            .status,
+        200
+    );
+    assert_eq!(
+        w.visit(&w.alice_laptop, "/hello", &second).await?.status,
+        302
+    );
+    // A login after the revocation is a new one.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (third, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    assert_eq!(
+        w.visit(&w.alice_laptop, "/hello", &third).await?.status,
+        200
+    );
+    assert_eq!(post_admin(&w.running, "/revoke", "{}").await?.status, 400);
+    assert_eq!(
+        post_admin(&w.running, "/revoke", "{\"device\":\"nope\"}")
+            .await?
+            .status,
+        400
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn backchannel_logout_ends_the_session() -> Result<()> {
+    let w = world_opts("", true).await?;
+    let (session, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    assert_eq!(
+        w.visit(&w.alice_laptop, "/hello", &session).await?.status,
+        200
+    );
+    let report = w.idp.revoke_user(ALICE).await?;
+    eprintln!("provider report: {report}");
+    let ended = eventually(Duration::from_secs(5), || async {
+        w.visit(&w.alice_laptop, "/hello", &session)
+            .await
+            .is_ok_and(|r| r.status == 302)
+    })
+    .await;
+    assert!(ended, "the session survived the back-channel logout");
+    assert!(
+        metric(
+            &w.running,
+            "vigil_revocations_total{reason=\"backchannel\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    // A forged logout token is refused.
+    let forged = "logout_token=eyJhbGciOiJub25lIn0.eyJzdWIiOiJib2IifQ.";
+    let request = format!(
+        "POST /.vigil/backchannel HTTP/1.1\r\nHost: localhost:{}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{forged}",
+        w.port,
+        forged.len()
+    );
+    let reply = raw(
+        w.running.addr,
+        w.browser(&w.bob_laptop),
+        "localhost",
+        &request,
+    )
+    .await?;
+    assert_eq!(reply.status, 400);
+    Ok(())
+}
+
+#[tokio::test]
+async fn websocket_closed_when_the_user_is_disabled() -> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let w = world_with("\n[verify]\ninterval = \"1s\"\nmax_stale = \"1s\"").await?;
+    let (session, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    let tls = connect(w.running.addr, w.browser(&w.alice_laptop), "localhost").await?;
+    let request = http::Request::builder()
+        .uri(format!("wss://localhost:{}/ws", w.port))
+        .header("Host", format!("localhost:{}", w.port))
+        .header("Cookie", session.clone())
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header(
+            "Sec-WebSocket-Key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .body(())?;
+    let (mut socket, response) =
+        tokio::time::timeout(STEP, tokio_tungstenite::client_async(request, tls)).await??;
+    assert_eq!(response.status(), 101);
+    socket.send(Message::text("ping")).await?;
+    assert_eq!(
+        tokio::time::timeout(STEP, socket.next())
+            .await?
+            .transpose()?,
+        Some(Message::text("ping"))
+    );
+
+    w.idp.disable_user(ALICE).await?;
+    let disabled_at = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match socket.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the WebSocket outlived the disabled user");
+    eprintln!(
+        "tunnel closed {:?} after the user was disabled",
+        disabled_at.elapsed()
+    );
+    assert!(
+        metric(
+            &w.running,
+            "vigil_connections_cut_total{reason=\"session_ended\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    Ok(())
+}
