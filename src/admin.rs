@@ -139,6 +139,7 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
                     } else {
                         None
                     },
+                    "device_inventory": snapshot.devices.as_ref().map(|d| d.status()),
                     "identity_provider": snapshot.oidc.as_ref().map(|p| serde_json::json!({
                         "issuer": p.settings.issuer,
                         "ready": p.is_ready(),
@@ -174,6 +175,13 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
         ),
         (_, "/revoke" | "/restore") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         (&Method::GET, "/metrics") => {
+            // Staleness is a matter of time passing; read it at scrape time.
+            if let Some(devices) = &shared.snapshot.load().devices {
+                shared
+                    .metrics
+                    .device_inventory_stale
+                    .set(i64::from(devices.is_stale()));
+            }
             let mut r = text(StatusCode::OK, shared.metrics.render());
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

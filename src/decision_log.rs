@@ -62,6 +62,9 @@ pub struct Entry<'a> {
     pub reasons: &'a [String],
     /// "enforce" or "audit".
     pub mode: &'a str,
+    /// Risk level, score and the signals behind it, when `[risk]` is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk: Option<&'a crate::posture::Assessment>,
     pub status: u16,
     pub latency_ms: f64,
 }

@@ -98,6 +98,18 @@ fn whoami(record: &mut Record<'_>, req: &Request<Incoming>) -> Response<Body> {
     });
     let csrf = user.as_ref().and_then(|who| logout_token(record, who));
     record.identity = user.clone();
+    let device = record
+        .snapshot
+        .devices
+        .as_ref()
+        .and_then(|inventory| inventory.lookup(peer));
+    let risk = crate::pipeline::assess_risk(
+        record.shared,
+        record.snapshot,
+        record.conn,
+        user.as_ref(),
+        device.as_ref(),
+    );
     let payload = serde_json::json!({
         "request_id": record.request_id.to_str().unwrap_or(""),
         "route": record.route.as_ref().map(|r| r.name.as_str()),
@@ -113,7 +125,12 @@ fn whoami(record: &mut Record<'_>, req: &Request<Incoming>) -> Response<Body> {
             "not_before": peer.not_before,
             "not_after": peer.not_after,
         },
-        "device": { "fingerprint_sha256": peer.fingerprint_hex },
+        "device": {
+            "fingerprint_sha256": peer.fingerprint_hex,
+            "inventory": device,
+            "known": device.is_some(),
+        },
+        "risk": risk,
         "user": user,
         "logout_csrf": csrf,
         "client_address": record.conn.remote.ip().to_string(),

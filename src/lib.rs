@@ -43,6 +43,7 @@ pub mod live;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod posture;
 pub mod revocation;
 pub mod routing;
 pub mod server;
@@ -177,6 +178,9 @@ async fn launch(
 
     if let Some(provider) = &snapshot.oidc {
         provider.start();
+    }
+    if let Some(inventory) = &snapshot.devices {
+        inventory.start(metrics.clone());
     }
     let shared = Shared::new(snapshot, metrics, decisions);
     let readiness = Arc::new(admin::Readiness::default());

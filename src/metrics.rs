@@ -64,6 +64,8 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub decision_log_dropped: Counter,
     pub config_generation: Gauge,
+    pub device_inventory_stale: Gauge,
+    pub device_inventory_devices: Gauge,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
     pub config_last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -151,6 +153,18 @@ impl Metrics {
             "Generation of the configuration snapshot in use",
             config_generation.clone(),
         );
+        let device_inventory_stale = Gauge::default();
+        registry.register(
+            "device_inventory_stale",
+            "1 when the device inventory could not be read for longer than max_stale",
+            device_inventory_stale.clone(),
+        );
+        let device_inventory_devices = Gauge::default();
+        registry.register(
+            "device_inventory_devices",
+            "Devices in the inventory",
+            device_inventory_devices.clone(),
+        );
         let config_reloads = Counter::default();
         registry.register(
             "config_reloads",
@@ -184,6 +198,8 @@ impl Metrics {
             upstream_errors,
             decision_log_dropped,
             config_generation,
+            device_inventory_stale,
+            device_inventory_devices,
             config_reloads,
             config_reload_failures,
             config_last_reload_success,

@@ -15,6 +15,7 @@ use crate::identity::verify::Outcome;
 use crate::identity::{self, Identity};
 use crate::metrics::{RequestLabels, RouteLabel, RouteOnly, UpstreamErrorLabels};
 use crate::policy::{self, Decision, RequestFacts};
+use crate::posture::{self, Action};
 use crate::routing::{Login, Route};
 use crate::server::{Connection, Shared};
 use base64::Engine;
@@ -143,6 +144,7 @@ pub async fn handle(
         path: String::new(),
         route: None,
         identity: None,
+        risk: None,
         html: wants_html(&req),
         started,
     };
@@ -193,16 +195,61 @@ pub async fn handle(
     };
     record.identity = identity.clone();
 
+    let device = snapshot
+        .devices
+        .as_ref()
+        .and_then(|inventory| inventory.lookup(&conn.peer));
     let facts = RequestFacts {
         method: req.method(),
         path: &canonical.path,
         client_ip: conn.remote.ip(),
         peer: &conn.peer,
         identity: identity.as_ref(),
+        device: device.as_ref(),
     };
-    let decision = policy::evaluate(&route.policy, &facts);
+    let mut decision = policy::evaluate(&route.policy, &facts);
+    let who = identity
+        .as_ref()
+        .map_or(conn.peer.fingerprint_hex.as_str(), |i| i.subject.as_str());
+    let now = identity::now();
+    if let Some(assessment) =
+        assess_risk(shared, &snapshot, conn, identity.as_ref(), device.as_ref())
+    {
+        if decision.allow {
+            match route.risk.for_level(assessment.level) {
+                Action::Allow => {}
+                Action::ReadOnly => {
+                    if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+                        decision.allow = false;
+                        decision.reasons.push(format!(
+                            "{} risk: read-only, {} refused",
+                            assessment.level.as_str(),
+                            req.method()
+                        ));
+                    }
+                }
+                Action::StepUp => {
+                    let recent = identity.as_ref().is_some_and(|i| {
+                        i.mfa && i.auth_time.is_some_and(|t| now - t <= STEP_UP_FRESH)
+                    });
+                    if !recent {
+                        record.risk = Some(assessment);
+                        return record.step_up(&req, &canonical, route.login);
+                    }
+                }
+                Action::Deny => {
+                    decision.allow = false;
+                    decision
+                        .reasons
+                        .push(format!("{} risk: denied", assessment.level.as_str()));
+                }
+            }
+        }
+        record.risk = Some(assessment);
+    }
     let audit_pass = !decision.allow && snapshot.audit;
     if !decision.allow && !audit_pass {
+        shared.posture.record_denial(who, now);
         let public = format!("access denied by route '{}'", route.name);
         return record.refuse(Refusal::Forbidden(public), Some(&decision));
     }
@@ -271,6 +318,39 @@ pub async fn handle(
         }
     }
 }
+
+/// The risk of a request from `conn` by `identity`, when `[risk]` is configured.
+pub fn assess_risk(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    conn: &Connection,
+    identity: Option<&Identity>,
+    device: Option<&posture::inventory::Device>,
+) -> Option<posture::Assessment> {
+    let settings = snapshot.risk.as_ref()?;
+    let who = identity.map_or(conn.peer.fingerprint_hex.as_str(), |i| i.subject.as_str());
+    let now = identity::now();
+    Some(posture::assess(
+        settings,
+        &posture::RiskFacts {
+            device,
+            inventory: snapshot.devices.is_some(),
+            client_ip: conn.remote.ip(),
+            idp_risk: identity.and_then(|i| i.risk.as_deref()),
+            recent_denials: shared
+                .posture
+                .recent_denials(who, now, settings.denial_window),
+            first_seen_device: identity.is_some_and(|i| {
+                shared
+                    .posture
+                    .first_seen(&i.subject, &conn.peer.fingerprint_hex)
+            }),
+        },
+    ))
+}
+
+/// How recent a multi-factor login must be to satisfy a `step_up` action (seconds).
+const STEP_UP_FRESH: i64 = 300;
 
 /// A browser navigation that can follow a redirect to the login page.
 fn wants_html(req: &Request<Incoming>) -> bool {
@@ -485,6 +565,7 @@ pub struct Record<'a> {
     pub path: String,
     pub route: Option<Arc<Route>>,
     pub identity: Option<Identity>,
+    pub risk: Option<posture::Assessment>,
     /// The client is a browser that should get HTML pages.
     pub html: bool,
     pub started: Instant,
@@ -556,6 +637,51 @@ impl Record<'_> {
         }
     }
 
+    /// The risk asks for a fresh multi-factor login: browsers on a login route go through the
+    /// provider again (`prompt=login`, `max_age=0`); other clients are refused.
+    fn step_up(
+        &self,
+        req: &Request<Incoming>,
+        canonical: &Canonical<'_>,
+        login: Login,
+    ) -> Response<Body> {
+        let level = self.risk.as_ref().map_or("elevated", |r| r.level.as_str());
+        if login != Login::Oidc || !self.html {
+            return self.refuse(
+                Refusal::Unauthorized(format!("{level} risk: fresh multi-factor sign-in required")),
+                None,
+            );
+        }
+        let (Some(provider), Some(sessions)) = (&self.snapshot.oidc, &self.snapshot.sessions)
+        else {
+            return self.refuse(
+                Refusal::Unavailable("sign-in is not configured".into()),
+                None,
+            );
+        };
+        let mut return_to = canonical.path.to_string();
+        if let Some(q) = req.uri().query() {
+            return_to.push('?');
+            return_to.push_str(q);
+        }
+        match provider.begin(&sessions.ring, &canonical.host, &return_to, true) {
+            Ok(redirect) => {
+                let mut response =
+                    crate::endpoints::redirect(StatusCode::FOUND, &redirect.location);
+                response
+                    .headers_mut()
+                    .append(header::SET_COOKIE, redirect.cookie);
+                self.log(
+                    "deny",
+                    &[format!("{level} risk: step-up sign-in required")],
+                    StatusCode::FOUND,
+                );
+                response
+            }
+            Err(e) => self.refuse(Refusal::from_login(&e), None),
+        }
+    }
+
     pub fn log(&self, decision: &'static str, reasons: &[String], status: StatusCode) {
         let latency = self.started.elapsed();
         let route_name = self.route.as_ref().map(|r| r.name.as_str());
@@ -582,6 +708,7 @@ impl Record<'_> {
             groups,
             decision,
             reasons,
+            risk: self.risk.as_ref(),
             mode: if self.snapshot.audit {
                 "audit"
             } else {

@@ -47,6 +47,8 @@ pub struct Route {
     pub headers: Vec<(http::HeaderName, String)>,
     /// Their names in alias form, stripped from client requests.
     pub strip: Vec<String>,
+    /// What to do at each risk level (used when `[risk]` is configured).
+    pub risk: crate::posture::RiskActions,
 }
 
 impl Route {

@@ -39,6 +39,8 @@ pub struct Shared {
     pub live: crate::live::Registry,
     /// Sessions, users and devices revoked by operators or the provider.
     pub revocations: crate::revocation::Revocations,
+    /// The risk engine's memory: recent denials, devices seen per user.
+    pub posture: crate::posture::Memory,
     next_connection: AtomicU64,
 }
 
@@ -56,6 +58,7 @@ impl Shared {
             reverifier: Default::default(),
             live: Default::default(),
             revocations: Default::default(),
+            posture: Default::default(),
             next_connection: AtomicU64::new(1),
         })
     }

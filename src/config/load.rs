@@ -82,6 +82,8 @@ pub struct RawConfig {
     pub session: Option<SessionSection>,
     pub assertion: Option<AssertionSection>,
     pub verify: VerifySection,
+    pub devices: Option<DevicesSection>,
+    pub risk: Option<RiskSection>,
     /// Routes in file order; `None` where a route could not be read.
     pub routes: Vec<Option<RouteSection>>,
 }
@@ -97,7 +99,25 @@ const SECTIONS: &[&str] = &[
     "session",
     "assertion",
     "verify",
+    "devices",
+    "risk",
     "route",
+];
+const DEVICES_KEYS: &[&str] = &["source", "key", "refresh", "max_stale", "ca"];
+const RISK_KEYS: &[&str] = &[
+    "device_unknown",
+    "device_noncompliant",
+    "stale_check_in",
+    "untrusted_network",
+    "idp_risk_medium",
+    "idp_risk_high",
+    "recent_denial",
+    "first_seen_device",
+    "medium",
+    "high",
+    "trusted_networks",
+    "check_in_max_age",
+    "denial_window",
 ];
 const VERIFY_KEYS: &[&str] = &["interval", "max_stale"];
 const OIDC_KEYS: &[&str] = &[
@@ -165,6 +185,7 @@ pub(crate) const ROUTE_KEYS: &[&str] = &[
     "bearer_audience",
     "bearer_scopes",
     "headers",
+    "risk",
 ];
 pub(crate) const RULE_KEYS: &[&str] = &[
     "spiffe",
@@ -179,6 +200,9 @@ pub(crate) const RULE_KEYS: &[&str] = &[
     "groups",
     "mfa",
     "claims",
+    "device",
+    "min_os",
+    "max_check_in_age",
 ];
 
 /// Parses `text`, returning the typed sections, the span index and every problem found.
@@ -233,6 +257,8 @@ pub fn parse(text: &str) -> (RawConfig, Locator, Vec<Problem>) {
             "assertion" => {
                 raw.assertion = section(name, value, ASSERTION_KEYS, &locator, &mut problems)
             }
+            "devices" => raw.devices = section(name, value, DEVICES_KEYS, &locator, &mut problems),
+            "risk" => raw.risk = section(name, value, RISK_KEYS, &locator, &mut problems),
             "verify" => {
                 if let Some(v) = section(name, value, VERIFY_KEYS, &locator, &mut problems) {
                     raw.verify = v;

@@ -46,6 +46,10 @@ pub struct Snapshot {
     pub oidc: Option<Arc<Provider>>,
     /// Session keys and lifetimes, when `[session]` is configured.
     pub sessions: Option<Arc<Sessions>>,
+    /// The device inventory, when `[devices]` is configured.
+    pub devices: Option<Arc<crate::posture::inventory::Inventory>>,
+    /// Risk weights and thresholds, when `[risk]` is configured.
+    pub risk: Option<crate::posture::RiskSettings>,
     /// Continuous verification settings.
     pub verify: crate::identity::verify::Settings,
     /// Signs `X-Vigil-Assertion`, when `[assertion]` is configured.
@@ -258,6 +262,8 @@ impl Compiler<'_> {
         let oidc = self.oidc(&raw, ctx);
         let sessions = self.sessions(&raw);
         let signer = self.signer(&raw);
+        let devices = self.devices(&raw, ctx);
+        let risk = self.risk(&raw);
         let admin_tls = match &raw.tls {
             Some(tls) if !raw.admin.client_ca.is_empty() => self.admin_tls(&raw.admin, tls),
             _ => {
@@ -296,6 +302,8 @@ impl Compiler<'_> {
             oidc,
             sessions,
             signer,
+            devices,
+            risk,
             verify: crate::identity::verify::Settings {
                 interval: raw.verify.interval.0,
                 max_stale: raw.verify.max_stale.0,
@@ -528,6 +536,96 @@ impl Compiler<'_> {
             .ok()
     }
 
+    fn devices(
+        &mut self,
+        raw: &load::RawConfig,
+        ctx: &Context,
+    ) -> Option<Arc<crate::posture::inventory::Inventory>> {
+        use crate::posture::inventory::{Inventory, Key, Settings, Source};
+        let d = raw.devices.as_ref()?;
+        let source = if d.source.starts_with("https://") {
+            Source::Url(d.source.clone())
+        } else if d.source.contains("://") {
+            self.problem("devices.source", "a URL source must be https://");
+            return None;
+        } else {
+            Source::File(self.file(&d.source))
+        };
+        let key = match d.key.as_str() {
+            "fingerprint" => Key::Fingerprint,
+            "serial" => Key::Serial,
+            "subject" => Key::Subject,
+            other => {
+                self.problem_help(
+                    "devices.key",
+                    format!("unknown key {other:?}"),
+                    "\"fingerprint\", \"serial\" or \"subject\"",
+                );
+                return None;
+            }
+        };
+        if d.refresh.0.is_zero() {
+            self.problem("devices.refresh", "must be longer than zero");
+        }
+        let ca = match &d.ca {
+            Some(ca) => std::fs::read(self.file(ca))
+                .map_err(|e| self.problem("devices.ca", format!("{ca}: {e}")))
+                .ok(),
+            None => None,
+        };
+        let settings = Settings {
+            source,
+            key,
+            refresh: d.refresh.0,
+            max_stale: d.max_stale.0,
+            ca,
+        };
+        if let Some(previous) = ctx.previous.as_ref().and_then(|p| p.devices.clone())
+            && previous.settings == settings
+        {
+            return Some(previous);
+        }
+        Inventory::load(settings)
+            .map(Arc::new)
+            .map_err(|e| self.problem("devices.source", e))
+            .ok()
+    }
+
+    fn risk(&mut self, raw: &load::RawConfig) -> Option<crate::posture::RiskSettings> {
+        let r = raw.risk.as_ref()?;
+        let mut trusted = Vec::new();
+        for (i, n) in r.trusted_networks.iter().enumerate() {
+            match n
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            {
+                Ok(net) => trusted.push(net.trunc()),
+                Err(_) => self.problem(
+                    &format!("risk.trusted_networks.{i}"),
+                    format!("{n:?} is not a network"),
+                ),
+            }
+        }
+        if r.medium == 0 || r.high < r.medium {
+            self.problem("risk", "thresholds need 0 < medium <= high");
+        }
+        Some(crate::posture::RiskSettings {
+            device_unknown: r.device_unknown,
+            device_noncompliant: r.device_noncompliant,
+            stale_check_in: r.stale_check_in,
+            untrusted_network: r.untrusted_network,
+            idp_risk_medium: r.idp_risk_medium,
+            idp_risk_high: r.idp_risk_high,
+            recent_denial: r.recent_denial,
+            first_seen_device: r.first_seen_device,
+            medium: r.medium,
+            high: r.high,
+            trusted_networks: trusted,
+            check_in_max_age: r.check_in_max_age.0,
+            denial_window: r.denial_window.0,
+        })
+    }
+
     fn admin_tls(&mut self, admin: &AdminSection, tls: &TlsSection) -> Option<AdminTls> {
         let cert = admin.cert.as_deref().unwrap_or(&tls.cert);
         let key = admin.key.as_deref().unwrap_or(&tls.key);
@@ -741,6 +839,40 @@ impl Compiler<'_> {
                 ),
             );
         }
+        let mut risk_actions = crate::posture::RiskActions::default();
+        if let Some(table) = &r.risk {
+            if raw.risk.is_none() {
+                self.problem(
+                    &format!("{at}.risk"),
+                    "route risk actions need a [risk] section",
+                );
+            }
+            for (level, value, slot) in [
+                ("low", &table.low, &mut risk_actions.low),
+                ("medium", &table.medium, &mut risk_actions.medium),
+                ("high", &table.high, &mut risk_actions.high),
+            ] {
+                if let Some(text) = value {
+                    match crate::posture::Action::parse(text) {
+                        Some(action) => *slot = action,
+                        None => self.problems.push(
+                            Problem::at(
+                                self.locator.value(&format!("{at}.risk.{level}")),
+                                format!("unknown risk action {text:?}"),
+                            )
+                            .with_help("\"allow\", \"read_only\", \"step_up\" or \"deny\""),
+                        ),
+                    }
+                }
+            }
+        }
+        if rules.iter().any(Rule::needs_inventory) && raw.devices.is_none() {
+            self.problem_help(
+                &format!("{at}.allow"),
+                "device rules need the device inventory",
+                "configure [devices] with the MDM export",
+            );
+        }
         let upstream = self.upstream(at, r, raw);
         if self.problems.len() > before {
             return None;
@@ -758,6 +890,7 @@ impl Compiler<'_> {
             bearer_scopes: r.bearer_scopes.clone(),
             headers,
             strip,
+            risk: risk_actions,
         })
     }
 
@@ -882,6 +1015,22 @@ impl Compiler<'_> {
         }
         rule.groups = r.groups.clone();
         rule.mfa = r.mfa.unwrap_or(false);
+        if let Some(d) = &r.device {
+            match crate::policy::DeviceRequirement::parse(d) {
+                Some(req) => rule.device = Some(req),
+                None => self.problem_help(
+                    &format!("{at}.device"),
+                    format!("unknown device requirement {d:?}"),
+                    "\"compliant\", \"managed\", \"known\" or \"any\"",
+                ),
+            }
+        }
+        rule.min_os = r
+            .min_os
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rule.max_check_in_age = r.max_check_in_age.map(|d| d.0.as_secs());
         rule.claims = r
             .claims
             .iter()

@@ -111,6 +111,9 @@ impl Reloader {
         if let Some(provider) = &snapshot.oidc {
             provider.start();
         }
+        if let Some(inventory) = &snapshot.devices {
+            inventory.start(self.shared.metrics.clone());
+        }
         self.shared.snapshot.store(Arc::new(snapshot));
         // Open connections are re-checked against the new CAs and CRLs now.
         self.shared.live.wake.notify_one();

@@ -410,6 +410,111 @@ impl Default for VerifySection {
     }
 }
 
+/// `[devices]`: the device inventory (MDM export).
+#[derive(Debug, Clone, Deserialize)]
+pub struct DevicesSection {
+    /// A JSON file (re-read when it changes) or an `https://` URL (polled).
+    pub source: String,
+    /// How records match certificates: "fingerprint" (SHA-256, default), "serial" or "subject"
+    /// (the common name).
+    #[serde(default = "DevicesSection::default_key")]
+    pub key: String,
+    /// How often the source is checked.
+    #[serde(default = "DevicesSection::default_refresh")]
+    pub refresh: HumanDuration,
+    /// How long the last good data holds when the source cannot be read; then every device
+    /// counts as unknown.
+    #[serde(default = "DevicesSection::default_max_stale")]
+    pub max_stale: HumanDuration,
+    /// PEM bundle to verify an https source with.
+    #[serde(default)]
+    pub ca: Option<String>,
+}
+
+impl DevicesSection {
+    fn default_key() -> String {
+        "fingerprint".into()
+    }
+    fn default_refresh() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+    fn default_max_stale() -> HumanDuration {
+        HumanDuration(Duration::from_secs(900))
+    }
+}
+
+/// `[risk]`: signal weights and level thresholds.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RiskSection {
+    #[serde(default = "RiskSection::forty")]
+    pub device_unknown: u32,
+    #[serde(default = "RiskSection::forty")]
+    pub device_noncompliant: u32,
+    #[serde(default = "RiskSection::twenty")]
+    pub stale_check_in: u32,
+    #[serde(default = "RiskSection::twenty")]
+    pub untrusted_network: u32,
+    #[serde(default = "RiskSection::thirty")]
+    pub idp_risk_medium: u32,
+    #[serde(default = "RiskSection::sixty")]
+    pub idp_risk_high: u32,
+    #[serde(default = "RiskSection::ten")]
+    pub recent_denial: u32,
+    #[serde(default = "RiskSection::fifteen")]
+    pub first_seen_device: u32,
+    /// Score from which the level is medium.
+    #[serde(default = "RiskSection::thirty")]
+    pub medium: u32,
+    /// Score from which the level is high.
+    #[serde(default = "RiskSection::sixty")]
+    pub high: u32,
+    /// Source networks that do not count as a signal; empty: the network is not a signal.
+    #[serde(default)]
+    pub trusted_networks: Vec<String>,
+    #[serde(default = "RiskSection::day")]
+    pub check_in_max_age: HumanDuration,
+    #[serde(default = "RiskSection::five_minutes")]
+    pub denial_window: HumanDuration,
+}
+
+impl RiskSection {
+    fn ten() -> u32 {
+        10
+    }
+    fn fifteen() -> u32 {
+        15
+    }
+    fn twenty() -> u32 {
+        20
+    }
+    fn thirty() -> u32 {
+        30
+    }
+    fn forty() -> u32 {
+        40
+    }
+    fn sixty() -> u32 {
+        60
+    }
+    fn day() -> HumanDuration {
+        HumanDuration(Duration::from_secs(86400))
+    }
+    fn five_minutes() -> HumanDuration {
+        HumanDuration(Duration::from_secs(300))
+    }
+}
+
+/// A route's actions per risk level.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RiskActionsSection {
+    #[serde(default)]
+    pub low: Option<String>,
+    #[serde(default)]
+    pub medium: Option<String>,
+    #[serde(default)]
+    pub high: Option<String>,
+}
+
 /// One `[[route]]`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RouteSection {
@@ -458,6 +563,10 @@ pub struct RouteSection {
     /// Override `[server] max_body_bytes` for this route.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// Actions per risk level: "allow", "read_only", "step_up", "deny". Default with `[risk]`:
+    /// low = allow, medium = read_only, high = deny.
+    #[serde(default)]
+    pub risk: Option<RiskActionsSection>,
 }
 
 /// One entry of a route's `allow` list: every condition given must hold (AND); the list is OR.
@@ -500,4 +609,13 @@ pub struct RuleSection {
     /// Claim name = allowed values (any of).
     #[serde(default)]
     pub claims: std::collections::BTreeMap<String, Vec<String>>,
+    /// What the inventory must say about the device: "compliant", "managed", "known", "any".
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Minimum OS versions by OS name, like { macOS = "14.0" }; other OSes are refused.
+    #[serde(default)]
+    pub min_os: std::collections::BTreeMap<String, String>,
+    /// The device's last check-in must be at most this old.
+    #[serde(default)]
+    pub max_check_in_age: Option<HumanDuration>,
 }

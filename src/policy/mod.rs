@@ -8,6 +8,7 @@ pub mod pattern;
 pub use pattern::Pattern;
 
 use crate::identity::Identity;
+use crate::posture::inventory::{Device, version_at_least};
 use crate::tls::PeerCert;
 use http::Method;
 use ipnet::IpNet;
@@ -31,9 +32,43 @@ pub struct Rule {
     pub mfa: bool,
     /// Claim name and allowed values.
     pub claims: Vec<(String, Vec<String>)>,
+    /// What the inventory must say about the device.
+    pub device: Option<DeviceRequirement>,
+    /// Minimum OS versions by OS name; an OS not listed is refused.
+    pub min_os: Vec<(String, String)>,
+    /// Maximum age of the device's last check-in, in seconds.
+    pub max_check_in_age: Option<u64>,
+}
+
+/// `device = "compliant" | "managed" | "known" | "any"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceRequirement {
+    Compliant,
+    Managed,
+    Known,
+    Any,
+}
+
+impl DeviceRequirement {
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "compliant" => Self::Compliant,
+            "managed" => Self::Managed,
+            "known" => Self::Known,
+            "any" => Self::Any,
+            _ => return None,
+        })
+    }
 }
 
 impl Rule {
+    /// True when the rule needs the device inventory.
+    pub fn needs_inventory(&self) -> bool {
+        self.device.is_some_and(|d| d != DeviceRequirement::Any)
+            || !self.min_os.is_empty()
+            || self.max_check_in_age.is_some()
+    }
+
     /// True when the rule says something about the person, so it needs a login.
     pub fn needs_identity(&self) -> bool {
         !self.users.is_empty()
@@ -61,6 +96,8 @@ pub struct RequestFacts<'a> {
     pub peer: &'a PeerCert,
     /// The person or service beyond the certificate, when the route establishes one.
     pub identity: Option<&'a Identity>,
+    /// The inventory's record of the device; `None` when unknown or stale.
+    pub device: Option<&'a Device>,
 }
 
 /// The outcome, with the reasons that go into the decision log.
@@ -149,8 +186,49 @@ impl Rule {
                 f.client_ip
             ));
         }
+        if self.needs_inventory() {
+            self.check_device(f.device)?;
+        }
         if self.needs_identity() {
             self.check_identity(f.identity)?;
+        }
+        Ok(())
+    }
+
+    fn check_device(&self, device: Option<&Device>) -> Result<(), String> {
+        let Some(d) = device else {
+            return Err("device unknown to the inventory".into());
+        };
+        match self.device {
+            Some(DeviceRequirement::Compliant) if !d.compliant => {
+                return Err("device not compliant".into());
+            }
+            Some(DeviceRequirement::Managed) if !d.managed => {
+                return Err("device not managed".into());
+            }
+            _ => {}
+        }
+        if !self.min_os.is_empty() {
+            let Some(os) = &d.os else {
+                return Err("device OS unknown".into());
+            };
+            match self
+                .min_os
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(&os.name))
+            {
+                None => return Err(format!("OS {} not allowed", os.name)),
+                Some((_, min)) if !version_at_least(&os.version, min) => {
+                    return Err(format!("{} {} older than {min}", os.name, os.version));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(max) = self.max_check_in_age {
+            match d.check_in_age(std::time::SystemTime::now()) {
+                Some(age) if age <= max => {}
+                _ => return Err("device check-in too old".into()),
+            }
         }
         Ok(())
     }
@@ -301,6 +379,7 @@ mod tests {
                     client_ip: *ip,
                     peer,
                     identity: None,
+                    device: None,
                 },
             );
             assert_eq!(d.allow, *allow, "{method} {path} {:?}", d.reasons);
@@ -323,6 +402,7 @@ mod tests {
                 client_ip: "127.0.0.1".parse().unwrap(),
                 peer: &p,
                 identity: None,
+                device: None,
             },
         );
         assert!(!d.allow);

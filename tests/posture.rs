@@ -1,0 +1,241 @@
+//! Device posture from the inventory, and risk levels mapped to route actions.
+
+mod support;
+
+use anyhow::Result;
+use rustls::pki_types::pem::PemObject;
+use std::time::Duration;
+use support::*;
+
+fn fingerprint(issued: &vigil::certs::Issued) -> Result<String> {
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())?;
+    Ok(vigil::tls::PeerCert::from_der(der.as_ref())
+        .map_err(anyhow::Error::msg)?
+        .fingerprint_hex)
+}
+
+fn inventory(entries: &[(&str, bool, &str)]) -> String {
+    let now = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
+    let devices: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(fp, compliant, os)| {
+            serde_json::json!({
+                "fingerprint": fp, "compliant": compliant, "managed": true,
+                "owner": "alice@example.com",
+                "os": { "name": "macOS", "version": os },
+                "last_check_in": now,
+            })
+        })
+        .collect();
+    serde_json::json!({ "devices": devices }).to_string()
+}
+
+fn replace_file(path: &std::path::Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+async fn proxy(pki: &Pki, devices: &str, risk: &str, rules: &str) -> Result<vigil::Running> {
+    let (upstream, stop) = echo_upstream().await?;
+    std::mem::forget(stop);
+    let text = format!(
+        "{}{devices}{risk}\n[[route]]\nname = \"r\"\nhost = \"localhost\"\nupstream = \"http://{upstream}\"\nlogin = \"none\"\n{rules}\n",
+        base_config("", &pki.path("d.log")),
+    );
+    let config = pki.path("vigil.toml");
+    std::fs::write(&config, text)?;
+    Ok(vigil::start_file(&config).await?)
+}
+
+const DEVICES: &str =
+    "\n[devices]\nsource = \"devices.json\"\nrefresh = \"200ms\"\nmax_stale = \"1s\"\n";
+
+#[tokio::test]
+async fn a_device_falling_out_of_compliance_loses_access() -> Result<()> {
+    let pki = Pki::new()?;
+    let laptop = pki.workload(SPIFFE_WEB)?;
+    let fp = fingerprint(&laptop)?;
+    let file = pki.path("devices.json");
+    std::fs::write(&file, inventory(&[(&fp, true, "14.5")]))?;
+    let running = proxy(
+        &pki,
+        DEVICES,
+        "",
+        "allow = [{ spiffe = [\"spiffe://example.org/**\"], device = \"compliant\", min_os = { macOS = \"14.0\" } }]",
+    )
+    .await?;
+    let client = client_config(Some(&laptop), pki.ca.cert_pem(), &[])?;
+    assert_eq!(
+        get(running.addr, client.clone(), "/x", "").await?.status,
+        200
+    );
+    let whoami = get(running.addr, client.clone(), "/.vigil/whoami", "")
+        .await?
+        .json();
+    assert_eq!(whoami["device"]["inventory"]["compliant"], true);
+
+    replace_file(&file, &inventory(&[(&fp, false, "14.5")]))?;
+    let changed_at = std::time::Instant::now();
+    let denied = eventually(Duration::from_secs(5), || async {
+        get(running.addr, client.clone(), "/x", "")
+            .await
+            .is_ok_and(|r| r.status == 403)
+    })
+    .await;
+    assert!(denied, "a non-compliant device kept access");
+    eprintln!(
+        "access ended {:?} after the inventory changed",
+        changed_at.elapsed()
+    );
+
+    // An old OS is refused too.
+    replace_file(&file, &inventory(&[(&fp, true, "13.6")]))?;
+    let denied_os = eventually(Duration::from_secs(5), || async {
+        get(running.addr, client.clone(), "/x", "")
+            .await
+            .is_ok_and(|r| r.status == 403)
+    })
+    .await;
+    assert!(denied_os);
+    // An unknown device.
+    let stranger = client_config(Some(&pki.workload(SPIFFE_BATCH)?), pki.ca.cert_pem(), &[])?;
+    let reply = get(running.addr, stranger, "/x", "").await?;
+    assert_eq!(reply.status, 403);
+    let id = reply.json()["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let line = decision_for(&pki.path("d.log"), &id)
+        .await
+        .expect("decision");
+    assert!(
+        line["reasons"]
+            .to_string()
+            .contains("device unknown to the inventory"),
+        "{line}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreadable_inventory_fails_closed_after_max_stale() -> Result<()> {
+    let pki = Pki::new()?;
+    let laptop = pki.workload(SPIFFE_WEB)?;
+    let file = pki.path("devices.json");
+    std::fs::write(&file, inventory(&[(&fingerprint(&laptop)?, true, "14.5")]))?;
+    let running = proxy(
+        &pki,
+        DEVICES,
+        "",
+        "allow = [{ spiffe = [\"spiffe://example.org/**\"], device = \"known\" }]",
+    )
+    .await?;
+    let client = client_config(Some(&laptop), pki.ca.cert_pem(), &[])?;
+    assert_eq!(
+        get(running.addr, client.clone(), "/x", "").await?.status,
+        200
+    );
+    std::fs::remove_file(&file)?;
+    // The last good data holds for a while...
+    assert_eq!(
+        get(running.addr, client.clone(), "/x", "").await?.status,
+        200
+    );
+    // ...then every device is unknown.
+    let closed = eventually(Duration::from_secs(5), || async {
+        get(running.addr, client.clone(), "/x", "")
+            .await
+            .is_ok_and(|r| r.status == 403)
+    })
+    .await;
+    assert!(closed, "a stale inventory still allowed");
+    let ready = admin(&running, "GET", "/readyz").await?.json();
+    assert_eq!(ready["device_inventory"]["stale"], true, "{ready}");
+    assert!(ready["device_inventory"]["last_error"].is_string());
+    assert_eq!(metric(&running, "vigil_device_inventory_stale").await?, 1.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn medium_risk_is_read_only_and_high_risk_is_denied() -> Result<()> {
+    let pki = Pki::new()?;
+    let laptop = pki.workload(SPIFFE_WEB)?;
+    let file = pki.path("devices.json");
+    std::fs::write(&file, inventory(&[(&fingerprint(&laptop)?, true, "14.5")]))?;
+    // Loopback is outside the trusted networks: +30, medium.
+    let risk = "\n[risk]\ntrusted_networks = [\"10.0.0.0/8\"]\nuntrusted_network = 30\nmedium = 30\nhigh = 60\n";
+    let running = proxy(
+        &pki,
+        DEVICES,
+        risk,
+        "allow = [{ spiffe = [\"spiffe://example.org/**\"] }]\nrisk = { low = \"allow\", medium = \"read_only\", high = \"deny\" }",
+    )
+    .await?;
+    let client = client_config(Some(&laptop), pki.ca.cert_pem(), &[])?;
+    assert_eq!(
+        get(running.addr, client.clone(), "/x", "").await?.status,
+        200
+    );
+    let post =
+        "POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let reply = raw(running.addr, client.clone(), "localhost", post).await?;
+    assert_eq!(reply.status, 403);
+    let id = reply.json()["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let line = decision_for(&pki.path("d.log"), &id)
+        .await
+        .expect("decision");
+    assert_eq!(line["risk"]["level"], "medium", "{line}");
+    assert!(line["reasons"].to_string().contains("read-only"), "{line}");
+    assert!(
+        line["risk"]["signals"]
+            .to_string()
+            .contains("outside trusted networks")
+    );
+    let whoami = get(running.addr, client.clone(), "/.vigil/whoami", "")
+        .await?
+        .json();
+    assert_eq!(whoami["risk"]["level"], "medium");
+
+    // A non-compliant device on an untrusted network: high, denied even for GET.
+    replace_file(
+        &file,
+        &inventory(&[(&fingerprint(&laptop)?, false, "14.5")]),
+    )?;
+    let denied = eventually(Duration::from_secs(5), || async {
+        get(running.addr, client.clone(), "/x", "")
+            .await
+            .is_ok_and(|r| r.status == 403)
+    })
+    .await;
+    assert!(denied, "high risk was let through");
+    Ok(())
+}
+
+#[tokio::test]
+async fn device_rules_without_an_inventory_are_a_config_error() -> Result<()> {
+    let pki = Pki::new()?;
+    let text = format!(
+        "{}[[route]]\nname = \"r\"\nhost = \"*\"\nupstream = \"http://127.0.0.1:9\"\nlogin = \"none\"\nallow = [{{ device = \"compliant\" }}]\nrisk = {{ medium = \"maybe\" }}\n",
+        base_config("", &pki.path("d.log"))
+    );
+    let ctx = vigil::config::Context::first()?;
+    let err = vigil::config::load_text("t.toml", text, pki.dir.path(), &ctx)
+        .err()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("device rules need the device inventory"),
+        "{err}"
+    );
+    assert!(
+        err.contains("route risk actions need a [risk] section"),
+        "{err}"
+    );
+    assert!(err.contains("unknown risk action \"maybe\""), "{err}");
+    Ok(())
+}
