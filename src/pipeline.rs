@@ -229,10 +229,26 @@ pub async fn handle(
                     }
                 }
                 Action::StepUp => {
-                    let recent = identity.as_ref().is_some_and(|i| {
-                        i.mfa && i.auth_time.is_some_and(|t| now - t <= STEP_UP_FRESH)
-                    });
-                    if !recent {
+                    let fresh = identity
+                        .as_ref()
+                        .and_then(|i| i.auth_time)
+                        .is_some_and(|t| {
+                            let max_age = snapshot
+                                .risk
+                                .as_ref()
+                                .map_or(300, |r| r.step_up_max_age.as_secs() as i64);
+                            now - t <= max_age
+                        });
+                    let mfa = identity.as_ref().is_some_and(|i| i.mfa);
+                    if fresh && !mfa {
+                        // Just authenticated, and still without a second factor: sending the
+                        // person back would loop.
+                        decision.allow = false;
+                        decision.reasons.push(format!(
+                            "{} risk: step-up needs multi-factor, the sign-in had none",
+                            assessment.level.as_str()
+                        ));
+                    } else if !(fresh && mfa) {
                         record.risk = Some(assessment);
                         return record.step_up(&req, &canonical, route.login);
                     }
@@ -348,9 +364,6 @@ pub fn assess_risk(
         },
     ))
 }
-
-/// How recent a multi-factor login must be to satisfy a `step_up` action (seconds).
-const STEP_UP_FRESH: i64 = 300;
 
 /// A browser navigation that can follow a redirect to the login page.
 fn wants_html(req: &Request<Incoming>) -> bool {

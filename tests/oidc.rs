@@ -557,3 +557,52 @@ async fn claims_refresh_and_disabled_users_lose_access_after_the_interval() -> R
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn medium_risk_asks_for_a_fresh_multi_factor_sign_in() -> Result<()> {
+    let w = world_with(
+        "\n[verify]\ninterval = \"1s\"\n\n[risk]\ntrusted_networks = [\"127.0.0.0/8\"]\nstep_up_max_age = \"1s\"\n",
+    )
+    .await?;
+    let (session, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    assert_eq!(
+        w.visit(&w.alice_laptop, "/stepup/x", &session)
+            .await?
+            .status,
+        200
+    );
+
+    // The provider now says alice is at medium risk; her sign-in is older than step_up_max_age.
+    w.idp
+        .set_claims(ALICE, serde_json::json!({ "risk": "medium" }))
+        .await?;
+    // Times are whole seconds: wait long enough that the sign-in is surely older than 1 s.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let reply = w.visit(&w.alice_laptop, "/stepup/x", &session).await?;
+    assert_eq!(reply.status, 302, "{reply:?}");
+    let location = reply.header("location").unwrap_or_default();
+    assert!(
+        location.contains("prompt=login") && location.contains("max_age=0"),
+        "{location}"
+    );
+    let session = merge_cookies(&session, &reply);
+    let login_cookie = cookie_pairs(&reply);
+    let callback = login_flow(&location, ALICE, PASSWORD).await?;
+    let back = w
+        .callback(&w.alice_laptop, &callback, &login_cookie)
+        .await?;
+    assert_eq!(back.status, 303, "{back:?}");
+    let session = merge_cookies(&session, &back);
+    let reply = w.visit(&w.alice_laptop, "/stepup/x", &session).await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // An API client at medium risk is refused rather than redirected.
+    let api = get(
+        w.running.addr,
+        w.browser(&w.alice_laptop),
+        "/stepup/x",
+        &format!("Cookie: {session}\r\nAccept: application/json\r\n"),
+    )
+    .await?;
+    assert!(api.status == 200 || api.status == 401, "{api:?}");
+    Ok(())
+}

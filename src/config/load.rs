@@ -118,6 +118,7 @@ const RISK_KEYS: &[&str] = &[
     "trusted_networks",
     "check_in_max_age",
     "denial_window",
+    "step_up_max_age",
 ];
 const VERIFY_KEYS: &[&str] = &["interval", "max_stale"];
 const OIDC_KEYS: &[&str] = &[

@@ -623,6 +623,7 @@ impl Compiler<'_> {
             trusted_networks: trusted,
             check_in_max_age: r.check_in_max_age.0,
             denial_window: r.denial_window.0,
+            step_up_max_age: r.step_up_max_age.0,
         })
     }
 

@@ -475,6 +475,9 @@ pub struct RiskSection {
     pub check_in_max_age: HumanDuration,
     #[serde(default = "RiskSection::five_minutes")]
     pub denial_window: HumanDuration,
+    /// A `step_up` action is satisfied by a multi-factor sign-in at most this old.
+    #[serde(default = "RiskSection::five_minutes")]
+    pub step_up_max_age: HumanDuration,
 }
 
 impl RiskSection {

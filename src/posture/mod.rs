@@ -99,6 +99,8 @@ pub struct RiskSettings {
     /// A check-in older than this is a signal.
     pub check_in_max_age: Duration,
     pub denial_window: Duration,
+    /// A `step_up` action is satisfied by a multi-factor sign-in at most this old.
+    pub step_up_max_age: Duration,
 }
 
 /// The risk of one request, with the signals behind it.
@@ -275,6 +277,7 @@ mod tests {
             trusted_networks: vec!["127.0.0.0/8".parse().unwrap()],
             check_in_max_age: Duration::from_secs(86400),
             denial_window: Duration::from_secs(300),
+            step_up_max_age: Duration::from_secs(300),
         }
     }
 
@@ -301,7 +304,14 @@ mod tests {
         let local: IpAddr = "127.0.0.1".parse().unwrap();
         let remote: IpAddr = "192.0.2.7".parse().unwrap();
         // (device, source, provider risk, recent denials, first seen, expected level)
-        type Case<'a> = (Option<&'a Device>, IpAddr, Option<&'a str>, u32, bool, Level);
+        type Case<'a> = (
+            Option<&'a Device>,
+            IpAddr,
+            Option<&'a str>,
+            u32,
+            bool,
+            Level,
+        );
         let cases: &[Case<'_>] = &[
             (Some(&good), local, None, 0, false, Level::Low),
             (Some(&good), remote, None, 0, false, Level::Low),

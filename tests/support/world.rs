@@ -34,6 +34,15 @@ pub fn routes(upstream: SocketAddr, ws: SocketAddr) -> String {
     format!(
         r#"
 [[route]]
+name = "stepup"
+host = "localhost"
+path = "/stepup"
+upstream = "http://{upstream}"
+login = "oidc"
+allow = [{{ groups = ["engineering", "sales"] }}]
+risk = {{ low = "allow", medium = "step_up", high = "deny" }}
+
+[[route]]
 name = "ws"
 host = "localhost"
 path = "/ws"
@@ -140,9 +149,17 @@ keys_file = "session.keys"
 [assertion]
 keys_file = "assertion.pem"
 issuer = "https://vigil.test"
+{}
 {}"#,
         decisions.display(),
         idp.issuer,
+        if session.contains("[risk]") {
+            ""
+        } else {
+            // Loopback is trusted and nothing else raises the level: risk stays low unless a
+            // test changes the provider's risk claim.
+            "[risk]\ntrusted_networks = [\"127.0.0.0/8\"]\n"
+        },
         routes(upstream, ws)
     );
     let config = pki.path("vigil.toml");
