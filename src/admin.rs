@@ -241,7 +241,7 @@ async fn revoke(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             .inc();
     }
     tracing::warn!(revoked = ?done, what = %body, "revocation ordered by an operator");
-    shared.live.wake.notify_one();
+    shared.live.recheck_now();
     json(
         StatusCode::OK,
         serde_json::json!({ "ok": true, "revoked": done }),

@@ -234,10 +234,18 @@ async fn callback(record: &mut Record<'_>, host: &str, req: &Request<Incoming>) 
             tracing::info!(request_id = ?record.request_id, error = %e, "sign-in failed");
             let status = e.status();
             let mut response = html(status, "Sign-in failed", &e.to_string(), record);
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             if !record.html {
                 response = json(
                     status,
-                    serde_json::json!({ "status": status.as_u16(), "reason": e.to_string(), "request_id": record.request_id.to_str().unwrap_or("") }),
+                    serde_json::json!({
+                        "status": status.as_u16(),
+                        "error": status.canonical_reason().unwrap_or("error"),
+                        "reason": e.to_string(),
+                        "request_id": record.request_id.to_str().unwrap_or(""),
+                    }),
                     record,
                 );
             }
@@ -393,7 +401,7 @@ async fn backchannel(record: &mut Record<'_>, req: Request<Incoming>) -> Respons
                     reason: "backchannel",
                 })
                 .inc();
-            record.shared.live.wake.notify_one();
+            record.shared.live.recheck_now();
             tracing::info!(sub = ?sub, sid = ?sid, "back-channel logout");
             let mut response = json(StatusCode::OK, serde_json::json!({ "ok": true }), record);
             response

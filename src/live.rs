@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 pub struct Registry {
     connections: Mutex<HashMap<u64, Weak<Connection>>>,
     /// Wakes the verifier before its interval (reload, revocation).
-    pub wake: Notify,
+    wake: Notify,
+    /// When the oldest pending wake was ordered, for the cut-off latency metric.
+    ordered: Mutex<Option<std::time::Instant>>,
 }
 
 impl Registry {
@@ -37,6 +39,14 @@ impl Registry {
         if let Ok(mut map) = self.connections.lock() {
             map.remove(&id);
         }
+    }
+
+    /// Asks the verifier to re-check every connection now (after a reload or a revocation).
+    pub fn recheck_now(&self) {
+        if let Ok(mut ordered) = self.ordered.lock() {
+            ordered.get_or_insert_with(std::time::Instant::now);
+        }
+        self.wake.notify_one();
     }
 
     pub fn len(&self) -> usize {
@@ -76,6 +86,7 @@ pub async fn verifier(shared: Arc<Shared>, stop: CancellationToken) {
 
 /// One pass over every live connection.
 pub async fn sweep(shared: &Shared) {
+    let ordered = shared.live.ordered.lock().ok().and_then(|mut o| o.take());
     let snapshot = shared.snapshot.load_full();
     let now = crate::identity::now();
     let unix_now = rustls::pki_types::UnixTime::now();
@@ -109,11 +120,23 @@ pub async fn sweep(shared: &Shared) {
             };
         if let Some(reason) = reason {
             cut(shared, &conn, reason);
+            observe(shared, ordered);
             continue;
         }
         if let Some(reason) = check_tunnels(shared, &snapshot, &conn, now).await {
             cut(shared, &conn, reason);
+            observe(shared, ordered);
         }
+    }
+}
+
+/// Time from a revocation order to a connection it affects being cut.
+fn observe(shared: &Shared, ordered: Option<std::time::Instant>) {
+    if let Some(at) = ordered {
+        shared
+            .metrics
+            .revocation_cutoff
+            .observe(at.elapsed().as_secs_f64());
     }
 }
 

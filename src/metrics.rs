@@ -59,6 +59,7 @@ pub struct Metrics {
     pub connections_rejected: Counter,
     pub connections_cut: Family<Reason, Counter>,
     pub revocations: Family<Reason, Counter>,
+    pub revocation_cutoff: Histogram,
     pub tunnels_open: Gauge,
     pub limits_hit: Family<Limit, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
@@ -122,6 +123,12 @@ impl Metrics {
             "revocations",
             "Revocations received, by kind (session, user, device, backchannel)",
             revocations.clone(),
+        );
+        let revocation_cutoff = latency_histogram();
+        registry.register(
+            "revocation_cutoff_seconds",
+            "Time from a revocation (admin, back-channel logout, CRL reload) to an affected open connection being cut off",
+            revocation_cutoff.clone(),
         );
         let tunnels_open = Gauge::default();
         registry.register(
@@ -193,6 +200,7 @@ impl Metrics {
             connections_rejected,
             connections_cut,
             revocations,
+            revocation_cutoff,
             tunnels_open,
             limits_hit,
             upstream_errors,

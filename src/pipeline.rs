@@ -190,7 +190,19 @@ pub async fn handle(
         },
         Login::Bearer => match identify_bearer(&snapshot, &route, req.headers()).await {
             Ok(identity) => Some(identity),
-            Err(why) => return record.refuse(Refusal::Unauthorized(why), None),
+            Err(BearerRefusal::Unavailable) => {
+                return record.refuse(
+                    Refusal::Unavailable("identity provider not available".into()),
+                    None,
+                );
+            }
+            Err(BearerRefusal::Invalid(why)) => {
+                // The detail goes to the decision log only; the client learns the category.
+                return record.refuse_with(
+                    Refusal::Unauthorized("a valid bearer token is required".into()),
+                    why,
+                );
+            }
         },
     };
     record.identity = identity.clone();
@@ -458,15 +470,22 @@ async fn verified_session(
     }
 }
 
+/// Why a bearer token was not accepted.
+enum BearerRefusal {
+    /// The provider's keys are not known yet: fail closed, but as unavailable, not as bad.
+    Unavailable,
+    Invalid(String),
+}
+
 async fn identify_bearer(
     snapshot: &Snapshot,
     route: &Route,
     headers: &http::HeaderMap,
-) -> Result<Identity, String> {
-    let provider = snapshot
-        .oidc
-        .as_ref()
-        .ok_or_else(|| "no identity provider configured".to_owned())?;
+) -> Result<Identity, BearerRefusal> {
+    let provider = snapshot.oidc.as_ref().ok_or(BearerRefusal::Unavailable)?;
+    if !provider.is_ready() {
+        return Err(BearerRefusal::Unavailable);
+    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -474,11 +493,12 @@ async fn identify_bearer(
             let (scheme, token) = v.split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
-        .ok_or_else(|| "bearer token required".to_owned())?;
+        .ok_or_else(|| BearerRefusal::Invalid("no bearer token".to_owned()))?;
     let audience = route.bearer_audience.as_deref().unwrap_or_default();
     let claims = provider
         .verify_bearer(token, audience, &route.bearer_scopes)
-        .await?;
+        .await
+        .map_err(BearerRefusal::Invalid)?;
     Ok(Identity::from_bearer(
         claims,
         &provider.settings.groups_claim,
@@ -591,10 +611,21 @@ impl Record<'_> {
             Some(d) => d.reasons.clone(),
             None => Vec::new(),
         };
-        if !matches!(refusal, Refusal::Forbidden(_)) {
+        if decision.is_none() || !matches!(refusal, Refusal::Forbidden(_)) {
             reasons.push(refusal.reason().to_owned());
         }
         self.log("deny", &reasons, response.status());
+        response
+    }
+
+    /// Refuses with the public reason of `refusal`, logging `detail` as the reason.
+    pub fn refuse_with(&self, refusal: Refusal, detail: String) -> Response<Body> {
+        let response = refusal.response(self.request_id, self.html);
+        self.log(
+            "deny",
+            &[refusal.reason().to_owned(), detail],
+            response.status(),
+        );
         response
     }
 

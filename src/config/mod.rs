@@ -215,14 +215,22 @@ impl Compiler<'_> {
         if server.max_concurrent_streams == 0 {
             self.problem("server.max_concurrent_streams", "must be at least 1");
         }
-        for (key, d) in [
+        let mut durations = vec![
             ("verify.interval", raw.verify.interval),
             ("upstream.connect_timeout", raw.upstream.connect_timeout),
             ("upstream.response_timeout", raw.upstream.response_timeout),
             ("server.handshake_timeout", server.handshake_timeout),
             ("server.header_read_timeout", server.header_read_timeout),
             ("server.idle_timeout", server.idle_timeout),
-        ] {
+        ];
+        if let Some(s) = &raw.session {
+            durations.push(("session.lifetime", s.lifetime));
+            durations.push(("session.idle", s.idle));
+        }
+        if let Some(o) = &raw.oidc {
+            durations.push(("oidc.login_timeout", o.login_timeout));
+        }
+        for (key, d) in durations {
             if d.0.is_zero() {
                 self.problem(key, "must be longer than zero");
             }

@@ -116,7 +116,7 @@ impl Reloader {
         }
         self.shared.snapshot.store(Arc::new(snapshot));
         // Open connections are re-checked against the new CAs and CRLs now.
-        self.shared.live.wake.notify_one();
+        self.shared.live.recheck_now();
         metrics.config_generation.set(generation as i64);
         metrics.config_reloads.inc();
         let now = unix_now();

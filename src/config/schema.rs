@@ -268,8 +268,9 @@ pub struct OidcSection {
     /// Environment variable holding the client secret.
     #[serde(default)]
     pub client_secret_env: Option<String>,
-    /// Fixed redirect URL. Default: `https://<request host>/.vigil/callback`, so each host keeps
-    /// its own host-only cookies; register every such URL with the provider.
+    /// Fixed redirect URL, for a single-host deployment only (the pending login lives in a
+    /// host-only cookie, so a callback on another host cannot finish it). Default:
+    /// `https://<request host>/.vigil/callback`; register every such URL with the provider.
     #[serde(default)]
     pub redirect_url: Option<String>,
     #[serde(default = "OidcSection::default_scopes")]

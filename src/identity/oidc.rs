@@ -793,6 +793,7 @@ impl Provider {
         validation.set_audience(&[audience]);
         validation.leeway = self.settings.clock_skew.as_secs();
         validation.set_required_spec_claims(required);
+        validation.validate_nbf = true;
         decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
             .map(|data| data.claims)
             .map_err(|e| BearerFailure::Invalid(format!("token rejected: {e}")))
@@ -806,6 +807,12 @@ impl Provider {
         scopes: &[String],
     ) -> Result<BearerClaims, BearerFailure> {
         let claims = self.decode_jwt(jwks, token, audience, &["exp", "iss", "aud", "sub"])?;
+        // An ID token is not an access token, whatever its audience (RFC 9068 §4).
+        if claims.contains_key("nonce") {
+            return Err(BearerFailure::Invalid(
+                "an ID token is not an access token".into(),
+            ));
+        }
         let granted: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
             (Some(serde_json::Value::String(s)), _) => {
                 s.split_whitespace().map(str::to_owned).collect()
