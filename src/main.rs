@@ -27,6 +27,10 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Evaluate a described request against a configuration and print the decision and its
+    /// reasons, without running a server.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Run a demo on built-in defaults: dev PKI, a demo upstream and the proxy.
     Demo {
         /// Where the dev PKI and demo.toml go.
@@ -81,6 +85,39 @@ enum CertsCommand {
         #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
         next_update: std::time::Duration,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Which route a request takes and what policy says about it.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    #[arg(long, short)]
+    config: PathBuf,
+    /// The request URL, like https://wiki.example.com/page.
+    #[arg(long)]
+    url: String,
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// The client certificate (PEM) the request comes with.
+    #[arg(long)]
+    cert: PathBuf,
+    /// Source address of the request.
+    #[arg(long, default_value = "127.0.0.1")]
+    from: IpAddr,
+    /// A signed-in person: subject.
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    email: Option<String>,
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// The person signed in with a second factor.
+    #[arg(long)]
+    mfa: bool,
 }
 
 #[derive(Subcommand)]
@@ -140,7 +177,83 @@ fn main() -> anyhow::Result<()> {
         Command::Certs(cmd) => certs_command(cmd),
         Command::Health { admin, path } => health(admin, &path),
         Command::Keys(cmd) => keys_command(cmd),
+        Command::Policy(PolicyCommand::Explain(args)) => explain(&args),
     }
+}
+
+fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    let ctx = config::Context::first()?;
+    let snapshot = match config::load_file(&args.config, &ctx) {
+        Ok(s) => s,
+        Err(problems) => {
+            eprintln!("{problems}");
+            std::process::exit(1);
+        }
+    };
+    let der = rustls::pki_types::CertificateDer::from_pem_file(&args.cert)
+        .with_context(|| format!("reading {}", args.cert.display()))?;
+    let peer = vigil::tls::PeerCert::from_der(der.as_ref()).map_err(anyhow::Error::msg)?;
+    let url: http::Uri = args.url.parse().context("--url")?;
+    let host = vigil::canonical::normalize_host(url.authority().map_or("", |a| a.as_str()))
+        .map_err(|e| anyhow::anyhow!("host: {e}"))?;
+    let path = vigil::canonical::normalize_path(url.path())
+        .map_err(|e| anyhow::anyhow!("path refused with 400: {e}"))?;
+    let method = http::Method::from_bytes(args.method.as_bytes()).context("--method")?;
+    let hostname = vigil::canonical::host_without_port(&host);
+    let Some(route) = snapshot.routes.find(hostname, &path) else {
+        println!(
+            "{}",
+            serde_json::json!({ "route": null, "decision": "deny", "status": 404, "reasons": ["no route for this host and path"] })
+        );
+        return Ok(());
+    };
+    let identity = args.user.as_ref().map(|sub| vigil::identity::Identity {
+        subject: sub.clone(),
+        email: args.email.clone(),
+        name: None,
+        groups: args.groups.clone(),
+        amr: Vec::new(),
+        mfa: args.mfa,
+        acr: None,
+        risk: None,
+        claims: Default::default(),
+        verified_at: vigil::identity::now(),
+        auth_time: None,
+        source: vigil::identity::Source::Session {
+            sid: "explain".into(),
+        },
+    });
+    let device = snapshot.devices.as_ref().and_then(|d| d.lookup(&peer));
+    let decision = vigil::policy::evaluate(
+        &route.policy,
+        &vigil::policy::RequestFacts {
+            method: &method,
+            path: &path,
+            client_ip: args.from,
+            peer: &peer,
+            identity: identity.as_ref(),
+            device: device.as_ref(),
+        },
+    );
+    let needs_login = route.login != vigil::routing::Login::None && identity.is_none();
+    println!(
+        "{:#}",
+        serde_json::json!({
+            "route": route.name,
+            "login": route.login.as_str(),
+            "path": path,
+            "decision": if decision.allow { "allow" } else { "deny" },
+            "reasons": decision.reasons,
+            "note": needs_login.then_some("this route needs a signed-in person or a bearer token: give --user (and --group, --email, --mfa)"),
+            "certificate": { "subject": peer.subject, "spiffe_id": peer.spiffe_id, "fingerprint_sha256": peer.fingerprint_hex },
+            "device_inventory": device,
+        })
+    );
+    if !decision.allow {
+        std::process::exit(2);
+    }
+    Ok(())
 }
 
 fn keys_command(cmd: KeysCommand) -> anyhow::Result<()> {

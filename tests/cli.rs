@@ -402,3 +402,55 @@ fn keys_rotate_with_the_new_key_first() -> Result<()> {
     assert_eq!(signer.jwks()["keys"].as_array().map(Vec::len), Some(2));
     Ok(())
 }
+
+#[test]
+fn policy_explain_prints_the_decision_and_its_reasons() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let path = dir.path().join("vigil.toml");
+    std::fs::write(
+        &path,
+        GOOD.replace("spiffe://example.org/ns/*/sa/*", "spiffe://vigil.test/**"),
+    )?;
+    let explain = |cert: &str, url: &str, method: &str| -> Result<(i32, serde_json::Value)> {
+        let out = vigil()
+            .args(["policy", "explain", "--config"])
+            .arg(&path)
+            .args(["--cert"])
+            .arg(dir.path().join(cert))
+            .args(["--url", url, "--method", method])
+            .output()?;
+        let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        Ok((out.status.code().unwrap_or(-1), json))
+    };
+    let (code, allowed) = explain("workload.pem", "https://api.example.com/v1/orders", "GET")?;
+    assert_eq!(code, 0, "{allowed}");
+    assert_eq!(allowed["decision"], "allow");
+    assert_eq!(allowed["route"], "api");
+    let (code, denied) = explain(
+        "workload.pem",
+        "https://api.example.com/v1/orders",
+        "DELETE",
+    )?;
+    assert_eq!(code, 2);
+    assert!(
+        denied["reasons"]
+            .to_string()
+            .contains("method DELETE not allowed"),
+        "{denied}"
+    );
+    let (_, device) = explain("device.pem", "https://api.example.com/v1/x", "GET")?;
+    assert!(
+        device["reasons"].to_string().contains("no SPIFFE ID"),
+        "{device}"
+    );
+    let (_, none) = explain("workload.pem", "https://other.example.com/", "GET")?;
+    assert_eq!(none["status"], 404);
+    let (_, tricky) = explain(
+        "workload.pem",
+        "https://api.example.com/v1/%2e%2e/admin",
+        "GET",
+    )?;
+    assert_eq!(tricky["status"], 404, "{tricky}");
+    Ok(())
+}
