@@ -10,10 +10,17 @@
 //! Every TLS connection presents a client certificate, offers TLS 1.3 only and X25519 only (both
 //! proxies then do the same key exchange), and never resumes a session, so each one is a full
 //! handshake. The direct target is plain HTTP: the upstream has no TLS.
+//!
+//! Two more groups of scenarios measure Vigil against itself, each on an instance of its own
+//! (pinned the same way): the cost of an OIDC session on every request, as a ratio to the
+//! workload-certificate route in the same process, with and without the signed assertion
+//! (`support/oidc.rs`, against the test provider in `tests/idp`); and requests/s, latency and CPU
+//! while the configuration is reloaded every 100 ms, as a ratio to the same run without reloads
+//! (`support/reload.rs`). `--only` and `--skip` choose the groups; a default run has all three.
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST, HeaderValue, USER_AGENT};
+use http::header::{CONTENT_TYPE, COOKIE, HOST, HeaderValue, USER_AGENT};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -40,12 +47,17 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 use vigil::certs::{Authority, LeafSpec};
 
+/// The OIDC-session and reload scenarios, and the test OpenID Provider's harness.
+mod support;
+
 /// The core the proxy under test runs on; this process takes [`LOADGEN_CORE`].
 const PROXY_CORE: &str = "0";
 const LOADGEN_CORE: &str = "1";
 /// Size of the upstream's fixed response body.
 const BODY_LEN: usize = 100;
 const CLIENT_SPIFFE_ID: &str = "spiffe://vigil.test/ns/bench/sa/loadgen";
+/// The path the load generator asks for, unless a scenario says otherwise.
+const DEFAULT_PATH: &str = "/bench";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -64,6 +76,15 @@ usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
   --handshake-connections N   concurrent new-connection loops in the handshake scenario (default 4)
   --idle N                    idle TLS connections for the memory scenario (default 1000)
   --vigil PATH                the vigil binary (default: <target dir>/release/vigil)
+  --only LIST                 run only these scenario groups (comma-separated; default: all):
+                                compare  Vigil against nginx and the upstream directly: idle
+                                         memory, keep-alive, latency, handshakes
+                                oidc     a valid session cookie on a login = \"oidc\" route
+                                         against the workload-certificate route, [assertion]
+                                         on and off (needs Node.js: tests/idp)
+                                reload   keep-alive while POST /reload every --reload-every
+  --skip LIST                 leave these scenario groups out
+  --reload-every MS           reload interval of the reload scenario (default 100)
   --no-nginx                  skip the nginx comparison
   --keep-temp                 keep the temp dir (configs, logs, certificates) and print its path
   --help                      this text";
@@ -78,8 +99,43 @@ struct Args {
     handshake_connections: usize,
     idle: usize,
     vigil: Option<PathBuf>,
+    parts: Vec<Part>,
+    reload_every: Duration,
     no_nginx: bool,
     keep_temp: bool,
+}
+
+/// The groups of scenarios `--only` and `--skip` choose from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Compare,
+    Oidc,
+    Reload,
+}
+
+impl Part {
+    const ALL: [Part; 3] = [Part::Compare, Part::Oidc, Part::Reload];
+
+    fn name(self) -> &'static str {
+        match self {
+            Part::Compare => "compare",
+            Part::Oidc => "oidc",
+            Part::Reload => "reload",
+        }
+    }
+
+    fn list(text: &str, what: &str) -> Result<Vec<Part>> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                Part::ALL
+                    .into_iter()
+                    .find(|p| p.name() == n)
+                    .ok_or_else(|| anyhow!("{what}: unknown scenario group {n:?}\n\n{USAGE}"))
+            })
+            .collect()
+    }
 }
 
 impl Args {
@@ -90,6 +146,8 @@ impl Args {
             handshake_connections: 4,
             idle: 1000,
             vigil: None,
+            parts: Part::ALL.to_vec(),
+            reload_every: Duration::from_millis(100),
             no_nginx: false,
             keep_temp: false,
         };
@@ -131,12 +189,31 @@ impl Args {
                 }
                 "--idle" => args.idle = parse_count(&value("--idle")?, "--idle")?,
                 "--vigil" => args.vigil = Some(PathBuf::from(value("--vigil")?)),
+                "--only" => args.parts = Part::list(&value("--only")?, "--only")?,
+                "--skip" => {
+                    let skip = Part::list(&value("--skip")?, "--skip")?;
+                    args.parts.retain(|p| !skip.contains(p));
+                }
+                "--reload-every" => {
+                    let ms = parse_num(&value("--reload-every")?, "--reload-every")?;
+                    if !(1.0..=60_000.0).contains(&ms) {
+                        bail!("--reload-every must be between 1 and 60000 (milliseconds)");
+                    }
+                    args.reload_every = Duration::from_secs_f64(ms / 1000.0);
+                }
                 "--no-nginx" => args.no_nginx = true,
                 "--keep-temp" => args.keep_temp = true,
                 other => bail!("unknown argument {other:?}\n\n{USAGE}"),
             }
         }
+        if args.parts.is_empty() {
+            bail!("--only/--skip left no scenario to run\n\n{USAGE}");
+        }
         Ok(Some(args))
+    }
+
+    fn runs(&self, part: Part) -> bool {
+        self.parts.contains(&part)
     }
 }
 
@@ -192,7 +269,11 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
         .context("clock before 1970")?
         .as_secs();
     let vigil_bin = vigil_binary(&args)?;
-    let nginx_bin = if args.no_nginx { None } else { find_nginx() };
+    let nginx_bin = if args.no_nginx || !args.runs(Part::Compare) {
+        None
+    } else {
+        find_nginx()
+    };
     let env = environment(&vigil_bin, nginx_bin.as_deref(), nproc);
     print_environment(&env, &args);
 
@@ -206,25 +287,124 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
     let upstream = Upstream::start().await?;
     println!("upstream: http://{} (in this process)", upstream.addr);
 
-    let vigil = start_vigil(&vigil_bin, &dir, upstream.addr, pinned).await?;
+    let measure = Duration::from_secs_f64(args.seconds);
+    let warmup = Duration::from_secs_f64((args.seconds / 5.0).clamp(0.2, 1.0));
+    let bench = Bench {
+        served: upstream.served.clone(),
+        clk_tck: clk_tck(),
+    };
+    let ctx = Ctx {
+        args: &args,
+        bench: &bench,
+        vigil_bin: &vigil_bin,
+        dir: &dir,
+        tls: TlsConnector::from(pki.client_config()?),
+        upstream: upstream.addr,
+        pinned,
+        warmup,
+        measure,
+    };
+    let mut report = Report::default();
     let mut notes: Vec<String> = Vec::new();
-    let nginx = match (&nginx_bin, args.no_nginx) {
+    // Scenarios that could not be measured although they were asked for.
+    let mut failed: Vec<String> = Vec::new();
+
+    if args.runs(Part::Compare) {
+        compare(&ctx, &env, nginx_bin.as_deref(), &mut report, &mut notes).await?;
+    }
+    if args.runs(Part::Oidc) {
+        eprintln!("... oidc session: starting the OpenID Provider");
+        match support::oidc::run(&ctx).await {
+            Ok(r) => report.oidc = Some(r),
+            Err(e) if support::oidc::is_missing_node(&e) => {
+                let msg = format!("oidc session scenario SKIPPED: {e:#}");
+                println!("\n*** {msg} ***");
+                notes.push(msg);
+            }
+            Err(e) => {
+                let msg = format!("oidc session scenario FAILED: {e:#}");
+                println!("\n!!! {msg}");
+                failed.push(msg);
+            }
+        }
+    }
+    if args.runs(Part::Reload) {
+        match support::reload::run(&ctx).await {
+            Ok(r) => report.reload = Some(r),
+            Err(e) => {
+                let msg = format!("reload scenario FAILED: {e:#}");
+                println!("\n!!! {msg}");
+                failed.push(msg);
+            }
+        }
+    }
+
+    notes.extend(failed.iter().cloned());
+    let summary = summarise(&report, &mut notes);
+    let json = report_json(&report, &env, &args, &summary, &notes, started);
+    let path = write_json(&json, started)?;
+    println!("\nresults written to {}", path.display());
+
+    if args.keep_temp {
+        let kept = tmp.keep();
+        println!("temp dir kept: {}", kept.display());
+    }
+    if !failed.is_empty() {
+        bail!("{}", failed.join("\n"));
+    }
+    if report.total_errors() > 0 {
+        bail!(
+            "{} requests, connections or reloads FAILED during the run; see the tables above",
+            report.total_errors()
+        );
+    }
+    Ok(())
+}
+
+/// What every scenario needs.
+struct Ctx<'a> {
+    args: &'a Args,
+    bench: &'a Bench,
+    vigil_bin: &'a Path,
+    /// The temp dir: the PKI is here; each scenario writes its own files under it.
+    dir: &'a Path,
+    /// The load generator's client certificate, TLS 1.3, X25519, no resumption.
+    tls: TlsConnector,
+    upstream: SocketAddr,
+    pinned: bool,
+    warmup: Duration,
+    measure: Duration,
+}
+
+/// Vigil against nginx and the upstream directly: idle memory, keep-alive, latency, handshakes.
+/// Both proxies are stopped before it returns.
+async fn compare(
+    ctx: &Ctx<'_>,
+    env: &Environment,
+    nginx_bin: Option<&Path>,
+    report: &mut Report,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let args = ctx.args;
+    let vigil = start_vigil(ctx.vigil_bin, ctx.dir, ctx.upstream, ctx.pinned).await?;
+    let mut skipped = Vec::new();
+    let nginx = match (nginx_bin, args.no_nginx) {
         (_, true) => {
-            notes.push("nginx comparison skipped (--no-nginx)".into());
+            skipped.push("nginx comparison skipped (--no-nginx)".to_owned());
             None
         }
         (None, false) => {
-            notes.push(
+            skipped.push(
                 "nginx comparison SKIPPED: nginx is not installed (scripts/bench installs it)"
                     .into(),
             );
             None
         }
         (Some(bin), false) => {
-            match start_nginx(bin, &dir, &env.nginx_configure, upstream.addr, pinned).await {
+            match start_nginx(bin, ctx.dir, &env.nginx_configure, ctx.upstream, ctx.pinned).await {
                 Ok(n) => Some(n),
                 Err(e) => {
-                    notes.push(format!(
+                    skipped.push(format!(
                         "nginx comparison SKIPPED: nginx did not start: {e:#}"
                     ));
                     None
@@ -232,35 +412,26 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
             }
         }
     };
-    for n in &notes {
+    for n in &skipped {
         println!("\n*** {n} ***");
     }
+    notes.extend(skipped);
 
-    let tls = TlsConnector::from(pki.client_config()?);
     let mut targets = vec![Target {
         name: "vigil",
-        ep: Endpoint {
-            addr: vigil.addr,
-            tls: Some(tls.clone()),
-        },
+        ep: Endpoint::new(vigil.addr, Some(ctx.tls.clone())),
         proxy: Some(&vigil),
     }];
     if let Some(n) = &nginx {
         targets.push(Target {
             name: "nginx",
-            ep: Endpoint {
-                addr: n.addr,
-                tls: Some(tls.clone()),
-            },
+            ep: Endpoint::new(n.addr, Some(ctx.tls.clone())),
             proxy: Some(n),
         });
     }
     targets.push(Target {
         name: "direct",
-        ep: Endpoint {
-            addr: upstream.addr,
-            tls: None,
-        },
+        ep: Endpoint::new(ctx.upstream, None),
         proxy: None,
     });
 
@@ -279,20 +450,12 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
         );
     }
 
-    let measure = Duration::from_secs_f64(args.seconds);
-    let warmup = Duration::from_secs_f64((args.seconds / 5.0).clamp(0.2, 1.0));
-    let bench = Bench {
-        served: upstream.served.clone(),
-        clk_tck: clk_tck(),
-    };
-    let mut report = Report::default();
-
     // Idle memory first, while the proxies' heaps are small: a heap already grown by the other
     // scenarios would hide part of what idle connections cost.
     let mut idle = Vec::new();
     for t in targets.iter().filter(|t| t.proxy.is_some()) {
         eprintln!("... idle memory: {}", t.name);
-        idle.push(bench.idle_memory(t, args.idle).await?);
+        idle.push(ctx.bench.idle_memory(t, args.idle).await?);
     }
     print_idle(&idle, args.idle);
     report.idle = idle;
@@ -306,7 +469,11 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
         let mut rows = Vec::new();
         for t in &targets {
             eprintln!("... {}: {}", scenario.key(), t.name);
-            rows.push(bench.scenario(t, scenario, warmup, measure).await?);
+            rows.push(
+                ctx.bench
+                    .scenario(t, scenario, ctx.warmup, ctx.measure)
+                    .await?,
+            );
         }
         print_scenario(scenario, &rows);
         report.scenarios.push((scenario, rows));
@@ -318,23 +485,6 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
                 notes.push(format!("{} {msg} during the run", t.name));
             }
         }
-    }
-    let summary = summarise(&report, &mut notes);
-    let json = report_json(&report, &env, &args, &summary, &notes, started);
-    let path = write_json(&json, started)?;
-    println!("\nresults written to {}", path.display());
-
-    drop(nginx);
-    drop(vigil);
-    if args.keep_temp {
-        let kept = tmp.keep();
-        println!("temp dir kept: {}", kept.display());
-    }
-    if report.total_errors() > 0 {
-        bail!(
-            "{} requests or connections FAILED during the run; see the tables above",
-            report.total_errors()
-        );
     }
     Ok(())
 }
@@ -485,7 +635,13 @@ fn print_environment(env: &Environment, args: &Args) {
     println!("vigil:   {}", env.vigil_version);
     println!(
         "nginx:   {}",
-        env.nginx_version.as_deref().unwrap_or("not installed")
+        env.nginx_version
+            .as_deref()
+            .unwrap_or(if args.runs(Part::Compare) {
+                "not installed"
+            } else {
+                "not used (no compare scenarios)"
+            })
     );
     println!("nproc:   {}   cpu: {}   {}", env.nproc, env.cpu, env.kernel);
     println!("loadavg: {}", env.loadavg);
@@ -506,6 +662,14 @@ fn print_environment(env: &Environment, args: &Args) {
         "proxy pinned to core {PROXY_CORE}; load generator and upstream pinned to core \
          {LOADGEN_CORE}; {} s per scenario and target",
         args.seconds
+    );
+    println!(
+        "scenarios: {}",
+        args.parts
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 }
 
@@ -642,7 +806,7 @@ async fn wait_ready(name: &str, ep: &Endpoint, guard: &mut ChildGuard, dir: &Pat
         }
         let attempt = async {
             let (mut conn, _) = connect(ep).await?;
-            request(&mut conn).await
+            request(ep, &mut conn).await
         };
         match tokio::time::timeout(Duration::from_secs(2), attempt).await {
             Ok(Ok(())) => return Ok(()),
@@ -674,14 +838,13 @@ fn pinned_command(program: &Path, pinned: bool) -> Command {
     }
 }
 
-async fn start_vigil(bin: &Path, dir: &Path, upstream: SocketAddr, pinned: bool) -> Result<Proxy> {
-    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()?);
-    // Logs go to their own directory: Vigil watches the directories of its configuration files
-    // for changes, and a log written beside them would wake that watcher on every request.
-    let decisions = logs_dir(dir)?.join("vigil-decisions.log");
+/// The `[server]`, `[tls]`, `[admin]` and `[log]` sections every bench instance of Vigil uses;
+/// `dir` holds `server.pem`, `server.key` and `ca.pem`. `admin`: None turns the listener off.
+fn vigil_base_config(addr: SocketAddr, admin: Option<SocketAddr>, decisions: &Path) -> String {
+    let admin = admin.map(|a| a.to_string()).unwrap_or_default();
     // Long timeouts so the idle connections outlive the memory measurement; a short drain so
     // the process stops promptly at the end.
-    let config = format!(
+    format!(
         r#"# Written by benches/proxy.rs
 [server]
 listen = "{addr}"
@@ -695,37 +858,66 @@ key = "server.key"
 client_ca = ["ca.pem"]
 
 [admin]
-listen = ""
+listen = "{admin}"
 
 [log]
 decisions = "{decisions}"
 level = "warn"
-
-[[route]]
-name = "bench"
-host = "*"
-upstream = "http://{upstream}"
-login = "none"
-allow = [{{ spiffe = ["{CLIENT_SPIFFE_ID}"] }}]
 "#,
         decisions = decisions.display(),
-    );
+    )
+}
+
+/// The workload route: any host, the load generator's SPIFFE ID.
+fn workload_route(name: &str, host: &str, path: Option<&str>, upstream: SocketAddr) -> String {
+    let path = path
+        .map(|p| format!("path = \"{p}\"\n"))
+        .unwrap_or_default();
+    format!(
+        r#"
+[[route]]
+name = "{name}"
+host = "{host}"
+{path}upstream = "http://{upstream}"
+login = "none"
+allow = [{{ spiffe = ["{CLIENT_SPIFFE_ID}"] }}]
+"#
+    )
+}
+
+async fn start_vigil(bin: &Path, dir: &Path, upstream: SocketAddr, pinned: bool) -> Result<Proxy> {
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()?);
+    // Logs go to their own directory: Vigil watches the directories of its configuration files
+    // for changes, and a log written beside them would wake that watcher on every request.
+    let decisions = logs_dir(dir)?.join("vigil-decisions.log");
+    let config =
+        vigil_base_config(addr, None, &decisions) + &workload_route("bench", "*", None, upstream);
     let path = dir.join("vigil.toml");
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+    let tls = TlsConnector::from(Pki::load(dir)?.client_config()?);
+    spawn_vigil(bin, "vigil", &path, Endpoint::new(addr, Some(tls)), pinned).await
+}
+
+/// Runs `vigil run --config <config>` (its stdout and stderr beside the config file, as
+/// `<name>.stdout` and `<name>.stderr`) and waits until `ready` answers a request.
+async fn spawn_vigil(
+    bin: &Path,
+    name: &'static str,
+    config: &Path,
+    ready: Endpoint,
+    pinned: bool,
+) -> Result<Proxy> {
+    let dir = config.parent().context("config file without a directory")?;
     let mut cmd = pinned_command(bin, pinned);
-    cmd.arg("run").arg("--config").arg(&path);
-    let mut guard = ChildGuard::spawn("vigil", cmd, dir)?;
-    let ep = Endpoint {
-        addr,
-        tls: Some(TlsConnector::from(Pki::load(dir)?.client_config()?)),
-    };
-    wait_ready("vigil", &ep, &mut guard, dir).await?;
+    cmd.arg("run").arg("--config").arg(config);
+    let mut guard = ChildGuard::spawn(name, cmd, dir)?;
+    wait_ready(name, &ready, &mut guard, dir).await?;
     let pid = guard.pid();
     Ok(Proxy {
         kind: "vigil",
         _guard: guard,
         pid,
-        addr,
+        addr: ready.addr,
         workers: vec![pid],
     })
 }
@@ -819,10 +1011,10 @@ async fn start_nginx(
         .arg(&path)
         .args(["-g", "daemon off;"]);
     let mut guard = ChildGuard::spawn("nginx", cmd, dir)?;
-    let ep = Endpoint {
+    let ep = Endpoint::new(
         addr,
-        tls: Some(TlsConnector::from(Pki::load(dir)?.client_config()?)),
-    };
+        Some(TlsConnector::from(Pki::load(dir)?.client_config()?)),
+    );
     if let Err(e) = wait_ready("nginx", &ep, &mut guard, dir).await {
         bail!(
             "{e:#}\nnginx-error.log:\n{}",
@@ -974,6 +1166,22 @@ struct Endpoint {
     addr: SocketAddr,
     /// None: plain HTTP.
     tls: Option<TlsConnector>,
+    /// The path every request asks for.
+    path: &'static str,
+    /// A session cookie to present, kept up to date from the proxy's `Set-Cookie`.
+    cookie: Option<Arc<support::SessionCookie>>,
+}
+
+impl Endpoint {
+    /// `/bench` on `addr`, no cookie.
+    fn new(addr: SocketAddr, tls: Option<TlsConnector>) -> Self {
+        Self {
+            addr,
+            tls,
+            path: DEFAULT_PATH,
+            cookie: None,
+        }
+    }
 }
 
 struct Target<'a> {
@@ -1045,12 +1253,16 @@ where
     Ok(Conn { sender, driver })
 }
 
-/// One GET; anything but a 200 with the upstream's exact body is an error.
-async fn request(conn: &mut Conn) -> Result<()> {
-    let req = Request::get("/bench")
+/// One GET of `ep.path` (with `ep.cookie`); anything but a 200 with the upstream's exact body is
+/// an error.
+async fn request(ep: &Endpoint, conn: &mut Conn) -> Result<()> {
+    let mut req = Request::get(ep.path)
         .header(HOST, "localhost")
-        .header(USER_AGENT, "vigil-bench")
-        .body(Empty::<Bytes>::new())?;
+        .header(USER_AGENT, "vigil-bench");
+    if let Some(cookie) = &ep.cookie {
+        req = req.header(COOKIE, cookie.header());
+    }
+    let req = req.body(Empty::<Bytes>::new())?;
     conn.sender
         .ready()
         .await
@@ -1061,6 +1273,9 @@ async fn request(conn: &mut Conn) -> Result<()> {
         .await
         .context("sending the request")?;
     let status = response.status();
+    if let Some(cookie) = &ep.cookie {
+        cookie.update(response.headers());
+    }
     let body = response
         .into_body()
         .collect()
@@ -1127,7 +1342,7 @@ async fn keepalive_loop(
             continue;
         };
         let t0 = Instant::now();
-        match timeout(REQUEST_TIMEOUT, request(c)).await {
+        match timeout(REQUEST_TIMEOUT, request(&ep, c)).await {
             Ok(()) => {
                 tally.latencies_ns.push(t0.elapsed().as_nanos() as u64);
                 tally.ok += 1;
@@ -1152,7 +1367,7 @@ async fn handshake_round(ep: &Endpoint, loops: usize, deadline: Instant) -> Tall
                 let t0 = Instant::now();
                 let once = async {
                     let (mut conn, _) = connect(&ep).await?;
-                    request(&mut conn).await?;
+                    request(&ep, &mut conn).await?;
                     Ok::<_, anyhow::Error>(conn)
                 };
                 match timeout(CONNECT_TIMEOUT + REQUEST_TIMEOUT, once).await {
@@ -1397,27 +1612,10 @@ impl Bench {
         let me = [std::process::id()];
         match scenario {
             Scenario::KeepAlive(n) => {
-                let mut conns = Vec::with_capacity(n);
-                let mut opening = Tally::default();
-                for _ in 0..n {
-                    match timeout(CONNECT_TIMEOUT, connect(&t.ep)).await {
-                        Ok((c, _)) => conns.push(Some(c)),
-                        Err(e) => {
-                            opening.error(&e);
-                            conns.push(None);
-                        }
-                    }
-                }
-                let (conns, _) = keepalive_round(&t.ep, conns, Instant::now() + warmup).await;
-                let start = self.sample(t, &me)?;
-                let (conns, mut tally) =
-                    keepalive_round(&t.ep, conns, Instant::now() + measure).await;
-                let end = self.sample(t, &me)?;
-                for c in conns.into_iter().flatten() {
-                    c.close().await;
-                }
-                tally.merge(opening);
-                Ok(self.row(t, tally, &start, &end))
+                let (row, ()) = self
+                    .keep_alive_with(t, n, warmup, measure, |_| async {})
+                    .await?;
+                Ok(row)
             }
             Scenario::Latency => {
                 let (conn, _) = timeout(CONNECT_TIMEOUT, connect(&t.ep)).await?;
@@ -1441,6 +1639,46 @@ impl Bench {
                 Ok(self.row(t, tally, &start, &end))
             }
         }
+    }
+
+    /// The keep-alive scenario: `n` connections, requests back to back. `during` runs beside the
+    /// load for the measured time only (not the warm-up); it gets the end of that time, and
+    /// what it returns comes back with the row.
+    async fn keep_alive_with<F, Fut>(
+        &self,
+        t: &Target<'_>,
+        n: usize,
+        warmup: Duration,
+        measure: Duration,
+        during: F,
+    ) -> Result<(Row, Fut::Output)>
+    where
+        F: FnOnce(Instant) -> Fut,
+        Fut: Future,
+    {
+        let me = [std::process::id()];
+        let mut conns = Vec::with_capacity(n);
+        let mut opening = Tally::default();
+        for _ in 0..n {
+            match timeout(CONNECT_TIMEOUT, connect(&t.ep)).await {
+                Ok((c, _)) => conns.push(Some(c)),
+                Err(e) => {
+                    opening.error(&e);
+                    conns.push(None);
+                }
+            }
+        }
+        let (conns, _) = keepalive_round(&t.ep, conns, Instant::now() + warmup).await;
+        let start = self.sample(t, &me)?;
+        let deadline = Instant::now() + measure;
+        let ((conns, mut tally), side) =
+            tokio::join!(keepalive_round(&t.ep, conns, deadline), during(deadline));
+        let end = self.sample(t, &me)?;
+        for c in conns.into_iter().flatten() {
+            c.close().await;
+        }
+        tally.merge(opening);
+        Ok((self.row(t, tally, &start, &end), side))
     }
 
     fn sample(&self, t: &Target<'_>, me: &[u32]) -> Result<Sample> {
@@ -1508,7 +1746,7 @@ impl Bench {
                 let _permit = gate.acquire_owned().await?;
                 let once = async {
                     let (mut conn, _) = connect(&ep).await?;
-                    request(&mut conn).await?;
+                    request(&ep, &mut conn).await?;
                     Ok::<_, anyhow::Error>(conn)
                 };
                 timeout(CONNECT_TIMEOUT + REQUEST_TIMEOUT, once).await
@@ -1559,9 +1797,12 @@ struct Sample {
 struct Report {
     idle: Vec<IdleRow>,
     scenarios: Vec<(Scenario, Vec<Row>)>,
+    oidc: Option<support::oidc::OidcReport>,
+    reload: Option<support::reload::ReloadReport>,
 }
 
 impl Report {
+    /// Failed requests and connections in every scenario, and failed reloads.
     fn total_errors(&self) -> u64 {
         self.idle.iter().map(|r| r.errors).sum::<u64>()
             + self
@@ -1569,6 +1810,8 @@ impl Report {
                 .iter()
                 .flat_map(|(_, rows)| rows.iter().map(|r| r.errors))
                 .sum::<u64>()
+            + self.oidc.as_ref().map_or(0, |o| o.errors())
+            + self.reload.as_ref().map_or(0, |r| r.errors())
     }
 
     fn row(&self, key: &str, target: &str) -> Option<&Row> {
@@ -1591,7 +1834,12 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 fn print_scenario(scenario: Scenario, rows: &[Row]) {
-    println!("\n== {} ==", scenario.title());
+    print_table(&scenario.title(), rows, ("vigil", "nginx"));
+}
+
+/// One scenario's rows in the common table, then `a/b` ratios when both rows are there.
+fn print_table(title: &str, rows: &[Row], (a, b): (&str, &str)) {
+    println!("\n== {title} ==");
     println!(
         "{:<8} {:>9} {:>7} {:>9} {:>9} {:>9} {:>14} {:>10} {:>14}",
         "target",
@@ -1625,13 +1873,13 @@ fn print_scenario(scenario: Scenario, rows: &[Row]) {
         );
     }
     let find = |name: &str| rows.iter().find(|r| r.target == name);
-    if let (Some(v), Some(n)) = (find("vigil"), find("nginx")) {
+    if let (Some(x), Some(y)) = (find(a), find(b)) {
         println!(
-            "vigil/nginx: proxy CPU {}x   p50 {}x   p99 {}x   req/s {}x",
-            opt(ratio(v.proxy_cpu_ns, n.proxy_cpu_ns), 2),
-            opt(ratio(v.p50_us, n.p50_us), 2),
-            opt(ratio(v.p99_us, n.p99_us), 2),
-            opt(ratio(Some(v.req_per_s()), Some(n.req_per_s())), 2),
+            "{a}/{b}: proxy CPU {}x   p50 {}x   p99 {}x   req/s {}x",
+            opt(ratio(x.proxy_cpu_ns, y.proxy_cpu_ns), 2),
+            opt(ratio(x.p50_us, y.p50_us), 2),
+            opt(ratio(x.p99_us, y.p99_us), 2),
+            opt(ratio(Some(x.req_per_s()), Some(y.req_per_s())), 2),
         );
     }
     for r in rows {
@@ -1730,28 +1978,36 @@ fn summarise(report: &Report, notes: &mut Vec<String>) -> Summary {
             idle("nginx").and_then(IdleRow::rss_kib_per_conn),
         ),
     };
-    println!("\n== summary: Vigil as a ratio to nginx ==");
-    println!(
-        "CPU per keep-alive request   {:>6}x   (aim <= {AIM_KEEPALIVE_CPU}: {})",
-        opt(s.keepalive_cpu, 2),
-        verdict(s.keepalive_cpu, AIM_KEEPALIVE_CPU)
-    );
-    println!(
-        "CPU per full handshake       {:>6}x   (aim <= {AIM_HANDSHAKE_CPU}: {})",
-        opt(s.handshake_cpu, 2),
-        verdict(s.handshake_cpu, AIM_HANDSHAKE_CPU)
-    );
-    println!(
-        "latency at 1 connection      p50 {}x   p99 {}x",
-        opt(s.latency_p50, 2),
-        opt(s.latency_p99, 2)
-    );
-    println!(
-        "memory per idle TLS conn     {} KiB (aim <= {AIM_IDLE_KIB} KiB: {}),   {}x nginx",
-        opt(s.idle_kib_vigil, 1),
-        verdict(s.idle_kib_vigil, AIM_IDLE_KIB),
-        opt(s.idle_ratio, 2)
-    );
+    if !report.scenarios.is_empty() {
+        println!("\n== summary: Vigil as a ratio to nginx ==");
+        println!(
+            "CPU per keep-alive request   {:>6}x   (aim <= {AIM_KEEPALIVE_CPU}: {})",
+            opt(s.keepalive_cpu, 2),
+            verdict(s.keepalive_cpu, AIM_KEEPALIVE_CPU)
+        );
+        println!(
+            "CPU per full handshake       {:>6}x   (aim <= {AIM_HANDSHAKE_CPU}: {})",
+            opt(s.handshake_cpu, 2),
+            verdict(s.handshake_cpu, AIM_HANDSHAKE_CPU)
+        );
+        println!(
+            "latency at 1 connection      p50 {}x   p99 {}x",
+            opt(s.latency_p50, 2),
+            opt(s.latency_p99, 2)
+        );
+        println!(
+            "memory per idle TLS conn     {} KiB (aim <= {AIM_IDLE_KIB} KiB: {}),   {}x nginx",
+            opt(s.idle_kib_vigil, 1),
+            verdict(s.idle_kib_vigil, AIM_IDLE_KIB),
+            opt(s.idle_ratio, 2)
+        );
+    }
+    if let Some(o) = &report.oidc {
+        o.print_summary();
+    }
+    if let Some(r) = &report.reload {
+        r.print_summary();
+    }
     let errors = report.total_errors();
     if errors > 0 {
         notes.push(format!("{errors} ERRORS during the run"));
@@ -1838,7 +2094,9 @@ fn report_json(
         "kernel": env.kernel,
         "loadavg_at_start": env.loadavg,
         "settings": {
+            "scenario_groups": args.parts.iter().map(|p| p.name()).collect::<Vec<_>>(),
             "seconds_per_scenario": args.seconds,
+            "reload_every_ms": args.reload_every.as_secs_f64() * 1000.0,
             "keep_alive_connections": args.connections,
             "handshake_connections": args.handshake_connections,
             "idle_connections": args.idle,
@@ -1862,6 +2120,8 @@ fn report_json(
             "kib_per_idle_connection": AIM_IDLE_KIB,
         },
         "vigil_kib_per_idle_connection": s.idle_kib_vigil,
+        "oidc_session": report.oidc.as_ref().map(support::oidc::OidcReport::json),
+        "reload": report.reload.as_ref().map(support::reload::ReloadReport::json),
         "total_errors": report.total_errors(),
         "notes": notes,
     })

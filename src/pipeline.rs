@@ -9,6 +9,7 @@ use crate::canonical::{host_without_port, normalize_host, normalize_path};
 use crate::config::Snapshot;
 use crate::decision_log::{self, Entry};
 use crate::error::Refusal;
+use crate::forward::assertion::Signer;
 use crate::forward::{self, ForwardError, Outbound};
 use crate::identity::session::{self, Rejected};
 use crate::identity::verify::Outcome;
@@ -291,7 +292,14 @@ pub async fn handle(
         return record.refuse(Refusal::PayloadTooLarge, Some(&decision));
     }
 
-    let identity_headers = identity_headers(&snapshot, &route, conn, identity.as_ref());
+    let identity_headers = identity_headers(
+        &snapshot,
+        &route,
+        conn,
+        identity.as_ref(),
+        record.risk.as_ref(),
+        device.as_ref(),
+    );
     let path = canonical.path.into_owned();
     let host = canonical.host;
     let query = canonical.query.map(str::to_owned);
@@ -512,6 +520,8 @@ fn identity_headers(
     route: &Route,
     conn: &Connection,
     identity: Option<&Identity>,
+    risk: Option<&posture::Assessment>,
+    device: Option<&posture::inventory::Device>,
 ) -> Vec<(HeaderName, HeaderValue)> {
     let mut out = Vec::new();
     if let Some(who) = identity {
@@ -535,42 +545,95 @@ fn identity_headers(
             out.push((name.clone(), header_safe(&v)));
         }
     }
-    if let Some(signer) = &snapshot.signer {
-        let mut claims = serde_json::Map::new();
-        let subject = identity
-            .map(|w| w.subject.clone())
-            .or_else(|| conn.peer.spiffe_id.clone())
-            .unwrap_or_else(|| conn.peer.fingerprint_hex.clone());
-        claims.insert("sub".into(), subject.into());
-        claims.insert("aud".into(), route.name.clone().into());
-        claims.insert("login".into(), route.login.as_str().into());
-        claims.insert(
-            "cnf".into(),
-            serde_json::json!({ "x5t#S256": URL_SAFE_NO_PAD.encode(conn.peer.fingerprint) }),
-        );
-        claims.insert("device".into(), conn.peer.fingerprint_hex.clone().into());
-        if let Some(id) = &conn.peer.spiffe_id {
-            claims.insert("spiffe".into(), id.clone().into());
-        }
-        if let Some(who) = identity {
-            if let Some(email) = &who.email {
-                claims.insert("email".into(), email.clone().into());
-            }
-            claims.insert("groups".into(), who.groups.clone().into());
-            claims.insert("amr".into(), who.amr.clone().into());
-            claims.insert("mfa".into(), who.mfa.into());
-            claims.insert("verified_at".into(), who.verified_at.into());
-        }
-        match signer.sign(claims, identity::now()) {
-            Ok(token) => {
-                if let Ok(v) = HeaderValue::from_str(&token) {
-                    out.push((X_VIGIL_ASSERTION.clone(), v));
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot sign the assertion"),
-        }
+    if let Some(signer) = &snapshot.signer
+        && let Some(token) = assertion(signer, route, conn, identity, risk, device)
+    {
+        out.push((X_VIGIL_ASSERTION.clone(), token));
     }
     out
+}
+
+/// The signed assertion for this request. Signing costs more than the rest of a request, so
+/// a connection reuses its last assertion while everything it says is unchanged and it has
+/// at least three quarters of its lifetime left.
+fn assertion(
+    signer: &Signer,
+    route: &Route,
+    conn: &Connection,
+    identity: Option<&Identity>,
+    risk: Option<&posture::Assessment>,
+    device: Option<&posture::inventory::Device>,
+) -> Option<HeaderValue> {
+    use std::hash::{Hash, Hasher};
+    let now = identity::now();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    route.name.hash(&mut hasher);
+    if let Some(who) = identity {
+        who.subject.hash(&mut hasher);
+        who.verified_at.hash(&mut hasher);
+        who.mfa.hash(&mut hasher);
+        if let identity::Source::Session { sid } = &who.source {
+            sid.hash(&mut hasher);
+        }
+    }
+    risk.map(|r| r.level).hash(&mut hasher);
+    device.map(|d| d.compliant).hash(&mut hasher);
+    let key = hasher.finish();
+    let reuse_for = (signer.lifetime.as_secs() as i64 / 4).max(1);
+    if let Ok(cached) = conn.assertion.lock()
+        && let Some(c) = cached.as_ref()
+        && c.key == key
+        && now - c.issued_at < reuse_for
+    {
+        return Some(c.value.clone());
+    }
+
+    let mut claims = serde_json::Map::new();
+    let subject = identity
+        .map(|w| w.subject.clone())
+        .or_else(|| conn.peer.spiffe_id.clone())
+        .unwrap_or_else(|| conn.peer.fingerprint_hex.clone());
+    claims.insert("sub".into(), subject.into());
+    claims.insert("aud".into(), route.name.clone().into());
+    claims.insert("login".into(), route.login.as_str().into());
+    claims.insert(
+        "cnf".into(),
+        serde_json::json!({ "x5t#S256": URL_SAFE_NO_PAD.encode(conn.peer.fingerprint) }),
+    );
+    claims.insert("device".into(), conn.peer.fingerprint_hex.clone().into());
+    if let Some(d) = device {
+        claims.insert("device_compliant".into(), d.compliant.into());
+    }
+    if let Some(r) = risk {
+        claims.insert("risk".into(), r.level.as_str().into());
+    }
+    if let Some(id) = &conn.peer.spiffe_id {
+        claims.insert("spiffe".into(), id.clone().into());
+    }
+    if let Some(who) = identity {
+        if let Some(email) = &who.email {
+            claims.insert("email".into(), email.clone().into());
+        }
+        claims.insert("groups".into(), who.groups.clone().into());
+        claims.insert("amr".into(), who.amr.clone().into());
+        claims.insert("mfa".into(), who.mfa.into());
+        claims.insert("verified_at".into(), who.verified_at.into());
+    }
+    let token = match signer.sign(claims, now) {
+        Ok(token) => HeaderValue::from_str(&token).ok()?,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot sign the assertion");
+            return None;
+        }
+    };
+    if let Ok(mut cached) = conn.assertion.lock() {
+        *cached = Some(crate::server::CachedAssertion {
+            key,
+            issued_at: now,
+            value: token.clone(),
+        });
+    }
+    Some(token)
 }
 
 static X_VIGIL_USER: HeaderName = HeaderName::from_static("x-vigil-user");

@@ -97,6 +97,13 @@ impl Activity {
     }
 }
 
+/// The last assertion signed for a connection, reused while it says the same thing.
+pub struct CachedAssertion {
+    pub key: u64,
+    pub issued_at: i64,
+    pub value: HeaderValue,
+}
+
 /// One downstream connection after its handshake: who it is and how to stop it.
 pub struct Connection {
     pub id: u64,
@@ -116,6 +123,8 @@ pub struct Connection {
     pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Configuration generation the chain was last verified under.
     verified_generation: AtomicU64,
+    /// The last signed assertion (see `pipeline::assertion`).
+    pub assertion: std::sync::Mutex<Option<CachedAssertion>>,
     /// Sessions of the tunnels open on this connection.
     pub tunnels: std::sync::Mutex<Vec<crate::live::TunnelSession>>,
     registry: std::sync::Weak<Shared>,
@@ -269,6 +278,7 @@ async fn connection(
         chain,
         verified_generation: AtomicU64::new(snapshot.generation),
         tunnels: std::sync::Mutex::new(Vec::new()),
+        assertion: std::sync::Mutex::new(None),
         registry: Arc::downgrade(&shared),
         metrics: shared.metrics.clone(),
         framing,

@@ -606,3 +606,32 @@ async fn medium_risk_asks_for_a_fresh_multi_factor_sign_in() -> Result<()> {
     assert!(api.status == 200 || api.status == 401, "{api:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_assertion_is_reused_on_a_connection_while_it_says_the_same() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let w = world().await?;
+    let (session, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    let mut tls = connect(w.running.addr, w.browser(&w.alice_laptop), "localhost").await?;
+    let mut tokens = Vec::new();
+    for path in ["/hello", "/hello", "/admin/x"] {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost:{}\r\nCookie: {session}\r\n\r\n",
+            w.port
+        );
+        tls.write_all(request.as_bytes()).await?;
+        let reply = read_reply(&mut tls).await?;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        tokens.push(
+            reply
+                .upstream_header("x-vigil-assertion")
+                .unwrap_or_default(),
+        );
+    }
+    assert_eq!(
+        tokens[0], tokens[1],
+        "same route, same identity: one signature"
+    );
+    assert_ne!(tokens[1], tokens[2], "another route has another audience");
+    Ok(())
+}

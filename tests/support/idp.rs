@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// How long the server may take to print its ready line.
-const READY: Duration = Duration::from_secs(60);
+const READY: Duration = Duration::from_secs(20);
 /// How long one HTTP exchange with the provider may take.
 const STEP: Duration = Duration::from_secs(10);
 /// How long `npm ci` (or waiting for another process's `npm ci`) may take.
@@ -111,7 +111,22 @@ impl Idp {
                 .await
                 .context("npm install task")??;
         }
+        // Node normally prints its ready line within a second. On a loaded machine a start has
+        // been seen to hang silently; a fresh process is the cure, so try a few times.
+        let mut last = None;
+        for attempt in 1..=3 {
+            match Self::spawn(&opts, &dir).await {
+                Ok(idp) => return Ok(idp),
+                Err(e) => {
+                    eprintln!("[idp] start attempt {attempt} failed: {e:#}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("the IdP did not start")))
+    }
 
+    async fn spawn(opts: &IdpOptions, dir: &Path) -> Result<Idp> {
         let mut cmd = Command::new("node");
         cmd.arg(dir.join("server.mjs"))
             .args([
@@ -153,7 +168,7 @@ impl Idp {
         if opts.rotate_refresh_tokens {
             cmd.arg("--rotate-refresh-tokens");
         }
-        cmd.current_dir(&dir)
+        cmd.current_dir(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
