@@ -174,6 +174,7 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             serde_json::to_value(shared.revocations.listing()).unwrap_or_default(),
         ),
         (_, "/revoke" | "/restore") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (_, "/revocations") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
         (&Method::GET, "/metrics") => {
             // Staleness is a matter of time passing; read it at scrape time.
             if let Some(devices) = &shared.snapshot.load().devices {
@@ -207,6 +208,20 @@ async fn revoke(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         );
     };
     let now = crate::identity::now();
+    // Validate everything before applying anything: a bad field must not half-apply.
+    let device = match body["device"].as_str() {
+        Some(fp) => {
+            let fp = fp.replace(':', "");
+            if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "ok": false, "error": "device is a SHA-256 fingerprint in hex" }),
+                );
+            }
+            Some(fp)
+        }
+        None => None,
+    };
     let mut done = Vec::new();
     if let Some(sid) = body["session"].as_str() {
         shared.revocations.revoke_session(sid);
@@ -216,14 +231,7 @@ async fn revoke(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         shared.revocations.revoke_user(sub, now);
         done.push("user");
     }
-    if let Some(fp) = body["device"].as_str() {
-        let fp = fp.replace(':', "");
-        if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({ "ok": false, "error": "device is a SHA-256 fingerprint in hex" }),
-            );
-        }
+    if let Some(fp) = device {
         shared.revocations.revoke_device(&fp, now);
         done.push("device");
     }

@@ -388,10 +388,13 @@ async fn backchannel(record: &mut Record<'_>, req: Request<Incoming>) -> Respons
     match provider.verify_logout_token(&token).await {
         Ok((sub, sid)) => {
             let revocations = &record.shared.revocations;
-            match (&sid, &sub) {
-                (Some(sid), _) => revocations.revoke_provider_session(sid),
-                (None, Some(sub)) => revocations.revoke_user(sub, identity::now()),
-                (None, None) => {}
+            if sid.is_none() {
+                // No provider session named: every session of the user ends.
+                if let Some(sub) = &sub {
+                    revocations.revoke_user(sub, identity::now());
+                }
+            } else {
+                revocations.provider_logout(sid.as_deref(), sub.as_deref(), identity::now());
             }
             record
                 .shared

@@ -18,6 +18,8 @@ pub struct Listing {
     pub users: HashMap<String, i64>,
     pub devices: HashMap<String, i64>,
     pub provider_sessions: HashSet<String>,
+    /// Back-channel logouts by subject, for sessions that carry no provider session id.
+    pub provider_logouts: HashMap<String, i64>,
 }
 
 #[derive(Default)]
@@ -56,6 +58,20 @@ impl Revocations {
         });
     }
 
+    /// A back-channel logout naming provider session `sid` (when given) of user `sub` (when
+    /// given), at `at`: the named provider session ends; sessions that carry no provider
+    /// session id end when their user matches.
+    pub fn provider_logout(&self, sid: Option<&str>, sub: Option<&str>, at: i64) {
+        self.edit(|l| {
+            if let Some(sid) = sid {
+                l.provider_sessions.insert(sid.to_owned());
+            }
+            if let Some(sub) = sub {
+                l.provider_logouts.insert(sub.to_owned(), at);
+            }
+        });
+    }
+
     /// Lifts a device block.
     pub fn restore_device(&self, fingerprint: &str) -> bool {
         let mut removed = false;
@@ -90,10 +106,18 @@ impl Revocations {
         {
             return Some("user's sessions revoked");
         }
-        if let Some(idp_sid) = &session.idp_sid
-            && l.provider_sessions.contains(idp_sid)
-        {
-            return Some("logged out at the identity provider");
+        match &session.idp_sid {
+            Some(idp_sid) if l.provider_sessions.contains(idp_sid) => {
+                return Some("logged out at the identity provider");
+            }
+            None if l
+                .provider_logouts
+                .get(&session.sub)
+                .is_some_and(|at| session.issued_at <= *at) =>
+            {
+                return Some("logged out at the identity provider");
+            }
+            _ => {}
         }
         if l.devices.contains_key(&session.device) {
             return Some("device revoked");
@@ -114,5 +138,59 @@ impl Revocations {
 
     pub fn listing(&self) -> Listing {
         self.inner.read().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(sid: &str, sub: &str, idp_sid: Option<&str>, issued_at: i64) -> Session {
+        Session {
+            sid: sid.into(),
+            sub: sub.into(),
+            email: None,
+            name: None,
+            groups: vec![],
+            amr: vec![],
+            acr: None,
+            risk: None,
+            claims: Default::default(),
+            device: "ab".into(),
+            issued_at,
+            verified_at: issued_at,
+            auth_time: None,
+            expires_at: i64::MAX,
+            last_seen: issued_at,
+            refresh_token: None,
+            idp_sid: idp_sid.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn table() {
+        let r = Revocations::default();
+        let a = session("s1", "alice", Some("p1"), 100);
+        let b = session("s2", "alice", None, 100);
+        let c = session("s3", "bob", Some("p3"), 100);
+        assert_eq!(r.session(&a), None);
+        r.revoke_session("s1");
+        assert_eq!(r.session(&a), Some("session revoked"));
+        assert_eq!(r.session(&b), None);
+        // A provider logout of p3 for bob: bob's p3 session ends; alice's sessions stay.
+        r.provider_logout(Some("p3"), Some("bob"), 200);
+        assert!(r.session(&c).is_some());
+        assert_eq!(r.session(&b), None);
+        // Sessions without a provider session id end on a logout for their user.
+        r.provider_logout(Some("p9"), Some("alice"), 200);
+        assert!(r.session(&b).is_some());
+        // A user revocation ends sessions issued up to then, not later ones.
+        r.revoke_user("carol", 150);
+        assert!(r.session(&session("s4", "carol", None, 120)).is_some());
+        assert_eq!(r.session(&session("s5", "carol", Some("x"), 160)), None);
+        r.revoke_device("AB", 1);
+        assert!(r.device("ab"));
+        assert!(r.restore_device("ab"));
+        assert!(!r.device("ab"));
     }
 }

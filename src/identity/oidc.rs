@@ -719,6 +719,9 @@ impl Provider {
         if claims.contains_key("nonce") {
             return Err("a logout token must not carry a nonce".into());
         }
+        if !claims.get("iat").is_some_and(serde_json::Value::is_i64) {
+            return Err("a logout token carries iat".into());
+        }
         let text = |n: &str| claims.get(n).and_then(|v| v.as_str()).map(str::to_owned);
         let (sub, sid) = (text("sub"), text("sid"));
         if sub.is_none() && sid.is_none() {

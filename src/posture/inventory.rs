@@ -324,9 +324,11 @@ fn parse(bytes: &[u8], key: Key) -> Result<Data, String> {
                 .fingerprint
                 .as_deref()
                 .map(|f| f.replace(':', "").to_ascii_lowercase()),
-            Key::Serial => device.serial.as_deref().map(|s| {
-                let s = s.replace(':', "").to_ascii_lowercase();
-                s.trim_start_matches('0').to_owned()
+            // The same form as the certificate side: hex of the serial without leading zero bytes.
+            Key::Serial => device.serial.as_deref().and_then(|s| {
+                crate::certs::parse_hex(s)
+                    .ok()
+                    .map(|bytes| crate::certs::hex(trim_zeros(&bytes)))
             }),
             Key::Subject => device.subject.clone(),
         };
@@ -380,5 +382,11 @@ mod tests {
         assert!(parse(wrapped, Key::Fingerprint).unwrap().by_key["abcd"].compliant);
         assert!(!parse(bare, Key::Fingerprint).unwrap().by_key["abcd"].compliant);
         assert!(parse(b"{}", Key::Fingerprint).is_err());
+        // Serials match the certificate's form: no leading zero bytes, but "03" keeps its 0.
+        let serials =
+            br#"[{"serial":"00:03:DF","compliant":true},{"serial":"0a0b","compliant":true}]"#;
+        let data = parse(serials, Key::Serial).unwrap();
+        assert!(data.by_key.contains_key("03df"), "{:?}", data.by_key.keys());
+        assert!(data.by_key.contains_key("0a0b"));
     }
 }
