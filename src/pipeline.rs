@@ -127,14 +127,34 @@ fn next_request_id(prefix: &str) -> HeaderValue {
 }
 
 /// Answers one request. Never fails: every problem becomes a response and a log line.
+///
+/// Everything logged while the request is handled carries its request id (a tracing span),
+/// the same id as in the decision log and the `X-Request-Id` header.
 pub async fn handle(
     shared: &Arc<Shared>,
     conn: &Arc<Connection>,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    use tracing::Instrument;
+    let request_id = next_request_id(&shared.instance_id);
+    let span = tracing::info_span!(
+        "request",
+        request_id = request_id.to_str().unwrap_or(""),
+        conn = conn.id
+    );
+    handle_in_span(shared, conn, req, request_id)
+        .instrument(span)
+        .await
+}
+
+async fn handle_in_span(
+    shared: &Arc<Shared>,
+    conn: &Arc<Connection>,
+    req: Request<Incoming>,
+    request_id: HeaderValue,
+) -> Response<Body> {
     let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
-    let request_id = next_request_id(&shared.instance_id);
     let mut record = Record {
         shared,
         conn,

@@ -438,3 +438,38 @@ async fn listener_changes_need_a_restart() -> Result<()> {
     assert_eq!(get(s.running.addr, web, "/x", "").await?.status, 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn log_lines_carry_the_request_id_of_the_decision() -> Result<()> {
+    let logs = captured_logs();
+    let pki = Pki::new()?;
+    let dead = dead_address().await?;
+    let log = pki.path("decisions.log");
+    let text = format!(
+        "{}[[route]]\nname = \"dead\"\nhost = \"localhost\"\nupstream = \"http://{dead}\"\nlogin = \"none\"\nallow = [{{ spiffe = [\"spiffe://example.org/**\"] }}]\n",
+        base_config("", &log)
+    );
+    let running = spawn(&pki, &text).await?;
+    let web = client_config(
+        Some(&pki.workload("spiffe://example.org/ns/web/sa/x")?),
+        pki.ca.cert_pem(),
+        &[],
+    )?;
+    let reply = get(running.addr, web, "/x", "").await?;
+    assert_eq!(reply.status, 502);
+    let id = reply.header("x-request-id").unwrap_or_default();
+    assert!(decision_for(&log, &id).await.is_some());
+    let found = eventually(STEP, || {
+        let logs = logs.clone();
+        let id = id.clone();
+        async move {
+            let text = String::from_utf8_lossy(&logs.lock().map(|l| l.clone()).unwrap_or_default())
+                .to_string();
+            text.lines()
+                .any(|l| l.contains("forwarding failed") && l.contains(&id))
+        }
+    })
+    .await;
+    assert!(found, "no log line with request id {id}");
+    Ok(())
+}
