@@ -676,25 +676,10 @@ impl Provider {
         audience: &str,
         scopes: &[String],
     ) -> Result<BearerClaims, String> {
-        for attempt in 0..2 {
-            let discovered = self
-                .discovered
-                .load_full()
-                .ok_or("identity provider not available")?;
-            match self.check_bearer(&discovered.jwks, token, audience, scopes) {
-                Err(BearerFailure::UnknownKey) if attempt == 0 => {
-                    if !self.refresh_keys().await {
-                        return Err("token signed with an unknown key".into());
-                    }
-                }
-                Err(BearerFailure::UnknownKey) => {
-                    return Err("token signed with an unknown key".into());
-                }
-                Err(BearerFailure::Invalid(why)) => return Err(why),
-                Ok(claims) => return Ok(claims),
-            }
-        }
-        Err("token signed with an unknown key".into())
+        let claims = self
+            .verify_jwt(token, audience, &["exp", "iss", "aud", "sub"])
+            .await?;
+        bearer_claims(claims, scopes)
     }
 
     /// Verifies an OIDC back-channel logout token; returns its `sub` and `sid`.
@@ -801,50 +786,43 @@ impl Provider {
             .map(|data| data.claims)
             .map_err(|e| BearerFailure::Invalid(format!("token rejected: {e}")))
     }
+}
 
-    fn check_bearer(
-        &self,
-        jwks: &jsonwebtoken::jwk::JwkSet,
-        token: &str,
-        audience: &str,
-        scopes: &[String],
-    ) -> Result<BearerClaims, BearerFailure> {
-        let claims = self.decode_jwt(jwks, token, audience, &["exp", "iss", "aud", "sub"])?;
-        // An ID token is not an access token, whatever its audience (RFC 9068 §4).
-        if claims.contains_key("nonce") {
-            return Err(BearerFailure::Invalid(
-                "an ID token is not an access token".into(),
-            ));
-        }
-        let granted: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
-            (Some(serde_json::Value::String(s)), _) => {
-                s.split_whitespace().map(str::to_owned).collect()
-            }
-            (_, Some(serde_json::Value::Array(a))) => a
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
-            _ => Vec::new(),
-        };
-        if let Some(missing) = scopes.iter().find(|s| !granted.contains(s)) {
-            return Err(BearerFailure::Invalid(format!(
-                "token lacks scope {missing}"
-            )));
-        }
-        Ok(BearerClaims {
-            sub: claims
-                .get("sub")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_owned(),
-            client_id: claims
-                .get("client_id")
-                .and_then(|v| v.as_str())
-                .map(str::to_owned),
-            scopes: granted,
-            claims,
-        })
+/// The access-token checks beyond the signature and standard claims.
+fn bearer_claims(
+    claims: serde_json::Map<String, serde_json::Value>,
+    scopes: &[String],
+) -> Result<BearerClaims, String> {
+    // An ID token is not an access token, whatever its audience (RFC 9068 §4).
+    if claims.contains_key("nonce") {
+        return Err("an ID token is not an access token".into());
     }
+    let granted: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
+        (Some(serde_json::Value::String(s)), _) => {
+            s.split_whitespace().map(str::to_owned).collect()
+        }
+        (_, Some(serde_json::Value::Array(a))) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if let Some(missing) = scopes.iter().find(|s| !granted.contains(s)) {
+        return Err(format!("token lacks scope {missing}"));
+    }
+    Ok(BearerClaims {
+        sub: claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        client_id: claims
+            .get("client_id")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        scopes: granted,
+        claims,
+    })
 }
 
 enum BearerFailure {
