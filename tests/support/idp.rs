@@ -366,12 +366,14 @@ impl Idp {
 /// Runs `npm ci` in `dir` unless `node_modules` was installed from the current
 /// package-lock.json. A directory created with `create_dir` (atomic) is the lock between
 /// processes; a lock older than [`INSTALL`] is taken to be left by a dead process.
-fn ensure_installed(dir: &Path) -> Result<()> {
+/// Runs `npm ci` in `dir` (tests/idp, tests/browser) unless `node_modules` was installed from
+/// its current lock file; safe across test threads and processes.
+pub fn ensure_installed(dir: &Path) -> Result<()> {
     static IN_PROCESS: Mutex<()> = Mutex::new(());
     let _guard = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
 
-    let lock_file =
-        std::fs::read(dir.join("package-lock.json")).context("tests/idp/package-lock.json")?;
+    let lock_file = std::fs::read(dir.join("package-lock.json"))
+        .with_context(|| format!("{}/package-lock.json", dir.display()))?;
     let marker = dir.join("node_modules").join(".vigil-installed-lock.json");
     let installed = || std::fs::read(&marker).is_ok_and(|m| m == lock_file);
     if installed() {
