@@ -11,12 +11,15 @@
 //! proxies then do the same key exchange), and never resumes a session, so each one is a full
 //! handshake. The direct target is plain HTTP: the upstream has no TLS.
 //!
-//! Two more groups of scenarios measure Vigil against itself, each on an instance of its own
+//! Three more groups of scenarios measure Vigil against itself, each on an instance of its own
 //! (pinned the same way): the cost of an OIDC session on every request, as a ratio to the
 //! workload-certificate route in the same process, with and without the signed assertion
-//! (`support/oidc.rs`, against the test provider in `tests/idp`); and requests/s, latency and CPU
+//! (`support/oidc.rs`, against the test provider in `tests/idp`); requests/s, latency and CPU
 //! while the configuration is reloaded every 100 ms, as a ratio to the same run without reloads
-//! (`support/reload.rs`). `--only` and `--skip` choose the groups; a default run has all three.
+//! (`support/reload.rs`); and revocation latency (a user disabled at the provider, at two
+//! re-verification intervals, and an operator's revocation) with the cost of re-verifying 10k
+//! live sessions, as a ratio to the same run without (`support/revocation.rs`). `--only` and
+//! `--skip` choose the groups; a default run has all four.
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
@@ -47,7 +50,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 use vigil::certs::{Authority, LeafSpec};
 
-/// The OIDC-session and reload scenarios, and the test OpenID Provider's harness.
+/// The OIDC-session, reload and revocation scenarios, and the test OpenID Provider's harness.
 mod support;
 
 /// The core the proxy under test runs on; this process takes [`LOADGEN_CORE`].
@@ -83,6 +86,11 @@ usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
                                          against the workload-certificate route, [assertion]
                                          on and off (needs Node.js: tests/idp)
                                 reload   keep-alive while POST /reload every --reload-every
+                                revocation
+                                         time to refusal after a user is disabled at the
+                                         provider ([verify] interval 1 s and 10 s) or revoked
+                                         by POST /revoke; keep-alive over 10k live sessions,
+                                         re-verification on and off (needs Node.js)
   --skip LIST                 leave these scenario groups out
   --reload-every MS           reload interval of the reload scenario (default 100)
   --no-nginx                  skip the nginx comparison
@@ -111,16 +119,18 @@ enum Part {
     Compare,
     Oidc,
     Reload,
+    Revocation,
 }
 
 impl Part {
-    const ALL: [Part; 3] = [Part::Compare, Part::Oidc, Part::Reload];
+    const ALL: [Part; 4] = [Part::Compare, Part::Oidc, Part::Reload, Part::Revocation];
 
     fn name(self) -> &'static str {
         match self {
             Part::Compare => "compare",
             Part::Oidc => "oidc",
             Part::Reload => "reload",
+            Part::Revocation => "revocation",
         }
     }
 
@@ -333,6 +343,23 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
             Ok(r) => report.reload = Some(r),
             Err(e) => {
                 let msg = format!("reload scenario FAILED: {e:#}");
+                println!("\n!!! {msg}");
+                failed.push(msg);
+            }
+        }
+    }
+
+    if args.runs(Part::Revocation) {
+        eprintln!("... revocation: starting the OpenID Provider");
+        match support::revocation::run(&ctx).await {
+            Ok(r) => report.revocation = Some(r),
+            Err(e) if support::oidc::is_missing_node(&e) => {
+                let msg = format!("revocation scenario SKIPPED: {e:#}");
+                println!("\n*** {msg} ***");
+                notes.push(msg);
+            }
+            Err(e) => {
+                let msg = format!("revocation scenario FAILED: {e:#}");
                 println!("\n!!! {msg}");
                 failed.push(msg);
             }
@@ -1799,10 +1826,12 @@ struct Report {
     scenarios: Vec<(Scenario, Vec<Row>)>,
     oidc: Option<support::oidc::OidcReport>,
     reload: Option<support::reload::ReloadReport>,
+    revocation: Option<support::revocation::RevocationReport>,
 }
 
 impl Report {
-    /// Failed requests and connections in every scenario, and failed reloads.
+    /// Failed requests and connections in every scenario, failed reloads, and sessions not
+    /// refused after a revocation.
     fn total_errors(&self) -> u64 {
         self.idle.iter().map(|r| r.errors).sum::<u64>()
             + self
@@ -1812,6 +1841,7 @@ impl Report {
                 .sum::<u64>()
             + self.oidc.as_ref().map_or(0, |o| o.errors())
             + self.reload.as_ref().map_or(0, |r| r.errors())
+            + self.revocation.as_ref().map_or(0, |r| r.errors())
     }
 
     fn row(&self, key: &str, target: &str) -> Option<&Row> {
@@ -2008,6 +2038,9 @@ fn summarise(report: &Report, notes: &mut Vec<String>) -> Summary {
     if let Some(r) = &report.reload {
         r.print_summary();
     }
+    if let Some(r) = &report.revocation {
+        r.print_summary();
+    }
     let errors = report.total_errors();
     if errors > 0 {
         notes.push(format!("{errors} ERRORS during the run"));
@@ -2122,6 +2155,7 @@ fn report_json(
         "vigil_kib_per_idle_connection": s.idle_kib_vigil,
         "oidc_session": report.oidc.as_ref().map(support::oidc::OidcReport::json),
         "reload": report.reload.as_ref().map(support::reload::ReloadReport::json),
+        "revocation": report.revocation.as_ref().map(support::revocation::RevocationReport::json),
         "total_errors": report.total_errors(),
         "notes": notes,
     })

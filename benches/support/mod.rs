@@ -1,4 +1,5 @@
-//! The scenarios beyond the nginx comparison ([`oidc`], [`reload`]) and what they share: a
+//! The scenarios beyond the nginx comparison ([`oidc`], [`reload`], [`revocation`]) and what
+//! they share: a
 //! session cookie kept current like a browser keeps it, plain-HTTP calls to Vigil's admin
 //! listener, and files for a Vigil instance of their own.
 
@@ -8,6 +9,7 @@
 pub mod idp;
 pub mod oidc;
 pub mod reload;
+pub mod revocation;
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
