@@ -384,6 +384,10 @@ pub fn assess_risk(
     device: Option<&posture::inventory::Device>,
 ) -> Option<posture::Assessment> {
     let settings = snapshot.risk.as_ref()?;
+    let country = settings
+        .geoip
+        .as_ref()
+        .and_then(|g| g.country(conn.remote.ip()));
     let who = identity.map_or(conn.peer.fingerprint_hex.as_str(), |i| i.subject.as_str());
     let now = identity::now();
     Some(posture::assess(
@@ -392,6 +396,7 @@ pub fn assess_risk(
             device,
             inventory: snapshot.devices.is_some(),
             client_ip: conn.remote.ip(),
+            country: country.as_deref(),
             idp_risk: identity.and_then(|i| i.risk.as_deref()),
             recent_denials: shared
                 .posture

@@ -239,3 +239,56 @@ async fn device_rules_without_an_inventory_are_a_config_error() -> Result<()> {
     assert!(err.contains("unknown risk action \"maybe\""), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_source_country_outside_the_allowed_ones_raises_the_risk() -> Result<()> {
+    let pki = Pki::new()?;
+    support::mmdb::write_country_db(
+        &pki.path("countries.mmdb"),
+        &[
+            ("127.0.0.0".parse()?, 8, "DE"),
+            ("192.0.2.0".parse()?, 24, "FR"),
+        ],
+    )?;
+    let db = vigil::posture::geo::GeoIp::open(&pki.path("countries.mmdb"))
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(db.country("127.0.0.1".parse()?).as_deref(), Some("DE"));
+    assert_eq!(db.country("192.0.2.9".parse()?).as_deref(), Some("FR"));
+    assert_eq!(db.country("10.0.0.1".parse()?), None);
+
+    let laptop = pki.workload(SPIFFE_WEB)?;
+    let client = client_config(Some(&laptop), pki.ca.cert_pem(), &[])?;
+    let rules = "allow = [{ spiffe = [\"spiffe://example.org/**\"] }]\nrisk = { low = \"allow\", medium = \"read_only\", high = \"deny\" }";
+    let post =
+        "POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    // Loopback is in "DE": allowed in the first configuration, not in the second.
+    for (allowed, status) in [("DE", 200), ("FR", 403)] {
+        let risk = format!(
+            "\n[risk]\ngeoip_database = \"countries.mmdb\"\nallowed_countries = [\"{allowed}\"]\n"
+        );
+        let running = proxy(&pki, "", &risk, rules).await?;
+        assert_eq!(
+            get(running.addr, client.clone(), "/x", "").await?.status,
+            200
+        );
+        let reply = raw(running.addr, client.clone(), "localhost", post).await?;
+        assert_eq!(reply.status, status, "allowed {allowed}: {reply:?}");
+        if status == 403 {
+            let id = reply.json()["request_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let line = decision_for(&pki.path("d.log"), &id)
+                .await
+                .expect("decision");
+            assert!(
+                line["risk"]["signals"]
+                    .to_string()
+                    .contains("source country DE not allowed"),
+                "{line}"
+            );
+        }
+        running.shutdown().await;
+    }
+    Ok(())
+}

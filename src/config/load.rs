@@ -119,6 +119,10 @@ const RISK_KEYS: &[&str] = &[
     "check_in_max_age",
     "denial_window",
     "step_up_max_age",
+    "geoip_database",
+    "allowed_countries",
+    "country_not_allowed",
+    "country_unknown",
 ];
 const VERIFY_KEYS: &[&str] = &["interval", "max_stale"];
 const OIDC_KEYS: &[&str] = &[

@@ -617,6 +617,30 @@ impl Compiler<'_> {
         if r.medium == 0 || r.high < r.medium {
             self.problem("risk", "thresholds need 0 < medium <= high");
         }
+        let geoip = match &r.geoip_database {
+            Some(path) => crate::posture::geo::GeoIp::open(&self.file(path))
+                .map(Arc::new)
+                .map_err(|e| self.problem("risk.geoip_database", e))
+                .ok(),
+            None => None,
+        };
+        let mut allowed_countries = Vec::new();
+        for (i, c) in r.allowed_countries.iter().enumerate() {
+            if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) {
+                allowed_countries.push(c.to_ascii_uppercase());
+            } else {
+                self.problem(
+                    &format!("risk.allowed_countries.{i}"),
+                    format!("{c:?} is not an ISO 3166 country code like \"DE\""),
+                );
+            }
+        }
+        if !allowed_countries.is_empty() && r.geoip_database.is_none() {
+            self.problem(
+                "risk.allowed_countries",
+                "allowed_countries needs geoip_database",
+            );
+        }
         Some(crate::posture::RiskSettings {
             device_unknown: r.device_unknown,
             device_noncompliant: r.device_noncompliant,
@@ -632,6 +656,10 @@ impl Compiler<'_> {
             check_in_max_age: r.check_in_max_age.0,
             denial_window: r.denial_window.0,
             step_up_max_age: r.step_up_max_age.0,
+            allowed_countries,
+            geoip,
+            country_not_allowed: r.country_not_allowed,
+            country_unknown: r.country_unknown,
         })
     }
 

@@ -479,6 +479,17 @@ pub struct RiskSection {
     /// A `step_up` action is satisfied by a multi-factor sign-in at most this old.
     #[serde(default = "RiskSection::five_minutes")]
     pub step_up_max_age: HumanDuration,
+    /// A MaxMind-format country (or city) database, for the country signal.
+    #[serde(default)]
+    pub geoip_database: Option<String>,
+    /// ISO 3166 country codes sources may be in; others add `country_not_allowed`.
+    #[serde(default)]
+    pub allowed_countries: Vec<String>,
+    #[serde(default = "RiskSection::forty")]
+    pub country_not_allowed: u32,
+    /// Added when the database does not know the source (private addresses, say). Default 0.
+    #[serde(default)]
+    pub country_unknown: u32,
 }
 
 impl RiskSection {

@@ -1,6 +1,7 @@
 //! Device posture and risk: what the inventory says about the device, and a risk level made
 //! from signals, which routes map to actions (allow, read-only, step-up, deny).
 
+pub mod geo;
 pub mod inventory;
 
 use inventory::Device;
@@ -82,7 +83,7 @@ impl RiskActions {
 }
 
 /// `[risk]`, compiled: weights of each signal and the thresholds of the levels.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct RiskSettings {
     pub device_unknown: u32,
     pub device_noncompliant: u32,
@@ -101,6 +102,11 @@ pub struct RiskSettings {
     pub denial_window: Duration,
     /// A `step_up` action is satisfied by a multi-factor sign-in at most this old.
     pub step_up_max_age: Duration,
+    /// Countries (ISO codes, upper case) sources may be in, by `geoip`; empty: not a signal.
+    pub allowed_countries: Vec<String>,
+    pub geoip: Option<std::sync::Arc<geo::GeoIp>>,
+    pub country_not_allowed: u32,
+    pub country_unknown: u32,
 }
 
 /// The risk of one request, with the signals behind it.
@@ -131,6 +137,8 @@ pub struct RiskFacts<'a> {
     pub idp_risk: Option<&'a str>,
     pub recent_denials: u32,
     pub first_seen_device: bool,
+    /// The source's country, when a database is configured and knows it.
+    pub country: Option<&'a str>,
 }
 
 /// Turns signals into a score and a level. Pure.
@@ -184,6 +192,16 @@ pub fn assess(s: &RiskSettings, f: &RiskFacts<'_>) -> Assessment {
             s.first_seen_device,
             "first time this user uses this device".into(),
         );
+    }
+    if s.geoip.is_some() && !s.allowed_countries.is_empty() {
+        match f.country {
+            Some(c) if s.allowed_countries.iter().any(|a| a == c) => {}
+            Some(c) => add(
+                s.country_not_allowed,
+                format!("source country {c} not allowed"),
+            ),
+            None => add(s.country_unknown, "source country unknown".into()),
+        }
     }
     let level = if score >= s.high {
         Level::High
@@ -278,6 +296,10 @@ mod tests {
             check_in_max_age: Duration::from_secs(86400),
             denial_window: Duration::from_secs(300),
             step_up_max_age: Duration::from_secs(300),
+            allowed_countries: Vec::new(),
+            geoip: None,
+            country_not_allowed: 40,
+            country_unknown: 0,
         }
     }
 
@@ -334,6 +356,7 @@ mod tests {
                     idp_risk: *idp,
                     recent_denials: *denials,
                     first_seen_device: *first,
+                    country: None,
                 },
             );
             assert_eq!(a.level, *want, "case {i}: {a:?}");

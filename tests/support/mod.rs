@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod idp;
+pub mod mmdb;
 pub mod world;
 
 use anyhow::{Context as _, Result};
