@@ -65,10 +65,20 @@ impl Registry {
     }
 }
 
-/// A tunnel's session, re-checked while the tunnel is open.
+/// What a tunnel was opened for: re-checked while it is open, as if it were a new request.
+#[derive(Clone)]
+pub struct TunnelOrigin {
+    pub host: String,
+    pub path: String,
+    pub method: http::Method,
+    /// The session the upgrade request came with, on login routes.
+    pub session: Option<Session>,
+}
+
+/// An open tunnel on a connection.
 pub struct TunnelSession {
     pub id: u64,
-    pub session: Session,
+    pub origin: TunnelOrigin,
 }
 
 /// Runs the verifier until `stop`.
@@ -146,42 +156,88 @@ async fn check_tunnels(
     conn: &Connection,
     now: i64,
 ) -> Option<&'static str> {
-    let sessions: Vec<Session> = conn
+    let tunnels: Vec<(u64, TunnelOrigin)> = conn
         .tunnels
         .lock()
-        .map(|t| t.iter().map(|t| t.session.clone()).collect())
+        .map(|t| t.iter().map(|t| (t.id, t.origin.clone())).collect())
         .unwrap_or_default();
     let interval = snapshot.verify.interval.as_secs() as i64;
-    for session in sessions {
-        if shared.revocations.session(&session).is_some() {
-            return Some("session_revoked");
-        }
-        if now >= session.expires_at {
-            return Some("session_expired");
-        }
-        if now - session.verified_at >= interval
-            && let Some(provider) = &snapshot.oidc
-        {
-            match shared.reverifier.reverify(provider, &session).await {
-                Outcome::Refreshed(fresh) => {
-                    if let Ok(mut tunnels) = conn.tunnels.lock() {
-                        for t in tunnels.iter_mut().filter(|t| t.session.sid == session.sid) {
-                            t.session = (*fresh).clone();
+    for (id, origin) in tunnels {
+        let mut session = origin.session.clone();
+        if let Some(current) = &session {
+            if shared.revocations.session(current).is_some() {
+                return Some("session_revoked");
+            }
+            if now >= current.expires_at {
+                return Some("session_expired");
+            }
+            if now - current.verified_at >= interval
+                && let Some(provider) = &snapshot.oidc
+            {
+                match shared.reverifier.reverify(provider, current).await {
+                    Outcome::Refreshed(fresh) => {
+                        if let Ok(mut open) = conn.tunnels.lock() {
+                            for t in open.iter_mut().filter(|t| t.id == id) {
+                                t.origin.session = Some((*fresh).clone());
+                            }
                         }
+                        session = Some(*fresh);
                     }
-                }
-                Outcome::Ended(_) => return Some("session_ended"),
-                Outcome::Unreachable(_) => {
-                    if now - session.verified_at - interval
-                        > snapshot.verify.max_stale.as_secs() as i64
-                    {
-                        return Some("session_unverifiable");
+                    Outcome::Ended(_) => return Some("session_ended"),
+                    Outcome::Unreachable(_) => {
+                        if now - current.verified_at - interval
+                            > snapshot.verify.max_stale.as_secs() as i64
+                        {
+                            return Some("session_unverifiable");
+                        }
                     }
                 }
             }
         }
+        if let Some(reason) = still_allowed(snapshot, conn, &origin, session.as_ref()) {
+            return Some(reason);
+        }
     }
     None
+}
+
+/// The current configuration's decision for a tunnel, with today's device record and the
+/// session's current claims: a tunnel whose request would now be denied is cut.
+fn still_allowed(
+    snapshot: &crate::config::Snapshot,
+    conn: &Connection,
+    origin: &TunnelOrigin,
+    session: Option<&Session>,
+) -> Option<&'static str> {
+    if snapshot.audit {
+        return None;
+    }
+    let host = crate::canonical::host_without_port(&origin.host);
+    let Some(route) = snapshot.routes.find(host, &origin.path) else {
+        return Some("route_removed");
+    };
+    let mfa_amr = snapshot
+        .oidc
+        .as_ref()
+        .map(|p| p.settings.mfa_amr.clone())
+        .unwrap_or_default();
+    let identity = session.map(|s| crate::identity::Identity::from_session(s, &mfa_amr));
+    let device = snapshot
+        .devices
+        .as_ref()
+        .and_then(|inventory| inventory.lookup(&conn.peer));
+    let decision = crate::policy::evaluate(
+        &route.policy,
+        &crate::policy::RequestFacts {
+            method: &origin.method,
+            path: &origin.path,
+            client_ip: conn.remote.ip(),
+            peer: &conn.peer,
+            identity: identity.as_ref(),
+            device: device.as_ref(),
+        },
+    );
+    (!decision.allow).then_some("policy")
 }
 
 /// Closes `conn` now, with a log line and a metric.

@@ -292,3 +292,173 @@ async fn a_source_country_outside_the_allowed_ones_raises_the_risk() -> Result<(
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_open_websocket_is_cut_when_its_device_falls_out_of_compliance() -> Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let pki = Pki::new()?;
+    let laptop = pki.workload(SPIFFE_WEB)?;
+    let fp = fingerprint(&laptop)?;
+    let file = pki.path("devices.json");
+    std::fs::write(&file, inventory(&[(&fp, true, "14.5")]))?;
+    let ws = ws_echo_upstream().await?;
+    let text = format!(
+        "{}{DEVICES}\n[verify]\ninterval = \"1s\"\n\n[[route]]\nname = \"ws\"\nhost = \"localhost\"\nupstream = \"http://{ws}\"\nlogin = \"none\"\nallow = [{{ spiffe = [\"spiffe://example.org/**\"], device = \"compliant\" }}]\n",
+        base_config("", &pki.path("d.log")),
+    );
+    std::fs::write(pki.path("vigil.toml"), text)?;
+    let running = vigil::start_file(&pki.path("vigil.toml")).await?;
+    let tls = connect(
+        running.addr,
+        client_config(Some(&laptop), pki.ca.cert_pem(), &[b"http/1.1"])?,
+        "localhost",
+    )
+    .await?;
+    let (mut socket, _) = tokio::time::timeout(
+        STEP,
+        tokio_tungstenite::client_async("wss://localhost/chat", tls),
+    )
+    .await??;
+    socket.send(Message::text("hi")).await?;
+    assert_eq!(
+        tokio::time::timeout(STEP, socket.next())
+            .await?
+            .transpose()?,
+        Some(Message::text("hi"))
+    );
+
+    replace_file(&file, &inventory(&[(&fp, false, "14.5")]))?;
+    let changed = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match socket.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the tunnel outlived the device's compliance"
+    );
+    eprintln!(
+        "tunnel cut {:?} after the inventory changed",
+        changed.elapsed()
+    );
+    assert!(metric(&running, "vigil_connections_cut_total{reason=\"policy\"}").await? >= 1.0);
+    Ok(())
+}
+
+/// An MDM export served over https with an ETag; counts conditional requests answered 304.
+async fn mdm_server(
+    pki: &Pki,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    not_modified: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Result<std::net::SocketAddr> {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let cert = pki.ca.issue(&vigil::certs::LeafSpec::server(
+        vec![],
+        vec!["127.0.0.1".parse()?],
+    ))?;
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())?;
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, body, not_modified) =
+                (acceptor.clone(), body.clone(), not_modified.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let text = body.lock().map(|b| b.clone()).unwrap_or_default();
+                    let etag = format!(
+                        "\"{:x}\"",
+                        text.len() * 31 + text.bytes().map(usize::from).sum::<usize>()
+                    );
+                    let same = req
+                        .headers()
+                        .get("if-none-match")
+                        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+                    let response = if same {
+                        not_modified.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        http::Response::builder()
+                            .status(304)
+                            .header("etag", &etag)
+                            .body(Full::new(bytes::Bytes::new()))
+                    } else {
+                        http::Response::builder()
+                            .header("etag", &etag)
+                            .body(Full::new(bytes::Bytes::from(text)))
+                    };
+                    async move { response }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test]
+async fn an_https_inventory_is_polled_with_etags() -> Result<()> {
+    let pki = Pki::new()?;
+    let laptop = pki.workload(SPIFFE_WEB)?;
+    let fp = fingerprint(&laptop)?;
+    let body = std::sync::Arc::new(std::sync::Mutex::new(inventory(&[(&fp, true, "14.5")])));
+    let not_modified = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mdm = mdm_server(&pki, body.clone(), not_modified.clone()).await?;
+    let devices = format!(
+        "\n[devices]\nsource = \"https://{mdm}/export\"\nca = \"ca.pem\"\nrefresh = \"200ms\"\nmax_stale = \"30s\"\n"
+    );
+    let running = proxy(
+        &pki,
+        &devices,
+        "",
+        "allow = [{ spiffe = [\"spiffe://example.org/**\"], device = \"compliant\" }]",
+    )
+    .await?;
+    let client = client_config(Some(&laptop), pki.ca.cert_pem(), &[])?;
+    let allowed = eventually(Duration::from_secs(5), || async {
+        get(running.addr, client.clone(), "/x", "")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(allowed, "the https inventory was never loaded");
+    let polled = eventually(Duration::from_secs(5), || async {
+        not_modified.load(std::sync::atomic::Ordering::Relaxed) >= 2
+    })
+    .await;
+    assert!(
+        polled,
+        "no conditional polling (If-None-Match answered 304)"
+    );
+    *body.lock().map_err(|_| anyhow::anyhow!("lock"))? = inventory(&[(&fp, false, "14.5")]);
+    let denied = eventually(Duration::from_secs(5), || async {
+        get(running.addr, client.clone(), "/x", "")
+            .await
+            .is_ok_and(|r| r.status == 403)
+    })
+    .await;
+    assert!(denied, "the changed export was not picked up");
+    let ready = admin(&running, "GET", "/readyz").await?.json();
+    assert_eq!(ready["device_inventory"]["stale"], false);
+    Ok(())
+}

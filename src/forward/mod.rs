@@ -156,6 +156,7 @@ pub async fn forward(
             .boxed_unsync(),
         None => body,
     };
+    let method = parts.method.clone();
     let request = Request::from_parts(parts, body);
 
     let sent = tokio::time::timeout(upstream.response_timeout, upstream.client.request(request));
@@ -167,11 +168,17 @@ pub async fn forward(
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() {
         let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let origin = crate::live::TunnelOrigin {
+            host: out.host.to_owned(),
+            path: out.path.to_owned(),
+            method,
+            session: out.session,
+        };
         tokio::spawn(tunnel(
             conn.clone(),
             downstream_upgrade,
             upstream_upgrade,
-            out.session,
+            origin,
         ));
     } else {
         remove_hop_by_hop(response.headers_mut());
@@ -236,7 +243,7 @@ async fn tunnel(
     conn: Arc<Connection>,
     downstream: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    session: Option<crate::identity::session::Session>,
+    origin: crate::live::TunnelOrigin,
 ) {
     let (down, up) = match tokio::try_join!(downstream, upstream) {
         Ok(pair) => pair,
@@ -247,12 +254,10 @@ async fn tunnel(
     };
     static TUNNELS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tunnel_id = TUNNELS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if let Some(session) = session
-        && let Ok(mut tunnels) = conn.tunnels.lock()
-    {
+    if let Ok(mut tunnels) = conn.tunnels.lock() {
         tunnels.push(crate::live::TunnelSession {
             id: tunnel_id,
-            session,
+            origin,
         });
     }
     let mut down = TokioIo::new(down);
