@@ -109,6 +109,7 @@ fn whoami(record: &mut Record<'_>, req: &Request<Incoming>) -> Response<Body> {
         record.conn,
         user.as_ref(),
         device.as_ref(),
+        false,
     );
     let payload = serde_json::json!({
         "request_id": record.request_id.to_str().unwrap_or(""),

@@ -245,9 +245,14 @@ async fn handle_in_span(
         .as_ref()
         .map_or(conn.peer.fingerprint_hex.as_str(), |i| i.subject.as_str());
     let now = identity::now();
-    if let Some(assessment) =
-        assess_risk(shared, &snapshot, conn, identity.as_ref(), device.as_ref())
-    {
+    if let Some(assessment) = assess_risk(
+        shared,
+        &snapshot,
+        conn,
+        identity.as_ref(),
+        device.as_ref(),
+        true,
+    ) {
         if decision.allow {
             match route.risk.for_level(assessment.level) {
                 Action::Allow => {}
@@ -375,13 +380,15 @@ async fn handle_in_span(
     }
 }
 
-/// The risk of a request from `conn` by `identity`, when `[risk]` is configured.
+/// The risk of a request from `conn` by `identity`, when `[risk]` is configured. `remember`
+/// notes the device as seen for the user (a real request does; a `whoami` look does not).
 pub fn assess_risk(
     shared: &Shared,
     snapshot: &Snapshot,
     conn: &Connection,
     identity: Option<&Identity>,
     device: Option<&posture::inventory::Device>,
+    remember: bool,
 ) -> Option<posture::Assessment> {
     let settings = snapshot.risk.as_ref()?;
     let country = settings
@@ -404,7 +411,7 @@ pub fn assess_risk(
             first_seen_device: identity.is_some_and(|i| {
                 shared
                     .posture
-                    .first_seen(&i.subject, &conn.peer.fingerprint_hex)
+                    .first_seen(&i.subject, &conn.peer.fingerprint_hex, remember)
             }),
         },
     ))

@@ -651,7 +651,13 @@ impl Provider {
         Ok(Session {
             sid: random_token(),
             sub,
-            email: text("email"),
+            // An address the provider says is unverified identifies no one: rules on users
+            // and email domains must not match it.
+            email: if claims.get("email_verified") == Some(&serde_json::Value::Bool(false)) {
+                None
+            } else {
+                text("email")
+            },
             name: text("name"),
             groups: list(&self.settings.groups_claim),
             amr: list("amr"),
@@ -870,4 +876,68 @@ pub fn random_token() -> String {
     let mut bytes = [0u8; 32];
     let _ = aws_lc_rs::rand::fill(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider() -> Provider {
+        Provider::new(Settings {
+            issuer: "https://idp.test".into(),
+            client_id: "vigil".into(),
+            client_secret: "s".into(),
+            redirect_url: None,
+            scopes: vec!["openid".into()],
+            groups_claim: "groups".into(),
+            risk_claim: "risk".into(),
+            keep_claims: vec!["department".into()],
+            mfa_amr: vec!["otp".into()],
+            post_logout_redirect: "/.vigil/logged-out".into(),
+            userinfo: false,
+            algorithms: vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256],
+            clock_skew: Duration::from_secs(60),
+            login_timeout: Duration::from_secs(600),
+            ca: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn sessions_keep_only_verified_emails_and_the_claims_rules_need() {
+        let p = provider();
+        let claims = |verified: serde_json::Value| {
+            serde_json::json!({
+                "sub": "alice", "email": "alice@example.com", "email_verified": verified,
+                "groups": "engineering", "department": "r&d", "secret": "x",
+                "amr": ["pwd", "otp"], "auth_time": 5, "sid": "idp-1",
+            })
+            .as_object()
+            .cloned()
+            .unwrap()
+        };
+        let s = p
+            .session_from(&claims(true.into()), "fp", 10, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(s.email.as_deref(), Some("alice@example.com"));
+        assert_eq!(s.groups, vec!["engineering".to_owned()]);
+        assert_eq!(s.claims.keys().collect::<Vec<_>>(), vec!["department"]);
+        assert_eq!(
+            (s.auth_time, s.expires_at, s.idp_sid.as_deref()),
+            (Some(5), 70, Some("idp-1"))
+        );
+        let unverified = p
+            .session_from(&claims(false.into()), "fp", 10, Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(unverified.email, None);
+        let absent = p
+            .session_from(
+                &claims(serde_json::Value::Null),
+                "fp",
+                10,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_eq!(absent.email.as_deref(), Some("alice@example.com"));
+    }
 }

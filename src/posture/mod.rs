@@ -256,11 +256,14 @@ impl Memory {
             .unwrap_or(0)
     }
 
-    /// Notes that `user` uses `device`; true the first time.
-    pub fn first_seen(&self, user: &str, device: &str) -> bool {
+    /// True when `user` has not been seen on `device` before; with `remember`, notes it.
+    pub fn first_seen(&self, user: &str, device: &str, remember: bool) -> bool {
         let Ok(mut seen) = self.seen.lock() else {
             return false;
         };
+        if !remember {
+            return !seen.get(user).is_some_and(|d| d.contains(device));
+        }
         if seen.len() >= TRACKED && !seen.contains_key(user) {
             seen.clear();
         }
@@ -366,8 +369,10 @@ mod tests {
     #[test]
     fn memory() {
         let m = Memory::default();
-        assert!(m.first_seen("alice", "d1"));
-        assert!(!m.first_seen("alice", "d1"));
+        assert!(m.first_seen("alice", "d1", false));
+        assert!(m.first_seen("alice", "d1", true));
+        assert!(!m.first_seen("alice", "d1", true));
+        assert!(!m.first_seen("alice", "d1", false));
         m.record_denial("alice", 100);
         m.record_denial("alice", 390);
         assert_eq!(m.recent_denials("alice", 400, Duration::from_secs(60)), 1);
