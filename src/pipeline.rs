@@ -210,6 +210,16 @@ async fn handle_in_span(
             Err(why) => return record.login_required(&why, &req, &canonical),
         },
         Login::Bearer => match identify_bearer(&snapshot, &route, req.headers()).await {
+            Ok(identity)
+                if shared
+                    .revocations
+                    .subject(&identity.subject, identity.verified_at) =>
+            {
+                return record.refuse_with(
+                    Refusal::Unauthorized("a valid bearer token is required".into()),
+                    "token issued before its subject was revoked".into(),
+                );
+            }
             Ok(identity) => Some(identity),
             Err(BearerRefusal::Unavailable) => {
                 return record.refuse(

@@ -125,6 +125,18 @@ impl Revocations {
         None
     }
 
+    /// Whether a credential of `sub` issued at `issued_at` (a bearer token's `iat`) was revoked
+    /// with its user.
+    pub fn subject(&self, sub: &str, issued_at: i64) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        self.inner
+            .read()
+            .map(|l| l.users.get(sub).is_some_and(|at| issued_at <= *at))
+            .unwrap_or(false)
+    }
+
     /// Whether a device certificate is blocked.
     pub fn device(&self, fingerprint: &str) -> bool {
         if !self.any.load(Ordering::Acquire) {

@@ -509,6 +509,16 @@ async fn bearer_tokens_for_services() -> Result<()> {
         .status,
         401
     );
+    // A revoked subject's tokens issued until then are refused.
+    let mut admin_call = tokio::net::TcpStream::connect(w.running.admin.context("admin")?).await?;
+    tokio::io::AsyncWriteExt::write_all(
+        &mut admin_call,
+        b"POST /revoke HTTP/1.1\r\nHost: a\r\nContent-Length: 14\r\nConnection: close\r\n\r\n{\"user\":\"svc\"}",
+    )
+    .await?;
+    assert_eq!(read_reply(&mut admin_call).await?.status, 200);
+    assert_eq!(call(good.clone()).await?.status, 401);
+
     Ok(())
 }
 
