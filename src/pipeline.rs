@@ -745,45 +745,26 @@ impl Record<'_> {
         if *why != Rejected::Absent {
             tracing::info!(request_id = ?self.request_id, reason = %reason, "session refused");
         }
-        let (Some(provider), Some(sessions)) = (&self.snapshot.oidc, &self.snapshot.sessions)
-        else {
+        if self.snapshot.oidc.is_none() || self.snapshot.sessions.is_none() {
             return self.refuse(
                 Refusal::Unavailable("sign-in is not configured".into()),
                 None,
             );
-        };
+        }
         if !self.html {
             return self.refuse(
                 Refusal::Unauthorized(format!("sign-in required ({reason})")),
                 None,
             );
         }
-        let mut return_to = canonical.path.to_string();
-        if let Some(q) = req.uri().query() {
-            return_to.push('?');
-            return_to.push_str(q);
-        }
-        match provider.begin(&sessions.ring, &canonical.host, &return_to, false) {
-            Ok(redirect) => {
-                let mut response =
-                    crate::endpoints::redirect(StatusCode::FOUND, &redirect.location);
-                let headers = response.headers_mut();
-                headers.append(header::SET_COOKIE, redirect.cookie);
-                if *why != Rejected::Absent {
-                    for c in session::clear(session::chunks_present(req.headers())) {
-                        headers.append(header::SET_COOKIE, c);
-                    }
-                }
-                headers.insert(forward::X_REQUEST_ID.clone(), self.request_id.clone());
-                self.log(
-                    "deny",
-                    &[format!("sign-in required: {reason}")],
-                    StatusCode::FOUND,
-                );
-                response
-            }
-            Err(e) => self.refuse(Refusal::from_login(&e), None),
-        }
+        let clear = *why != Rejected::Absent;
+        self.to_provider(
+            req,
+            canonical,
+            false,
+            clear,
+            format!("sign-in required: {reason}"),
+        )
     }
 
     /// The risk asks for a fresh multi-factor login: browsers on a login route go through the
@@ -801,6 +782,25 @@ impl Record<'_> {
                 None,
             );
         }
+        self.to_provider(
+            req,
+            canonical,
+            true,
+            false,
+            format!("{level} risk: step-up sign-in required"),
+        )
+    }
+
+    /// Sends a browser to the provider to sign in (again, with `step_up`), returning to this
+    /// request's path; `clear_session` also deletes the session cookie it came with.
+    fn to_provider(
+        &self,
+        req: &Request<Incoming>,
+        canonical: &Canonical<'_>,
+        step_up: bool,
+        clear_session: bool,
+        reason: String,
+    ) -> Response<Body> {
         let (Some(provider), Some(sessions)) = (&self.snapshot.oidc, &self.snapshot.sessions)
         else {
             return self.refuse(
@@ -813,18 +813,19 @@ impl Record<'_> {
             return_to.push('?');
             return_to.push_str(q);
         }
-        match provider.begin(&sessions.ring, &canonical.host, &return_to, true) {
+        match provider.begin(&sessions.ring, &canonical.host, &return_to, step_up) {
             Ok(redirect) => {
                 let mut response =
                     crate::endpoints::redirect(StatusCode::FOUND, &redirect.location);
-                response
-                    .headers_mut()
-                    .append(header::SET_COOKIE, redirect.cookie);
-                self.log(
-                    "deny",
-                    &[format!("{level} risk: step-up sign-in required")],
-                    StatusCode::FOUND,
-                );
+                let headers = response.headers_mut();
+                headers.append(header::SET_COOKIE, redirect.cookie);
+                if clear_session {
+                    for c in session::clear(session::chunks_present(req.headers())) {
+                        headers.append(header::SET_COOKIE, c);
+                    }
+                }
+                headers.insert(forward::X_REQUEST_ID.clone(), self.request_id.clone());
+                self.log("deny", &[reason], StatusCode::FOUND);
                 response
             }
             Err(e) => self.refuse(Refusal::from_login(&e), None),

@@ -251,7 +251,7 @@ async fn connection(
             return handshake_failed(&shared, remote, "bad_certificate", &e);
         }
     };
-    if shared.revocations.device(&peer_fingerprint_of(leaf)) {
+    if shared.revocations.device(&peer.fingerprint_hex) {
         let e = io::Error::other("device certificate revoked by an operator");
         return handshake_failed(&shared, remote, "device_revoked", &e);
     }
@@ -337,10 +337,6 @@ async fn connection(
         }
     }
     tracing::debug!(conn = id, "connection closed");
-}
-
-fn peer_fingerprint_of(cert: &rustls::pki_types::CertificateDer<'_>) -> String {
-    crate::certs::hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.as_ref()).as_ref())
 }
 
 fn handshake_failed(shared: &Shared, remote: SocketAddr, reason: &'static str, e: &io::Error) {

@@ -626,22 +626,7 @@ async fn websocket_echo_through_the_proxy() -> Result<()> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let pki = Pki::new()?;
-    let ws = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let ws_addr = ws.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = ws.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = socket.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        let _ = socket.send(msg).await;
-                    }
-                }
-            });
-        }
-    });
+    let ws_addr = ws_echo_upstream().await?;
     let decisions = pki.path("decisions.log");
     let text = format!(
         "{}{}",

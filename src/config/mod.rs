@@ -461,12 +461,7 @@ impl Compiler<'_> {
         {
             self.problem("oidc.redirect_url", "the redirect URL must be https://");
         }
-        let ca = match &o.ca {
-            Some(ca) => std::fs::read(self.file(ca))
-                .map_err(|e| self.problem("oidc.ca", format!("{ca}: {e}")))
-                .ok(),
-            None => None,
-        };
+        let ca = self.optional_file("oidc.ca", o.ca.as_ref());
         let standard = [
             "sub", "email", "name", "groups", "amr", "acr", "device", "workload",
         ];
@@ -575,12 +570,7 @@ impl Compiler<'_> {
         if d.refresh.0.is_zero() {
             self.problem("devices.refresh", "must be longer than zero");
         }
-        let ca = match &d.ca {
-            Some(ca) => std::fs::read(self.file(ca))
-                .map_err(|e| self.problem("devices.ca", format!("{ca}: {e}")))
-                .ok(),
-            None => None,
-        };
+        let ca = self.optional_file("devices.ca", d.ca.as_ref());
         let settings = Settings {
             source,
             key,
@@ -601,19 +591,7 @@ impl Compiler<'_> {
 
     fn risk(&mut self, raw: &load::RawConfig) -> Option<crate::posture::RiskSettings> {
         let r = raw.risk.as_ref()?;
-        let mut trusted = Vec::new();
-        for (i, n) in r.trusted_networks.iter().enumerate() {
-            match n
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            {
-                Ok(net) => trusted.push(net.trunc()),
-                Err(_) => self.problem(
-                    &format!("risk.trusted_networks.{i}"),
-                    format!("{n:?} is not a network"),
-                ),
-            }
-        }
+        let trusted = self.networks("risk.trusted_networks", &r.trusted_networks);
         if r.medium == 0 || r.high < r.medium {
             self.problem("risk", "thresholds need 0 < medium <= high");
         }
@@ -1016,19 +994,7 @@ impl Compiler<'_> {
                 rule.paths.push(pat);
             }
         }
-        for (i, n) in r.networks.iter().enumerate() {
-            let parsed = n
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-            match parsed {
-                Ok(net) => rule.networks.push(net.trunc()),
-                Err(_) => self.problem_help(
-                    &format!("{at}.networks.{i}"),
-                    format!("{n:?} is not a network"),
-                    "write it in CIDR form, like \"10.0.0.0/8\"",
-                ),
-            }
-        }
+        rule.networks = self.networks(&format!("{at}.networks"), &r.networks);
         self.identity_rule(at, r, &mut rule);
         rule
     }
@@ -1073,6 +1039,34 @@ impl Compiler<'_> {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+    }
+
+    /// Networks in CIDR form (a bare address is its own /32 or /128), each problem reported at
+    /// `key.i`.
+    fn networks(&mut self, key: &str, list: &[String]) -> Vec<ipnet::IpNet> {
+        let mut nets = Vec::with_capacity(list.len());
+        for (i, n) in list.iter().enumerate() {
+            match n
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            {
+                Ok(net) => nets.push(net.trunc()),
+                Err(_) => self.problem_help(
+                    &format!("{key}.{i}"),
+                    format!("{n:?} is not a network"),
+                    "write it in CIDR form, like \"10.0.0.0/8\"",
+                ),
+            }
+        }
+        nets
+    }
+
+    /// The bytes of an optional file setting, reporting a read error at `key`.
+    fn optional_file(&mut self, key: &str, value: Option<&String>) -> Option<Vec<u8>> {
+        let value = value?;
+        std::fs::read(self.file(value))
+            .map_err(|e| self.problem(key, format!("{value}: {e}")))
+            .ok()
     }
 
     fn pattern(&mut self, key: &str, text: &str) -> Option<Pattern> {

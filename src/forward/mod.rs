@@ -305,6 +305,24 @@ pub fn client_tls(
     }
 }
 
+/// TLS for Vigil's own outbound calls (provider, inventory): trusting the CAs of a PEM bundle,
+/// or the platform's when there is none. `what` names the setting in errors.
+pub fn outbound_tls(ca_pem: Option<&[u8]>, what: &str) -> Result<rustls::ClientConfig, String> {
+    let roots = match ca_pem {
+        Some(pem) => {
+            use rustls::pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| format!("{what}: {e:?}"))?;
+                roots.add(cert).map_err(|e| format!("{what}: {e}"))?;
+            }
+            roots
+        }
+        None => system_roots(),
+    };
+    client_tls(roots, None)
+}
+
 /// The platform's trust anchors, for `https://` upstreams without `upstream_ca`.
 pub fn system_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();

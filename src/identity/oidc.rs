@@ -176,19 +176,7 @@ pub struct BearerClaims {
 impl Provider {
     pub fn new(settings: Settings) -> Result<Self, String> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let roots = match &settings.ca {
-            Some(pem) => {
-                let mut roots = rustls::RootCertStore::empty();
-                use rustls::pki_types::pem::PemObject;
-                for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
-                    let cert = cert.map_err(|e| format!("oidc.ca: {e:?}"))?;
-                    roots.add(cert).map_err(|e| format!("oidc.ca: {e}"))?;
-                }
-                roots
-            }
-            None => crate::forward::system_roots(),
-        };
-        let tls = crate::forward::client_tls(roots, None)?;
+        let tls = crate::forward::outbound_tls(settings.ca.as_deref(), "oidc.ca")?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .redirect(reqwest::redirect::Policy::none())

@@ -121,20 +121,7 @@ impl Inventory {
     pub fn load(settings: Settings) -> Result<Self, String> {
         let http = match &settings.source {
             Source::Url(_) => {
-                let roots = match &settings.ca {
-                    Some(pem) => {
-                        use rustls::pki_types::pem::PemObject;
-                        let mut roots = rustls::RootCertStore::empty();
-                        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
-                            roots
-                                .add(cert.map_err(|e| format!("devices.ca: {e:?}"))?)
-                                .map_err(|e| format!("devices.ca: {e}"))?;
-                        }
-                        roots
-                    }
-                    None => crate::forward::system_roots(),
-                };
-                let tls = crate::forward::client_tls(roots, None)?;
+                let tls = crate::forward::outbound_tls(settings.ca.as_deref(), "devices.ca")?;
                 Some(
                     reqwest::Client::builder()
                         .use_preconfigured_tls(tls)
