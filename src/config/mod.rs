@@ -1001,8 +1001,9 @@ impl Compiler<'_> {
 
     fn identity_rule(&mut self, at: &str, r: &RuleSection, rule: &mut Rule) {
         for (i, p) in r.users.iter().enumerate() {
-            if let Some(pat) = self.pattern(&format!("{at}.users.{i}"), p) {
-                rule.users.push(pat);
+            match Pattern::user(p) {
+                Ok(pat) => rule.users.push(pat),
+                Err(e) => self.problem(&format!("{at}.users.{i}"), e),
             }
         }
         for (i, d) in r.email_domains.iter().enumerate() {
