@@ -1,4 +1,4 @@
-//! `cargo bench --bench patterns` (or `scripts/bench --patterns`): the cost of matching a rule
+//! `cargo bench --bench patterns` (or `scripts/bench patterns`): the cost of matching a rule
 //! pattern, in nanoseconds per input byte, at input lengths from 1 KiB to 32 KiB.
 //!
 //! The patterns are the ones a backtracking matcher needs exponential or high-polynomial time for
