@@ -24,9 +24,9 @@ pub struct Rule {
     pub methods: Vec<Method>,
     pub paths: Vec<Pattern>,
     pub networks: Vec<IpNet>,
-    /// Email or subject patterns.
+    /// Email or subject patterns, made with [`Pattern::user`] (no wildcard covers `@`).
     pub users: Vec<Pattern>,
-    /// Lower-case email domains.
+    /// Lower-case email domains, compared with the domain of a well-formed [`Address`].
     pub email_domains: Vec<String>,
     pub groups: Vec<String>,
     pub mfa: bool,
