@@ -1340,11 +1340,17 @@ mod tests {
     /// printable ASCII byte.
     fn raw_path() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
+        // Mostly pieces of valid paths, so that most inputs get through and the properties of
+        // the output are exercised; the rest are refused (and must agree with the model).
         let atom = prop_oneof![
-            3 => prop::sample::select(vec![
-                "/", "//", ".", "..", "a", "b", "%2e", "%2E", "%2f", "%2F", "%5c", "%5C", "%25",
-                "%41", "%7e", "%3f", "%00", "%1f", "%7f", "%", "%z", "%c3%a9", "\\", ";", "?",
-                "#", " ", "\0", "\t", "é", "~", "-", "_",
+            12 => prop::sample::select(vec![
+                "/", "//", ".", "..", "a", "b", "%2e", "%2E", "%41", "%7e", "%3f", "%c3%a9", "~",
+                "-", "_", "%20",
+            ])
+            .prop_map(str::to_owned),
+            2 => prop::sample::select(vec![
+                "%2f", "%2F", "%5c", "%5C", "%25", "%252e", "%2525", "%00", "%1f", "%7f", "%",
+                "%z", "\\", ";", "?", "#", " ", "\0", "\t", "é",
             ])
             .prop_map(str::to_owned),
             1 => (0x20u8..0x7f).prop_map(|b| char::from(b).to_string()),
