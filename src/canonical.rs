@@ -1334,4 +1334,75 @@ mod tests {
         }
         assert_eq!(Rejection::EncodedSlash.reason(), "encoded slash in path");
     }
+
+    /// Paths built from the pieces that matter to the rules (separators, dots and their
+    /// encodings, `%25`, stray `%`, `\\`, `;`, `?`, controls, non-ASCII), mixed with any
+    /// printable ASCII byte.
+    fn raw_path() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        // Mostly pieces of valid paths, so that most inputs get through and the properties of
+        // the output are exercised; the rest are refused (and must agree with the model).
+        let atom = prop_oneof![
+            12 => prop::sample::select(vec![
+                "/", "//", ".", "..", "a", "b", "%2e", "%2E", "%41", "%7e", "%3f", "%c3%a9", "~",
+                "-", "_", "%20",
+            ])
+            .prop_map(str::to_owned),
+            2 => prop::sample::select(vec![
+                "%2f", "%2F", "%5c", "%5C", "%25", "%252e", "%2525", "%00", "%1f", "%7f", "%",
+                "%z", "\\", ";", "?", "#", " ", "\0", "\t", "é",
+            ])
+            .prop_map(str::to_owned),
+            1 => (0x20u8..0x7f).prop_map(|b| char::from(b).to_string()),
+        ];
+        (
+            prop::bool::weighted(0.95),
+            prop::collection::vec(atom, 0..24),
+        )
+            .prop_map(|(slash, parts)| {
+                let body = parts.concat();
+                if slash { format!("/{body}") } else { body }
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        /// The fast implementation agrees with the model, its output is canonical (normalising it
+        /// again changes nothing and does not allocate), and nothing ambiguous survives.
+        #[test]
+        fn normalised_paths_are_canonical(raw in raw_path()) {
+            let got = normalize_path(&raw);
+            let want = model(&raw);
+            match (&got, &want) {
+                (Ok(out), Some(w)) => {
+                    proptest::prop_assert_eq!(out.as_ref(), w.as_str());
+                    proptest::prop_assert_eq!(matches!(out, Cow::Borrowed(_)), out.as_ref() == raw);
+                    match normalize_path(out) {
+                        Ok(Cow::Borrowed(again)) => proptest::prop_assert_eq!(again, out.as_ref()),
+                        other => proptest::prop_assert!(false, "{:?} -> {:?} -> {:?}", raw, out, other),
+                    }
+                    proptest::prop_assert!(out.starts_with('/'));
+                    proptest::prop_assert!(!out.contains("//"), "{:?}", out);
+                    for seg in out.split('/').skip(1) {
+                        proptest::prop_assert!(seg != "." && seg != "..", "{:?}", out);
+                    }
+                    let upper = out.to_ascii_uppercase();
+                    for bad in ["%2F", "%5C", "%00", "%2E", "\\", "\0", ";", "#", "?", " "] {
+                        proptest::prop_assert!(!upper.contains(bad), "{:?} has {}", out, bad);
+                    }
+                    proptest::prop_assert!(out.bytes().all(|b| (0x21..0x7f).contains(&b)), "{:?}", out);
+                }
+                (Err(_), None) => {}
+                _ => proptest::prop_assert!(false, "{:?}: got {:?}, model {:?}", raw, got, want),
+            }
+        }
+
+        /// Any text at all: an answer, never a panic.
+        #[test]
+        fn any_text_gets_an_answer(raw in "\\PC{0,40}") {
+            let _ = normalize_path(&raw);
+            let _ = normalize_host(&raw);
+        }
+    }
 }

@@ -34,6 +34,9 @@ pub enum Refusal {
     MethodNotAllowed,
     /// The body is over the route's limit.
     PayloadTooLarge,
+    /// The request target is over `max_target_bytes`: a client or a scanner probing for
+    /// expensive paths; the reason gives the length and the limit.
+    UriTooLong(String),
     /// The upstream is down, refused, or broke the exchange.
     BadGateway,
     /// The upstream did not answer in time.
@@ -51,6 +54,7 @@ impl Refusal {
             Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -62,7 +66,8 @@ impl Refusal {
             | Refusal::Misdirected
             | Refusal::NoRoute
             | Refusal::MethodNotAllowed
-            | Refusal::PayloadTooLarge => Fault::Client,
+            | Refusal::PayloadTooLarge
+            | Refusal::UriTooLong(_) => Fault::Client,
             Refusal::Forbidden(_) | Refusal::Unauthorized(_) => Fault::Policy,
             Refusal::Unavailable(_) => Fault::Upstream,
             Refusal::BadGateway | Refusal::GatewayTimeout => Fault::Upstream,
@@ -75,7 +80,10 @@ impl Refusal {
             Refusal::BadRequest(why) => why,
             Refusal::Misdirected => "this connection is not for that host",
             Refusal::NoRoute => "no route for this host and path",
-            Refusal::Forbidden(why) | Refusal::Unauthorized(why) | Refusal::Unavailable(why) => why,
+            Refusal::Forbidden(why)
+            | Refusal::Unauthorized(why)
+            | Refusal::Unavailable(why)
+            | Refusal::UriTooLong(why) => why,
             Refusal::MethodNotAllowed => "method not supported by the proxy",
             Refusal::PayloadTooLarge => "request body too large",
             Refusal::BadGateway => "upstream unavailable",

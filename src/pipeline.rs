@@ -44,6 +44,7 @@ pub struct Canonical<'a> {
 pub fn canonicalize<'a>(
     req: &'a Request<Incoming>,
     conn: &Connection,
+    snapshot: &Snapshot,
 ) -> Result<Canonical<'a>, Refusal> {
     let headers = req.headers();
     if req.version() <= http::Version::HTTP_11 {
@@ -51,6 +52,16 @@ pub fn canonicalize<'a>(
         if let Some(why) = conn.framing.refusal(index) {
             return Err(Refusal::BadRequest(why));
         }
+    }
+    // Before any other work on the target: its length bounds what every later stage spends.
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if let Some(limit) = snapshot.max_target_bytes
+        && target > limit
+    {
+        conn.metrics.limit("target_size");
+        return Err(Refusal::UriTooLong(format!(
+            "request target of {target} bytes is over the limit of {limit}"
+        )));
     }
     if req.method() == Method::CONNECT {
         return Err(Refusal::MethodNotAllowed);
@@ -117,6 +128,20 @@ pub fn canonicalize<'a>(
     Ok(Canonical { host, path, query })
 }
 
+/// A refused path for the decision log: at most 1 KiB of it, so a long target cannot make long
+/// log lines.
+fn loggable_path(path: &str) -> String {
+    const MAX: usize = 1024;
+    if path.len() <= MAX {
+        return path.to_owned();
+    }
+    let mut end = MAX;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &path[..end])
+}
+
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A request id unique across restarts and replicas: a random per-process prefix and a counter.
@@ -170,10 +195,10 @@ async fn handle_in_span(
         started,
     };
 
-    let canonical = match canonicalize(&req, conn) {
+    let canonical = match canonicalize(&req, conn, &snapshot) {
         Ok(c) => c,
         Err(refusal) => {
-            record.path = req.uri().path().to_owned();
+            record.path = loggable_path(req.uri().path());
             return record.refuse(refusal, None);
         }
     };

@@ -328,6 +328,68 @@ async fn oversized_headers_and_bodies_are_refused() -> Result<()> {
 }
 
 #[tokio::test]
+async fn long_request_targets_get_414_on_http1_and_http2() -> Result<()> {
+    // The default limit, 8 KiB of path and query; well inside `max_header_bytes`, so it is
+    // Vigil that answers, not the HTTP layer.
+    let f = fixture().await?;
+    // The query counts too: long ones are padded there, the longest in the path.
+    let target = |len: usize| {
+        let head = if len < 10_000 {
+            "/public/x?q="
+        } else {
+            "/public/"
+        };
+        format!("{head}{}", "a".repeat(len - head.len()))
+    };
+    let h2 = client_config(Some(&f.web), f.pki.ca.cert_pem(), &[b"h2"])?;
+    for len in [8192, 7000] {
+        let reply = get(f.running.addr, f.web(), &target(len), "").await?;
+        assert_eq!(reply.status, 200, "HTTP/1.1, {len} bytes");
+        let (status, _) = h2_get(
+            f.running.addr,
+            h2.clone(),
+            &format!("https://localhost{}", target(len)),
+        )
+        .await?;
+        assert_eq!(status, 200, "HTTP/2, {len} bytes");
+    }
+    for len in [8193, 30_000] {
+        let reply = get(f.running.addr, f.web(), &target(len), "").await?;
+        assert_eq!(reply.status, 414, "HTTP/1.1, {len} bytes: {reply:?}");
+        let body = reply.json();
+        assert_eq!(
+            body["reason"],
+            format!("request target of {len} bytes is over the limit of 8192")
+        );
+        let line = decision_for(&f.decisions, body["request_id"].as_str().unwrap_or(""))
+            .await
+            .expect("decision line");
+        assert_eq!(line["decision"], "deny");
+        assert_eq!(line["status"], 414);
+        assert!(
+            line["reasons"]
+                .to_string()
+                .contains("over the limit of 8192"),
+            "{line}"
+        );
+        // A long path is cut short in the log.
+        let logged = line["path"].as_str().unwrap_or("");
+        assert!(logged.starts_with("/public/x") || logged.starts_with("/public/aaa"));
+        assert!(logged.len() <= 1024 + '…'.len_utf8(), "{logged}");
+
+        let (status, body) = h2_get(
+            f.running.addr,
+            h2.clone(),
+            &format!("https://localhost{}", target(len)),
+        )
+        .await?;
+        assert_eq!(status, 414, "HTTP/2, {len} bytes: {body}");
+    }
+    assert!(metric(&f.running, "vigil_limits_hit_total{limit=\"target_size\"}").await? >= 4.0);
+    Ok(())
+}
+
+#[tokio::test]
 async fn refused_handshakes_fail_with_a_reason_metric() -> Result<()> {
     let pki = Pki::new()?;
     let now = time::OffsetDateTime::now_utc();

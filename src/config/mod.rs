@@ -64,6 +64,8 @@ pub struct Snapshot {
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub max_body_bytes: Option<u64>,
+    /// Longest request target (path and query) in bytes; `None`: no limit of Vigil's own.
+    pub max_target_bytes: Option<usize>,
     /// The HTTP/1.1 + HTTP/2 server settings, with the limits applied.
     pub http: auto::Builder<TokioExecutor>,
     pub log: LogSection,
@@ -325,6 +327,7 @@ impl Compiler<'_> {
             idle_timeout: server.idle_timeout.0,
             drain_timeout: server.drain_timeout.0,
             max_body_bytes: (server.max_body_bytes > 0).then_some(server.max_body_bytes),
+            max_target_bytes: (server.max_target_bytes > 0).then_some(server.max_target_bytes),
             http,
             log: LogSection {
                 decisions: match raw.log.decisions.as_str() {
@@ -1001,8 +1004,9 @@ impl Compiler<'_> {
 
     fn identity_rule(&mut self, at: &str, r: &RuleSection, rule: &mut Rule) {
         for (i, p) in r.users.iter().enumerate() {
-            if let Some(pat) = self.pattern(&format!("{at}.users.{i}"), p) {
-                rule.users.push(pat);
+            match Pattern::user(p) {
+                Ok(pat) => rule.users.push(pat),
+                Err(e) => self.problem(&format!("{at}.users.{i}"), e),
             }
         }
         for (i, d) in r.email_domains.iter().enumerate() {

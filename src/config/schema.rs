@@ -49,6 +49,9 @@ pub struct ServerSection {
     /// Largest request body; bigger ones get 413. 0 turns the limit off.
     #[serde(default = "ServerSection::default_max_body_bytes")]
     pub max_body_bytes: u64,
+    /// Longest request target (path and query); longer ones get 414. 0 turns the limit off.
+    #[serde(default = "ServerSection::default_max_target_bytes")]
+    pub max_target_bytes: usize,
     /// Concurrent HTTP/2 streams per connection.
     #[serde(default = "ServerSection::default_max_streams")]
     pub max_concurrent_streams: u32,
@@ -79,6 +82,9 @@ impl ServerSection {
     fn default_max_body_bytes() -> u64 {
         16 * 1024 * 1024
     }
+    fn default_max_target_bytes() -> usize {
+        8 * 1024
+    }
     fn default_max_streams() -> u32 {
         128
     }
@@ -97,6 +103,7 @@ impl Default for ServerSection {
             idle_timeout: Self::default_idle_timeout(),
             max_header_bytes: Self::default_max_header_bytes(),
             max_body_bytes: Self::default_max_body_bytes(),
+            max_target_bytes: Self::default_max_target_bytes(),
             max_concurrent_streams: Self::default_max_streams(),
             drain_timeout: Self::default_drain_timeout(),
         }

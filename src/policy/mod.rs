@@ -24,9 +24,9 @@ pub struct Rule {
     pub methods: Vec<Method>,
     pub paths: Vec<Pattern>,
     pub networks: Vec<IpNet>,
-    /// Email or subject patterns.
+    /// Email or subject patterns, made with [`Pattern::user`] (no wildcard covers `@`).
     pub users: Vec<Pattern>,
-    /// Lower-case email domains.
+    /// Lower-case email domains, compared with the domain of a well-formed [`Address`].
     pub email_domains: Vec<String>,
     pub groups: Vec<String>,
     pub mfa: bool,
@@ -237,9 +237,11 @@ impl Rule {
         let Some(who) = identity else {
             return Err("no signed-in identity".into());
         };
+        // Only a well-formed address is compared; any other email is as if there were none.
+        let address = who.email.as_deref().and_then(Address::parse);
         if !self.users.is_empty()
             && !self.users.iter().any(|p| {
-                p.matches(&who.subject) || who.email.as_deref().is_some_and(|e| p.matches(e))
+                p.matches(&who.subject) || address.as_ref().is_some_and(|a| p.matches(a.text))
             })
         {
             return Err(format!(
@@ -248,13 +250,16 @@ impl Rule {
             ));
         }
         if !self.email_domains.is_empty() {
-            let domain = who
-                .email
-                .as_deref()
-                .and_then(|e| e.rsplit_once('@'))
-                .map(|(_, d)| d.to_ascii_lowercase());
-            if !domain.is_some_and(|d| self.email_domains.contains(&d)) {
-                return Err("email domain not allowed".into());
+            match &address {
+                None if who.email.is_some() => {
+                    return Err("email is not a well-formed address".into());
+                }
+                Some(a)
+                    if self
+                        .email_domains
+                        .iter()
+                        .any(|d| d.eq_ignore_ascii_case(a.domain)) => {}
+                _ => return Err("email domain not allowed".into()),
             }
         }
         if !self.groups.is_empty() && !self.groups.iter().any(|g| who.groups.contains(g)) {
@@ -273,6 +278,46 @@ impl Rule {
             }
         }
         Ok(())
+    }
+}
+
+/// An email address as policy compares it: exactly one `@`, a local part of at least one
+/// character without whitespace or control characters, and a domain that is a plain DNS name:
+/// ASCII letters, digits and `-` in dot-separated labels of 1 to 63 characters, at most 253 in all,
+/// no leading or trailing dot or hyphen (so no `corp.com.`, no `[192.0.2.1]` literal, no
+/// Unicode form: an internationalised domain must arrive in its `xn--` form). Anything else
+/// (`a@evil.com@corp.com`, `"a@b"@corp.com`, `@corp.com`, `a@corp..com`) is not an address, and
+/// matches no `users` or `email_domains` condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Address<'a> {
+    /// The whole address, as the provider sent it.
+    pub text: &'a str,
+    pub local: &'a str,
+    /// As sent; compare it case-insensitively.
+    pub domain: &'a str,
+}
+
+impl<'a> Address<'a> {
+    pub fn parse(text: &'a str) -> Option<Self> {
+        let (local, domain) = text.split_once('@')?;
+        if local.is_empty() || local.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return None;
+        }
+        let label = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        // `split` on a domain with a second `@` leaves a label containing it, which fails.
+        if domain.len() > 253 || !domain.split('.').all(label) {
+            return None;
+        }
+        Some(Self {
+            text,
+            local,
+            domain,
+        })
     }
 }
 
@@ -406,5 +451,149 @@ mod tests {
             },
         );
         assert!(!d.allow);
+    }
+
+    fn person(subject: &str, email: Option<&str>) -> Identity {
+        Identity {
+            subject: subject.into(),
+            email: email.map(str::to_owned),
+            name: None,
+            groups: vec![],
+            amr: vec![],
+            mfa: false,
+            acr: None,
+            risk: None,
+            claims: Default::default(),
+            verified_at: 0,
+            auth_time: None,
+            source: crate::identity::Source::Session { sid: "s".into() },
+        }
+    }
+
+    fn decide(rule: &Rule, who: &Identity) -> Decision {
+        let p = peer(None, "laptop");
+        evaluate(
+            &Policy {
+                rules: vec![rule.clone()],
+            },
+            &RequestFacts {
+                method: &Method::GET,
+                path: "/",
+                client_ip: "127.0.0.1".parse().unwrap(),
+                peer: &p,
+                identity: Some(who),
+                device: None,
+            },
+        )
+    }
+
+    #[test]
+    fn addresses() {
+        let ok = [
+            ("alice@corp.com", "alice", "corp.com"),
+            ("a.b+tag@eu.CORP.com", "a.b+tag", "eu.CORP.com"),
+            ("x@xn--bcher-kva.de", "x", "xn--bcher-kva.de"),
+            ("x@localhost", "x", "localhost"),
+        ];
+        for (text, local, domain) in ok {
+            assert_eq!(
+                Address::parse(text),
+                Some(Address {
+                    text,
+                    local,
+                    domain
+                }),
+                "{text}"
+            );
+        }
+        let bad = [
+            "a@evil.com@corp.com",
+            "\"a@b\"@corp.com",
+            "@corp.com",
+            "alice",
+            "alice@",
+            "alice@corp.com.",
+            "alice@.corp.com",
+            "alice@corp..com",
+            "alice@-corp.com",
+            "alice@corp-.com",
+            "alice@[192.0.2.1]",
+            "alice@bücher.de",
+            "alice@corp.com ",
+            "al ice@corp.com",
+            "alice\n@corp.com",
+            "alice@corp_x.com",
+        ];
+        for text in bad {
+            assert_eq!(Address::parse(text), None, "{text}");
+        }
+        let long = format!("a@{}.com", "x".repeat(63).repeat(4));
+        assert_eq!(Address::parse(&long), None);
+    }
+
+    #[test]
+    fn email_domains_compare_well_formed_addresses_only() {
+        let corp = rule(|r| r.email_domains = vec!["corp.com".into()]);
+        let cases = [
+            (Some("alice@corp.com"), true, "allowed by rule 1"),
+            (Some("alice@CORP.Com"), true, "allowed by rule 1"),
+            (
+                Some("a@evil.com@corp.com"),
+                false,
+                "email is not a well-formed address",
+            ),
+            (
+                Some("alice@corp.com."),
+                false,
+                "email is not a well-formed address",
+            ),
+            (Some("alice@eu.corp.com"), false, "email domain not allowed"),
+            (Some("alice@evil.com"), false, "email domain not allowed"),
+            (None, false, "email domain not allowed"),
+        ];
+        for (email, allow, reason) in cases {
+            let d = decide(&corp, &person("sub-1", email));
+            assert_eq!(d.allow, allow, "{email:?}: {:?}", d.reasons);
+            assert!(
+                d.reasons.iter().any(|r| r.contains(reason)),
+                "{email:?}: {:?} lacks {reason}",
+                d.reasons
+            );
+        }
+    }
+
+    #[test]
+    fn user_wildcards_never_cross_at() {
+        let users = |p: &[&str]| {
+            rule(|r| {
+                r.users = p.iter().map(|p| Pattern::user(p).unwrap()).collect();
+            })
+        };
+        let cases = [
+            (&["*@corp.com"][..], "sub-1", Some("alice@corp.com"), true),
+            (&["*@corp.com"], "sub-1", Some("a@evil.com@corp.com"), false),
+            // A malformed email is not compared at all, even by a pattern spelling it out.
+            (
+                &["*@*@corp.com"],
+                "sub-1",
+                Some("a@evil.com@corp.com"),
+                false,
+            ),
+            (&["alice*"], "sub-1", Some("alice@evil.com"), false),
+            (&["alice*"], "alice-admin", Some("x@corp.com"), true),
+            (&["alice@*"], "sub-1", Some("alice@corp.com"), true),
+            (&["alice@corp.com"], "sub-1", Some("alice@corp.com"), true),
+            (&["alice@corp.com"], "alice@corp.com", None, true),
+            (&["*@corp.com"], "a@evil.com@corp.com", None, false),
+            (&["shop-frontend"], "shop-frontend", None, true),
+        ];
+        for (patterns, subject, email, allow) in cases {
+            let d = decide(&users(patterns), &person(subject, email));
+            assert_eq!(
+                d.allow, allow,
+                "{patterns:?} {subject} {email:?}: {:?}",
+                d.reasons
+            );
+        }
     }
 }
