@@ -397,9 +397,15 @@ fn end_session(
     let sub = session.sub;
     tokio::spawn(async move {
         match provider.revoke_refresh_token(&refresh_token).await {
-            Ok(true) => tracing::info!(user = %sub, "refresh token revoked at the identity provider"),
-            Ok(false) => tracing::debug!(user = %sub, "the identity provider has no revocation endpoint; refresh token left to expire"),
-            Err(e) => tracing::warn!(user = %sub, error = %e, "revoking the refresh token at the identity provider failed; the session is ended here all the same"),
+            Ok(true) => {
+                tracing::info!(user = %sub, "refresh token revoked at the identity provider")
+            }
+            Ok(false) => {
+                tracing::debug!(user = %sub, "the identity provider has no revocation endpoint; refresh token left to expire")
+            }
+            Err(e) => {
+                tracing::warn!(user = %sub, error = %e, "revoking the refresh token at the identity provider failed; the session is ended here all the same")
+            }
         }
     });
 }

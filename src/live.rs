@@ -9,8 +9,8 @@
 //! re-verifies it with the provider when due. What no longer passes is cut off: the
 //! connection is closed without waiting for in-flight requests.
 
-use crate::identity::session::Session;
 use crate::identity::session::Rejected;
+use crate::identity::session::Session;
 use crate::identity::verify::Verdict;
 use crate::metrics::Reason;
 use crate::server::{Connection, Shared};

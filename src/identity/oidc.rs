@@ -19,13 +19,13 @@ use openidconnect::core::{
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
     EndpointSet, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
-    RefreshToken, RevocationUrl, Scope, TokenResponse,
+    RefreshToken, Scope, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The shortest time between two refetches of the provider's keys.
@@ -36,16 +36,6 @@ type Client = CoreClient<
     EndpointNotSet,
     EndpointNotSet,
     EndpointNotSet,
-    EndpointMaybeSet,
-    EndpointMaybeSet,
->;
-
-/// The same client with the provider's RFC 7009 revocation endpoint.
-type RevokingClient = CoreClient<
-    EndpointSet,
-    EndpointNotSet,
-    EndpointNotSet,
-    EndpointSet,
     EndpointMaybeSet,
     EndpointMaybeSet,
 >;
@@ -98,8 +88,8 @@ pub fn algorithm(name: &str) -> Option<CoreJwsSigningAlgorithm> {
 
 struct Discovered {
     client: Client,
-    /// When discovery advertises a `revocation_endpoint` (RFC 7009).
-    revoker: Option<RevokingClient>,
+    /// The `revocation_endpoint` (RFC 7009), when discovery advertises one.
+    revocation: Option<String>,
     end_session: Option<String>,
     userinfo: Option<String>,
     /// The same keys in jsonwebtoken's form, for bearer tokens.
@@ -255,7 +245,11 @@ impl UsedStates {
                 used.dropped += 1;
             }
         }
-        if used.dropped > 0 && used.warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(60)) {
+        if used.dropped > 0
+            && used
+                .warned
+                .is_none_or(|w| w.elapsed() >= Duration::from_secs(60))
+        {
             tracing::warn!(
                 cap = self.cap,
                 dropped = used.dropped,
@@ -361,8 +355,9 @@ impl Provider {
         let end_session = doc["end_session_endpoint"].as_str().map(str::to_owned);
         let revocation = match doc["revocation_endpoint"].as_str() {
             Some(url) => Some(
-                RevocationUrl::new(url.to_owned())
-                    .map_err(|e| format!("discovery: revocation_endpoint {url}: {e}"))?,
+                url::Url::parse(url)
+                    .map_err(|e| format!("discovery: revocation_endpoint {url}: {e}"))?
+                    .to_string(),
             ),
             None => None,
         };
@@ -373,10 +368,9 @@ impl Provider {
             ClientId::new(self.settings.client_id.clone()),
             Some(ClientSecret::new(self.settings.client_secret.clone())),
         );
-        let revoker = revocation.map(|url| client.clone().set_revocation_url(url));
         self.discovered.store(Some(Arc::new(Discovered {
             client,
-            revoker,
+            revocation,
             end_session,
             userinfo,
             jwks,
@@ -676,24 +670,44 @@ impl Provider {
     }
 
     /// Revokes a refresh token at the provider (RFC 7009), authenticating as the token endpoint
-    /// does. `Ok(false)` when the provider advertises no revocation endpoint. Bounded by
-    /// [`REVOCATION_TIMEOUT`].
+    /// does (`client_secret_basic`). `Ok(false)` when the provider advertises no revocation
+    /// endpoint. Bounded by [`REVOCATION_TIMEOUT`]. Written out here rather than with oauth2's
+    /// revocation request, which refuses an `http://` endpoint that the token endpoint of the
+    /// same provider may use (loopback test providers).
     pub async fn revoke_refresh_token(&self, token: &str) -> Result<bool, String> {
         let discovered = self.ready().map_err(|e| e.to_string())?;
-        let Some(revoker) = &discovered.revoker else {
+        let Some(url) = &discovered.revocation else {
             return Ok(false);
         };
-        let request = revoker
-            .revoke_token(openidconnect::core::CoreRevocableToken::RefreshToken(RefreshToken::new(
-                token.to_owned(),
-            )))
-            .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(REVOCATION_TIMEOUT, request.request_async(&self.http)).await {
-            Ok(Ok(())) => Ok(true),
-            Ok(Err(e)) => Err(crate::forward::error_chain(&e)),
-            Err(_) => Err(format!(
-                "no answer from the revocation endpoint within {REVOCATION_TIMEOUT:?}"
-            )),
+        // client_secret_basic, as the token endpoint is called: id and secret form-encoded
+        // (RFC 6749 section 2.3.1).
+        let encode =
+            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", token)
+            .append_pair("token_type_hint", "refresh_token")
+            .finish();
+        let response = self
+            .http
+            .post(url)
+            .basic_auth(
+                encode(&self.settings.client_id),
+                Some(encode(&self.settings.client_secret)),
+            )
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body)
+            .timeout(REVOCATION_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {}", crate::forward::error_chain(&e)))?;
+        // RFC 7009 section 2.2: 200 whether or not the token was still valid.
+        if response.status().is_success() {
+            Ok(true)
+        } else {
+            Err(format!("{url}: HTTP {}", response.status()))
         }
     }
 
@@ -1057,7 +1071,10 @@ mod tests {
         assert!(used.use_up("state-c", 200, 101));
         assert!(used.use_up("state-d", 200, 101));
         assert_eq!(used.len(), 3);
-        assert!(used.use_up("state-b", 200, 101), "state-b was the oldest, dropped");
+        assert!(
+            used.use_up("state-b", 200, 101),
+            "state-b was the oldest, dropped"
+        );
         assert!(!used.use_up("state-d", 200, 101));
     }
 

@@ -108,11 +108,9 @@ impl Reverifier {
                 tracing::warn!(user = %session.sub, reason = %why, left = ?deadline.duration_since(SystemTime::now()).unwrap_or_default(), "provider unreachable; last verification still holds");
                 Verdict::Stale { why }
             }
-            Ok(Outcome::Unreachable(why)) => {
-                Verdict::Refused(Rejected::Unverifiable(format!(
-                    "{why} (last verified more than interval + max_stale ago)"
-                )))
-            }
+            Ok(Outcome::Unreachable(why)) => Verdict::Refused(Rejected::Unverifiable(format!(
+                "{why} (last verified more than interval + max_stale ago)"
+            ))),
             Err(_) => {
                 tracing::warn!(user = %session.sub, waited = ?wait, "provider did not answer before the session's verification ran out");
                 Verdict::Refused(Rejected::Unverifiable(format!(
