@@ -87,10 +87,28 @@ fn json(status: StatusCode, value: serde_json::Value, record: &Record<'_>) -> Re
     response
 }
 
+/// The session of this request as [`identify_session`] sees it, unless it was revoked (by an
+/// operator, the provider, or its own logout): a logged-out copy of the cookie is not shown
+/// as signed in, and cannot log out again.
+fn signed_in(
+    record: &Record<'_>,
+    headers: &http::HeaderMap,
+) -> Option<(Identity, Vec<HeaderValue>)> {
+    let found = identify_session(record.snapshot, record.conn, headers).ok()?;
+    let sessions = record.snapshot.sessions.as_ref()?;
+    let session = session::read(headers, &sessions.ring).ok()?;
+    record
+        .shared
+        .revocations
+        .session(&session)
+        .is_none()
+        .then_some(found)
+}
+
 /// The caller's identity: certificate, device, and the signed-in person when there is one.
 fn whoami(record: &mut Record<'_>, req: &Request<Incoming>) -> Response<Body> {
     let peer = &record.conn.peer;
-    let signed_in = identify_session(record.snapshot, record.conn, req.headers()).ok();
+    let signed_in = signed_in(record, req.headers());
     let mut cookies = Vec::new();
     let user = signed_in.map(|(who, set)| {
         cookies = set;
@@ -268,7 +286,7 @@ fn logout_token(record: &Record<'_>, who: &Identity) -> Option<String> {
 
 /// `GET /.vigil/logout`: a page with a button, since logging out changes state.
 fn logout_page(record: &Record<'_>, req: &Request<Incoming>) -> Response<Body> {
-    let signed_in = identify_session(record.snapshot, record.conn, req.headers()).ok();
+    let signed_in = signed_in(record, req.headers());
     let Some((who, _)) = signed_in else {
         let r = html(
             StatusCode::OK,
@@ -324,7 +342,7 @@ async fn logout(record: &mut Record<'_>, host: &str, req: Request<Incoming>) -> 
         return record.refuse(Refusal::Forbidden("cross-site logout refused".into()), None);
     }
     let present = session::chunks_present(req.headers());
-    let Ok((who, _)) = identify_session(record.snapshot, record.conn, req.headers()) else {
+    let Some((who, _)) = signed_in(record, req.headers()) else {
         let mut response = redirect(StatusCode::SEE_OTHER, "/.vigil/logged-out");
         for c in session::clear(present) {
             response.headers_mut().append(header::SET_COOKIE, c);

@@ -717,6 +717,10 @@ async fn logout_refuses_every_copy_of_the_session_and_revokes_its_refresh_token(
         api.body
     );
 
+    // Nor does the copy show as signed in.
+    let whoami = w.visit(&w.alice_laptop, "/.vigil/whoami", &copy).await?;
+    assert!(whoami.json()["user"].is_null(), "{}", whoami.body);
+
     // The refresh token is dead at the provider: introspection says so, and a refresh with it
     // is refused.
     let revoked = eventually(Duration::from_secs(8), || async {
