@@ -407,6 +407,12 @@ fn end_session(
         .shared
         .revocations
         .log_out_session(&session.sid, session.expires_at, identity::now());
+    record
+        .shared
+        .metrics
+        .revocations
+        .get_or_create(&crate::metrics::Reason { reason: "logout" })
+        .inc();
     record.shared.live.recheck_now();
     let Some(refresh_token) = session.refresh_token else {
         return;
