@@ -87,10 +87,28 @@ fn json(status: StatusCode, value: serde_json::Value, record: &Record<'_>) -> Re
     response
 }
 
+/// The session of this request as [`identify_session`] sees it, unless it was revoked (by an
+/// operator, the provider, or its own logout): a logged-out copy of the cookie is not shown
+/// as signed in, and cannot log out again.
+fn signed_in(
+    record: &Record<'_>,
+    headers: &http::HeaderMap,
+) -> Option<(Identity, Vec<HeaderValue>)> {
+    let found = identify_session(record.snapshot, record.conn, headers).ok()?;
+    let sessions = record.snapshot.sessions.as_ref()?;
+    let session = session::read(headers, &sessions.ring).ok()?;
+    record
+        .shared
+        .revocations
+        .session(&session)
+        .is_none()
+        .then_some(found)
+}
+
 /// The caller's identity: certificate, device, and the signed-in person when there is one.
 fn whoami(record: &mut Record<'_>, req: &Request<Incoming>) -> Response<Body> {
     let peer = &record.conn.peer;
-    let signed_in = identify_session(record.snapshot, record.conn, req.headers()).ok();
+    let signed_in = signed_in(record, req.headers());
     let mut cookies = Vec::new();
     let user = signed_in.map(|(who, set)| {
         cookies = set;
@@ -199,6 +217,7 @@ async fn callback(record: &mut Record<'_>, host: &str, req: &Request<Incoming>) 
     let finished = provider
         .finish(
             &sessions.ring,
+            &record.shared.revocations.used_states,
             host,
             query,
             req.headers(),
@@ -267,7 +286,7 @@ fn logout_token(record: &Record<'_>, who: &Identity) -> Option<String> {
 
 /// `GET /.vigil/logout`: a page with a button, since logging out changes state.
 fn logout_page(record: &Record<'_>, req: &Request<Incoming>) -> Response<Body> {
-    let signed_in = identify_session(record.snapshot, record.conn, req.headers()).ok();
+    let signed_in = signed_in(record, req.headers());
     let Some((who, _)) = signed_in else {
         let r = html(
             StatusCode::OK,
@@ -323,7 +342,7 @@ async fn logout(record: &mut Record<'_>, host: &str, req: Request<Incoming>) -> 
         return record.refuse(Refusal::Forbidden("cross-site logout refused".into()), None);
     }
     let present = session::chunks_present(req.headers());
-    let Ok((who, _)) = identify_session(record.snapshot, record.conn, req.headers()) else {
+    let Some((who, _)) = signed_in(record, req.headers()) else {
         let mut response = redirect(StatusCode::SEE_OTHER, "/.vigil/logged-out");
         for c in session::clear(present) {
             response.headers_mut().append(header::SET_COOKIE, c);
@@ -340,7 +359,8 @@ async fn logout(record: &mut Record<'_>, host: &str, req: Request<Incoming>) -> 
         .get("x-vigil-csrf")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let (_, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
     let form = match http_body_util::Limited::new(body, 8 * 1024).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return record.refuse(Refusal::PayloadTooLarge, None),
@@ -360,12 +380,58 @@ async fn logout(record: &mut Record<'_>, host: &str, req: Request<Incoming>) -> 
         );
     }
     record.identity = Some(who);
+    end_session(record, provider, &sessions.ring, &headers);
     let mut response = redirect(StatusCode::SEE_OTHER, &provider.logout_url(host));
     for c in session::clear(present) {
         response.headers_mut().append(header::SET_COOKIE, c);
     }
     record.log("allow", &["signed out".into()], StatusCode::SEE_OTHER);
     response
+}
+
+/// Ends the session a verified logout request carries: its id is revoked until the session's
+/// absolute expiry, so a copy of the cookie made before the logout is refused from now on (and
+/// tunnels opened under it are cut at the next sweep, which starts now); its refresh token is
+/// revoked at the provider when it has a revocation endpoint, in the background, so a slow
+/// or failing provider never holds up or undoes the logout.
+fn end_session(
+    record: &Record<'_>,
+    provider: &std::sync::Arc<identity::oidc::Provider>,
+    ring: &identity::seal::KeyRing,
+    headers: &http::HeaderMap,
+) {
+    let Ok(session) = session::read(headers, ring) else {
+        return;
+    };
+    record
+        .shared
+        .revocations
+        .log_out_session(&session.sid, session.expires_at, identity::now());
+    record
+        .shared
+        .metrics
+        .revocations
+        .get_or_create(&crate::metrics::Reason { reason: "logout" })
+        .inc();
+    record.shared.live.recheck_now();
+    let Some(refresh_token) = session.refresh_token else {
+        return;
+    };
+    let provider = provider.clone();
+    let sub = session.sub;
+    tokio::spawn(async move {
+        match provider.revoke_refresh_token(&refresh_token).await {
+            Ok(true) => {
+                tracing::info!(user = %sub, "refresh token revoked at the identity provider")
+            }
+            Ok(false) => {
+                tracing::debug!(user = %sub, "the identity provider has no revocation endpoint; refresh token left to expire")
+            }
+            Err(e) => {
+                tracing::warn!(user = %sub, error = %e, "revoking the refresh token at the identity provider failed; the session is ended here all the same")
+            }
+        }
+    });
 }
 
 /// `POST /.vigil/backchannel`: OIDC back-channel logout. The provider posts a signed logout

@@ -9,8 +9,9 @@
 //! re-verifies it with the provider when due. What no longer passes is cut off: the
 //! connection is closed without waiting for in-flight requests.
 
+use crate::identity::session::Rejected;
 use crate::identity::session::Session;
-use crate::identity::verify::Outcome;
+use crate::identity::verify::Verdict;
 use crate::metrics::Reason;
 use crate::server::{Connection, Shared};
 use std::collections::HashMap;
@@ -161,7 +162,6 @@ async fn check_tunnels(
         .lock()
         .map(|t| t.iter().map(|t| (t.id, t.origin.clone())).collect())
         .unwrap_or_default();
-    let interval = snapshot.verify.interval.as_secs() as i64;
     for (id, origin) in tunnels {
         let mut session = origin.session.clone();
         if let Some(current) = &session {
@@ -171,11 +171,14 @@ async fn check_tunnels(
             if now >= current.expires_at {
                 return Some("session_expired");
             }
-            if now - current.verified_at >= interval
-                && let Some(provider) = &snapshot.oidc
-            {
-                match shared.reverifier.reverify(provider, current).await {
-                    Outcome::Refreshed(fresh) => {
+            if let Some(provider) = &snapshot.oidc {
+                match shared
+                    .reverifier
+                    .judge(provider, current, snapshot.verify)
+                    .await
+                {
+                    Verdict::Current | Verdict::Stale { .. } => {}
+                    Verdict::Refreshed(fresh) => {
                         if let Ok(mut open) = conn.tunnels.lock() {
                             for t in open.iter_mut().filter(|t| t.id == id) {
                                 t.origin.session = Some((*fresh).clone());
@@ -183,14 +186,8 @@ async fn check_tunnels(
                         }
                         session = Some(*fresh);
                     }
-                    Outcome::Ended(_) => return Some("session_ended"),
-                    Outcome::Unreachable(_) => {
-                        if now - current.verified_at - interval
-                            > snapshot.verify.max_stale.as_secs() as i64
-                        {
-                            return Some("session_unverifiable");
-                        }
-                    }
+                    Verdict::Refused(Rejected::Ended(_)) => return Some("session_ended"),
+                    Verdict::Refused(_) => return Some("session_unverifiable"),
                 }
             }
         }

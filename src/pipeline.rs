@@ -12,7 +12,7 @@ use crate::error::Refusal;
 use crate::forward::assertion::Signer;
 use crate::forward::{self, ForwardError, Outbound};
 use crate::identity::session::{self, Rejected};
-use crate::identity::verify::Outcome;
+use crate::identity::verify::Verdict;
 use crate::identity::{self, Identity};
 use crate::metrics::{RequestLabels, RouteLabel, RouteOnly, UpstreamErrorLabels};
 use crate::policy::{self, Decision, RequestFacts};
@@ -516,32 +516,21 @@ async fn verified_session(
     let (Some(sessions), Some(provider)) = (&snapshot.sessions, &snapshot.oidc) else {
         return Err(Rejected::Absent);
     };
-    let now = identity::now();
-    let interval = snapshot.verify.interval.as_secs() as i64;
-    if now - identity.verified_at < interval {
-        return Ok((session, identity, cookies));
-    }
-    match shared.reverifier.reverify(provider, &session).await {
-        Outcome::Refreshed(mut fresh) => {
+    match shared
+        .reverifier
+        .judge(provider, &session, snapshot.verify)
+        .await
+    {
+        Verdict::Current | Verdict::Stale { .. } => Ok((session, identity, cookies)),
+        Verdict::Refreshed(mut fresh) => {
+            let now = identity::now();
             fresh.last_seen = now;
             let present = session::chunks_present(headers);
             let cookies = session::write(&fresh, &sessions.ring, now, present).unwrap_or_default();
             let identity = Identity::from_session(&fresh, &provider.settings.mfa_amr);
             Ok((*fresh, identity, cookies))
         }
-        Outcome::Ended(why) => {
-            tracing::info!(user = %session.sub, reason = %why, "session ended by the provider");
-            Err(Rejected::Ended(why))
-        }
-        Outcome::Unreachable(why) => {
-            let stale_for = now - identity.verified_at - interval;
-            if stale_for <= snapshot.verify.max_stale.as_secs() as i64 {
-                tracing::warn!(user = %session.sub, reason = %why, stale_for, "provider unreachable; last verification still holds");
-                Ok((session, identity, cookies))
-            } else {
-                Err(Rejected::Unverifiable(why))
-            }
-        }
+        Verdict::Refused(why) => Err(why),
     }
 }
 

@@ -1,9 +1,12 @@
-//! Revocations ordered by operators (admin API) or the identity provider (back-channel
-//! logout): by session, by user, by device. Checked on every request and by the live
+//! Revocations ordered by operators (admin API), the identity provider (back-channel
+//! logout) or the person (logout): by session, by user, by device; and the sign-in states
+//! already used at the callback, which no second callback may use. Checked on every request and by the live
 //! connection verifier, so they take effect at once, not at the next interval.
 //!
 //! Kept in memory, per replica. A revocation of a user ends every session issued to them
-//! until now; a later login is new and allowed.
+//! until now; a later login is new and allowed. A session ended by its person's logout is
+//! remembered only until the session's own absolute expiry (after which no copy of its cookie
+//! opens anyway), so logouts do not accumulate.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
@@ -15,6 +18,9 @@ use crate::identity::session::Session;
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Listing {
     pub sessions: HashSet<String>,
+    /// Sessions ended by a logout, with the session's absolute expiry (Unix seconds), when the
+    /// entry is dropped.
+    pub logged_out: HashMap<String, i64>,
     pub users: HashMap<String, i64>,
     pub devices: HashMap<String, i64>,
     pub provider_sessions: HashSet<String>,
@@ -27,12 +33,26 @@ pub struct Revocations {
     /// Fast path: nothing was ever revoked.
     any: AtomicBool,
     inner: RwLock<Listing>,
+    /// Sign-in `state`s whose callback was handled (success or failure).
+    pub used_states: crate::identity::oidc::UsedStates,
 }
 
 impl Revocations {
     pub fn revoke_session(&self, sid: &str) {
         self.edit(|l| {
             l.sessions.insert(sid.to_owned());
+        });
+    }
+
+    /// Ends one session at its person's logout: every copy of its cookie is refused from now
+    /// on. `expires_at` is the session's absolute expiry; the entry is kept until then, and
+    /// expired entries are dropped whenever a logout is recorded.
+    pub fn log_out_session(&self, sid: &str, expires_at: i64, now: i64) {
+        self.edit(|l| {
+            l.logged_out.retain(|_, until| *until > now);
+            if expires_at > now {
+                l.logged_out.insert(sid.to_owned(), expires_at);
+            }
         });
     }
 
@@ -99,6 +119,9 @@ impl Revocations {
         let l = self.inner.read().ok()?;
         if l.sessions.contains(&session.sid) {
             return Some("session revoked");
+        }
+        if l.logged_out.contains_key(&session.sid) {
+            return Some("session ended by logout");
         }
         if l.users
             .get(&session.sub)
@@ -200,6 +223,16 @@ mod tests {
         r.revoke_user("carol", 150);
         assert!(r.session(&session("s4", "carol", None, 120)).is_some());
         assert_eq!(r.session(&session("s5", "carol", Some("x"), 160)), None);
+        // A logout ends that session (every copy of its cookie), and is forgotten once the
+        // session would have expired anyway.
+        let d = session("s6", "dave", None, 100);
+        r.log_out_session("s6", 500, 100);
+        assert_eq!(r.session(&d), Some("session ended by logout"));
+        r.log_out_session("s7", 900, 600);
+        assert!(!r.listing().logged_out.contains_key("s6"));
+        assert!(r.listing().logged_out.contains_key("s7"));
+        r.log_out_session("s8", 100, 600);
+        assert!(!r.listing().logged_out.contains_key("s8"));
         r.revoke_device("AB", 1);
         assert!(r.device("ab"));
         assert!(r.restore_device("ab"));

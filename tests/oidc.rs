@@ -645,3 +645,454 @@ async fn an_assertion_is_reused_on_a_connection_while_it_says_the_same() -> Resu
     assert_ne!(tokens[1], tokens[2], "another route has another audience");
     Ok(())
 }
+
+/// The session sealed in `cookies` (the test holds the session keys).
+fn open_session(w: &World, cookies: &str) -> Result<vigil::identity::session::Session> {
+    let keys = std::fs::read_to_string(w.pki.path("session.keys"))?;
+    let ring = KeyRing::parse(&keys).map_err(anyhow::Error::msg)?;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::COOKIE, cookies.parse()?);
+    vigil::identity::session::read(&headers, &ring).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// `POST /.vigil/logout` from `device` with the session's CSRF token.
+async fn log_out(w: &World, device: &vigil::certs::Issued, session: &str) -> Result<Reply> {
+    let token = w.visit(device, "/.vigil/whoami", session).await?.json()["logout_csrf"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let body = format!("csrf={token}");
+    let request = format!(
+        "POST /.vigil/logout HTTP/1.1\r\nHost: localhost:{}\r\nCookie: {session}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        w.port,
+        body.len()
+    );
+    raw(w.running.addr, w.browser(device), "localhost", &request).await
+}
+
+#[tokio::test]
+async fn logout_refuses_every_copy_of_the_session_and_revokes_its_refresh_token() -> Result<()> {
+    let w = world().await?;
+    let (session, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    // A copy taken before the logout (another tab, a backup, a thief on the same device).
+    let copy = session.clone();
+    let refresh = open_session(&w, &session)?
+        .refresh_token
+        .context("the session holds a refresh token")?;
+    let before = w.idp.introspect("vigil", SECRET, &refresh).await?;
+    assert_eq!(before["active"], true, "{before}");
+    assert_eq!(w.visit(&w.alice_laptop, "/hello", &copy).await?.status, 200);
+
+    let out = log_out(&w, &w.alice_laptop, &session).await?;
+    assert_eq!(out.status, 303, "{out:?}");
+
+    // The copy is refused from the same device certificate, with the reason in the log.
+    let browser = w.visit(&w.alice_laptop, "/hello", &copy).await?;
+    assert_eq!(browser.status, 302, "{browser:?}");
+    let id = browser.header("x-request-id").unwrap_or_default();
+    let line = decision_for(&w.decisions, &id)
+        .await
+        .context("decision line")?;
+    assert_eq!(line["decision"], "deny", "{line}");
+    assert!(
+        line["reasons"]
+            .to_string()
+            .contains("session ended by logout"),
+        "{line}"
+    );
+    let api = get(
+        w.running.addr,
+        w.browser(&w.alice_laptop),
+        "/hello",
+        &format!("Cookie: {copy}\r\nAccept: application/json\r\n"),
+    )
+    .await?;
+    assert_eq!(api.status, 401, "{api:?}");
+    assert!(
+        api.json()["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("session ended by logout"),
+        "{}",
+        api.body
+    );
+
+    // Nor does the copy show as signed in.
+    let whoami = w.visit(&w.alice_laptop, "/.vigil/whoami", &copy).await?;
+    assert!(whoami.json()["user"].is_null(), "{}", whoami.body);
+
+    // The refresh token is dead at the provider: introspection says so, and a refresh with it
+    // is refused.
+    let revoked = eventually(Duration::from_secs(8), || async {
+        w.idp
+            .introspect("vigil", SECRET, &refresh)
+            .await
+            .is_ok_and(|r| r["active"] == false)
+    })
+    .await;
+    assert!(revoked, "the refresh token is still active at the provider");
+    let form =
+        support::idp::form_encode(&[("grant_type", "refresh_token"), ("refresh_token", &refresh)]);
+    let (status, body) = w.idp.token_request("vigil", SECRET, &form).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+
+    // A new login on the same device is a new session and works.
+    let (again, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    assert_eq!(
+        w.visit(&w.alice_laptop, "/hello", &again).await?.status,
+        200
+    );
+    Ok(())
+}
+
+/// The `state` of a callback URL.
+fn state_of(callback: &str) -> Result<String> {
+    url::Url::parse(callback)?
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .context("no state in the callback")
+}
+
+/// `callback` with its query replaced by `query` (same path).
+fn with_query(callback: &str, query: &str) -> Result<String> {
+    let mut url = url::Url::parse(callback)?;
+    url.set_query(Some(query));
+    Ok(url.to_string())
+}
+
+#[tokio::test]
+async fn a_sign_in_state_is_used_up_by_its_first_callback() -> Result<()> {
+    let w = world().await?;
+    let replayed = |reply: &Reply| -> Result<()> {
+        anyhow::ensure!(reply.status == 400, "{reply:?}");
+        anyhow::ensure!(
+            !cookie_pairs(reply).contains("__Host-vigil-session="),
+            "a replay signed in: {reply:?}"
+        );
+        anyhow::ensure!(reply.body.contains("already used"), "{}", reply.body);
+        Ok(())
+    };
+    let reason_of = |reply: &Reply| reply.header("x-request-id").unwrap_or_default();
+
+    // After a success: the same callback URL with a copy of the pending-login cookie.
+    let start = w.visit(&w.alice_laptop, "/", "").await?;
+    let pending = cookie_pairs(&start);
+    let callback = login_flow(
+        &start.header("location").unwrap_or_default(),
+        ALICE,
+        PASSWORD,
+    )
+    .await?;
+    let first = w.callback(&w.alice_laptop, &callback, &pending).await?;
+    assert_eq!(first.status, 303, "{first:?}");
+    let replay = w.callback(&w.alice_laptop, &callback, &pending).await?;
+    replayed(&replay)?;
+    let line = decision_for(&w.decisions, &reason_of(&replay))
+        .await
+        .context("decision line")?;
+    assert!(
+        line["reasons"].to_string().contains("state replayed"),
+        "{line}"
+    );
+
+    // After a failure that never reached the token endpoint (the provider's error answer): the
+    // genuine code must not be usable with that state any more.
+    let start = w.visit(&w.alice_laptop, "/", "").await?;
+    let pending = cookie_pairs(&start);
+    let callback = login_flow(
+        &start.header("location").unwrap_or_default(),
+        ALICE,
+        PASSWORD,
+    )
+    .await?;
+    let state = state_of(&callback)?;
+    let error = with_query(
+        &callback,
+        &format!("error=access_denied&state={state}&iss={}", w.idp.issuer),
+    )?;
+    let failed = w.callback(&w.alice_laptop, &error, &pending).await?;
+    assert_eq!(failed.status, 400, "{failed:?}");
+    assert!(failed.body.contains("access_denied"), "{}", failed.body);
+    let replay = w.callback(&w.alice_laptop, &callback, &pending).await?;
+    replayed(&replay)?;
+    let line = decision_for(&w.decisions, &reason_of(&replay))
+        .await
+        .context("decision line")?;
+    assert!(
+        line["reasons"].to_string().contains("state replayed"),
+        "{line}"
+    );
+
+    // After a failed code exchange (a bad code): the same.
+    let start = w.visit(&w.alice_laptop, "/", "").await?;
+    let pending = cookie_pairs(&start);
+    let callback = login_flow(
+        &start.header("location").unwrap_or_default(),
+        ALICE,
+        PASSWORD,
+    )
+    .await?;
+    let state = state_of(&callback)?;
+    let bad_code = with_query(
+        &callback,
+        &format!("code=not-a-code&state={state}&iss={}", w.idp.issuer),
+    )?;
+    let failed = w.callback(&w.alice_laptop, &bad_code, &pending).await?;
+    assert_eq!(failed.status, 400, "{failed:?}");
+    let replay = w.callback(&w.alice_laptop, &callback, &pending).await?;
+    replayed(&replay)?;
+
+    // A callback without the pending-login cookie uses nothing up: the browser that started
+    // the login can still finish it.
+    let start = w.visit(&w.alice_laptop, "/", "").await?;
+    let pending = cookie_pairs(&start);
+    let callback = login_flow(
+        &start.header("location").unwrap_or_default(),
+        ALICE,
+        PASSWORD,
+    )
+    .await?;
+    let stray = w.callback(&w.alice_laptop, &callback, "").await?;
+    assert_eq!(stray.status, 400, "{stray:?}");
+    let genuine = w.callback(&w.alice_laptop, &callback, &pending).await?;
+    assert_eq!(genuine.status, 303, "{genuine:?}");
+    Ok(())
+}
+
+/// Signs alice in with the callback sent just after a second starts, so that the session's
+/// `verified_at` (whole seconds) is within a few milliseconds of the real verification.
+async fn sign_in_on_the_second(w: &World) -> Result<(String, std::time::SystemTime)> {
+    let start = w.visit(&w.alice_laptop, "/", "").await?;
+    let pending = cookie_pairs(&start);
+    let callback = login_flow(
+        &start.header("location").unwrap_or_default(),
+        ALICE,
+        PASSWORD,
+    )
+    .await?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    tokio::time::sleep(
+        Duration::from_millis(1020) - Duration::from_nanos(u64::from(now.subsec_nanos())),
+    )
+    .await;
+    let back = w.callback(&w.alice_laptop, &callback, &pending).await?;
+    anyhow::ensure!(back.status == 303, "callback refused: {back:?}");
+    let session = cookie_pairs(&back);
+    let verified_at = open_session(w, &session)?.verified_at;
+    Ok((
+        session,
+        std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(verified_at)?),
+    ))
+}
+
+/// One request of a session: when it was sent, when its answer came, its status, its id.
+struct Timed {
+    sent: std::time::SystemTime,
+    answered: std::time::SystemTime,
+    status: u16,
+    id: String,
+}
+
+/// Sends a request with `session` every 200 ms from `from` until `until` (each on its own
+/// connection, without waiting for the previous ones), and collects the answers.
+async fn requests_over_time(
+    w: &World,
+    session: &str,
+    from: std::time::SystemTime,
+    until: std::time::SystemTime,
+) -> Result<Vec<Timed>> {
+    let mut tasks = Vec::new();
+    let mut at = from;
+    while at < until {
+        if let Ok(wait) = at.duration_since(std::time::SystemTime::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let (addr, config) = (w.running.addr, w.browser(&w.alice_laptop));
+        let extra = format!("Cookie: {session}\r\nAccept: application/json\r\n");
+        tasks.push(tokio::spawn(async move {
+            let sent = std::time::SystemTime::now();
+            let reply = get(addr, config, "/hello", &extra).await?;
+            anyhow::Ok(Timed {
+                sent,
+                answered: std::time::SystemTime::now(),
+                status: reply.status,
+                id: reply.header("x-request-id").unwrap_or_default(),
+            })
+        }));
+        at += Duration::from_millis(200);
+    }
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await??);
+    }
+    Ok(out)
+}
+
+/// Seconds from `base` to `t` (negative before it), for messages and comparisons.
+fn secs(t: std::time::SystemTime, base: std::time::SystemTime) -> f64 {
+    match t.duration_since(base) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    }
+}
+
+/// No allow in the decision log for these requests was written after `deadline` (plus the
+/// time to forward an allowed request to the local upstream and log it).
+fn no_allow_logged_after(
+    w: &World,
+    timed: &[Timed],
+    deadline: std::time::SystemTime,
+) -> Result<()> {
+    let ids: std::collections::HashSet<&str> = timed.iter().map(|t| t.id.as_str()).collect();
+    let lines = decisions(&w.decisions);
+    let mut seen = 0;
+    for line in lines
+        .iter()
+        .filter(|l| ids.contains(l["request_id"].as_str().unwrap_or("")))
+    {
+        seen += 1;
+        if line["decision"] == "allow" {
+            let at = humantime::parse_rfc3339(line["time"].as_str().unwrap_or(""))?;
+            anyhow::ensure!(
+                secs(at, deadline) <= 0.5,
+                "allowed {:.2} s after interval + max_stale: {line}",
+                secs(at, deadline)
+            );
+        }
+    }
+    anyhow::ensure!(
+        seen == timed.len(),
+        "{seen} decision lines for {} requests",
+        timed.len()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hung_provider_never_turns_into_an_allow_past_interval_plus_max_stale() -> Result<()> {
+    let w = world_with("\n[verify]\ninterval = \"1s\"\nmax_stale = \"2s\"").await?;
+
+    // The token endpoint accepts connections and never answers.
+    let (session, verified) = sign_in_on_the_second(&w).await?;
+    let deadline = verified + Duration::from_secs(3);
+    w.idp.fault("/token", Some("hang")).await?;
+    let timed = requests_over_time(
+        &w,
+        &session,
+        verified + Duration::from_millis(150),
+        deadline + Duration::from_millis(600),
+    );
+    // Lift the hang so the refresh held at the provider ends (the requests sent after the
+    // deadline wait for it), then judge.
+    let lifter = async {
+        tokio::time::sleep(
+            (deadline + Duration::from_millis(1500))
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default(),
+        )
+        .await;
+        w.idp.fault("/token", None).await
+    };
+    let (timed, lifted) = tokio::join!(timed, lifter);
+    lifted?;
+    let timed = timed?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report: Vec<String> = timed
+        .iter()
+        .map(|t| {
+            format!(
+                "sent {:+.2} answered {:+.2} -> {}",
+                secs(t.sent, deadline),
+                secs(t.answered, deadline),
+                t.status
+            )
+        })
+        .collect();
+    let mut fresh_allowed = 0;
+    let mut refused_at_deadline = 0;
+    for t in &timed {
+        let (sent, answered) = (secs(t.sent, deadline), secs(t.answered, deadline));
+        if t.status == 200 {
+            assert!(answered <= 0.5, "allowed after the deadline: {report:#?}");
+        }
+        if sent < -2.1 {
+            // Verified less than `interval` ago: the provider is not asked.
+            assert_eq!(t.status, 200, "{report:#?}");
+            fresh_allowed += 1;
+        } else if sent > -1.9 && sent < -0.1 {
+            // Due for re-verification, the provider hangs: refused when the staleness budget
+            // runs out, not when the provider's client gives up 10 s later.
+            assert_eq!(t.status, 401, "{report:#?}");
+            assert!(answered < 1.0, "waited past the deadline: {report:#?}");
+            refused_at_deadline += 1;
+        } else if sent > 0.1 {
+            assert_eq!(t.status, 401, "{report:#?}");
+        }
+    }
+    assert!(
+        fresh_allowed >= 1 && refused_at_deadline >= 3,
+        "{report:#?}"
+    );
+    no_allow_logged_after(&w, &timed, deadline)?;
+    let refused = timed
+        .iter()
+        .find(|t| secs(t.sent, deadline) > -1.9 && t.status == 401);
+    if let Some(t) = refused {
+        let line = decision_for(&w.decisions, &t.id)
+            .await
+            .context("decision line")?;
+        assert!(
+            line["reasons"]
+                .to_string()
+                .contains("could not be re-verified"),
+            "{line}"
+        );
+    }
+
+    // A provider that drops connections at once: within the bound the last verification
+    // holds (requests allowed), after it every request is refused.
+    let (session, verified) = sign_in_on_the_second(&w).await?;
+    let deadline = verified + Duration::from_secs(3);
+    w.idp.fault("/token", Some("reset")).await?;
+    let timed = requests_over_time(
+        &w,
+        &session,
+        verified + Duration::from_millis(150),
+        deadline + Duration::from_millis(1000),
+    )
+    .await?;
+    w.idp.fault("/token", None).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report: Vec<String> = timed
+        .iter()
+        .map(|t| {
+            format!(
+                "sent {:+.2} answered {:+.2} -> {}",
+                secs(t.sent, deadline),
+                secs(t.answered, deadline),
+                t.status
+            )
+        })
+        .collect();
+    let mut stale_allowed = 0;
+    for t in &timed {
+        let (sent, answered) = (secs(t.sent, deadline), secs(t.answered, deadline));
+        if t.status == 200 {
+            assert!(answered <= 0.5, "allowed after the deadline: {report:#?}");
+        }
+        if sent > -1.8 && answered < -0.3 {
+            assert_eq!(t.status, 200, "within interval + max_stale: {report:#?}");
+            stale_allowed += 1;
+        } else if sent > 0.1 {
+            assert_eq!(t.status, 401, "{report:#?}");
+        }
+    }
+    assert!(stale_allowed >= 3, "{report:#?}");
+    no_allow_logged_after(&w, &timed, deadline)?;
+    Ok(())
+}

@@ -23,8 +23,9 @@ use openidconnect::{
 };
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The shortest time between two refetches of the provider's keys.
@@ -38,6 +39,9 @@ type Client = CoreClient<
     EndpointMaybeSet,
     EndpointMaybeSet,
 >;
+
+/// The longest a logout's refresh-token revocation may take; it runs off the response path.
+pub const REVOCATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `[oidc]`, compiled.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +88,8 @@ pub fn algorithm(name: &str) -> Option<CoreJwsSigningAlgorithm> {
 
 struct Discovered {
     client: Client,
+    /// The `revocation_endpoint` (RFC 7009), when discovery advertises one.
+    revocation: Option<String>,
     end_session: Option<String>,
     userinfo: Option<String>,
     /// The same keys in jsonwebtoken's form, for bearer tokens.
@@ -120,6 +126,10 @@ pub enum LoginError {
     StateMismatch,
     #[error("the sign-in took too long; start again")]
     Expired,
+    /// A second callback for a `state` whose first callback was already handled (a replayed
+    /// callback URL with a copy of the pending-login cookie, or a reloaded callback page).
+    #[error("this sign-in response was already used (state replayed); start again")]
+    Replayed,
     #[error("the identity provider refused the sign-in: {0}")]
     Refused(String),
     #[error("the identity provider could not be reached: {0}")]
@@ -162,6 +172,104 @@ pub struct Completed {
     pub session: Session,
     pub return_to: String,
     pub clear_cookie: HeaderValue,
+}
+
+/// How many used states [`UsedStates`] holds at most.
+pub const USED_STATES_CAP: usize = 65_536;
+
+/// Sign-in `state`s whose callback was handled, each kept until the pending login it belongs
+/// to would have expired anyway (`created + login_timeout`), so that a callback cannot be
+/// replayed with a copy of the pending-login cookie. Only states of a genuine pending login
+/// (a cookie sealed by Vigil, matching the callback's `state` and host) are recorded, so
+/// every entry costs a client certificate and a sign-in start.
+///
+/// At [`USED_STATES_CAP`] the oldest entry is dropped (with a warning, at most once a minute):
+/// refusing new sign-ins instead would let whoever fills the record lock everyone out. A
+/// dropped state is the one used longest ago, whose authorization code the provider has
+/// long since used or expired (codes are single use), so a replay of it still fails at the
+/// code exchange; only the clear "already used" refusal is lost for it.
+pub struct UsedStates {
+    inner: Mutex<Used>,
+    cap: usize,
+}
+
+#[derive(Default)]
+struct Used {
+    /// SHA-256 of the state -> until (Unix seconds).
+    by_state: HashMap<[u8; 32], i64>,
+    /// The same entries in the order they were used.
+    order: VecDeque<([u8; 32], i64)>,
+    dropped: u64,
+    warned: Option<Instant>,
+}
+
+impl Default for UsedStates {
+    fn default() -> Self {
+        Self::with_cap(USED_STATES_CAP)
+    }
+}
+
+impl UsedStates {
+    pub fn with_cap(cap: usize) -> Self {
+        Self {
+            inner: Mutex::new(Used::default()),
+            cap: cap.max(1),
+        }
+    }
+
+    /// Records `state` as used until `until`; `false` when it was already used (and has not
+    /// expired since).
+    pub fn use_up(&self, state: &str, until: i64, now: i64) -> bool {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, state.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        // A poisoned lock means a panic while holding it; nothing below panics, but refuse
+        // rather than forget what was used.
+        let Ok(mut used) = self.inner.lock() else {
+            return false;
+        };
+        let used = &mut *used;
+        while let Some((old, at)) = used.order.front().copied() {
+            if at > now {
+                break;
+            }
+            used.order.pop_front();
+            used.by_state.remove(&old);
+        }
+        if used.by_state.get(&key).is_some_and(|at| *at > now) {
+            return false;
+        }
+        while used.order.len() >= self.cap {
+            if let Some((old, _)) = used.order.pop_front() {
+                used.by_state.remove(&old);
+                used.dropped += 1;
+            }
+        }
+        if used.dropped > 0
+            && used
+                .warned
+                .is_none_or(|w| w.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::warn!(
+                cap = self.cap,
+                dropped = used.dropped,
+                "too many sign-in callbacks within login_timeout: the oldest used states are forgotten (their replays are left to the provider's single use of codes)"
+            );
+            used.dropped = 0;
+            used.warned = Some(Instant::now());
+        }
+        used.by_state.insert(key, until);
+        used.order.push_back((key, until));
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|u| u.by_state.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Claims of a verified bearer access token.
@@ -245,6 +353,14 @@ impl Provider {
         let jwks: jsonwebtoken::jwk::JwkSet =
             serde_json::from_value(jwks_json).map_err(|e| format!("provider keys: {e}"))?;
         let end_session = doc["end_session_endpoint"].as_str().map(str::to_owned);
+        let revocation = match doc["revocation_endpoint"].as_str() {
+            Some(url) => Some(
+                url::Url::parse(url)
+                    .map_err(|e| format!("discovery: revocation_endpoint {url}: {e}"))?
+                    .to_string(),
+            ),
+            None => None,
+        };
         let userinfo = metadata.userinfo_endpoint().map(|u| u.as_str().to_owned());
         let metadata = metadata.set_jwks(keys);
         let client = CoreClient::from_provider_metadata(
@@ -254,6 +370,7 @@ impl Provider {
         );
         self.discovered.store(Some(Arc::new(Discovered {
             client,
+            revocation,
             end_session,
             userinfo,
             jwks,
@@ -391,11 +508,13 @@ impl Provider {
     }
 
     /// Finishes a login at the callback: checks `state` against this browser's pending login,
-    /// exchanges the code with the PKCE verifier, verifies the ID token and builds a session
+    /// uses the state up (its first callback, success or failure, is its only one), exchanges the code with the PKCE verifier, verifies the ID token and builds a session
     /// bound to `device`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn finish(
         &self,
         ring: &KeyRing,
+        used: &UsedStates,
         host: &str,
         query: &str,
         headers: &http::HeaderMap,
@@ -428,8 +547,14 @@ impl Provider {
             return Err(LoginError::StateMismatch);
         }
         let now = super::now();
-        if now - pending.created > self.settings.login_timeout.as_secs() as i64 {
+        let timeout = self.settings.login_timeout.as_secs() as i64;
+        if now - pending.created > timeout {
             return Err(LoginError::Expired);
+        }
+        // From here on, whatever the outcome (provider error, bad code, nonce mismatch...),
+        // this state has had its callback.
+        if !used.use_up(&state, pending.created + timeout + 1, now) {
+            return Err(LoginError::Replayed);
         }
         if let Some(error) = params.get("error") {
             let detail = params
@@ -542,6 +667,48 @@ impl Provider {
         }
         next.verified_at = now;
         Ok(next)
+    }
+
+    /// Revokes a refresh token at the provider (RFC 7009), authenticating as the token endpoint
+    /// does (`client_secret_basic`). `Ok(false)` when the provider advertises no revocation
+    /// endpoint. Bounded by [`REVOCATION_TIMEOUT`]. Written out here rather than with oauth2's
+    /// revocation request, which refuses an `http://` endpoint that the token endpoint of the
+    /// same provider may use (loopback test providers).
+    pub async fn revoke_refresh_token(&self, token: &str) -> Result<bool, String> {
+        let discovered = self.ready().map_err(|e| e.to_string())?;
+        let Some(url) = &discovered.revocation else {
+            return Ok(false);
+        };
+        // client_secret_basic, as the token endpoint is called: id and secret form-encoded
+        // (RFC 6749 section 2.3.1).
+        let encode =
+            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", token)
+            .append_pair("token_type_hint", "refresh_token")
+            .finish();
+        let response = self
+            .http
+            .post(url)
+            .basic_auth(
+                encode(&self.settings.client_id),
+                Some(encode(&self.settings.client_secret)),
+            )
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body)
+            .timeout(REVOCATION_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {}", crate::forward::error_chain(&e)))?;
+        // RFC 7009 section 2.2: 200 whether or not the token was still valid.
+        if response.status().is_success() {
+            Ok(true)
+        } else {
+            Err(format!("{url}: HTTP {}", response.status()))
+        }
     }
 
     /// Verifies an ID token with the cached keys, refetching them once on an unknown key.
@@ -889,6 +1056,26 @@ mod tests {
             ca: None,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn a_state_is_used_once_until_it_expires() {
+        let used = UsedStates::with_cap(3);
+        assert!(used.use_up("state-a", 100, 10));
+        assert!(!used.use_up("state-a", 100, 50), "second use");
+        assert!(used.use_up("state-b", 120, 50));
+        // Expired entries go; their states are refused anyway by login_timeout.
+        assert!(used.use_up("state-a", 200, 100));
+        assert_eq!(used.len(), 2);
+        // At the cap the oldest is dropped, never a new sign-in refused.
+        assert!(used.use_up("state-c", 200, 101));
+        assert!(used.use_up("state-d", 200, 101));
+        assert_eq!(used.len(), 3);
+        assert!(
+            used.use_up("state-b", 200, 101),
+            "state-b was the oldest, dropped"
+        );
+        assert!(!used.use_up("state-d", 200, 101));
     }
 
     #[test]

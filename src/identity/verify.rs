@@ -3,16 +3,21 @@
 //! When a session's last verification is older than the interval, the next request refreshes
 //! it with its refresh token before being served: the provider's answer replaces the claims,
 //! and a refusal (revoked grant, disabled account) ends the session. Many requests arriving at
-//! once with the same session share one refresh; a slow provider delays only that session.
-//! When the provider cannot be reached, what it said last holds for `max_stale`, then the
-//! session is refused (fail closed).
+//! once with the same session share one refresh, which runs in its own task so that a request
+//! giving up on it does not cancel it for the others; a slow provider delays only that session.
+//!
+//! When the provider cannot be reached, what it said last holds until `interval + max_stale`
+//! after the last verification, and not a moment longer (fail closed): the judgement is made
+//! with the clock read when the answer is given, not when the request arrived, and a request
+//! waits for the provider at most until that deadline. [`Reverifier::judge`] is the one place
+//! that decides this, for requests and for open tunnels alike.
 
 use super::oidc::{LoginError, Provider};
-use super::session::Session;
+use super::session::{Rejected, Session};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 
 /// `[verify]`, compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,9 +26,9 @@ pub struct Settings {
     pub max_stale: Duration,
 }
 
-/// What a re-verification found.
+/// What one refresh with the provider found.
 #[derive(Debug, Clone)]
-pub enum Outcome {
+enum Outcome {
     /// Still valid; the session with fresh claims and verification time.
     Refreshed(Box<Session>),
     /// The provider said no: the session is over.
@@ -32,7 +37,22 @@ pub enum Outcome {
     Unreachable(String),
 }
 
-type Flight = Arc<OnceCell<Outcome>>;
+/// The judgement on a session's verification, at the moment it is given.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Verified less than `interval` ago: the provider was not asked.
+    Current,
+    /// Re-verified just now: the session with the provider's fresh claims.
+    Refreshed(Box<Session>),
+    /// The provider could not be asked, and it is still less than `interval + max_stale`
+    /// since the last verification: what the provider said last holds.
+    Stale { why: String },
+    /// Refused: ended by the provider, or not verified within `interval + max_stale`.
+    Refused(Rejected),
+}
+
+/// A refresh in flight, and its outcome with when it came once it has.
+type Flight = watch::Receiver<Option<(Outcome, Instant)>>;
 
 /// Refreshes in flight (and just finished), by session id and the verification time they
 /// replace, so concurrent requests carrying the same cookie share one refresh.
@@ -43,34 +63,91 @@ pub struct Reverifier {
 
 /// How long a finished refresh answers later requests that still carry the old cookie.
 const REMEMBER: Duration = Duration::from_secs(60);
+/// How long a failure to reach the provider answers later requests before the next attempt:
+/// short, so a provider that is back is asked again before sessions run out of `max_stale`.
+const REMEMBER_UNREACHABLE: Duration = Duration::from_secs(10);
+/// The longest a request waits for a refresh when its session has no staleness budget left
+/// (only a fresh answer can let it through). The provider's HTTP client gives up after 10 s.
+const PAST_DEADLINE_WAIT: Duration = Duration::from_secs(15);
 
 impl Reverifier {
-    pub async fn reverify(&self, provider: &Provider, session: &Session) -> Outcome {
-        let key = (session.sid.clone(), session.verified_at);
-        let flight = match self.flights.lock() {
-            Ok(mut flights) => {
-                flights.retain(|_, (started, _)| started.elapsed() < REMEMBER);
-                flights
-                    .entry(key)
-                    .or_insert_with(|| (Instant::now(), Arc::new(OnceCell::new())))
-                    .1
-                    .clone()
-            }
-            Err(_) => Arc::new(OnceCell::new()),
+    /// Judges `session` against `settings` now: current, refreshed with the provider, still
+    /// within `interval + max_stale` of its last verification while the provider cannot be
+    /// reached, or refused. A request waits for the provider at most until that deadline (a
+    /// session past it waits at most [`PAST_DEADLINE_WAIT`] for a fresh answer); staleness is
+    /// judged with the clock read after the wait, so no answer given after the deadline is an
+    /// allow on old claims.
+    pub async fn judge(
+        &self,
+        provider: &Arc<Provider>,
+        session: &Session,
+        settings: Settings,
+    ) -> Verdict {
+        let interval = settings.interval.as_secs() as i64;
+        if super::now() - session.verified_at < interval {
+            return Verdict::Current;
+        }
+        let deadline = deadline(session, settings);
+        let budget = deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let wait = if budget.is_zero() {
+            PAST_DEADLINE_WAIT
+        } else {
+            budget
         };
-        flight
-            .get_or_init(|| async {
-                match provider.refresh(session, super::now()).await {
-                    Ok(fresh) => Outcome::Refreshed(Box::new(fresh)),
-                    Err(LoginError::Unreachable(e)) => Outcome::Unreachable(e),
-                    Err(LoginError::NotReady) => {
-                        Outcome::Unreachable("identity provider not discovered".into())
+        let outcome = tokio::time::timeout(wait, self.reverify(provider, session)).await;
+        let within = SystemTime::now() < deadline;
+        match outcome {
+            Ok(Outcome::Refreshed(fresh)) => Verdict::Refreshed(fresh),
+            Ok(Outcome::Ended(why)) => {
+                tracing::info!(user = %session.sub, reason = %why, "session ended by the provider");
+                Verdict::Refused(Rejected::Ended(why))
+            }
+            Ok(Outcome::Unreachable(why)) if within => {
+                tracing::warn!(user = %session.sub, reason = %why, left = ?deadline.duration_since(SystemTime::now()).unwrap_or_default(), "provider unreachable; last verification still holds");
+                Verdict::Stale { why }
+            }
+            Ok(Outcome::Unreachable(why)) => Verdict::Refused(Rejected::Unverifiable(format!(
+                "{why} (last verified more than interval + max_stale ago)"
+            ))),
+            Err(_) => {
+                tracing::warn!(user = %session.sub, waited = ?wait, "provider did not answer before the session's verification ran out");
+                Verdict::Refused(Rejected::Unverifiable(format!(
+                    "no answer from the identity provider within {wait:?}, before interval + max_stale ran out"
+                )))
+            }
+        }
+    }
+
+    /// The outcome of the shared refresh for `session`, starting it if none is in flight.
+    async fn reverify(&self, provider: &Arc<Provider>, session: &Session) -> Outcome {
+        let key = (session.sid.clone(), session.verified_at);
+        let mut flight = match self.flights.lock() {
+            Ok(mut flights) => {
+                flights.retain(|_, (started, flight)| match &*flight.borrow() {
+                    None => started.elapsed() < REMEMBER,
+                    Some((Outcome::Unreachable(_), at)) => at.elapsed() < REMEMBER_UNREACHABLE,
+                    Some((_, at)) => at.elapsed() < REMEMBER,
+                });
+                match flights.get(&key) {
+                    Some((_, flight)) => flight.clone(),
+                    None => {
+                        let flight = start(provider, session);
+                        flights.insert(key, (Instant::now(), flight.clone()));
+                        flight
                     }
-                    Err(e) => Outcome::Ended(e.to_string()),
                 }
-            })
-            .await
-            .clone()
+            }
+            Err(_) => start(provider, session),
+        };
+        match flight.wait_for(Option::is_some).await {
+            Ok(done) => match &*done {
+                Some((outcome, _)) => outcome.clone(),
+                None => Outcome::Unreachable("re-verification stopped".into()),
+            },
+            Err(_) => Outcome::Unreachable("re-verification stopped".into()),
+        }
     }
 
     /// Sessions with a refresh in flight or remembered.
@@ -81,4 +158,32 @@ impl Reverifier {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// `interval + max_stale` after the session's last verification.
+fn deadline(session: &Session, settings: Settings) -> SystemTime {
+    UNIX_EPOCH
+        + Duration::from_secs(session.verified_at.max(0) as u64)
+        + settings.interval
+        + settings.max_stale
+}
+
+/// Refreshes `session` in a task of its own, so that it runs to its end (bounded by the
+/// provider client's timeouts) whoever stops waiting for it.
+fn start(provider: &Arc<Provider>, session: &Session) -> Flight {
+    let (done, flight) = watch::channel(None);
+    let provider = provider.clone();
+    let session = session.clone();
+    tokio::spawn(async move {
+        let outcome = match provider.refresh(&session, super::now()).await {
+            Ok(fresh) => Outcome::Refreshed(Box::new(fresh)),
+            Err(LoginError::Unreachable(e)) => Outcome::Unreachable(e),
+            Err(LoginError::NotReady) => {
+                Outcome::Unreachable("identity provider not discovered".into())
+            }
+            Err(e) => Outcome::Ended(e.to_string()),
+        };
+        let _ = done.send(Some((outcome, Instant::now())));
+    });
+    flight
 }

@@ -591,7 +591,54 @@ async function revokeUser(id) {
   return result;
 }
 
+// Faults put on provider paths by the admin hook, to test how Vigil copes with a provider that
+// hangs or drops connections: path -> 'hang' | 'reset'. Hung requests are held here, never
+// answered, until the fault is lifted (then their sockets are destroyed).
+const faults = new Map();
+const held = new Set();
+
+function applyFault(req, res, path) {
+  const mode = faults.get(path);
+  if (mode === 'hang') {
+    held.add(res);
+    res.on('close', () => held.delete(res));
+    req.resume();
+    return true;
+  }
+  if (mode === 'reset') {
+    req.socket.destroy();
+    return true;
+  }
+  return false;
+}
+
 async function admin(req, res, path) {
+  if (path === '/__admin/fault' && req.method === 'POST') {
+    let change;
+    try {
+      change = JSON.parse((await readBody(req)) || '{}');
+    } catch (err) {
+      json(res, 400, { error: `bad JSON: ${err.message}` });
+      return;
+    }
+    if (typeof change.path !== 'string' || !change.path.startsWith('/')) {
+      json(res, 400, { error: 'path must be an absolute path' });
+      return;
+    }
+    if (change.mode === 'hang' || change.mode === 'reset') {
+      faults.set(change.path, change.mode);
+    } else if (change.mode === null || change.mode === undefined) {
+      faults.delete(change.path);
+      for (const r of held) r.destroy();
+      held.clear();
+    } else {
+      json(res, 400, { error: 'mode must be "hang", "reset" or null' });
+      return;
+    }
+    log('fault', change.path, String(change.mode ?? 'off'));
+    json(res, 200, { ok: true, faults: Object.fromEntries(faults) });
+    return;
+  }
   if (path === '/__admin/health' && req.method === 'GET') {
     json(res, 200, { ok: true, issuer });
     return;
@@ -655,6 +702,7 @@ server.on('request', async (req, res) => {
       await admin(req, res, path);
       return;
     }
+    if (applyFault(req, res, path)) return;
     const m = /^\/interaction\/([^/]+)(?:\/(login|confirm|abort))?$/.exec(path);
     if (m) {
       await interaction(req, res, m[1], m[2]);

@@ -348,6 +348,36 @@ impl Idp {
         Ok((reply.status, json))
     }
 
+    /// Makes the provider path `path` (e.g. `/token`) misbehave: `Some("hang")` accepts requests
+    /// and never answers them, `Some("reset")` drops the connection without answering, `None`
+    /// restores it (and drops the requests held by a hang).
+    pub async fn fault(&self, path: &str, mode: Option<&str>) -> Result<()> {
+        let body = serde_json::json!({ "path": path, "mode": mode }).to_string();
+        self.admin_post("/__admin/fault", &body).await.map(drop)
+    }
+
+    /// RFC 7662 introspection of `token` at the provider, as the client `client_id`; the answer's
+    /// `active` says whether the token is still good.
+    pub async fn introspect(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        token: &str,
+    ) -> Result<serde_json::Value> {
+        let basic = base64(format!("{}:{}", encode(client_id), encode(client_secret)).as_bytes());
+        let reply = request(
+            "POST",
+            &format!("{}/token/introspection", self.issuer),
+            &[
+                ("authorization", format!("Basic {basic}")),
+                ("content-type", "application/x-www-form-urlencoded".into()),
+            ],
+            form_encode(&[("token", token)]).into_bytes(),
+        )
+        .await?;
+        reply.ok_json().context("introspection")
+    }
+
     async fn admin_post(&self, path: &str, body: &str) -> Result<serde_json::Value> {
         let reply = request(
             "POST",
