@@ -300,7 +300,15 @@ async fn connection(
         service_fn(move |req| {
             let shared = shared.clone();
             let conn = conn.clone();
-            async move { Ok::<_, Infallible>(crate::pipeline::handle(&shared, &conn, req).await) }
+            async move {
+                let h1 = req.version() <= http::Version::HTTP_11;
+                let connect = req.method() == http::Method::CONNECT;
+                let mut response = crate::pipeline::handle(&shared, &conn, req).await;
+                if h1 {
+                    after_h1_answer(&conn, &mut response, connect);
+                }
+                Ok::<_, Infallible>(response)
+            }
         })
     };
     let http = snapshot.http.clone();
@@ -337,6 +345,28 @@ async fn connection(
         }
     }
     tracing::debug!(conn = id, "connection closed");
+}
+
+/// The framing watcher's part in an HTTP/1 answer. A 101 (or a 2xx to CONNECT) hands the
+/// connection to a tunnel: hyper reads no more requests, so watching ends there. An answer to
+/// a request the watcher could not vouch for, or to a body that did not arrive in time, closes
+/// the connection: what follows on it cannot be placed.
+fn after_h1_answer(
+    conn: &Connection,
+    response: &mut http::Response<crate::body::Body>,
+    connect: bool,
+) {
+    let next = conn.h1_requests.load(Ordering::Relaxed);
+    let status = response.status();
+    if status == http::StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()) {
+        conn.framing.upgraded(next);
+    } else if status == http::StatusCode::REQUEST_TIMEOUT
+        || conn.framing.refusal(next.saturating_sub(1)).is_some()
+    {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
 }
 
 fn handshake_failed(shared: &Shared, remote: SocketAddr, reason: &'static str, e: &io::Error) {
@@ -388,7 +418,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
             self.activity.touch();
             let this = &mut *self;
             if let Some(watch) = &mut this.watch {
-                watch.feed(&buf.filled()[before..]);
+                if watch.is_done() {
+                    // Upgraded, or unsure (every later request is refused): nothing to look at.
+                    this.watch = None;
+                } else {
+                    watch.feed(&buf.filled()[before..]);
+                }
             }
         }
         poll

@@ -296,6 +296,75 @@ async fn ambiguous_requests_are_refused() -> Result<()> {
     Ok(())
 }
 
+/// Sends `request` on an open connection: `Some(status)` of the answer, `None` when the
+/// connection was closed instead.
+async fn answer_on<S>(stream: &mut S, request: &str) -> Option<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return None;
+    }
+    read_reply(stream).await.ok().map(|r| r.status)
+}
+
+const LATER_FRAGMENT: &str =
+    "GET /public/b#frag HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+const LATER_TE_CL: &str = "POST /public/b HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nConnection: close\r\n\r\n0\r\n\r\n";
+
+/// The framing watcher keeps watching after an `Upgrade` request that was answered without
+/// upgrading: a later `#fragment` or Transfer-Encoding + Content-Length request is refused.
+#[tokio::test]
+async fn framing_checks_hold_after_an_upgrade_request_that_was_not_upgraded() -> Result<()> {
+    let f = fixture().await?;
+    // The echo upstream does not upgrade: it answers 200 and the connection stays HTTP/1.1.
+    let upgrade = "GET /public/a HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+    for later in [LATER_FRAGMENT, LATER_TE_CL] {
+        let mut tls = connect(f.running.addr, f.web(), "localhost").await?;
+        assert_eq!(answer_on(&mut tls, upgrade).await, Some(200));
+        let answer = answer_on(&mut tls, later).await;
+        assert!(
+            matches!(answer, None | Some(400)),
+            "after an Upgrade request answered 200: {later:?} got {answer:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A `Content-Length` too long for the watcher to keep does not make it lose its place
+/// silently: the request is refused and the connection closed, so a later `#fragment` or
+/// Transfer-Encoding + Content-Length request cannot slip through.
+#[tokio::test]
+async fn framing_checks_hold_after_a_long_content_length() -> Result<()> {
+    let f = fixture().await?;
+    // hyper reads this length as 5 (leading zeros are allowed); a watcher that kept only its
+    // start would take the body for the next request head and place what follows wrongly.
+    let long_length = format!(
+        "POST /public/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}5\r\n\r\na\r\n\r\n",
+        "0".repeat(80)
+    );
+    for later in [LATER_FRAGMENT, LATER_TE_CL] {
+        let mut tls = connect(f.running.addr, f.web(), "localhost").await?;
+        // Refused by Vigil (400) or forwarded: either way, what follows must be checked.
+        let first = answer_on(&mut tls, &long_length).await;
+        assert!(matches!(first, None | Some(200 | 400)), "{first:?}");
+        let answer = answer_on(&mut tls, later).await;
+        assert!(
+            matches!(answer, None | Some(400)),
+            "after a long Content-Length: {later:?} got {answer:?}"
+        );
+    }
+    // Ordinary keep-alive traffic, fixed-length and chunked, is not affected.
+    let mut tls = connect(f.running.addr, f.web(), "localhost").await?;
+    for _ in 0..3 {
+        let post = "POST /public/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(answer_on(&mut tls, post).await, Some(200));
+        let chunked = "POST /public/a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(answer_on(&mut tls, chunked).await, Some(200));
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn oversized_headers_and_bodies_are_refused() -> Result<()> {
     let f = fixture_with("max_body_bytes = 1024", API_ROUTE, "").await?;
