@@ -38,6 +38,8 @@ pub enum Refusal {
     BadGateway,
     /// The upstream did not answer in time.
     GatewayTimeout,
+    /// The client did not send its request body in time.
+    RequestTimeout,
 }
 
 impl Refusal {
@@ -53,6 +55,7 @@ impl Refusal {
             Refusal::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -62,7 +65,8 @@ impl Refusal {
             | Refusal::Misdirected
             | Refusal::NoRoute
             | Refusal::MethodNotAllowed
-            | Refusal::PayloadTooLarge => Fault::Client,
+            | Refusal::PayloadTooLarge
+            | Refusal::RequestTimeout => Fault::Client,
             Refusal::Forbidden(_) | Refusal::Unauthorized(_) => Fault::Policy,
             Refusal::Unavailable(_) => Fault::Upstream,
             Refusal::BadGateway | Refusal::GatewayTimeout => Fault::Upstream,
@@ -80,6 +84,7 @@ impl Refusal {
             Refusal::PayloadTooLarge => "request body too large",
             Refusal::BadGateway => "upstream unavailable",
             Refusal::GatewayTimeout => "upstream timed out",
+            Refusal::RequestTimeout => "request body not received in time",
         }
     }
 
