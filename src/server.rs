@@ -690,6 +690,43 @@ mod tests {
     }
 
     #[test]
+    fn per_source_defaults_are_shares_of_max_connections() {
+        use crate::config::schema::ServerSection;
+        let with = |max, conns, shakes| ServerSection {
+            max_connections: max,
+            max_connections_per_source: conns,
+            max_handshakes_per_source: shakes,
+            ..ServerSection::default()
+        };
+        let d = with(10_000, None, None);
+        assert_eq!(
+            (d.connections_per_source(), d.handshakes_per_source()),
+            (1000, 100)
+        );
+        let small = with(8, None, None);
+        assert_eq!(
+            (
+                small.connections_per_source(),
+                small.handshakes_per_source()
+            ),
+            (1, 1)
+        );
+        let big = with(1_000_000, None, None);
+        assert_eq!(big.handshakes_per_source(), 10_000);
+        // Turning the connection share off turns the default handshake share off too.
+        let off = with(10_000, Some(0), None);
+        assert_eq!(
+            (off.connections_per_source(), off.handshakes_per_source()),
+            (0, 0)
+        );
+        let set = with(10_000, Some(50), Some(7));
+        assert_eq!(
+            (set.connections_per_source(), set.handshakes_per_source()),
+            (50, 7)
+        );
+    }
+
+    #[test]
     fn per_source_limits_count_and_release() {
         let sources = Arc::new(Sources::default());
         let one = Source::of(IpAddr::from([10, 0, 0, 1]));
