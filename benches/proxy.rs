@@ -877,6 +877,8 @@ fn vigil_base_config(addr: SocketAddr, admin: Option<SocketAddr>, decisions: &Pa
 listen = "{addr}"
 header_read_timeout = "300s"
 idle_timeout = "300s"
+# The load generator is one source: no per-source share.
+max_connections_per_source = 0
 drain_timeout = "1s"
 
 [tls]

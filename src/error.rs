@@ -41,6 +41,8 @@ pub enum Refusal {
     BadGateway,
     /// The upstream did not answer in time.
     GatewayTimeout,
+    /// The client did not send its request body in time.
+    RequestTimeout,
 }
 
 impl Refusal {
@@ -57,6 +59,7 @@ impl Refusal {
             Refusal::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -67,7 +70,8 @@ impl Refusal {
             | Refusal::NoRoute
             | Refusal::MethodNotAllowed
             | Refusal::PayloadTooLarge
-            | Refusal::UriTooLong(_) => Fault::Client,
+            | Refusal::UriTooLong(_)
+            | Refusal::RequestTimeout => Fault::Client,
             Refusal::Forbidden(_) | Refusal::Unauthorized(_) => Fault::Policy,
             Refusal::Unavailable(_) => Fault::Upstream,
             Refusal::BadGateway | Refusal::GatewayTimeout => Fault::Upstream,
@@ -88,6 +92,7 @@ impl Refusal {
             Refusal::PayloadTooLarge => "request body too large",
             Refusal::BadGateway => "upstream unavailable",
             Refusal::GatewayTimeout => "upstream timed out",
+            Refusal::RequestTimeout => "request body not received in time",
         }
     }
 

@@ -56,7 +56,7 @@ pub struct Metrics {
     pub handshake_failures: Family<Reason, Counter>,
     pub handshakes: Counter,
     pub connections_open: Gauge,
-    pub connections_rejected: Counter,
+    pub connections_rejected: Family<Reason, Counter>,
     pub connections_cut: Family<Reason, Counter>,
     pub revocations: Family<Reason, Counter>,
     pub revocation_cutoff: Histogram,
@@ -106,10 +106,10 @@ impl Metrics {
             "Downstream connections currently open (after the handshake)",
             connections_open.clone(),
         );
-        let connections_rejected = Counter::default();
+        let connections_rejected = Family::<Reason, Counter>::default();
         registry.register(
             "connections_rejected",
-            "Connections closed at accept because max_connections was reached",
+            "Connections closed at accept, by the limit reached (max_connections, max_connections_per_source, max_handshakes_per_source)",
             connections_rejected.clone(),
         );
         let connections_cut = Family::<Reason, Counter>::default();

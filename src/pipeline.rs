@@ -23,7 +23,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -363,7 +362,9 @@ async fn handle_in_span(
     let path = canonical.path.into_owned();
     let host = canonical.host;
     let query = canonical.query.map(str::to_owned);
-    let req = req.map(|b| b.map_err(body::BoxError::from).boxed_unsync());
+    let (parts, incoming) = req.into_parts();
+    let (incoming, read_deadline) = body::with_read_deadline(incoming, snapshot.body_read_timeout);
+    let req = Request::from_parts(parts, incoming);
     let outbound = Outbound {
         host: &host,
         path: &path,
@@ -375,6 +376,15 @@ async fn handle_in_span(
         session,
     };
     let result = forward::forward(&route.upstream, conn, req, outbound).await;
+    read_deadline.disarm();
+    let result = match result {
+        // Whatever the upstream side reports (an HTTP/2 upstream sees a reset stream), the
+        // cause was the client's body.
+        Err(_) if read_deadline.fired() => {
+            Err(ForwardError::BodyTimeout(snapshot.body_read_timeout))
+        }
+        other => other,
+    };
     let kind = if audit_pass { "audit" } else { "allow" };
     match result {
         Ok(mut response) => {
@@ -392,9 +402,12 @@ async fn handle_in_span(
                 ForwardError::Upstream(_) => (Refusal::BadGateway, "exchange"),
                 ForwardError::Timeout(_) => (Refusal::GatewayTimeout, "timeout"),
                 ForwardError::BodyTooLarge(_) => (Refusal::PayloadTooLarge, "body_too_large"),
+                ForwardError::BodyTimeout(_) => (Refusal::RequestTimeout, "body_read_timeout"),
             };
             if label == "body_too_large" {
                 shared.metrics.limit("body_size");
+            } else if label == "body_read_timeout" {
+                shared.metrics.limit("body_read_timeout");
             } else {
                 shared
                     .metrics

@@ -10,8 +10,10 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -133,7 +135,7 @@ pub struct Connection {
     pub framing: Arc<Verdict>,
     /// HTTP/1 requests started on this connection, to match against `framing`.
     pub h1_requests: AtomicU64,
-    _permit: OwnedSemaphorePermit,
+    _permit: Slot,
 }
 
 impl Connection {
@@ -160,6 +162,8 @@ impl Drop for Connection {
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let limit = shared.snapshot.load().max_connections;
     let slots = Arc::new(Semaphore::new(limit));
+    let sources = Arc::new(Sources::default());
+    let mut refusals = RefusalLog::default();
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -179,11 +183,35 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            shared.metrics.connections_rejected.inc();
-            tracing::warn!(%remote, limit, "connection refused: max_connections reached");
-            drop(stream);
-            continue;
+        let admitted = match slots.clone().try_acquire_owned() {
+            Ok(global) => {
+                let snapshot = shared.snapshot.load();
+                sources
+                    .admit(
+                        Source::of(remote.ip()),
+                        snapshot.max_connections_per_source,
+                        snapshot.max_handshakes_per_source,
+                    )
+                    .map(|source| Slot {
+                        _global: global,
+                        source,
+                    })
+            }
+            Err(_) => Err(Refused::Global),
+        };
+        let permit = match admitted {
+            Ok(slot) => slot,
+            Err(refused) => {
+                let reason = refused.reason();
+                shared
+                    .metrics
+                    .connections_rejected
+                    .get_or_create(&Reason { reason })
+                    .inc();
+                refusals.note(remote, reason);
+                drop(stream);
+                continue;
+            }
         };
         tracker.spawn(connection(
             stream,
@@ -208,7 +236,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
 async fn connection(
     stream: TcpStream,
     remote: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    mut permit: Slot,
     shared: Arc<Shared>,
     closing: CancellationToken,
 ) {
@@ -216,7 +244,9 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(snapshot.tls.clone());
     let handshake = tokio::time::timeout(snapshot.handshake_timeout, acceptor.accept(stream));
-    let tls = match handshake.await {
+    let handshake = handshake.await;
+    permit.source.handshake_done();
+    let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return handshake_failed(&shared, remote, handshake_failure_reason(&e), &e),
         Err(_) => {
@@ -300,7 +330,15 @@ async fn connection(
         service_fn(move |req| {
             let shared = shared.clone();
             let conn = conn.clone();
-            async move { Ok::<_, Infallible>(crate::pipeline::handle(&shared, &conn, req).await) }
+            async move {
+                let h1 = req.version() <= http::Version::HTTP_11;
+                let connect = req.method() == http::Method::CONNECT;
+                let mut response = crate::pipeline::handle(&shared, &conn, req).await;
+                if h1 {
+                    after_h1_answer(&conn, &mut response, connect);
+                }
+                Ok::<_, Infallible>(response)
+            }
         })
     };
     let http = snapshot.http.clone();
@@ -337,6 +375,28 @@ async fn connection(
         }
     }
     tracing::debug!(conn = id, "connection closed");
+}
+
+/// The framing watcher's part in an HTTP/1 answer. A 101 (or a 2xx to CONNECT) hands the
+/// connection to a tunnel: hyper reads no more requests, so watching ends there. An answer to
+/// a request the watcher could not vouch for, or to a body that did not arrive in time, closes
+/// the connection: what follows on it cannot be placed.
+fn after_h1_answer(
+    conn: &Connection,
+    response: &mut http::Response<crate::body::Body>,
+    connect: bool,
+) {
+    let next = conn.h1_requests.load(Ordering::Relaxed);
+    let status = response.status();
+    if status == http::StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()) {
+        conn.framing.upgraded(next);
+    } else if status == http::StatusCode::REQUEST_TIMEOUT
+        || conn.framing.refusal(next.saturating_sub(1)).is_some()
+    {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
 }
 
 fn handshake_failed(shared: &Shared, remote: SocketAddr, reason: &'static str, e: &io::Error) {
@@ -388,7 +448,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
             self.activity.touch();
             let this = &mut *self;
             if let Some(watch) = &mut this.watch {
-                watch.feed(&buf.filled()[before..]);
+                if watch.is_done() {
+                    // Upgraded, or unsure (every later request is refused): nothing to look at.
+                    this.watch = None;
+                } else {
+                    watch.feed(&buf.filled()[before..]);
+                }
             }
         }
         poll
@@ -430,5 +495,266 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Where a connection comes from, for the per-source limits: an IPv4 address, or the /64 an
+/// IPv6 address belongs to (one host usually has a whole /64 to pick addresses from, so a
+/// finer key would let it rotate past the limit). IPv4-mapped IPv6 addresses count as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    V4(std::net::Ipv4Addr),
+    V6(u64),
+}
+
+impl Source {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(a) => Source::V4(a),
+            IpAddr::V6(a) => Source::V6((u128::from(a) >> 64) as u64),
+        }
+    }
+}
+
+/// What one source holds now.
+#[derive(Debug, Default)]
+struct Held {
+    open: usize,
+    handshaking: usize,
+}
+
+/// Connections and TLS handshakes in progress per source, so that one source cannot take
+/// every slot of `max_connections`. One entry per source with anything open, removed when
+/// its last connection ends: memory is bounded by `max_connections`. Each accept and each
+/// close takes the lock once, for a hash-map update.
+#[derive(Debug, Default)]
+pub struct Sources {
+    held: std::sync::Mutex<HashMap<Source, Held>>,
+}
+
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `max_connections` reached.
+    Global,
+    /// The source has `max_connections_per_source` open.
+    Connections,
+    /// The source has `max_handshakes_per_source` handshakes in progress.
+    Handshakes,
+}
+
+impl Refused {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::Global => "max_connections",
+            Refused::Connections => "max_connections_per_source",
+            Refused::Handshakes => "max_handshakes_per_source",
+        }
+    }
+}
+
+impl Sources {
+    /// Admits a new connection from `source` in its handshake, unless the source is at a
+    /// limit (`0` is no limit).
+    pub fn admit(
+        self: &Arc<Self>,
+        source: Source,
+        max_open: usize,
+        max_handshaking: usize,
+    ) -> Result<SourceSlot, Refused> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        // A refusal needs a count of at least 1, so it never leaves an empty entry behind.
+        let entry = held.entry(source).or_default();
+        if max_open > 0 && entry.open >= max_open {
+            Err(Refused::Connections)
+        } else if max_handshaking > 0 && entry.handshaking >= max_handshaking {
+            Err(Refused::Handshakes)
+        } else {
+            entry.open += 1;
+            entry.handshaking += 1;
+            Ok(SourceSlot {
+                sources: self.clone(),
+                source,
+                handshaking: true,
+            })
+        }
+    }
+
+    fn release(&self, source: Source, handshake: bool, open: bool) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = held.get_mut(&source) {
+            if handshake {
+                entry.handshaking = entry.handshaking.saturating_sub(1);
+            }
+            if open {
+                entry.open = entry.open.saturating_sub(1);
+            }
+            if entry.open == 0 && entry.handshaking == 0 {
+                held.remove(&source);
+            }
+        }
+    }
+
+    /// Sources with anything open (for tests and debugging).
+    pub fn len(&self) -> usize {
+        self.held.lock().map_or(0, |h| h.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A connection's place in its source's share, given back when the connection ends.
+#[derive(Debug)]
+pub struct SourceSlot {
+    sources: Arc<Sources>,
+    source: Source,
+    handshaking: bool,
+}
+
+impl SourceSlot {
+    /// The handshake is over (whatever its outcome): it no longer counts as in progress.
+    pub fn handshake_done(&mut self) {
+        if std::mem::replace(&mut self.handshaking, false) {
+            self.sources.release(self.source, true, false);
+        }
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        self.sources.release(self.source, self.handshaking, true);
+    }
+}
+
+/// What an accepted connection holds until it ends (tunnels opened on it included): its slot
+/// in `max_connections` and its place in its source's share.
+#[derive(Debug)]
+pub struct Slot {
+    _global: OwnedSemaphorePermit,
+    source: SourceSlot,
+}
+
+/// Refusals at accept come in floods: one `warn` line per kind every ten seconds, with the
+/// number left out since, and the rest at `debug`.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    next: HashMap<&'static str, (Instant, u64)>,
+}
+
+impl RefusalLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn note(&mut self, remote: SocketAddr, reason: &'static str) {
+        let now = Instant::now();
+        let (next, suppressed) = self.next.entry(reason).or_insert((now, 0));
+        if now < *next {
+            *suppressed += 1;
+            tracing::debug!(%remote, limit = reason, "connection refused at accept");
+            return;
+        }
+        let left_out = std::mem::take(suppressed);
+        *next = now + Self::EVERY;
+        match reason {
+            "max_connections" => {
+                tracing::warn!(%remote, left_out, "connection refused: max_connections reached")
+            }
+            "max_connections_per_source" => {
+                tracing::warn!(%remote, left_out, "connection refused: max_connections_per_source reached")
+            }
+            _ => {
+                tracing::warn!(%remote, left_out, "connection refused: max_handshakes_per_source reached")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_sources_are_grouped_by_64_and_mapped_ipv4_is_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1"
+            .parse()
+            .unwrap_or(IpAddr::from([0; 16]));
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3"
+            .parse()
+            .unwrap_or(IpAddr::from([0; 16]));
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::from([0; 16]));
+        assert_eq!(Source::of(a), Source::of(b));
+        assert_ne!(Source::of(a), Source::of(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap_or(IpAddr::from([0; 16]));
+        assert_eq!(Source::of(mapped), Source::of(IpAddr::from([192, 0, 2, 7])));
+    }
+
+    #[test]
+    fn per_source_defaults_are_shares_of_max_connections() {
+        use crate::config::schema::ServerSection;
+        let with = |max, conns, shakes| ServerSection {
+            max_connections: max,
+            max_connections_per_source: conns,
+            max_handshakes_per_source: shakes,
+            ..ServerSection::default()
+        };
+        let d = with(10_000, None, None);
+        assert_eq!(
+            (d.connections_per_source(), d.handshakes_per_source()),
+            (1000, 100)
+        );
+        let small = with(8, None, None);
+        assert_eq!(
+            (
+                small.connections_per_source(),
+                small.handshakes_per_source()
+            ),
+            (1, 1)
+        );
+        let big = with(1_000_000, None, None);
+        assert_eq!(big.handshakes_per_source(), 10_000);
+        // Turning the connection share off turns the default handshake share off too.
+        let off = with(10_000, Some(0), None);
+        assert_eq!(
+            (off.connections_per_source(), off.handshakes_per_source()),
+            (0, 0)
+        );
+        let set = with(10_000, Some(50), Some(7));
+        assert_eq!(
+            (set.connections_per_source(), set.handshakes_per_source()),
+            (50, 7)
+        );
+    }
+
+    #[test]
+    fn per_source_limits_count_and_release() {
+        let sources = Arc::new(Sources::default());
+        let one = Source::of(IpAddr::from([10, 0, 0, 1]));
+        let two = Source::of(IpAddr::from([10, 0, 0, 2]));
+        // Handshakes in progress: two at most.
+        let mut a = sources.admit(one, 3, 2).expect("first");
+        let b = sources.admit(one, 3, 2).expect("second");
+        assert_eq!(sources.admit(one, 3, 2).err(), Some(Refused::Handshakes));
+        assert!(
+            sources.admit(two, 3, 2).is_ok(),
+            "another source is not affected"
+        );
+        // A finished handshake frees its place; the connection stays counted.
+        a.handshake_done();
+        let mut c = sources.admit(one, 3, 2).expect("third");
+        c.handshake_done();
+        assert_eq!(sources.admit(one, 3, 2).err(), Some(Refused::Connections));
+        drop((a, b, c));
+        assert!(
+            sources.is_empty(),
+            "entries go when their count drops to zero"
+        );
+        // 0 is no limit.
+        let many: Vec<_> = (0..50)
+            .filter_map(|_| sources.admit(one, 0, 0).ok())
+            .collect();
+        assert_eq!(many.len(), 50);
+        drop(many);
+        assert!(sources.is_empty());
     }
 }

@@ -296,6 +296,75 @@ async fn ambiguous_requests_are_refused() -> Result<()> {
     Ok(())
 }
 
+/// Sends `request` on an open connection: `Some(status)` of the answer, `None` when the
+/// connection was closed instead.
+async fn answer_on<S>(stream: &mut S, request: &str) -> Option<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return None;
+    }
+    read_reply(stream).await.ok().map(|r| r.status)
+}
+
+const LATER_FRAGMENT: &str =
+    "GET /public/b#frag HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+const LATER_TE_CL: &str = "POST /public/b HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nConnection: close\r\n\r\n0\r\n\r\n";
+
+/// The framing watcher keeps watching after an `Upgrade` request that was answered without
+/// upgrading: a later `#fragment` or Transfer-Encoding + Content-Length request is refused.
+#[tokio::test]
+async fn framing_checks_hold_after_an_upgrade_request_that_was_not_upgraded() -> Result<()> {
+    let f = fixture().await?;
+    // The echo upstream does not upgrade: it answers 200 and the connection stays HTTP/1.1.
+    let upgrade = "GET /public/a HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+    for later in [LATER_FRAGMENT, LATER_TE_CL] {
+        let mut tls = connect(f.running.addr, f.web(), "localhost").await?;
+        assert_eq!(answer_on(&mut tls, upgrade).await, Some(200));
+        let answer = answer_on(&mut tls, later).await;
+        assert!(
+            matches!(answer, None | Some(400)),
+            "after an Upgrade request answered 200: {later:?} got {answer:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A `Content-Length` too long for the watcher to keep does not make it lose its place
+/// silently: the request is refused and the connection closed, so a later `#fragment` or
+/// Transfer-Encoding + Content-Length request cannot slip through.
+#[tokio::test]
+async fn framing_checks_hold_after_a_long_content_length() -> Result<()> {
+    let f = fixture().await?;
+    // hyper reads this length as 5 (leading zeros are allowed); a watcher that kept only its
+    // start would take the body for the next request head and place what follows wrongly.
+    let long_length = format!(
+        "POST /public/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}5\r\n\r\na\r\n\r\n",
+        "0".repeat(80)
+    );
+    for later in [LATER_FRAGMENT, LATER_TE_CL] {
+        let mut tls = connect(f.running.addr, f.web(), "localhost").await?;
+        // Refused by Vigil (400) or forwarded: either way, what follows must be checked.
+        let first = answer_on(&mut tls, &long_length).await;
+        assert!(matches!(first, None | Some(200 | 400)), "{first:?}");
+        let answer = answer_on(&mut tls, later).await;
+        assert!(
+            matches!(answer, None | Some(400)),
+            "after a long Content-Length: {later:?} got {answer:?}"
+        );
+    }
+    // Ordinary keep-alive traffic, fixed-length and chunked, is not affected.
+    let mut tls = connect(f.running.addr, f.web(), "localhost").await?;
+    for _ in 0..3 {
+        let post = "POST /public/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(answer_on(&mut tls, post).await, Some(200));
+        let chunked = "POST /public/a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(answer_on(&mut tls, chunked).await, Some(200));
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn oversized_headers_and_bodies_are_refused() -> Result<()> {
     let f = fixture_with("max_body_bytes = 1024", API_ROUTE, "").await?;
@@ -611,6 +680,136 @@ async fn slow_request_headers_are_cut_off() -> Result<()> {
     Ok(())
 }
 
+/// An upstream that reads the whole request body before answering with its length.
+async fn body_reading_upstream() -> Result<SocketAddr> {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let len = req.into_body().collect().await.map(|b| b.to_bytes().len());
+                        let text = format!("{len:?}");
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(text)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A body sent a byte at a time gets 408 at `body_read_timeout`, over HTTP/1.1 and HTTP/2,
+/// long before the upstream's response timeout; the HTTP/1.1 connection is closed.
+#[tokio::test]
+async fn trickled_request_bodies_get_408() -> Result<()> {
+    let upstream = body_reading_upstream().await?;
+    let route = format!(
+        r#"
+[[route]]
+name = "upload"
+host = "localhost"
+upstream = "http://{upstream}"
+login = "none"
+response_timeout = "30s"
+allow = [{{ spiffe = ["spiffe://example.org/**"] }}]
+"#
+    );
+    let f = fixture_with("body_read_timeout = \"1s\"", &route, "").await?;
+
+    // A body that arrives in time is forwarded whole.
+    let ok = "POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    let reply = raw(f.running.addr, f.web(), "localhost", ok).await?;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "Ok(5)"));
+
+    let tls = connect(f.running.addr, f.web(), "localhost").await?;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let started = std::time::Instant::now();
+    wr.write_all(b"POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nabc")
+        .await?;
+    let trickle = tokio::spawn(async move {
+        for _ in 0..97 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if wr.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    });
+    let reply = read_reply(&mut rd).await?;
+    assert_eq!(reply.status, 408, "{reply:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(reply.header("connection").as_deref(), Some("close"));
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(STEP, rd.read(&mut buf))
+        .await?
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the connection stays open");
+    trickle.abort();
+    let id = reply.json()["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let line = decision_for(&f.decisions, &id)
+        .await
+        .expect("decision line");
+    assert_eq!(line["status"], 408);
+    assert!(
+        line["reasons"]
+            .to_string()
+            .contains("request body not received within"),
+        "{line}"
+    );
+
+    // HTTP/2: the same deadline on the stream.
+    use http_body_util::BodyExt;
+    let config = client_config(Some(&f.web), f.pki.ca.cert_pem(), &[b"h2"])?;
+    let tls = connect(f.running.addr, config, "localhost").await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let frames = Box::pin(futures_util::stream::unfold(0u32, |i| async move {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        (i < 100).then(|| {
+            let frame = http_body::Frame::data(bytes::Bytes::from_static(b"x"));
+            (Ok::<_, std::convert::Infallible>(frame), i + 1)
+        })
+    }));
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("https://localhost/up")
+        .body(http_body_util::StreamBody::new(frames))?;
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(STEP, sender.send_request(req)).await??;
+    assert_eq!(resp.status(), 408);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let _ = resp.into_body().collect().await;
+    assert!(
+        metric(
+            &f.running,
+            "vigil_limits_hit_total{limit=\"body_read_timeout\"}"
+        )
+        .await?
+            >= 2.0
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed() -> Result<()> {
     let f = fixture_with(
@@ -634,7 +833,12 @@ async fn idle_connections_are_closed() -> Result<()> {
 
 #[tokio::test]
 async fn connections_over_the_limit_are_closed() -> Result<()> {
-    let f = fixture_with("max_connections = 2", API_ROUTE, "").await?;
+    let f = fixture_with(
+        "max_connections = 2\nmax_connections_per_source = 0",
+        API_ROUTE,
+        "",
+    )
+    .await?;
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut tls = connect(f.running.addr, f.web(), "localhost").await?;
@@ -645,7 +849,14 @@ async fn connections_over_the_limit_are_closed() -> Result<()> {
     }
     let third = get(f.running.addr, f.web(), "/public/x", "").await;
     assert!(third.is_err(), "{third:?}");
-    assert!(metric(&f.running, "vigil_connections_rejected_total").await? >= 1.0);
+    assert!(
+        metric(
+            &f.running,
+            "vigil_connections_rejected_total{reason=\"max_connections\"}"
+        )
+        .await?
+            >= 1.0
+    );
     drop(held);
     let freed = eventually(STEP, || async {
         get(f.running.addr, f.web(), "/public/x", "")
@@ -654,6 +865,134 @@ async fn connections_over_the_limit_are_closed() -> Result<()> {
     })
     .await;
     assert!(freed, "slots were not released");
+    Ok(())
+}
+
+/// A TCP connection to `addr` from the loopback address `from`.
+async fn tcp_from(from: [u8; 4], addr: SocketAddr) -> Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    Ok(socket.connect(addr).await?)
+}
+
+/// An mTLS connection to the proxy from the loopback address `from`.
+async fn tls_from(
+    from: [u8; 4],
+    addr: SocketAddr,
+    config: rustls::ClientConfig,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tcp_from(from, addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    Ok(tokio::time::timeout(STEP, connector.connect(name, tcp)).await??)
+}
+
+/// A full request over a new mTLS connection from `from`.
+async fn served_from(from: [u8; 4], f: &Fixture) -> Result<u16> {
+    let mut tls = tls_from(from, f.running.addr, f.web()).await?;
+    let get = "GET /public/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    tls.write_all(get.as_bytes()).await?;
+    Ok(read_reply(&mut tls).await?.status)
+}
+
+/// Opens `n` TCP connections from `from` that never start TLS; returns those the proxy kept
+/// open (the others it closed at once).
+async fn silent_sockets(
+    from: [u8; 4],
+    addr: SocketAddr,
+    n: usize,
+) -> Result<Vec<tokio::net::TcpStream>> {
+    let mut opened = Vec::new();
+    for _ in 0..n {
+        opened.push(tcp_from(from, addr).await?);
+    }
+    let mut held = Vec::new();
+    for mut s in opened {
+        let mut buf = [0u8; 1];
+        // A socket the proxy closed at once reads end-of-file; a held one reads nothing.
+        let read = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await;
+        if read.is_err() {
+            held.push(s);
+        }
+    }
+    Ok(held)
+}
+
+/// With the default per-source shares, one address filling `max_connections` with silent
+/// TCP connections does not lock the others out.
+#[tokio::test]
+async fn one_source_cannot_take_every_connection_slot() -> Result<()> {
+    let f = fixture_with("max_connections = 8", API_ROUTE, "").await?;
+    let held = silent_sockets([127, 0, 0, 1], f.running.addr, 8).await?;
+    assert!(held.len() < 8, "one source holds every slot");
+    assert_eq!(served_from([127, 0, 0, 2], &f).await?, 200);
+    drop(held);
+    Ok(())
+}
+
+/// Explicit per-source limits on open connections and on handshakes in progress, their
+/// metrics, and silent connections holding a slot only until `handshake_timeout`.
+#[tokio::test]
+async fn per_source_limits_on_connections_and_handshakes() -> Result<()> {
+    let f = fixture_with(
+        "max_connections = 8\nmax_connections_per_source = 4\nmax_handshakes_per_source = 2\nhandshake_timeout = \"2s\"",
+        API_ROUTE,
+        "",
+    )
+    .await?;
+    // Open connections: four from one address, a fifth is refused, another address is served.
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut tls = tls_from([127, 0, 0, 1], f.running.addr, f.web()).await?;
+        tls.write_all(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await?;
+        assert_eq!(read_reply(&mut tls).await?.status, 200);
+        open.push(tls);
+    }
+    assert!(
+        served_from([127, 0, 0, 1], &f).await.is_err(),
+        "a fifth connection"
+    );
+    assert_eq!(served_from([127, 0, 0, 2], &f).await?, 200);
+    assert!(
+        metric(
+            &f.running,
+            "vigil_connections_rejected_total{reason=\"max_connections_per_source\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    drop(open);
+
+    // Handshakes in progress: silent sockets from one address hold two handshake places.
+    let held = silent_sockets([127, 0, 0, 3], f.running.addr, 8).await?;
+    assert_eq!(held.len(), 2);
+    assert!(
+        served_from([127, 0, 0, 3], &f).await.is_err(),
+        "a third handshake"
+    );
+    assert_eq!(served_from([127, 0, 0, 2], &f).await?, 200);
+    assert!(
+        metric(
+            &f.running,
+            "vigil_connections_rejected_total{reason=\"max_handshakes_per_source\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    // A silent connection holds its slot only until handshake_timeout.
+    for mut s in held {
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(STEP, s.read(&mut buf)).await;
+        assert!(matches!(closed, Ok(Ok(0) | Err(_))), "{closed:?}");
+    }
+    let freed = eventually(STEP, || async {
+        served_from([127, 0, 0, 3], &f)
+            .await
+            .is_ok_and(|s| s == 200)
+    })
+    .await;
+    assert!(freed, "handshake places were not released");
     Ok(())
 }
 

@@ -147,9 +147,12 @@ const ASSERTION_KEYS: &[&str] = &["keys_file", "issuer", "lifetime"];
 const SERVER_KEYS: &[&str] = &[
     "listen",
     "max_connections",
+    "max_connections_per_source",
+    "max_handshakes_per_source",
     "handshake_timeout",
     "header_read_timeout",
     "idle_timeout",
+    "body_read_timeout",
     "max_header_bytes",
     "max_body_bytes",
     "max_concurrent_streams",

@@ -60,9 +60,13 @@ pub struct Snapshot {
     /// Audit mode: denials are logged and let through.
     pub audit: bool,
     pub max_connections: usize,
+    /// Per-source shares of the connection slots (see `server::Sources`); 0 for no limit.
+    pub max_connections_per_source: usize,
+    pub max_handshakes_per_source: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
+    pub body_read_timeout: Duration,
     pub max_body_bytes: Option<u64>,
     /// Longest request target (path and query) in bytes; `None`: no limit of Vigil's own.
     pub max_target_bytes: Option<usize>,
@@ -224,6 +228,7 @@ impl Compiler<'_> {
             ("server.handshake_timeout", server.handshake_timeout),
             ("server.header_read_timeout", server.header_read_timeout),
             ("server.idle_timeout", server.idle_timeout),
+            ("server.body_read_timeout", server.body_read_timeout),
         ];
         if let Some(s) = &raw.session {
             durations.push(("session.lifetime", s.lifetime));
@@ -323,9 +328,12 @@ impl Compiler<'_> {
             routes: routes?,
             audit,
             max_connections: server.max_connections,
+            max_connections_per_source: server.connections_per_source(),
+            max_handshakes_per_source: server.handshakes_per_source(),
             handshake_timeout: server.handshake_timeout.0,
             idle_timeout: server.idle_timeout.0,
             drain_timeout: server.drain_timeout.0,
+            body_read_timeout: server.body_read_timeout.0,
             max_body_bytes: (server.max_body_bytes > 0).then_some(server.max_body_bytes),
             max_target_bytes: (server.max_target_bytes > 0).then_some(server.max_target_bytes),
             http,

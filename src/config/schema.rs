@@ -33,6 +33,14 @@ pub struct ServerSection {
     /// `vigil_connections_rejected_total`).
     #[serde(default = "ServerSection::default_max_connections")]
     pub max_connections: usize,
+    /// Open connections from one source (an IPv4 address, or an IPv6 /64) at most; `0` turns
+    /// the limit off. Default: a tenth of `max_connections`.
+    #[serde(default)]
+    pub max_connections_per_source: Option<usize>,
+    /// TLS handshakes in progress from one source at most; `0` turns the limit off. Default:
+    /// a hundredth of `max_connections`, at least 16, at most `max_connections_per_source`.
+    #[serde(default)]
+    pub max_handshakes_per_source: Option<usize>,
     /// Time allowed for the TLS handshake.
     #[serde(default = "ServerSection::default_handshake_timeout")]
     pub handshake_timeout: HumanDuration,
@@ -46,6 +54,10 @@ pub struct ServerSection {
     /// Largest request head (HTTP/1.1 buffer, HTTP/2 header list); at least 8192.
     #[serde(default = "ServerSection::default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// A request body must arrive whole within this (counted from when it is sent upstream)
+    /// unless the upstream answers first; otherwise 408.
+    #[serde(default = "ServerSection::default_body_read_timeout")]
+    pub body_read_timeout: HumanDuration,
     /// Largest request body; bigger ones get 413. 0 turns the limit off.
     #[serde(default = "ServerSection::default_max_body_bytes")]
     pub max_body_bytes: u64,
@@ -61,6 +73,19 @@ pub struct ServerSection {
 }
 
 impl ServerSection {
+    /// `max_connections_per_source` with its default filled in; 0 means no limit.
+    pub fn connections_per_source(&self) -> usize {
+        self.max_connections_per_source
+            .unwrap_or_else(|| self.max_connections.div_ceil(10))
+    }
+    /// `max_handshakes_per_source` with its default filled in; 0 means no limit.
+    pub fn handshakes_per_source(&self) -> usize {
+        self.max_handshakes_per_source.unwrap_or_else(|| {
+            (self.max_connections.div_ceil(100))
+                .max(16)
+                .min(self.connections_per_source())
+        })
+    }
     fn default_listen() -> String {
         "127.0.0.1:8443".into()
     }
@@ -72,6 +97,9 @@ impl ServerSection {
     }
     fn default_header_read_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(10))
+    }
+    fn default_body_read_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
     }
     fn default_idle_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(120))
@@ -98,9 +126,12 @@ impl Default for ServerSection {
         Self {
             listen: Self::default_listen(),
             max_connections: Self::default_max_connections(),
+            max_connections_per_source: None,
+            max_handshakes_per_source: None,
             handshake_timeout: Self::default_handshake_timeout(),
             header_read_timeout: Self::default_header_read_timeout(),
             idle_timeout: Self::default_idle_timeout(),
+            body_read_timeout: Self::default_body_read_timeout(),
             max_header_bytes: Self::default_max_header_bytes(),
             max_body_bytes: Self::default_max_body_bytes(),
             max_target_bytes: Self::default_max_target_bytes(),

@@ -82,6 +82,10 @@ pub enum ForwardError {
     /// The upstream broke the exchange (reset, protocol error, bad TLS).
     #[error("upstream failed: {0}")]
     Upstream(String),
+    /// The client did not send its body in time (`[server] body_read_timeout`): a slow or
+    /// trickling client; the upstream exchange was abandoned.
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(Duration),
 }
 
 /// What the pipeline decided about a request that forwarding needs to know.
@@ -212,6 +216,9 @@ fn classify(err: &hyper_util::client::legacy::Error, limit: Option<u64>) -> Forw
     while let Some(e) = source {
         if e.is::<http_body_util::LengthLimitError>() {
             return ForwardError::BodyTooLarge(limit.unwrap_or(0));
+        }
+        if let Some(crate::body::BodyTimeout(after)) = e.downcast_ref() {
+            return ForwardError::BodyTimeout(*after);
         }
         source = e.source();
     }
