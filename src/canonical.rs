@@ -1407,6 +1407,7 @@ mod tests {
     #[test]
     fn only_allowed_upgrades_pass() {
         let websocket = ["websocket".to_owned()];
+        #[allow(clippy::type_complexity)]
         let cases: &[(&str, &[String], Option<&str>, Option<&str>)] = &[
             ("websocket", &websocket, Some("websocket"), None),
             ("WebSocket", &websocket, Some("WebSocket"), None),

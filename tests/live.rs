@@ -311,12 +311,13 @@ async fn sse_upstream() -> Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
-/// A world with one more route, `/events` for engineering, served by the SSE upstream.
+/// A world with two more routes served by the SSE upstream: `/events` for engineering
+/// (sessions) and `/feed` for the `svc` service (bearer tokens).
 async fn world_with_events() -> Result<World> {
     let w = world_with("").await?;
     let sse = sse_upstream().await?;
     let text = format!(
-        "{}\n[[route]]\nname = \"events\"\nhost = \"localhost\"\npath = \"/events\"\nupstream = \"http://{sse}\"\nlogin = \"oidc\"\nallow = [{{ groups = [\"engineering\"] }}]\n",
+        "{}\n[[route]]\nname = \"events\"\nhost = \"localhost\"\npath = \"/events\"\nupstream = \"http://{sse}\"\nlogin = \"oidc\"\nallow = [{{ groups = [\"engineering\"] }}]\n\n[[route]]\nname = \"feed\"\nhost = \"localhost\"\npath = \"/feed\"\nupstream = \"http://{sse}\"\nlogin = \"bearer\"\nbearer_audience = \"https://api.test\"\nallow = [{{ users = [\"svc\"] }}]\n",
         w.config_text
     );
     std::fs::write(w.pki.path("vigil.toml"), text)?;
@@ -455,6 +456,73 @@ async fn only_the_revoked_sessions_http2_stream_is_reset() -> Result<()> {
         )
         .await?
             >= 1.0
+    );
+    Ok(())
+}
+
+/// Reads from `stream` until `needle` has been seen.
+async fn read_until<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    needle: &str,
+) -> Result<String> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = tokio::time::timeout(STEP, stream.read(&mut buf)).await??;
+        anyhow::ensure!(
+            n > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&seen).to_string())
+}
+
+#[tokio::test]
+async fn a_bearer_stream_lives_with_its_token() -> Result<()> {
+    let w = world_with_events().await?;
+    let token = w.idp.client_credentials("orders:read").await?;
+    let workload = w.pki.workload(SPIFFE_WEB)?;
+    let config = client_config(Some(&workload), w.pki.ca.cert_pem(), &[b"http/1.1"])?;
+    let mut tls = connect(w.running.addr, config, "localhost").await?;
+    let request = format!(
+        "GET /feed HTTP/1.1\r\nHost: localhost:{}\r\nAuthorization: Bearer {token}\r\n\r\n",
+        w.port
+    );
+    tls.write_all(request.as_bytes()).await?;
+    let head = read_until(&mut tls, "data: 1\n").await?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // A sweep re-decides the stream with the token's identity: it still passes.
+    assert_eq!(admin(&w.running, "POST", "/reload").await?.status, 200);
+    read_until(&mut tls, "data: 8\n").await?;
+
+    // Revoking the token's subject ends it.
+    let revoked = post_admin(&w.running, "/revoke", "{\"user\":\"svc\"}").await?;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stream outlived its token's revocation");
+    assert!(
+        metric(
+            &w.running,
+            "vigil_connections_cut_total{reason=\"token_revoked\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    assert_eq!(
+        metric(&w.running, "vigil_connections_cut_total{reason=\"policy\"}").await?,
+        0.0
     );
     Ok(())
 }
