@@ -1217,3 +1217,38 @@ async fn bearer_routes_forward_exactly_the_verified_token() -> Result<()> {
     assert_eq!(body.matches("authorization: ").count(), 1, "{body}");
     Ok(())
 }
+
+#[tokio::test]
+async fn websockets_over_http2_are_refused_cleanly() -> Result<()> {
+    use http_body_util::Empty;
+    let f = fixture().await?;
+    let config = client_config(Some(&f.web), f.pki.ca.cert_pem(), &[b"h2"])?;
+    let tls = connect(f.running.addr, config, "localhost").await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await?;
+    let connection = tokio::spawn(conn);
+    // RFC 8441: CONNECT with :protocol = websocket.
+    let mut req = http::Request::builder()
+        .method("CONNECT")
+        .uri("https://localhost/ws")
+        .header("sec-websocket-version", "13")
+        .body(Empty::<bytes::Bytes>::new())?;
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let answer = tokio::time::timeout(STEP, sender.send_request(req)).await?;
+    match answer {
+        Ok(response) => assert_ne!(response.status().as_u16() / 100, 2, "{response:?}"),
+        Err(e) => eprintln!("extended CONNECT refused: {e}"),
+    }
+    // The connection itself stays usable.
+    let plain = http::Request::builder()
+        .uri("https://localhost/public/after")
+        .body(Empty::<bytes::Bytes>::new())?;
+    let after = tokio::time::timeout(STEP, sender.send_request(plain)).await??;
+    assert_eq!(after.status(), 200);
+    assert!(!connection.is_finished());
+    Ok(())
+}
