@@ -592,9 +592,11 @@ pub fn alias_key(name: &str) -> Cow<'_, str> {
 }
 
 /// Fields that describe one connection, never the message (RFC 9110 §7.6.1
-/// plus the non-standard `Keep-Alive`/`Proxy-Connection`).
+/// plus the non-standard `Keep-Alive`/`Proxy-Connection`, and `HTTP2-Settings`,
+/// which only means something with an `h2c` upgrade, RFC 7540 §3.2.1).
 const HOP_BY_HOP: &[&str] = &[
     "connection",
+    "http2-settings",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
@@ -615,13 +617,13 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// Removes hop-by-hop headers: Connection, Keep-Alive, Proxy-Connection,
-/// Proxy-Authenticate, Proxy-Authorization, TE, Trailer, Transfer-Encoding,
-/// Upgrade, and every header named in Connection.
+/// Removes hop-by-hop headers: Connection, HTTP2-Settings, Keep-Alive,
+/// Proxy-Connection, Proxy-Authenticate, Proxy-Authorization, TE, Trailer,
+/// Transfer-Encoding, Upgrade, and every header named in Connection.
 ///
 /// Returns the `Upgrade` value if the request asked for an upgrade
-/// (Connection contains the `upgrade` token), so the caller can re-add it
-/// for WebSocket pass-through. Call this on the client's headers *before*
+/// (Connection contains the `upgrade` token), so the caller can pass on
+/// what the route allows of it ([`allowed_upgrade`]). Call this on the client's headers *before*
 /// adding Vigil's own, or a client could name them in `Connection` to have
 /// them stripped. `TE: trailers` (needed by gRPC over HTTP/2) is removed
 /// too; re-adding it is the caller's decision.
@@ -659,6 +661,115 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
         headers.remove(*name);
     }
     upgrade
+}
+
+/// Upgrade protocols that carry HTTP itself. A tunnel to one of them would take
+/// every request sent through it past routing, policy, header hygiene and the
+/// decision log, so no route may allow them (`h2c` is HTTP/2 in clear text,
+/// `h2` and `HTTP/x` name HTTP versions, `TLS` is RFC 2817's upgrade to TLS).
+pub const NEVER_UPGRADE: &[&str] = &["h2c", "h2", "http", "tls"];
+
+/// The protocol name of one `Upgrade` list element: `websocket` for
+/// `websocket`, `HTTP` for `HTTP/2.0` (RFC 9110 §7.8).
+pub fn upgrade_protocol(element: &str) -> &str {
+    element.split('/').next().unwrap_or("").trim()
+}
+
+/// The elements of an `Upgrade` value, trimmed, empty ones skipped.
+pub fn upgrade_elements(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+}
+
+/// What of a client's `Upgrade` offer may go upstream: the elements whose
+/// protocol the route lists in `allowed` (lower-case names), in the client's
+/// order, or `None` when there are none. The second value names what was
+/// dropped, for the decision log.
+pub fn allowed_upgrade(
+    offered: &HeaderValue,
+    allowed: &[String],
+) -> (Option<HeaderValue>, Option<String>) {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut dropped: Vec<&str> = Vec::new();
+    for element in upgrade_elements(offered) {
+        let name = upgrade_protocol(element);
+        let never = NEVER_UPGRADE.iter().any(|n| name.eq_ignore_ascii_case(n));
+        if !never && allowed.iter().any(|a| name.eq_ignore_ascii_case(a)) {
+            kept.push(element);
+        } else {
+            dropped.push(element);
+        }
+    }
+    if offered.to_str().is_err() {
+        dropped.push("(unreadable)");
+    }
+    let kept = if kept.is_empty() {
+        None
+    } else {
+        HeaderValue::from_str(&kept.join(", ")).ok()
+    };
+    let dropped = (!dropped.is_empty()).then(|| dropped.join(", "));
+    (kept, dropped)
+}
+
+/// Whether the `Upgrade` of a 101 response names exactly one protocol, and
+/// one of those `requested`: anything else is a switch nobody asked for.
+pub fn upgrade_accepted(requested: &HeaderValue, response: Option<&HeaderValue>) -> bool {
+    let Some(response) = response else {
+        return false;
+    };
+    let mut chosen = upgrade_elements(response);
+    let (Some(one), None) = (chosen.next(), chosen.next()) else {
+        return false;
+    };
+    upgrade_elements(requested).any(|r| {
+        upgrade_protocol(r).eq_ignore_ascii_case(upgrade_protocol(one))
+            && (!one.contains('/') || r.eq_ignore_ascii_case(one))
+    })
+}
+
+/// Checks an HTTP/1.1 request that offers a WebSocket upgrade against RFC 6455
+/// §4.1: a `GET` with `Connection: upgrade`, one `Sec-WebSocket-Key` of 16
+/// base64-encoded bytes and `Sec-WebSocket-Version: 13`. `None` for requests
+/// that offer no WebSocket upgrade, or a well-formed one.
+pub fn websocket_refusal(method: &http::Method, headers: &HeaderMap) -> Option<&'static str> {
+    use base64::Engine;
+    if !headers.contains_key(UPGRADE) {
+        return None;
+    }
+    let asks_upgrade = headers.get_all(CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&c| c == b',')
+            .any(|t| trim_ows(t).eq_ignore_ascii_case(b"upgrade"))
+    });
+    let offers_websocket = headers.get_all(UPGRADE).iter().any(|v| {
+        upgrade_elements(v).any(|e| upgrade_protocol(e).eq_ignore_ascii_case("websocket"))
+    });
+    if !asks_upgrade || !offers_websocket {
+        return None;
+    }
+    if method != http::Method::GET {
+        return Some("WebSocket upgrade must be a GET");
+    }
+    let mut keys = headers.get_all("sec-websocket-key").iter();
+    let key_ok = match (keys.next(), keys.next()) {
+        (Some(key), None) => base64::engine::general_purpose::STANDARD
+            .decode(key.as_bytes())
+            .is_ok_and(|k| k.len() == 16),
+        _ => false,
+    };
+    if !key_ok {
+        return Some("WebSocket upgrade without one valid Sec-WebSocket-Key");
+    }
+    let mut versions = headers.get_all("sec-websocket-version").iter();
+    match (versions.next(), versions.next()) {
+        (Some(v), None) if v.as_bytes().trim_ascii() == b"13" => None,
+        _ => Some("WebSocket upgrade without Sec-WebSocket-Version 13"),
+    }
 }
 
 /// All values of `name` as one list value (a single field is returned as is).
@@ -1255,6 +1366,17 @@ mod tests {
                 &[],
                 Some("h2c, websocket"),
             ),
+            // HTTP2-Settings goes whether or not Connection names it.
+            (
+                &[
+                    ("connection", "Upgrade, HTTP2-Settings"),
+                    ("upgrade", "h2c"),
+                    ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+                ],
+                &[],
+                Some("h2c"),
+            ),
+            (&[("http2-settings", "AAMAAABk"), ("a", "1")], &["a"], None),
             // Upgrade without the Connection token is not an upgrade request.
             (&[("upgrade", "websocket")], &[], None),
             // Asked for, but nothing to upgrade to.
@@ -1280,6 +1402,102 @@ mod tests {
                 "{input:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_allowed_upgrades_pass() {
+        let websocket = ["websocket".to_owned()];
+        #[allow(clippy::type_complexity)]
+        let cases: &[(&str, &[String], Option<&str>, Option<&str>)] = &[
+            ("websocket", &websocket, Some("websocket"), None),
+            ("WebSocket", &websocket, Some("WebSocket"), None),
+            ("h2c", &websocket, None, Some("h2c")),
+            ("h2c, websocket", &websocket, Some("websocket"), Some("h2c")),
+            (
+                "HTTP/2.0, websocket/13",
+                &websocket,
+                Some("websocket/13"),
+                Some("HTTP/2.0"),
+            ),
+            ("websocket", &[], None, Some("websocket")),
+            (" , ", &websocket, None, None),
+        ];
+        for (offer, allowed, kept, dropped) in cases {
+            let (k, d) = allowed_upgrade(&HeaderValue::from_static(offer), allowed);
+            assert_eq!(
+                k.as_ref().map(|v| v.to_str().expect("ascii")),
+                *kept,
+                "{offer}"
+            );
+            assert_eq!(d.as_deref(), *dropped, "{offer}");
+        }
+        // Even a route that lists them never passes protocols that carry HTTP.
+        let reckless: Vec<String> = NEVER_UPGRADE.iter().map(|s| s.to_string()).collect();
+        for offer in ["h2c", "H2C", "h2", "HTTP/2.0", "http/1.1", "TLS/1.0"] {
+            let (k, _) = allowed_upgrade(&HeaderValue::from_static(offer), &reckless);
+            assert!(k.is_none(), "{offer}");
+        }
+    }
+
+    #[test]
+    fn a_101_must_switch_to_what_was_asked() {
+        let asked = HeaderValue::from_static("websocket");
+        let ok = |v: &'static str| upgrade_accepted(&asked, Some(&HeaderValue::from_static(v)));
+        assert!(ok("websocket"));
+        assert!(ok("WebSocket"));
+        assert!(!ok("h2c"));
+        assert!(!ok("websocket, h2c"));
+        assert!(!ok(""));
+        assert!(!ok("websocket/14"));
+        assert!(!upgrade_accepted(&asked, None));
+        let versioned = HeaderValue::from_static("foo/2, websocket");
+        assert!(upgrade_accepted(
+            &versioned,
+            Some(&HeaderValue::from_static("foo/2"))
+        ));
+        assert!(!upgrade_accepted(
+            &versioned,
+            Some(&HeaderValue::from_static("foo/3"))
+        ));
+    }
+
+    #[test]
+    fn websocket_handshakes_follow_rfc_6455() {
+        use http::Method;
+        let good: &[(&str, &str)] = &[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+        ];
+        assert_eq!(websocket_refusal(&Method::GET, &headers(good)), None);
+        assert!(websocket_refusal(&Method::POST, &headers(good)).is_some());
+        let without = |name: &str| {
+            let mut h = headers(good);
+            h.remove(name);
+            h
+        };
+        assert!(websocket_refusal(&Method::GET, &without("sec-websocket-key")).is_some());
+        assert!(websocket_refusal(&Method::GET, &without("sec-websocket-version")).is_some());
+        // Not an upgrade request at all: nothing to check.
+        assert_eq!(
+            websocket_refusal(&Method::POST, &without("connection")),
+            None
+        );
+        let mut short_key = headers(good);
+        short_key.insert("sec-websocket-key", HeaderValue::from_static("c2hvcnQ="));
+        assert!(websocket_refusal(&Method::GET, &short_key).is_some());
+        let mut two_keys = headers(good);
+        two_keys.append(
+            "sec-websocket-key",
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        assert!(websocket_refusal(&Method::GET, &two_keys).is_some());
+        let mut old = headers(good);
+        old.insert("sec-websocket-version", HeaderValue::from_static("8"));
+        assert!(websocket_refusal(&Method::GET, &old).is_some());
+        let h2c: &[(&str, &str)] = &[("connection", "upgrade"), ("upgrade", "h2c")];
+        assert_eq!(websocket_refusal(&Method::POST, &headers(h2c)), None);
     }
 
     #[test]

@@ -1,20 +1,25 @@
 //! Live connections: a registry of every open downstream connection and the verifier that
-//! re-checks them, so a keep-alive, HTTP/2 or WebSocket connection does not outlive its
-//! identity.
+//! re-checks them, so a keep-alive, HTTP/2 or WebSocket connection, or a long response on
+//! one, does not outlive its identity.
 //!
 //! The verifier runs every `[verify] interval`, and at once after a reload (a new CRL) or a
 //! revocation. For each connection it checks that the client certificate has not expired,
-//! still verifies against the current CAs and CRLs, and is not a revoked device; for each
-//! tunnel (WebSocket) opened under a login it checks the session is not revoked and
-//! re-verifies it with the provider when due. What no longer passes is cut off: the
-//! connection is closed without waiting for in-flight requests.
+//! still verifies against the current CAs and CRLs, and is not a revoked device. Every
+//! response still streaming and every tunnel (WebSocket) is a registered [`Stream`] holding
+//! what its decision rested on; each is decided again: its session not revoked or expired and
+//! re-verified with the provider when due, its bearer token not revoked or expired, and its
+//! request still allowed by the rules in force. What no longer passes is cut off: an HTTP/2
+//! stream is reset on its own; anything else closes its connection without waiting for
+//! in-flight requests.
 
 use crate::identity::session::Rejected;
+use crate::identity::Identity;
 use crate::identity::session::Session;
 use crate::identity::verify::Verdict;
 use crate::metrics::Reason;
 use crate::server::{Connection, Shared};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -66,20 +71,73 @@ impl Registry {
     }
 }
 
-/// What a tunnel was opened for: re-checked while it is open, as if it were a new request.
+/// What a response stream or tunnel was allowed on: re-decided while it is open, as if its
+/// request arrived now.
 #[derive(Clone)]
-pub struct TunnelOrigin {
+pub struct StreamOrigin {
     pub host: String,
     pub path: String,
     pub method: http::Method,
-    /// The session the upgrade request came with, on login routes.
+    /// The session the request came with, on login routes.
     pub session: Option<Session>,
+    /// The verified bearer token's identity, on bearer routes.
+    pub bearer: Option<Arc<Identity>>,
 }
 
-/// An open tunnel on a connection.
-pub struct TunnelSession {
+/// A response in flight or an open tunnel on a connection.
+pub struct Stream {
     pub id: u64,
-    pub origin: TunnelOrigin,
+    pub origin: StreamOrigin,
+    /// An HTTP/2 stream can be reset alone; anything else is cut with its connection.
+    pub http2: bool,
+    /// Cancelled when the stream no longer passes: its body ends with an error.
+    pub cut: CancellationToken,
+}
+
+static STREAMS: AtomicU64 = AtomicU64::new(0);
+
+/// Registers a stream on `conn` for the verifier; it stays registered until the returned
+/// guard is dropped (the response body ends or is dropped, the tunnel closes).
+pub fn register(conn: &Arc<Connection>, origin: StreamOrigin, http2: bool) -> Registration {
+    let id = STREAMS.fetch_add(1, Ordering::Relaxed);
+    let cut = CancellationToken::new();
+    if let Ok(mut streams) = conn.streams.lock() {
+        streams.push(Stream {
+            id,
+            origin,
+            http2,
+            cut: cut.clone(),
+        });
+    }
+    Registration {
+        conn: conn.clone(),
+        id,
+        cut,
+    }
+}
+
+/// A registered stream; deregisters on drop.
+pub struct Registration {
+    conn: Arc<Connection>,
+    id: u64,
+    cut: CancellationToken,
+}
+
+impl Registration {
+    /// Cancelled when the verifier cuts this stream.
+    pub fn token(&self) -> &CancellationToken {
+        &self.cut
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut streams) = self.conn.streams.lock()
+            && let Some(at) = streams.iter().position(|s| s.id == self.id)
+        {
+            streams.swap_remove(at);
+        }
+    }
 }
 
 /// Runs the verifier until `stop`.
@@ -134,7 +192,7 @@ pub async fn sweep(shared: &Shared) {
             observe(shared, ordered);
             continue;
         }
-        if let Some(reason) = check_tunnels(shared, &snapshot, &conn, now).await {
+        if let Some(reason) = check_streams(shared, &snapshot, &conn, now, ordered).await {
             cut(shared, &conn, reason);
             observe(shared, ordered);
         }
@@ -151,18 +209,51 @@ fn observe(shared: &Shared, ordered: Option<std::time::Instant>) {
     }
 }
 
-async fn check_tunnels(
+/// Re-decides every stream on `conn`. An HTTP/2 stream that no longer passes is reset on
+/// its own; for any other the reason to cut the whole connection is returned.
+async fn check_streams(
     shared: &Shared,
     snapshot: &crate::config::Snapshot,
     conn: &Connection,
     now: i64,
+    ordered: Option<std::time::Instant>,
 ) -> Option<&'static str> {
-    let tunnels: Vec<(u64, TunnelOrigin)> = conn
-        .tunnels
+    let streams: Vec<(u64, StreamOrigin, bool, CancellationToken)> = conn
+        .streams
         .lock()
-        .map(|t| t.iter().map(|t| (t.id, t.origin.clone())).collect())
+        .map(|t| {
+            t.iter()
+                .filter(|s| !s.cut.is_cancelled())
+                .map(|s| (s.id, s.origin.clone(), s.http2, s.cut.clone()))
+                .collect()
+        })
         .unwrap_or_default();
-    for (id, origin) in tunnels {
+    for (id, origin, http2, token) in streams {
+        let Some(reason) = origin.verdict(shared, snapshot, conn, id, now).await else {
+            continue;
+        };
+        if !http2 {
+            return Some(reason);
+        }
+        tracing::info!(conn = conn.id, stream = id, remote = %conn.remote, subject = %conn.peer.subject, reason, "stream cut off: it no longer passes verification");
+        count_cut(shared, reason);
+        token.cancel();
+        observe(shared, ordered);
+    }
+    None
+}
+
+impl StreamOrigin {
+    /// Why the stream `id` on `conn` no longer passes, if it does not.
+    async fn verdict(
+        &self,
+        shared: &Shared,
+        snapshot: &crate::config::Snapshot,
+        conn: &Connection,
+        id: u64,
+        now: i64,
+    ) -> Option<&'static str> {
+        let origin = self;
         let mut session = origin.session.clone();
         if let Some(current) = &session {
             if shared.revocations.session(current).is_some() {
@@ -179,7 +270,7 @@ async fn check_tunnels(
                 {
                     Verdict::Current | Verdict::Stale { .. } => {}
                     Verdict::Refreshed(fresh) => {
-                        if let Ok(mut open) = conn.tunnels.lock() {
+                        if let Ok(mut open) = conn.streams.lock() {
                             for t in open.iter_mut().filter(|t| t.id == id) {
                                 t.origin.session = Some((*fresh).clone());
                             }
@@ -191,19 +282,36 @@ async fn check_tunnels(
                 }
             }
         }
-        if let Some(reason) = still_allowed(snapshot, conn, &origin, session.as_ref()) {
+        if let Some(token) = &origin.bearer {
+            if shared
+                .revocations
+                .subject(&token.subject, token.verified_at)
+            {
+                return Some("token_revoked");
+            }
+            if token
+                .claims
+                .get("exp")
+                .and_then(serde_json::Value::as_i64)
+                .is_some_and(|exp| now >= exp)
+            {
+                return Some("token_expired");
+            }
+        }
+        if let Some(reason) = still_allowed(snapshot, conn, origin, session.as_ref()) {
             return Some(reason);
         }
+        None
     }
-    None
 }
 
-/// The current configuration's decision for a tunnel, with today's device record and the
-/// session's current claims: a tunnel whose request would now be denied is cut.
+/// The current configuration's decision for a stream, with today's device record and the
+/// session's current claims (or the bearer token's): a stream whose request would now be
+/// denied is cut.
 fn still_allowed(
     snapshot: &crate::config::Snapshot,
     conn: &Connection,
-    origin: &TunnelOrigin,
+    origin: &StreamOrigin,
     session: Option<&Session>,
 ) -> Option<&'static str> {
     if snapshot.audit {
@@ -218,7 +326,8 @@ fn still_allowed(
         .as_ref()
         .map(|p| p.settings.mfa_amr.clone())
         .unwrap_or_default();
-    let identity = session.map(|s| crate::identity::Identity::from_session(s, &mfa_amr));
+    let from_session = session.map(|s| Identity::from_session(s, &mfa_amr));
+    let identity = from_session.as_ref().or(origin.bearer.as_deref());
     let device = snapshot
         .devices
         .as_ref()
@@ -230,7 +339,7 @@ fn still_allowed(
             path: &origin.path,
             client_ip: conn.remote.ip(),
             peer: &conn.peer,
-            identity: identity.as_ref(),
+            identity,
             device: device.as_ref(),
         },
     );
@@ -240,10 +349,14 @@ fn still_allowed(
 /// Closes `conn` now, with a log line and a metric.
 pub fn cut(shared: &Shared, conn: &Connection, reason: &'static str) {
     tracing::info!(conn = conn.id, remote = %conn.remote, subject = %conn.peer.subject, reason, "connection cut off: it no longer passes verification");
+    count_cut(shared, reason);
+    conn.kill.cancel();
+}
+
+fn count_cut(shared: &Shared, reason: &'static str) {
     shared
         .metrics
         .connections_cut
         .get_or_create(&Reason { reason })
         .inc();
-    conn.kill.cancel();
 }

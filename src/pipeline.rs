@@ -70,6 +70,19 @@ pub fn canonicalize<'a>(
     if hosts.next().is_some() {
         return Err(Refusal::BadRequest("duplicate Host header"));
     }
+    // One credential per request: with two, Vigil would verify one and an upstream might
+    // read the other.
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(Refusal::BadRequest("duplicate Authorization header"));
+    }
+    if let Some(why) = crate::canonical::websocket_refusal(req.method(), headers) {
+        return Err(Refusal::BadRequest(why));
+    }
     if headers.contains_key(header::TRANSFER_ENCODING)
         && headers.contains_key(header::CONTENT_LENGTH)
     {
@@ -223,6 +236,7 @@ async fn handle_in_span(
     // Who is asking, beyond the certificate.
     let mut set_cookies = Vec::new();
     let mut session = None;
+    let mut bearer = None;
     let identity = match route.login {
         Login::None => None,
         Login::Oidc => match verified_session(shared, &snapshot, conn, req.headers()).await {
@@ -234,7 +248,7 @@ async fn handle_in_span(
             Err(why) => return record.login_required(&why, &req, &canonical),
         },
         Login::Bearer => match identify_bearer(&snapshot, &route, req.headers()).await {
-            Ok(identity)
+            Ok((identity, _))
                 if shared
                     .revocations
                     .subject(&identity.subject, identity.verified_at) =>
@@ -244,7 +258,10 @@ async fn handle_in_span(
                     "token issued before its subject was revoked".into(),
                 );
             }
-            Ok(identity) => Some(identity),
+            Ok((identity, token)) => {
+                bearer = Some((Arc::new(identity.clone()), token));
+                Some(identity)
+            }
             Err(BearerRefusal::Unavailable) => {
                 return record.refuse(
                     Refusal::Unavailable("identity provider not available".into()),
@@ -373,7 +390,10 @@ async fn handle_in_span(
         max_body_bytes: limit,
         strip: &route.strip,
         identity: identity_headers,
+        upgrades: &route.upgrades,
         session,
+        authorization: bearer.as_ref().map(|(_, token)| token.clone()),
+        bearer: bearer.map(|(identity, _)| identity),
     };
     let result = forward::forward(&route.upstream, conn, req, outbound).await;
     read_deadline.disarm();
@@ -388,12 +408,22 @@ async fn handle_in_span(
     let kind = if audit_pass { "audit" } else { "allow" };
     match result {
         Ok(mut response) => {
+            let removed = response
+                .extensions_mut()
+                .remove::<forward::UpgradeRemoved>();
             let headers = response.headers_mut();
             headers.insert(forward::X_REQUEST_ID.clone(), request_id.clone());
             for cookie in set_cookies {
                 headers.append(header::SET_COOKIE, cookie);
             }
-            record.log(kind, &decision.reasons, response.status());
+            match removed {
+                Some(note) => {
+                    let mut reasons = decision.reasons.clone();
+                    reasons.push(note.0);
+                    record.log(kind, &reasons, response.status());
+                }
+                None => record.log(kind, &decision.reasons, response.status()),
+            }
             response
         }
         Err(err) => {
@@ -554,11 +584,13 @@ enum BearerRefusal {
     Invalid(String),
 }
 
+/// The identity of a request's bearer token, with the `Authorization` value to send upstream:
+/// rebuilt from the token that was verified, never the client's own bytes.
 async fn identify_bearer(
     snapshot: &Snapshot,
     route: &Route,
     headers: &http::HeaderMap,
-) -> Result<Identity, BearerRefusal> {
+) -> Result<(Identity, HeaderValue), BearerRefusal> {
     let provider = snapshot.oidc.as_ref().ok_or(BearerRefusal::Unavailable)?;
     if !provider.is_ready() {
         return Err(BearerRefusal::Unavailable);
@@ -576,9 +608,11 @@ async fn identify_bearer(
         .verify_bearer(token, audience, &route.bearer_scopes)
         .await
         .map_err(BearerRefusal::Invalid)?;
-    Ok(Identity::from_bearer(
-        claims,
-        &provider.settings.groups_claim,
+    let authorization = HeaderValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| BearerRefusal::Invalid("token is not a valid header value".to_owned()))?;
+    Ok((
+        Identity::from_bearer(claims, &provider.settings.groups_claim),
+        authorization,
     ))
 }
 

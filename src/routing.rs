@@ -49,6 +49,8 @@ pub struct Route {
     pub strip: Vec<String>,
     /// What to do at each risk level (used when `[risk]` is configured).
     pub risk: crate::posture::RiskActions,
+    /// Upgrade protocols a request may switch to (lower-case names); others are removed.
+    pub upgrades: Vec<String>,
 }
 
 impl Route {

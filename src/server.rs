@@ -127,8 +127,8 @@ pub struct Connection {
     verified_generation: AtomicU64,
     /// The last signed assertion (see `pipeline::assertion`).
     pub assertion: std::sync::Mutex<Option<CachedAssertion>>,
-    /// Sessions of the tunnels open on this connection.
-    pub tunnels: std::sync::Mutex<Vec<crate::live::TunnelSession>>,
+    /// Responses streaming and tunnels open on this connection, with what allowed them.
+    pub streams: std::sync::Mutex<Vec<crate::live::Stream>>,
     registry: std::sync::Weak<Shared>,
     pub metrics: Arc<Metrics>,
     /// HTTP/1 framing conflicts seen on the wire (see `framing`).
@@ -307,7 +307,7 @@ async fn connection(
         kill: CancellationToken::new(),
         chain,
         verified_generation: AtomicU64::new(snapshot.generation),
-        tunnels: std::sync::Mutex::new(Vec::new()),
+        streams: std::sync::Mutex::new(Vec::new()),
         assertion: std::sync::Mutex::new(None),
         registry: Arc::downgrade(&shared),
         metrics: shared.metrics.clone(),

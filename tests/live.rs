@@ -276,3 +276,253 @@ async fn websocket_closed_when_the_user_is_disabled() -> Result<()> {
     );
     Ok(())
 }
+
+/// An upstream of server-sent events: to every request, an event every 100 ms for a minute.
+async fn sse_upstream() -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let start = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if stream.write_all(start.as_bytes()).await.is_err() {
+                    return;
+                }
+                for n in 0..600 {
+                    let event = format!("data: {n}\n\n");
+                    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                    if stream.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A world with two more routes served by the SSE upstream: `/events` for engineering
+/// (sessions) and `/feed` for the `svc` service (bearer tokens).
+async fn world_with_events() -> Result<World> {
+    let w = world_with("").await?;
+    let sse = sse_upstream().await?;
+    let text = format!(
+        "{}\n[[route]]\nname = \"events\"\nhost = \"localhost\"\npath = \"/events\"\nupstream = \"http://{sse}\"\nlogin = \"oidc\"\nallow = [{{ groups = [\"engineering\"] }}]\n\n[[route]]\nname = \"feed\"\nhost = \"localhost\"\npath = \"/feed\"\nupstream = \"http://{sse}\"\nlogin = \"bearer\"\nbearer_audience = \"https://api.test\"\nallow = [{{ users = [\"svc\"] }}]\n",
+        w.config_text
+    );
+    std::fs::write(w.pki.path("vigil.toml"), text)?;
+    let reload = admin(&w.running, "POST", "/reload").await?;
+    anyhow::ensure!(reload.status == 200, "reload refused: {reload:?}");
+    Ok(w)
+}
+
+async fn session_id(w: &World, cookies: &str) -> Result<String> {
+    let sid = w
+        .visit(&w.alice_laptop, "/.vigil/whoami", cookies)
+        .await?
+        .json()["user"]["source"]["sid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(!sid.is_empty(), "no session id in whoami");
+    Ok(sid)
+}
+
+#[tokio::test]
+async fn an_event_stream_ends_when_its_session_is_revoked() -> Result<()> {
+    let w = world_with_events().await?;
+    let (session, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    let sid = session_id(&w, &session).await?;
+    let mut tls = connect(w.running.addr, w.browser(&w.alice_laptop), "localhost").await?;
+    let request = format!(
+        "GET /events HTTP/1.1\r\nHost: localhost:{}\r\nAccept: text/event-stream\r\nCookie: {session}\r\n\r\n",
+        w.port
+    );
+    tls.write_all(request.as_bytes()).await?;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: 3\n") {
+        let n = tokio::time::timeout(STEP, tls.read(&mut buf)).await??;
+        anyhow::ensure!(
+            n > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+
+    let revoked = post_admin(&w.running, "/revoke", &format!("{{\"session\":\"{sid}\"}}")).await?;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    let revoked_at = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the event stream outlived its revoked session"
+    );
+    eprintln!(
+        "event stream cut {:?} after the revocation",
+        revoked_at.elapsed()
+    );
+    assert!(
+        metric(
+            &w.running,
+            "vigil_connections_cut_total{reason=\"session_revoked\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_the_revoked_sessions_http2_stream_is_reset() -> Result<()> {
+    use http_body_util::BodyExt;
+    let w = world_with_events().await?;
+    let (first, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    let (second, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    let sid = session_id(&w, &first).await?;
+    let config = client_config(Some(&w.alice_laptop), w.pki.ca.cert_pem(), &[b"h2"])?;
+    let tls = connect(w.running.addr, config, "localhost").await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await?;
+    let connection = tokio::spawn(conn);
+    let mut open = |cookie: &str| {
+        let req = http::Request::builder()
+            .uri(format!("https://localhost:{}/events", w.port))
+            .header("cookie", cookie)
+            .header("accept", "text/event-stream")
+            .body(http_body_util::Empty::<bytes::Bytes>::new());
+        let sent = req.map(|r| sender.send_request(r));
+        async move { anyhow::Ok(tokio::time::timeout(STEP, sent?).await??) }
+    };
+    let doomed = open(&first).await?;
+    let kept = open(&second).await?;
+    assert_eq!(doomed.status(), 200);
+    assert_eq!(kept.status(), 200);
+    let mut doomed = doomed.into_body();
+    let mut kept = kept.into_body();
+    for body in [&mut doomed, &mut kept] {
+        let frame = tokio::time::timeout(STEP, body.frame()).await?;
+        assert!(matches!(frame, Some(Ok(_))), "no first event");
+    }
+
+    let revoked = post_admin(&w.running, "/revoke", &format!("{{\"session\":\"{sid}\"}}")).await?;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match doomed.frame().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Some(e),
+                None => return None,
+            }
+        }
+    })
+    .await;
+    let error = ended.context("the revoked session's stream kept flowing")?;
+    let error = error.context("the stream ended cleanly instead of being reset")?;
+    eprintln!("revoked stream ended with: {error}");
+    // The other session's stream on the same connection keeps flowing.
+    for _ in 0..3 {
+        let frame = tokio::time::timeout(STEP, kept.frame()).await?;
+        assert!(matches!(frame, Some(Ok(_))), "the other stream was cut too");
+    }
+    assert!(!connection.is_finished(), "the whole connection was closed");
+    assert!(
+        metric(
+            &w.running,
+            "vigil_connections_cut_total{reason=\"session_revoked\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    Ok(())
+}
+
+/// Reads from `stream` until `needle` has been seen.
+async fn read_until<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    needle: &str,
+) -> Result<String> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = tokio::time::timeout(STEP, stream.read(&mut buf)).await??;
+        anyhow::ensure!(
+            n > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&seen).to_string())
+}
+
+#[tokio::test]
+async fn a_bearer_stream_lives_with_its_token() -> Result<()> {
+    let w = world_with_events().await?;
+    let token = w.idp.client_credentials("orders:read").await?;
+    let workload = w.pki.workload(SPIFFE_WEB)?;
+    let config = client_config(Some(&workload), w.pki.ca.cert_pem(), &[b"http/1.1"])?;
+    let mut tls = connect(w.running.addr, config, "localhost").await?;
+    let request = format!(
+        "GET /feed HTTP/1.1\r\nHost: localhost:{}\r\nAuthorization: Bearer {token}\r\n\r\n",
+        w.port
+    );
+    tls.write_all(request.as_bytes()).await?;
+    let head = read_until(&mut tls, "data: 1\n").await?;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // A sweep re-decides the stream with the token's identity: it still passes.
+    assert_eq!(admin(&w.running, "POST", "/reload").await?.status, 200);
+    read_until(&mut tls, "data: 8\n").await?;
+
+    // Revoking the token's subject ends it.
+    let revoked = post_admin(&w.running, "/revoke", "{\"user\":\"svc\"}").await?;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stream outlived its token's revocation");
+    assert!(
+        metric(
+            &w.running,
+            "vigil_connections_cut_total{reason=\"token_revoked\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    assert_eq!(
+        metric(&w.running, "vigil_connections_cut_total{reason=\"policy\"}").await?,
+        0.0
+    );
+    Ok(())
+}

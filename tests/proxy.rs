@@ -1268,3 +1268,388 @@ async fn bodies_stream_both_ways_over_http2() -> Result<()> {
     assert!(json["headers"].to_string().contains("x-vigil-workload"));
     Ok(())
 }
+
+/// What a raw upstream received: every byte of every connection, and how many connections
+/// were closed by the other side.
+#[derive(Default)]
+struct Recording {
+    bytes: std::sync::Mutex<Vec<u8>>,
+    closed: std::sync::atomic::AtomicUsize,
+}
+
+impl Recording {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().map(|b| b.clone()).unwrap_or_default())
+            .to_string()
+    }
+}
+
+/// An upstream that answers `101 Switching Protocols` with `Upgrade: {switch_to}` to every
+/// request, whatever it asked for, and records every byte it receives afterwards too (the
+/// worst case: an upstream that accepts any upgrade and would serve what comes through it).
+async fn switching_upstream(
+    switch_to: &'static str,
+) -> Result<(SocketAddr, std::sync::Arc<Recording>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let recording = std::sync::Arc::new(Recording::default());
+    let rec = recording.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 8192];
+                let mut switched = false;
+                loop {
+                    let read = tokio::time::timeout(STEP, stream.read(&mut buf)).await;
+                    let n = match read {
+                        Ok(Ok(n)) => n,
+                        _ => 0,
+                    };
+                    if n == 0 {
+                        rec.closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                    if let Ok(mut all) = rec.bytes.lock() {
+                        all.extend_from_slice(&buf[..n]);
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    if !switched && seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        switched = true;
+                        let answer = format!(
+                            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {switch_to}\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+                        );
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, recording))
+}
+
+#[tokio::test]
+async fn h2c_upgrade_cannot_smuggle_requests_past_the_decision() -> Result<()> {
+    let pki = Pki::new()?;
+    let (upstream, recording) = switching_upstream("h2c").await?;
+    let decisions = pki.path("decisions.log");
+    let text = format!(
+        "{}{}",
+        base_config("", &decisions),
+        API_ROUTE.replace("UPSTREAM", &upstream.to_string())
+    );
+    let running = spawn(&pki, &text).await?;
+    let web = client_config(
+        Some(&pki.workload(SPIFFE_WEB)?),
+        pki.ca.cert_pem(),
+        &[b"http/1.1"],
+    )?;
+    // An allowed request asking for h2c, and right behind it, bytes meant for the tunnel:
+    // a request for a path the workload may not use, with a forged identity.
+    let attack = "GET /public/a HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n\
+                  GET /admin HTTP/1.1\r\nHost: localhost\r\nX-Vigil-User: mallory\r\nConnection: close\r\n\r\n";
+    let mut tls = connect(running.addr, web, "localhost").await?;
+    tls.write_all(attack.as_bytes()).await?;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(STEP, tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    let statuses: Vec<&str> = answer
+        .lines()
+        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .collect();
+    assert!(
+        matches!(
+            statuses.first().copied(),
+            Some("HTTP/1.1 502 Bad Gateway" | "HTTP/1.1 200 OK")
+        ),
+        "{answer}"
+    );
+    assert!(!answer.contains(" 101 "), "{answer}");
+
+    // The upstream was asked for a plain GET, nothing more; its 101 closed its connection.
+    let closed = eventually(STEP, || async {
+        recording.closed.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert!(closed, "Vigil kept the switched upstream connection open");
+    let seen = recording.text();
+    let lower = seen.to_ascii_lowercase();
+    assert!(!lower.contains("upgrade"), "{seen}");
+    assert!(!lower.contains("http2-settings"), "{seen}");
+    assert!(!seen.contains("/admin"), "{seen}");
+    assert!(!seen.contains("mallory"), "{seen}");
+    assert_eq!(seen.matches(" HTTP/1.1\r\n").count(), 1, "{seen}");
+    assert!(seen.starts_with("GET /public/a HTTP/1.1\r\n"), "{seen}");
+
+    // The decision log says what was removed and why the answer was 502.
+    let logged = eventually(STEP, || async {
+        support::decisions(&decisions)
+            .iter()
+            .any(|l| l["path"] == "/public/a")
+    })
+    .await;
+    assert!(logged, "no decision line for /public/a");
+    let lines = support::decisions(&decisions);
+    let first = lines
+        .iter()
+        .find(|l| l["path"] == "/public/a")
+        .expect("decision line for /public/a");
+    let reasons = first["reasons"].to_string();
+    assert!(
+        reasons.contains("upgrade to h2c not allowed on this route"),
+        "{reasons}"
+    );
+    assert!(reasons.contains("switched protocols"), "{reasons}");
+    assert_eq!(first["status"], 502);
+    if let Some(admin_line) = lines.iter().find(|l| l["path"] == "/admin") {
+        assert_eq!(admin_line["decision"], "deny", "{admin_line}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_101_to_another_protocol_than_asked_gives_502() -> Result<()> {
+    let pki = Pki::new()?;
+    let (upstream, recording) = switching_upstream("h2c").await?;
+    let decisions = pki.path("decisions.log");
+    let text = format!(
+        "{}{}",
+        base_config("", &decisions),
+        API_ROUTE.replace("UPSTREAM", &upstream.to_string())
+    );
+    let running = spawn(&pki, &text).await?;
+    let web = client_config(
+        Some(&pki.workload(SPIFFE_WEB)?),
+        pki.ca.cert_pem(),
+        &[b"http/1.1"],
+    )?;
+    let websocket = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    let reply = get(running.addr, web.clone(), "/ws", websocket).await?;
+    assert_eq!(reply.status, 502, "{reply:?}");
+    let line = decision_for(
+        &decisions,
+        &reply.header("x-request-id").unwrap_or_default(),
+    )
+    .await
+    .expect("decision line");
+    assert!(
+        line["reasons"]
+            .to_string()
+            .contains("switched protocols to \\\"h2c\\\""),
+        "{line}"
+    );
+    let closed = eventually(STEP, || async {
+        recording.closed.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert!(closed, "Vigil kept the switched upstream connection open");
+    assert!(recording.text().contains("upgrade: websocket"));
+
+    // A WebSocket handshake RFC 6455 would refuse never reaches the upstream.
+    let before = recording.text().len();
+    for bad in [
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n",
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    ] {
+        let reply = get(running.addr, web.clone(), "/ws", bad).await?;
+        assert_eq!(reply.status, 400, "{bad}: {reply:?}");
+    }
+    assert_eq!(recording.text().len(), before);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_route_without_upgrades_never_tunnels() -> Result<()> {
+    let pki = Pki::new()?;
+    let (upstream, recording) = switching_upstream("websocket").await?;
+    let decisions = pki.path("decisions.log");
+    let route = API_ROUTE.replace("login = \"none\"", "login = \"none\"\nupgrades = []");
+    let text = format!(
+        "{}{}",
+        base_config("", &decisions),
+        route.replace("UPSTREAM", &upstream.to_string())
+    );
+    let running = spawn(&pki, &text).await?;
+    let web = client_config(
+        Some(&pki.workload(SPIFFE_WEB)?),
+        pki.ca.cert_pem(),
+        &[b"http/1.1"],
+    )?;
+    let websocket = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    let reply = get(running.addr, web, "/ws", websocket).await?;
+    // The upstream was sent a plain GET and answered 101 anyway: nobody asked for it.
+    assert_eq!(reply.status, 502, "{reply:?}");
+    assert!(!recording.text().to_ascii_lowercase().contains("upgrade"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn upgrades_that_carry_http_are_a_configuration_error() -> Result<()> {
+    let pki = Pki::new()?;
+    let ctx = vigil::config::Context::first()?;
+    for bad in ["\"h2c\"", "\"H2C\"", "\"HTTP\"", "\"websocket/13\"", "\"\""] {
+        let route = API_ROUTE.replace(
+            "login = \"none\"",
+            &format!("login = \"none\"\nupgrades = [{bad}]"),
+        );
+        let text = format!("{}{}", base_config("", &pki.path("d.log")), route);
+        let err = vigil::config::load_text("test.toml", text, pki.dir.path(), &ctx)
+            .err()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("upgrades"), "{bad}: {err}");
+    }
+    Ok(())
+}
+
+/// One HTTP/2 request with extra headers, on a fresh connection: (status, body).
+async fn h2_request(
+    addr: SocketAddr,
+    config: rustls::ClientConfig,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String)> {
+    use http_body_util::{BodyExt, Empty};
+    let tls = connect(addr, config, "localhost").await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let mut req = http::Request::builder().uri(uri);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = tokio::time::timeout(
+        STEP,
+        sender.send_request(req.body(Empty::<bytes::Bytes>::new())?),
+    )
+    .await??;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).to_string()))
+}
+
+#[tokio::test]
+async fn two_authorization_headers_are_refused_on_a_workload_route() -> Result<()> {
+    let f = fixture().await?;
+    let two = "Authorization: Basic YTpi\r\nAuthorization: Bearer x\r\n";
+    let reply = get(f.running.addr, f.web(), "/public/x", two).await?;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert_eq!(reply.json()["reason"], "duplicate Authorization header");
+    assert!(reply.json().get("headers").is_none());
+    let h2 = client_config(Some(&f.web), f.pki.ca.cert_pem(), &[b"h2"])?;
+    let (status, body) = h2_request(
+        f.running.addr,
+        h2,
+        "https://localhost/public/x",
+        &[
+            ("authorization", "Basic YTpi"),
+            ("authorization", "Bearer x"),
+        ],
+    )
+    .await?;
+    assert_eq!(status, 400, "{body}");
+    // One is passed on as sent.
+    let reply = get(
+        f.running.addr,
+        f.web(),
+        "/public/x",
+        "Authorization: Basic YTpi\r\n",
+    )
+    .await?;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.upstream_header("authorization").as_deref(),
+        Some("Basic YTpi")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bearer_routes_forward_exactly_the_verified_token() -> Result<()> {
+    let w = support::world::world().await?;
+    let workload = w.pki.workload(SPIFFE_WEB)?;
+    let h1 = client_config(Some(&workload), w.pki.ca.cert_pem(), &[])?;
+    let h2 = client_config(Some(&workload), w.pki.ca.cert_pem(), &[b"h2"])?;
+    let token = w.idp.client_credentials("orders:read").await?;
+
+    let two = format!("Authorization: Bearer {token}\r\nAuthorization: Bearer forged\r\n");
+    let reply = get(w.running.addr, h1.clone(), "/api/orders", &two).await?;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    let two_h2 = [
+        ("authorization", format!("Bearer {token}")),
+        ("authorization", "Bearer forged".to_owned()),
+    ];
+    let two_h2: Vec<(&str, &str)> = two_h2.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, body) = h2_request(
+        w.running.addr,
+        h2.clone(),
+        &format!("https://localhost:{}/api/orders", w.port),
+        &two_h2,
+    )
+    .await?;
+    assert_eq!(status, 400, "{body}");
+
+    // Sent with an odd scheme spelling and spacing, it arrives as the verified token alone.
+    let odd = format!("Authorization: bearer   {token}\r\n");
+    let reply = get(w.running.addr, h1, "/api/orders", &odd).await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let sent: Vec<String> = reply
+        .upstream_headers()
+        .into_iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(sent, vec![format!("Bearer {token}")]);
+    let (status, body) = h2_request(
+        w.running.addr,
+        h2,
+        &format!("https://localhost:{}/api/orders", w.port),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.matches("authorization: ").count(), 1, "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn websockets_over_http2_are_refused_cleanly() -> Result<()> {
+    use http_body_util::Empty;
+    let f = fixture().await?;
+    let config = client_config(Some(&f.web), f.pki.ca.cert_pem(), &[b"h2"])?;
+    let tls = connect(f.running.addr, config, "localhost").await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await?;
+    let connection = tokio::spawn(conn);
+    // RFC 8441: CONNECT with :protocol = websocket.
+    let mut req = http::Request::builder()
+        .method("CONNECT")
+        .uri("https://localhost/ws")
+        .header("sec-websocket-version", "13")
+        .body(Empty::<bytes::Bytes>::new())?;
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let answer = tokio::time::timeout(STEP, sender.send_request(req)).await?;
+    match answer {
+        Ok(response) => assert_ne!(response.status().as_u16() / 100, 2, "{response:?}"),
+        Err(e) => eprintln!("extended CONNECT refused: {e}"),
+    }
+    // The connection itself stays usable.
+    let plain = http::Request::builder()
+        .uri("https://localhost/public/after")
+        .body(Empty::<bytes::Bytes>::new())?;
+    let after = tokio::time::timeout(STEP, sender.send_request(plain)).await??;
+    assert_eq!(after.status(), 200);
+    assert!(!connection.is_finished());
+    Ok(())
+}

@@ -899,6 +899,7 @@ impl Compiler<'_> {
                 "configure [devices] with the MDM export",
             );
         }
+        let upgrades = self.upgrades(at, r);
         let upstream = self.upstream(at, r, raw);
         if self.problems.len() > before {
             return None;
@@ -917,7 +918,42 @@ impl Compiler<'_> {
             headers,
             strip,
             risk: risk_actions,
+            upgrades,
         })
+    }
+
+    /// A route's `upgrades`: protocol names (tokens), never one that carries HTTP itself.
+    fn upgrades(&mut self, at: &str, r: &RouteSection) -> Vec<String> {
+        let Some(list) = &r.upgrades else {
+            return vec!["websocket".to_owned()];
+        };
+        let mut out = Vec::new();
+        for (j, name) in list.iter().enumerate() {
+            let key = format!("{at}.upgrades.{j}");
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                self.problem_help(
+                    &key,
+                    format!("{name:?} is not an upgrade protocol name"),
+                    "a protocol name as in the Upgrade header, without version, e.g. \"websocket\"",
+                );
+            } else if crate::canonical::NEVER_UPGRADE
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
+            {
+                self.problem_help(
+                    &key,
+                    format!("upgrade {name:?} is never allowed: its tunnel would carry requests past routing and policy"),
+                    "remove it; only protocols that do not carry HTTP (such as \"websocket\") may be listed",
+                );
+            } else {
+                out.push(name.to_ascii_lowercase());
+            }
+        }
+        out
     }
 
     fn route_host(&mut self, key: &str, host: &str) -> Option<String> {

@@ -616,6 +616,10 @@ pub struct RouteSection {
     /// Override `[server] max_body_bytes` for this route.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// Upgrade protocols the route may switch to (tunnels). Default `["websocket"]`; `[]`
+    /// turns upgrades off. `h2c`, `h2`, `HTTP` and `TLS` are refused.
+    #[serde(default)]
+    pub upgrades: Option<Vec<String>>,
     /// Actions per risk level: "allow", "read_only", "step_up", "deny". Default with `[risk]`:
     /// low = allow, medium = read_only, high = deny.
     #[serde(default)]

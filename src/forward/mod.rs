@@ -1,8 +1,11 @@
 //! Sending an authorised request upstream: a pooled client per upstream TLS setting, header
-//! hygiene, identity headers, timeouts and upgrade pass-through.
+//! hygiene, identity headers, timeouts, the upgrades a route allows, and response streams
+//! registered for the live verifier.
 
 use crate::body::{Body, BoxError};
-use crate::canonical::{header_safe, is_spoofable, remove_hop_by_hop};
+use crate::canonical::{
+    allowed_upgrade, header_safe, is_spoofable, remove_hop_by_hop, upgrade_accepted,
+};
 use crate::server::Connection;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
@@ -12,7 +15,10 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub mod assertion;
@@ -99,11 +105,25 @@ pub struct Outbound<'a> {
     pub strip: &'a [String],
     /// Identity headers to set (after every client-sent one is gone).
     pub identity: Vec<(HeaderName, HeaderValue)>,
-    /// The session the request came with; a tunnel opened by it is re-checked against it.
+    /// On bearer routes, the `Authorization` value rebuilt from the verified token: it
+    /// replaces whatever the client sent.
+    pub authorization: Option<HeaderValue>,
+    /// Upgrade protocols the route allows (lower-case); other offers are removed.
+    pub upgrades: &'a [String],
+    /// The session the request came with; its response stream or tunnel is re-checked
+    /// against it while open.
     pub session: Option<crate::identity::session::Session>,
+    /// The verified bearer token's identity, re-checked likewise.
+    pub bearer: Option<Arc<crate::identity::Identity>>,
 }
 
-/// Sends `req` upstream and returns the response head with a streaming body.
+/// Set on a forwarded response when the client's upgrade offer was removed, for the
+/// decision log.
+#[derive(Debug, Clone)]
+pub struct UpgradeRemoved(pub String);
+
+/// Sends `req` upstream and returns the response head with a streaming body, registered on
+/// the connection (see `live::Stream`) until it ends.
 pub async fn forward(
     upstream: &Upstream,
     conn: &Arc<Connection>,
@@ -111,10 +131,15 @@ pub async fn forward(
     out: Outbound<'_>,
 ) -> Result<Response<Body>, ForwardError> {
     let downstream_upgrade = hyper::upgrade::on(&mut req);
+    let http2 = req.version() == Version::HTTP_2;
     let (mut parts, body) = req.into_parts();
     let headers = &mut parts.headers;
 
-    let upgrade = remove_hop_by_hop(headers);
+    let offered = remove_hop_by_hop(headers);
+    let (upgrade, removed) = match &offered {
+        Some(offer) => allowed_upgrade(offer, out.upgrades),
+        None => (None, None),
+    };
     let spoofed: Vec<HeaderName> = headers
         .keys()
         .filter(|name| is_spoofable(name, out.strip))
@@ -124,6 +149,9 @@ pub async fn forward(
         headers.remove(&name);
     }
     crate::identity::session::strip_from_request(headers);
+    if let Some(verified) = out.authorization {
+        headers.insert(header::AUTHORIZATION, verified);
+    }
 
     if upstream.preserve_host {
         if let Ok(host) = HeaderValue::from_str(out.host) {
@@ -160,7 +188,13 @@ pub async fn forward(
             .boxed_unsync(),
         None => body,
     };
-    let method = parts.method.clone();
+    let origin = crate::live::StreamOrigin {
+        host: out.host.to_owned(),
+        path: out.path.to_owned(),
+        method: parts.method.clone(),
+        session: out.session,
+        bearer: out.bearer,
+    };
     let request = Request::from_parts(parts, body);
 
     let sent = tokio::time::timeout(upstream.response_timeout, upstream.client.request(request));
@@ -170,25 +204,100 @@ pub async fn forward(
         Ok(Ok(r)) => r,
     };
 
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_some() {
+    crate::identity::session::strip_from_response(response.headers_mut());
+    let removed = removed.map(|removed| {
+        tracing::info!(conn = conn.id, protocols = %removed, "upgrade not allowed on this route: forwarded without it");
+        format!("upgrade to {removed} not allowed on this route: forwarded without it")
+    });
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let switched_to = response.headers().get(header::UPGRADE);
+        if !upgrade
+            .as_ref()
+            .is_some_and(|asked| upgrade_accepted(asked, switched_to))
+        {
+            // Dropping the response drops its upgrade, and with it the upstream connection:
+            // whatever the upstream meant to speak next is never read or relayed.
+            let to = switched_to
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("(none)");
+            let asked = upgrade
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("no upgrade");
+            let note = removed.map(|r| format!(" ({r})")).unwrap_or_default();
+            return Err(ForwardError::Upstream(format!(
+                "upstream switched protocols to {to:?} when {asked:?} was asked for{note}; connection closed"
+            )));
+        }
+        if let Some(note) = removed {
+            response.extensions_mut().insert(UpgradeRemoved(note));
+        }
+        // The tunnel registers itself once both sides have switched.
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        let origin = crate::live::TunnelOrigin {
-            host: out.host.to_owned(),
-            path: out.path.to_owned(),
-            method,
-            session: out.session,
-        };
         tokio::spawn(tunnel(
             conn.clone(),
             downstream_upgrade,
             upstream_upgrade,
             origin,
         ));
-    } else {
-        remove_hop_by_hop(response.headers_mut());
+        return Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()));
     }
-    crate::identity::session::strip_from_response(response.headers_mut());
-    Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+    remove_hop_by_hop(response.headers_mut());
+    if let Some(note) = removed {
+        response.extensions_mut().insert(UpgradeRemoved(note));
+    }
+    let registration = crate::live::register(conn, origin, http2);
+    Ok(response.map(|b| {
+        Watched {
+            cut: Box::pin(registration.token().clone().cancelled_owned()),
+            registration: Some(registration),
+            inner: b,
+        }
+        .boxed_unsync()
+    }))
+}
+
+/// A response body tied to the decision that allowed it: registered on its connection while
+/// it streams, it ends with an error when the verifier cuts its stream (hyper then resets an
+/// HTTP/2 stream, or closes an HTTP/1.1 connection, which cannot end a message early).
+struct Watched {
+    inner: hyper::body::Incoming,
+    cut: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    /// Dropped when the body ends, so a finished response no longer counts as open.
+    registration: Option<crate::live::Registration>,
+}
+
+impl http_body::Body for Watched {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.registration.is_none() {
+            return Poll::Ready(None);
+        }
+        if self.cut.as_mut().poll(cx).is_ready() {
+            self.registration = None;
+            return Poll::Ready(Some(Err(
+                "response cut off: it no longer passes verification".into(),
+            )));
+        }
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = &polled {
+            self.registration = None;
+        }
+        polled.map_err(BoxError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.registration.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Upstream {
@@ -250,7 +359,7 @@ async fn tunnel(
     conn: Arc<Connection>,
     downstream: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    origin: crate::live::TunnelOrigin,
+    origin: crate::live::StreamOrigin,
 ) {
     let (down, up) = match tokio::try_join!(downstream, upstream) {
         Ok(pair) => pair,
@@ -259,14 +368,8 @@ async fn tunnel(
             return;
         }
     };
-    static TUNNELS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let tunnel_id = TUNNELS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if let Ok(mut tunnels) = conn.tunnels.lock() {
-        tunnels.push(crate::live::TunnelSession {
-            id: tunnel_id,
-            origin,
-        });
-    }
+    // An upgraded HTTP/1.1 connection: cutting the tunnel cuts the connection.
+    let registration = crate::live::register(&conn, origin, false);
     let mut down = TokioIo::new(down);
     let mut up = TokioIo::new(up);
     conn.metrics.tunnels_open.inc();
@@ -282,14 +385,15 @@ async fn tunnel(
         () = conn.kill.cancelled() => {
             tracing::info!(conn = conn.id, "tunnel cut off: it no longer passes verification");
         }
+        () = registration.token().cancelled() => {
+            tracing::info!(conn = conn.id, "tunnel cut off: it no longer passes verification");
+        }
         () = conn.activity.idle(conn.idle_timeout) => {
             tracing::debug!(conn = conn.id, "tunnel closed: idle");
         }
     }
     conn.metrics.tunnels_open.dec();
-    if let Ok(mut tunnels) = conn.tunnels.lock() {
-        tunnels.retain(|t| t.id != tunnel_id);
-    }
+    drop(registration);
 }
 
 /// Builds the TLS client configuration for upstreams from optional CA and client identity.
