@@ -53,7 +53,8 @@ async fn admin_listener_can_require_allowed_client_certificates() -> Result<()> 
 
     // Plain HTTP gets nothing.
     assert!(admin(&running, "GET", "/metrics").await.is_err());
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {admin_addr}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET /metrics HTTP/1.1\r\nHost: {admin_addr}\r\nConnection: close\r\n\r\n");
     let send = |config: rustls::ClientConfig, request: String| async move {
         let mut tls = connect(admin_addr, config, "localhost").await?;
         tls.write_all(request.as_bytes()).await?;
@@ -83,7 +84,11 @@ async fn admin_listener_can_require_allowed_client_certificates() -> Result<()> 
         (format!("{JSON}Origin: http://{admin_addr}\r\n"), 403),
         (format!("{JSON}Origin: https://{admin_addr}\r\n"), 200),
     ] {
-        assert_eq!(send(ops.clone(), post(&extra)).await?.status, status, "{extra:?}");
+        assert_eq!(
+            send(ops.clone(), post(&extra)).await?.status,
+            status,
+            "{extra:?}"
+        );
     }
 
     let web = client_config(Some(&pki.workload(SPIFFE_WEB)?), pki.ca.cert_pem(), &[])?;
@@ -139,7 +144,14 @@ async fn admin_refuses_foreign_hosts_other_origins_and_simple_requests() -> Resu
         format!("Host: 127.0.0.1:{}\r\n", port.wrapping_add(1)),
         String::new(),
     ] {
-        let r = admin_raw(&running, "POST", "/revoke", &format!("{foreign}{JSON}"), body).await?;
+        let r = admin_raw(
+            &running,
+            "POST",
+            "/revoke",
+            &format!("{foreign}{JSON}"),
+            body,
+        )
+        .await?;
         assert_eq!(r.status, 421, "{foreign:?}: {r:?}");
         assert_eq!(r.json()["refused"], "host");
         assert!(r.json()["error"].as_str().is_some_and(|e| !e.is_empty()));
@@ -169,7 +181,10 @@ async fn admin_refuses_foreign_hosts_other_origins_and_simple_requests() -> Resu
         ),
         (format!("{own}{JSON}Origin: null\r\n"), 403, "origin"),
         (
-            format!("{own}{JSON}Origin: http://127.0.0.1:{}\r\n", port.wrapping_add(1)),
+            format!(
+                "{own}{JSON}Origin: http://127.0.0.1:{}\r\n",
+                port.wrapping_add(1)
+            ),
             403,
             "origin",
         ),
@@ -212,9 +227,7 @@ async fn admin_refuses_foreign_hosts_other_origins_and_simple_requests() -> Resu
     for headers in [
         format!("Host: localhost:{port}\r\n{JSON}"),
         format!("Host: vigil-admin.internal\r\nContent-Type: application/json; charset=utf-8\r\n"),
-        format!(
-            "{own}{JSON}Origin: http://127.0.0.1:{port}\r\nSec-Fetch-Site: same-origin\r\n"
-        ),
+        format!("{own}{JSON}Origin: http://127.0.0.1:{port}\r\nSec-Fetch-Site: same-origin\r\n"),
     ] {
         let r = admin_raw(&running, "POST", "/revoke", &headers, "{\"user\":\"bob\"}").await?;
         assert_eq!(r.status, 200, "{headers:?}: {r:?}");
@@ -222,7 +235,10 @@ async fn admin_refuses_foreign_hosts_other_origins_and_simple_requests() -> Resu
     let r = admin_raw(&running, "POST", "/reload", &format!("{own}{JSON}"), "").await?;
     assert_eq!(r.status, 200, "{r:?}");
     let users = revoked_users(&running).await?;
-    assert!(users.get("alice").is_some() && users.get("bob").is_some(), "{users}");
+    assert!(
+        users.get("alice").is_some() && users.get("bob").is_some(),
+        "{users}"
+    );
 
     // Every refusal is counted by reason.
     let text = metrics(&running).await?;
@@ -254,14 +270,36 @@ async fn admin_token_guards_calls_that_change_something() -> Result<()> {
 
     for (auth, status, reason) in [
         (String::new(), 401, "token_missing"),
-        (format!("Authorization: Bearer {ops}x\r\n"), 401, "token_invalid"),
-        (format!("Authorization: Basic {ops}\r\n"), 401, "token_invalid"),
-        ("Authorization: Bearer \r\n".to_owned(), 401, "token_invalid"),
+        (
+            format!("Authorization: Bearer {ops}x\r\n"),
+            401,
+            "token_invalid",
+        ),
+        (
+            format!("Authorization: Basic {ops}\r\n"),
+            401,
+            "token_invalid",
+        ),
+        (
+            "Authorization: Bearer \r\n".to_owned(),
+            401,
+            "token_invalid",
+        ),
     ] {
-        let r = admin_raw(&running, "POST", "/revoke", &format!("{own}{JSON}{auth}"), body).await?;
+        let r = admin_raw(
+            &running,
+            "POST",
+            "/revoke",
+            &format!("{own}{JSON}{auth}"),
+            body,
+        )
+        .await?;
         assert_eq!(r.status, status, "{auth:?}: {r:?}");
         assert_eq!(r.json()["refused"], reason);
-        assert!(r.header("www-authenticate").is_some_and(|v| v.starts_with("Bearer")));
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|v| v.starts_with("Bearer"))
+        );
     }
     let r = admin_raw(&running, "POST", "/reload", &format!("{own}{JSON}"), "").await?;
     assert_eq!(r.status, 401);
@@ -293,7 +331,14 @@ async fn admin_token_guards_calls_that_change_something() -> Result<()> {
     assert_eq!(r.status, 200, "{r:?}");
     let r = admin_raw(&running, "POST", "/revoke", &bearer(ops), body).await?;
     assert_eq!(r.status, 401, "a removed token still works: {r:?}");
-    let r = admin_raw(&running, "POST", "/restore", &bearer(ci), "{\"device\":\"00\"}").await?;
+    let r = admin_raw(
+        &running,
+        "POST",
+        "/restore",
+        &bearer(ci),
+        "{\"device\":\"00\"}",
+    )
+    .await?;
     assert_eq!(r.status, 404, "{r:?}");
 
     // A token file left empty would protect nothing: the reload is refused and the last good

@@ -510,7 +510,10 @@ async fn bearer_tokens_for_services() -> Result<()> {
         401
     );
     // A revoked subject's tokens issued until then are refused.
-    let host = format!("Host: {}\r\nContent-Type: application/json\r\n", w.running.admin.context("admin")?);
+    let host = format!(
+        "Host: {}\r\nContent-Type: application/json\r\n",
+        w.running.admin.context("admin")?
+    );
     let revoked = admin_raw(&w.running, "POST", "/revoke", &host, "{\"user\":\"svc\"}").await?;
     assert_eq!(revoked.status, 200);
     assert_eq!(call(good.clone()).await?.status, 401);

@@ -322,11 +322,18 @@ mod tests {
         assert!(host_ok(&pod, &named, "Vigil-Admin.vigil.svc:9901"));
         assert!(host_ok(&pod, &named, "ops.example:8080"));
         assert!(!host_ok(&pod, &named, "ops.example:9901"));
-        assert!(!host_ok(&pod, &named, "vigil-admin.vigil.svc.attacker.example"));
+        assert!(!host_ok(
+            &pod,
+            &named,
+            "vigil-admin.vigil.svc.attacker.example"
+        ));
 
         // Two Host headers, or a target that disagrees with Host.
         let two = request("GET", &[("host", "127.0.0.1:9901"), ("host", "evil")]);
-        assert!(matches!(check(&two, &loopback, &none), Err(Refusal::Host(_))));
+        assert!(matches!(
+            check(&two, &loopback, &none),
+            Err(Refusal::Host(_))
+        ));
         let absolute = Request::builder()
             .uri("http://attacker.example/revoke")
             .header("host", "127.0.0.1:9901")
@@ -434,7 +441,10 @@ mod tests {
                 ("authorization", &bearer),
             ],
         );
-        assert_eq!(check(&twice, &c, &access).unwrap_err(), Refusal::TokenInvalid);
+        assert_eq!(
+            check(&twice, &c, &access).unwrap_err(),
+            Refusal::TokenInvalid
+        );
         // Reading needs no token.
         assert!(check(&request("GET", &[host]), &c, &access).is_ok());
     }

@@ -377,7 +377,14 @@ pub async fn admin(running: &vigil::Running, method: &str, path: &str) -> Result
     } else {
         "Content-Type: application/json\r\n"
     };
-    admin_raw(running, method, path, &format!("Host: {addr}\r\n{json}"), "").await
+    admin_raw(
+        running,
+        method,
+        path,
+        &format!("Host: {addr}\r\n{json}"),
+        "",
+    )
+    .await
 }
 
 /// A request to the admin listener with exactly the header lines given (each ending in CRLF;
