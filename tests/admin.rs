@@ -132,7 +132,7 @@ async fn revoked_users(running: &vigil::Running) -> Result<serde_json::Value> {
 #[tokio::test]
 async fn admin_refuses_foreign_hosts_other_origins_and_simple_requests() -> Result<()> {
     let pki = Pki::new()?;
-    let running = admin_proxy(&pki, "names = [\"vigil-admin.internal\"]").await?;
+    let running = admin_proxy(&pki, "").await?;
     let own = host(&running)?;
     let port = running.admin.context("admin")?.port();
     let body = "{\"user\":\"alice\"}";
@@ -220,13 +220,13 @@ async fn admin_refuses_foreign_hosts_other_origins_and_simple_requests() -> Resu
     // Nothing refused was applied.
     assert_eq!(revoked_users(&running).await?, serde_json::json!({}));
 
-    // The operator's own calls: the listener's address, localhost over loopback, a configured
-    // name, and a browser on the listener's own page.
+    // The operator's own calls: the listener's address, localhost over loopback, and a
+    // browser on the listener's own page.
     let ok = admin_raw(&running, "POST", "/revoke", &format!("{own}{JSON}"), body).await?;
     assert_eq!(ok.status, 200, "{ok:?}");
     for headers in [
         format!("Host: localhost:{port}\r\n{JSON}"),
-        format!("Host: vigil-admin.internal\r\nContent-Type: application/json; charset=utf-8\r\n"),
+        format!("{own}Content-Type: application/json; charset=utf-8\r\n"),
         format!("{own}{JSON}Origin: http://127.0.0.1:{port}\r\nSec-Fetch-Site: same-origin\r\n"),
     ] {
         let r = admin_raw(&running, "POST", "/revoke", &headers, "{\"user\":\"bob\"}").await?;
@@ -348,6 +348,38 @@ async fn admin_token_guards_calls_that_change_something() -> Result<()> {
     assert_eq!(r.status, 422, "{r:?}");
     let r = admin_raw(&running, "POST", "/revoke", &format!("{own}{JSON}"), body).await?;
     assert_eq!(r.status, 401, "{r:?}");
+    running.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn admin_names_are_accepted_as_hosts() -> Result<()> {
+    let pki = Pki::new()?;
+    let running = admin_proxy(
+        &pki,
+        "names = [\"vigil-admin.internal\", \"ops.example:8080\"]",
+    )
+    .await?;
+    let port = running.admin.context("admin")?.port();
+    for (name, status) in [
+        ("vigil-admin.internal".to_owned(), 200),
+        (format!("VIGIL-ADMIN.internal:{port}"), 200),
+        ("ops.example:8080".to_owned(), 200),
+        (format!("ops.example:{port}"), 421),
+        ("vigil-admin.internal.attacker.example".to_owned(), 421),
+    ] {
+        let r = admin_raw(&running, "GET", "/readyz", &format!("Host: {name}\r\n"), "").await?;
+        assert_eq!(r.status, status, "{name}");
+    }
+    let r = admin_raw(
+        &running,
+        "POST",
+        "/revoke",
+        &format!("Host: vigil-admin.internal\r\nOrigin: http://vigil-admin.internal\r\n{JSON}"),
+        "{\"user\":\"alice\"}",
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{r:?}");
     running.shutdown().await;
     Ok(())
 }
