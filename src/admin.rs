@@ -1,4 +1,7 @@
-//! The operator's listener: health, readiness and metrics, over plain HTTP on loopback.
+//! The operator's listener: health, readiness, metrics, reloads and revocations, over plain
+//! HTTP on loopback or TLS with client certificates. Every request passes [`gate`] first.
+
+pub mod gate;
 
 use crate::body::{self, Body};
 use crate::config::reload::Reloader;
@@ -41,8 +44,16 @@ pub struct State {
 /// Serves the admin endpoints until `shutdown`.
 pub async fn serve(listener: TcpListener, state: State, shutdown: CancellationToken) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Port 0 in the configuration: the gate must know the port that was actually bound.
+    let bound = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "admin listener has no local address; not serving");
+            return;
+        }
+    };
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, remote) = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -53,6 +64,9 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: CancellationTo
                 }
             },
         };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
@@ -62,10 +76,19 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: CancellationTo
                     t.allow_spiffe.clone(),
                 )
             });
+            let mut conn = gate::Conn {
+                bound,
+                local,
+                remote,
+                tls: false,
+                spiffe: None,
+                permitted: true,
+            };
             let Some((acceptor, allow)) = admin_tls else {
+                let conn = Arc::new(conn);
                 let service = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(answer(&state, req).await) }
+                    let (state, conn) = (state.clone(), conn.clone());
+                    async move { Ok::<_, Infallible>(answer(&state, &conn, req).await) }
                 });
                 let _ = builder
                     .serve_connection(TokioIo::new(stream), service)
@@ -89,32 +112,73 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: CancellationTo
                 .and_then(|c| c.first())
                 .and_then(|c| crate::tls::PeerCert::from_der(c.as_ref()).ok())
                 .and_then(|p| p.spiffe_id);
-            let permitted = allow.is_empty()
+            conn.permitted = allow.is_empty()
                 || caller
                     .as_deref()
                     .is_some_and(|id| allow.iter().any(|p| p.matches(id)));
-            if !permitted {
-                tracing::warn!(caller = ?caller, "admin request refused: SPIFFE ID not allowed");
-            }
+            conn.tls = true;
+            conn.spiffe = caller;
+            let conn = Arc::new(conn);
             let service = service_fn(move |req| {
-                let state = state.clone();
-                async move {
-                    if permitted {
-                        Ok::<_, Infallible>(answer(&state, req).await)
-                    } else {
-                        Ok(json(
-                            StatusCode::FORBIDDEN,
-                            serde_json::json!({ "error": "this client certificate may not use the admin listener" }),
-                        ))
-                    }
-                }
+                let (state, conn) = (state.clone(), conn.clone());
+                async move { Ok::<_, Infallible>(answer(&state, &conn, req).await) }
             });
             let _ = builder.serve_connection(TokioIo::new(tls), service).await;
         });
     }
 }
 
-async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
+/// Every request passes the gate first; only then is it routed.
+async fn answer(state: &State, conn: &gate::Conn, req: Request<Incoming>) -> Response<Body> {
+    let checked = {
+        let snapshot = state.shared.snapshot.load();
+        gate::check(&req, conn, &snapshot.admin_access)
+    };
+    match checked {
+        Ok(caller) => route(state, conn, &caller, req).await,
+        Err(refusal) => {
+            tracing::warn!(
+                reason = refusal.reason(),
+                detail = %refusal,
+                remote = %conn.remote,
+                method = %req.method(),
+                path = req.uri().path(),
+                host = ?req.headers().get(header::HOST),
+                origin = ?req.headers().get(header::ORIGIN),
+                "admin request refused"
+            );
+            state
+                .shared
+                .metrics
+                .admin_refusals
+                .get_or_create(&crate::metrics::Reason {
+                    reason: refusal.reason(),
+                })
+                .inc();
+            let mut r = json(
+                refusal.status(),
+                serde_json::json!({ "ok": false, "refused": refusal.reason(), "error": refusal.to_string() }),
+            );
+            if matches!(
+                refusal,
+                gate::Refusal::TokenMissing | gate::Refusal::TokenInvalid
+            ) {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"vigil-admin\""),
+                );
+            }
+            r
+        }
+    }
+}
+
+async fn route(
+    state: &State,
+    conn: &gate::Conn,
+    caller: &gate::Caller,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let shared = &state.shared;
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -155,7 +219,10 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
                 StatusCode::CONFLICT,
                 serde_json::json!({ "ok": false, "errors": ["this process was not started from a configuration file"] }),
             ),
-            Some(reloader) => match reloader.reload("POST /reload").await {
+            Some(reloader) => match reloader
+                .reload(&format!("POST /reload by {caller} from {}", conn.remote))
+                .await
+            {
                 Ok(done) => json(
                     StatusCode::OK,
                     serde_json::json!({ "ok": true, "generation": done.generation, "restart_required": done.restart_required }),
@@ -167,8 +234,8 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             },
         },
         (_, "/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
-        (&Method::POST, "/revoke") => revoke(shared, req).await,
-        (&Method::POST, "/restore") => restore(shared, req).await,
+        (&Method::POST, "/revoke") => revoke(shared, conn, caller, req).await,
+        (&Method::POST, "/restore") => restore(shared, conn, caller, req).await,
         (&Method::GET, "/revocations") => json(
             StatusCode::OK,
             serde_json::to_value(shared.revocations.listing()).unwrap_or_default(),
@@ -200,7 +267,12 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
 /// `POST /revoke` with a JSON object naming any of `session` (a session id, as shown by
 /// `/.vigil/whoami`), `user` (a subject) and `device` (a certificate's SHA-256 fingerprint):
 /// effective for the next request, and open connections are re-checked at once.
-async fn revoke(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+async fn revoke(
+    shared: &Shared,
+    conn: &gate::Conn,
+    caller: &gate::Caller,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let Some(body) = read_json(req).await else {
         return json(
             StatusCode::BAD_REQUEST,
@@ -248,7 +320,7 @@ async fn revoke(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             .get_or_create(&crate::metrics::Reason { reason: kind })
             .inc();
     }
-    tracing::warn!(revoked = ?done, what = %body, "revocation ordered by an operator");
+    tracing::warn!(revoked = ?done, what = %body, by = %caller, remote = %conn.remote, "revocation ordered by an operator");
     shared.live.recheck_now();
     json(
         StatusCode::OK,
@@ -257,13 +329,21 @@ async fn revoke(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// `POST /restore` with `{"device": FINGERPRINT}` lifts a device block.
-async fn restore(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
-    let restored = match read_json(req).await {
-        Some(body) => body["device"]
-            .as_str()
-            .is_some_and(|fp| shared.revocations.restore_device(&fp.replace(':', ""))),
-        None => false,
-    };
+async fn restore(
+    shared: &Shared,
+    conn: &gate::Conn,
+    caller: &gate::Caller,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let device = read_json(req)
+        .await
+        .and_then(|body| body["device"].as_str().map(|fp| fp.replace(':', "")));
+    let restored = device
+        .as_deref()
+        .is_some_and(|fp| shared.revocations.restore_device(fp));
+    if restored {
+        tracing::warn!(device = ?device, by = %caller, remote = %conn.remote, "device revocation lifted by an operator");
+    }
     json(
         if restored {
             StatusCode::OK

@@ -60,6 +60,7 @@ pub struct Metrics {
     pub connections_cut: Family<Reason, Counter>,
     pub revocations: Family<Reason, Counter>,
     pub revocation_cutoff: Histogram,
+    pub admin_refusals: Family<Reason, Counter>,
     pub tunnels_open: Gauge,
     pub limits_hit: Family<Limit, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
@@ -129,6 +130,12 @@ impl Metrics {
             "revocation_cutoff_seconds",
             "Time from a revocation (admin, back-channel logout, CRL reload) to an affected open connection being cut off",
             revocation_cutoff.clone(),
+        );
+        let admin_refusals = Family::<Reason, Counter>::default();
+        registry.register(
+            "admin_refusals",
+            "Admin listener requests refused before they were answered, by reason",
+            admin_refusals.clone(),
         );
         let tunnels_open = Gauge::default();
         registry.register(
@@ -201,6 +208,7 @@ impl Metrics {
             connections_cut,
             revocations,
             revocation_cutoff,
+            admin_refusals,
             tunnels_open,
             limits_hit,
             upstream_errors,

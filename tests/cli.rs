@@ -142,6 +142,59 @@ fn check_reports_a_bad_crl_and_a_bad_ca() -> Result<()> {
 }
 
 #[test]
+fn check_refuses_an_open_admin_listener_off_loopback() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    // Appended after the route: `listen` is on line 20.
+    let open = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:9901\"\n");
+    let (ok, out) = check(dir.path(), &open)?;
+    assert!(!ok, "{out}");
+    let path = dir.path().join("vigil.toml").display().to_string();
+    assert!(out.contains("plain HTTP off loopback"), "{out}");
+    assert!(out.contains(&format!("{path}:20:10")), "{out}");
+    assert!(out.contains("admin.token_file"), "{out}");
+
+    // Loopback stays open: only local processes reach it.
+    let (ok, out) = check(dir.path(), &open.replace("0.0.0.0", "127.0.0.1"))?;
+    assert!(ok, "{out}");
+
+    // A token for the calls that change something, or client certificates, make it acceptable.
+    std::fs::write(
+        dir.path().join("admin.tokens"),
+        "# who may change things\nops 0123456789abcdef0123456789abcdef\n",
+    )?;
+    let (ok, out) = check(
+        dir.path(),
+        &format!("{open}token_file = \"admin.tokens\"\nnames = [\"vigil-admin.vigil.svc\"]\n"),
+    )?;
+    assert!(ok, "{out}");
+    let (ok, out) = check(dir.path(), &format!("{open}client_ca = [\"ca.pem\"]\n"))?;
+    assert!(ok, "{out}");
+
+    // A token file that protects nothing, or a weak token, is refused, never quoted.
+    for (text, error) in [
+        ("# nothing yet\n", "no token in the file"),
+        ("ops hunter2\n", "shorter than 32"),
+    ] {
+        std::fs::write(dir.path().join("admin.tokens"), text)?;
+        let (ok, out) = check(
+            dir.path(),
+            &format!("{open}token_file = \"admin.tokens\"\n"),
+        )?;
+        assert!(!ok, "{out}");
+        assert!(out.contains(error), "{out}");
+        assert!(!out.contains("hunter2"), "{out}");
+    }
+    let (ok, out) = check(
+        dir.path(),
+        &format!("{open}client_ca = [\"ca.pem\"]\nnames = [\"*.svc\"]\n"),
+    )?;
+    assert!(!ok, "{out}");
+    assert!(out.contains("is not a host name"), "{out}");
+    Ok(())
+}
+
+#[test]
 fn run_refuses_an_invalid_config() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("vigil.toml");
@@ -308,6 +361,13 @@ fn example_pki() -> Result<tempfile::TempDir> {
     std::fs::copy(tls.join("device.pem"), tls.join("proxy-client.pem"))?;
     std::fs::copy(tls.join("device.key"), tls.join("proxy-client.key"))?;
     std::fs::write(tls.join("oidc-client-secret"), "secret\n")?;
+    // The examples' admin listeners are off loopback: their calls that change something need
+    // a token (a Secret mounted at admin/ in the Kubernetes example).
+    std::fs::create_dir(dir.path().join("admin"))?;
+    std::fs::write(
+        dir.path().join("admin/tokens"),
+        "ops 0123456789abcdef0123456789abcdef\n",
+    )?;
     let keys = vigil()
         .args(["keys", "session"])
         .arg(tls.join("session.keys"))

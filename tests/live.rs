@@ -88,7 +88,7 @@ async fn admin_device_revocation_is_immediate() -> Result<()> {
     let admin_addr = running.admin.context("admin")?;
     let body = format!("{{\"device\":\"{fingerprint}\"}}");
     let mut tcp = tokio::net::TcpStream::connect(admin_addr).await?;
-    tcp.write_all(format!("POST /revoke HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
+    tcp.write_all(format!("POST /revoke HTTP/1.1\r\nHost: {admin_addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
     let answer = read_reply(&mut tcp).await?;
     assert_eq!(answer.status, 200, "{answer:?}");
     let started = Instant::now();
@@ -109,15 +109,16 @@ async fn admin_device_revocation_is_immediate() -> Result<()> {
     assert!(listing.body.contains(&fingerprint));
 
     let mut tcp = tokio::net::TcpStream::connect(admin_addr).await?;
-    tcp.write_all(format!("POST /restore HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
+    tcp.write_all(format!("POST /restore HTTP/1.1\r\nHost: {admin_addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
     assert_eq!(read_reply(&mut tcp).await?.status, 200);
     assert_eq!(get(running.addr, config, "/x", "").await?.status, 200);
     Ok(())
 }
 
 async fn post_admin(running: &vigil::Running, path: &str, body: &str) -> Result<Reply> {
-    let mut tcp = tokio::net::TcpStream::connect(running.admin.context("admin")?).await?;
-    tcp.write_all(format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
+    let admin_addr = running.admin.context("admin")?;
+    let mut tcp = tokio::net::TcpStream::connect(admin_addr).await?;
+    tcp.write_all(format!("POST {path} HTTP/1.1\r\nHost: {admin_addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).await?;
     read_reply(&mut tcp).await
 }
 

@@ -510,13 +510,12 @@ async fn bearer_tokens_for_services() -> Result<()> {
         401
     );
     // A revoked subject's tokens issued until then are refused.
-    let mut admin_call = tokio::net::TcpStream::connect(w.running.admin.context("admin")?).await?;
-    tokio::io::AsyncWriteExt::write_all(
-        &mut admin_call,
-        b"POST /revoke HTTP/1.1\r\nHost: a\r\nContent-Length: 14\r\nConnection: close\r\n\r\n{\"user\":\"svc\"}",
-    )
-    .await?;
-    assert_eq!(read_reply(&mut admin_call).await?.status, 200);
+    let host = format!(
+        "Host: {}\r\nContent-Type: application/json\r\n",
+        w.running.admin.context("admin")?
+    );
+    let revoked = admin_raw(&w.running, "POST", "/revoke", &host, "{\"user\":\"svc\"}").await?;
+    assert_eq!(revoked.status, 200);
     assert_eq!(call(good.clone()).await?.status, 401);
 
     Ok(())

@@ -132,10 +132,12 @@ pub async fn admin_call(addr: SocketAddr, method: &str, path: &str) -> Result<(S
         tcp.set_nodelay(true)?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
         let driver = tokio::spawn(conn);
+        // The admin listener takes calls that change something only as JSON.
         let req = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, addr.to_string())
+            .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::new()))?;
         let response = sender.send_request(req).await?;
         let status = response.status();

@@ -167,7 +167,15 @@ const TLS_KEYS: &[&str] = &[
     "enforce_crl_expiry",
     "session_tickets",
 ];
-const ADMIN_KEYS: &[&str] = &["listen", "client_ca", "allow_spiffe", "cert", "key"];
+const ADMIN_KEYS: &[&str] = &[
+    "listen",
+    "client_ca",
+    "allow_spiffe",
+    "cert",
+    "key",
+    "names",
+    "token_file",
+];
 const LOG_KEYS: &[&str] = &["decisions", "format", "level"];
 const AUDIT_KEYS: &[&str] = &["mode"];
 const UPSTREAM_KEYS: &[&str] = &[

@@ -4,6 +4,7 @@
 //! A snapshot is built whole (files read, certificates parsed, rules compiled) or not at all,
 //! so whatever is swapped in is known to work.
 
+pub mod admin;
 pub mod diagnostics;
 pub mod load;
 pub mod reload;
@@ -41,6 +42,8 @@ pub struct Snapshot {
     pub admin: Option<SocketAddr>,
     /// TLS with client certificates for the admin listener, when configured.
     pub admin_tls: Option<AdminTls>,
+    /// The admin listener's accepted names and bearer tokens.
+    pub admin_access: admin::AdminAccess,
     pub tls: Arc<rustls::ServerConfig>,
     /// The OpenID Provider, when `[oidc]` is configured.
     pub oidc: Option<Arc<Provider>>,
@@ -292,6 +295,7 @@ impl Compiler<'_> {
                 None
             }
         };
+        let admin_access = self.admin_access(&raw.admin, admin);
         let tls = tls?;
 
         let mut http = auto::Builder::new(TokioExecutor::new());
@@ -314,6 +318,7 @@ impl Compiler<'_> {
             listen: listen?,
             admin,
             admin_tls,
+            admin_access,
             oidc,
             sessions,
             signer,

@@ -188,6 +188,14 @@ pub struct AdminSection {
     pub cert: Option<String>,
     #[serde(default)]
     pub key: Option<String>,
+    /// Host names (optionally with a port) clients may use for the admin listener besides its
+    /// own address, e.g. a Service's DNS name. Requests naming any other host are refused.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Bearer tokens, one per line (`NAME TOKEN`, or a bare token), required on every admin
+    /// request that changes something. Unset: no token is asked for.
+    #[serde(default)]
+    pub token_file: Option<String>,
 }
 
 impl AdminSection {
@@ -204,6 +212,8 @@ impl Default for AdminSection {
             allow_spiffe: Vec::new(),
             cert: None,
             key: None,
+            names: Vec::new(),
+            token_file: None,
         }
     }
 }

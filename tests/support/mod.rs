@@ -368,12 +368,39 @@ pub async fn h2_get(
     Ok((status, String::from_utf8_lossy(&body).to_string()))
 }
 
-/// A request to the admin listener.
+/// A request to the admin listener, as an operator's tool sends it: naming the listener's
+/// address as Host and, for calls that change something, with the JSON content type.
 pub async fn admin(running: &vigil::Running, method: &str, path: &str) -> Result<Reply> {
-    let admin = running.admin.context("admin listener off")?;
-    let mut tcp = TcpStream::connect(admin).await?;
+    let addr = running.admin.context("admin listener off")?;
+    let json = if matches!(method, "GET" | "HEAD") {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
+    admin_raw(
+        running,
+        method,
+        path,
+        &format!("Host: {addr}\r\n{json}"),
+        "",
+    )
+    .await
+}
+
+/// A request to the admin listener with exactly the header lines given (each ending in CRLF;
+/// Content-Length and Connection are added) and `body`.
+pub async fn admin_raw(
+    running: &vigil::Running,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> Result<Reply> {
+    let addr = running.admin.context("admin listener off")?;
+    let mut tcp = TcpStream::connect(addr).await?;
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     tcp.write_all(request.as_bytes()).await?;
     read_reply(&mut tcp).await

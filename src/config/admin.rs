@@ -1,0 +1,246 @@
+//! `[admin]` access: the names the admin listener answers to, its bearer tokens, and the rule
+//! that a listener reachable from other hosts must authenticate whoever changes something.
+
+use super::Compiler;
+use super::schema::AdminSection;
+use aws_lc_rs::digest::{SHA256, digest};
+use std::net::SocketAddr;
+
+/// Who may use the admin listener, beyond reaching it; compiled from `[admin]`.
+#[derive(Debug, Clone, Default)]
+pub struct AdminAccess {
+    /// `[admin] names`: hosts clients may name besides the listener's own address.
+    pub names: Vec<AdminName>,
+    /// `[admin] token_file`: when not empty, every request that changes something must carry
+    /// one of these as `Authorization: Bearer`.
+    pub tokens: Vec<AdminToken>,
+}
+
+/// A host name the admin listener answers to; without a port it matches any port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminName {
+    /// Lower case; IPv6 literals keep their brackets.
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+/// One line of the token file. Only the SHA-256 of the token is kept, so comparing costs the
+/// same whatever the presented token's length and contents.
+#[derive(Clone)]
+pub struct AdminToken {
+    /// For the audit trail: who made the call.
+    pub name: String,
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tokens shorter than this are refused: a guessable token is no protection.
+pub const MIN_TOKEN_LEN: usize = 32;
+
+impl AdminAccess {
+    /// The name of the token `presented` is, comparing against every configured token in
+    /// constant time (no early exit, no dependence on where they differ).
+    pub fn token_name(&self, presented: &[u8]) -> Option<&str> {
+        let presented = sha256(presented);
+        let mut found = None;
+        for token in &self.tokens {
+            let equal =
+                aws_lc_rs::constant_time::verify_slices_are_equal(&token.digest, &presented)
+                    .is_ok();
+            if equal && found.is_none() {
+                found = Some(token.name.as_str());
+            }
+        }
+        found
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, bytes).as_ref());
+    out
+}
+
+/// Parses one `[admin] names` entry: `host` or `host:port`, a DNS name or an IP literal.
+pub fn parse_name(text: &str) -> Result<AdminName, String> {
+    let text = text.trim();
+    let bad = || {
+        format!(
+            "{text:?} is not a host name: write it like \"vigil-admin.vigil.svc\" or \"vigil-admin.vigil.svc:9901\""
+        )
+    };
+    if text.contains('*') {
+        return Err(bad());
+    }
+    let (host, port) = split_authority(text).ok_or_else(bad)?;
+    Ok(AdminName { host, port })
+}
+
+/// `host[:port]` split, host lower-cased (IPv6 literals keep their brackets); no user info,
+/// no path, and a port, when there is a colon, that is a number.
+pub fn split_authority(text: &str) -> Option<(String, Option<u16>)> {
+    if text.is_empty() || text.contains(['@', '/', '?', '#']) {
+        return None;
+    }
+    let authority: http::uri::Authority = text.parse().ok()?;
+    let host = authority.host();
+    let port = authority.port_u16();
+    // `Authority` accepts `host:` and `host:junk` (port() is then None): refuse both.
+    if host.is_empty() || (authority.as_str().len() > host.len() && port.is_none()) {
+        return None;
+    }
+    Some((host.to_ascii_lowercase(), port))
+}
+
+/// Parses a token file: one token per line, `NAME TOKEN` or a bare `TOKEN` (named `line N`);
+/// blank lines and lines starting with `#` are skipped. Errors never quote a token.
+pub fn parse_tokens(text: &str) -> Result<Vec<AdminToken>, String> {
+    let mut tokens: Vec<AdminToken> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (name, token) = match fields.as_slice() {
+            [token] => (format!("line {n}"), *token),
+            [name, token] => ((*name).to_owned(), *token),
+            _ => {
+                return Err(format!(
+                    "line {n}: write one token per line, as NAME TOKEN or TOKEN"
+                ));
+            }
+        };
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "line {n}: the token is shorter than {MIN_TOKEN_LEN} characters"
+            ));
+        }
+        let b64token = token
+            .trim_end_matches('=')
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+        if !b64token {
+            return Err(format!(
+                "line {n}: a token may only hold letters, digits and - . _ ~ + / (then =)"
+            ));
+        }
+        let digest = sha256(token.as_bytes());
+        if tokens.iter().any(|t| t.name == name) {
+            return Err(format!("line {n}: the name {name:?} is used twice"));
+        }
+        if tokens.iter().any(|t| t.digest == digest) {
+            return Err(format!("line {n}: the same token is listed twice"));
+        }
+        tokens.push(AdminToken { name, digest });
+    }
+    if tokens.is_empty() {
+        return Err("no token in the file".into());
+    }
+    Ok(tokens)
+}
+
+impl Compiler<'_> {
+    /// `[admin] names` and `token_file`, and the refusal of a plain-HTTP listener off loopback
+    /// that would let anyone who reaches it revoke and restore.
+    pub(super) fn admin_access(
+        &mut self,
+        admin: &AdminSection,
+        listen: Option<SocketAddr>,
+    ) -> AdminAccess {
+        let mut names = Vec::new();
+        for (i, name) in admin.names.iter().enumerate() {
+            match parse_name(name) {
+                Ok(n) => names.push(n),
+                Err(e) => self.problem(&format!("admin.names.{i}"), e),
+            }
+        }
+        let mut tokens = Vec::new();
+        if let Some(file) = &admin.token_file {
+            match std::fs::read_to_string(self.file(file)) {
+                Ok(text) => match parse_tokens(&text) {
+                    Ok(t) => tokens = t,
+                    Err(e) => self.problem_help(
+                        "admin.token_file",
+                        format!("{file}: {e}"),
+                        "one token per line (NAME TOKEN), e.g. `echo \"ops $(openssl rand -hex 32)\" >> FILE`",
+                    ),
+                },
+                Err(e) => self.problem("admin.token_file", format!("{file}: {e}")),
+            }
+        }
+        if let Some(addr) = listen
+            && !addr.ip().is_loopback()
+            && admin.client_ca.is_empty()
+            && admin.token_file.is_none()
+        {
+            self.problem_help(
+                "admin.listen",
+                format!(
+                    "the admin listener on {addr} is plain HTTP off loopback with no authentication: \
+                     anyone who reaches it could reload, revoke and restore"
+                ),
+                "set admin.token_file (bearer tokens for the endpoints that change something) \
+                 or admin.client_ca (client certificates), or listen on 127.0.0.1",
+            );
+        }
+        AdminAccess { names, tokens }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T1: &str = "0123456789abcdef0123456789abcdef";
+    const T2: &str = "fedcba9876543210fedcba9876543210";
+
+    #[test]
+    fn token_files() {
+        let tokens = parse_tokens(&format!("# ops\n\nalice {T1}\r\n{T2}\n")).unwrap();
+        let access = AdminAccess {
+            names: Vec::new(),
+            tokens,
+        };
+        assert_eq!(access.token_name(T1.as_bytes()), Some("alice"));
+        assert_eq!(access.token_name(T2.as_bytes()), Some("line 4"));
+        assert_eq!(access.token_name(b"0123456789abcdef0123456789abcdeX"), None);
+        assert_eq!(access.token_name(b""), None);
+        for (text, error) in [
+            ("", "no token"),
+            ("# nothing\n", "no token"),
+            ("short", "shorter than 32"),
+            (&format!("a b {T1}"), "one token per line"),
+            (&format!("a {T1}\na {T2}"), "used twice"),
+            (&format!("a {T1}\nb {T1}"), "listed twice"),
+            ("0123456789abcdef0123456789abcde\"", "may only hold"),
+        ] {
+            let e = parse_tokens(text).unwrap_err();
+            assert!(e.contains(error), "{text:?}: {e}");
+            assert!(!e.contains(T1), "an error quotes a token: {e}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            parse_name("Vigil-Admin.vigil.svc").unwrap(),
+            AdminName {
+                host: "vigil-admin.vigil.svc".into(),
+                port: None
+            }
+        );
+        assert_eq!(parse_name("[fd00::1]:9901").unwrap().port, Some(9901));
+        for bad in ["", "*.svc", "a@b", "http://x/", "a:b"] {
+            assert!(parse_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
