@@ -163,6 +163,7 @@ const TLS_KEYS: &[&str] = &[
     "allow_unknown_revocation",
     "enforce_crl_expiry",
     "session_tickets",
+    "key_exchange",
 ];
 const ADMIN_KEYS: &[&str] = &["listen", "client_ca", "allow_spiffe", "cert", "key"];
 const LOG_KEYS: &[&str] = &["decisions", "format", "level"];
