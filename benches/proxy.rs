@@ -2017,8 +2017,14 @@ fn print_scenario(scenario: Scenario, rows: &[Row]) {
 /// One scenario's rows in the common table, then `a/b` ratios when both rows are there.
 fn print_table(title: &str, rows: &[Row], (a, b): (&str, &str)) {
     println!("\n== {title} ==");
+    let w = rows
+        .iter()
+        .map(|r| r.target.len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
     println!(
-        "{:<8} {:>9} {:>7} {:>9} {:>9} {:>9} {:>14} {:>10} {:>14}",
+        "{:<w$} {:>9} {:>7} {:>9} {:>9} {:>9} {:>14} {:>10} {:>14}",
         "target",
         "requests",
         "errors",
@@ -2031,7 +2037,7 @@ fn print_table(title: &str, rows: &[Row], (a, b): (&str, &str)) {
     );
     for r in rows {
         println!(
-            "{:<8} {:>9} {:>7} {:>9.0} {:>9} {:>9} {:>14} {:>10} {:>14}{}",
+            "{:<w$} {:>9} {:>7} {:>9.0} {:>9} {:>9} {:>14} {:>10} {:>14}{}",
             r.target,
             r.ok,
             r.errors,
