@@ -18,8 +18,10 @@
 //! while the configuration is reloaded every 100 ms, as a ratio to the same run without reloads
 //! (`support/reload.rs`); and revocation latency (a user disabled at the provider, at two
 //! re-verification intervals, and an operator's revocation) with the cost of re-verifying 10k
-//! live sessions, as a ratio to the same run without (`support/revocation.rs`). `--only` and
-//! `--skip` choose the groups; a default run has all four.
+//! live sessions, as a ratio to the same run without (`support/revocation.rs`). One more, `kx`,
+//! measures the CPU of a full handshake with the hybrid post-quantum key exchange
+//! (X25519MLKEM768) against X25519 alone, on one Vigil instance, as a ratio. `--only` and
+//! `--skip` choose the groups; a default run has all five.
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
@@ -91,6 +93,8 @@ usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
                                          provider ([verify] interval 1 s and 10 s) or revoked
                                          by POST /revoke; keep-alive over 10k live sessions,
                                          re-verification on and off (needs Node.js)
+                                kx       full handshakes with X25519MLKEM768 against X25519
+                                         only, on one Vigil; CPU per handshake as a ratio
   --skip LIST                 leave these scenario groups out
   --reload-every MS           reload interval of the reload scenario (default 100)
   --no-nginx                  skip the nginx comparison
@@ -120,10 +124,17 @@ enum Part {
     Oidc,
     Reload,
     Revocation,
+    Kx,
 }
 
 impl Part {
-    const ALL: [Part; 4] = [Part::Compare, Part::Oidc, Part::Reload, Part::Revocation];
+    const ALL: [Part; 5] = [
+        Part::Compare,
+        Part::Oidc,
+        Part::Reload,
+        Part::Revocation,
+        Part::Kx,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -131,6 +142,7 @@ impl Part {
             Part::Oidc => "oidc",
             Part::Reload => "reload",
             Part::Revocation => "revocation",
+            Part::Kx => "kx",
         }
     }
 
@@ -366,6 +378,17 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
         }
     }
 
+    if args.runs(Part::Kx) {
+        match key_exchange(&ctx, &pki).await {
+            Ok(rows) => report.kx = rows,
+            Err(e) => {
+                let msg = format!("key exchange scenario FAILED: {e:#}");
+                println!("\n!!! {msg}");
+                failed.push(msg);
+            }
+        }
+    }
+
     notes.extend(failed.iter().cloned());
     let summary = summarise(&report, &mut notes);
     let json = report_json(&report, &env, &args, &summary, &notes, started);
@@ -514,6 +537,64 @@ async fn compare(
         }
     }
     Ok(())
+}
+
+/// Full handshakes with the hybrid post-quantum key exchange against X25519 alone, on one Vigil
+/// (its default `[tls] key_exchange` accepts both): the same handshake scenario twice, the
+/// client offering only X25519MLKEM768, then only X25519; each measured twice, alternating, so
+/// drift on the shared machine falls on both. The ratio of proxy CPU per handshake is what the
+/// post-quantum key exchange costs the proxy.
+async fn key_exchange(ctx: &Ctx<'_>, pki: &Pki) -> Result<Vec<Row>> {
+    use rustls::crypto::aws_lc_rs::kx_group;
+    let args = ctx.args;
+    let vigil = start_vigil(ctx.vigil_bin, ctx.dir, ctx.upstream, ctx.pinned).await?;
+    let targets = [
+        Target {
+            name: "X25519MLKEM768",
+            ep: Endpoint::new(
+                vigil.addr,
+                Some(TlsConnector::from(
+                    pki.client_config_with(kx_group::X25519MLKEM768)?,
+                )),
+            ),
+            proxy: Some(&vigil),
+        },
+        Target {
+            name: "X25519",
+            ep: Endpoint::new(vigil.addr, Some(ctx.tls.clone())),
+            proxy: Some(&vigil),
+        },
+    ];
+    println!();
+    for t in &targets {
+        let (_, info) = timeout(CONNECT_TIMEOUT, connect(&t.ep)).await?;
+        println!("kx {:<15} {}", t.name, info.unwrap_or_default());
+    }
+    let half = ctx.measure / 2;
+    let scenario = Scenario::Handshake(args.handshake_connections);
+    let mut rows: Vec<Row> = Vec::new();
+    for round in 0..2 {
+        for t in &targets {
+            eprintln!("... kx: {} (round {})", t.name, round + 1);
+            let row = ctx.bench.scenario(t, scenario, ctx.warmup, half).await?;
+            match rows.iter_mut().find(|r| r.target == t.name) {
+                Some(r) => r.absorb(row),
+                None => rows.push(row),
+            }
+        }
+    }
+    print_table(
+        &format!(
+            "key exchange: {}; the client offers X25519MLKEM768 only, or X25519 only",
+            scenario.title()
+        ),
+        &rows,
+        ("X25519MLKEM768", "X25519"),
+    );
+    if let Some(msg) = vigil.exited() {
+        bail!("vigil {msg} during the key exchange scenario");
+    }
+    Ok(rows)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1120,8 +1201,16 @@ impl Pki {
 
     /// TLS 1.3 only, X25519 only, client certificate always, never a resumed session.
     fn client_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        self.client_config_with(rustls::crypto::aws_lc_rs::kx_group::X25519)
+    }
+
+    /// As [`Pki::client_config`], offering `group` as the only key exchange.
+    fn client_config_with(
+        &self,
+        group: &'static dyn rustls::crypto::SupportedKxGroup,
+    ) -> Result<Arc<rustls::ClientConfig>> {
         let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-        provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+        provider.kx_groups = vec![group];
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.clone()).context("adding the bench CA")?;
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
@@ -1593,6 +1682,45 @@ impl Row {
     fn req_per_s(&self) -> f64 {
         self.ok as f64 / self.wall.as_secs_f64().max(1e-9)
     }
+
+    /// Adds another measurement of the same target: counts and time add up, per-request CPU is
+    /// weighted by requests, latency percentiles are kept from the larger sample.
+    fn absorb(&mut self, other: Row) {
+        let (a, b) = (self.ok as f64, other.ok as f64);
+        let weighted = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) if a + b > 0.0 => Some((x * a + y * b) / (a + b)),
+            (x, None) => x,
+            (None, y) => y,
+            _ => None,
+        };
+        let wall = self.wall + other.wall;
+        let busy = |x: Option<f64>, w: Duration| x.map(|x| x * w.as_secs_f64());
+        self.proxy_busy = match (
+            busy(self.proxy_busy, self.wall),
+            busy(other.proxy_busy, other.wall),
+        ) {
+            (Some(x), Some(y)) => Some((x + y) / wall.as_secs_f64().max(1e-9)),
+            _ => None,
+        };
+        self.proxy_cpu_ns = weighted(self.proxy_cpu_ns, other.proxy_cpu_ns);
+        self.loadgen_cpu_ns = weighted(self.loadgen_cpu_ns, other.loadgen_cpu_ns);
+        if other.ok > self.ok {
+            self.p50_us = other.p50_us;
+            self.p99_us = other.p99_us;
+        }
+        if other.cpu_source == Some("stat ticks") {
+            self.cpu_source = other.cpu_source;
+        }
+        self.ok += other.ok;
+        self.errors += other.errors;
+        for m in other.messages {
+            if self.messages.len() < 5 && !self.messages.contains(&m) {
+                self.messages.push(m);
+            }
+        }
+        self.wall = wall;
+        self.upstream_served += other.upstream_served;
+    }
 }
 
 struct IdleRow {
@@ -1829,6 +1957,8 @@ struct Report {
     oidc: Option<support::oidc::OidcReport>,
     reload: Option<support::reload::ReloadReport>,
     revocation: Option<support::revocation::RevocationReport>,
+    /// The key exchange scenario: X25519MLKEM768, then X25519.
+    kx: Vec<Row>,
 }
 
 impl Report {
@@ -1844,6 +1974,23 @@ impl Report {
             + self.oidc.as_ref().map_or(0, |o| o.errors())
             + self.reload.as_ref().map_or(0, |r| r.errors())
             + self.revocation.as_ref().map_or(0, |r| r.errors())
+            + self.kx.iter().map(|r| r.errors).sum::<u64>()
+    }
+
+    /// Proxy and load-generator CPU per full handshake, X25519MLKEM768 over X25519.
+    fn kx_ratios(&self) -> (Option<f64>, Option<f64>) {
+        let row = |name: &str| self.kx.iter().find(|r| r.target == name);
+        let (pq, classic) = (row("X25519MLKEM768"), row("X25519"));
+        (
+            ratio(
+                pq.and_then(|r| r.proxy_cpu_ns),
+                classic.and_then(|r| r.proxy_cpu_ns),
+            ),
+            ratio(
+                pq.and_then(|r| r.loadgen_cpu_ns),
+                classic.and_then(|r| r.loadgen_cpu_ns),
+            ),
+        )
     }
 
     fn row(&self, key: &str, target: &str) -> Option<&Row> {
@@ -1872,8 +2019,14 @@ fn print_scenario(scenario: Scenario, rows: &[Row]) {
 /// One scenario's rows in the common table, then `a/b` ratios when both rows are there.
 fn print_table(title: &str, rows: &[Row], (a, b): (&str, &str)) {
     println!("\n== {title} ==");
+    let w = rows
+        .iter()
+        .map(|r| r.target.len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
     println!(
-        "{:<8} {:>9} {:>7} {:>9} {:>9} {:>9} {:>14} {:>10} {:>14}",
+        "{:<w$} {:>9} {:>7} {:>9} {:>9} {:>9} {:>14} {:>10} {:>14}",
         "target",
         "requests",
         "errors",
@@ -1886,7 +2039,7 @@ fn print_table(title: &str, rows: &[Row], (a, b): (&str, &str)) {
     );
     for r in rows {
         println!(
-            "{:<8} {:>9} {:>7} {:>9.0} {:>9} {:>9} {:>14} {:>10} {:>14}{}",
+            "{:<w$} {:>9} {:>7} {:>9.0} {:>9} {:>9} {:>14} {:>10} {:>14}{}",
             r.target,
             r.ok,
             r.errors,
@@ -2043,6 +2196,15 @@ fn summarise(report: &Report, notes: &mut Vec<String>) -> Summary {
     if let Some(r) = &report.revocation {
         r.print_summary();
     }
+    if !report.kx.is_empty() {
+        let (proxy, loadgen) = report.kx_ratios();
+        println!("\n== summary: key exchange, X25519MLKEM768 as a ratio to X25519 ==");
+        println!(
+            "proxy CPU per full handshake {:>6}x   (load generator, the client side: {}x)",
+            opt(proxy, 2),
+            opt(loadgen, 2)
+        );
+    }
     let errors = report.total_errors();
     if errors > 0 {
         notes.push(format!("{errors} ERRORS during the run"));
@@ -2158,6 +2320,17 @@ fn report_json(
         "oidc_session": report.oidc.as_ref().map(support::oidc::OidcReport::json),
         "reload": report.reload.as_ref().map(support::reload::ReloadReport::json),
         "revocation": report.revocation.as_ref().map(support::revocation::RevocationReport::json),
+        "key_exchange": (!report.kx.is_empty()).then(|| {
+            let (proxy, loadgen) = report.kx_ratios();
+            json!({
+                "description": "full TLS 1.3 handshakes with a client certificate and one request, \
+                    on one Vigil; the client offers only X25519MLKEM768, or only X25519",
+                "concurrency": args.handshake_connections,
+                "targets": report.kx.iter().map(row_json).collect::<Vec<_>>(),
+                "ratio_proxy_cpu_per_handshake_x25519mlkem768_to_x25519": proxy,
+                "ratio_loadgen_cpu_per_handshake_x25519mlkem768_to_x25519": loadgen,
+            })
+        }),
         "total_errors": report.total_errors(),
         "notes": notes,
     })

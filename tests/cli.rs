@@ -195,6 +195,86 @@ fn check_refuses_an_open_admin_listener_off_loopback() -> Result<()> {
 }
 
 #[test]
+fn check_refuses_crls_that_do_not_verify_against_client_ca() -> Result<()> {
+    use rustls::pki_types::CertificateRevocationListDer;
+    use rustls::pki_types::pem::PemObject;
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    // The CRL `certs init` wrote, with one bit of its signature flipped, as DER.
+    let pem = std::fs::read(dir.path().join("ca.crl"))?;
+    let mut der = CertificateRevocationListDer::from_pem_slice(&pem)?
+        .as_ref()
+        .to_vec();
+    let last = der.len() - 1;
+    der[last] ^= 0x01;
+    std::fs::write(dir.path().join("flipped.crl"), &der)?;
+    // A CRL from another CA with the same name, and one from an unrelated CA.
+    let next = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    let impostor = vigil::certs::Authority::generate(vigil::certs::DEMO_CA_NAME)?;
+    std::fs::write(
+        dir.path().join("impostor.crl"),
+        impostor.crl_pem(&[], 1, next)?,
+    )?;
+    let unrelated = vigil::certs::Authority::generate("Unrelated CA")?;
+    std::fs::write(
+        dir.path().join("unrelated.crl"),
+        unrelated.crl_pem(&[], 1, next)?,
+    )?;
+    for (file, needle) in [
+        (
+            "flipped.crl",
+            "signature does not verify with the key of CN=Vigil Development CA",
+        ),
+        ("impostor.crl", "another CA with the same name"),
+        (
+            "unrelated.crl",
+            "issued by CN=Unrelated CA, which is not a CA in client_ca",
+        ),
+    ] {
+        let text = GOOD.replace("crl = [\"ca.crl\"]", &format!("crl = [\"{file}\"]"));
+        let (ok, out) = check(dir.path(), &text)?;
+        assert!(!ok, "{file}: accepted: {out}");
+        assert!(out.contains(file) && out.contains(needle), "{file}: {out}");
+        let path = dir.path().join("vigil.toml");
+        let run = vigil().args(["run", "--config"]).arg(&path).output()?;
+        assert!(!run.status.success(), "{file}: run started");
+        assert!(String::from_utf8_lossy(&run.stderr).contains(needle));
+    }
+    // The untouched CRL passes.
+    let (ok, out) = check(dir.path(), GOOD)?;
+    assert!(ok, "{out}");
+    Ok(())
+}
+
+#[test]
+fn check_refuses_unknown_key_exchange_groups() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let text = GOOD.replace(
+        "crl = [\"ca.crl\"]",
+        "crl = [\"ca.crl\"]\nkey_exchange = [\"X25519MLKEM768\", \"X25591\", \"x25519mlkem768\"]",
+    );
+    let (ok, out) = check(dir.path(), &text)?;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("unknown key exchange group \"X25591\""),
+        "{out}"
+    );
+    assert!(out.contains("did you mean `X25519`?"), "{out}");
+    assert!(out.contains("\"x25519mlkem768\" is listed twice"), "{out}");
+    let text = GOOD.replace("crl = [\"ca.crl\"]", "key_exchange = []");
+    let (ok, out) = check(dir.path(), &text)?;
+    assert!(!ok && out.contains("no key exchange group"), "{out}");
+    let text = GOOD.replace(
+        "crl = [\"ca.crl\"]",
+        "key_exchange = [\"X25519\", \"secp256r1\"]",
+    );
+    let (ok, out) = check(dir.path(), &text)?;
+    assert!(ok, "{out}");
+    Ok(())
+}
+
+#[test]
 fn run_refuses_an_invalid_config() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("vigil.toml");

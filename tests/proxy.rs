@@ -318,7 +318,7 @@ const LATER_TE_CL: &str = "POST /public/b HTTP/1.1\r\nHost: localhost\r\nTransfe
 async fn framing_checks_hold_after_an_upgrade_request_that_was_not_upgraded() -> Result<()> {
     let f = fixture().await?;
     // The echo upstream does not upgrade: it answers 200 and the connection stays HTTP/1.1.
-    let upgrade = "GET /public/a HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+    let upgrade = "GET /public/a HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
     for later in [LATER_FRAGMENT, LATER_TE_CL] {
         let mut tls = connect(f.running.addr, f.web(), "localhost").await?;
         assert_eq!(answer_on(&mut tls, upgrade).await, Some(200));

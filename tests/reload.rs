@@ -473,3 +473,100 @@ async fn log_lines_carry_the_request_id_of_the_decision() -> Result<()> {
     assert!(found, "no log line with request id {id}");
     Ok(())
 }
+
+/// A reload that brings a CRL which does not verify against its CA (one flipped bit in its
+/// signature, or a CRL from another CA with the same name) is refused, and the CRL in force
+/// keeps applying: its revoked client is still refused, a good client still served.
+#[tokio::test]
+async fn a_crl_with_a_bad_signature_is_refused_at_reload() -> Result<()> {
+    use rustls::pki_types::CertificateRevocationListDer;
+    use rustls::pki_types::pem::PemObject;
+    let s = setup().await?;
+    let log = s.pki.path("decisions.log");
+    // Config B: crl-b.pem revokes the victim.
+    replace_file(&s.config, &config_text('b', &log, s.up_a, s.up_b))?;
+    assert_eq!(admin(&s.running, "POST", "/reload").await?.status, 200);
+    let web = client_config(
+        Some(&s.pki.workload("spiffe://example.org/ns/web/sa/x")?),
+        s.pki.ca.cert_pem(),
+        &[],
+    )?;
+    let victim = client_config(Some(&s.victim), s.pki.ca.cert_pem(), &[])?;
+    let served = |r: Result<Reply>| r.is_ok_and(|r| r.status == 200);
+    assert!(!served(
+        get(s.running.addr, victim.clone(), "/public/x", "").await
+    ));
+    assert_eq!(
+        get(s.running.addr, web.clone(), "/public/x", "")
+            .await?
+            .status,
+        200
+    );
+
+    let next = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    // An empty CRL (it would let the victim in) with one bit of its signature flipped.
+    let mut flipped =
+        CertificateRevocationListDer::from_pem_slice(s.pki.ca.crl_pem(&[], 3, next)?.as_bytes())?
+            .as_ref()
+            .to_vec();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x01;
+    let impostor = vigil::certs::Authority::generate("Test CA")?;
+    let cases: [(&str, Vec<u8>, &str); 2] = [
+        ("flipped bit", flipped, "signature does not verify"),
+        (
+            "same-name CA",
+            impostor.crl_pem(&[], 4, next)?.into_bytes(),
+            "another CA with the same name",
+        ),
+    ];
+    let mut failures_before = metric(&s.running, "vigil_config_reload_failures_total").await?;
+    for (what, bytes, needle) in cases {
+        let tmp = s.pki.path("crl-b.tmp");
+        std::fs::write(&tmp, &bytes)?;
+        std::fs::rename(&tmp, s.pki.path("crl-b.pem"))?;
+        let answer = admin(&s.running, "POST", "/reload").await?;
+        assert_eq!(answer.status, 422, "{what}: {answer:?}");
+        assert!(
+            answer.body.contains("crl-b.pem") && answer.body.contains(needle),
+            "{what}: {}",
+            answer.body
+        );
+        let ready = admin(&s.running, "GET", "/readyz").await?;
+        assert!(ready.body.contains(needle), "{what}: {}", ready.body);
+        let failures = metric(&s.running, "vigil_config_reload_failures_total").await?;
+        assert!(
+            failures > failures_before,
+            "{what}: failure metric did not move"
+        );
+        failures_before = failures;
+        // The old CRL is still in force.
+        assert!(
+            !served(get(s.running.addr, victim.clone(), "/public/x", "").await),
+            "{what}: the revoked client got in"
+        );
+        assert_eq!(
+            get(s.running.addr, web.clone(), "/public/x", "")
+                .await?
+                .status,
+            200,
+            "{what}"
+        );
+    }
+    assert!(
+        metric(
+            &s.running,
+            "vigil_tls_handshake_failures_total{reason=\"revoked\"}"
+        )
+        .await?
+            >= 3.0
+    );
+    // A good CRL from the right CA is taken.
+    replace_file(&s.pki.path("crl-b.pem"), &s.pki.ca.crl_pem(&[], 5, next)?)?;
+    assert_eq!(admin(&s.running, "POST", "/reload").await?.status, 200);
+    assert_eq!(
+        get(s.running.addr, victim, "/public/x", "").await?.status,
+        200
+    );
+    Ok(())
+}

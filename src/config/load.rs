@@ -166,6 +166,7 @@ const TLS_KEYS: &[&str] = &[
     "allow_unknown_revocation",
     "enforce_crl_expiry",
     "session_tickets",
+    "key_exchange",
 ];
 const ADMIN_KEYS: &[&str] = &[
     "listen",

@@ -20,7 +20,7 @@ use crate::identity::oidc::Provider;
 use crate::identity::seal::KeyRing;
 use crate::policy::{Pattern, Policy, Rule};
 use crate::routing::{Login, Route, RouteTable};
-use crate::tls::{Resumption, ServerTls, read_chain, read_crl, read_key, read_roots};
+use crate::tls::{Crls, Resumption, ServerTls, read_chain, read_key, read_roots};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use load::Locator;
@@ -267,7 +267,7 @@ impl Compiler<'_> {
         };
 
         let tls = match &raw.tls {
-            Some(tls) => self.server_tls(tls, &ctx.resumption),
+            Some(tls) => self.server_tls(tls, &raw.admin.client_ca, &ctx.resumption),
             None => {
                 self.problems.push(
                     Problem::at(None, "missing [tls] section")
@@ -376,6 +376,7 @@ impl Compiler<'_> {
     fn server_tls(
         &mut self,
         tls: &TlsSection,
+        admin_ca: &[String],
         resumption: &Resumption,
     ) -> Option<(
         Arc<rustls::ServerConfig>,
@@ -396,19 +397,18 @@ impl Compiler<'_> {
             );
         }
         let mut roots_ok = true;
+        let mut issuers = Vec::new();
         for (i, ca) in tls.client_ca.iter().enumerate() {
-            if let Err(e) = read_roots(&self.file(ca), &mut roots) {
-                self.problem(&format!("tls.client_ca.{i}"), e);
-                roots_ok = false;
+            match read_roots(&self.file(ca), &mut roots) {
+                Ok(certs) => issuers.extend(certs),
+                Err(e) => {
+                    self.problem(&format!("tls.client_ca.{i}"), e);
+                    roots_ok = false;
+                }
             }
         }
-        let mut crls = Vec::new();
-        for (i, crl) in tls.crl.iter().enumerate() {
-            match read_crl(&self.file(crl)) {
-                Ok(list) => crls.extend(list),
-                Err(e) => self.problem(&format!("tls.crl.{i}"), e),
-            }
-        }
+        let crls = self.crls(tls, issuers, admin_ca, true);
+        let key_exchange = self.key_exchange(tls);
         let (chain, key) = (chain?, key?);
         if !roots_ok || roots.is_empty() {
             return None;
@@ -421,10 +421,76 @@ impl Compiler<'_> {
             allow_unknown_revocation: tls.allow_unknown_revocation,
             enforce_crl_expiry: tls.enforce_crl_expiry,
             session_tickets: tls.session_tickets,
+            key_exchange: key_exchange?,
         }
         .build(Some(resumption))
         .map_err(|e| self.problem("tls", e))
         .ok()
+    }
+
+    /// `[tls] crl`, each verified against the CA that issued it, which must be in
+    /// `[tls] client_ca` or `[admin] client_ca` (whose own errors are reported where they are
+    /// read). Both listeners get the same list; `report` is off for the second reading.
+    fn crls(
+        &mut self,
+        tls: &TlsSection,
+        mut issuers: Vec<rustls::pki_types::CertificateDer<'static>>,
+        more_issuers: &[String],
+        report: bool,
+    ) -> Vec<rustls::pki_types::CertificateRevocationListDer<'static>> {
+        for ca in more_issuers {
+            let mut scratch = rustls::RootCertStore::empty();
+            if let Ok(certs) = read_roots(&self.file(ca), &mut scratch) {
+                issuers.extend(certs);
+            }
+        }
+        let mut crls = Crls::new(issuers);
+        for (i, crl) in tls.crl.iter().enumerate() {
+            if let Err(e) = crls.read(&self.file(crl))
+                && report
+            {
+                self.problem(&format!("tls.crl.{i}"), e);
+            }
+        }
+        crls.into_vec()
+    }
+
+    /// `[tls] key_exchange`: known group names, each once, at least one.
+    fn key_exchange(
+        &mut self,
+        tls: &TlsSection,
+    ) -> Option<Vec<&'static dyn rustls::crypto::SupportedKxGroup>> {
+        let names = crate::tls::KEY_EXCHANGE_NAMES;
+        if tls.key_exchange.is_empty() {
+            self.problem_help(
+                "tls.key_exchange",
+                "no key exchange group: every handshake would fail",
+                format!(
+                    "leave the key out for the default {:?}",
+                    crate::tls::DEFAULT_KEY_EXCHANGE
+                ),
+            );
+            return None;
+        }
+        let mut groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup> = Vec::new();
+        let mut ok = true;
+        for (i, name) in tls.key_exchange.iter().enumerate() {
+            let key = format!("tls.key_exchange.{i}");
+            match crate::tls::key_exchange_group(name) {
+                Some(g) if groups.iter().any(|have| have.name() == g.name()) => {
+                    self.problem(&key, format!("{name:?} is listed twice"));
+                    ok = false;
+                }
+                Some(g) => groups.push(g),
+                None => {
+                    let help = diagnostics::suggest(name, names)
+                        .unwrap_or_else(|| format!("known groups: {}", names.join(", ")));
+                    self.problem_help(&key, format!("unknown key exchange group {name:?}"), help);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(groups)
     }
 
     fn oidc(&mut self, raw: &load::RawConfig, ctx: &Context) -> Option<Arc<Provider>> {
@@ -672,12 +738,15 @@ impl Compiler<'_> {
                 self.problem(&format!("admin.client_ca.{i}"), e);
             }
         }
-        let mut crls = Vec::new();
-        for crl in &tls.crl {
-            if let Ok(list) = read_crl(&self.file(crl)) {
-                crls.extend(list);
-            }
-        }
+        // The same CRLs as the proxy listener (their problems are reported there).
+        let issuers = [&tls.client_ca[..], &admin.client_ca[..]].concat();
+        let crls = self.crls(tls, Vec::new(), &issuers, false);
+        // Problems with the names are reported for the proxy listener.
+        let key_exchange = tls
+            .key_exchange
+            .iter()
+            .filter_map(|name| crate::tls::key_exchange_group(name))
+            .collect();
         let mut allow_spiffe = Vec::new();
         for (i, p) in admin.allow_spiffe.iter().enumerate() {
             let key = format!("admin.allow_spiffe.{i}");
@@ -699,6 +768,7 @@ impl Compiler<'_> {
             allow_unknown_revocation: tls.allow_unknown_revocation,
             enforce_crl_expiry: tls.enforce_crl_expiry,
             session_tickets: false,
+            key_exchange,
         }
         // No resumption: every admin connection proves its certificate afresh.
         .build(None)

@@ -163,6 +163,17 @@ pub struct TlsSection {
     /// Issue TLS 1.3 session tickets for resumption. Default true.
     #[serde(default = "default_true")]
     pub session_tickets: bool,
+    /// Key-exchange groups clients may use. Default: hybrid post-quantum X25519MLKEM768 first,
+    /// then X25519, secp256r1, secp384r1.
+    #[serde(default = "default_key_exchange")]
+    pub key_exchange: Vec<String>,
+}
+
+fn default_key_exchange() -> Vec<String> {
+    crate::tls::DEFAULT_KEY_EXCHANGE
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
 }
 
 fn default_true() -> bool {

@@ -1,9 +1,13 @@
 //! The downstream TLS endpoint: TLS 1.3 only, a verified client certificate on every connection.
 
+pub mod crl;
 pub mod peer;
 
+pub use crl::Crls;
 pub use peer::PeerCert;
 
+use rustls::crypto::SupportedKxGroup;
+use rustls::crypto::aws_lc_rs::kx_group;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::danger::ClientCertVerifier;
@@ -17,7 +21,17 @@ use std::sync::Arc;
 /// TLS 1.3 suites are listed AES-128-GCM/SHA-256 first: SHA-256 runs on the CPU's SHA
 /// extensions where SHA-384 does not, which is measurable on every handshake; the server's
 /// order wins (`ignore_client_order`).
+///
+/// Key exchange: [`DEFAULT_KEY_EXCHANGE`], hybrid post-quantum X25519MLKEM768 first. This is
+/// what Vigil's outbound connections (upstreams, the OpenID Provider, the device inventory)
+/// offer, in this order: they send an X25519MLKEM768 key share and, for free, its X25519 half,
+/// so a server without ML-KEM answers X25519 without a retry. The downstream listener takes its
+/// groups from `[tls] key_exchange` ([`ServerTls::key_exchange`]).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(base_provider())
+}
+
+fn base_provider() -> rustls::crypto::CryptoProvider {
     use rustls::crypto::aws_lc_rs::cipher_suite;
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.cipher_suites = vec![
@@ -31,7 +45,46 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
         cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
     ];
-    Arc::new(provider)
+    provider.kx_groups = DEFAULT_KEY_EXCHANGE
+        .iter()
+        .filter_map(|name| key_exchange_group(name))
+        .collect();
+    provider
+}
+
+/// The key-exchange groups `[tls] key_exchange` may name, by their names in the IANA TLS
+/// Supported Groups registry. The first two are hybrids of a classical curve with ML-KEM-768
+/// (FIPS 203); MLKEM768 and MLKEM1024 are ML-KEM alone, without a classical half.
+pub const KEY_EXCHANGE_NAMES: &[&str] = &[
+    "X25519MLKEM768",
+    "SecP256r1MLKEM768",
+    "X25519",
+    "secp256r1",
+    "secp384r1",
+    "MLKEM768",
+    "MLKEM1024",
+];
+
+/// The default of `[tls] key_exchange`, and what outbound connections offer: the groups
+/// rustls offered before, with the post-quantum hybrid moved first.
+pub const DEFAULT_KEY_EXCHANGE: &[&str] = &["X25519MLKEM768", "X25519", "secp256r1", "secp384r1"];
+
+/// The group a [`KEY_EXCHANGE_NAMES`] name stands for (ASCII case does not matter).
+pub fn key_exchange_group(name: &str) -> Option<&'static dyn SupportedKxGroup> {
+    let groups: [&'static dyn SupportedKxGroup; 7] = [
+        kx_group::X25519MLKEM768,
+        kx_group::SECP256R1MLKEM768,
+        kx_group::X25519,
+        kx_group::SECP256R1,
+        kx_group::SECP384R1,
+        kx_group::MLKEM768,
+        kx_group::MLKEM1024,
+    ];
+    KEY_EXCHANGE_NAMES
+        .iter()
+        .zip(groups)
+        .find(|(known, _)| known.eq_ignore_ascii_case(name))
+        .map(|(_, group)| group)
 }
 
 /// Resumption state that outlives any one configuration, so a reload does not invalidate
@@ -56,10 +109,15 @@ pub struct ServerTls {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
     pub client_roots: RootCertStore,
+    /// Verified against their issuers already ([`Crls`]).
     pub crls: Vec<CertificateRevocationListDer<'static>>,
     pub allow_unknown_revocation: bool,
     pub enforce_crl_expiry: bool,
     pub session_tickets: bool,
+    /// The groups a client may use for the key exchange; empty means [`DEFAULT_KEY_EXCHANGE`].
+    /// Which of them a handshake uses is the client's choice (rustls follows the client's
+    /// order among the groups both sides support), so this is an allow-list, not a preference.
+    pub key_exchange: Vec<&'static dyn SupportedKxGroup>,
 }
 
 impl ServerTls {
@@ -70,7 +128,11 @@ impl ServerTls {
         self,
         resumption: Option<&Resumption>,
     ) -> Result<(Arc<ServerConfig>, Arc<dyn ClientCertVerifier>), String> {
-        let provider = provider();
+        let mut provider = base_provider();
+        if !self.key_exchange.is_empty() {
+            provider.kx_groups = self.key_exchange;
+        }
+        let provider = Arc::new(provider);
         let mut verifier = WebPkiClientVerifier::builder_with_provider(
             Arc::new(self.client_roots),
             provider.clone(),
@@ -128,38 +190,19 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(path, e))
 }
 
-/// Adds every certificate of a PEM bundle to `roots`.
-pub fn read_roots(path: &Path, roots: &mut RootCertStore) -> Result<(), String> {
-    for cert in read_chain(path)? {
+/// Adds every certificate of a PEM bundle to `roots`, and returns them (a CRL is verified
+/// against the CA certificate that issued it, see [`Crls`]).
+pub fn read_roots(
+    path: &Path,
+    roots: &mut RootCertStore,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain = read_chain(path)?;
+    for cert in &chain {
         roots
-            .add(cert)
+            .add(cert.clone())
             .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
     }
-    Ok(())
-}
-
-/// A CRL in PEM, or raw DER when the file is not PEM.
-pub fn read_crl(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let pem: Result<Vec<_>, _> = CertificateRevocationListDer::pem_slice_iter(&bytes).collect();
-    let crls = match pem {
-        Ok(list) if !list.is_empty() => list,
-        _ => vec![CertificateRevocationListDer::from(bytes)],
-    };
-    // Parse now, so a broken CRL is a config error instead of every handshake failing.
-    for crl in &crls {
-        webpki_check_crl(crl).map_err(|e| format!("{}: not a valid CRL: {e}", path.display()))?;
-    }
-    Ok(crls)
-}
-
-fn webpki_check_crl(crl: &CertificateRevocationListDer<'_>) -> Result<(), String> {
-    use x509_parser::prelude::FromDer;
-    match x509_parser::revocation_list::CertificateRevocationList::from_der(crl.as_ref()) {
-        Ok(([], _)) => Ok(()),
-        Ok(_) => Err("trailing data after the CRL".into()),
-        Err(e) => Err(e.to_string()),
-    }
+    Ok(chain)
 }
 
 fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> String {
@@ -188,7 +231,7 @@ pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
 
 /// The metric label for a rustls error.
 pub fn tls_failure_reason(tls: &rustls::Error) -> &'static str {
-    use rustls::{CertificateError, Error, PeerIncompatible};
+    use rustls::{CertRevocationListError, CertificateError, Error, PeerIncompatible};
     match tls {
         Error::NoCertificatesPresented => "no_certificate",
         Error::InvalidCertificate(cert) => match cert {
@@ -207,6 +250,17 @@ pub fn tls_failure_reason(tls: &rustls::Error) -> &'static str {
             }
             _ => "bad_certificate",
         },
+        // Every CRL was verified against its issuer at load; one can still fail here when two CAs
+        // in client_ca share a name and the client's CA is not the one that signed the CRL.
+        #[allow(deprecated)]
+        Error::InvalidCertRevocationList(
+            CertRevocationListError::BadSignature
+            | CertRevocationListError::UnsupportedSignatureAlgorithm
+            | CertRevocationListError::UnsupportedSignatureAlgorithmContext { .. }
+            | CertRevocationListError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. },
+        ) => "bad_signature",
+        Error::InvalidCertRevocationList(_) => "bad_crl",
+        Error::PeerIncompatible(PeerIncompatible::NoKxGroupsInCommon) => "no_shared_key_exchange",
         Error::PeerIncompatible(
             PeerIncompatible::SupportedVersionsExtensionRequired
             | PeerIncompatible::Tls12NotOffered
@@ -216,5 +270,93 @@ pub fn tls_failure_reason(tls: &rustls::Error) -> &'static str {
         Error::AlertReceived(_) => "alert_from_client",
         Error::InvalidMessage(_) | Error::PeerMisbehaved(_) => "protocol_error",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{CertRevocationListError, CertificateError, Error, PeerIncompatible};
+
+    #[test]
+    fn failures_map_to_the_reasons_the_docs_list() {
+        let cases: Vec<(Error, &str)> = vec![
+            (Error::NoCertificatesPresented, "no_certificate"),
+            (CertificateError::UnknownIssuer.into(), "unknown_issuer"),
+            (CertificateError::Expired.into(), "expired"),
+            (CertificateError::NotValidYet.into(), "not_yet_valid"),
+            (CertificateError::Revoked.into(), "revoked"),
+            (
+                CertificateError::UnknownRevocationStatus.into(),
+                "unknown_revocation_status",
+            ),
+            (
+                CertificateError::ExpiredRevocationList.into(),
+                "expired_crl",
+            ),
+            (CertificateError::BadSignature.into(), "bad_signature"),
+            (CertificateError::InvalidPurpose.into(), "wrong_purpose"),
+            (CertificateError::BadEncoding.into(), "bad_certificate"),
+            // A CRL whose signature does not verify with the client's CA.
+            (
+                Error::InvalidCertRevocationList(CertRevocationListError::BadSignature),
+                "bad_signature",
+            ),
+            (
+                Error::InvalidCertRevocationList(CertRevocationListError::IssuerInvalidForCrl),
+                "bad_crl",
+            ),
+            (
+                Error::PeerIncompatible(PeerIncompatible::NoKxGroupsInCommon),
+                "no_shared_key_exchange",
+            ),
+            (
+                Error::PeerIncompatible(PeerIncompatible::SupportedVersionsExtensionRequired),
+                "protocol_version",
+            ),
+            (
+                Error::PeerIncompatible(PeerIncompatible::NoCipherSuitesInCommon),
+                "incompatible",
+            ),
+            (
+                Error::AlertReceived(rustls::AlertDescription::BadCertificate),
+                "alert_from_client",
+            ),
+            (
+                Error::PeerMisbehaved(rustls::PeerMisbehaved::OfferedDuplicateKeyShares),
+                "protocol_error",
+            ),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(tls_failure_reason(&error), reason, "{error:?}");
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, error);
+            assert_eq!(handshake_failure_reason(&io), reason);
+        }
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(handshake_failure_reason(&eof), "closed_by_client");
+        let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert_eq!(handshake_failure_reason(&timeout), "timeout");
+    }
+
+    #[test]
+    fn key_exchange_names_resolve_and_the_default_puts_post_quantum_first() {
+        for name in KEY_EXCHANGE_NAMES {
+            assert!(key_exchange_group(name).is_some(), "{name}");
+        }
+        assert_eq!(
+            key_exchange_group("x25519").map(|g| g.name()),
+            Some(rustls::NamedGroup::X25519)
+        );
+        assert!(key_exchange_group("X448").is_none());
+        let offered: Vec<_> = provider().kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(
+            offered,
+            [
+                rustls::NamedGroup::X25519MLKEM768,
+                rustls::NamedGroup::X25519,
+                rustls::NamedGroup::secp256r1,
+                rustls::NamedGroup::secp384r1,
+            ]
+        );
     }
 }
