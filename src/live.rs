@@ -12,8 +12,8 @@
 //! stream is reset on its own; anything else closes its connection without waiting for
 //! in-flight requests.
 
-use crate::identity::session::Rejected;
 use crate::identity::Identity;
+use crate::identity::session::Rejected;
 use crate::identity::session::Session;
 use crate::identity::verify::Verdict;
 use crate::metrics::Reason;
