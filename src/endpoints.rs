@@ -361,9 +361,9 @@ async fn logout(record: &mut Record<'_>, host: &str, req: Request<Incoming>) -> 
         .map(str::to_owned);
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
-    let form = match http_body_util::Limited::new(body, 8 * 1024).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return record.refuse(Refusal::PayloadTooLarge, None),
+    let form = match read_form(record, body, 8 * 1024).await {
+        Ok(form) => form,
+        Err(response) => return response,
     };
     let form_token = url::form_urlencoded::parse(&form)
         .find(|(k, _)| k == "csrf")
@@ -434,6 +434,27 @@ fn end_session(
     });
 }
 
+/// The form body of one of Vigil's own POST endpoints: at most `limit` bytes (413), received
+/// whole within `[server] body_read_timeout` (408), like a body forwarded upstream.
+async fn read_form(
+    record: &Record<'_>,
+    body: Incoming,
+    limit: usize,
+) -> Result<bytes::Bytes, Response<Body>> {
+    let timeout = record.snapshot.body_read_timeout;
+    match tokio::time::timeout(timeout, http_body_util::Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(_)) => {
+            record.shared.metrics.limit("body_size");
+            Err(record.refuse(Refusal::PayloadTooLarge, None))
+        }
+        Err(_) => {
+            record.shared.metrics.limit("body_read_timeout");
+            Err(record.refuse(Refusal::RequestTimeout, None))
+        }
+    }
+}
+
 /// `POST /.vigil/backchannel`: OIDC back-channel logout. The provider posts a signed logout
 /// token; the sessions it names (by provider session, or all of the user's) end at once.
 async fn backchannel(record: &mut Record<'_>, req: Request<Incoming>) -> Response<Body> {
@@ -441,12 +462,9 @@ async fn backchannel(record: &mut Record<'_>, req: Request<Incoming>) -> Respons
         return record.refuse(Refusal::NoRoute, None);
     };
     let (_, body) = req.into_parts();
-    let form = match http_body_util::Limited::new(body, 16 * 1024)
-        .collect()
-        .await
-    {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return record.refuse(Refusal::PayloadTooLarge, None),
+    let form = match read_form(record, body, 16 * 1024).await {
+        Ok(form) => form,
+        Err(response) => return response,
     };
     let token = url::form_urlencoded::parse(&form)
         .find(|(k, _)| k == "logout_token")

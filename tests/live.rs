@@ -220,6 +220,48 @@ async fn backchannel_logout_ends_the_session() -> Result<()> {
     Ok(())
 }
 
+/// Vigil's own endpoints read their bodies under `body_read_timeout` too: a back-channel
+/// logout trickled a byte at a time gets 408 instead of holding the connection.
+#[tokio::test]
+async fn a_trickled_backchannel_body_gets_408() -> Result<()> {
+    let w = world().await?;
+    let tls = connect(w.running.addr, w.browser(&w.bob_laptop), "localhost").await?;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let head = format!(
+        "POST /.vigil/backchannel HTTP/1.1\r\nHost: localhost:{}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 200\r\n\r\nlogout_token=",
+        w.port
+    );
+    wr.write_all(head.as_bytes()).await?;
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if wr.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    });
+    let reply = tokio::time::timeout(Duration::from_secs(15), read_reply(&mut rd)).await??;
+    trickle.abort();
+    assert_eq!(reply.status, 408, "{reply:?}");
+    let id = reply.json()["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let line = decision_for(&w.decisions, &id)
+        .await
+        .expect("decision line");
+    assert_eq!(line["status"], 408, "{line}");
+    assert!(
+        metric(
+            &w.running,
+            "vigil_limits_hit_total{limit=\"body_read_timeout\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn websocket_closed_when_the_user_is_disabled() -> Result<()> {
     use futures_util::{SinkExt, StreamExt};

@@ -124,6 +124,7 @@ pub async fn world_opts(session: &str, backchannel: bool) -> Result<World> {
         r#"
 [server]
 listen = "127.0.0.1:{port}"
+body_read_timeout = "2s"
 
 [tls]
 cert = "server.pem"
