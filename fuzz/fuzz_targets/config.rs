@@ -115,7 +115,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(snapshot) => {
             // TLS is mandatory, so a snapshot always read its certificate files.
             assert!(!snapshot.files.is_empty(), "a snapshot without files");
-            assert!(snapshot.routes.len() > 0, "a snapshot without routes");
+            assert!(!snapshot.routes.is_empty(), "a snapshot without routes");
         }
         Err(problems) => {
             assert!(!problems.items.is_empty(), "refused without a problem");

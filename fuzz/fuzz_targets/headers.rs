@@ -120,7 +120,7 @@ fuzz_target!(|data: &[u8]| {
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
         .collect();
-    let asked_upgrade = named.iter().any(|n| n == header::UPGRADE);
+    let asked_upgrade = named.contains(&header::UPGRADE);
     let had_upgrade = headers.contains_key(header::UPGRADE);
 
     // What the forwarder does before adding its own headers.
