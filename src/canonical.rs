@@ -636,13 +636,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
             if token.eq_ignore_ascii_case(b"upgrade") {
                 wants_upgrade = true;
             } else if token.is_empty()
-                || token.eq_ignore_ascii_case(b"close")
                 || HOP_BY_HOP
                     .iter()
                     .any(|h| token.eq_ignore_ascii_case(h.as_bytes()))
             {
                 // Nothing to do: not a field, or removed below anyway.
             } else if let Ok(name) = HeaderName::from_bytes(token) {
+                // `close` too: it is a connection option, and a field of that name goes
+                // with it (RFC 9110 §7.6.1).
                 named.push(name);
             }
         }
@@ -1381,6 +1382,13 @@ mod tests {
             (&[("upgrade", "websocket")], &[], None),
             // Asked for, but nothing to upgrade to.
             (&[("connection", "upgrade")], &[], None),
+            // A field named like the `close` option is the connection's too (found by
+            // fuzzing: it was forwarded).
+            (
+                &[("connection", "close"), ("close", "1"), ("b", "2")],
+                &["b"],
+                None,
+            ),
             // Garbage tokens are ignored, not fatal.
             (
                 &[
