@@ -6,12 +6,15 @@
 //! Documented semantics (src/policy/pattern.rs): `*` matches any run of characters except
 //! `/`; `**` any run including `/`; a pattern ending in `/**` whose prefix has no wildcard also
 //! matches the bare prefix; everything else matches itself, case-sensitively. An empty pattern
-//! and `***` are refused.
+//! and `***` are refused, and so are patterns over the size limits (bytes, wildcards, compiled
+//! automaton). Patterns for `users` ([`Pattern::user`]) are the same except that no wildcard
+//! covers `@`; both forms are checked on every input.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use vigil::policy::Pattern;
+use vigil::policy::pattern::{MAX_PATTERN_BYTES, MAX_WILDCARDS};
 
 /// Above this many (pattern byte, input byte) pairs the reference is not run; the unit is
 /// still matched, so slow matching shows up as a timeout.
@@ -23,21 +26,38 @@ fuzz_target!(|data: &[u8]| {
     };
     let (pattern, input) = text.split_once('\n').unwrap_or((text, ""));
 
+    check(pattern, input, false);
+    check(pattern, input, true);
+});
+
+fn check(pattern: &str, input: &str, users: bool) {
+    let wildcards = tokens(pattern)
+        .iter()
+        .filter(|t| !matches!(t, Tok::Lit(_)))
+        .count();
     let refused = pattern.is_empty() || pattern.contains("***");
-    let compiled = match Pattern::new(pattern) {
+    let over_limits = pattern.len() > MAX_PATTERN_BYTES || wildcards > MAX_WILDCARDS;
+    let compiled = match if users {
+        Pattern::user(pattern)
+    } else {
+        Pattern::new(pattern)
+    } {
         Ok(p) => p,
         Err(e) => {
-            assert!(refused, "{pattern:?} refused: {e}");
+            assert!(
+                refused || over_limits || e.contains("too complex"),
+                "{pattern:?} refused: {e}"
+            );
             return;
         }
     };
-    assert!(!refused, "{pattern:?} accepted");
+    assert!(!refused && !over_limits, "{pattern:?} accepted");
     assert_eq!(compiled.as_str(), pattern);
 
     let got = compiled.matches(input);
     if pattern.len().saturating_mul(input.len() + 1) <= REFERENCE_LIMIT {
-        let want = reference(pattern, input);
-        assert_eq!(got, want, "{pattern:?} against {input:?}");
+        let want = reference(pattern, input, users);
+        assert_eq!(got, want, "{pattern:?} against {input:?} (users: {users})");
     }
     // A pattern always matches its own literal text when it has no wildcard.
     if !pattern.contains('*') {
@@ -46,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
             "{pattern:?} does not match itself"
         );
     }
-});
+}
 
 #[derive(Clone, Copy)]
 enum Tok<'a> {
@@ -81,8 +101,8 @@ fn tokens(pattern: &str) -> Vec<Tok<'_>> {
 
 /// Dynamic programming over (token, input position): `reach[j]` is true when the tokens so
 /// far can consume exactly `input[..j]`. Byte-wise is exact for UTF-8: a literal never starts
-/// on a continuation byte, and `/` is ASCII.
-fn reference(pattern: &str, input: &str) -> bool {
+/// on a continuation byte, and `/` and `@` are ASCII. `users`: no wildcard covers `@`.
+fn reference(pattern: &str, input: &str, users: bool) -> bool {
     if let Some(prefix) = pattern.strip_suffix("/**")
         && !prefix.contains('*')
         && input == prefix
@@ -108,7 +128,7 @@ fn reference(pattern: &str, input: &str) -> bool {
                 for j in 0..=s.len() {
                     open |= reach[j];
                     next[j] = open;
-                    if j < s.len() && s[j] == b'/' && !crosses {
+                    if j < s.len() && ((s[j] == b'/' && !crosses) || (s[j] == b'@' && users)) {
                         open = false;
                     }
                 }
