@@ -291,7 +291,10 @@ async fn connection(
         .unwrap_or_default();
     let sni = session.server_name().map(str::to_ascii_lowercase);
     let framing = Verdict::new();
-    let watch = (session.alpn_protocol() != Some(b"h2")).then(|| Watch::new(framing.clone()));
+    // Served as exactly what ALPN chose (see `HttpServer`): the framing watcher covers every
+    // connection that is not HTTP/2.
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    let watch = (!h2).then(|| Watch::new(framing.clone()));
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     shared.metrics.connections_open.inc();
     let conn = Arc::new(Connection {
@@ -341,11 +344,19 @@ async fn connection(
             }
         })
     };
-    let http = snapshot.http.clone();
     let drain = snapshot.drain_timeout;
+    let mut serving: Pin<Box<dyn Serving>> = if h2 {
+        Box::pin(snapshot.http.http2.serve_connection(io, service))
+    } else {
+        Box::pin(
+            snapshot
+                .http
+                .http1
+                .serve_connection(io, service)
+                .with_upgrades(),
+        )
+    };
     drop(snapshot);
-    let serving = http.serve_connection_with_upgrades(io, service);
-    tokio::pin!(serving);
     let mut draining: Option<tokio::time::Instant> = None;
     loop {
         let hard_stop = async {
@@ -357,17 +368,17 @@ async fn connection(
         tokio::select! {
             result = serving.as_mut() => {
                 if let Err(e) = result {
-                    note_connection_error(&shared, id, &*e);
+                    note_connection_error(&shared, id, &e);
                 }
                 break;
             }
             () = conn.closing.cancelled(), if draining.is_none() => {
-                serving.as_mut().graceful_shutdown();
+                serving.as_mut().shut_down_gracefully();
                 draining = Some(tokio::time::Instant::now() + drain);
             }
             () = conn.activity.idle(conn.idle_timeout), if draining.is_none() => {
                 shared.metrics.limit("idle_timeout");
-                serving.as_mut().graceful_shutdown();
+                serving.as_mut().shut_down_gracefully();
                 draining = Some(tokio::time::Instant::now() + drain);
             }
             () = conn.kill.cancelled() => break,
@@ -427,6 +438,40 @@ fn note_connection_error(shared: &Shared, id: u64, e: &(dyn std::error::Error + 
         source = err.source();
     }
     tracing::debug!(conn = id, error = %e, "connection ended with an error");
+}
+
+/// A connection being served: HTTP/1.1 (with upgrades) or HTTP/2, as ALPN chose.
+trait Serving: std::future::Future<Output = hyper::Result<()>> + Send {
+    fn shut_down_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Serving for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    Self: std::future::Future<Output = hyper::Result<()>> + Send,
+{
+    fn shut_down_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E, B> Serving for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+    Self: std::future::Future<Output = hyper::Result<()>> + Send,
+{
+    fn shut_down_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
 }
 
 /// The TLS stream, noting when bytes move and, on HTTP/1, watching request framing.

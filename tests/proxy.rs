@@ -312,6 +312,35 @@ const LATER_FRAGMENT: &str =
     "GET /public/b#frag HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
 const LATER_TE_CL: &str = "POST /public/b HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nConnection: close\r\n\r\n0\r\n\r\n";
 
+/// A connection is served as exactly the protocol its TLS handshake negotiated. A client that
+/// negotiates `h2` and then speaks HTTP/1.1 would otherwise be served as HTTP/1.1 without the
+/// framing watcher (which watches only HTTP/1 connections), so a `#fragment` or
+/// Transfer-Encoding + Content-Length request would pass.
+#[tokio::test]
+async fn a_connection_speaks_only_the_protocol_alpn_chose() -> Result<()> {
+    let f = fixture().await?;
+    let h2 = client_config(Some(&f.web), f.pki.ca.cert_pem(), &[b"h2"])?;
+    for later in [LATER_FRAGMENT, LATER_TE_CL] {
+        let mut tls = connect(f.running.addr, h2.clone(), "localhost").await?;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let answer = answer_on(&mut tls, later).await;
+        assert_eq!(
+            answer, None,
+            "HTTP/1.1 after ALPN h2: {later:?} got {answer:?}"
+        );
+    }
+    // A plain request gets no answer either: HTTP/1.1 bytes are not HTTP/2.
+    let mut tls = connect(f.running.addr, h2.clone(), "localhost").await?;
+    let plain = "GET /public/a HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    assert_eq!(answer_on(&mut tls, plain).await, None);
+    // HTTP/2 on that ALPN, and HTTP/1.1 on `http/1.1`, are served as before.
+    let (status, _) = h2_get(f.running.addr, h2, "https://localhost/public/a").await?;
+    assert_eq!(status, 200);
+    let mut tls = connect(f.running.addr, f.web(), "localhost").await?;
+    assert_eq!(answer_on(&mut tls, plain).await, Some(200));
+    Ok(())
+}
+
 /// The framing watcher keeps watching after an `Upgrade` request that was answered without
 /// upgrading: a later `#fragment` or Transfer-Encoding + Content-Length request is refused.
 #[tokio::test]
@@ -658,17 +687,19 @@ allow = [{{ spiffe = ["spiffe://example.org/**"] }}]
 #[tokio::test]
 async fn slow_request_headers_are_cut_off() -> Result<()> {
     let f = fixture_with("header_read_timeout = \"1s\"", API_ROUTE, "").await?;
-    let mut tls = connect(f.running.addr, f.web(), "localhost").await?;
-    tls.write_all(b"GET /public/x HTTP/1.1\r\nHost: local")
-        .await?;
-    let started = std::time::Instant::now();
-    let mut buf = [0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(8), tls.read(&mut buf))
-        .await?
-        .unwrap_or(0);
-    let answer = String::from_utf8_lossy(&buf[..n]);
-    assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // Part of a head, and nothing at all after the handshake: both are cut off.
+    for start in [&b"GET /public/x HTTP/1.1\r\nHost: local"[..], b""] {
+        let mut tls = connect(f.running.addr, f.web(), "localhost").await?;
+        tls.write_all(start).await?;
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(8), tls.read(&mut buf))
+            .await?
+            .unwrap_or(0);
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
     assert!(
         metric(
             &f.running,

@@ -21,8 +21,8 @@ use crate::identity::seal::KeyRing;
 use crate::policy::{Pattern, Policy, Rule};
 use crate::routing::{Login, Route, RouteTable};
 use crate::tls::{Crls, Resumption, ServerTls, read_chain, read_key, read_roots};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use load::Locator;
 use schema::*;
 use std::cell::RefCell;
@@ -73,8 +73,9 @@ pub struct Snapshot {
     pub max_body_bytes: Option<u64>,
     /// Longest request target (path and query) in bytes; `None`: no limit of Vigil's own.
     pub max_target_bytes: Option<usize>,
-    /// The HTTP/1.1 + HTTP/2 server settings, with the limits applied.
-    pub http: auto::Builder<TokioExecutor>,
+    /// The HTTP/1.1 and HTTP/2 server settings, with the limits applied; a connection is
+    /// served with the one its TLS handshake negotiated.
+    pub http: HttpServer,
     pub log: LogSection,
     /// Every file the configuration refers to, including itself, for the watcher.
     pub files: Vec<PathBuf>,
@@ -92,6 +93,16 @@ impl std::fmt::Debug for Snapshot {
             .field("routes", &self.routes.len())
             .finish_non_exhaustive()
     }
+}
+
+/// How the proxy listener speaks HTTP. There is no sniffing of the first bytes: ALPN `h2` is
+/// served as HTTP/2 only, anything else as HTTP/1.1 only, so a client cannot negotiate one
+/// protocol and speak the other (an HTTP/1.1 connection that claimed `h2` would escape the
+/// framing watcher, which only watches HTTP/1 connections).
+#[derive(Clone)]
+pub struct HttpServer {
+    pub http1: http1::Builder,
+    pub http2: http2::Builder<TokioExecutor>,
 }
 
 /// The admin listener's client-certificate requirement.
@@ -298,13 +309,16 @@ impl Compiler<'_> {
         let admin_access = self.admin_access(&raw.admin, admin);
         let tls = tls?;
 
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1()
+        let mut http = HttpServer {
+            http1: http1::Builder::new(),
+            http2: http2::Builder::new(TokioExecutor::new()),
+        };
+        http.http1
             .timer(TokioTimer::new())
             .header_read_timeout(server.header_read_timeout.0)
             .max_buf_size(server.max_header_bytes.max(8192))
             .keep_alive(true);
-        http.http2()
+        http.http2
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(server.max_concurrent_streams)
