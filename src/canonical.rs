@@ -733,6 +733,31 @@ pub fn upgrade_accepted(requested: &HeaderValue, response: Option<&HeaderValue>)
     })
 }
 
+/// True when `upgrade` (a `101`'s `Upgrade` header) switches to WebSocket.
+pub fn is_websocket(upgrade: Option<&HeaderValue>) -> bool {
+    upgrade.is_some_and(|v| {
+        upgrade_elements(v).any(|e| upgrade_protocol(e).eq_ignore_ascii_case("websocket"))
+    })
+}
+
+/// RFC 6455 §4.2.2: a server that accepts a WebSocket handshake answers with
+/// `Sec-WebSocket-Accept` = base64(SHA-1(key + the protocol's GUID)). A `101` without it did
+/// not come from a WebSocket server that read this request (an upstream that switches to
+/// anything it is asked for, or a cache replaying another answer), so its stream is never
+/// spliced to the client.
+pub fn websocket_accept_matches(key: Option<&HeaderValue>, accept: Option<&HeaderValue>) -> bool {
+    use base64::Engine;
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let (Some(key), Some(accept)) = (key, accept) else {
+        return false;
+    };
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(trim_ows(key.as_bytes()));
+    ctx.update(GUID);
+    let expected = base64::engine::general_purpose::STANDARD.encode(ctx.finish().as_ref());
+    trim_ows(accept.as_bytes()) == expected.as_bytes()
+}
+
 /// Checks an HTTP/1.1 request that offers a WebSocket upgrade against RFC 6455
 /// §4.1: a `GET` with `Connection: upgrade`, one `Sec-WebSocket-Key` of 16
 /// base64-encoded bytes and `Sec-WebSocket-Version: 13`. `None` for requests
@@ -1467,6 +1492,25 @@ mod tests {
             &versioned,
             Some(&HeaderValue::from_static("foo/3"))
         ));
+    }
+
+    #[test]
+    fn websocket_accept_is_the_hash_of_the_key() {
+        // The example of RFC 6455 §1.3.
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        let good = HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert!(websocket_accept_matches(Some(&key), Some(&good)));
+        let other = HeaderValue::from_static("x3JJHMbDL1EzLkh9GBhXDw==");
+        assert!(!websocket_accept_matches(Some(&other), Some(&good)));
+        assert!(!websocket_accept_matches(Some(&key), None));
+        assert!(!websocket_accept_matches(None, Some(&good)));
+        assert!(!websocket_accept_matches(
+            Some(&key),
+            Some(&HeaderValue::from_static(""))
+        ));
+        assert!(is_websocket(Some(&HeaderValue::from_static("WebSocket"))));
+        assert!(!is_websocket(Some(&HeaderValue::from_static("h2c"))));
+        assert!(!is_websocket(None));
     }
 
     #[test]

@@ -1493,6 +1493,64 @@ async fn a_101_to_another_protocol_than_asked_gives_502() -> Result<()> {
     Ok(())
 }
 
+/// A 101 to a WebSocket handshake is spliced only when its `Sec-WebSocket-Accept` answers this
+/// request's key (RFC 6455 §4.2.2): an upstream that switches to whatever it is asked for,
+/// without reading the handshake, gets no tunnel through which undecided requests could pass.
+#[tokio::test]
+async fn a_websocket_101_without_the_right_accept_gives_502() -> Result<()> {
+    let pki = Pki::new()?;
+    // Its accept answers the RFC's sample key, not the key sent below.
+    let (upstream, recording) = switching_upstream("websocket").await?;
+    let decisions = pki.path("decisions.log");
+    let text = format!(
+        "{}{}",
+        base_config("", &decisions),
+        API_ROUTE.replace("UPSTREAM", &upstream.to_string())
+    );
+    let running = spawn(&pki, &text).await?;
+    let web = client_config(
+        Some(&pki.workload(SPIFFE_WEB)?),
+        pki.ca.cert_pem(),
+        &[b"http/1.1"],
+    )?;
+    let attack = "GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\nSec-WebSocket-Version: 13\r\n\r\n\
+                  GET /admin HTTP/1.1\r\nHost: localhost\r\nX-Vigil-User: mallory\r\nConnection: close\r\n\r\n";
+    let mut tls = connect(running.addr, web, "localhost").await?;
+    tls.write_all(attack.as_bytes()).await?;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(STEP, tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+    assert!(!answer.contains(" 101 "), "{answer}");
+    let closed = eventually(STEP, || async {
+        recording.closed.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
+    assert!(closed, "Vigil kept the switched upstream connection open");
+    let seen = recording.text();
+    assert!(!seen.contains("/admin"), "{seen}");
+    assert!(!seen.contains("mallory"), "{seen}");
+    let logged = eventually(STEP, || async {
+        support::decisions(&decisions)
+            .iter()
+            .any(|l| l["path"] == "/ws")
+    })
+    .await;
+    assert!(logged, "no decision line for /ws");
+    let lines = support::decisions(&decisions);
+    let line = lines
+        .iter()
+        .find(|l| l["path"] == "/ws")
+        .expect("decision line for /ws");
+    assert!(
+        line["reasons"]
+            .to_string()
+            .contains("without a valid Sec-WebSocket-Accept"),
+        "{line}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_route_without_upgrades_never_tunnels() -> Result<()> {
     let pki = Pki::new()?;

@@ -195,6 +195,7 @@ pub async fn forward(
         session: out.session,
         bearer: out.bearer,
     };
+    let websocket_key = parts.headers.get("sec-websocket-key").cloned();
     let request = Request::from_parts(parts, body);
 
     let sent = tokio::time::timeout(upstream.response_timeout, upstream.client.request(request));
@@ -228,6 +229,17 @@ pub async fn forward(
             return Err(ForwardError::Upstream(format!(
                 "upstream switched protocols to {to:?} when {asked:?} was asked for{note}; connection closed"
             )));
+        }
+        if crate::canonical::is_websocket(switched_to)
+            && !crate::canonical::websocket_accept_matches(
+                websocket_key.as_ref(),
+                response.headers().get("sec-websocket-accept"),
+            )
+        {
+            return Err(ForwardError::Upstream(
+                "upstream switched to WebSocket without a valid Sec-WebSocket-Accept; connection closed"
+                    .into(),
+            ));
         }
         if let Some(note) = removed {
             response.extensions_mut().insert(UpgradeRemoved(note));
