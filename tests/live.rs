@@ -4,11 +4,11 @@
 mod support;
 
 use anyhow::{Context as _, Result};
+use rustls::pki_types::pem::PemObject;
 use std::time::{Duration, Instant};
 use support::idp::ALICE;
 use support::world::*;
 use support::*;
-use rustls::pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A proxy started from a file with an (initially empty) CRL, for workload certificates.
@@ -667,7 +667,8 @@ async fn a_hung_provider_does_not_hold_up_the_sweep() -> Result<()> {
 /// `session_unverifiable` within about one sweep of that deadline, not held open by the
 /// refresh.
 #[tokio::test]
-async fn a_stream_is_cut_when_its_session_runs_out_of_max_stale_with_a_hung_provider() -> Result<()> {
+async fn a_stream_is_cut_when_its_session_runs_out_of_max_stale_with_a_hung_provider() -> Result<()>
+{
     let w = world_with_events_and("\n[verify]\ninterval = \"1s\"\nmax_stale = \"3s\"").await?;
     let (session, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
     // Verified at this second or the one before: the deadline is 3 to 4 s from now.

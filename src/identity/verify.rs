@@ -169,13 +169,14 @@ impl Reverifier {
                 ))
             }
         };
-        let watch = (matches!(verdict, Verdict::Stale { .. }) && self.claim_watch(session)).then(
-            || Watch {
-                flight,
-                deadline,
-                grace_end,
-            },
-        );
+        let watch =
+            (matches!(verdict, Verdict::Stale { .. }) && self.claim_watch(session)).then(|| {
+                Watch {
+                    flight,
+                    deadline,
+                    grace_end,
+                }
+            });
         (verdict, watch)
     }
 
@@ -310,7 +311,9 @@ impl Watch {
 
 /// `at` on the monotonic clock (now, if it has passed).
 fn instant_of(at: SystemTime) -> Instant {
-    Instant::now() + at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+    Instant::now()
+        + at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
 }
 
 /// `interval + max_stale` after the session's last verification.
