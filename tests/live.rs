@@ -704,3 +704,26 @@ async fn a_stream_is_cut_when_its_session_runs_out_of_max_stale_with_a_hung_prov
     );
     Ok(())
 }
+
+/// With a healthy provider, a stream is never cut for being judged late: with `max_stale = 0`
+/// a session is past its deadline the moment it is due, and the stream stands while the
+/// refresh that sweep started is answered, then carries on with the fresh verification.
+#[tokio::test]
+async fn a_stream_survives_prompt_re_verifications_with_max_stale_zero() -> Result<()> {
+    let w = world_with_events_and("\n[verify]\ninterval = \"1s\"\nmax_stale = \"0s\"").await?;
+    let (session, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    let mut stream = open_events(&w, &session).await?;
+    // About four re-verifications.
+    let seen = read_until(&mut stream, "data: 45\n").await;
+    seen.context("the stream was cut although the provider answered every re-verification")?;
+    assert_eq!(
+        metric(
+            &w.running,
+            "vigil_connections_cut_total{reason=\"session_unverifiable\"}"
+        )
+        .await
+        .unwrap_or(0.0),
+        0.0
+    );
+    Ok(())
+}
