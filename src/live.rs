@@ -11,11 +11,15 @@
 //! request still allowed by the rules in force. What no longer passes is cut off: an HTTP/2
 //! stream is reset on its own; anything else closes its connection without waiting for
 //! in-flight requests.
+//!
+//! A sweep never waits for the identity provider: a session due for re-verification is
+//! refreshed in the background and judged on what is known now (its last verification holds
+//! until `interval + max_stale`, then it is cut), so a hung provider delays no other check.
 
 use crate::identity::Identity;
 use crate::identity::session::Rejected;
 use crate::identity::session::Session;
-use crate::identity::verify::Verdict;
+use crate::identity::verify::{Change, Verdict};
 use crate::metrics::Reason;
 use crate::server::{Connection, Shared};
 use std::collections::HashMap;
@@ -153,12 +157,16 @@ pub async fn verifier(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// One pass over every live connection.
-pub async fn sweep(shared: &Shared) {
+/// One pass over every live connection. It never waits for the identity provider: first
+/// every connection's own checks (certificate expiry, device revocation, CAs and CRLs), then
+/// every stream's, judging each session on what is known now and leaving any re-verification
+/// due to a refresh in the background, whose answer applies at the sweep it wakes.
+pub async fn sweep(shared: &Arc<Shared>) {
     let ordered = shared.live.ordered.lock().ok().and_then(|mut o| o.take());
     let snapshot = shared.snapshot.load_full();
     let now = crate::identity::now();
     let unix_now = rustls::pki_types::UnixTime::now();
+    let mut standing = Vec::new();
     for conn in shared.live.snapshot() {
         if conn.kill.is_cancelled() {
             continue;
@@ -187,12 +195,16 @@ pub async fn sweep(shared: &Shared) {
             } else {
                 None
             };
-        if let Some(reason) = reason {
-            cut(shared, &conn, reason);
-            observe(shared, ordered);
-            continue;
+        match reason {
+            Some(reason) => {
+                cut(shared, &conn, reason);
+                observe(shared, ordered);
+            }
+            None => standing.push(conn),
         }
-        if let Some(reason) = check_streams(shared, &snapshot, &conn, now, ordered).await {
+    }
+    for conn in standing {
+        if let Some(reason) = check_streams(shared, &snapshot, &conn, now, ordered) {
             cut(shared, &conn, reason);
             observe(shared, ordered);
         }
@@ -211,8 +223,8 @@ fn observe(shared: &Shared, ordered: Option<std::time::Instant>) {
 
 /// Re-decides every stream on `conn`. An HTTP/2 stream that no longer passes is reset on
 /// its own; for any other the reason to cut the whole connection is returned.
-async fn check_streams(
-    shared: &Shared,
+fn check_streams(
+    shared: &Arc<Shared>,
     snapshot: &crate::config::Snapshot,
     conn: &Connection,
     now: i64,
@@ -229,7 +241,7 @@ async fn check_streams(
         })
         .unwrap_or_default();
     for (id, origin, http2, token) in streams {
-        let Some(reason) = origin.verdict(shared, snapshot, conn, id, now).await else {
+        let Some(reason) = origin.verdict(shared, snapshot, conn, id, now) else {
             continue;
         };
         if !http2 {
@@ -244,10 +256,14 @@ async fn check_streams(
 }
 
 impl StreamOrigin {
-    /// Why the stream `id` on `conn` no longer passes, if it does not.
-    async fn verdict(
+    /// Why the stream `id` on `conn` no longer passes, if it does not. A session due for
+    /// re-verification is judged without waiting for the provider (see
+    /// [`Reverifier::judge_now`](crate::identity::verify::Reverifier::judge_now)); when the
+    /// judgement stands on a refresh still in flight, the verifier is woken when its answer
+    /// comes or the session's deadline passes.
+    fn verdict(
         &self,
-        shared: &Shared,
+        shared: &Arc<Shared>,
         snapshot: &crate::config::Snapshot,
         conn: &Connection,
         id: u64,
@@ -263,11 +279,23 @@ impl StreamOrigin {
                 return Some("session_expired");
             }
             if let Some(provider) = &snapshot.oidc {
-                match shared
-                    .reverifier
-                    .judge(provider, current, snapshot.verify)
-                    .await
-                {
+                let (verdict, watch) =
+                    shared
+                        .reverifier
+                        .judge_now(provider, current, snapshot.verify);
+                if let Some(watch) = watch {
+                    let shared = Arc::downgrade(shared);
+                    tokio::spawn(async move {
+                        let change = watch.changed().await;
+                        if let Some(shared) = shared.upgrade() {
+                            match change {
+                                Change::Refreshed => shared.live.wake.notify_one(),
+                                Change::Ended | Change::Unverifiable => shared.live.recheck_now(),
+                            }
+                        }
+                    });
+                }
+                match verdict {
                     Verdict::Current | Verdict::Stale { .. } => {}
                     Verdict::Refreshed(fresh) => {
                         if let Ok(mut open) = conn.streams.lock() {

@@ -4,6 +4,7 @@
 mod support;
 
 use anyhow::{Context as _, Result};
+use rustls::pki_types::pem::PemObject;
 use std::time::{Duration, Instant};
 use support::idp::ALICE;
 use support::world::*;
@@ -357,7 +358,12 @@ async fn sse_upstream() -> Result<std::net::SocketAddr> {
 /// A world with two more routes served by the SSE upstream: `/events` for engineering
 /// (sessions) and `/feed` for the `svc` service (bearer tokens).
 async fn world_with_events() -> Result<World> {
-    let w = world_with("").await?;
+    world_with_events_and("").await
+}
+
+/// [`world_with_events`] with more configuration (e.g. a `[verify]` section).
+async fn world_with_events_and(extra: &str) -> Result<World> {
+    let w = world_with(extra).await?;
     let sse = sse_upstream().await?;
     let text = format!(
         "{}\n[[route]]\nname = \"events\"\nhost = \"localhost\"\npath = \"/events\"\nupstream = \"http://{sse}\"\nlogin = \"oidc\"\nallow = [{{ groups = [\"engineering\"] }}]\n\n[[route]]\nname = \"feed\"\nhost = \"localhost\"\npath = \"/feed\"\nupstream = \"http://{sse}\"\nlogin = \"bearer\"\nbearer_audience = \"https://api.test\"\nallow = [{{ users = [\"svc\"] }}]\n",
@@ -565,6 +571,158 @@ async fn a_bearer_stream_lives_with_its_token() -> Result<()> {
     );
     assert_eq!(
         metric(&w.running, "vigil_connections_cut_total{reason=\"policy\"}").await?,
+        0.0
+    );
+    Ok(())
+}
+
+/// Opens `GET /events` from Alice's laptop with `session` and reads its first events.
+async fn open_events(w: &World, session: &str) -> Result<impl tokio::io::AsyncRead + Unpin> {
+    let mut tls = connect(w.running.addr, w.browser(&w.alice_laptop), "localhost").await?;
+    let request = format!(
+        "GET /events HTTP/1.1\r\nHost: localhost:{}\r\nAccept: text/event-stream\r\nCookie: {session}\r\n\r\n",
+        w.port
+    );
+    tls.write_all(request.as_bytes()).await?;
+    let seen = read_until(&mut tls, "data: 1\n").await?;
+    anyhow::ensure!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    Ok(tls)
+}
+
+/// Whether `stream` is closed (or reset) within `within`, reading (and dropping) what comes.
+async fn closes_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// The live-connection verifier never waits for the provider: with the token endpoint hung,
+/// a stream whose session is due for re-verification keeps flowing on its last verification
+/// (`max_stale` is long), and a device revoked meanwhile loses its connection at once, not
+/// after the provider's client gives up.
+#[tokio::test]
+async fn a_hung_provider_does_not_hold_up_the_sweep() -> Result<()> {
+    let w = world_with_events_and("\n[verify]\ninterval = \"1s\"\nmax_stale = \"60s\"").await?;
+    let (session, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    let mut stream = open_events(&w, &session).await?;
+    let (bobs, _) = w.sign_in(&w.bob_laptop, "/", support::idp::BOB).await?;
+    let mut bob = connect(w.running.addr, w.browser(&w.bob_laptop), "localhost").await?;
+    bob.write_all(
+        format!(
+            "GET /hello HTTP/1.1\r\nHost: localhost:{}\r\nCookie: {bobs}\r\n\r\n",
+            w.port
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let reply = read_reply(&mut bob).await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+
+    w.idp.fault("/token", Some("hang")).await?;
+    // Alice's session is due within a second: sweeps start its refresh, which hangs.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(w.bob_laptop.cert_pem.as_bytes())?;
+    let fingerprint = vigil::tls::peer::PeerCert::from_der(&der)
+        .map_err(anyhow::Error::msg)?
+        .fingerprint_hex;
+    let revoked = post_admin(
+        &w.running,
+        "/revoke",
+        &format!("{{\"device\":\"{fingerprint}\"}}"),
+    )
+    .await?;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    let revoked_at = Instant::now();
+    let cut = closes_within(&mut bob, Duration::from_secs(2)).await;
+    let waited = revoked_at.elapsed();
+    // Alice's stream stands: it is within interval + max_stale of its last verification.
+    let flowing = read_until(&mut stream, "data: 40\n").await;
+    w.idp.fault("/token", None).await?;
+    assert!(
+        cut,
+        "the revoked device's connection was not cut within 2 s while the provider hung"
+    );
+    eprintln!("device cut off {waited:?} after the revocation, with the provider hung");
+    flowing.context("the stream under a session within max_stale was cut")?;
+    assert!(
+        metric(
+            &w.running,
+            "vigil_connections_cut_total{reason=\"device_revoked\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    Ok(())
+}
+
+/// A stream whose session passes `interval + max_stale` while the provider hangs is cut with
+/// `session_unverifiable` within about one sweep of that deadline, not held open by the
+/// refresh.
+#[tokio::test]
+async fn a_stream_is_cut_when_its_session_runs_out_of_max_stale_with_a_hung_provider() -> Result<()>
+{
+    let w = world_with_events_and("\n[verify]\ninterval = \"1s\"\nmax_stale = \"3s\"").await?;
+    let (session, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    // Verified at this second or the one before: the deadline is 3 to 4 s from now.
+    let signed_in = Instant::now();
+    let mut stream = open_events(&w, &session).await?;
+    w.idp.fault("/token", Some("hang")).await?;
+    let early = closes_within(
+        &mut stream,
+        Duration::from_millis(2500).saturating_sub(signed_in.elapsed()),
+    )
+    .await;
+    let cut = !early
+        && closes_within(
+            &mut stream,
+            Duration::from_millis(5500).saturating_sub(signed_in.elapsed()),
+        )
+        .await;
+    let at = signed_in.elapsed();
+    w.idp.fault("/token", None).await?;
+    assert!(!early, "the stream was cut before interval + max_stale");
+    assert!(
+        cut,
+        "the stream outlived interval + max_stale (plus a sweep) with the provider hung"
+    );
+    eprintln!("stream cut {at:?} after the sign-in (deadline 3-4 s)");
+    assert!(
+        metric(
+            &w.running,
+            "vigil_connections_cut_total{reason=\"session_unverifiable\"}"
+        )
+        .await?
+            >= 1.0
+    );
+    Ok(())
+}
+
+/// With a healthy provider, a stream is never cut for being judged late: with `max_stale = 0`
+/// a session is past its deadline the moment it is due, and the stream stands while the
+/// refresh that sweep started is answered, then carries on with the fresh verification.
+#[tokio::test]
+async fn a_stream_survives_prompt_re_verifications_with_max_stale_zero() -> Result<()> {
+    let w = world_with_events_and("\n[verify]\ninterval = \"1s\"\nmax_stale = \"0s\"").await?;
+    let (session, _) = w.sign_in(&w.alice_laptop, "/", ALICE).await?;
+    let mut stream = open_events(&w, &session).await?;
+    // About four re-verifications.
+    let seen = read_until(&mut stream, "data: 45\n").await;
+    seen.context("the stream was cut although the provider answered every re-verification")?;
+    assert_eq!(
+        metric(
+            &w.running,
+            "vigil_connections_cut_total{reason=\"session_unverifiable\"}"
+        )
+        .await
+        .unwrap_or(0.0),
         0.0
     );
     Ok(())

@@ -58,7 +58,15 @@ type Flight = watch::Receiver<Option<(Outcome, Instant)>>;
 /// replace, so concurrent requests carrying the same cookie share one refresh.
 #[derive(Default)]
 pub struct Reverifier {
-    flights: Mutex<HashMap<(String, i64), (Instant, Flight)>>,
+    flights: Mutex<HashMap<(String, i64), Entry>>,
+}
+
+/// One refresh in flight or remembered.
+struct Entry {
+    started: Instant,
+    flight: Flight,
+    /// Whether a live-connection verifier waits for its end (see [`Watch`]).
+    watched: bool,
 }
 
 /// How long a finished refresh answers later requests that still carry the old cookie.
@@ -69,6 +77,9 @@ const REMEMBER_UNREACHABLE: Duration = Duration::from_secs(10);
 /// The longest a request waits for a refresh when its session has no staleness budget left
 /// (only a fresh answer can let it through). The provider's HTTP client gives up after 10 s.
 const PAST_DEADLINE_WAIT: Duration = Duration::from_secs(15);
+/// How long an open stream whose session is already past `interval + max_stale` when its
+/// refresh starts stands while that refresh is in flight (see [`Reverifier::judge_now`]).
+pub const STREAM_GRACE: Duration = Duration::from_secs(3);
 
 impl Reverifier {
     /// Judges `session` against `settings` now: current, refreshed with the provider, still
@@ -99,18 +110,7 @@ impl Reverifier {
         let outcome = tokio::time::timeout(wait, self.reverify(provider, session)).await;
         let within = SystemTime::now() < deadline;
         match outcome {
-            Ok(Outcome::Refreshed(fresh)) => Verdict::Refreshed(fresh),
-            Ok(Outcome::Ended(why)) => {
-                tracing::info!(user = %session.sub, reason = %why, "session ended by the provider");
-                Verdict::Refused(Rejected::Ended(why))
-            }
-            Ok(Outcome::Unreachable(why)) if within => {
-                tracing::warn!(user = %session.sub, reason = %why, left = ?deadline.duration_since(SystemTime::now()).unwrap_or_default(), "provider unreachable; last verification still holds");
-                Verdict::Stale { why }
-            }
-            Ok(Outcome::Unreachable(why)) => Verdict::Refused(Rejected::Unverifiable(format!(
-                "{why} (last verified more than interval + max_stale ago)"
-            ))),
+            Ok(outcome) => conclude(session, outcome, within, deadline),
             Err(_) => {
                 tracing::warn!(user = %session.sub, waited = ?wait, "provider did not answer before the session's verification ran out");
                 Verdict::Refused(Rejected::Unverifiable(format!(
@@ -120,33 +120,112 @@ impl Reverifier {
         }
     }
 
+    /// Judges `session` now without waiting for the provider, for the live-connection
+    /// verifier: one hung refresh must not hold up the checks of every other connection.
+    ///
+    /// A session verified less than `interval` ago is current. Otherwise its shared refresh
+    /// is started (or joined) in the background and the judgement is given at once: the
+    /// refresh's answer if it is in; while it is not, the last verification holds until
+    /// `interval + max_stale` after it, and then the session is unverifiable. A session
+    /// already past that deadline when its refresh starts holds for [`STREAM_GRACE`] at most,
+    /// so that a refresh a healthy provider answers at once is not cut for being late.
+    ///
+    /// When the judgement stands on a refresh that is not in yet, the first caller gets a
+    /// [`Watch`] telling it when to judge again (the answer came, or the deadline passed).
+    pub fn judge_now(
+        &self,
+        provider: &Arc<Provider>,
+        session: &Session,
+        settings: Settings,
+    ) -> (Verdict, Option<Watch>) {
+        let interval = settings.interval.as_secs() as i64;
+        if super::now() - session.verified_at < interval {
+            return (Verdict::Current, None);
+        }
+        let deadline = deadline(session, settings);
+        let (flight, started) = self.flight(provider, session);
+        let outcome = flight.borrow().as_ref().map(|(outcome, _)| outcome.clone());
+        let within = SystemTime::now() < deadline;
+        // The grace is for a refresh started after the deadline (the session was not looked
+        // at in time); one started before it has had its chance.
+        let late = SystemTime::now()
+            .checked_sub(started.elapsed())
+            .is_some_and(|at| at >= deadline);
+        let grace_end = if late {
+            started + STREAM_GRACE
+        } else {
+            started
+        };
+        let verdict = match outcome {
+            Some(outcome) => conclude(session, outcome, within, deadline),
+            None if within || Instant::now() < grace_end => Verdict::Stale {
+                why: "re-verification with the identity provider in flight".into(),
+            },
+            None => {
+                tracing::warn!(user = %session.sub, "provider did not answer before the session's verification ran out");
+                Verdict::Refused(Rejected::Unverifiable(
+                    "no answer from the identity provider before interval + max_stale ran out"
+                        .into(),
+                ))
+            }
+        };
+        let watch =
+            (matches!(verdict, Verdict::Stale { .. }) && self.claim_watch(session)).then(|| {
+                Watch {
+                    flight,
+                    deadline,
+                    grace_end,
+                }
+            });
+        (verdict, watch)
+    }
+
+    /// Marks the refresh of `session` as watched; false if someone already watches it.
+    fn claim_watch(&self, session: &Session) -> bool {
+        let key = (session.sid.clone(), session.verified_at);
+        match self.flights.lock() {
+            Ok(mut flights) => match flights.get_mut(&key) {
+                Some(entry) if !entry.watched => {
+                    entry.watched = true;
+                    true
+                }
+                _ => false,
+            },
+            Err(_) => false,
+        }
+    }
+
     /// The outcome of the shared refresh for `session`, starting it if none is in flight.
     async fn reverify(&self, provider: &Arc<Provider>, session: &Session) -> Outcome {
-        let key = (session.sid.clone(), session.verified_at);
-        let mut flight = match self.flights.lock() {
-            Ok(mut flights) => {
-                flights.retain(|_, (started, flight)| match &*flight.borrow() {
-                    None => started.elapsed() < REMEMBER,
-                    Some((Outcome::Unreachable(_), at)) => at.elapsed() < REMEMBER_UNREACHABLE,
-                    Some((_, at)) => at.elapsed() < REMEMBER,
-                });
-                match flights.get(&key) {
-                    Some((_, flight)) => flight.clone(),
-                    None => {
-                        let flight = start(provider, session);
-                        flights.insert(key, (Instant::now(), flight.clone()));
-                        flight
-                    }
-                }
-            }
-            Err(_) => start(provider, session),
-        };
+        let (mut flight, _) = self.flight(provider, session);
         match flight.wait_for(Option::is_some).await {
             Ok(done) => match &*done {
                 Some((outcome, _)) => outcome.clone(),
                 None => Outcome::Unreachable("re-verification stopped".into()),
             },
             Err(_) => Outcome::Unreachable("re-verification stopped".into()),
+        }
+    }
+
+    /// The shared refresh for `session` and when it started, starting it if none is in
+    /// flight or remembered.
+    fn flight(&self, provider: &Arc<Provider>, session: &Session) -> (Flight, Instant) {
+        let key = (session.sid.clone(), session.verified_at);
+        match self.flights.lock() {
+            Ok(mut flights) => {
+                flights.retain(|_, entry| match &*entry.flight.borrow() {
+                    None => entry.started.elapsed() < REMEMBER,
+                    Some((Outcome::Unreachable(_), at)) => at.elapsed() < REMEMBER_UNREACHABLE,
+                    Some((_, at)) => at.elapsed() < REMEMBER,
+                });
+                let entry = flights.entry(key).or_insert_with(|| Entry {
+                    started: Instant::now(),
+                    flight: start(provider, session),
+                    watched: false,
+                });
+                (entry.flight.clone(), entry.started)
+            }
+            Err(_) => (start(provider, session), Instant::now()),
         }
     }
 
@@ -158,6 +237,83 @@ impl Reverifier {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The judgement to give on `session` once its refresh answered `outcome`; `within` is
+/// whether it is still less than `interval + max_stale` since its last verification.
+fn conclude(session: &Session, outcome: Outcome, within: bool, deadline: SystemTime) -> Verdict {
+    match outcome {
+        Outcome::Refreshed(fresh) => Verdict::Refreshed(fresh),
+        Outcome::Ended(why) => {
+            tracing::info!(user = %session.sub, reason = %why, "session ended by the provider");
+            Verdict::Refused(Rejected::Ended(why))
+        }
+        Outcome::Unreachable(why) if within => {
+            tracing::warn!(user = %session.sub, reason = %why, left = ?deadline.duration_since(SystemTime::now()).unwrap_or_default(), "provider unreachable; last verification still holds");
+            Verdict::Stale { why }
+        }
+        Outcome::Unreachable(why) => Verdict::Refused(Rejected::Unverifiable(format!(
+            "{why} (last verified more than interval + max_stale ago)"
+        ))),
+    }
+}
+
+/// A refresh that a [`Reverifier::judge_now`] judgement stood on before its answer came.
+pub struct Watch {
+    flight: Flight,
+    deadline: SystemTime,
+    grace_end: Instant,
+}
+
+/// What ended a [`Watch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The provider re-verified the session: its fresh claims apply from the next judgement.
+    Refreshed,
+    /// The provider refused it: the session is over.
+    Ended,
+    /// No answer by the session's deadline (or its grace): it is unverifiable now.
+    Unverifiable,
+}
+
+impl Watch {
+    /// Returns when the judgement may have changed: the refresh answered, or, with no usable
+    /// answer, the session's deadline (or the grace of [`STREAM_GRACE`]) passed.
+    pub async fn changed(mut self) -> Change {
+        let deadline = instant_of(self.deadline);
+        let cutoff = deadline.max(self.grace_end);
+        let change = {
+            let answered = tokio::time::timeout_at(
+                tokio::time::Instant::from_std(cutoff),
+                self.flight.wait_for(Option::is_some),
+            )
+            .await;
+            match &answered {
+                Ok(Ok(done)) => match &**done {
+                    Some((Outcome::Refreshed(_), _)) => Some(Change::Refreshed),
+                    Some((Outcome::Ended(_), _)) => Some(Change::Ended),
+                    _ => None,
+                },
+                _ => None,
+            }
+        };
+        match change {
+            Some(change) => change,
+            None => {
+                // Unreachable, or no answer by the cut-off: what was said last holds until
+                // the deadline (which has passed if the cut-off has).
+                tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
+                Change::Unverifiable
+            }
+        }
+    }
+}
+
+/// `at` on the monotonic clock (now, if it has passed).
+fn instant_of(at: SystemTime) -> Instant {
+    Instant::now()
+        + at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
 }
 
 /// `interval + max_stale` after the session's last verification.
