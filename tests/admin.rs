@@ -581,3 +581,38 @@ async fn admin_connections_are_capped_overall_and_per_source() -> Result<()> {
     running.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn admin_tls_handshakes_are_bounded_and_limits_are_checked() -> Result<()> {
+    let pki = Pki::new()?;
+    let running = admin_proxy(&pki, "client_ca = [\"ca.pem\"]\nhandshake_timeout = \"1s\"").await?;
+    let addr = running.admin.context("admin")?;
+    // A client that connects and never says hello holds its slot for handshake_timeout only.
+    let started = tokio::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addr).await?;
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)).await,
+        "a silent TLS client stays open"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    running.shutdown().await;
+
+    // Limits that cannot be turned off refuse to be.
+    for extra in [
+        "max_connections = 0",
+        "header_read_timeout = \"0s\"",
+        "idle_timeout = \"0s\"",
+    ] {
+        let text = base_config("", &pki.path("d.log")).replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"127.0.0.1:0\"\n{extra}"),
+        ) + "[[route]]\nname = \"r\"\nhost = \"*\"\nupstream = \"http://127.0.0.1:1\"\nlogin = \"none\"\nallow = [{ spiffe = [\"spiffe://example.org/**\"] }]\n";
+        let ctx = vigil::config::Context::first()?;
+        let e = vigil::config::load_text("t.toml", text, pki.dir.path(), &ctx)
+            .err()
+            .context(extra)?;
+        let e = e.to_string();
+        assert!(e.contains(extra) && e.contains("must be"), "{extra}: {e}");
+    }
+    Ok(())
+}
