@@ -514,6 +514,16 @@ async fn admin_closes_connections_that_do_not_finish_a_request_in_time() -> Resu
     .await?;
     assert_eq!(r.status, 413, "{r:?}");
     assert_eq!(revoked_users(&running).await?, serde_json::json!({}));
+    // Heads are small.
+    let r = admin_raw(
+        &running,
+        "GET",
+        "/healthz",
+        &format!("Host: {addr}\r\nX-Big: {}\r\n", "a".repeat(20_000)),
+        "",
+    )
+    .await?;
+    assert_eq!(r.status, 431, "{r:?}");
 
     // The four that never sent a whole head are counted; idle keep-alive closes are not.
     let text = metrics(&running).await?;
