@@ -3,6 +3,7 @@
 mod support;
 
 use anyhow::{Context as _, Result};
+use std::time::Duration;
 use support::*;
 use tokio::io::AsyncWriteExt;
 
@@ -405,8 +406,6 @@ async fn connect_from(from: [u8; 4], to: std::net::SocketAddr) -> Result<tokio::
     socket.bind((std::net::Ipv4Addr::from(from), 0).into())?;
     Ok(tokio::time::timeout(STEP, socket.connect(to)).await??)
 }
-
-use std::time::Duration;
 
 #[tokio::test]
 async fn admin_closes_connections_that_do_not_finish_a_request_in_time() -> Result<()> {
