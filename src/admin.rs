@@ -2,20 +2,23 @@
 //! HTTP on loopback or TLS with client certificates. Every request passes [`gate`] first.
 
 pub mod gate;
+pub mod limits;
 
 use crate::body::{self, Body};
+use crate::config::admin::AdminLimits;
 use crate::config::reload::Reloader;
 use crate::server::Shared;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// Whether the proxy is ready for traffic; false while starting and while draining.
@@ -41,9 +44,18 @@ pub struct State {
     pub reloader: Option<Arc<Reloader>>,
 }
 
-/// Serves the admin endpoints until `shutdown`.
+/// How long a connection that is closing (idle, or the listener stopping) may take to finish
+/// the answer it is sending.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves the admin endpoints until `shutdown`, then closes the connections still open.
+///
+/// Every connection holds a slot of `[admin] max_connections` (and of its source's share)
+/// from accept to close, handshake included; beyond them a new connection is closed at once.
+/// Each connection then has `header_read_timeout` to send its first request head,
+/// `idle_timeout` between requests, and `body_read_timeout` for a body: nothing a client
+/// sends, or fails to send, holds an admin connection open longer.
 pub async fn serve(listener: TcpListener, state: State, shutdown: CancellationToken) {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // Port 0 in the configuration: the gate must know the port that was actually bound.
     let bound = match listener.local_addr() {
         Ok(a) => a,
@@ -52,90 +64,255 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: CancellationTo
             return;
         }
     };
+    let slots = limits::Slots::default();
+    let log = Arc::new(limits::RefusalLog::default());
     loop {
         let (stream, remote) = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok((stream, remote)) => (stream, SocketAddr::new(remote.ip().to_canonical(), remote.port())),
                 Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let admitted = {
+            let snapshot = state.shared.snapshot.load();
+            let l = &snapshot.admin_limits;
+            slots.admit(remote, l.max_connections, l.max_connections_per_source)
+        };
+        let slot = match admitted {
+            Ok(slot) => slot,
+            Err(refused) => {
+                refuse(
+                    &state,
+                    &log,
+                    remote,
+                    refused.reason(),
+                    "admin connection refused at accept",
+                );
+                drop(stream);
+                continue;
+            }
+        };
         let Ok(local) = stream.local_addr() else {
             continue;
         };
-        let state = state.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let admin_tls = state.shared.snapshot.load().admin_tls.as_ref().map(|t| {
-                (
-                    tokio_rustls::TlsAcceptor::from(t.config.clone()),
-                    t.allow_spiffe.clone(),
-                )
-            });
-            let mut conn = gate::Conn {
+        tokio::spawn(connection(
+            stream,
+            gate::Conn {
                 bound,
                 local,
                 remote,
                 tls: false,
                 spiffe: None,
                 permitted: true,
-            };
-            let Some((acceptor, allow)) = admin_tls else {
-                let conn = Arc::new(conn);
-                let service = service_fn(move |req| {
-                    let (state, conn) = (state.clone(), conn.clone());
-                    async move { Ok::<_, Infallible>(answer(&state, &conn, req).await) }
-                });
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                return;
-            };
-            let accepted =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
-            let tls = match accepted {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::info!(reason = crate::tls::handshake_failure_reason(&e), error = %e, "admin handshake refused");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let caller = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| crate::tls::PeerCert::from_der(c.as_ref()).ok())
-                .and_then(|p| p.spiffe_id);
-            conn.permitted = allow.is_empty()
-                || caller
-                    .as_deref()
-                    .is_some_and(|id| allow.iter().any(|p| p.matches(id)));
-            conn.tls = true;
-            conn.spiffe = caller;
-            let conn = Arc::new(conn);
-            let service = service_fn(move |req| {
-                let (state, conn) = (state.clone(), conn.clone());
-                async move { Ok::<_, Infallible>(answer(&state, &conn, req).await) }
-            });
-            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
-        });
+            },
+            slot,
+            state.clone(),
+            log.clone(),
+            shutdown.clone(),
+        ));
     }
 }
 
+/// Counts an admin connection closed before a request was answered, and logs it rate-limited.
+fn refuse(
+    state: &State,
+    log: &limits::RefusalLog,
+    remote: SocketAddr,
+    reason: &'static str,
+    what: &'static str,
+) {
+    state
+        .shared
+        .metrics
+        .admin_refusals
+        .get_or_create(&crate::metrics::Reason { reason })
+        .inc();
+    log.note(remote, reason, what);
+}
+
+/// One admin connection: the handshake (with `client_ca`), then HTTP until the client
+/// leaves, a timeout passes or the listener stops. `slot` is held throughout.
+async fn connection(
+    stream: TcpStream,
+    mut conn: gate::Conn,
+    mut slot: limits::Slot,
+    state: State,
+    log: Arc<limits::RefusalLog>,
+    shutdown: CancellationToken,
+) {
+    let snapshot = state.shared.snapshot.load_full();
+    let limits = snapshot.admin_limits.clone();
+    let admin_tls = snapshot.admin_tls.as_ref().map(|t| {
+        (
+            tokio_rustls::TlsAcceptor::from(t.config.clone()),
+            t.allow_spiffe.clone(),
+        )
+    });
+    drop(snapshot);
+    let remote = conn.remote;
+    let clock = limits::Clock::new();
+    let Some((acceptor, allow)) = admin_tls else {
+        slot.source.handshake_done();
+        let io = clock.track(stream);
+        return http(io, Arc::new(conn), &limits, clock, state, &log, shutdown).await;
+    };
+    let accepted = tokio::select! {
+        () = shutdown.cancelled() => return,
+        accepted = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)) => accepted,
+    };
+    slot.source.handshake_done();
+    let tls = match accepted {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(%remote, reason = crate::tls::handshake_failure_reason(&e), error = %e, "admin handshake refused");
+            return;
+        }
+        Err(_) => {
+            return refuse(
+                &state,
+                &log,
+                remote,
+                "handshake_timeout",
+                "admin handshake not finished in time",
+            );
+        }
+    };
+    let caller = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| crate::tls::PeerCert::from_der(c.as_ref()).ok())
+        .and_then(|p| p.spiffe_id);
+    conn.permitted = allow.is_empty()
+        || caller
+            .as_deref()
+            .is_some_and(|id| allow.iter().any(|p| p.matches(id)));
+    conn.tls = true;
+    conn.spiffe = caller;
+    let io = clock.track(tls);
+    http(io, Arc::new(conn), &limits, clock, state, &log, shutdown).await;
+}
+
+/// Serves HTTP on one admin connection under its clock.
+async fn http<I>(
+    io: I,
+    conn: Arc<gate::Conn>,
+    limits: &AdminLimits,
+    clock: Arc<limits::Clock>,
+    state: State,
+    log: &limits::RefusalLog,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = conn.remote;
+    let service = {
+        let (state, clock) = (state.clone(), clock.clone());
+        let body_timeout = limits.body_read_timeout;
+        service_fn(move |req| {
+            let in_flight = clock.start();
+            let (state, conn) = (state.clone(), conn.clone());
+            async move {
+                let response = answer(&state, &conn, req, body_timeout).await;
+                drop(in_flight);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let serving = limits.http.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(serving);
+    let mut closing: Option<tokio::time::Instant> = None;
+    loop {
+        let hard_stop = async {
+            match closing {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = serving.as_mut() => {
+                if let Err(e) = result
+                    && is_header_timeout(&*e)
+                {
+                    if clock.head_begun() {
+                        refuse(&state, log, remote, "header_read_timeout", "admin connection closed: request head not received in time");
+                    } else {
+                        tracing::debug!(%remote, "admin keep-alive connection closed: no request within header_read_timeout");
+                    }
+                }
+                break;
+            }
+            expired = clock.expired(limits.header_read_timeout, limits.idle_timeout), if closing.is_none() => {
+                match expired {
+                    limits::Expired::Header => {
+                        refuse(&state, log, remote, "header_read_timeout", "admin connection closed: request head not received in time");
+                        break;
+                    }
+                    limits::Expired::Idle => {
+                        tracing::debug!(%remote, "admin connection closed: idle");
+                        serving.as_mut().graceful_shutdown();
+                        closing = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                    }
+                }
+            }
+            () = shutdown.cancelled(), if closing.is_none() => {
+                serving.as_mut().graceful_shutdown();
+                closing = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+            }
+            () = hard_stop => break,
+        }
+    }
+}
+
+/// Whether hyper gave up waiting for an HTTP/1 request head.
+fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// Every request passes the gate first; only then is it routed.
-async fn answer(state: &State, conn: &gate::Conn, req: Request<Incoming>) -> Response<Body> {
+async fn answer(
+    state: &State,
+    conn: &gate::Conn,
+    req: Request<Incoming>,
+    body_timeout: Duration,
+) -> Response<Body> {
     let checked = {
         let snapshot = state.shared.snapshot.load();
         gate::check(&req, conn, &snapshot.admin_access)
     };
     match checked {
-        Ok(caller) => route(state, conn, &caller, req).await,
+        Ok(caller) => {
+            let h1 = req.version() <= http::Version::HTTP_11;
+            let mut r = route(state, conn, &caller, req, body_timeout).await;
+            // A body cut short leaves the connection where the next request cannot be found.
+            if h1
+                && matches!(
+                    r.status(),
+                    StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE
+                )
+            {
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            r
+        }
         Err(refusal) => {
             tracing::warn!(
                 reason = refusal.reason(),
@@ -178,6 +355,7 @@ async fn route(
     conn: &gate::Conn,
     caller: &gate::Caller,
     req: Request<Incoming>,
+    body_timeout: Duration,
 ) -> Response<Body> {
     let shared = &state.shared;
     match (req.method(), req.uri().path()) {
@@ -234,8 +412,18 @@ async fn route(
             },
         },
         (_, "/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
-        (&Method::POST, "/revoke") => revoke(shared, conn, caller, req).await,
-        (&Method::POST, "/restore") => restore(shared, conn, caller, req).await,
+        (&Method::POST, "/revoke" | "/restore") => {
+            let revoking = req.uri().path() == "/revoke";
+            let body = match read_json(req, body_timeout).await {
+                Ok(body) => body,
+                Err(refused) => return refused.answer(body_timeout),
+            };
+            if revoking {
+                revoke(shared, conn, caller, body)
+            } else {
+                restore(shared, conn, caller, body)
+            }
+        }
         (&Method::GET, "/revocations") => json(
             StatusCode::OK,
             serde_json::to_value(shared.revocations.listing()).unwrap_or_default(),
@@ -267,13 +455,13 @@ async fn route(
 /// `POST /revoke` with a JSON object naming any of `session` (a session id, as shown by
 /// `/.vigil/whoami`), `user` (a subject) and `device` (a certificate's SHA-256 fingerprint):
 /// effective for the next request, and open connections are re-checked at once.
-async fn revoke(
+fn revoke(
     shared: &Shared,
     conn: &gate::Conn,
     caller: &gate::Caller,
-    req: Request<Incoming>,
+    body: Option<serde_json::Value>,
 ) -> Response<Body> {
-    let Some(body) = read_json(req).await else {
+    let Some(body) = body else {
         return json(
             StatusCode::BAD_REQUEST,
             serde_json::json!({ "ok": false, "error": "send a JSON object with session, user or device" }),
@@ -329,15 +517,13 @@ async fn revoke(
 }
 
 /// `POST /restore` with `{"device": FINGERPRINT}` lifts a device block.
-async fn restore(
+fn restore(
     shared: &Shared,
     conn: &gate::Conn,
     caller: &gate::Caller,
-    req: Request<Incoming>,
+    body: Option<serde_json::Value>,
 ) -> Response<Body> {
-    let device = read_json(req)
-        .await
-        .and_then(|body| body["device"].as_str().map(|fp| fp.replace(':', "")));
+    let device = body.and_then(|body| body["device"].as_str().map(|fp| fp.replace(':', "")));
     let restored = device
         .as_deref()
         .is_some_and(|fp| shared.revocations.restore_device(fp));
@@ -354,16 +540,55 @@ async fn restore(
     )
 }
 
-async fn read_json(req: Request<Incoming>) -> Option<serde_json::Value> {
+/// Longest body an admin endpoint reads.
+const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Why a request body was not read.
+#[derive(Debug)]
+enum BodyRefusal {
+    /// Longer than [`MAX_BODY_BYTES`].
+    TooLarge,
+    /// Not all there within `body_read_timeout`: a client trickling it, or gone quiet.
+    Timeout,
+}
+
+impl BodyRefusal {
+    fn answer(&self, timeout: Duration) -> Response<Body> {
+        match self {
+            BodyRefusal::TooLarge => json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({ "ok": false, "error": format!("the body is longer than {MAX_BODY_BYTES} bytes") }),
+            ),
+            BodyRefusal::Timeout => json(
+                StatusCode::REQUEST_TIMEOUT,
+                serde_json::json!({ "ok": false, "error": format!("the body did not arrive within {}", humantime::format_duration(timeout)) }),
+            ),
+        }
+    }
+}
+
+/// The body as a JSON object (`Ok(None)` when it is something else), read within `timeout`
+/// and [`MAX_BODY_BYTES`].
+async fn read_json(
+    req: Request<Incoming>,
+    timeout: Duration,
+) -> Result<Option<serde_json::Value>, BodyRefusal> {
     use http_body_util::BodyExt;
-    let bytes = http_body_util::Limited::new(req.into_body(), 16 * 1024)
-        .collect()
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES);
+    let collected = tokio::time::timeout(timeout, limited.collect())
         .await
-        .ok()?
-        .to_bytes();
-    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .map_err(|_| BodyRefusal::Timeout)?;
+    let bytes = match collected {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(BodyRefusal::TooLarge);
+        }
+        // The client went away or broke the framing: nothing to apply.
+        Err(_) => return Ok(None),
+    };
+    Ok(serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
-        .filter(serde_json::Value::is_object)
+        .filter(serde_json::Value::is_object))
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {

@@ -134,7 +134,7 @@ impl Metrics {
         let admin_refusals = Family::<Reason, Counter>::default();
         registry.register(
             "admin_refusals",
-            "Admin listener requests refused before they were answered, by reason",
+            "Admin listener connections and requests refused before they were answered, by reason",
             admin_refusals.clone(),
         );
         let tunnels_open = Gauge::default();

@@ -3,6 +3,7 @@
 mod support;
 
 use anyhow::{Context as _, Result};
+use std::time::Duration;
 use support::*;
 use tokio::io::AsyncWriteExt;
 
@@ -381,5 +382,246 @@ async fn admin_names_are_accepted_as_hosts() -> Result<()> {
     .await?;
     assert_eq!(r.status, 200, "{r:?}");
     running.shutdown().await;
+    Ok(())
+}
+
+/// Reads until the peer closes (true) or `within` passes with the connection still open
+/// (false). Whatever the server sends first (an HTTP/2 SETTINGS frame, a 408) is skipped.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all loopback).
+async fn connect_from(from: [u8; 4], to: std::net::SocketAddr) -> Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((std::net::Ipv4Addr::from(from), 0).into())?;
+    Ok(tokio::time::timeout(STEP, socket.connect(to)).await??)
+}
+
+#[tokio::test]
+async fn admin_closes_connections_that_do_not_finish_a_request_in_time() -> Result<()> {
+    let pki = Pki::new()?;
+    let running = admin_proxy(
+        &pki,
+        "header_read_timeout = \"1s\"\nidle_timeout = \"1s\"\nbody_read_timeout = \"1s\"",
+    )
+    .await?;
+    let addr = running.admin.context("admin")?;
+    let started = tokio::time::Instant::now();
+    // Silent; a head that never ends (the review's repro); a head trickled a byte at a time,
+    // which keeps bytes moving; and HTTP/2's preface and SETTINGS with no request after them.
+    let silent = tokio::net::TcpStream::connect(addr).await?;
+    let mut partial = tokio::net::TcpStream::connect(addr).await?;
+    partial
+        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n").as_bytes())
+        .await?;
+    let trickled = tokio::net::TcpStream::connect(addr).await?;
+    let (mut trickle_read, mut trickle_write) = trickled.into_split();
+    let trickler = tokio::spawn(async move {
+        let head = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nX-Slow: {}",
+            "a".repeat(100)
+        );
+        for b in head.bytes() {
+            if trickle_write.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut h2 = tokio::net::TcpStream::connect(addr).await?;
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await?;
+    let mut silent = silent;
+    let within = Duration::from_secs(5);
+    assert!(
+        closed_within(&mut silent, within).await,
+        "a silent connection stays open"
+    );
+    assert!(
+        closed_within(&mut partial, within).await,
+        "an unfinished head stays open"
+    );
+    assert!(
+        closed_within(&mut trickle_read, within).await,
+        "a trickled head stays open"
+    );
+    assert!(
+        closed_within(&mut h2, within).await,
+        "an HTTP/2 connection without a request stays open"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    trickler.abort();
+
+    // Answered keep-alive connections are closed when idle too, on HTTP/1.1 and HTTP/2.
+    let mut kept = tokio::net::TcpStream::connect(addr).await?;
+    kept.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    assert!(
+        closed_within(&mut kept, within).await,
+        "an idle HTTP/1.1 connection stays open"
+    );
+    let (mut sender, h2conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await?),
+    )
+    .await?;
+    let h2conn = tokio::spawn(h2conn);
+    let req = http::Request::builder()
+        .uri(format!("http://{addr}/healthz"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let resp = tokio::time::timeout(STEP, sender.send_request(req)).await??;
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    assert!(
+        tokio::time::timeout(within, h2conn).await.is_ok(),
+        "an idle HTTP/2 connection stays open"
+    );
+
+    // A body that does not arrive in time gets 408; one too long gets 413.
+    let mut slow = tokio::net::TcpStream::connect(addr).await?;
+    slow.write_all(
+        format!(
+            "POST /revoke HTTP/1.1\r\nHost: {addr}\r\n{JSON}Content-Length: 100\r\n\r\n{{\"user\":"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let reply = tokio::time::timeout(within, read_reply(&mut slow)).await??;
+    assert_eq!(reply.status, 408, "{reply:?}");
+    let big = format!("{{\"user\":\"{}\"}}", "a".repeat(20_000));
+    let r = admin_raw(
+        &running,
+        "POST",
+        "/revoke",
+        &format!("Host: {addr}\r\n{JSON}"),
+        &big,
+    )
+    .await?;
+    assert_eq!(r.status, 413, "{r:?}");
+    assert_eq!(revoked_users(&running).await?, serde_json::json!({}));
+    // Heads are small.
+    let r = admin_raw(
+        &running,
+        "GET",
+        "/healthz",
+        &format!("Host: {addr}\r\nX-Big: {}\r\n", "a".repeat(20_000)),
+        "",
+    )
+    .await?;
+    assert_eq!(r.status, 431, "{r:?}");
+
+    // The four that never sent a whole head are counted; idle keep-alive closes are not.
+    let text = metrics(&running).await?;
+    let series = "vigil_admin_refusals_total{reason=\"header_read_timeout\"} 4";
+    assert!(text.contains(series), "missing {series} in\n{text}");
+    running.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn admin_connections_are_capped_overall_and_per_source() -> Result<()> {
+    let pki = Pki::new()?;
+    // The defaults: 64 admin connections, 16 from one source.
+    let running = admin_proxy(&pki, "").await?;
+    let addr = running.admin.context("admin")?;
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(connect_from([127, 0, 0, 1], addr).await?);
+    }
+    let mut over = connect_from([127, 0, 0, 1], addr).await?;
+    assert!(
+        closed_within(&mut over, Duration::from_secs(2)).await,
+        "a 17th connection from one source is served"
+    );
+    // Another source is still served.
+    let mut other = connect_from([127, 0, 0, 2], addr).await?;
+    other
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    assert_eq!(read_reply(&mut other).await?.status, 200);
+    // Three more sources fill the listener: a fifth is refused too.
+    let mut others = Vec::new();
+    for source in 2..5 {
+        for _ in 0..16 {
+            others.push(connect_from([127, 0, 0, source], addr).await?);
+        }
+    }
+    let mut over = connect_from([127, 0, 0, 5], addr).await?;
+    assert!(
+        closed_within(&mut over, Duration::from_secs(2)).await,
+        "a 65th admin connection is served"
+    );
+    // Once the silent ones are gone, their source is served again.
+    drop(held);
+    drop(others);
+    let served = eventually(Duration::from_secs(5), || async {
+        admin(&running, "GET", "/healthz")
+            .await
+            .is_ok_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(
+        served,
+        "the listener stays full after its connections closed"
+    );
+    for series in [
+        "vigil_admin_refusals_total{reason=\"max_connections_per_source\"}",
+        "vigil_admin_refusals_total{reason=\"max_connections\"}",
+    ] {
+        assert!(metric(&running, series).await? >= 1.0, "{series}");
+    }
+    running.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn admin_tls_handshakes_are_bounded_and_limits_are_checked() -> Result<()> {
+    let pki = Pki::new()?;
+    let running = admin_proxy(&pki, "client_ca = [\"ca.pem\"]\nhandshake_timeout = \"1s\"").await?;
+    let addr = running.admin.context("admin")?;
+    // A client that connects and never says hello holds its slot for handshake_timeout only.
+    let started = tokio::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addr).await?;
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)).await,
+        "a silent TLS client stays open"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    running.shutdown().await;
+
+    // Limits that cannot be turned off refuse to be.
+    for extra in [
+        "max_connections = 0",
+        "header_read_timeout = \"0s\"",
+        "idle_timeout = \"0s\"",
+    ] {
+        let text = base_config("", &pki.path("d.log")).replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"127.0.0.1:0\"\n{extra}"),
+        ) + "[[route]]\nname = \"r\"\nhost = \"*\"\nupstream = \"http://127.0.0.1:1\"\nlogin = \"none\"\nallow = [{ spiffe = [\"spiffe://example.org/**\"] }]\n";
+        let ctx = vigil::config::Context::first()?;
+        let e = vigil::config::load_text("t.toml", text, pki.dir.path(), &ctx)
+            .err()
+            .context(extra)?;
+        let e = e.to_string();
+        assert!(e.contains(extra) && e.contains("must be"), "{extra}: {e}");
+    }
     Ok(())
 }

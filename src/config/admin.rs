@@ -4,7 +4,34 @@
 use super::Compiler;
 use super::schema::AdminSection;
 use aws_lc_rs::digest::{SHA256, digest};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How much of the process the admin listener may hold, and for how long; compiled from
+/// `[admin]`. Read for every new admin connection, so a reload applies to the next one.
+#[derive(Debug, Clone)]
+pub struct AdminLimits {
+    /// Admin connections open at once, handshakes included (at least 1).
+    pub max_connections: usize,
+    /// Admin connections from one source (see `server::Source`); 0 for no limit.
+    pub max_connections_per_source: usize,
+    pub handshake_timeout: Duration,
+    /// From the connection's start, and from the end of one request to the next one's head.
+    pub header_read_timeout: Duration,
+    /// From a request's head to the end of its body, for the endpoints that read one.
+    pub body_read_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/1.1 and cleartext (or TLS) HTTP/2 with those limits and small heads.
+    pub http: auto::Builder<TokioExecutor>,
+}
+
+/// Longest admin request head: its requests are short, and a bearer token fits many times.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// HTTP/2 streams an admin connection may have open at once.
+pub const MAX_STREAMS: u32 = 16;
 
 /// Who may use the admin listener, beyond reaching it; compiled from `[admin]`.
 #[derive(Debug, Clone, Default)]
@@ -149,6 +176,50 @@ pub fn parse_tokens(text: &str) -> Result<Vec<AdminToken>, String> {
 }
 
 impl Compiler<'_> {
+    /// `[admin]` connection limits and timeouts. None of them can be turned off: an admin
+    /// listener without them lets anyone who reaches it hold file descriptors shared with the
+    /// proxy listener.
+    pub(super) fn admin_limits(&mut self, admin: &AdminSection) -> AdminLimits {
+        if admin.max_connections == 0 {
+            self.problem_help(
+                "admin.max_connections",
+                "must be at least 1",
+                "turn the admin listener off with admin.listen = \"\" instead",
+            );
+        }
+        for (key, d) in [
+            ("admin.handshake_timeout", admin.handshake_timeout),
+            ("admin.header_read_timeout", admin.header_read_timeout),
+            ("admin.body_read_timeout", admin.body_read_timeout),
+            ("admin.idle_timeout", admin.idle_timeout),
+        ] {
+            if d.0.is_zero() {
+                self.problem(key, "must be longer than zero");
+            }
+        }
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(admin.header_read_timeout.0)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .keep_alive(true);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEAD_BYTES as u32)
+            .max_concurrent_streams(MAX_STREAMS)
+            // No pings: idleness is judged by requests in progress (see `admin::serve`).
+            .keep_alive_interval(None);
+        AdminLimits {
+            max_connections: admin.max_connections.max(1),
+            max_connections_per_source: admin.connections_per_source(),
+            handshake_timeout: admin.handshake_timeout.0,
+            header_read_timeout: admin.header_read_timeout.0,
+            body_read_timeout: admin.body_read_timeout.0,
+            idle_timeout: admin.idle_timeout.0,
+            http,
+        }
+    }
+
     /// `[admin] names` and `token_file`, and the refusal of a plain-HTTP listener off loopback
     /// that would let anyone who reaches it revoke and restore.
     pub(super) fn admin_access(

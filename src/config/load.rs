@@ -176,6 +176,12 @@ const ADMIN_KEYS: &[&str] = &[
     "key",
     "names",
     "token_file",
+    "max_connections",
+    "max_connections_per_source",
+    "handshake_timeout",
+    "header_read_timeout",
+    "body_read_timeout",
+    "idle_timeout",
 ];
 const LOG_KEYS: &[&str] = &["decisions", "format", "level"];
 const AUDIT_KEYS: &[&str] = &["mode"];

@@ -44,6 +44,8 @@ pub struct Snapshot {
     pub admin_tls: Option<AdminTls>,
     /// The admin listener's accepted names and bearer tokens.
     pub admin_access: admin::AdminAccess,
+    /// The admin listener's connection limits and timeouts.
+    pub admin_limits: admin::AdminLimits,
     pub tls: Arc<rustls::ServerConfig>,
     /// The OpenID Provider, when `[oidc]` is configured.
     pub oidc: Option<Arc<Provider>>,
@@ -307,6 +309,7 @@ impl Compiler<'_> {
             }
         };
         let admin_access = self.admin_access(&raw.admin, admin);
+        let admin_limits = self.admin_limits(&raw.admin);
         let tls = tls?;
 
         let mut http = HttpServer {
@@ -333,6 +336,7 @@ impl Compiler<'_> {
             admin,
             admin_tls,
             admin_access,
+            admin_limits,
             oidc,
             sessions,
             signer,

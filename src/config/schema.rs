@@ -207,11 +207,45 @@ pub struct AdminSection {
     /// request that changes something. Unset: no token is asked for.
     #[serde(default)]
     pub token_file: Option<String>,
+    /// Admin connections open at once (handshakes included); more are closed at accept.
+    #[serde(default = "AdminSection::default_max_connections")]
+    pub max_connections: usize,
+    /// Admin connections one source may hold; default a quarter of `max_connections`, `0`
+    /// for no per-source limit.
+    #[serde(default)]
+    pub max_connections_per_source: Option<usize>,
+    /// Time for the TLS handshake (with `client_ca`).
+    #[serde(default = "AdminSection::default_timeout")]
+    pub handshake_timeout: HumanDuration,
+    /// Time for a request head to arrive, from the connection's start or the end of the
+    /// request before.
+    #[serde(default = "AdminSection::default_timeout")]
+    pub header_read_timeout: HumanDuration,
+    /// Time for a request body to arrive once its head has.
+    #[serde(default = "AdminSection::default_timeout")]
+    pub body_read_timeout: HumanDuration,
+    /// A connection with no request in progress for this long is closed.
+    #[serde(default = "AdminSection::default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
 }
 
 impl AdminSection {
     fn default_listen() -> String {
         "127.0.0.1:9901".into()
+    }
+    fn default_max_connections() -> usize {
+        64
+    }
+    fn default_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
+    }
+    fn default_idle_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(60))
+    }
+    /// `max_connections_per_source`, or a quarter of `max_connections` (at least 1).
+    pub fn connections_per_source(&self) -> usize {
+        self.max_connections_per_source
+            .unwrap_or((self.max_connections / 4).max(1))
     }
 }
 
@@ -225,6 +259,12 @@ impl Default for AdminSection {
             key: None,
             names: Vec::new(),
             token_file: None,
+            max_connections: Self::default_max_connections(),
+            max_connections_per_source: None,
+            handshake_timeout: Self::default_timeout(),
+            header_read_timeout: Self::default_timeout(),
+            body_read_timeout: Self::default_timeout(),
+            idle_timeout: Self::default_idle_timeout(),
         }
     }
 }
