@@ -204,10 +204,7 @@ pub async fn sweep(shared: &Arc<Shared>) {
         }
     }
     for conn in standing {
-        if let Some(reason) = check_streams(shared, &snapshot, &conn, now, ordered) {
-            cut(shared, &conn, reason);
-            observe(shared, ordered);
-        }
+        check_streams(shared, &snapshot, &conn, now, ordered);
     }
 }
 
@@ -221,15 +218,15 @@ fn observe(shared: &Shared, ordered: Option<std::time::Instant>) {
     }
 }
 
-/// Re-decides every stream on `conn`. An HTTP/2 stream that no longer passes is reset on
-/// its own; for any other the reason to cut the whole connection is returned.
+/// Re-decides every stream on `conn` and cuts those that no longer pass: an HTTP/2 stream is
+/// reset on its own, an HTTP/1.1 response or a tunnel ends with its connection.
 fn check_streams(
     shared: &Arc<Shared>,
     snapshot: &crate::config::Snapshot,
     conn: &Connection,
     now: i64,
     ordered: Option<std::time::Instant>,
-) -> Option<&'static str> {
+) {
     let streams: Vec<(u64, StreamOrigin, bool, CancellationToken)> = conn
         .streams
         .lock()
@@ -244,15 +241,30 @@ fn check_streams(
         let Some(reason) = origin.verdict(shared, snapshot, conn, id, now) else {
             continue;
         };
-        if !http2 {
-            return Some(reason);
+        // Cutting the stream, not the connection: its body fails, which resets an HTTP/2
+        // stream alone and makes hyper close an HTTP/1.1 connection (a message cannot end
+        // early), and a tunnel closes. A response that finished since the list was taken is
+        // left alone, and so is the next request on its keep-alive connection.
+        if !still_registered(conn, id) {
+            continue;
         }
-        tracing::info!(conn = conn.id, stream = id, remote = %conn.remote, subject = %conn.peer.subject, reason, "stream cut off: it no longer passes verification");
+        let what = if http2 {
+            "stream reset"
+        } else {
+            "connection closed"
+        };
+        tracing::info!(conn = conn.id, stream = id, remote = %conn.remote, subject = %conn.peer.subject, reason, what, "stream cut off: it no longer passes verification");
         count_cut(shared, reason);
         token.cancel();
         observe(shared, ordered);
     }
-    None
+}
+
+fn still_registered(conn: &Connection, id: u64) -> bool {
+    conn.streams
+        .lock()
+        .map(|s| s.iter().any(|s| s.id == id))
+        .unwrap_or(false)
 }
 
 impl StreamOrigin {

@@ -178,8 +178,13 @@ async fn hundred_reloads_under_load_fail_no_request() -> Result<()> {
                             }
                             served.fetch_add(1, Ordering::Relaxed);
                         }
+                        // A response still streaming when a reload withdraws what allowed
+                        // it is cut, with its connection (HTTP/1.1): only config A allows
+                        // /private/x, so its answer may be cut by a reload to B. Nothing
+                        // else may fail.
+                        Err(_) if path == "/private/x" => break,
                         Err(e) => {
-                            eprintln!("keep-alive request failed: {e}");
+                            eprintln!("keep-alive request for {path} failed: {e}");
                             failures.fetch_add(1, Ordering::Relaxed);
                             break;
                         }

@@ -297,7 +297,13 @@ impl http_body::Body for Watched {
             )));
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        // Deregistered with its last frame: a response handed over whole is no longer open,
+        // even before hyper has written it and dropped the body.
         if let Poll::Ready(None | Some(Err(_))) = &polled {
+            self.registration = None;
+        } else if let Poll::Ready(Some(Ok(_))) = &polled
+            && self.inner.is_end_stream()
+        {
             self.registration = None;
         }
         polled.map_err(BoxError::from)
