@@ -320,6 +320,9 @@ impl Compiler<'_> {
             .timer(TokioTimer::new())
             .header_read_timeout(server.header_read_timeout.0)
             .max_buf_size(server.max_header_bytes.max(8192))
+            // The buffer bound alone is approximate (one read can carry a head past it);
+            // this one is checked against the parsed head, so a larger head always gets 431.
+            .max_header_size(server.max_header_bytes)
             .keep_alive(true);
         http.http2
             .timer(TokioTimer::new())
