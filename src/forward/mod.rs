@@ -287,16 +287,29 @@ impl http_body::Body for Watched {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        if self.registration.is_none() {
+        let Some(registration) = &self.registration else {
             return Poll::Ready(None);
-        }
-        if self.cut.as_mut().poll(cx).is_ready() {
-            self.registration = None;
-            return Poll::Ready(Some(Err(
+        };
+        // A frame that is ready goes out unless the stream was cut already; only a body that
+        // has to wait also waits for the cut (registering with the token costs a lock, and
+        // most responses never wait).
+        let cut = || {
+            Poll::Ready(Some(Err(
                 "response cut off: it no longer passes verification".into(),
-            )));
+            )))
+        };
+        if registration.token().is_cancelled() {
+            self.registration = None;
+            return cut();
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_pending() {
+            if self.cut.as_mut().poll(cx).is_ready() {
+                self.registration = None;
+                return cut();
+            }
+            return Poll::Pending;
+        }
         // Deregistered with its last frame: a response handed over whole is no longer open,
         // even before hyper has written it and dropped the body.
         if let Poll::Ready(None | Some(Err(_))) = &polled {
