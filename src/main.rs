@@ -347,26 +347,33 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     };
     init_tracing(&snapshot.log.level, &snapshot.log.format);
     runtime()?.block_on(async {
+        // The handlers are in place before the listener is bound: a SIGTERM or SIGHUP that
+        // arrives as soon as clients can connect must not take its default action (ending the
+        // process without a drain).
+        let stop = shutdown_signal();
+        let hup = hangups();
         let running = vigil::start_reloadable(snapshot, path, ctx).await?;
-        if let Some(reloader) = running.reloader.clone() {
-            tokio::spawn(reload_on_sighup(reloader));
+        if let (Some(reloader), Some(hup)) = (running.reloader.clone(), hup) {
+            tokio::spawn(reload_on_sighup(reloader, hup));
         }
-        shutdown_signal().cancelled().await;
+        stop.cancelled().await;
         tracing::info!("shutting down");
         running.shutdown().await;
         Ok(())
     })
 }
 
-async fn reload_on_sighup(reloader: std::sync::Arc<config::reload::Reloader>) {
+fn hangups() -> Option<tokio::signal::unix::Signal> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGHUP");
-            return;
-        }
-    };
+    signal(SignalKind::hangup())
+        .map_err(|e| tracing::error!(error = %e, "cannot listen for SIGHUP"))
+        .ok()
+}
+
+async fn reload_on_sighup(
+    reloader: std::sync::Arc<config::reload::Reloader>,
+    mut hup: tokio::signal::unix::Signal,
+) {
     while hup.recv().await.is_some() {
         let _ = reloader.reload("SIGHUP").await;
     }
@@ -452,24 +459,30 @@ fn init_tracing(level: &str, format: &str) {
     }
 }
 
-/// Cancelled on SIGTERM or SIGINT.
+/// Cancelled on SIGTERM or SIGINT. Both handlers are registered before this returns, so a
+/// signal sent right after is never handled by the default action.
 fn shutdown_signal() -> CancellationToken {
+    use tokio::signal::unix::{SignalKind, signal};
     let token = CancellationToken::new();
     let t = token.clone();
+    let term = signal(SignalKind::terminate())
+        .map_err(|e| tracing::error!(error = %e, "cannot listen for SIGTERM"))
+        .ok();
+    let int = signal(SignalKind::interrupt())
+        .map_err(|e| tracing::error!(error = %e, "cannot listen for SIGINT"))
+        .ok();
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    let _ = tokio::signal::ctrl_c().await;
-                    t.cancel();
-                    return;
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
                 }
-            };
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            () = wait(term) => {}
+            () = wait(int) => {}
         }
         t.cancel();
     });
