@@ -8,21 +8,27 @@
 //! Modules follow a request through the proxy:
 //! - [`config`]: the TOML schema, every problem at once with line and column, and the compiled
 //!   immutable [`config::Snapshot`] a request reads.
-//! - [`server`]: accept loop, connection limits, the TLS handshake, idle and drain handling.
-//! - [`tls`]: the rustls server configuration, client-certificate verification with CRLs,
-//!   handshake failure reasons, and [`tls::PeerCert`], the identity read from the certificate.
+//! - [`server`]: accept loop, connection limits (in all and per source), the TLS handshake,
+//!   serving exactly the protocol ALPN chose, idle and drain handling.
+//! - [`tls`]: the rustls server configuration and key exchange groups, client-certificate
+//!   verification with CRLs (each verified against its CA when loaded), handshake failure
+//!   reasons, and [`tls::PeerCert`], the identity read from the certificate.
 //! - [`canonical`]: the one canonical form of host, path and headers that every stage uses.
-//! - [`framing`]: catches HTTP/1 requests with both Transfer-Encoding and Content-Length.
+//! - [`framing`]: watches every HTTP/1 request's framing on the wire (Transfer-Encoding with
+//!   Content-Length, fragments, anything it cannot follow) for the whole connection.
 //! - [`pipeline`]: one request, top to bottom: canonicalise, route, decide, log, forward.
 //! - [`routing`]: host and path-prefix matching, most specific first.
-//! - [`policy`]: rules and the pure `evaluate(&Policy, &RequestFacts) -> Decision`.
-//! - [`forward`]: upstream connection pools, header hygiene, identity headers, upgrades.
+//! - [`policy`]: rules, linear-time patterns and the pure
+//!   `evaluate(&Policy, &RequestFacts) -> Decision`.
+//! - [`forward`]: upstream connection pools, header hygiene, identity headers, the upgrades a
+//!   route allows, response bodies registered for re-decision.
 //! - [`identity`]: OIDC login, sealed sessions, bearer tokens, re-verification.
-//! - [`live`], [`revocation`]: open connections re-checked and cut off when they no longer
-//!   pass; revocations by session, user and device.
+//! - [`live`], [`revocation`]: open connections and every response still streaming re-checked
+//!   and cut off when they no longer pass; revocations by session, user, device and logout.
 //! - [`endpoints`]: Vigil's own `/.vigil/` endpoints.
 //! - [`decision_log`]: one JSON line per decision, written off the request path.
-//! - [`metrics`], [`admin`]: Prometheus metrics, health and readiness.
+//! - [`metrics`], [`admin`]: Prometheus metrics, health and readiness; the admin listener's
+//!   gate (own Host, own origin, JSON bodies, tokens) and its own limits.
 //! - [`error`]: every answer Vigil gives itself, with its status and whose fault it was.
 //! - [`certs`]: a development PKI with rcgen (`vigil certs`).
 //! - [`demo`]: everything on built-in defaults (`vigil demo`).
