@@ -65,7 +65,7 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: CancellationTo
         }
     };
     let slots = limits::Slots::default();
-    let log = Arc::new(limits::RefusalLog::default());
+    let log = Arc::new(crate::server::RefusalLog::default());
     loop {
         let (stream, remote) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -122,7 +122,7 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: CancellationTo
 /// Counts an admin connection closed before a request was answered, and logs it rate-limited.
 fn refuse(
     state: &State,
-    log: &limits::RefusalLog,
+    log: &crate::server::RefusalLog,
     remote: SocketAddr,
     reason: &'static str,
     what: &'static str,
@@ -143,7 +143,7 @@ async fn connection(
     mut conn: gate::Conn,
     mut slot: limits::Slot,
     state: State,
-    log: Arc<limits::RefusalLog>,
+    log: Arc<crate::server::RefusalLog>,
     shutdown: CancellationToken,
 ) {
     let snapshot = state.shared.snapshot.load_full();
@@ -207,7 +207,7 @@ async fn http<I>(
     limits: &AdminLimits,
     clock: Arc<limits::Clock>,
     state: State,
-    log: &limits::RefusalLog,
+    log: &crate::server::RefusalLog,
     shutdown: CancellationToken,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

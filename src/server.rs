@@ -163,7 +163,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     let limit = shared.snapshot.load().max_connections;
     let slots = Arc::new(Semaphore::new(limit));
     let sources = Arc::new(Sources::default());
-    let mut refusals = RefusalLog::default();
+    let refusals = RefusalLog::default();
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -208,7 +208,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
                     .connections_rejected
                     .get_or_create(&Reason { reason })
                     .inc();
-                refusals.note(remote, reason);
+                refusals.note(remote, reason, refused.message());
                 drop(stream);
                 continue;
             }
@@ -596,6 +596,14 @@ impl Refused {
             Refused::Handshakes => "max_handshakes_per_source",
         }
     }
+
+    fn message(self) -> &'static str {
+        match self {
+            Refused::Global => "connection refused: max_connections reached",
+            Refused::Connections => "connection refused: max_connections_per_source reached",
+            Refused::Handshakes => "connection refused: max_handshakes_per_source reached",
+        }
+    }
 }
 
 impl Sources {
@@ -681,37 +689,30 @@ pub struct Slot {
     source: SourceSlot,
 }
 
-/// Refusals at accept come in floods: one `warn` line per kind every ten seconds, with the
-/// number left out since, and the rest at `debug`.
+/// Refusals come in floods: one `warn` line per reason every ten seconds, with the number
+/// left out since, and the rest at `debug`. Shared by the proxy's and the admin listener's
+/// accept loops.
 #[derive(Debug, Default)]
-struct RefusalLog {
-    next: HashMap<&'static str, (Instant, u64)>,
+pub struct RefusalLog {
+    next: std::sync::Mutex<HashMap<&'static str, (Instant, u64)>>,
 }
 
 impl RefusalLog {
     const EVERY: Duration = Duration::from_secs(10);
 
-    fn note(&mut self, remote: SocketAddr, reason: &'static str) {
+    pub fn note(&self, remote: SocketAddr, reason: &'static str, what: &'static str) {
         let now = Instant::now();
-        let (next, suppressed) = self.next.entry(reason).or_insert((now, 0));
-        if now < *next {
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, suppressed) = next.entry(reason).or_insert((now, 0));
+        if now < *at {
             *suppressed += 1;
-            tracing::debug!(%remote, limit = reason, "connection refused at accept");
+            tracing::debug!(%remote, reason, "{what}");
             return;
         }
         let left_out = std::mem::take(suppressed);
-        *next = now + Self::EVERY;
-        match reason {
-            "max_connections" => {
-                tracing::warn!(%remote, left_out, "connection refused: max_connections reached")
-            }
-            "max_connections_per_source" => {
-                tracing::warn!(%remote, left_out, "connection refused: max_connections_per_source reached")
-            }
-            _ => {
-                tracing::warn!(%remote, left_out, "connection refused: max_handshakes_per_source reached")
-            }
-        }
+        *at = now + Self::EVERY;
+        drop(next);
+        tracing::warn!(%remote, reason, left_out, "{what}");
     }
 }
 

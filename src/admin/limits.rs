@@ -5,7 +5,6 @@
 //! must not be able to take them all by opening connections and never finishing a request.
 
 use crate::server::{Source, SourceSlot, Sources};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -253,32 +252,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// Refusals come in floods: one `warn` line per reason every ten seconds, with the number
-/// left out since, and the rest at `debug`.
-#[derive(Debug, Default)]
-pub struct RefusalLog {
-    next: std::sync::Mutex<HashMap<&'static str, (Instant, u64)>>,
-}
-
-impl RefusalLog {
-    const EVERY: Duration = Duration::from_secs(10);
-
-    pub fn note(&self, remote: SocketAddr, reason: &'static str, what: &'static str) {
-        let now = Instant::now();
-        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-        let (at, suppressed) = next.entry(reason).or_insert((now, 0));
-        if now < *at {
-            *suppressed += 1;
-            tracing::debug!(%remote, reason, "{what}");
-            return;
-        }
-        let left_out = std::mem::take(suppressed);
-        *at = now + Self::EVERY;
-        drop(next);
-        tracing::warn!(%remote, reason, left_out, "{what}");
     }
 }
 
