@@ -416,7 +416,7 @@ async fn route(
             let revoking = req.uri().path() == "/revoke";
             let body = match read_json(req, body_timeout).await {
                 Ok(body) => body,
-                Err(refused) => return refused.answer(body_timeout),
+                Err(refused) => return body_refused(&refused, body_timeout),
             };
             if revoking {
                 revoke(shared, conn, caller, body)
@@ -543,27 +543,17 @@ fn restore(
 /// Longest body an admin endpoint reads.
 const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// Why a request body was not read.
-#[derive(Debug)]
-enum BodyRefusal {
-    /// Longer than [`MAX_BODY_BYTES`].
-    TooLarge,
-    /// Not all there within `body_read_timeout`: a client trickling it, or gone quiet.
-    Timeout,
-}
-
-impl BodyRefusal {
-    fn answer(&self, timeout: Duration) -> Response<Body> {
-        match self {
-            BodyRefusal::TooLarge => json(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                serde_json::json!({ "ok": false, "error": format!("the body is longer than {MAX_BODY_BYTES} bytes") }),
-            ),
-            BodyRefusal::Timeout => json(
-                StatusCode::REQUEST_TIMEOUT,
-                serde_json::json!({ "ok": false, "error": format!("the body did not arrive within {}", humantime::format_duration(timeout)) }),
-            ),
-        }
+/// The answer to a body [`read_json`] refused (it never returns `Broken`).
+fn body_refused(refused: &body::ReadRefusal, timeout: Duration) -> Response<Body> {
+    match refused {
+        body::ReadRefusal::TooLarge | body::ReadRefusal::Broken => json(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            serde_json::json!({ "ok": false, "error": format!("the body is longer than {MAX_BODY_BYTES} bytes") }),
+        ),
+        body::ReadRefusal::Timeout => json(
+            StatusCode::REQUEST_TIMEOUT,
+            serde_json::json!({ "ok": false, "error": format!("the body did not arrive within {}", humantime::format_duration(timeout)) }),
+        ),
     }
 }
 
@@ -572,19 +562,12 @@ impl BodyRefusal {
 async fn read_json(
     req: Request<Incoming>,
     timeout: Duration,
-) -> Result<Option<serde_json::Value>, BodyRefusal> {
-    use http_body_util::BodyExt;
-    let limited = http_body_util::Limited::new(req.into_body(), MAX_BODY_BYTES);
-    let collected = tokio::time::timeout(timeout, limited.collect())
-        .await
-        .map_err(|_| BodyRefusal::Timeout)?;
-    let bytes = match collected {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(BodyRefusal::TooLarge);
-        }
+) -> Result<Option<serde_json::Value>, body::ReadRefusal> {
+    let bytes = match body::read_whole(req.into_body(), MAX_BODY_BYTES, timeout).await {
+        Ok(bytes) => bytes,
         // The client went away or broke the framing: nothing to apply.
-        Err(_) => return Ok(None),
+        Err(body::ReadRefusal::Broken) => return Ok(None),
+        Err(other) => return Err(other),
     };
     Ok(serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()

@@ -23,6 +23,36 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// Why [`read_whole`] has no body to give.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadRefusal {
+    /// Longer than the limit.
+    TooLarge,
+    /// Not all there within the time allowed: a client trickling it, or gone quiet.
+    Timeout,
+    /// The client went away or broke the framing.
+    Broken,
+}
+
+/// A small request body read whole, for Vigil's own endpoints: at most `limit` bytes, all of
+/// it within `timeout`.
+pub async fn read_whole<B>(
+    body: B,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ReadRefusal>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    match tokio::time::timeout(timeout, http_body_util::Limited::new(body, limit).collect()).await {
+        Err(_) => Err(ReadRefusal::Timeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ReadRefusal::TooLarge),
+        Ok(Err(_)) => Err(ReadRefusal::Broken),
+    }
+}
+
 /// The request body did not arrive whole within `[server] body_read_timeout`, and the upstream
 /// had not answered yet. Almost always a client trickling its body on purpose (slow POST) or
 /// a stalled network.

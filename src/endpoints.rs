@@ -9,7 +9,6 @@ use crate::identity::{self, Identity};
 use crate::pipeline::{Record, identify_session};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 /// Answers `/.vigil/<rest>`.
@@ -441,14 +440,14 @@ async fn read_form(
     body: Incoming,
     limit: usize,
 ) -> Result<bytes::Bytes, Response<Body>> {
-    let timeout = record.snapshot.body_read_timeout;
-    match tokio::time::timeout(timeout, http_body_util::Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(_)) => {
+    match body::read_whole(body, limit, record.snapshot.body_read_timeout).await {
+        Ok(form) => Ok(form),
+        // A body that broke off is refused like one that is too large, as before.
+        Err(body::ReadRefusal::TooLarge | body::ReadRefusal::Broken) => {
             record.shared.metrics.limit("body_size");
             Err(record.refuse(Refusal::PayloadTooLarge, None))
         }
-        Err(_) => {
+        Err(body::ReadRefusal::Timeout) => {
             record.shared.metrics.limit("body_read_timeout");
             Err(record.refuse(Refusal::RequestTimeout, None))
         }
