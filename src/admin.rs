@@ -6,8 +6,8 @@ pub mod limits;
 
 use crate::body::{self, Body};
 use crate::config::admin::AdminLimits;
-use crate::config::reload::Reloader;
-use crate::server::Shared;
+use crate::reload::Reloader;
+use crate::state::Shared;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;

@@ -553,6 +553,10 @@ fn alias_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && alias_starts_with(a, b)
 }
 
+/// The request id Vigil gives every request: sent upstream and back to the client, and the
+/// `request_id` of its decision log line.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Header hygiene for what goes upstream.
 ///
 /// True for every name a client could use to spoof identity or forwarding

@@ -46,10 +46,6 @@ pub const DEMO_WORKLOAD_ID: &str = "spiffe://vigil.test/ns/demo/sa/client";
 
 /// RFC 5280 / X.520 upper bound for a common name.
 const MAX_COMMON_NAME_LEN: usize = 64;
-/// SPIFFE ID size limit from the SPIFFE-ID spec.
-const MAX_SPIFFE_ID_LEN: usize = 2048;
-/// Trust domain size limit from the SPIFFE-ID spec.
-const MAX_TRUST_DOMAIN_LEN: usize = 255;
 /// RFC 5280 caps serial numbers at 20 octets.
 const MAX_SERIAL_LEN: usize = 20;
 const SERIAL_LEN: usize = 16;
@@ -244,7 +240,7 @@ impl fmt::Debug for Issued {
         f.debug_struct("Issued")
             .field("cert_pem", &self.cert_pem)
             .field("key_pem", &"[elided]")
-            .field("serial", &hex(&self.serial))
+            .field("serial", &crate::hex::encode(&self.serial))
             .finish()
     }
 }
@@ -695,7 +691,7 @@ pub fn issue_to_dir(
         CERT_MODE,
         opts.force,
     )?;
-    Ok((cert_path, key_path, hex(&issued.serial)))
+    Ok((cert_path, key_path, crate::hex::encode(&issued.serial)))
 }
 
 /// `vigil certs revoke`: loads the CA in DIR, reads DIR/ca.crl if present (keeps its entries, number + 1), adds `serial`
@@ -714,7 +710,7 @@ pub fn revoke_in_dir(
     if serial.is_empty() || serial.len() > MAX_SERIAL_LEN {
         return Err(CertsError::Invalid(format!(
             "serial {} must be 1 to {MAX_SERIAL_LEN} bytes",
-            hex(&serial)
+            crate::hex::encode(&serial)
         )));
     }
     let ca = load_authority(dir)?;
@@ -738,136 +734,6 @@ pub fn revoke_in_dir(
     let pem = ca.crl_pem(&entries, number, now.saturating_add(ttl))?;
     write_replace(&crl_path, pem.as_bytes(), CERT_MODE)?;
     Ok((crl_path, entries.len()))
-}
-
-/// Lower-case hex without separators; the form serials are shown and logged in.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{b:02x}");
-    }
-    out
-}
-
-/// Parses a serial typed or pasted by a user: `0a1b2c`, `0A:1B:2C`, `0x0a1b`
-/// or `serial=0A1B` (the `openssl x509 -serial` output). An odd number of
-/// digits is read as if it had a leading zero.
-pub fn parse_hex(s: &str) -> Result<Vec<u8>, CertsError> {
-    let bad = |why: &str| CertsError::Invalid(format!("serial {s:?} is not hex: {why}"));
-    let digits_of = |part: &str| -> Option<Vec<u8>> {
-        part.chars()
-            .map(|c| c.to_digit(16).and_then(|d| u8::try_from(d).ok()))
-            .collect()
-    };
-    let t = s.trim();
-    let t = t.strip_prefix("serial=").unwrap_or(t);
-    let t = t
-        .strip_prefix("0x")
-        .or_else(|| t.strip_prefix("0X"))
-        .unwrap_or(t);
-    if t.is_empty() {
-        return Err(bad("empty"));
-    }
-    let mut out = Vec::new();
-    if t.contains(':') {
-        for group in t.split(':') {
-            let digits = digits_of(group).ok_or_else(|| bad("unexpected character"))?;
-            match digits.as_slice() {
-                [lo] => out.push(*lo),
-                [hi, lo] => out.push((hi << 4) | lo),
-                _ => return Err(bad("each ':'-separated group must be one or two digits")),
-            }
-        }
-    } else {
-        let mut digits = digits_of(t).ok_or_else(|| bad("unexpected character"))?;
-        if digits.len() % 2 == 1 {
-            digits.insert(0, 0);
-        }
-        for pair in digits.chunks_exact(2) {
-            if let [hi, lo] = pair {
-                out.push((hi << 4) | lo);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Checks the shape of a SPIFFE ID per the SPIFFE-ID spec: `spiffe://`, a
-/// trust domain of `[a-z0-9._-]` (at most 255 bytes), then an optional path
-/// of non-empty `[A-Za-z0-9._-]` segments that are not `.` or `..`; no query,
-/// fragment, port or userinfo; at most 2048 bytes. An ID without a path names
-/// the trust domain itself and is accepted here (issuing a workload
-/// certificate additionally requires a path).
-///
-/// The error is a human-readable reason, without the ID itself.
-pub fn validate_spiffe_id(s: &str) -> Result<(), String> {
-    if s.len() > MAX_SPIFFE_ID_LEN {
-        return Err(format!(
-            "is {} bytes long; the limit is {MAX_SPIFFE_ID_LEN}",
-            s.len()
-        ));
-    }
-    let Some(rest) = s.strip_prefix("spiffe://") else {
-        if s.get(..9)
-            .is_some_and(|p| p.eq_ignore_ascii_case("spiffe://"))
-        {
-            return Err("scheme must be lower-case \"spiffe://\"".to_owned());
-        }
-        return Err("must start with \"spiffe://\"".to_owned());
-    };
-    if rest.contains('?') {
-        return Err("must not contain a query ('?')".to_owned());
-    }
-    if rest.contains('#') {
-        return Err("must not contain a fragment ('#')".to_owned());
-    }
-    let (trust_domain, path) = match rest.split_once('/') {
-        Some((td, path)) => (td, Some(path)),
-        None => (rest, None),
-    };
-    if trust_domain.is_empty() {
-        return Err("trust domain is empty".to_owned());
-    }
-    if trust_domain.contains('@') {
-        return Err("must not contain userinfo ('@')".to_owned());
-    }
-    if trust_domain.contains(':') {
-        return Err("trust domain must not contain a port (':')".to_owned());
-    }
-    if let Some(c) = trust_domain
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
-    {
-        return Err(format!(
-            "trust domain contains {c:?}; only a-z, 0-9, '.', '-' and '_' are allowed"
-        ));
-    }
-    if trust_domain.len() > MAX_TRUST_DOMAIN_LEN {
-        return Err(format!(
-            "trust domain is longer than {MAX_TRUST_DOMAIN_LEN} bytes"
-        ));
-    }
-    if let Some(path) = path {
-        for segment in path.split('/') {
-            if segment.is_empty() {
-                return Err("path has an empty segment (double or trailing '/')".to_owned());
-            }
-            if segment == "." || segment == ".." {
-                return Err("path must not contain '.' or '..' segments".to_owned());
-            }
-            if let Some(c) = segment
-                .chars()
-                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
-            {
-                return Err(format!(
-                    "path contains {c:?}; only letters, digits, '.', '-' and '_' are allowed"
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -927,7 +793,7 @@ fn check_common_name(cn: &str) -> Result<(), CertsError> {
 
 fn check_spec(spec: &LeafSpec) -> Result<(), CertsError> {
     if let Some(id) = &spec.spiffe_id {
-        validate_spiffe_id(id)
+        crate::tls::spiffe::validate(id)
             .map_err(|why| CertsError::InvalidSpiffeId(format!("{id:?}: {why}")))?;
     }
     if spec.kind == Kind::Workload {
@@ -1152,7 +1018,7 @@ fn write_replace(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertsErr
     let tmp = parent.join(format!(
         ".{}.{}.tmp",
         file_name.to_string_lossy(),
-        hex(&nonce)
+        crate::hex::encode(&nonce)
     ));
     write_new(&tmp, contents, mode)?;
     if let Err(e) = fs::rename(&tmp, path) {
@@ -1340,7 +1206,10 @@ mod tests {
             assert_eq!(issued.serial.len(), SERIAL_LEN);
             assert!(issued.serial[0] != 0 && issued.serial[0] < 0x80);
             assert_eq!(serial_of(&issued.cert_pem).expect("serial"), issued.serial);
-            assert_eq!(parse_hex(&hex(&issued.serial)).expect("hex"), issued.serial);
+            assert_eq!(
+                crate::hex::parse_serial(&crate::hex::encode(&issued.serial)).expect("hex"),
+                issued.serial
+            );
             assert!(!seen.contains(&issued.serial));
             seen.push(issued.serial);
         }
@@ -1359,27 +1228,7 @@ mod tests {
     }
 
     #[test]
-    fn hex_helpers() {
-        assert_eq!(hex(&[0x0a, 0x1b, 0xff]), "0a1bff");
-        assert_eq!(hex(&[]), "");
-        for input in [
-            "0a1bff",
-            "0A:1B:FF",
-            "0a:1b:ff",
-            "0x0a1bff",
-            "serial=0A1BFF",
-            " a1bff\n",
-            "a:1b:ff",
-        ] {
-            assert_eq!(
-                parse_hex(input).expect(input),
-                vec![0x0a, 0x1b, 0xff],
-                "{input}"
-            );
-        }
-        for input in ["", "0x", "zz", "0a::1b", "0a:", "abc:1", "+f", "0a 1b", "é"] {
-            assert!(parse_hex(input).is_err(), "{input:?} should be rejected");
-        }
+    fn canonical_serials() {
         assert_eq!(canonical_serial(&[0, 0, 1]), vec![1]);
         assert_eq!(canonical_serial(&[0, 0]), vec![0]);
     }
@@ -1584,7 +1433,10 @@ mod tests {
         assert_eq!(key, dir.join("billing.key"));
         assert_eq!(mode_of(&key), 0o600);
         let pem = read_to_string(&cert).expect("read");
-        assert_eq!(hex(&serial_of(&pem).expect("serial")), serial);
+        assert_eq!(
+            crate::hex::encode(&serial_of(&pem).expect("serial")),
+            serial
+        );
         let der = der_of(&pem);
         let (_, x) = x509_parser::parse_x509_certificate(&der).expect("parse");
         assert_eq!(x.subject().to_string(), "CN=billing");
@@ -1704,60 +1556,6 @@ mod tests {
             revoke_in_dir(dir, &[1; 21], day),
             Err(CertsError::Invalid(_))
         ));
-    }
-
-    #[test]
-    fn spiffe_id_validation() {
-        let good = [
-            "spiffe://vigil.test/ns/demo/sa/client",
-            "spiffe://example.org",
-            "spiffe://my_domain-1.example/a.b/c-d/E_F/..x/x..",
-            "spiffe://a/b",
-        ];
-        for id in good {
-            assert_eq!(validate_spiffe_id(id), Ok(()), "{id}");
-        }
-        let long_path = format!("spiffe://a/{}", "x".repeat(MAX_SPIFFE_ID_LEN));
-        let long_td = format!("spiffe://{}/x", "a".repeat(256));
-        let bad: &[&str] = &[
-            "",
-            "http://vigil.test/x",
-            "SPIFFE://vigil.test/x",
-            "spiffe:/vigil.test/x",
-            "spiffe://",
-            "spiffe:///x",
-            "spiffe://Vigil.test/x",
-            "spiffe://vigil.test:8443/x",
-            "spiffe://user@vigil.test/x",
-            "spiffe://vigil.test/x?y=1",
-            "spiffe://vigil.test/x#frag",
-            "spiffe://vigil.test/",
-            "spiffe://vigil.test//x",
-            "spiffe://vigil.test/x/",
-            "spiffe://vigil.test/./x",
-            "spiffe://vigil.test/x/..",
-            "spiffe://vigil.test/x%20y",
-            "spiffe://vigil.test/x y",
-            "spiffe://vigil.test/é",
-            "spiffe://vigil.tést/x",
-            &long_path,
-            &long_td,
-        ];
-        for id in bad {
-            assert!(validate_spiffe_id(id).is_err(), "{id:?} should be rejected");
-        }
-        assert!(
-            validate_spiffe_id("SPIFFE://x/y")
-                .expect_err("upper-case scheme")
-                .contains("lower-case")
-        );
-        assert_eq!(
-            validate_spiffe_id(&format!(
-                "spiffe://a/{}",
-                "x".repeat(MAX_SPIFFE_ID_LEN - 11)
-            )),
-            Ok(())
-        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! the signed-out page, `whoami` and the assertion keys.
 
 use crate::body::{self, Body};
+use crate::canonical::X_REQUEST_ID;
 use crate::error::{Refusal, escape, page};
-use crate::forward::X_REQUEST_ID;
 use crate::identity::session;
 use crate::identity::{self, Identity};
 use crate::pipeline::{Record, identify_session};
@@ -202,7 +202,7 @@ fn login(record: &Record<'_>, host: &str, req: &Request<Incoming>) -> Response<B
             record.log("allow", &["sign-in started".into()], StatusCode::FOUND);
             response
         }
-        Err(e) => record.refuse(Refusal::from_login(&e), None),
+        Err(e) => record.refuse(Refusal::from(&e), None),
     }
 }
 

@@ -96,16 +96,6 @@ impl Refusal {
         }
     }
 
-    /// For a login that could not start or finish.
-    pub fn from_login(e: &crate::identity::oidc::LoginError) -> Self {
-        match e.status() {
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY => {
-                Refusal::Unavailable(e.to_string())
-            }
-            _ => Refusal::Unauthorized(e.to_string()),
-        }
-    }
-
     /// A small answer carrying the reason and the request id: an HTML page for browsers,
     /// JSON for everything else.
     pub fn response(&self, request_id: &HeaderValue, html: bool) -> Response<Body> {
@@ -134,7 +124,7 @@ impl Refusal {
             );
         }
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(crate::forward::X_REQUEST_ID.clone(), request_id.clone());
+        headers.insert(crate::canonical::X_REQUEST_ID.clone(), request_id.clone());
         response
     }
 }
@@ -166,4 +156,19 @@ pub fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+/// "outer: inner: innermost", for logs.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text
 }

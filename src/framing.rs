@@ -16,7 +16,7 @@
 //! keep, a value hyper would refuse, a malformed chunk), it does not guess and does not stop
 //! quietly: it marks the connection *unsure* from the request it is reading on, and every
 //! request from there is refused and the connection closed after the answer. Watching ends
-//! only when the connection is really upgraded (a 101 answer, see [`Verdict::upgraded`]): an
+//! only when the connection is really upgraded (a 101 answer, see [`Findings::upgraded`]): an
 //! `Upgrade` request answered any other way is followed by more HTTP/1 requests, which are
 //! watched like the rest.
 
@@ -29,7 +29,7 @@ const KEEP: usize = 64;
 
 /// Shared between the reader (which sees bytes) and the pipeline (which sees requests).
 #[derive(Debug)]
-pub struct Verdict {
+pub struct Findings {
     /// Index (from 0) of the first request with conflicting framing; `u64::MAX` for none.
     first_conflict: AtomicU64,
     /// Index of the first request whose target had a `#`.
@@ -41,7 +41,7 @@ pub struct Verdict {
     upgraded: AtomicBool,
 }
 
-impl Verdict {
+impl Findings {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             first_conflict: AtomicU64::new(u64::MAX),
@@ -121,11 +121,11 @@ pub struct Watch {
     fragment: bool,
     /// Requests whose head has been read whole.
     requests: u64,
-    verdict: Arc<Verdict>,
+    verdict: Arc<Findings>,
 }
 
 impl Watch {
-    pub fn new(verdict: Arc<Verdict>) -> Self {
+    pub fn new(verdict: Arc<Findings>) -> Self {
         Self {
             state: NEW_HEAD,
             line: Vec::new(),
@@ -339,8 +339,8 @@ fn hex(digits: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn verdict_after(parts: &[&[u8]]) -> Arc<Verdict> {
-        let verdict = Verdict::new();
+    fn findings_after(parts: &[&[u8]]) -> Arc<Findings> {
+        let verdict = Findings::new();
         let mut watch = Watch::new(verdict.clone());
         for part in parts {
             watch.feed(part);
@@ -348,7 +348,7 @@ mod tests {
         verdict
     }
 
-    fn refusals(v: &Verdict) -> Vec<Option<&'static str>> {
+    fn refusals(v: &Findings) -> Vec<Option<&'static str>> {
         (0..8).map(|i| v.refusal(i)).collect()
     }
 
@@ -364,7 +364,7 @@ mod tests {
         let bad =
             b"POST /c HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
                 .as_slice();
-        let v = verdict_after(&[good, chunked, bad, good]);
+        let v = findings_after(&[good, chunked, bad, good]);
         assert!(!v.conflicted(0));
         assert!(!v.conflicted(1));
         assert!(v.conflicted(2));
@@ -374,7 +374,7 @@ mod tests {
     #[test]
     fn byte_by_byte_feeding_gives_the_same_answer() {
         let stream = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 0\r\n\r\n0\r\n\r\n";
-        let verdict = Verdict::new();
+        let verdict = Findings::new();
         let mut watch = Watch::new(verdict.clone());
         for b in stream {
             watch.feed(std::slice::from_ref(b));
@@ -404,11 +404,11 @@ mod tests {
             long_cl.into_bytes(),
         ];
         for stream in &streams {
-            let whole = refusals(&verdict_after(&[stream]));
+            let whole = refusals(&findings_after(&[stream]));
             for cut in 1..stream.len() {
                 let (a, b) = stream.split_at(cut);
                 assert_eq!(
-                    refusals(&verdict_after(&[a, b])),
+                    refusals(&findings_after(&[a, b])),
                     whole,
                     "{:?} cut at {cut}",
                     String::from_utf8_lossy(stream)
@@ -424,35 +424,35 @@ mod tests {
             format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
         stream.extend_from_slice(body);
         stream.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
-        let v = verdict_after(&[&stream]);
+        let v = findings_after(&[&stream]);
         assert!(!v.conflicted(0));
         assert!(!v.conflicted(1));
     }
 
     #[test]
     fn fragments_in_the_request_line_are_found() {
-        let v = verdict_after(&[b"GET /a HTTP/1.1\r\nX-A: b#c\r\n\r\nGET /b#x HTTP/1.1\r\n\r\n"]);
+        let v = findings_after(&[b"GET /a HTTP/1.1\r\nX-A: b#c\r\n\r\nGET /b#x HTTP/1.1\r\n\r\n"]);
         assert_eq!(v.refusal(0), None);
         assert_eq!(v.refusal(1), FRAGMENT);
     }
 
     #[test]
     fn a_request_with_upgrade_that_was_not_upgraded_is_followed_by_watched_requests() {
-        let v = verdict_after(&[
+        let v = findings_after(&[
             b"GET /ws HTTP/1.1\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
             b"GET /x#frag HTTP/1.1\r\nHost: x\r\n\r\n",
             b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
         ]);
         assert_eq!(v.refusal(0), None);
         assert_eq!(v.refusal(1), FRAGMENT);
-        let v = verdict_after(&[
+        let v = findings_after(&[
             b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n0\r\n\r\n",
         ]);
         assert_eq!(v.refusal(0), None);
         assert_eq!(v.refusal(1), CONFLICT);
         // CONNECT (refused with 405, so not a tunnel) does not stop the watch either.
-        let v = verdict_after(&[
+        let v = findings_after(&[
             b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
             b"GET /#a HTTP/1.1\r\n\r\n",
         ]);
@@ -461,7 +461,7 @@ mod tests {
 
     #[test]
     fn an_upgraded_connection_refuses_any_later_request() {
-        let v = verdict_after(&[b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"]);
+        let v = findings_after(&[b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"]);
         v.upgraded(1);
         assert!(v.is_upgraded());
         assert_eq!(v.refusal(0), None);
@@ -475,12 +475,12 @@ mod tests {
             "POST /a HTTP/1.1\r\nContent-Length: {}5\r\n\r\nhelloGET /#x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n0\r\n\r\n",
             "0".repeat(100)
         );
-        let v = verdict_after(&[b"GET / HTTP/1.1\r\n\r\n", stream.as_bytes()]);
+        let v = findings_after(&[b"GET / HTTP/1.1\r\n\r\n", stream.as_bytes()]);
         assert_eq!(v.refusal(0), None);
         assert_eq!(v.refusal(1), UNSURE);
         assert!(v.conflicted(2));
         // A normal one that fits is read.
-        let v = verdict_after(&[
+        let v = findings_after(&[
             b"POST /a HTTP/1.1\r\nContent-Length:   0000000000000005  \r\n\r\nhelloGET /#x HTTP/1.1\r\n\r\n",
         ]);
         assert_eq!(refusals(&v)[..2], [None, FRAGMENT]);
@@ -490,13 +490,13 @@ mod tests {
     fn content_lengths_hyper_would_refuse_make_the_connection_unsure() {
         for value in ["5, 5", "+5", "-1", "", "0x5", "99999999999999999999999"] {
             let stream = format!("POST /a HTTP/1.1\r\nContent-Length: {value}\r\n\r\nhello");
-            let v = verdict_after(&[b"GET / HTTP/1.1\r\n\r\n", stream.as_bytes()]);
+            let v = findings_after(&[b"GET / HTTP/1.1\r\n\r\n", stream.as_bytes()]);
             assert_eq!(refusals(&v)[..2], [None, UNSURE], "{value:?}");
         }
         let two = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello";
-        assert_eq!(verdict_after(&[two]).refusal(0), UNSURE);
+        assert_eq!(findings_after(&[two]).refusal(0), UNSURE);
         let same = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello";
-        assert_eq!(verdict_after(&[same]).refusal(0), None);
+        assert_eq!(findings_after(&[same]).refusal(0), None);
     }
 
     #[test]
@@ -506,7 +506,7 @@ mod tests {
             "POST /a HTTP/1.1\r\nContent-Length : 5\r\n\r\n",
             "POST /a HTTP/1.1\r\nno colon here\r\n\r\n",
         ] {
-            let v = verdict_after(&[head.as_bytes()]);
+            let v = findings_after(&[head.as_bytes()]);
             assert_eq!(v.refusal(0), UNSURE, "{head:?}");
         }
     }
@@ -525,7 +525,7 @@ mod tests {
             let stream = format!(
                 "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{body}GET / HTTP/1.1\r\n\r\n"
             );
-            let v = verdict_after(&[stream.as_bytes()]);
+            let v = findings_after(&[stream.as_bytes()]);
             // The request itself was framed; the ones after it cannot be placed.
             assert_eq!(refusals(&v)[..2], [None, UNSURE], "{body:?}");
         }
@@ -535,7 +535,7 @@ mod tests {
             "e".repeat(300)
         );
         assert_eq!(
-            refusals(&verdict_after(&[stream.as_bytes()]))[..2],
+            refusals(&findings_after(&[stream.as_bytes()]))[..2],
             [None, FRAGMENT]
         );
     }
@@ -543,7 +543,7 @@ mod tests {
     #[test]
     fn pipelined_requests_are_each_placed() {
         let stream = b"GET /1 HTTP/1.1\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabcPOST /3 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\nGET /4#x HTTP/1.1\r\n\r\n";
-        let v = verdict_after(&[stream]);
+        let v = findings_after(&[stream]);
         assert_eq!(refusals(&v)[..4], [None, None, None, FRAGMENT]);
     }
 }

@@ -38,25 +38,29 @@ pub mod body;
 pub mod canonical;
 pub mod certs;
 pub mod config;
+pub mod connection;
 pub mod decision_log;
 pub mod demo;
 pub mod endpoints;
 pub mod error;
 pub mod forward;
 pub mod framing;
+pub mod hex;
 pub mod identity;
 pub mod live;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod posture;
+pub mod reload;
 pub mod revocation;
 pub mod routing;
 pub mod server;
+pub mod state;
 pub mod tls;
 
 use config::Snapshot;
-use server::Shared;
+use state::Shared;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -72,7 +76,7 @@ pub struct Running {
     pub shared: Arc<Shared>,
     pub readiness: Arc<admin::Readiness>,
     /// Present when started from a file: reloads it on demand and on change.
-    pub reloader: Option<Arc<config::reload::Reloader>>,
+    pub reloader: Option<Arc<reload::Reloader>>,
     shutdown: CancellationToken,
     admin_stop: CancellationToken,
     proxy: JoinHandle<()>,
@@ -193,7 +197,7 @@ async fn launch(
     let shutdown = CancellationToken::new();
     let admin_stop = CancellationToken::new();
     let reloader = file.map(|(path, context)| {
-        let reloader = config::reload::Reloader::new(&path, shared.clone(), context);
+        let reloader = reload::Reloader::new(&path, shared.clone(), context);
         tokio::spawn(reloader.clone().watch(admin_stop.clone()));
         reloader
     });

@@ -16,133 +16,15 @@
 //! refreshed in the background and judged on what is known now (its last verification holds
 //! until `interval + max_stale`, then it is cut), so a hung provider delays no other check.
 
+use crate::connection::{Connection, StreamOrigin};
 use crate::identity::Identity;
 use crate::identity::session::Rejected;
 use crate::identity::session::Session;
 use crate::identity::verify::{Change, Verdict};
 use crate::metrics::Reason;
-use crate::server::{Connection, Shared};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use tokio::sync::Notify;
+use crate::state::Shared;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-
-/// Every open connection, by id.
-#[derive(Default)]
-pub struct Registry {
-    connections: Mutex<HashMap<u64, Weak<Connection>>>,
-    /// Wakes the verifier before its interval (reload, revocation).
-    wake: Notify,
-    /// When the oldest pending wake was ordered, for the cut-off latency metric.
-    ordered: Mutex<Option<std::time::Instant>>,
-}
-
-impl Registry {
-    pub fn insert(&self, conn: &Arc<Connection>) {
-        if let Ok(mut map) = self.connections.lock() {
-            map.insert(conn.id, Arc::downgrade(conn));
-        }
-    }
-
-    pub fn remove(&self, id: u64) {
-        if let Ok(mut map) = self.connections.lock() {
-            map.remove(&id);
-        }
-    }
-
-    /// Asks the verifier to re-check every connection now (after a reload or a revocation).
-    pub fn recheck_now(&self) {
-        if let Ok(mut ordered) = self.ordered.lock() {
-            ordered.get_or_insert_with(std::time::Instant::now);
-        }
-        self.wake.notify_one();
-    }
-
-    pub fn len(&self) -> usize {
-        self.connections.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn snapshot(&self) -> Vec<Arc<Connection>> {
-        self.connections
-            .lock()
-            .map(|m| m.values().filter_map(Weak::upgrade).collect())
-            .unwrap_or_default()
-    }
-}
-
-/// What a response stream or tunnel was allowed on: re-decided while it is open, as if its
-/// request arrived now.
-#[derive(Clone)]
-pub struct StreamOrigin {
-    pub host: String,
-    pub path: String,
-    pub method: http::Method,
-    /// The session the request came with, on login routes.
-    pub session: Option<Session>,
-    /// The verified bearer token's identity, on bearer routes.
-    pub bearer: Option<Arc<Identity>>,
-}
-
-/// A response in flight or an open tunnel on a connection.
-pub struct Stream {
-    pub id: u64,
-    pub origin: StreamOrigin,
-    /// An HTTP/2 stream can be reset alone; anything else is cut with its connection.
-    pub http2: bool,
-    /// Cancelled when the stream no longer passes: its body ends with an error.
-    pub cut: CancellationToken,
-}
-
-static STREAMS: AtomicU64 = AtomicU64::new(0);
-
-/// Registers a stream on `conn` for the verifier; it stays registered until the returned
-/// guard is dropped (the response body ends or is dropped, the tunnel closes).
-pub fn register(conn: &Arc<Connection>, origin: StreamOrigin, http2: bool) -> Registration {
-    let id = STREAMS.fetch_add(1, Ordering::Relaxed);
-    let cut = CancellationToken::new();
-    if let Ok(mut streams) = conn.streams.lock() {
-        streams.push(Stream {
-            id,
-            origin,
-            http2,
-            cut: cut.clone(),
-        });
-    }
-    Registration {
-        conn: conn.clone(),
-        id,
-        cut,
-    }
-}
-
-/// A registered stream; deregisters on drop.
-pub struct Registration {
-    conn: Arc<Connection>,
-    id: u64,
-    cut: CancellationToken,
-}
-
-impl Registration {
-    /// Cancelled when the verifier cuts this stream.
-    pub fn token(&self) -> &CancellationToken {
-        &self.cut
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        if let Ok(mut streams) = self.conn.streams.lock()
-            && let Some(at) = streams.iter().position(|s| s.id == self.id)
-        {
-            streams.swap_remove(at);
-        }
-    }
-}
 
 /// Runs the verifier until `stop`.
 pub async fn verifier(shared: Arc<Shared>, stop: CancellationToken) {
@@ -167,7 +49,7 @@ pub async fn sweep(shared: &Arc<Shared>) {
     let now = crate::identity::now();
     let unix_now = rustls::pki_types::UnixTime::now();
     let mut standing = Vec::new();
-    for conn in shared.live.snapshot() {
+    for conn in shared.live.connections() {
         if conn.kill.is_cancelled() {
             continue;
         }

@@ -371,7 +371,7 @@ fn hangups() -> Option<tokio::signal::unix::Signal> {
 }
 
 async fn reload_on_sighup(
-    reloader: std::sync::Arc<config::reload::Reloader>,
+    reloader: std::sync::Arc<vigil::reload::Reloader>,
     mut hup: tokio::signal::unix::Signal,
 ) {
     while hup.recv().await.is_some() {
@@ -424,13 +424,13 @@ fn certs_command(cmd: CertsCommand) -> anyhow::Result<()> {
                         .with_context(|| format!("reading {}", path.display()))?;
                     certs::serial_of(&pem)?
                 }
-                (None, Some(hex)) => certs::parse_hex(&hex)?,
+                (None, Some(hex)) => vigil::hex::parse_serial(&hex).map_err(anyhow::Error::msg)?,
                 (None, None) => bail!("give --cert FILE or --serial HEX"),
             };
             let (crl, count) = certs::revoke_in_dir(&dir, &serial, next_update)?;
             println!(
                 "revoked serial {} in {} ({count} entr{})",
-                certs::hex(&serial),
+                vigil::hex::encode(&serial),
                 crl.display(),
                 if count == 1 { "y" } else { "ies" }
             );

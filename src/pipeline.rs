@@ -7,6 +7,7 @@ use crate::body::{self, Body};
 use crate::canonical::header_safe;
 use crate::canonical::{host_without_port, normalize_host, normalize_path};
 use crate::config::Snapshot;
+use crate::connection::Connection;
 use crate::decision_log::{self, Entry};
 use crate::error::Refusal;
 use crate::forward::assertion::Signer;
@@ -18,7 +19,7 @@ use crate::metrics::{RequestLabels, RouteLabel, RouteOnly, UpstreamErrorLabels};
 use crate::policy::{self, Decision, RequestFacts};
 use crate::posture::{self, Action};
 use crate::routing::{Login, Route};
-use crate::server::{Connection, Shared};
+use crate::state::Shared;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::header::{self, HeaderName, HeaderValue};
@@ -412,7 +413,7 @@ async fn handle_in_span(
                 .extensions_mut()
                 .remove::<forward::UpgradeRemoved>();
             let headers = response.headers_mut();
-            headers.insert(forward::X_REQUEST_ID.clone(), request_id.clone());
+            headers.insert(crate::canonical::X_REQUEST_ID.clone(), request_id.clone());
             for cookie in set_cookies {
                 headers.append(header::SET_COOKIE, cookie);
             }
@@ -730,7 +731,7 @@ fn assertion(
         }
     };
     if let Ok(mut cached) = conn.assertion.lock() {
-        *cached = Some(crate::server::CachedAssertion {
+        *cached = Some(crate::connection::CachedAssertion {
             key,
             issued_at: now,
             value: token.clone(),
@@ -885,11 +886,14 @@ impl Record<'_> {
                         headers.append(header::SET_COOKIE, c);
                     }
                 }
-                headers.insert(forward::X_REQUEST_ID.clone(), self.request_id.clone());
+                headers.insert(
+                    crate::canonical::X_REQUEST_ID.clone(),
+                    self.request_id.clone(),
+                );
                 self.log("deny", &[reason], StatusCode::FOUND);
                 response
             }
-            Err(e) => self.refuse(Refusal::from_login(&e), None),
+            Err(e) => self.refuse(Refusal::from(&e), None),
         }
     }
 

@@ -1,12 +1,11 @@
 //! Accepting connections: limits, the TLS handshake, one HTTP connection task each, and a
 //! graceful drain on shutdown.
 
-use crate::config::Snapshot;
-use crate::decision_log::DecisionLog;
-use crate::framing::{Verdict, Watch};
-use crate::metrics::{Metrics, Reason};
+use crate::connection::{Activity, Connection};
+use crate::framing::{Findings, Watch};
+use crate::metrics::Reason;
+use crate::state::Shared;
 use crate::tls::{PeerCert, handshake_failure_reason};
-use arc_swap::ArcSwap;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -25,138 +24,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// State shared by every connection for the life of the process.
-pub struct Shared {
-    /// The configuration in force; swapped whole on reload.
-    pub snapshot: ArcSwap<Snapshot>,
-    pub metrics: Arc<Metrics>,
-    pub decisions: DecisionLog,
-    /// Random per process, prefixes request ids.
-    pub instance_id: String,
-    pub no_route_label: Arc<str>,
-    /// Session re-verifications in flight.
-    pub reverifier: crate::identity::verify::Reverifier,
-    /// Open connections, for the live verifier.
-    pub live: crate::live::Registry,
-    /// Sessions, users and devices revoked by operators or the provider.
-    pub revocations: crate::revocation::Revocations,
-    /// The risk engine's memory: recent denials, devices seen per user.
-    pub posture: crate::posture::Memory,
-    next_connection: AtomicU64,
-}
-
-impl Shared {
-    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, decisions: DecisionLog) -> Arc<Self> {
-        let mut random = [0u8; 6];
-        let _ = aws_lc_rs::rand::fill(&mut random);
-        metrics.config_generation.set(snapshot.generation as i64);
-        Arc::new(Self {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            metrics,
-            decisions,
-            instance_id: crate::certs::hex(&random),
-            no_route_label: Arc::from("(none)"),
-            reverifier: Default::default(),
-            live: Default::default(),
-            revocations: Default::default(),
-            posture: Default::default(),
-            next_connection: AtomicU64::new(1),
-        })
-    }
-}
-
-/// When bytes last moved on a connection, for idle timeouts.
-#[derive(Debug, Clone)]
-pub struct Activity {
-    origin: Instant,
-    last_ms: Arc<AtomicU64>,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = self.origin.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Completes once nothing has moved for `timeout`.
-    pub async fn idle(&self, timeout: Duration) {
-        loop {
-            let last = self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + timeout;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline.into()).await;
-        }
-    }
-}
-
-/// The last assertion signed for a connection, reused while it says the same thing.
-pub struct CachedAssertion {
-    pub key: u64,
-    pub issued_at: i64,
-    pub value: HeaderValue,
-}
-
-/// One downstream connection after its handshake: who it is and how to stop it.
-pub struct Connection {
-    pub id: u64,
-    pub remote: SocketAddr,
-    pub peer: Arc<PeerCert>,
-    /// `peer.fingerprint_hex` as a header value, computed once.
-    pub peer_fingerprint: HeaderValue,
-    /// The TLS server name the client asked for, lower-case.
-    pub sni: Option<String>,
-    pub activity: Activity,
-    pub idle_timeout: Duration,
-    /// Cancelled to close the connection gracefully (drain), and any tunnel opened on it.
-    pub closing: CancellationToken,
-    /// Cancelled to cut the connection off at once: it no longer passes verification.
-    pub kill: CancellationToken,
-    /// The verified client certificate chain, leaf first, for re-verification.
-    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-    /// Configuration generation the chain was last verified under.
-    verified_generation: AtomicU64,
-    /// The last signed assertion (see `pipeline::assertion`).
-    pub assertion: std::sync::Mutex<Option<CachedAssertion>>,
-    /// Responses streaming and tunnels open on this connection, with what allowed them.
-    pub streams: std::sync::Mutex<Vec<crate::live::Stream>>,
-    registry: std::sync::Weak<Shared>,
-    pub metrics: Arc<Metrics>,
-    /// HTTP/1 framing conflicts seen on the wire (see `framing`).
-    pub framing: Arc<Verdict>,
-    /// HTTP/1 requests started on this connection, to match against `framing`.
-    pub h1_requests: AtomicU64,
-    _permit: Slot,
-}
-
-impl Connection {
-    pub fn verified_generation(&self) -> u64 {
-        self.verified_generation.load(Ordering::Relaxed)
-    }
-
-    pub fn set_verified_generation(&self, generation: u64) {
-        self.verified_generation
-            .store(generation, Ordering::Relaxed);
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.metrics.connections_open.dec();
-        if let Some(shared) = self.registry.upgrade() {
-            shared.live.remove(self.id);
-        }
-    }
-}
 
 /// Accepts connections until `shutdown` is cancelled, then drains for up to `drain`.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
@@ -290,12 +157,12 @@ async fn connection(
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
     let sni = session.server_name().map(str::to_ascii_lowercase);
-    let framing = Verdict::new();
+    let framing = Findings::new();
     // Served as exactly what ALPN chose (see `HttpServer`): the framing watcher covers every
     // connection that is not HTTP/2.
     let h2 = session.alpn_protocol() == Some(b"h2");
     let watch = (!h2).then(|| Watch::new(framing.clone()));
-    let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+    let id = shared.next_connection_id();
     shared.metrics.connections_open.inc();
     let conn = Arc::new(Connection {
         id,
@@ -312,11 +179,11 @@ async fn connection(
         verified_generation: AtomicU64::new(snapshot.generation),
         streams: std::sync::Mutex::new(Vec::new()),
         assertion: std::sync::Mutex::new(None),
-        registry: Arc::downgrade(&shared),
+        registry: Arc::downgrade(&shared.live),
         metrics: shared.metrics.clone(),
         framing,
         h1_requests: AtomicU64::new(0),
-        _permit: permit,
+        _permit: Box::new(permit),
     });
     conn.activity.touch();
     shared.live.insert(&conn);

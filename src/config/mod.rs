@@ -7,19 +7,19 @@
 pub mod admin;
 pub mod diagnostics;
 pub mod load;
-pub mod reload;
 pub mod schema;
 
 pub use diagnostics::{Problem, Problems, Source};
 
 use crate::canonical::{normalize_host, normalize_path};
 use crate::forward::assertion::Signer;
-use crate::forward::{ClientSettings, HttpClient, Upstream, client_tls, system_roots};
+use crate::forward::{ClientSettings, HttpClient, Upstream};
 use crate::identity::Sessions;
 use crate::identity::oidc::Provider;
 use crate::identity::seal::KeyRing;
 use crate::policy::{Pattern, Policy, Rule};
 use crate::routing::{Login, Route, RouteTable};
+use crate::tls::outbound::{client_config, system_roots};
 use crate::tls::{Crls, Resumption, ServerTls, read_chain, read_key, read_roots};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -1102,7 +1102,7 @@ impl Compiler<'_> {
             }
         }
         for (i, f) in r.cert_fingerprint.iter().enumerate() {
-            let parsed = crate::certs::parse_hex(f)
+            let parsed = crate::hex::parse_serial(f)
                 .ok()
                 .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok());
             match parsed {
@@ -1332,7 +1332,7 @@ impl Compiler<'_> {
                 return None;
             }
         };
-        let tls = client_tls(roots, identity)
+        let tls = client_config(roots, identity)
             .map_err(|e| self.problem(&format!("{at}.upstream"), e))
             .ok()?;
         Some(

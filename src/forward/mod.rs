@@ -4,9 +4,9 @@
 
 use crate::body::{Body, BoxError};
 use crate::canonical::{
-    allowed_upgrade, header_safe, is_spoofable, remove_hop_by_hop, upgrade_accepted,
+    X_REQUEST_ID, allowed_upgrade, header_safe, is_spoofable, remove_hop_by_hop, upgrade_accepted,
 };
-use crate::server::Connection;
+use crate::connection::{self, Connection};
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -27,7 +27,6 @@ pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 pub static X_VIGIL_WORKLOAD: HeaderName = HeaderName::from_static("x-vigil-workload");
 pub static X_VIGIL_DEVICE: HeaderName = HeaderName::from_static("x-vigil-device");
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -123,7 +122,7 @@ pub struct Outbound<'a> {
 pub struct UpgradeRemoved(pub String);
 
 /// Sends `req` upstream and returns the response head with a streaming body, registered on
-/// the connection (see `live::Stream`) until it ends.
+/// the connection (see `connection::Stream`) until it ends.
 pub async fn forward(
     upstream: &Upstream,
     conn: &Arc<Connection>,
@@ -188,7 +187,7 @@ pub async fn forward(
             .boxed_unsync(),
         None => body,
     };
-    let origin = crate::live::StreamOrigin {
+    let origin = connection::StreamOrigin {
         host: out.host.to_owned(),
         path: out.path.to_owned(),
         method: parts.method.clone(),
@@ -258,7 +257,7 @@ pub async fn forward(
     if let Some(note) = removed {
         response.extensions_mut().insert(UpgradeRemoved(note));
     }
-    let registration = crate::live::register(conn, origin, http2);
+    let registration = connection::register(conn, origin, http2);
     Ok(response.map(|b| {
         Watched {
             cut: Box::pin(registration.token().clone().cancelled_owned()),
@@ -276,7 +275,7 @@ struct Watched {
     inner: hyper::body::Incoming,
     cut: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     /// Dropped when the body ends, so a finished response no longer counts as open.
-    registration: Option<crate::live::Registration>,
+    registration: Option<connection::Registration>,
 }
 
 impl http_body::Body for Watched {
@@ -363,25 +362,10 @@ fn classify(err: &hyper_util::client::legacy::Error, limit: Option<u64>) -> Forw
         source = e.source();
     }
     if err.is_connect() {
-        ForwardError::Connect(error_chain(err))
+        ForwardError::Connect(crate::error::chain(err))
     } else {
-        ForwardError::Upstream(error_chain(err))
+        ForwardError::Upstream(crate::error::chain(err))
     }
-}
-
-/// "outer: inner: innermost", for logs.
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        source = e.source();
-    }
-    text
 }
 
 /// Splices an upgraded connection (WebSocket and the like) to the upstream until either side
@@ -390,7 +374,7 @@ async fn tunnel(
     conn: Arc<Connection>,
     downstream: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    origin: crate::live::StreamOrigin,
+    origin: connection::StreamOrigin,
 ) {
     let (down, up) = match tokio::try_join!(downstream, upstream) {
         Ok(pair) => pair,
@@ -400,7 +384,7 @@ async fn tunnel(
         }
     };
     // An upgraded HTTP/1.1 connection: cutting the tunnel cuts the connection.
-    let registration = crate::live::register(&conn, origin, false);
+    let registration = connection::register(&conn, origin, false);
     let mut down = TokioIo::new(down);
     let mut up = TokioIo::new(up);
     conn.metrics.tunnels_open.inc();
@@ -425,52 +409,4 @@ async fn tunnel(
     }
     conn.metrics.tunnels_open.dec();
     drop(registration);
-}
-
-/// Builds the TLS client configuration for upstreams from optional CA and client identity.
-pub fn client_tls(
-    roots: rustls::RootCertStore,
-    identity: Option<(
-        Vec<rustls::pki_types::CertificateDer<'static>>,
-        rustls::pki_types::PrivateKeyDer<'static>,
-    )>,
-) -> Result<rustls::ClientConfig, String> {
-    let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots);
-    match identity {
-        Some((chain, key)) => builder
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| format!("upstream client certificate and key do not fit together: {e}")),
-        None => Ok(builder.with_no_client_auth()),
-    }
-}
-
-/// TLS for Vigil's own outbound calls (provider, inventory): trusting the CAs of a PEM bundle,
-/// or the platform's when there is none. `what` names the setting in errors.
-pub fn outbound_tls(ca_pem: Option<&[u8]>, what: &str) -> Result<rustls::ClientConfig, String> {
-    let roots = match ca_pem {
-        Some(pem) => {
-            use rustls::pki_types::pem::PemObject;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| format!("{what}: {e:?}"))?;
-                roots.add(cert).map_err(|e| format!("{what}: {e}"))?;
-            }
-            roots
-        }
-        None => system_roots(),
-    };
-    client_tls(roots, None)
-}
-
-/// The platform's trust anchors, for `https://` upstreams without `upstream_ca`.
-pub fn system_roots() -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    for cert in found.certs {
-        let _ = roots.add(cert);
-    }
-    roots
 }

@@ -138,6 +138,19 @@ pub enum LoginError {
     BadToken(String),
 }
 
+impl From<&LoginError> for crate::error::Refusal {
+    /// A provider that cannot be reached is unavailable; anything else about a login is the
+    /// client's to fix.
+    fn from(e: &LoginError) -> Self {
+        match e.status() {
+            http::StatusCode::SERVICE_UNAVAILABLE | http::StatusCode::BAD_GATEWAY => {
+                crate::error::Refusal::Unavailable(e.to_string())
+            }
+            _ => crate::error::Refusal::Unauthorized(e.to_string()),
+        }
+    }
+}
+
 impl LoginError {
     pub fn status(&self) -> http::StatusCode {
         use http::StatusCode;
@@ -284,7 +297,7 @@ pub struct BearerClaims {
 impl Provider {
     pub fn new(settings: Settings) -> Result<Self, String> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let tls = crate::forward::outbound_tls(settings.ca.as_deref(), "oidc.ca")?;
+        let tls = crate::tls::outbound::for_vigil(settings.ca.as_deref(), "oidc.ca")?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .redirect(reqwest::redirect::Policy::none())
@@ -403,7 +416,7 @@ impl Provider {
             .header(http::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| format!("{url}: {}", crate::forward::error_chain(&e)))?;
+            .map_err(|e| format!("{url}: {}", crate::error::chain(&e)))?;
         if !response.status().is_success() {
             return Err(format!("{url}: HTTP {}", response.status()));
         }
@@ -702,7 +715,7 @@ impl Provider {
             .timeout(REVOCATION_TIMEOUT)
             .send()
             .await
-            .map_err(|e| format!("{url}: {}", crate::forward::error_chain(&e)))?;
+            .map_err(|e| format!("{url}: {}", crate::error::chain(&e)))?;
         // RFC 7009 section 2.2: 200 whether or not the token was still valid.
         if response.status().is_success() {
             Ok(true)
@@ -1003,9 +1016,9 @@ fn token_error(e: TokenError) -> LoginError {
             LoginError::Refused(response.to_string())
         }
         openidconnect::RequestTokenError::Request(_) => {
-            LoginError::Unreachable(crate::forward::error_chain(&e))
+            LoginError::Unreachable(crate::error::chain(&e))
         }
-        _ => LoginError::BadToken(crate::forward::error_chain(&e)),
+        _ => LoginError::BadToken(crate::error::chain(&e)),
     }
 }
 

@@ -121,7 +121,7 @@ impl Inventory {
     pub fn load(settings: Settings) -> Result<Self, String> {
         let http = match &settings.source {
             Source::Url(_) => {
-                let tls = crate::forward::outbound_tls(settings.ca.as_deref(), "devices.ca")?;
+                let tls = crate::tls::outbound::for_vigil(settings.ca.as_deref(), "devices.ca")?;
                 Some(
                     reqwest::Client::builder()
                         .use_preconfigured_tls(tls)
@@ -264,7 +264,7 @@ impl Inventory {
         }
         let key = match self.settings.key {
             Key::Fingerprint => peer.fingerprint_hex.clone(),
-            Key::Serial => crate::certs::hex(trim_zeros(&peer.serial)),
+            Key::Serial => crate::hex::encode(trim_zeros(&peer.serial)),
             Key::Subject => peer.common_name.clone()?,
         };
         self.data.load().by_key.get(&key).cloned()
@@ -313,9 +313,9 @@ fn parse(bytes: &[u8], key: Key) -> Result<Data, String> {
                 .map(|f| f.replace(':', "").to_ascii_lowercase()),
             // The same form as the certificate side: hex of the serial without leading zero bytes.
             Key::Serial => device.serial.as_deref().and_then(|s| {
-                crate::certs::parse_hex(s)
+                crate::hex::parse_serial(s)
                     .ok()
-                    .map(|bytes| crate::certs::hex(trim_zeros(&bytes)))
+                    .map(|bytes| crate::hex::encode(trim_zeros(&bytes)))
             }),
             Key::Subject => device.subject.clone(),
         };

@@ -270,7 +270,7 @@ fn check_signature(signed: &SignedParts<'_>, ca: &X509Certificate<'_>) -> Result
         format!(
             "the CRL is signed with an unsupported algorithm (AlgorithmIdentifier {}); \
              supported: ECDSA P-256/P-384/P-521, Ed25519, RSA PKCS#1 and RSA-PSS with SHA-256/384/512",
-            crate::certs::hex(signed.algorithm)
+            crate::hex::encode(signed.algorithm)
         )
     })
 }

@@ -1,7 +1,9 @@
 //! The downstream TLS endpoint: TLS 1.3 only, a verified client certificate on every connection.
 
 pub mod crl;
+pub mod outbound;
 pub mod peer;
+pub mod spiffe;
 
 pub use crl::Crls;
 pub use peer::PeerCert;

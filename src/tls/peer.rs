@@ -56,7 +56,7 @@ impl PeerCert {
             .filter(|u| u.to_ascii_lowercase().starts_with("spiffe://"))
             .collect();
         let spiffe_id = match spiffe.as_slice() {
-            [one] if crate::certs::validate_spiffe_id(one).is_ok() => Some((*one).clone()),
+            [one] if crate::tls::spiffe::validate(one).is_ok() => Some((*one).clone()),
             _ => None,
         };
         let fingerprint: [u8; 32] = digest::digest(&digest::SHA256, der)
@@ -72,7 +72,7 @@ impl PeerCert {
             uris,
             spiffe_id,
             serial: cert.raw_serial().to_vec(),
-            fingerprint_hex: crate::certs::hex(&fingerprint),
+            fingerprint_hex: crate::hex::encode(&fingerprint),
             fingerprint,
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
@@ -81,7 +81,7 @@ impl PeerCert {
 
     /// Serial number in lower-case hex.
     pub fn serial_hex(&self) -> String {
-        crate::certs::hex(&self.serial)
+        crate::hex::encode(&self.serial)
     }
 
     /// Every SAN, for rules that match any of them.

@@ -8,8 +8,8 @@
 //! snapshot serving and is reported in the log, in `vigil_config_reload_failures_total`, in
 //! the answer to `POST /reload` and in `/readyz`.
 
-use super::{Context, Snapshot, load_file};
-use crate::server::Shared;
+use crate::config::{Context, Snapshot, load_file};
+use crate::state::Shared;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,234 @@
+//! One downstream connection after its handshake, the registry of every open one, and the
+//! streams (responses still streaming, tunnels) open on each, with what allowed them: what the
+//! request path records and the live verifier re-checks.
+
+use crate::framing::Findings;
+use crate::identity::Identity;
+use crate::identity::session::Session;
+use crate::metrics::Metrics;
+use crate::tls::PeerCert;
+use http::HeaderValue;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// When bytes last moved on a connection, for idle timeouts.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    origin: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Activity {
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn touch(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Completes once nothing has moved for `timeout`.
+    pub async fn idle(&self, timeout: Duration) {
+        loop {
+            let last = self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// The last assertion signed for a connection, reused while it says the same thing.
+pub struct CachedAssertion {
+    pub key: u64,
+    pub issued_at: i64,
+    pub value: HeaderValue,
+}
+
+/// One downstream connection after its handshake: who it is and how to stop it.
+pub struct Connection {
+    pub id: u64,
+    pub remote: SocketAddr,
+    pub peer: Arc<PeerCert>,
+    /// `peer.fingerprint_hex` as a header value, computed once.
+    pub peer_fingerprint: HeaderValue,
+    /// The TLS server name the client asked for, lower-case.
+    pub sni: Option<String>,
+    pub activity: Activity,
+    pub idle_timeout: Duration,
+    /// Cancelled to close the connection gracefully (drain), and any tunnel opened on it.
+    pub closing: CancellationToken,
+    /// Cancelled to cut the connection off at once: it no longer passes verification.
+    pub kill: CancellationToken,
+    /// The verified client certificate chain, leaf first, for re-verification.
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Configuration generation the chain was last verified under.
+    pub(crate) verified_generation: AtomicU64,
+    /// The last signed assertion (see `pipeline::assertion`).
+    pub assertion: Mutex<Option<CachedAssertion>>,
+    /// Responses streaming and tunnels open on this connection, with what allowed them.
+    pub streams: Mutex<Vec<Stream>>,
+    /// Where this connection is listed, to leave it when dropped.
+    pub(crate) registry: Weak<Registry>,
+    pub metrics: Arc<Metrics>,
+    /// HTTP/1 framing conflicts seen on the wire (see `framing`).
+    pub framing: Arc<Findings>,
+    /// HTTP/1 requests started on this connection, to match against `framing`.
+    pub h1_requests: AtomicU64,
+    /// The connection slot it holds (in all and for its source), released when dropped.
+    pub(crate) _permit: Box<dyn Send + Sync>,
+}
+
+impl Connection {
+    pub fn verified_generation(&self) -> u64 {
+        self.verified_generation.load(Ordering::Relaxed)
+    }
+
+    pub fn set_verified_generation(&self, generation: u64) {
+        self.verified_generation
+            .store(generation, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.metrics.connections_open.dec();
+        if let Some(registry) = self.registry.upgrade() {
+            registry.remove(self.id);
+        }
+    }
+}
+
+/// Every open connection, by id.
+#[derive(Default)]
+pub struct Registry {
+    connections: Mutex<HashMap<u64, Weak<Connection>>>,
+    /// Wakes the verifier before its interval (reload, revocation).
+    pub(crate) wake: Notify,
+    /// When the oldest pending wake was ordered, for the cut-off latency metric.
+    pub(crate) ordered: Mutex<Option<std::time::Instant>>,
+}
+
+impl Registry {
+    pub fn insert(&self, conn: &Arc<Connection>) {
+        if let Ok(mut map) = self.connections.lock() {
+            map.insert(conn.id, Arc::downgrade(conn));
+        }
+    }
+
+    pub fn remove(&self, id: u64) {
+        if let Ok(mut map) = self.connections.lock() {
+            map.remove(&id);
+        }
+    }
+
+    /// Asks the verifier to re-check every connection now (after a reload or a revocation).
+    pub fn recheck_now(&self) {
+        if let Ok(mut ordered) = self.ordered.lock() {
+            ordered.get_or_insert_with(std::time::Instant::now);
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn len(&self) -> usize {
+        self.connections.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every connection still open.
+    pub fn connections(&self) -> Vec<Arc<Connection>> {
+        self.connections
+            .lock()
+            .map(|m| m.values().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// What a response stream or tunnel was allowed on: re-decided while it is open, as if its
+/// request arrived now.
+#[derive(Clone)]
+pub struct StreamOrigin {
+    pub host: String,
+    pub path: String,
+    pub method: http::Method,
+    /// The session the request came with, on login routes.
+    pub session: Option<Session>,
+    /// The verified bearer token's identity, on bearer routes.
+    pub bearer: Option<Arc<Identity>>,
+}
+
+/// A response in flight or an open tunnel on a connection.
+pub struct Stream {
+    pub id: u64,
+    pub origin: StreamOrigin,
+    /// An HTTP/2 stream can be reset alone; anything else is cut with its connection.
+    pub http2: bool,
+    /// Cancelled when the stream no longer passes: its body ends with an error.
+    pub cut: CancellationToken,
+}
+
+static STREAMS: AtomicU64 = AtomicU64::new(0);
+
+/// Registers a stream on `conn` for the verifier; it stays registered until the returned
+/// guard is dropped (the response body ends or is dropped, the tunnel closes).
+pub fn register(conn: &Arc<Connection>, origin: StreamOrigin, http2: bool) -> Registration {
+    let id = STREAMS.fetch_add(1, Ordering::Relaxed);
+    let cut = CancellationToken::new();
+    if let Ok(mut streams) = conn.streams.lock() {
+        streams.push(Stream {
+            id,
+            origin,
+            http2,
+            cut: cut.clone(),
+        });
+    }
+    Registration {
+        conn: conn.clone(),
+        id,
+        cut,
+    }
+}
+
+/// A registered stream; deregisters on drop.
+pub struct Registration {
+    conn: Arc<Connection>,
+    id: u64,
+    cut: CancellationToken,
+}
+
+impl Registration {
+    /// Cancelled when the verifier cuts this stream.
+    pub fn token(&self) -> &CancellationToken {
+        &self.cut
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut streams) = self.conn.streams.lock()
+            && let Some(at) = streams.iter().position(|s| s.id == self.id)
+        {
+            streams.swap_remove(at);
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! What every connection shares for the life of the process: the configuration in force and
+//! the run-time state beside it (revocations, re-verifications, open connections, the risk
+//! engine's memory, the decision log and metrics).
+
+use crate::config::Snapshot;
+use crate::connection::Registry;
+use crate::decision_log::DecisionLog;
+use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// State shared by every connection for the life of the process.
+pub struct Shared {
+    /// The configuration in force; swapped whole on reload.
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    pub decisions: DecisionLog,
+    /// Random per process, prefixes request ids.
+    pub instance_id: String,
+    pub no_route_label: Arc<str>,
+    /// Session re-verifications in flight.
+    pub reverifier: crate::identity::verify::Reverifier,
+    /// Open connections, for the live verifier.
+    pub live: Arc<Registry>,
+    /// Sessions, users and devices revoked by operators or the provider.
+    pub revocations: crate::revocation::Revocations,
+    /// The risk engine's memory: recent denials, devices seen per user.
+    pub posture: crate::posture::Memory,
+    next_connection: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, decisions: DecisionLog) -> Arc<Self> {
+        let mut random = [0u8; 6];
+        let _ = aws_lc_rs::rand::fill(&mut random);
+        metrics.config_generation.set(snapshot.generation as i64);
+        Arc::new(Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            decisions,
+            instance_id: crate::hex::encode(&random),
+            no_route_label: Arc::from("(none)"),
+            reverifier: Default::default(),
+            live: Default::default(),
+            revocations: Default::default(),
+            posture: Default::default(),
+            next_connection: AtomicU64::new(1),
+        })
+    }
+}
+
+impl Shared {
+    /// A new connection id, unique for the life of the process.
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+}
