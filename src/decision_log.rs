@@ -60,6 +60,10 @@ pub struct Entry<'a> {
     pub groups: &'a [String],
     pub decision: &'a str,
     pub reasons: &'a [String],
+    /// Who probably caused a refusal or an error: `client`, `policy`, `upstream` or `internal`;
+    /// absent on an answer that is neither.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<&'a str>,
     /// "enforce" or "audit".
     pub mode: &'a str,
     /// Risk level, score and the signals behind it, when `[risk]` is configured.

@@ -6,13 +6,29 @@
 use crate::body::{self, Body};
 use http::{HeaderValue, Response, StatusCode, header};
 
-/// Who most likely caused a refusal; it is what metrics and on-call look at first.
+/// Who most likely caused a refusal: written in the decision log's `fault` and counted in
+/// `vigil_refusals_total{fault}`, it is what on-call looks at first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
+    /// The request itself: malformed, too large, too slow, for no route.
     Client,
+    /// Policy refused it: no credential, a bad one, or rules, risk or a revocation said no.
     Policy,
+    /// Something Vigil depends on: the upstream or the identity provider.
     Upstream,
+    /// Vigil itself.
     Internal,
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Client => "client",
+            Fault::Policy => "policy",
+            Fault::Upstream => "upstream",
+            Fault::Internal => "internal",
+        }
+    }
 }
 
 /// A request Vigil answers without (successfully) forwarding it.

@@ -16,12 +16,15 @@
 //! refreshed in the background and judged on what is known now (its last verification holds
 //! until `interval + max_stale`, then it is cut), so a hung provider delays no other check.
 
+use crate::config::Snapshot;
 use crate::connection::{Connection, StreamOrigin};
 use crate::identity::Identity;
 use crate::identity::session::Rejected;
 use crate::identity::session::Session;
-use crate::identity::verify::{Change, Verdict};
+use crate::identity::verify::Change;
 use crate::metrics::Reason;
+use crate::pipeline::{assess, decide, identify};
+use crate::policy::{Decision, Outcome, facts};
 use crate::state::Shared;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -104,7 +107,7 @@ fn observe(shared: &Shared, ordered: Option<std::time::Instant>) {
 /// reset on its own, an HTTP/1.1 response or a tunnel ends with its connection.
 fn check_streams(
     shared: &Arc<Shared>,
-    snapshot: &crate::config::Snapshot,
+    snapshot: &Snapshot,
     conn: &Connection,
     now: i64,
     ordered: Option<std::time::Instant>,
@@ -120,7 +123,7 @@ fn check_streams(
         })
         .unwrap_or_default();
     for (id, origin, http2, token) in streams {
-        let Some(reason) = origin.verdict(shared, snapshot, conn, id, now) else {
+        let Some(reason) = verdict(shared, snapshot, conn, id, &origin, now) else {
             continue;
         };
         // Cutting the stream, not the connection: its body fails, which resets an HTTP/2
@@ -149,123 +152,124 @@ fn still_registered(conn: &Connection, id: u64) -> bool {
         .unwrap_or(false)
 }
 
-impl StreamOrigin {
-    /// Why the stream `id` on `conn` no longer passes, if it does not. A session due for
-    /// re-verification is judged without waiting for the provider (see
-    /// [`Reverifier::judge_now`](crate::identity::verify::Reverifier::judge_now)); when the
-    /// judgement stands on a refresh still in flight, the verifier is woken when its answer
-    /// comes or the session's deadline passes.
-    fn verdict(
-        &self,
-        shared: &Arc<Shared>,
-        snapshot: &crate::config::Snapshot,
-        conn: &Connection,
-        id: u64,
-        now: i64,
-    ) -> Option<&'static str> {
-        let origin = self;
-        let mut session = origin.session.clone();
-        if let Some(current) = &session {
-            if shared.revocations.session(current).is_some() {
-                return Some("session_revoked");
-            }
-            if now >= current.expires_at {
-                return Some("session_expired");
-            }
-            if let Some(provider) = &snapshot.oidc {
-                let (verdict, watch) =
-                    shared
-                        .reverifier
-                        .judge_now(provider, current, snapshot.verify);
-                if let Some(watch) = watch {
-                    let shared = Arc::downgrade(shared);
-                    tokio::spawn(async move {
-                        let change = watch.changed().await;
-                        if let Some(shared) = shared.upgrade() {
-                            match change {
-                                Change::Refreshed => shared.live.wake.notify_one(),
-                                Change::Ended | Change::Unverifiable => shared.live.recheck_now(),
-                            }
-                        }
-                    });
-                }
-                match verdict {
-                    Verdict::Current | Verdict::Stale { .. } => {}
-                    Verdict::Refreshed(fresh) => {
-                        if let Ok(mut open) = conn.streams.lock() {
-                            for t in open.iter_mut().filter(|t| t.id == id) {
-                                t.origin.session = Some((*fresh).clone());
-                            }
-                        }
-                        session = Some(*fresh);
-                    }
-                    Verdict::Refused(Rejected::Ended(_)) => return Some("session_ended"),
-                    Verdict::Refused(_) => return Some("session_unverifiable"),
-                }
-            }
+/// Why the stream `id` on `conn` no longer passes, if it does not. A session due for
+/// re-verification is judged without waiting for the provider (see
+/// [`Reverifier::judge_now`](crate::identity::verify::Reverifier::judge_now)); when the
+/// judgement stands on a refresh still in flight, the verifier is woken when its answer comes
+/// or the session's deadline passes.
+fn verdict(
+    shared: &Arc<Shared>,
+    snapshot: &Snapshot,
+    conn: &Connection,
+    id: u64,
+    origin: &StreamOrigin,
+    now: i64,
+) -> Option<&'static str> {
+    let session = match &origin.session {
+        Some(current) => match session_now(shared, snapshot, conn, id, current, now) {
+            Ok(session) => Some(session),
+            Err(reason) => return Some(reason),
+        },
+        None => None,
+    };
+    if let Some(token) = &origin.bearer
+        && let Some(why) = identify::bearer_standing(shared, token, now)
+    {
+        return Some(if why == "token expired" {
+            "token_expired"
+        } else {
+            "token_revoked"
+        });
+    }
+    let decision = redecide(shared, snapshot, conn, origin, session.as_ref(), now)?;
+    match decision.outcome {
+        Outcome::Allow | Outcome::Audit => None,
+        _ if decision.reasons.first().map(String::as_str) == Some(crate::policy::NO_ROUTE) => {
+            Some("route_removed")
         }
-        if let Some(token) = &origin.bearer {
-            if shared
-                .revocations
-                .subject(&token.subject, token.verified_at)
-            {
-                return Some("token_revoked");
-            }
-            if token
-                .claims
-                .get("exp")
-                .and_then(serde_json::Value::as_i64)
-                .is_some_and(|exp| now >= exp)
-            {
-                return Some("token_expired");
-            }
-        }
-        if let Some(reason) = still_allowed(snapshot, conn, origin, session.as_ref()) {
-            return Some(reason);
-        }
-        None
+        _ if decision.risk_action.is_some() => Some("risk"),
+        _ => Some("policy"),
     }
 }
 
-/// The current configuration's decision for a stream, with today's device record and the
-/// session's current claims (or the bearer token's): a stream whose request would now be
-/// denied is cut.
-fn still_allowed(
-    snapshot: &crate::config::Snapshot,
+/// The stream's session as it stands now: not revoked or expired, and re-verified when due
+/// (a refreshed session replaces the stream's own).
+fn session_now(
+    shared: &Arc<Shared>,
+    snapshot: &Snapshot,
+    conn: &Connection,
+    id: u64,
+    current: &Session,
+    now: i64,
+) -> Result<Session, &'static str> {
+    if identify::session_revoked(shared, current).is_some() {
+        return Err("session_revoked");
+    }
+    if now >= current.expires_at {
+        return Err("session_expired");
+    }
+    let Some(provider) = &snapshot.oidc else {
+        return Ok(current.clone());
+    };
+    let (verdict, watch) = shared
+        .reverifier
+        .judge_now(provider, current, snapshot.verify);
+    if let Some(watch) = watch {
+        let shared = Arc::downgrade(shared);
+        tokio::spawn(async move {
+            let change = watch.changed().await;
+            if let Some(shared) = shared.upgrade() {
+                match change {
+                    Change::Refreshed => shared.live.wake.notify_one(),
+                    Change::Ended | Change::Unverifiable => shared.live.recheck_now(),
+                }
+            }
+        });
+    }
+    match identify::conclude(verdict) {
+        Ok(None) => Ok(current.clone()),
+        Ok(Some(fresh)) => {
+            if let Ok(mut open) = conn.streams.lock() {
+                for t in open.iter_mut().filter(|t| t.id == id) {
+                    t.origin.session = Some((*fresh).clone());
+                }
+            }
+            Ok(*fresh)
+        }
+        Err(Rejected::Ended(_)) => Err("session_ended"),
+        Err(_) => Err("session_unverifiable"),
+    }
+}
+
+/// The decision on a stream as if its request arrived now: today's route, device record, risk
+/// and the session's current claims (or the bearer token's), through the same
+/// [`policy::decide`](crate::policy::decide) as a request.
+pub fn redecide(
+    shared: &Shared,
+    snapshot: &Snapshot,
     conn: &Connection,
     origin: &StreamOrigin,
     session: Option<&Session>,
-) -> Option<&'static str> {
-    if snapshot.audit {
-        return None;
-    }
+    now: i64,
+) -> Option<Decision> {
     let host = crate::canonical::host_without_port(&origin.host);
-    let Some(route) = snapshot.routes.find(host, &origin.path) else {
-        return Some("route_removed");
-    };
+    let route = snapshot.routes.find(host, &origin.path);
     let mfa_amr = snapshot
         .oidc
         .as_ref()
-        .map(|p| p.settings.mfa_amr.clone())
+        .map(|p| p.settings.mfa_amr.as_slice())
         .unwrap_or_default();
-    let from_session = session.map(|s| Identity::from_session(s, &mfa_amr));
+    let from_session = session.map(|s| Identity::from_session(s, mfa_amr));
     let identity = from_session.as_ref().or(origin.bearer.as_deref());
-    let device = snapshot
-        .devices
-        .as_ref()
-        .and_then(|inventory| inventory.lookup(&conn.peer));
-    let decision = crate::policy::evaluate(
-        &route.policy,
-        &crate::policy::RequestFacts {
-            method: &origin.method,
-            path: &origin.path,
-            client_ip: conn.remote.ip(),
-            peer: &conn.peer,
-            identity,
-            device: device.as_ref(),
-        },
-    );
-    (!decision.allow).then_some("policy")
+    let assessed = assess::assess(shared, snapshot, conn, identity, now, false);
+    let request = facts::Request {
+        route: route.map(|r| r.name.as_str()),
+        host: &origin.host,
+        method: origin.method.as_str(),
+        path: &origin.path,
+    };
+    let facts = decide::facts(now, request, conn, identity, &assessed);
+    Some(crate::policy::decide(&snapshot.policy, &facts))
 }
 
 /// Closes `conn` now, with a log line and a metric.

@@ -89,7 +89,7 @@ enum CertsCommand {
 
 #[derive(Subcommand)]
 enum PolicyCommand {
-    /// Which route a request takes and what policy says about it.
+    /// The decision on a request (described by flags, or a facts document) and its reasons.
     Explain(ExplainArgs),
 }
 
@@ -97,14 +97,17 @@ enum PolicyCommand {
 struct ExplainArgs {
     #[arg(long, short)]
     config: PathBuf,
+    /// A facts document (JSON, see docs/facts.md) to decide instead of a described request.
+    #[arg(long, conflicts_with_all = ["url", "cert", "user"])]
+    input: Option<PathBuf>,
     /// The request URL, like https://wiki.example.com/page.
-    #[arg(long)]
-    url: String,
+    #[arg(long, required_unless_present = "input")]
+    url: Option<String>,
     #[arg(long, default_value = "GET")]
     method: String,
     /// The client certificate (PEM) the request comes with.
-    #[arg(long)]
-    cert: PathBuf,
+    #[arg(long, required_unless_present = "input")]
+    cert: Option<PathBuf>,
     /// Source address of the request.
     #[arg(long, default_value = "127.0.0.1")]
     from: IpAddr,
@@ -191,66 +194,35 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
-    let der = rustls::pki_types::CertificateDer::from_pem_file(&args.cert)
-        .with_context(|| format!("reading {}", args.cert.display()))?;
-    let peer = vigil::tls::PeerCert::from_der(der.as_ref()).map_err(anyhow::Error::msg)?;
-    let url: http::Uri = args.url.parse().context("--url")?;
-    let host = vigil::canonical::normalize_host(url.authority().map_or("", |a| a.as_str()))
-        .map_err(|e| anyhow::anyhow!("host: {e}"))?;
-    let path = vigil::canonical::normalize_path(url.path())
-        .map_err(|e| anyhow::anyhow!("path refused with 400: {e}"))?;
-    let method = http::Method::from_bytes(args.method.as_bytes()).context("--method")?;
-    let hostname = vigil::canonical::host_without_port(&host);
-    let Some(route) = snapshot.routes.find(hostname, &path) else {
-        println!(
-            "{}",
-            serde_json::json!({ "route": null, "decision": "deny", "status": 404, "reasons": ["no route for this host and path"] })
-        );
-        return Ok(());
+    let now = vigil::identity::now();
+    let doc = match (&args.input, &args.url, &args.cert) {
+        (Some(input), _, _) => {
+            let json =
+                std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+            vigil::explain::read_document(&json)?
+        }
+        (None, Some(url), Some(cert)) => {
+            let der = rustls::pki_types::CertificateDer::from_pem_file(cert)
+                .with_context(|| format!("reading {}", cert.display()))?;
+            let certificate =
+                vigil::tls::PeerCert::from_der(der.as_ref()).map_err(anyhow::Error::msg)?;
+            vigil::explain::Described {
+                url,
+                method: &args.method,
+                certificate,
+                source: args.from,
+                user: args
+                    .user
+                    .as_deref()
+                    .map(|sub| (sub, args.email.as_deref(), args.groups.as_slice(), args.mfa)),
+            }
+            .document(&snapshot, now)?
+        }
+        _ => bail!("give --input FACTS.json, or --url and --cert"),
     };
-    let identity = args.user.as_ref().map(|sub| vigil::identity::Identity {
-        subject: sub.clone(),
-        email: args.email.clone(),
-        name: None,
-        groups: args.groups.clone(),
-        amr: Vec::new(),
-        mfa: args.mfa,
-        acr: None,
-        risk: None,
-        claims: Default::default(),
-        verified_at: vigil::identity::now(),
-        auth_time: None,
-        source: vigil::identity::Source::Session {
-            sid: "explain".into(),
-        },
-    });
-    let device = snapshot.devices.as_ref().and_then(|d| d.lookup(&peer));
-    let decision = vigil::policy::evaluate(
-        &route.policy,
-        &vigil::policy::RequestFacts {
-            method: &method,
-            path: &path,
-            client_ip: args.from,
-            peer: &peer,
-            identity: identity.as_ref(),
-            device: device.as_ref(),
-        },
-    );
-    let needs_login = route.login != vigil::routing::Login::None && identity.is_none();
-    println!(
-        "{:#}",
-        serde_json::json!({
-            "route": route.name,
-            "login": route.login.as_str(),
-            "path": path,
-            "decision": if decision.allow { "allow" } else { "deny" },
-            "reasons": decision.reasons,
-            "note": needs_login.then_some("this route needs a signed-in person or a bearer token: give --user (and --group, --email, --mfa)"),
-            "certificate": { "subject": peer.subject, "spiffe_id": peer.spiffe_id, "fingerprint_sha256": peer.fingerprint_hex },
-            "device_inventory": device,
-        })
-    );
-    if !decision.allow {
+    let explained = vigil::explain::explain(&snapshot, doc, now);
+    println!("{:#}", explained.report);
+    if !explained.passes {
         std::process::exit(2);
     }
     Ok(())

@@ -1,30 +1,10 @@
 //! Which route a request belongs to: by host, then by the longest path prefix.
 
 use crate::forward::Upstream;
-use crate::policy::Policy;
+pub use crate::policy::Login;
+use crate::policy::RoutePolicy;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// How a route establishes who is asking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Login {
-    /// The client certificate alone is the identity (services, or device-only access).
-    None,
-    /// People: a session from an OIDC login, bound to the device certificate.
-    Oidc,
-    /// Services: an access token from the provider, on top of the workload certificate.
-    Bearer,
-}
-
-impl Login {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Login::None => "none",
-            Login::Oidc => "oidc",
-            Login::Bearer => "bearer",
-        }
-    }
-}
 
 /// A compiled `[[route]]`.
 #[derive(Debug)]
@@ -36,8 +16,8 @@ pub struct Route {
     pub host: String,
     /// Path prefix, without trailing slash except for the root "/".
     pub path: String,
-    pub login: Login,
-    pub policy: Policy,
+    /// How the route identifies, its rules and its risk actions: what decisions read.
+    pub policy: Arc<RoutePolicy>,
     pub upstream: Upstream,
     pub max_body_bytes: Option<u64>,
     /// `login = "bearer"`: required audience and scopes.
@@ -47,8 +27,6 @@ pub struct Route {
     pub headers: Vec<(http::HeaderName, String)>,
     /// Their names in alias form, stripped from client requests.
     pub strip: Vec<String>,
-    /// What to do at each risk level (used when `[risk]` is configured).
-    pub risk: crate::posture::RiskActions,
     /// Upgrade protocols a request may switch to (lower-case names); others are removed.
     pub upgrades: Vec<String>,
 }

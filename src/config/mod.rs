@@ -17,7 +17,7 @@ use crate::forward::{ClientSettings, HttpClient, Upstream};
 use crate::identity::Sessions;
 use crate::identity::oidc::Provider;
 use crate::identity::seal::KeyRing;
-use crate::policy::{Pattern, Policy, Rule};
+use crate::policy::{Pattern, Policy, RoutePolicy, Rule};
 use crate::routing::{Login, Route, RouteTable};
 use crate::tls::outbound::{client_config, system_roots};
 use crate::tls::{Crls, Resumption, ServerTls, read_chain, read_key, read_roots};
@@ -62,8 +62,9 @@ pub struct Snapshot {
     /// The verifier inside `tls`, to re-check certificates of resumed sessions.
     pub client_verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     pub routes: RouteTable,
-    /// Audit mode: denials are logged and let through.
-    pub audit: bool,
+    /// Every route's rules and risk actions, audit mode and step-up freshness: what
+    /// [`crate::policy::decide`] reads.
+    pub policy: Policy,
     pub max_connections: usize,
     /// Per-source shares of the connection slots (see `server::Sources`); 0 for no limit.
     pub max_connections_per_source: usize,
@@ -332,6 +333,13 @@ impl Compiler<'_> {
             // forever; `idle_timeout` finds dead peers instead.
             .keep_alive_interval(None);
 
+        let routes = routes?;
+        let policy = Policy::new(
+            routes.iter().map(|r| r.policy.clone()),
+            audit,
+            risk.as_ref()
+                .map_or(300, |r| r.step_up_max_age.as_secs() as i64),
+        );
         Some(Snapshot {
             generation: ctx.generation,
             source: name.to_owned(),
@@ -351,8 +359,8 @@ impl Compiler<'_> {
             },
             tls: tls.0,
             client_verifier: tls.1,
-            routes: routes?,
-            audit,
+            routes,
+            policy,
             max_connections: server.max_connections,
             max_connections_per_source: server.connections_per_source(),
             max_handshakes_per_source: server.handshakes_per_source(),
@@ -1005,15 +1013,18 @@ impl Compiler<'_> {
             name: r.name.clone(),
             host: host?,
             path,
-            login: login?,
-            policy: Policy { rules },
+            policy: Arc::new(RoutePolicy {
+                name: r.name.clone(),
+                login: login?,
+                rules,
+                risk: risk_actions,
+            }),
             upstream: upstream?,
             max_body_bytes: r.max_body_bytes.map(|n| if n == 0 { u64::MAX } else { n }),
             bearer_audience: r.bearer_audience.clone(),
             bearer_scopes: r.bearer_scopes.clone(),
             headers,
             strip,
-            risk: risk_actions,
             upgrades,
         })
     }

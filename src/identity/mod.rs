@@ -6,7 +6,7 @@ pub mod seal;
 pub mod session;
 pub mod verify;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -51,36 +51,60 @@ pub struct Sessions {
 }
 
 /// How an identity was established.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum Source {
     /// A browser session (OIDC login).
-    Session { sid: String },
+    Session {
+        #[serde(default)]
+        sid: String,
+    },
     /// A bearer access token.
     Bearer {
+        #[serde(default)]
         client_id: Option<String>,
+        #[serde(default)]
         scopes: Vec<String>,
     },
 }
 
-/// The person or service behind a request, as policy and upstreams see it.
-#[derive(Debug, Clone, Serialize)]
+impl Default for Source {
+    fn default() -> Self {
+        Source::Session { sid: String::new() }
+    }
+}
+
+/// The person or service behind a request, as policy and upstreams see it (the `person` of a
+/// facts document).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Identity {
     pub subject: String,
+    #[serde(default)]
     pub email: Option<String>,
+    #[serde(default)]
     pub name: Option<String>,
+    #[serde(default)]
     pub groups: Vec<String>,
     /// Authentication methods (`amr`).
+    #[serde(default)]
     pub amr: Vec<String>,
     /// True when `amr` holds a multi-factor method.
+    #[serde(default)]
     pub mfa: bool,
+    #[serde(default)]
     pub acr: Option<String>,
     /// The provider's risk claim, when it sends one.
+    #[serde(default)]
     pub risk: Option<String>,
+    #[serde(default)]
     pub claims: BTreeMap<String, serde_json::Value>,
     /// When the identity was last confirmed with the provider (Unix seconds).
+    #[serde(default)]
     pub verified_at: i64,
+    #[serde(default)]
     pub auth_time: Option<i64>,
+    #[serde(default)]
     pub source: Source,
 }
 

@@ -1,18 +1,50 @@
-//! Who may do what on a route: a pure function from plain facts to a decision with reasons.
+//! The decision point: one pure function from the policy of the current configuration and
+//! one facts document to a [`Decision`], with every reason.
 //!
-//! Default deny: a route with no rules denies everything, and a request matching no rule is
-//! denied with the reasons each rule gave.
+//! Default deny: no route, a route with no rules, or a request matching no rule is denied,
+//! with the reasons each rule gave. Built-in rules decide first; the route's risk actions then
+//! apply to an allow, and audit mode lets a denial through while logging it. The request
+//! pipeline, the live verifier (everything that stays open) and `vigil policy explain` all call
+//! [`decide`], so none of them can disagree with another.
+//!
+//! Pure: no clock (the time is a fact), no I/O, no shared state.
 
+pub mod facts;
 pub mod pattern;
 
+pub use facts::Facts;
 pub use pattern::Pattern;
 
 use crate::identity::Identity;
 use crate::posture::inventory::{Device, version_at_least};
-use crate::tls::PeerCert;
+use crate::posture::{Action, RiskActions};
 use http::Method;
 use ipnet::IpNet;
-use std::net::IpAddr;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// How a route establishes who is asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Login {
+    /// The client certificate alone is the identity (services, or device-only access).
+    None,
+    /// People: a session from an OIDC login, bound to the device certificate.
+    Oidc,
+    /// Services: an access token from the provider, on top of the workload certificate.
+    Bearer,
+}
+
+impl Login {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Login::None => "none",
+            Login::Oidc => "oidc",
+            Login::Bearer => "bearer",
+        }
+    }
+}
 
 /// One `allow` entry: every condition given must hold.
 #[derive(Debug, Clone, Default)]
@@ -79,58 +111,169 @@ impl Rule {
     }
 }
 
-/// A route's rules, in the order written.
-#[derive(Debug, Clone, Default)]
-pub struct Policy {
+/// What one route allows: how it identifies, its rules in the order written, and what it does
+/// at each risk level.
+#[derive(Debug, Clone)]
+pub struct RoutePolicy {
+    pub name: String,
+    pub login: Login,
     pub rules: Vec<Rule>,
+    /// What to do at each risk level (used when `[risk]` is configured).
+    pub risk: RiskActions,
 }
 
-/// What policy gets to see of a request. Everything here has already been verified or
-/// normalised; nothing comes straight from client-controlled text.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestFacts<'a> {
-    pub method: &'a Method,
-    /// The normalised path, the same one that is forwarded.
-    pub path: &'a str,
-    pub client_ip: IpAddr,
-    pub peer: &'a PeerCert,
-    /// The person or service beyond the certificate, when the route establishes one.
-    pub identity: Option<&'a Identity>,
-    /// The inventory's record of the device; `None` when unknown or stale.
-    pub device: Option<&'a Device>,
+impl RoutePolicy {
+    /// A route that identifies with the certificate alone, with `rules` and the default risk
+    /// actions.
+    pub fn new(name: impl Into<String>, rules: Vec<Rule>) -> Self {
+        Self {
+            name: name.into(),
+            login: Login::None,
+            rules,
+            risk: RiskActions::default(),
+        }
+    }
+}
+
+/// The policy of one configuration snapshot: every route's, and the settings that apply to all.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    routes: HashMap<String, Arc<RoutePolicy>>,
+    /// Audit mode: a denial is logged as `audit` and let through.
+    pub audit: bool,
+    /// A `step_up` risk action is satisfied by a multi-factor sign-in at most this old
+    /// (seconds).
+    pub step_up_max_age: i64,
+}
+
+impl Policy {
+    pub fn new(
+        routes: impl IntoIterator<Item = Arc<RoutePolicy>>,
+        audit: bool,
+        step_up_max_age: i64,
+    ) -> Self {
+        Self {
+            routes: routes.into_iter().map(|r| (r.name.clone(), r)).collect(),
+            audit,
+            step_up_max_age,
+        }
+    }
+
+    pub fn route(&self, name: &str) -> Option<&RoutePolicy> {
+        self.routes.get(name).map(Arc::as_ref)
+    }
+}
+
+/// What the decision lets happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Allow,
+    Deny,
+    /// Denied, and let through because the configuration is in audit mode.
+    Audit,
+    /// The risk asks for a fresh multi-factor sign-in before the request may go through.
+    StepUp,
+}
+
+impl Outcome {
+    /// As the decision log writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Audit => "audit",
+            Outcome::StepUp => "step_up",
+        }
+    }
 }
 
 /// The outcome, with the reasons that go into the decision log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
-    pub allow: bool,
-    /// Index of the rule that allowed the request.
+    pub outcome: Outcome,
+    /// The route's risk action limits it to GET, HEAD and OPTIONS.
+    pub read_only: bool,
+    /// Index (from 0) of the rule that allowed the request.
     pub rule: Option<usize>,
+    /// The risk action that turned an allow into something else, if one did.
+    pub risk_action: Option<RiskAction>,
     pub reasons: Vec<String>,
+}
+
+/// A route's risk action, as a decision names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskAction {
+    ReadOnly,
+    StepUp,
+    Deny,
 }
 
 impl Decision {
     pub fn deny(reason: impl Into<String>) -> Self {
         Self {
-            allow: false,
+            outcome: Outcome::Deny,
+            read_only: false,
             rule: None,
+            risk_action: None,
             reasons: vec![reason.into()],
         }
     }
+
+    /// True when the request goes through (allowed, or let through in audit mode).
+    pub fn passes(&self) -> bool {
+        matches!(self.outcome, Outcome::Allow | Outcome::Audit)
+    }
+
+    fn refuse(&mut self, action: RiskAction, reason: String) {
+        self.outcome = Outcome::Deny;
+        self.risk_action = Some(action);
+        self.reasons.push(reason);
+    }
 }
 
-/// Evaluates `policy` for `facts`. Pure: no clock, no I/O, no shared state.
-pub fn evaluate(policy: &Policy, facts: &RequestFacts<'_>) -> Decision {
-    if policy.rules.is_empty() {
+/// The reason of a decision on a request that no route serves.
+pub const NO_ROUTE: &str = "no route for this host and path";
+
+/// Decides `facts` under `policy`. Pure: no clock, no I/O, no shared state.
+pub fn decide(policy: &Policy, facts: &Facts<'_>) -> Decision {
+    let Some(route) = facts.request.route.and_then(|name| policy.route(name)) else {
+        return Decision::deny(NO_ROUTE);
+    };
+    let mut decision = evaluate(route, facts);
+    if decision.outcome == Outcome::Allow
+        && let Some(risk) = facts.risk
+    {
+        apply_risk(policy, route, facts, risk.level, &mut decision);
+    }
+    if decision.outcome == Outcome::Deny && policy.audit {
+        decision.outcome = Outcome::Audit;
+    }
+    decision
+}
+
+/// The route's rules, first match wins; a login route also needs the person it signs in.
+fn evaluate(route: &RoutePolicy, facts: &Facts<'_>) -> Decision {
+    match route.login {
+        Login::Oidc if facts.person.is_none() => return Decision::deny("sign-in required"),
+        Login::Bearer if facts.person.is_none() => {
+            return Decision::deny("a valid bearer token is required");
+        }
+        _ => {}
+    }
+    if route.rules.is_empty() {
         return Decision::deny("route has no allow rules");
     }
-    let mut reasons = Vec::with_capacity(policy.rules.len());
-    for (i, rule) in policy.rules.iter().enumerate() {
+    let mut reasons = Vec::with_capacity(route.rules.len());
+    for (i, rule) in route.rules.iter().enumerate() {
         match rule.check(facts) {
             Ok(()) => {
                 return Decision {
-                    allow: true,
+                    outcome: Outcome::Allow,
+                    read_only: false,
                     rule: Some(i),
+                    risk_action: None,
                     reasons: vec![format!("allowed by rule {}", i + 1)],
                 };
             }
@@ -138,17 +281,69 @@ pub fn evaluate(policy: &Policy, facts: &RequestFacts<'_>) -> Decision {
         }
     }
     Decision {
-        allow: false,
+        outcome: Outcome::Deny,
+        read_only: false,
         rule: None,
+        risk_action: None,
         reasons,
+    }
+}
+
+/// What the route does at the request's risk level, applied to an allow.
+fn apply_risk(
+    policy: &Policy,
+    route: &RoutePolicy,
+    facts: &Facts<'_>,
+    level: crate::posture::Level,
+    decision: &mut Decision,
+) {
+    let level_name = level.as_str();
+    match route.risk.for_level(level) {
+        Action::Allow => {}
+        Action::ReadOnly => {
+            decision.read_only = true;
+            let method = facts.request.method;
+            if !matches!(method, "GET" | "HEAD" | "OPTIONS") {
+                decision.refuse(
+                    RiskAction::ReadOnly,
+                    format!("{level_name} risk: read-only, {method} refused"),
+                );
+            }
+        }
+        Action::StepUp => {
+            let person = facts.person;
+            let fresh = person
+                .and_then(|p| p.auth_time)
+                .is_some_and(|t| facts.time - t <= policy.step_up_max_age);
+            let mfa = person.is_some_and(|p| p.mfa);
+            if fresh && !mfa {
+                // Just authenticated, and still without a second factor: sending the person
+                // back would loop.
+                decision.refuse(
+                    RiskAction::StepUp,
+                    format!("{level_name} risk: step-up needs multi-factor, the sign-in had none"),
+                );
+            } else if !(fresh && mfa) {
+                decision.outcome = Outcome::StepUp;
+                decision.risk_action = Some(RiskAction::StepUp);
+                decision
+                    .reasons
+                    .push(format!("{level_name} risk: step-up sign-in required"));
+            }
+        }
+        Action::Deny => decision.refuse(RiskAction::Deny, format!("{level_name} risk: denied")),
     }
 }
 
 impl Rule {
     /// `Err` names the first condition that does not hold.
-    fn check(&self, f: &RequestFacts<'_>) -> Result<(), String> {
+    fn check(&self, f: &Facts<'_>) -> Result<(), String> {
+        let peer = f.certificate;
+        let method = f.request.method;
+        let path = f.request.path;
+        let source = f.network.source;
         if !self.spiffe.is_empty() {
-            match &f.peer.spiffe_id {
+            match &peer.spiffe_id {
                 None => return Err("client certificate has no SPIFFE ID".into()),
                 Some(id) if !self.spiffe.iter().any(|p| p.matches(id)) => {
                     return Err(format!("SPIFFE ID {id} not allowed"));
@@ -157,45 +352,40 @@ impl Rule {
             }
         }
         if !self.cert_subject.is_empty() {
-            let cn = f.peer.common_name.as_deref().unwrap_or("");
+            let cn = peer.common_name.as_deref().unwrap_or("");
             if !self.cert_subject.iter().any(|p| p.matches(cn)) {
                 return Err(format!("certificate subject CN {cn:?} not allowed"));
             }
         }
         if !self.cert_san.is_empty()
-            && !f
-                .peer
+            && !peer
                 .sans()
                 .any(|san| self.cert_san.iter().any(|p| p.matches(san)))
         {
             return Err("no certificate SAN allowed".into());
         }
-        if !self.cert_fingerprint.is_empty() && !self.cert_fingerprint.contains(&f.peer.fingerprint)
-        {
+        if !self.cert_fingerprint.is_empty() && !self.cert_fingerprint.contains(&peer.fingerprint) {
             return Err("certificate fingerprint not allowed".into());
         }
-        if !self.methods.is_empty() && !self.methods.contains(f.method) {
-            return Err(format!("method {} not allowed", f.method));
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m.as_str() == method) {
+            return Err(format!("method {method} not allowed"));
         }
-        if !self.paths.is_empty() && !self.paths.iter().any(|p| p.matches(f.path)) {
-            return Err(format!("path {} not allowed", f.path));
+        if !self.paths.is_empty() && !self.paths.iter().any(|p| p.matches(path)) {
+            return Err(format!("path {path} not allowed"));
         }
-        if !self.networks.is_empty() && !self.networks.iter().any(|n| n.contains(&f.client_ip)) {
-            return Err(format!(
-                "source address {} not in allowed networks",
-                f.client_ip
-            ));
+        if !self.networks.is_empty() && !self.networks.iter().any(|n| n.contains(&source)) {
+            return Err(format!("source address {source} not in allowed networks"));
         }
         if self.needs_inventory() {
-            self.check_device(f.device)?;
+            self.check_device(f.device, f.time)?;
         }
         if self.needs_identity() {
-            self.check_identity(f.identity)?;
+            self.check_identity(f.person)?;
         }
         Ok(())
     }
 
-    fn check_device(&self, device: Option<&Device>) -> Result<(), String> {
+    fn check_device(&self, device: Option<&Device>, now: i64) -> Result<(), String> {
         let Some(d) = device else {
             return Err("device unknown to the inventory".into());
         };
@@ -225,7 +415,7 @@ impl Rule {
             }
         }
         if let Some(max) = self.max_check_in_age {
-            match d.check_in_age(std::time::SystemTime::now()) {
+            match d.check_in_age(now) {
                 Some(age) if age <= max => {}
                 _ => return Err("device check-in too old".into()),
             }
@@ -324,6 +514,40 @@ impl<'a> Address<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::posture::{Assessment, Level};
+    use crate::tls::PeerCert;
+    use std::net::IpAddr;
+
+    /// One route, `r`, with `rules`, in a policy of its own.
+    fn one_route(rules: Vec<Rule>) -> Policy {
+        Policy::new([Arc::new(RoutePolicy::new("r", rules))], false, 300)
+    }
+
+    fn facts<'a>(
+        peer: &'a PeerCert,
+        method: &'a str,
+        path: &'a str,
+        source: IpAddr,
+        person: Option<&'a Identity>,
+    ) -> Facts<'a> {
+        Facts {
+            time: 1_000_000,
+            request: facts::Request {
+                route: Some("r"),
+                host: "app.example.com",
+                method,
+                path,
+            },
+            certificate: peer,
+            person,
+            device: None,
+            network: facts::Network {
+                source,
+                country: None,
+            },
+            risk: None,
+        }
+    }
 
     fn peer(spiffe: Option<&str>, cn: &str) -> PeerCert {
         PeerCert {
@@ -360,9 +584,7 @@ mod tests {
             r.networks = vec!["127.0.0.0/8".parse().unwrap()];
         });
         let laptops = rule(|r| r.cert_subject = vec![Pattern::new("*-laptop").unwrap()]);
-        let policy = Policy {
-            rules: vec![frontend, laptops],
-        };
+        let policy = one_route(vec![frontend, laptops]);
         let local: IpAddr = "127.0.0.1".parse().unwrap();
         let remote: IpAddr = "192.0.2.1".parse().unwrap();
         let cases: &[(&PeerCert, Method, &str, IpAddr, bool, &str)] = &[
@@ -416,18 +638,8 @@ mod tests {
             ),
         ];
         for (peer, method, path, ip, allow, reason) in cases {
-            let d = evaluate(
-                &policy,
-                &RequestFacts {
-                    method,
-                    path,
-                    client_ip: *ip,
-                    peer,
-                    identity: None,
-                    device: None,
-                },
-            );
-            assert_eq!(d.allow, *allow, "{method} {path} {:?}", d.reasons);
+            let d = super::decide(&policy, &facts(peer, method.as_str(), path, *ip, None));
+            assert_eq!(d.passes(), *allow, "{method} {path} {:?}", d.reasons);
             assert!(
                 d.reasons.iter().any(|r| r.contains(reason)),
                 "{method} {path}: {:?} lacks {reason}",
@@ -436,21 +648,171 @@ mod tests {
         }
     }
 
+    /// Risk actions and audit mode, decided purely from the facts: each case is a route's
+    /// action at the request's level, the method, the person's sign-in, audit mode, and the
+    /// outcome with its last reason.
+    #[test]
+    fn risk_and_audit() {
+        let p = peer(Some("spiffe://example.org/a"), "a");
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let allow_all = rule(|r| r.spiffe = vec![Pattern::new("spiffe://example.org/*").unwrap()]);
+        let mut fresh_mfa = person("alice", None);
+        fresh_mfa.mfa = true;
+        fresh_mfa.auth_time = Some(1_000_000 - 60);
+        let mut fresh_no_mfa = fresh_mfa.clone();
+        fresh_no_mfa.mfa = false;
+        let mut stale_mfa = fresh_mfa.clone();
+        stale_mfa.auth_time = Some(1_000_000 - 3600);
+        type Case<'a> = (
+            Action,
+            &'a str,
+            Option<&'a Identity>,
+            bool,
+            Outcome,
+            &'a str,
+        );
+        let cases: &[Case<'_>] = &[
+            (
+                Action::Allow,
+                "POST",
+                None,
+                false,
+                Outcome::Allow,
+                "allowed by rule 1",
+            ),
+            (
+                Action::ReadOnly,
+                "GET",
+                None,
+                false,
+                Outcome::Allow,
+                "allowed by rule 1",
+            ),
+            (
+                Action::ReadOnly,
+                "POST",
+                None,
+                false,
+                Outcome::Deny,
+                "medium risk: read-only, POST refused",
+            ),
+            (
+                Action::ReadOnly,
+                "POST",
+                None,
+                true,
+                Outcome::Audit,
+                "medium risk: read-only, POST refused",
+            ),
+            (
+                Action::Deny,
+                "GET",
+                None,
+                false,
+                Outcome::Deny,
+                "medium risk: denied",
+            ),
+            (
+                Action::Deny,
+                "GET",
+                None,
+                true,
+                Outcome::Audit,
+                "medium risk: denied",
+            ),
+            (
+                Action::StepUp,
+                "GET",
+                None,
+                false,
+                Outcome::StepUp,
+                "medium risk: step-up sign-in required",
+            ),
+            (
+                Action::StepUp,
+                "GET",
+                Some(&stale_mfa),
+                false,
+                Outcome::StepUp,
+                "medium risk: step-up sign-in required",
+            ),
+            // A step-up is not waived by audit mode: it is not a denial.
+            (
+                Action::StepUp,
+                "GET",
+                None,
+                true,
+                Outcome::StepUp,
+                "medium risk: step-up sign-in required",
+            ),
+            (
+                Action::StepUp,
+                "GET",
+                Some(&fresh_mfa),
+                false,
+                Outcome::Allow,
+                "allowed by rule 1",
+            ),
+            (
+                Action::StepUp,
+                "GET",
+                Some(&fresh_no_mfa),
+                false,
+                Outcome::Deny,
+                "medium risk: step-up needs multi-factor, the sign-in had none",
+            ),
+        ];
+        let medium = Assessment {
+            level: Level::Medium,
+            score: 2,
+            signals: vec!["device not compliant".into()],
+        };
+        for (i, (action, method, who, audit, outcome, reason)) in cases.iter().enumerate() {
+            let mut route = RoutePolicy::new("r", vec![allow_all.clone()]);
+            route.risk.medium = *action;
+            let policy = Policy::new([Arc::new(route)], *audit, 300);
+            let mut f = facts(&p, method, "/", local, *who);
+            f.risk = Some(&medium);
+            let d = super::decide(&policy, &f);
+            assert_eq!(d.outcome, *outcome, "case {i}: {d:?}");
+            assert_eq!(
+                d.reasons.last().map(String::as_str),
+                Some(*reason),
+                "case {i}"
+            );
+            assert_eq!(d.read_only, *action == Action::ReadOnly, "case {i}");
+        }
+        // Without an assessment, risk actions do not apply.
+        let mut route = RoutePolicy::new("r", vec![allow_all]);
+        route.risk.medium = Action::Deny;
+        let policy = Policy::new([Arc::new(route)], false, 300);
+        let d = super::decide(&policy, &facts(&p, "GET", "/", local, None));
+        assert_eq!(d.outcome, Outcome::Allow);
+    }
+
+    #[test]
+    fn login_routes_need_their_person() {
+        let p = peer(None, "laptop");
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut route = RoutePolicy::new("r", vec![Rule::default()]);
+        route.login = Login::Oidc;
+        let policy = Policy::new([Arc::new(route)], false, 300);
+        let d = super::decide(&policy, &facts(&p, "GET", "/", local, None));
+        assert_eq!(d.reasons, ["sign-in required"]);
+        let who = person("alice", None);
+        let d = super::decide(&policy, &facts(&p, "GET", "/", local, Some(&who)));
+        assert_eq!(d.outcome, Outcome::Allow);
+    }
+
     #[test]
     fn no_rules_denies() {
         let p = peer(None, "x");
-        let d = evaluate(
-            &Policy::default(),
-            &RequestFacts {
-                method: &Method::GET,
-                path: "/",
-                client_ip: "127.0.0.1".parse().unwrap(),
-                peer: &p,
-                identity: None,
-                device: None,
-            },
-        );
-        assert!(!d.allow);
+        let local = "127.0.0.1".parse().unwrap();
+        let d = super::decide(&one_route(vec![]), &facts(&p, "GET", "/", local, None));
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert_eq!(d.reasons, ["route has no allow rules"]);
+        let d = super::decide(&Policy::default(), &facts(&p, "GET", "/", local, None));
+        assert_eq!(d.reasons, [NO_ROUTE]);
     }
 
     fn person(subject: &str, email: Option<&str>) -> Identity {
@@ -472,18 +834,10 @@ mod tests {
 
     fn decide(rule: &Rule, who: &Identity) -> Decision {
         let p = peer(None, "laptop");
-        evaluate(
-            &Policy {
-                rules: vec![rule.clone()],
-            },
-            &RequestFacts {
-                method: &Method::GET,
-                path: "/",
-                client_ip: "127.0.0.1".parse().unwrap(),
-                peer: &p,
-                identity: Some(who),
-                device: None,
-            },
+        let local = "127.0.0.1".parse().unwrap();
+        super::decide(
+            &one_route(vec![rule.clone()]),
+            &facts(&p, "GET", "/", local, Some(who)),
         )
     }
 
@@ -553,7 +907,7 @@ mod tests {
         ];
         for (email, allow, reason) in cases {
             let d = decide(&corp, &person("sub-1", email));
-            assert_eq!(d.allow, allow, "{email:?}: {:?}", d.reasons);
+            assert_eq!(d.passes(), allow, "{email:?}: {:?}", d.reasons);
             assert!(
                 d.reasons.iter().any(|r| r.contains(reason)),
                 "{email:?}: {:?} lacks {reason}",
@@ -590,7 +944,8 @@ mod tests {
         for (patterns, subject, email, allow) in cases {
             let d = decide(&users(patterns), &person(subject, email));
             assert_eq!(
-                d.allow, allow,
+                d.passes(),
+                allow,
                 "{patterns:?} {subject} {email:?}: {:?}",
                 d.reasons
             );

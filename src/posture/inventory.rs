@@ -44,10 +44,12 @@ pub struct Os {
 }
 
 impl Device {
-    /// Seconds since the last check-in, if known.
-    pub fn check_in_age(&self, now: std::time::SystemTime) -> Option<u64> {
+    /// Seconds since the last check-in at `now` (Unix seconds), if known; 0 for a check-in
+    /// in the future.
+    pub fn check_in_age(&self, now: i64) -> Option<u64> {
         let at = humantime::parse_rfc3339_weak(self.last_check_in.as_deref()?).ok()?;
-        Some(now.duration_since(at).map(|d| d.as_secs()).unwrap_or(0))
+        let at = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+        Some(u64::try_from(now).unwrap_or(0).saturating_sub(at))
     }
 }
 

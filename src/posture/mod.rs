@@ -6,14 +6,14 @@ pub mod inventory;
 
 use inventory::Device;
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 /// Risk levels, lowest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     Low,
@@ -110,7 +110,7 @@ pub struct RiskSettings {
 }
 
 /// The risk of one request, with the signals behind it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Assessment {
     pub level: Level,
     pub score: u32,
@@ -129,6 +129,8 @@ impl Assessment {
 
 /// What the risk engine looks at.
 pub struct RiskFacts<'a> {
+    /// Unix seconds.
+    pub now: i64,
     /// The inventory record; `None` when unknown (or the inventory is stale).
     pub device: Option<&'a Device>,
     pub inventory: bool,
@@ -158,7 +160,7 @@ pub fn assess(s: &RiskSettings, f: &RiskFacts<'_>) -> Assessment {
                 if !d.compliant {
                     add(s.device_noncompliant, "device not compliant".into());
                 }
-                let age = d.check_in_age(std::time::SystemTime::now());
+                let age = d.check_in_age(f.now);
                 if age.is_none_or(|a| a > s.check_in_max_age.as_secs()) {
                     add(s.stale_check_in, "device check-in stale".into());
                 }
@@ -353,6 +355,7 @@ mod tests {
             let a = assess(
                 &s,
                 &RiskFacts {
+                    now: crate::identity::now(),
                     device: *device,
                     inventory: true,
                     client_ip: *ip,

@@ -4,8 +4,10 @@ use aws_lc_rs::digest;
 use x509_parser::prelude::*;
 
 /// Identity facts of a verified client certificate. Computed once per connection, shared by
-/// every request on it.
-#[derive(Debug, Clone)]
+/// every request on it. Its JSON form (the `certificate` of a facts document) writes the
+/// serial and the fingerprint in lower-case hex.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(into = "CertificateJson", try_from = "CertificateJson")]
 pub struct PeerCert {
     /// Subject distinguished name, RFC 4514 style.
     pub subject: String,
@@ -91,5 +93,75 @@ impl PeerCert {
             .chain(&self.emails)
             .chain(&self.uris)
             .map(String::as_str)
+    }
+}
+
+/// [`PeerCert`] as JSON: what a facts document says of the client certificate.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateJson {
+    subject: String,
+    #[serde(default)]
+    common_name: Option<String>,
+    issuer: String,
+    #[serde(default)]
+    dns: Vec<String>,
+    #[serde(default)]
+    emails: Vec<String>,
+    #[serde(default)]
+    uris: Vec<String>,
+    #[serde(default)]
+    spiffe_id: Option<String>,
+    /// Lower-case hex, big-endian.
+    serial: String,
+    /// SHA-256 of the DER certificate, 64 hex digits.
+    fingerprint: String,
+    not_before: i64,
+    not_after: i64,
+}
+
+impl From<PeerCert> for CertificateJson {
+    fn from(p: PeerCert) -> Self {
+        Self {
+            serial: p.serial_hex(),
+            subject: p.subject,
+            common_name: p.common_name,
+            issuer: p.issuer,
+            dns: p.dns,
+            emails: p.emails,
+            uris: p.uris,
+            spiffe_id: p.spiffe_id,
+            fingerprint: p.fingerprint_hex,
+            not_before: p.not_before,
+            not_after: p.not_after,
+        }
+    }
+}
+
+impl TryFrom<CertificateJson> for PeerCert {
+    type Error = String;
+
+    fn try_from(c: CertificateJson) -> Result<Self, String> {
+        let fingerprint = crate::hex::parse_serial(&c.fingerprint)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .ok_or("fingerprint must be 64 hex digits (SHA-256)")?;
+        if let Some(id) = &c.spiffe_id {
+            crate::tls::spiffe::validate(id).map_err(|why| format!("spiffe_id {why}"))?;
+        }
+        Ok(Self {
+            serial: crate::hex::parse_serial(&c.serial)?,
+            fingerprint_hex: crate::hex::encode(&fingerprint),
+            fingerprint,
+            subject: c.subject,
+            common_name: c.common_name,
+            issuer: c.issuer,
+            dns: c.dns,
+            emails: c.emails,
+            uris: c.uris,
+            spiffe_id: c.spiffe_id,
+            not_before: c.not_before,
+            not_after: c.not_after,
+        })
     }
 }

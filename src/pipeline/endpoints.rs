@@ -1,12 +1,13 @@
 //! Vigil's own endpoints under `/.vigil/` on every routed host: login, callback, logout,
 //! the signed-out page, `whoami` and the assertion keys.
 
+use super::context::Context as Record;
+use super::identify::identify_session;
 use crate::body::{self, Body};
 use crate::canonical::X_REQUEST_ID;
 use crate::error::{Refusal, escape, page};
 use crate::identity::session;
 use crate::identity::{self, Identity};
-use crate::pipeline::{Record, identify_session};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -115,19 +116,15 @@ fn whoami(record: &mut Record<'_>, req: &Request<Incoming>) -> Response<Body> {
     });
     let csrf = user.as_ref().and_then(|who| logout_token(record, who));
     record.identity = user.clone();
-    let device = record
-        .snapshot
-        .devices
-        .as_ref()
-        .and_then(|inventory| inventory.lookup(peer));
-    let risk = crate::pipeline::assess_risk(
+    let assessed = super::assess::assess(
         record.shared,
         record.snapshot,
         record.conn,
         user.as_ref(),
-        device.as_ref(),
+        identity::now(),
         false,
     );
+    let (device, risk) = (assessed.device, assessed.risk);
     let payload = serde_json::json!({
         "request_id": record.request_id.to_str().unwrap_or(""),
         "route": record.route.as_ref().map(|r| r.name.as_str()),

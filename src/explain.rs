@@ -1,0 +1,195 @@
+//! `vigil policy explain`: the decision on a facts document under a configuration, with every
+//! reason, without a server. The document comes from a JSON file or is built from flags; either
+//! way it goes through the same [`policy::decide`] as a request.
+
+use crate::canonical::{host_without_port, normalize_host, normalize_path};
+use crate::config::Snapshot;
+use crate::identity::{Identity, Source};
+use crate::policy::facts::{Document, NetworkDocument, RequestDocument};
+use crate::policy::{self, Outcome};
+use crate::posture;
+use crate::tls::PeerCert;
+use serde_json::{Value, json};
+use std::net::IpAddr;
+
+/// A request described on the command line.
+pub struct Described<'a> {
+    pub url: &'a str,
+    pub method: &'a str,
+    pub certificate: PeerCert,
+    pub source: IpAddr,
+    /// A signed-in person: subject, email, groups, multi-factor.
+    pub user: Option<(&'a str, Option<&'a str>, &'a [String], bool)>,
+}
+
+/// Why a description is not a request Vigil would decide.
+#[derive(Debug, thiserror::Error)]
+pub enum Undecidable {
+    #[error("--url: {0}")]
+    Url(String),
+    /// Vigil would answer 400 before any decision.
+    #[error("path refused with 400: {0}")]
+    Path(&'static str),
+    #[error("host: {0}")]
+    Host(&'static str),
+    #[error("--method: {0}")]
+    Method(String),
+    #[error("facts document: {0}")]
+    Document(String),
+}
+
+impl Described<'_> {
+    /// The facts document of this request at `now`: its route found as a request's would be,
+    /// its device record from the inventory as loaded.
+    pub fn document(self, snapshot: &Snapshot, now: i64) -> Result<Document, Undecidable> {
+        let url: http::Uri = self
+            .url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| Undecidable::Url(e.to_string()))?;
+        let host = normalize_host(url.authority().map_or("", |a| a.as_str()))
+            .map_err(|e| Undecidable::Host(e.reason()))?;
+        let path = normalize_path(url.path()).map_err(|e| Undecidable::Path(e.reason()))?;
+        let method = http::Method::from_bytes(self.method.as_bytes())
+            .map_err(|e| Undecidable::Method(e.to_string()))?;
+        let device = snapshot
+            .devices
+            .as_ref()
+            .and_then(|d| d.lookup(&self.certificate));
+        let person = self.user.map(|(sub, email, groups, mfa)| Identity {
+            subject: sub.to_owned(),
+            email: email.map(str::to_owned),
+            name: None,
+            groups: groups.to_vec(),
+            amr: Vec::new(),
+            mfa,
+            acr: None,
+            risk: None,
+            claims: Default::default(),
+            verified_at: now,
+            auth_time: None,
+            source: Source::Session {
+                sid: "explain".into(),
+            },
+        });
+        Ok(Document {
+            time: Some(now),
+            request: RequestDocument {
+                route: None,
+                host,
+                method: method.as_str().to_owned(),
+                path: path.into_owned(),
+            },
+            certificate: self.certificate,
+            person,
+            device,
+            network: NetworkDocument {
+                source: self.source,
+                country: None,
+            },
+            risk: None,
+        })
+    }
+}
+
+/// Reads a facts document from JSON.
+pub fn read_document(json: &[u8]) -> Result<Document, Undecidable> {
+    serde_json::from_slice(json).map_err(|e| Undecidable::Document(e.to_string()))
+}
+
+/// What explain found: the decision as JSON, and whether it lets the request through.
+pub struct Explained {
+    pub report: Value,
+    pub passes: bool,
+}
+
+/// Decides `doc` under `snapshot` at `now` (when the document gives no time). A document without
+/// a route is routed by its host and path; one without a risk assessment is assessed from its
+/// own facts when `[risk]` is configured (without the run-time memory of a server: no recent
+/// denials, no first-seen devices).
+pub fn explain(snapshot: &Snapshot, mut doc: Document, now: i64) -> Explained {
+    let mut notes = Vec::new();
+    if doc.request.route.is_none() {
+        let host = host_without_port(&doc.request.host);
+        doc.request.route = snapshot
+            .routes
+            .find(host, &doc.request.path)
+            .map(|r| r.name.clone());
+    }
+    if doc.risk.is_none()
+        && let Some(settings) = &snapshot.risk
+    {
+        doc.risk = Some(assess(snapshot, settings, &doc, now));
+        notes.push(
+            "risk assessed from the document's facts, without recent denials or first-seen devices",
+        );
+    }
+    let route = doc
+        .request
+        .route
+        .as_deref()
+        .and_then(|name| snapshot.policy.route(name));
+    if route.is_some_and(|r| r.login != policy::Login::None) && doc.person.is_none() {
+        notes.push(
+            "this route needs a signed-in person or a bearer token: give --user (and --group, --email, --mfa), or a person in the document",
+        );
+    }
+    let facts = doc.facts(now);
+    let decision = policy::decide(&snapshot.policy, &facts);
+    let status = match decision.outcome {
+        _ if route.is_none() => 404,
+        Outcome::Allow | Outcome::Audit => 200,
+        Outcome::StepUp => 401,
+        Outcome::Deny => 403,
+    };
+    let report = json!({
+        "route": route.map(|r| r.name.as_str()),
+        "login": route.map(|r| r.login.as_str()),
+        "path": facts.request.path,
+        "decision": decision.outcome.as_str(),
+        "status": status,
+        "rule": decision.rule.map(|i| i + 1),
+        "read_only": decision.read_only,
+        "mode": if snapshot.policy.audit { "audit" } else { "enforce" },
+        "reasons": decision.reasons,
+        "risk": facts.risk,
+        "note": (!notes.is_empty()).then(|| notes.join("; ")),
+        "certificate": {
+            "subject": facts.certificate.subject,
+            "spiffe_id": facts.certificate.spiffe_id,
+            "fingerprint_sha256": facts.certificate.fingerprint_hex,
+        },
+        "device_inventory": facts.device,
+        "facts": facts,
+    });
+    Explained {
+        report,
+        passes: decision.passes(),
+    }
+}
+
+fn assess(
+    snapshot: &Snapshot,
+    settings: &posture::RiskSettings,
+    doc: &Document,
+    now: i64,
+) -> posture::Assessment {
+    let country = doc.network.country.clone().or_else(|| {
+        settings
+            .geoip
+            .as_ref()
+            .and_then(|g| g.country(doc.network.source))
+    });
+    posture::assess(
+        settings,
+        &posture::RiskFacts {
+            now: doc.time.unwrap_or(now),
+            device: doc.device.as_ref(),
+            inventory: snapshot.devices.is_some(),
+            client_ip: doc.network.source,
+            country: country.as_deref(),
+            idp_risk: doc.person.as_ref().and_then(|p| p.risk.as_deref()),
+            recent_denials: 0,
+            first_seen_device: false,
+        },
+    )
+}

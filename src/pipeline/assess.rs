@@ -1,0 +1,70 @@
+//! The assess phase: what the inventory says of the device, where the request comes from, and
+//! the risk level with the signals behind it. The live verifier assesses what stays open the
+//! same way.
+
+use crate::config::Snapshot;
+use crate::connection::Connection;
+use crate::identity::Identity;
+use crate::posture::{self, Assessment, inventory::Device};
+use crate::state::Shared;
+
+/// What assessing a request found.
+#[derive(Debug, Default)]
+pub struct Assessed {
+    /// The inventory's record of the device; `None` when there is no inventory, the device is
+    /// not in it, or the inventory is stale.
+    pub device: Option<Device>,
+    /// The source's country, when `[risk] geoip` is configured and knows it.
+    pub country: Option<String>,
+    /// `None` when `[risk]` is not configured.
+    pub risk: Option<Assessment>,
+}
+
+/// Assesses a request (or an open stream) from `conn` by `identity` at `now`. `remember` notes
+/// the device as seen for the user: a request does; a `whoami` look and the verifier do not.
+pub fn assess(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    conn: &Connection,
+    identity: Option<&Identity>,
+    now: i64,
+    remember: bool,
+) -> Assessed {
+    let device = snapshot
+        .devices
+        .as_ref()
+        .and_then(|inventory| inventory.lookup(&conn.peer));
+    let Some(settings) = snapshot.risk.as_ref() else {
+        return Assessed {
+            device,
+            ..Assessed::default()
+        };
+    };
+    let source = conn.remote.ip();
+    let country = settings.geoip.as_ref().and_then(|g| g.country(source));
+    let who = identity.map_or(conn.peer.fingerprint_hex.as_str(), |i| i.subject.as_str());
+    let risk = posture::assess(
+        settings,
+        &posture::RiskFacts {
+            now,
+            device: device.as_ref(),
+            inventory: snapshot.devices.is_some(),
+            client_ip: source,
+            country: country.as_deref(),
+            idp_risk: identity.and_then(|i| i.risk.as_deref()),
+            recent_denials: shared
+                .posture
+                .recent_denials(who, now, settings.denial_window),
+            first_seen_device: identity.is_some_and(|i| {
+                shared
+                    .posture
+                    .first_seen(&i.subject, &conn.peer.fingerprint_hex, remember)
+            }),
+        },
+    );
+    Assessed {
+        device,
+        country,
+        risk: Some(risk),
+    }
+}

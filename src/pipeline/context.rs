@@ -1,0 +1,68 @@
+//! What every phase of one request shares: the snapshot it was taken under, the connection,
+//! and what the decision log will say of it as it is learnt.
+
+use crate::config::Snapshot;
+use crate::connection::Connection;
+use crate::identity::Identity;
+use crate::posture::Assessment;
+use crate::routing::Route;
+use crate::state::Shared;
+use http::header::{self, HeaderValue};
+use http::{Method, Request};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One request's context, from its arrival to its decision log line.
+pub struct Context<'a> {
+    pub shared: &'a Arc<Shared>,
+    pub conn: &'a Arc<Connection>,
+    /// The configuration in force when the request arrived; every phase reads this one.
+    pub snapshot: &'a Snapshot,
+    pub request_id: &'a HeaderValue,
+    pub method: Method,
+    /// Canonical host and path once known; the raw path (bounded) when canonicalisation failed.
+    pub host: String,
+    pub path: String,
+    pub route: Option<Arc<Route>>,
+    pub identity: Option<Identity>,
+    pub risk: Option<Assessment>,
+    /// The client is a browser that should get HTML pages.
+    pub html: bool,
+    pub started: Instant,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(
+        shared: &'a Arc<Shared>,
+        conn: &'a Arc<Connection>,
+        snapshot: &'a Snapshot,
+        request_id: &'a HeaderValue,
+        req: &Request<Incoming>,
+    ) -> Self {
+        Self {
+            shared,
+            conn,
+            snapshot,
+            request_id,
+            method: req.method().clone(),
+            host: String::new(),
+            path: String::new(),
+            route: None,
+            identity: None,
+            risk: None,
+            html: wants_html(req),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// A browser navigation that can follow a redirect to the login page.
+fn wants_html(req: &Request<Incoming>) -> bool {
+    (req.method() == Method::GET || req.method() == Method::HEAD)
+        && req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/html"))
+}

@@ -1,0 +1,89 @@
+//! The decide phase: the request's facts document, the one decision over it
+//! ([`policy::decide`]), and what a decision that is not "go on" answers.
+
+use super::assess::Assessed;
+use super::canonicalize::Target;
+use super::context::Context;
+use crate::body::Body;
+use crate::connection::Connection;
+use crate::error::Refusal;
+use crate::identity::Identity;
+use crate::policy::{self, Decision, Facts, Outcome, facts};
+use crate::routing::{Login, Route};
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+/// The facts of a request (or of a stream re-decided as if its request arrived now).
+pub fn facts<'a>(
+    time: i64,
+    request: facts::Request<'a>,
+    conn: &'a Connection,
+    identity: Option<&'a Identity>,
+    assessed: &'a Assessed,
+) -> Facts<'a> {
+    Facts {
+        time,
+        request,
+        certificate: &conn.peer,
+        person: identity,
+        device: assessed.device.as_ref(),
+        network: facts::Network {
+            source: conn.remote.ip(),
+            country: assessed.country.as_deref(),
+        },
+        risk: assessed.risk.as_ref(),
+    }
+}
+
+/// Decides the request. An allow (or an audited denial) goes on to forwarding; a denial is
+/// answered with 403 and remembered by the risk engine; a step-up sends the person to sign in
+/// again.
+pub fn decide(
+    cx: &Context<'_>,
+    route: &Route,
+    req: &Request<Incoming>,
+    target: &Target<'_>,
+    facts: &Facts<'_>,
+) -> Result<Decision, Box<Response<Body>>> {
+    let decision = policy::decide(&cx.snapshot.policy, facts);
+    match decision.outcome {
+        Outcome::Allow | Outcome::Audit => Ok(decision),
+        Outcome::StepUp => Err(Box::new(cx.step_up(req, target, route.policy.login))),
+        Outcome::Deny => {
+            let who = facts
+                .person
+                .map_or(cx.conn.peer.fingerprint_hex.as_str(), |i| {
+                    i.subject.as_str()
+                });
+            cx.shared.posture.record_denial(who, facts.time);
+            let public = format!("access denied by route '{}'", route.name);
+            Err(Box::new(cx.refuse(Refusal::Forbidden(public), Some(&decision))))
+        }
+    }
+}
+
+impl Context<'_> {
+    /// The risk asks for a fresh multi-factor login: browsers on a login route go through the
+    /// provider again (`prompt=login`, `max_age=0`); other clients are refused.
+    pub fn step_up(
+        &self,
+        req: &Request<Incoming>,
+        target: &Target<'_>,
+        login: Login,
+    ) -> Response<Body> {
+        let level = self.risk.as_ref().map_or("elevated", |r| r.level.as_str());
+        if login != Login::Oidc || !self.html {
+            return self.refuse(
+                Refusal::Unauthorized(format!("{level} risk: fresh multi-factor sign-in required")),
+                None,
+            );
+        }
+        self.to_provider(
+            req,
+            target,
+            true,
+            false,
+            format!("{level} risk: step-up sign-in required"),
+        )
+    }
+}

@@ -1,0 +1,116 @@
+//! One request, top to bottom, as named phases over one per-request [`Context`]:
+//! canonicalize -> route -> identify -> assess -> decide -> forward, with record (the decision
+//! log line and metrics) at whichever phase answers. Each phase is a function in the file
+//! named for it; this file only calls them in order.
+//!
+//! Every phase reads the one configuration snapshot taken when the request arrived, so a
+//! request never sees half of a reload.
+
+pub mod assess;
+pub mod canonicalize;
+pub mod context;
+pub mod decide;
+pub mod endpoints;
+pub mod forward;
+pub mod identify;
+pub mod record;
+pub mod route;
+
+pub use context::Context;
+
+use crate::body::Body;
+use crate::connection::Connection;
+use crate::identity;
+use crate::policy::facts;
+use crate::state::Shared;
+use http::header::HeaderValue;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use route::Routed;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A request id unique across restarts and replicas: a random per-process prefix and a counter.
+fn next_request_id(prefix: &str) -> HeaderValue {
+    let n = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::try_from(format!("{prefix}-{n:08x}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Answers one request. Never fails: every problem becomes a response and a log line.
+///
+/// Everything logged while the request is handled carries its request id (a tracing span),
+/// the same id as in the decision log and the `X-Request-Id` header.
+pub async fn handle(
+    shared: &Arc<Shared>,
+    conn: &Arc<Connection>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    use tracing::Instrument;
+    let request_id = next_request_id(&shared.instance_id);
+    let span = tracing::info_span!(
+        "request",
+        request_id = request_id.to_str().unwrap_or(""),
+        conn = conn.id
+    );
+    handle_in_span(shared, conn, req, request_id)
+        .instrument(span)
+        .await
+}
+
+async fn handle_in_span(
+    shared: &Arc<Shared>,
+    conn: &Arc<Connection>,
+    req: Request<Incoming>,
+    request_id: HeaderValue,
+) -> Response<Body> {
+    let snapshot = shared.snapshot.load_full();
+    let mut cx = Context::new(shared, conn, &snapshot, &request_id, &req);
+    let target = match canonicalize::canonicalize(&req, conn, &snapshot) {
+        Ok(target) => target,
+        Err(refusal) => {
+            cx.path = canonicalize::loggable_path(req.uri().path());
+            return cx.refuse(refusal, None);
+        }
+    };
+    cx.host.clone_from(&target.host);
+    cx.path = target.path.clone().into_owned();
+    let route = match route::route(&mut cx, &target) {
+        Ok(Routed::Route(route)) => route,
+        Ok(Routed::Endpoint(rest)) => {
+            let host = target.host.clone();
+            return endpoints::handle(&mut cx, &rest, &host, req).await;
+        }
+        Err(answer) => return *answer,
+    };
+    let identified = match identify::identify(&cx, &route, &req, &target).await {
+        Ok(identified) => identified,
+        Err(answer) => return answer,
+    };
+    cx.identity.clone_from(&identified.identity);
+    let now = identity::now();
+    let assessed = assess::assess(
+        shared,
+        &snapshot,
+        conn,
+        identified.identity.as_ref(),
+        now,
+        true,
+    );
+    cx.risk.clone_from(&assessed.risk);
+    let request = facts::Request {
+        route: Some(&route.name),
+        host: &target.host,
+        method: req.method().as_str(),
+        path: &target.path,
+    };
+    let facts = decide::facts(now, request, conn, identified.identity.as_ref(), &assessed);
+    let decision = match decide::decide(&cx, &route, &req, &target, &facts) {
+        Ok(decision) => decision,
+        Err(answer) => return *answer,
+    };
+    let target = target.detach();
+    forward::forward(&cx, &route, req, target, identified, &assessed, &decision).await
+}
