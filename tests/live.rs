@@ -727,3 +727,296 @@ async fn a_stream_survives_prompt_re_verifications_with_max_stale_zero() -> Resu
     );
     Ok(())
 }
+
+/// One case of the decision-point table: a route's rules and risk actions, what the inventory
+/// says of the device, whether the client's network is trusted, audit mode, and the request.
+struct DecisionCase {
+    name: &'static str,
+    allow: &'static str,
+    risk: &'static str,
+    compliant: bool,
+    trusted: bool,
+    audit: bool,
+    method: &'static str,
+    path: &'static str,
+    /// The decision all three must reach.
+    want: &'static str,
+}
+
+const DECISION_CASES: &[DecisionCase] = &[
+    DecisionCase {
+        name: "rules allow, low risk",
+        allow: r#"[{ spiffe = ["spiffe://example.org/ns/frontend/**"], methods = ["GET", "POST"] }]"#,
+        risk: r#"{ low = "allow", medium = "read_only", high = "deny" }"#,
+        compliant: true,
+        trusted: true,
+        audit: false,
+        method: "GET",
+        path: "/events/a",
+        want: "allow",
+    },
+    DecisionCase {
+        name: "rules deny the method",
+        allow: r#"[{ spiffe = ["spiffe://example.org/ns/frontend/**"], methods = ["GET", "POST"] }]"#,
+        risk: r#"{ low = "allow", medium = "read_only", high = "deny" }"#,
+        compliant: true,
+        trusted: true,
+        audit: false,
+        method: "DELETE",
+        path: "/events/a",
+        want: "deny",
+    },
+    DecisionCase {
+        name: "rules deny, audit lets it through",
+        allow: r#"[{ spiffe = ["spiffe://example.org/ns/frontend/**"], methods = ["GET", "POST"] }]"#,
+        risk: r#"{ low = "allow", medium = "read_only", high = "deny" }"#,
+        compliant: true,
+        trusted: true,
+        audit: true,
+        method: "DELETE",
+        path: "/events/a",
+        want: "audit",
+    },
+    DecisionCase {
+        name: "medium risk (untrusted network) is read-only: GET passes",
+        allow: r#"[{ spiffe = ["spiffe://example.org/ns/frontend/**"] }]"#,
+        risk: r#"{ low = "allow", medium = "read_only", high = "deny" }"#,
+        compliant: true,
+        trusted: false,
+        audit: false,
+        method: "GET",
+        path: "/events/a",
+        want: "allow",
+    },
+    DecisionCase {
+        name: "medium risk (untrusted network) is read-only: POST refused",
+        allow: r#"[{ spiffe = ["spiffe://example.org/ns/frontend/**"] }]"#,
+        risk: r#"{ low = "allow", medium = "read_only", high = "deny" }"#,
+        compliant: true,
+        trusted: false,
+        audit: false,
+        method: "POST",
+        path: "/events/a",
+        want: "deny",
+    },
+    DecisionCase {
+        name: "high risk (untrusted network, device not compliant) denied",
+        allow: r#"[{ spiffe = ["spiffe://example.org/ns/frontend/**"] }]"#,
+        risk: r#"{ low = "allow", medium = "allow", high = "deny" }"#,
+        compliant: false,
+        trusted: false,
+        audit: false,
+        method: "GET",
+        path: "/events/a",
+        want: "deny",
+    },
+    DecisionCase {
+        name: "high risk denied, audit lets it through",
+        allow: r#"[{ spiffe = ["spiffe://example.org/ns/frontend/**"] }]"#,
+        risk: r#"{ low = "allow", medium = "allow", high = "deny" }"#,
+        compliant: false,
+        trusted: false,
+        audit: true,
+        method: "GET",
+        path: "/events/a",
+        want: "audit",
+    },
+    DecisionCase {
+        name: "a device rule refuses a non-compliant device",
+        allow: r#"[{ spiffe = ["spiffe://example.org/ns/frontend/**"], device = "compliant" }]"#,
+        risk: r#"{ low = "allow", medium = "allow", high = "allow" }"#,
+        compliant: false,
+        trusted: true,
+        audit: false,
+        method: "GET",
+        path: "/events/a",
+        want: "deny",
+    },
+];
+
+impl DecisionCase {
+    /// The case's configuration; `audit` overrides its own mode.
+    fn config(&self, pki: &Pki, upstream: std::net::SocketAddr, audit: bool) -> String {
+        let trusted = if self.trusted {
+            "127.0.0.0/8"
+        } else {
+            "192.0.2.0/24"
+        };
+        format!(
+            "{}\n[audit]\nmode = \"{}\"\n\n[devices]\nsource = \"devices.json\"\n\n[risk]\ndevice_unknown = 40\ndevice_noncompliant = 40\nstale_check_in = 0\nuntrusted_network = 30\nrecent_denial = 0\nfirst_seen_device = 0\nmedium = 30\nhigh = 60\ntrusted_networks = [\"{trusted}\"]\n\n[[route]]\nname = \"events\"\nhost = \"localhost\"\npath = \"/events\"\nupstream = \"http://{upstream}\"\nlogin = \"none\"\nallow = {}\nrisk = {}\n",
+            base_config("", &pki.path("decisions.log")),
+            if audit { "audit" } else { "enforce" },
+            self.allow,
+            self.risk,
+        )
+    }
+}
+
+/// Sends `method path` on a new connection as `who` and returns the connection, the status
+/// and the request id once the response head has arrived.
+async fn request_head(
+    running: &vigil::Running,
+    pki: &Pki,
+    who: &vigil::certs::Issued,
+    method: &str,
+    path: &str,
+) -> Result<(impl tokio::io::AsyncRead + Unpin, u16, String)> {
+    let config = client_config(Some(who), pki.ca.cert_pem(), &[])?;
+    let mut tls = connect(running.addr, config, "localhost").await?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost:{}\r\nContent-Length: 0\r\n\r\n",
+        running.addr.port()
+    );
+    tls.write_all(head.as_bytes()).await?;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(STEP, tls.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "connection closed before the response head");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("status")?;
+    let id = text
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("x-request-id")
+                .then(|| value.trim().to_owned())
+        })
+        .context("x-request-id")?;
+    Ok((tls, status, id))
+}
+
+/// The decision point agrees with itself: the same cases through a real request (its decision
+/// log line), through the live verifier's re-decision of an open stream (and what a sweep then
+/// does to it), and through `vigil policy explain --input FACTS.json`, risk and audit included.
+#[tokio::test]
+async fn request_verifier_and_explain_decide_alike() -> Result<()> {
+    let pki = Pki::new()?;
+    let sse = sse_upstream().await?;
+    let web = pki.workload(SPIFFE_WEB)?;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(web.cert_pem.as_bytes())?;
+    let peer = vigil::tls::PeerCert::from_der(der.as_ref()).map_err(anyhow::Error::msg)?;
+    let ctx = vigil::config::Context::first()?;
+    for case in DECISION_CASES {
+        let now = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
+        let device = serde_json::json!({
+            "fingerprint": peer.fingerprint_hex, "compliant": case.compliant, "managed": true,
+            "os": { "name": "Linux", "version": "6.1" }, "last_check_in": now,
+        });
+        std::fs::write(
+            pki.path("devices.json"),
+            serde_json::json!({ "devices": [device] }).to_string(),
+        )?;
+        let text = case.config(&pki, sse, case.audit);
+        let running = spawn(&pki, &text).await?;
+
+        // 1. A real request, as its decision log line tells it.
+        let (_, status, id) = request_head(&running, &pki, &web, case.method, case.path).await?;
+        let line = decision_for(&pki.path("decisions.log"), &id)
+            .await
+            .with_context(|| format!("{}: no decision line", case.name))?;
+        assert_eq!(line["decision"], case.want, "{}: request {line}", case.name);
+        let want_status = if case.want == "deny" { 403 } else { 200 };
+        assert_eq!(status, want_status, "{}", case.name);
+
+        // 2. The verifier: a stream opened under the same configuration in audit mode (so it
+        // passes whatever the case), then re-decided under the case's own.
+        let load = |audit: bool| {
+            vigil::config::load_text(
+                "case.toml",
+                case.config(&pki, sse, audit),
+                pki.dir.path(),
+                &ctx,
+            )
+            .map_err(|p| anyhow::anyhow!("{p}"))
+        };
+        running
+            .shared
+            .snapshot
+            .store(std::sync::Arc::new(load(true)?));
+        let (mut stream, status, _) =
+            request_head(&running, &pki, &web, case.method, case.path).await?;
+        assert_eq!(status, 200, "{}: the audited stream was refused", case.name);
+        running
+            .shared
+            .snapshot
+            .store(std::sync::Arc::new(load(case.audit)?));
+        let snapshot = running.shared.snapshot.load_full();
+        let conns = running.shared.live.connections();
+        let redecided = conns
+            .iter()
+            .find_map(|conn| {
+                let streams = conn.streams.lock().ok()?;
+                let s = streams.first()?;
+                vigil::live::redecide(
+                    &running.shared,
+                    &snapshot,
+                    conn,
+                    &s.origin,
+                    None,
+                    vigil::identity::now(),
+                )
+            })
+            .with_context(|| format!("{}: no open stream to re-decide", case.name))?;
+        assert_eq!(
+            redecided.outcome.as_str(),
+            case.want,
+            "{}: verifier {redecided:?}",
+            case.name
+        );
+        assert_eq!(
+            serde_json::json!(redecided.reasons),
+            line["reasons"],
+            "{}: the verifier's reasons differ from the request's",
+            case.name
+        );
+        vigil::live::sweep(&running.shared).await;
+        let cut = closes_within(&mut stream, Duration::from_secs(3)).await;
+        assert_eq!(
+            cut,
+            case.want == "deny",
+            "{}: stream cut = {cut}",
+            case.name
+        );
+
+        // 3. explain, from a facts document written as its documentation says.
+        let facts = serde_json::json!({
+            "request": { "host": "localhost", "method": case.method, "path": case.path },
+            "certificate": peer,
+            "device": device,
+            "network": { "source": "127.0.0.1" },
+        });
+        std::fs::write(pki.path("facts.json"), facts.to_string())?;
+        std::fs::write(pki.path("case.toml"), &text)?;
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["policy", "explain", "--config"])
+            .arg(pki.path("case.toml"))
+            .arg("--input")
+            .arg(pki.path("facts.json"))
+            .output()?;
+        let explained: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("{}: {}", case.name, String::from_utf8_lossy(&out.stderr)))?;
+        assert_eq!(
+            explained["decision"], case.want,
+            "{}: explain {explained}",
+            case.name
+        );
+        assert_eq!(
+            explained["reasons"], line["reasons"],
+            "{}: explain",
+            case.name
+        );
+        let code = if case.want == "deny" { 2 } else { 0 };
+        assert_eq!(out.status.code(), Some(code), "{}", case.name);
+        eprintln!("{}: {} {}", case.name, case.want, line["reasons"]);
+        drop(stream);
+        running.shutdown().await;
+    }
+    Ok(())
+}

@@ -57,7 +57,9 @@ pub fn decide(
                 });
             cx.shared.posture.record_denial(who, facts.time);
             let public = format!("access denied by route '{}'", route.name);
-            Err(Box::new(cx.refuse(Refusal::Forbidden(public), Some(&decision))))
+            Err(Box::new(
+                cx.refuse(Refusal::Forbidden(public), Some(&decision)),
+            ))
         }
     }
 }
