@@ -5,33 +5,50 @@
 //! with identity headers the client could not have forged.
 //!
 //! # Layout
-//! Modules follow a request through the proxy:
-//! - [`config`]: the TOML schema, every problem at once with line and column, and the compiled
-//!   immutable [`config::Snapshot`] a request reads.
+//! Modules follow a request through the proxy, and are layered without cycles: each uses only
+//! modules below it.
 //! - [`server`]: accept loop, connection limits (in all and per source), the TLS handshake,
 //!   serving exactly the protocol ALPN chose, idle and drain handling.
+//! - [`pipeline`]: one request as named phases over one per-request
+//!   [`pipeline::Context`]: [`pipeline::canonicalize`], [`pipeline::route`],
+//!   [`pipeline::identify`] (sessions, re-verification, bearer tokens), [`pipeline::assess`]
+//!   (device record, country, risk), [`pipeline::decide`] (the facts document and the
+//!   decision), [`pipeline::record`] (decision log and metrics), [`pipeline::forward`], and
+//!   Vigil's own `/.vigil/` [`pipeline::endpoints`].
+//! - [`live`]: the verifier: open connections and every response still streaming re-checked
+//!   and cut off when they no longer pass, re-decided with the pipeline's own identify, assess
+//!   and decide.
+//! - [`explain`]: `vigil policy explain`: the decision on a facts document, without a server.
+//! - [`reload`]: the configuration and every file it names, reloaded and swapped whole.
+//! - [`admin`]: Prometheus metrics, health and readiness, revocation; the admin listener's
+//!   gate (own Host, own origin, JSON bodies, tokens) and its own limits.
+//! - [`state`]: what every connection shares: the snapshot in force and the run-time state
+//!   beside it. [`connection`]: one connection after its handshake, the registry of open
+//!   ones, and the streams open on each.
+//! - [`config`]: the TOML schema, every problem at once with line and column, and the compiled
+//!   immutable [`config::Snapshot`] a request reads.
+//! - [`routing`]: host and path-prefix matching, most specific first.
+//! - [`policy`]: the decision point: rules, linear-time patterns, the facts document
+//!   ([`policy::Facts`]) and the pure `decide(&Policy, &Facts) -> Decision`.
+//! - [`forward`]: upstream connection pools, header hygiene, the upgrades a route allows,
+//!   response bodies registered for re-decision, the signed assertion.
+//! - [`identity`]: OIDC login, sealed sessions, bearer tokens, re-verification with the
+//!   provider. [`revocation`]: revocations by session, user, device and logout.
+//! - [`posture`]: the device inventory, GeoIP, and the risk engine.
+//! - [`decision_log`]: one JSON line per decision, written off the request path.
+//! - [`metrics`]: the Prometheus registry.
 //! - [`tls`]: the rustls server configuration and key exchange groups, client-certificate
 //!   verification with CRLs (each verified against its CA when loaded), handshake failure
-//!   reasons, and [`tls::PeerCert`], the identity read from the certificate.
+//!   reasons, [`tls::PeerCert`] (the identity read from the certificate), SPIFFE IDs, and the
+//!   TLS of Vigil's own outbound connections.
 //! - [`canonical`]: the one canonical form of host, path and headers that every stage uses.
 //! - [`framing`]: watches every HTTP/1 request's framing on the wire (Transfer-Encoding with
 //!   Content-Length, fragments, anything it cannot follow) for the whole connection.
-//! - [`pipeline`]: one request, top to bottom: canonicalise, route, decide, log, forward.
-//! - [`routing`]: host and path-prefix matching, most specific first.
-//! - [`policy`]: rules, linear-time patterns and the pure
-//!   `evaluate(&Policy, &RequestFacts) -> Decision`.
-//! - [`forward`]: upstream connection pools, header hygiene, identity headers, the upgrades a
-//!   route allows, response bodies registered for re-decision.
-//! - [`identity`]: OIDC login, sealed sessions, bearer tokens, re-verification.
-//! - [`live`], [`revocation`]: open connections and every response still streaming re-checked
-//!   and cut off when they no longer pass; revocations by session, user, device and logout.
-//! - [`endpoints`]: Vigil's own `/.vigil/` endpoints.
-//! - [`decision_log`]: one JSON line per decision, written off the request path.
-//! - [`metrics`], [`admin`]: Prometheus metrics, health and readiness; the admin listener's
-//!   gate (own Host, own origin, JSON bodies, tokens) and its own limits.
+//! - [`body`]: body types, bounded whole-body reads and read deadlines.
 //! - [`error`]: every answer Vigil gives itself, with its status and whose fault it was.
-//! - [`certs`]: a development PKI with rcgen (`vigil certs`).
-//! - [`demo`]: everything on built-in defaults (`vigil demo`).
+//! - [`hex`]: hex as Vigil writes and reads it.
+//! - [`certs`]: a development PKI with rcgen (`vigil certs`); [`demo`]: everything on
+//!   built-in defaults (`vigil demo`).
 
 pub mod admin;
 pub mod body;

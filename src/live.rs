@@ -1,16 +1,18 @@
-//! Live connections: a registry of every open downstream connection and the verifier that
-//! re-checks them, so a keep-alive, HTTP/2 or WebSocket connection, or a long response on
-//! one, does not outlive its identity.
+//! The live verifier: everything that stays open (keep-alive and HTTP/2 connections, responses
+//! still streaming, WebSocket tunnels) re-checked, so nothing outlives its identity or its
+//! decision.
 //!
 //! The verifier runs every `[verify] interval`, and at once after a reload (a new CRL) or a
 //! revocation. For each connection it checks that the client certificate has not expired,
 //! still verifies against the current CAs and CRLs, and is not a revoked device. Every
-//! response still streaming and every tunnel (WebSocket) is a registered [`Stream`] holding
-//! what its decision rested on; each is decided again: its session not revoked or expired and
-//! re-verified with the provider when due, its bearer token not revoked or expired, and its
-//! request still allowed by the rules in force. What no longer passes is cut off: an HTTP/2
-//! stream is reset on its own; anything else closes its connection without waiting for
-//! in-flight requests.
+//! response still streaming and every tunnel is a registered
+//! [`Stream`](crate::connection::Stream) holding what its decision rested on; each is decided
+//! again as if its request arrived now, with the pipeline's own phases: identify (its session
+//! not revoked or expired and re-verified with the provider when due, its bearer token not
+//! revoked or expired), assess (today's device record and risk) and
+//! [`decide`](crate::policy::decide) (the rules, risk actions and audit mode in force). What no
+//! longer passes is cut off: an HTTP/2 stream is reset on its own; anything else closes its
+//! connection without waiting for in-flight requests.
 //!
 //! A sweep never waits for the identity provider: a session due for re-verification is
 //! refreshed in the background and judged on what is known now (its last verification holds
