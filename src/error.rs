@@ -21,6 +21,18 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// The fault of a refusal known only by its status: the provider or the upstream for 502,
+    /// 503 and 504, Vigil for other 5xx, policy for a sign-in (302, 401) or 403, the client for
+    /// any other status.
+    pub fn of_status(status: StatusCode) -> Self {
+        match status.as_u16() {
+            502..=504 => Fault::Upstream,
+            500..=599 => Fault::Internal,
+            302 | 401 | 403 => Fault::Policy,
+            _ => Fault::Client,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Fault::Client => "client",

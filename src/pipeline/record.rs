@@ -37,9 +37,11 @@ impl Context<'_> {
         response
     }
 
-    /// Logs an answer that is not a refusal of Vigil's own.
+    /// Logs an answer. A `deny` that is not a [`Refusal`] (a redirect to sign in, a failed
+    /// callback) gets the fault its status implies.
     pub fn log(&self, decision: &'static str, reasons: &[String], status: StatusCode) {
-        self.write(decision, reasons, status, None);
+        let fault = (decision == "deny").then(|| Fault::of_status(status));
+        self.write(decision, reasons, status, fault);
     }
 
     /// Logs an answer, with whose fault it was when it is an error.
