@@ -91,9 +91,17 @@ impl Described<'_> {
     }
 }
 
-/// Reads a facts document from JSON.
+/// Reads a facts document from JSON, with its host and path in canonical form as a request's
+/// would be (a path Vigil would refuse with 400 is refused here too).
 pub fn read_document(json: &[u8]) -> Result<Document, Undecidable> {
-    serde_json::from_slice(json).map_err(|e| Undecidable::Document(e.to_string()))
+    let mut doc: Document =
+        serde_json::from_slice(json).map_err(|e| Undecidable::Document(e.to_string()))?;
+    doc.request.host =
+        normalize_host(&doc.request.host).map_err(|e| Undecidable::Host(e.reason()))?;
+    doc.request.path = normalize_path(&doc.request.path)
+        .map_err(|e| Undecidable::Path(e.reason()))?
+        .into_owned();
+    Ok(doc)
 }
 
 /// What explain found: the decision as JSON, and whether it lets the request through.
@@ -118,6 +126,12 @@ pub fn explain(snapshot: &Snapshot, mut doc: Document, now: i64) -> Explained {
     if doc.risk.is_none()
         && let Some(settings) = &snapshot.risk
     {
+        if doc.network.country.is_none() {
+            doc.network.country = settings
+                .geoip
+                .as_ref()
+                .and_then(|g| g.country(doc.network.source.to_canonical()));
+        }
         doc.risk = Some(assess(snapshot, settings, &doc, now));
         notes.push(
             "risk assessed from the document's facts, without recent denials or first-seen devices",
@@ -149,6 +163,7 @@ pub fn explain(snapshot: &Snapshot, mut doc: Document, now: i64) -> Explained {
         "status": status,
         "rule": decision.rule.map(|i| i + 1),
         "read_only": decision.read_only,
+        "risk_action": decision.risk_action,
         "mode": if snapshot.policy.audit { "audit" } else { "enforce" },
         "reasons": decision.reasons,
         "risk": facts.risk,
@@ -173,20 +188,14 @@ fn assess(
     doc: &Document,
     now: i64,
 ) -> posture::Assessment {
-    let country = doc.network.country.clone().or_else(|| {
-        settings
-            .geoip
-            .as_ref()
-            .and_then(|g| g.country(doc.network.source))
-    });
     posture::assess(
         settings,
         &posture::RiskFacts {
             now: doc.time.unwrap_or(now),
             device: doc.device.as_ref(),
             inventory: snapshot.devices.is_some(),
-            client_ip: doc.network.source,
-            country: country.as_deref(),
+            client_ip: doc.network.source.to_canonical(),
+            country: doc.network.country.as_deref(),
             idp_risk: doc.person.as_ref().and_then(|p| p.risk.as_deref()),
             recent_denials: 0,
             first_seen_device: false,

@@ -98,7 +98,7 @@ struct ExplainArgs {
     #[arg(long, short)]
     config: PathBuf,
     /// A facts document (JSON, see docs/facts.md) to decide instead of a described request.
-    #[arg(long, conflicts_with_all = ["url", "cert", "user"])]
+    #[arg(long, conflicts_with_all = ["url", "cert", "method", "from", "user", "email", "groups", "mfa"])]
     input: Option<PathBuf>,
     /// The request URL, like https://wiki.example.com/page.
     #[arg(long, required_unless_present = "input")]

@@ -104,7 +104,8 @@ impl Document {
             person: self.person.as_ref(),
             device: self.device.as_ref(),
             network: Network {
-                source: self.network.source,
+                // As the server sees it: an IPv4-mapped address is plain IPv4.
+                source: self.network.source.to_canonical(),
                 country: self.network.country.as_deref(),
             },
             risk: self.risk.as_ref(),

@@ -241,6 +241,15 @@ pub fn decide(policy: &Policy, facts: &Facts<'_>) -> Decision {
     let Some(route) = facts.request.route.and_then(|name| policy.route(name)) else {
         return Decision::deny(NO_ROUTE);
     };
+    // A login route without its person is never decided by its rules, in audit mode neither:
+    // a request gets there only signed in (or with a verified token).
+    match route.login {
+        Login::Oidc if facts.person.is_none() => return Decision::deny("sign-in required"),
+        Login::Bearer if facts.person.is_none() => {
+            return Decision::deny("a valid bearer token is required");
+        }
+        _ => {}
+    }
     let mut decision = evaluate(route, facts);
     if decision.outcome == Outcome::Allow
         && let Some(risk) = facts.risk
@@ -253,15 +262,8 @@ pub fn decide(policy: &Policy, facts: &Facts<'_>) -> Decision {
     decision
 }
 
-/// The route's rules, first match wins; a login route also needs the person it signs in.
+/// The route's rules, first match wins.
 fn evaluate(route: &RoutePolicy, facts: &Facts<'_>) -> Decision {
-    match route.login {
-        Login::Oidc if facts.person.is_none() => return Decision::deny("sign-in required"),
-        Login::Bearer if facts.person.is_none() => {
-            return Decision::deny("a valid bearer token is required");
-        }
-        _ => {}
-    }
     if route.rules.is_empty() {
         return Decision::deny("route has no allow rules");
     }
@@ -799,6 +801,9 @@ mod tests {
         let policy = Policy::new([Arc::new(route)], false, 300);
         let d = super::decide(&policy, &facts(&p, "GET", "/", local, None));
         assert_eq!(d.reasons, ["sign-in required"]);
+        let audited = Policy::new(policy.routes.values().cloned(), true, 300);
+        let d = super::decide(&audited, &facts(&p, "GET", "/", local, None));
+        assert_eq!(d.outcome, Outcome::Deny, "audit mode never signs anyone in");
         let who = person("alice", None);
         let d = super::decide(&policy, &facts(&p, "GET", "/", local, Some(&who)));
         assert_eq!(d.outcome, Outcome::Allow);

@@ -142,10 +142,9 @@ impl TryFrom<CertificateJson> for PeerCert {
     type Error = String;
 
     fn try_from(c: CertificateJson) -> Result<Self, String> {
-        let fingerprint = crate::hex::parse_serial(&c.fingerprint)
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
-            .ok_or("fingerprint must be 64 hex digits (SHA-256)")?;
+        let fingerprint = sha256_hex(&c.fingerprint).ok_or(
+            "fingerprint must be 64 hex digits (SHA-256), optionally in colon-separated pairs",
+        )?;
         if let Some(id) = &c.spiffe_id {
             crate::tls::spiffe::validate(id).map_err(|why| format!("spiffe_id {why}"))?;
         }
@@ -164,4 +163,25 @@ impl TryFrom<CertificateJson> for PeerCert {
             not_after: c.not_after,
         })
     }
+}
+
+/// A SHA-256 fingerprint as written in documents: 64 hex digits, or 32 colon-separated pairs.
+fn sha256_hex(text: &str) -> Option<[u8; 32]> {
+    let digits: String = if text.contains(':') {
+        let pairs: Vec<&str> = text.split(':').collect();
+        if pairs.len() != 32 || pairs.iter().any(|p| p.len() != 2) {
+            return None;
+        }
+        pairs.concat()
+    } else {
+        text.to_owned()
+    };
+    if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(digits.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
