@@ -72,23 +72,32 @@ impl ClientSettings {
     }
 }
 
-/// Why forwarding failed; each maps to one status in `error.rs`.
+/// Why forwarding failed. The request pipeline maps each to its refusal (status and body)
+/// and to the metric that counts it.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    /// The upstream refused or did not accept the connection in time: it is down or unreachable.
+    /// No connection to the upstream: refused, unreachable, its TLS handshake failed, or not
+    /// made within `[upstream] connect_timeout`. Usually the upstream is down, or the route
+    /// names the wrong address or CA: an upstream or configuration fault, not the client's.
     #[error("upstream unreachable: {0}")]
     Connect(String),
-    /// The upstream accepted the request but sent no response headers in time.
+    /// The upstream took the request but sent no response head within `response_timeout`
+    /// (`[upstream]` or the route's). Usually an overloaded or stuck upstream.
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
-    /// The client sent more body than the route allows.
+    /// The client sent more body than `max_body_bytes` (`[server]` or the route's) allows.
+    /// The client's doing: an upload too large for the route, or an attempt to exhaust the
+    /// upstream.
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
-    /// The upstream broke the exchange (reset, protocol error, bad TLS).
+    /// The upstream broke the exchange (reset, protocol error) or switched protocols to one
+    /// not asked for, or without a valid WebSocket accept: the upstream's fault. Also, very
+    /// rarely, Vigil's own: an upstream URI it could not build from a canonical path.
     #[error("upstream failed: {0}")]
     Upstream(String),
-    /// The client did not send its body in time (`[server] body_read_timeout`): a slow or
-    /// trickling client; the upstream exchange was abandoned.
+    /// The client did not send its body within `[server] body_read_timeout`. The client's
+    /// doing: a slow or trickling client (or a slowloris attack); the upstream exchange was
+    /// abandoned.
     #[error("request body not received within {0:?}")]
     BodyTimeout(Duration),
 }
