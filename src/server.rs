@@ -101,6 +101,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     }
 }
 
+/// One accepted connection to its end: the TLS handshake, the client's certificate, the
+/// connection record, then HTTP as ALPN chose.
 async fn connection(
     stream: TcpStream,
     remote: SocketAddr,
@@ -191,9 +193,9 @@ async fn handshake(
     }
 }
 
-/// The client's certificate after a completed handshake: present, still valid when the
-/// session was resumed, readable, and not revoked by an operator. A refusal is its reason
-/// label and what to log.
+/// The client's certificate after a completed handshake: present, verified again if the
+/// session was resumed (TLS does not verify it then), readable, and not revoked by an
+/// operator. A refusal is its reason label and what to log.
 fn check_client(
     shared: &Shared,
     snapshot: &Snapshot,
