@@ -360,57 +360,8 @@ async fn route(
     let shared = &state.shared;
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => {
-            let snapshot = shared.snapshot.load();
-            let reload = state.reloader.as_ref().map(|r| r.status());
-            let provider_ready = snapshot.oidc.as_ref().is_none_or(|p| p.is_ready());
-            let ready = state.readiness.get() && provider_ready;
-            let status = if ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            json(
-                status,
-                serde_json::json!({
-                    "ready": ready,
-                    "reason": if !provider_ready {
-                        Some("identity provider not discovered yet")
-                    } else if !ready {
-                        Some("starting or draining")
-                    } else {
-                        None
-                    },
-                    "device_inventory": snapshot.devices.as_ref().map(|d| d.status()),
-                    "identity_provider": snapshot.oidc.as_ref().map(|p| serde_json::json!({
-                        "issuer": p.settings.issuer,
-                        "ready": p.is_ready(),
-                    })),
-                    "config_generation": snapshot.generation,
-                    "routes": snapshot.routes.len(),
-                    "reload": reload.as_deref(),
-                }),
-            )
-        }
-        (&Method::POST, "/reload") => match &state.reloader {
-            None => json(
-                StatusCode::CONFLICT,
-                serde_json::json!({ "ok": false, "errors": ["this process was not started from a configuration file"] }),
-            ),
-            Some(reloader) => match reloader
-                .reload(&format!("POST /reload by {caller} from {}", conn.remote))
-                .await
-            {
-                Ok(done) => json(
-                    StatusCode::OK,
-                    serde_json::json!({ "ok": true, "generation": done.generation, "restart_required": done.restart_required }),
-                ),
-                Err(errors) => json(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    serde_json::json!({ "ok": false, "generation": shared.snapshot.load().generation, "errors": errors }),
-                ),
-            },
-        },
+        (&Method::GET, "/readyz") => report_ready(state),
+        (&Method::POST, "/reload") => reload(state, conn, caller).await,
         (_, "/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         (&Method::POST, "/revoke" | "/restore") => {
             let revoking = req.uri().path() == "/revoke";
@@ -430,26 +381,87 @@ async fn route(
         ),
         (_, "/revoke" | "/restore") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         (_, "/revocations") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
-        (&Method::GET, "/metrics") => {
-            // Staleness is a matter of time passing; read it at scrape time.
-            if let Some(devices) = &shared.snapshot.load().devices {
-                shared
-                    .metrics
-                    .device_inventory_stale
-                    .set(i64::from(devices.is_stale()));
-            }
-            let mut r = text(StatusCode::OK, shared.metrics.render());
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
-        }
+        (&Method::GET, "/metrics") => render_metrics(shared),
         (_, "/healthz" | "/readyz" | "/metrics") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `GET /readyz`: 200 once serving and the identity provider (if any) is discovered, 503
+/// before and while draining, with what is not ready yet.
+fn report_ready(state: &State) -> Response<Body> {
+    let snapshot = state.shared.snapshot.load();
+    let reload = state.reloader.as_ref().map(|r| r.status());
+    let provider_ready = snapshot.oidc.as_ref().is_none_or(|p| p.is_ready());
+    let ready = state.readiness.get() && provider_ready;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(
+        status,
+        serde_json::json!({
+            "ready": ready,
+            "reason": if !provider_ready {
+                Some("identity provider not discovered yet")
+            } else if !ready {
+                Some("starting or draining")
+            } else {
+                None
+            },
+            "device_inventory": snapshot.devices.as_ref().map(|d| d.status()),
+            "identity_provider": snapshot.oidc.as_ref().map(|p| serde_json::json!({
+                "issuer": p.settings.issuer,
+                "ready": p.is_ready(),
+            })),
+            "config_generation": snapshot.generation,
+            "routes": snapshot.routes.len(),
+            "reload": reload.as_deref(),
+        }),
+    )
+}
+
+/// `POST /reload`: loads the configuration file again and applies it if it is valid.
+async fn reload(state: &State, conn: &gate::Conn, caller: &gate::Caller) -> Response<Body> {
+    let Some(reloader) = &state.reloader else {
+        return json(
+            StatusCode::CONFLICT,
+            serde_json::json!({ "ok": false, "errors": ["this process was not started from a configuration file"] }),
+        );
+    };
+    match reloader
+        .reload(&format!("POST /reload by {caller} from {}", conn.remote))
+        .await
+    {
+        Ok(done) => json(
+            StatusCode::OK,
+            serde_json::json!({ "ok": true, "generation": done.generation, "restart_required": done.restart_required }),
+        ),
+        Err(errors) => json(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({ "ok": false, "generation": state.shared.snapshot.load().generation, "errors": errors }),
+        ),
+    }
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+fn render_metrics(shared: &Shared) -> Response<Body> {
+    // Staleness is a matter of time passing; read it at scrape time.
+    if let Some(devices) = &shared.snapshot.load().devices {
+        shared
+            .metrics
+            .device_inventory_stale
+            .set(i64::from(devices.is_stale()));
+    }
+    let mut r = text(StatusCode::OK, shared.metrics.render());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }
 
 /// `POST /revoke` with a JSON object naming any of `session` (a session id, as shown by

@@ -18,14 +18,15 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-/// Why a request target or host was refused; each maps to 400 (the proxy's
-/// job), with a short reason safe to show the client.
+/// What is wrong with a request target or host that canonicalisation refuses:
+/// a malformed request, refused with 400 (the proxy's job) and a short reason
+/// safe to show the client.
 ///
 /// The reasons are fixed strings, never echoes of the input, so they cannot
 /// carry attacker-controlled bytes into a response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.reason())]
-pub enum Rejection {
+pub enum Malformed {
     /// `*`, absolute-form leftovers or an empty path: only origin-form is
     /// meaningful to route and authorise.
     NotOriginForm,
@@ -68,27 +69,27 @@ pub enum Rejection {
     BadPort,
 }
 
-impl Rejection {
+impl Malformed {
     /// Short text for the 400 response body and logs.
     pub fn reason(&self) -> &'static str {
         match self {
-            Rejection::NotOriginForm => "request target is not an absolute path",
-            Rejection::EncodedSlash => "encoded slash in path",
-            Rejection::EncodedBackslash => "encoded backslash in path",
-            Rejection::Backslash => "backslash in path",
-            Rejection::PathParameter => "semicolon in path",
-            Rejection::Fragment => "fragment in request target",
-            Rejection::QueryInPath => "unexpected '?' in path",
-            Rejection::ControlCharacter => "control character in request",
-            Rejection::Whitespace => "whitespace in request",
-            Rejection::NonAscii => "non-ASCII byte in request",
-            Rejection::BadPercentEncoding => "malformed percent-encoding in path",
-            Rejection::DoubleEncoding => "double percent-encoding in path",
-            Rejection::TraversalAboveRoot => "path climbs above the root",
-            Rejection::EmptyHost => "empty host",
-            Rejection::Userinfo => "userinfo in host",
-            Rejection::BadHost => "invalid host",
-            Rejection::BadPort => "invalid port",
+            Malformed::NotOriginForm => "request target is not an absolute path",
+            Malformed::EncodedSlash => "encoded slash in path",
+            Malformed::EncodedBackslash => "encoded backslash in path",
+            Malformed::Backslash => "backslash in path",
+            Malformed::PathParameter => "semicolon in path",
+            Malformed::Fragment => "fragment in request target",
+            Malformed::QueryInPath => "unexpected '?' in path",
+            Malformed::ControlCharacter => "control character in request",
+            Malformed::Whitespace => "whitespace in request",
+            Malformed::NonAscii => "non-ASCII byte in request",
+            Malformed::BadPercentEncoding => "malformed percent-encoding in path",
+            Malformed::DoubleEncoding => "double percent-encoding in path",
+            Malformed::TraversalAboveRoot => "path climbs above the root",
+            Malformed::EmptyHost => "empty host",
+            Malformed::Userinfo => "userinfo in host",
+            Malformed::BadHost => "invalid host",
+            Malformed::BadPort => "invalid port",
         }
     }
 }
@@ -223,7 +224,7 @@ struct Segment {
 }
 
 /// Validates and decodes one segment starting at `start`.
-fn scan_segment<S: Sink>(b: &[u8], start: usize, sink: &mut S) -> Result<Segment, Rejection> {
+fn scan_segment<S: Sink>(b: &[u8], start: usize, sink: &mut S) -> Result<Segment, Malformed> {
     let mut i = start;
     let mut rewritten = false;
     let mut units = 0usize;
@@ -243,12 +244,12 @@ fn scan_segment<S: Sink>(b: &[u8], start: usize, sink: &mut S) -> Result<Segment
                 i += 1;
             }
             Class::Percent => {
-                let v = triplet(b, i).ok_or(Rejection::BadPercentEncoding)?;
+                let v = triplet(b, i).ok_or(Malformed::BadPercentEncoding)?;
                 match v {
-                    b'/' => return Err(Rejection::EncodedSlash),
-                    b'\\' => return Err(Rejection::EncodedBackslash),
-                    0x00..=0x1f | 0x7f => return Err(Rejection::ControlCharacter),
-                    b'%' if is_double_encoding(b, i) => return Err(Rejection::DoubleEncoding),
+                    b'/' => return Err(Malformed::EncodedSlash),
+                    b'\\' => return Err(Malformed::EncodedBackslash),
+                    0x00..=0x1f | 0x7f => return Err(Malformed::ControlCharacter),
+                    b'%' if is_double_encoding(b, i) => return Err(Malformed::DoubleEncoding),
                     _ if is_unreserved(v) => {
                         sink.push(v);
                         rewritten = true;
@@ -269,13 +270,13 @@ fn scan_segment<S: Sink>(b: &[u8], start: usize, sink: &mut S) -> Result<Segment
                 units += 1;
                 i += 3;
             }
-            Class::Backslash => return Err(Rejection::Backslash),
-            Class::Semicolon => return Err(Rejection::PathParameter),
-            Class::Hash => return Err(Rejection::Fragment),
-            Class::Question => return Err(Rejection::QueryInPath),
-            Class::Space => return Err(Rejection::Whitespace),
-            Class::Control => return Err(Rejection::ControlCharacter),
-            Class::NonAscii => return Err(Rejection::NonAscii),
+            Class::Backslash => return Err(Malformed::Backslash),
+            Class::Semicolon => return Err(Malformed::PathParameter),
+            Class::Hash => return Err(Malformed::Fragment),
+            Class::Question => return Err(Malformed::QueryInPath),
+            Class::Space => return Err(Malformed::Whitespace),
+            Class::Control => return Err(Malformed::ControlCharacter),
+            Class::NonAscii => return Err(Malformed::NonAscii),
         }
     }
     let kind = match (units, dots) {
@@ -299,10 +300,10 @@ fn scan_segment<S: Sink>(b: &[u8], start: usize, sink: &mut S) -> Result<Segment
 /// resolves dot segments, so the result is the one path that policy checks
 /// and the upstream receives. Idempotent: canonical input comes back
 /// borrowed, without allocating.
-pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, Rejection> {
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, Malformed> {
     let b = raw.as_bytes();
     if b.first() != Some(&b'/') {
-        return Err(Rejection::NotOriginForm);
+        return Err(Malformed::NotOriginForm);
     }
 
     // Pass 1: validate everything and find out whether anything changes,
@@ -320,7 +321,7 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, Rejection> {
             SegmentKind::Dot => changed = true,
             SegmentKind::DotDot => {
                 changed = true;
-                depth = depth.checked_sub(1).ok_or(Rejection::TraversalAboveRoot)?;
+                depth = depth.checked_sub(1).ok_or(Malformed::TraversalAboveRoot)?;
             }
             SegmentKind::Normal => depth += 1,
         }
@@ -352,7 +353,7 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, Rejection> {
             }
             SegmentKind::DotDot => {
                 out.truncate(mark);
-                let parent = out.rfind('/').ok_or(Rejection::TraversalAboveRoot)?;
+                let parent = out.rfind('/').ok_or(Malformed::TraversalAboveRoot)?;
                 out.truncate(parent);
                 if last {
                     out.push('/');
@@ -404,31 +405,31 @@ fn looks_numeric(label: &str) -> bool {
     }
 }
 
-fn canonical_name(name: &str) -> Result<String, Rejection> {
+fn canonical_name(name: &str) -> Result<String, Malformed> {
     if name.is_empty() {
-        return Err(Rejection::EmptyHost);
+        return Err(Malformed::EmptyHost);
     }
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(Rejection::BadHost);
+        return Err(Malformed::BadHost);
     }
     if !name
         .bytes()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_'))
     {
-        return Err(Rejection::BadHost);
+        return Err(Malformed::BadHost);
     }
     if name
         .split('.')
         .any(|l| l.is_empty() || l.len() > MAX_LABEL_LEN)
     {
-        return Err(Rejection::BadHost);
+        return Err(Malformed::BadHost);
     }
     let last = name.rsplit('.').next().unwrap_or(name);
     if looks_numeric(last) {
         // Only the strict dotted-quad form is allowed; std rejects octal-ish
         // leading zeros and short forms, which resolvers disagree about.
-        let ip: Ipv4Addr = name.parse().map_err(|_| Rejection::BadHost)?;
+        let ip: Ipv4Addr = name.parse().map_err(|_| Malformed::BadHost)?;
         return Ok(ip.to_string());
     }
     Ok(name.to_ascii_lowercase())
@@ -442,31 +443,31 @@ fn canonical_name(name: &str) -> Result<String, Rejection> {
 /// same authority must collapse to one: IP literals are re-rendered in
 /// their standard form and numeric-looking names that resolvers would
 /// treat as IPv4 shorthand are refused.
-pub fn normalize_host(raw: &str) -> Result<String, Rejection> {
+pub fn normalize_host(raw: &str) -> Result<String, Malformed> {
     if raw.is_empty() {
-        return Err(Rejection::EmptyHost);
+        return Err(Malformed::EmptyHost);
     }
     for c in raw.bytes() {
         match c {
-            b' ' => return Err(Rejection::Whitespace),
-            0x00..=0x1f | 0x7f => return Err(Rejection::ControlCharacter),
-            0x80..=0xff => return Err(Rejection::NonAscii),
-            b'@' => return Err(Rejection::Userinfo),
+            b' ' => return Err(Malformed::Whitespace),
+            0x00..=0x1f | 0x7f => return Err(Malformed::ControlCharacter),
+            0x80..=0xff => return Err(Malformed::NonAscii),
+            b'@' => return Err(Malformed::Userinfo),
             _ => {}
         }
     }
 
     let (mut host, port) = if let Some(rest) = raw.strip_prefix('[') {
-        let (literal, after) = rest.split_once(']').ok_or(Rejection::BadHost)?;
-        let ip: Ipv6Addr = literal.parse().map_err(|_| Rejection::BadHost)?;
+        let (literal, after) = rest.split_once(']').ok_or(Malformed::BadHost)?;
+        let ip: Ipv6Addr = literal.parse().map_err(|_| Malformed::BadHost)?;
         let port = match after {
             "" => None,
-            _ => Some(after.strip_prefix(':').ok_or(Rejection::BadHost)?),
+            _ => Some(after.strip_prefix(':').ok_or(Malformed::BadHost)?),
         };
         (format!("[{ip}]"), port)
     } else {
         let (name, port) = match raw.split_once(':') {
-            Some((_, p)) if p.contains(':') => return Err(Rejection::BadHost),
+            Some((_, p)) if p.contains(':') => return Err(Malformed::BadHost),
             Some((n, p)) => (n, Some(p)),
             None => (raw, None),
         };
@@ -474,7 +475,7 @@ pub fn normalize_host(raw: &str) -> Result<String, Rejection> {
     };
 
     if let Some(p) = port {
-        let n = parse_port(p).ok_or(Rejection::BadPort)?;
+        let n = parse_port(p).ok_or(Malformed::BadPort)?;
         if n != DEFAULT_PORT {
             // Writing to a String cannot fail.
             let _ = write!(host, ":{n}");
@@ -858,13 +859,13 @@ mod tests {
         Same,
         /// Rewritten to this (owned).
         To(&'static str),
-        Err(Rejection),
+        Err(Malformed),
     }
 
     #[test]
     fn path_table() {
+        use Malformed as R;
         use P::*;
-        use Rejection as R;
         let cases: &[(&str, P)] = &[
             // Already canonical: borrowed.
             ("/", Same),
@@ -1131,8 +1132,8 @@ mod tests {
 
     #[test]
     fn host_table() {
-        use Rejection as R;
-        let cases: &[(&str, Result<&str, Rejection>)] = &[
+        use Malformed as R;
+        let cases: &[(&str, Result<&str, Malformed>)] = &[
             ("example.com", Ok("example.com")),
             ("EXAMPLE.com", Ok("example.com")),
             ("EXAMPLE.com.:443", Ok("example.com")),
@@ -1582,31 +1583,31 @@ mod tests {
     }
 
     #[test]
-    fn rejection_display_is_reason() {
+    fn malformed_display_is_reason() {
         let all = [
-            Rejection::NotOriginForm,
-            Rejection::EncodedSlash,
-            Rejection::EncodedBackslash,
-            Rejection::Backslash,
-            Rejection::PathParameter,
-            Rejection::Fragment,
-            Rejection::QueryInPath,
-            Rejection::ControlCharacter,
-            Rejection::Whitespace,
-            Rejection::NonAscii,
-            Rejection::BadPercentEncoding,
-            Rejection::DoubleEncoding,
-            Rejection::TraversalAboveRoot,
-            Rejection::EmptyHost,
-            Rejection::Userinfo,
-            Rejection::BadHost,
-            Rejection::BadPort,
+            Malformed::NotOriginForm,
+            Malformed::EncodedSlash,
+            Malformed::EncodedBackslash,
+            Malformed::Backslash,
+            Malformed::PathParameter,
+            Malformed::Fragment,
+            Malformed::QueryInPath,
+            Malformed::ControlCharacter,
+            Malformed::Whitespace,
+            Malformed::NonAscii,
+            Malformed::BadPercentEncoding,
+            Malformed::DoubleEncoding,
+            Malformed::TraversalAboveRoot,
+            Malformed::EmptyHost,
+            Malformed::Userinfo,
+            Malformed::BadHost,
+            Malformed::BadPort,
         ];
         for r in all {
             assert_eq!(r.to_string(), r.reason());
             assert!(!r.reason().is_empty());
         }
-        assert_eq!(Rejection::EncodedSlash.reason(), "encoded slash in path");
+        assert_eq!(Malformed::EncodedSlash.reason(), "encoded slash in path");
     }
 
     /// Paths built from the pieces that matter to the rules (separators, dots and their

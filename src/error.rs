@@ -157,6 +157,18 @@ impl Refusal {
     }
 }
 
+/// A redirect that no cache keeps.
+pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        headers.insert(header::LOCATION, v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 /// A plain page: no scripts, no external resources.
 pub fn page(title: &str, message: &str, request_id: &str) -> String {
     format!(

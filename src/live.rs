@@ -58,30 +58,23 @@ pub async fn sweep(shared: &Arc<Shared>) {
         if conn.kill.is_cancelled() {
             continue;
         }
-        let reason =
-            if now >= conn.peer.not_after {
-                Some("certificate_expired")
-            } else if shared.revocations.device(&conn.peer.fingerprint_hex) {
-                Some("device_revoked")
-            } else if conn.verified_generation() != snapshot.generation {
-                // The CAs or CRLs may have changed since this connection was verified.
-                let chain = &conn.chain;
-                match chain.split_first() {
-                    Some((leaf, intermediates)) => match snapshot
-                        .client_verifier
-                        .verify_client_cert(leaf, intermediates, unix_now)
-                    {
-                        Ok(_) => {
-                            conn.set_verified_generation(snapshot.generation);
-                            None
-                        }
-                        Err(e) => Some(crate::tls::tls_failure_reason(&e)),
-                    },
-                    None => Some("no_certificate"),
+        let reason = if now >= conn.peer.not_after {
+            Some("certificate_expired")
+        } else if shared.revocations.device(&conn.peer.fingerprint_hex) {
+            Some("device_revoked")
+        } else if conn.verified_generation() != snapshot.generation {
+            // The CAs or CRLs may have changed since this connection was verified.
+            match crate::tls::verify_again(snapshot.client_verifier.as_ref(), &conn.chain, unix_now)
+            {
+                Ok(()) => {
+                    conn.set_verified_generation(snapshot.generation);
+                    None
                 }
-            } else {
-                None
-            };
+                Err(reason) => Some(reason),
+            }
+        } else {
+            None
+        };
         match reason {
             Some(reason) => {
                 cut(shared, &conn, reason);

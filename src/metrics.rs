@@ -5,7 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -76,149 +76,100 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("vigil");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests answered, by route, decision and status",
-            requests.clone(),
-        );
-        let request_duration =
-            Family::<RouteOnly, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
-        registry.register(
-            "request_duration_seconds",
-            "Time from request head to response head, by route",
-            request_duration.clone(),
-        );
-        let handshake_failures = Family::<Reason, Counter>::default();
-        registry.register(
-            "tls_handshake_failures",
-            "Failed TLS handshakes, by reason",
-            handshake_failures.clone(),
-        );
-        let handshakes = Counter::default();
-        registry.register(
-            "tls_handshakes",
-            "Completed TLS handshakes",
-            handshakes.clone(),
-        );
-        let connections_open = Gauge::default();
-        registry.register(
-            "connections_open",
-            "Downstream connections currently open (after the handshake)",
-            connections_open.clone(),
-        );
-        let connections_rejected = Family::<Reason, Counter>::default();
-        registry.register(
-            "connections_rejected",
-            "Connections closed at accept, by the limit reached (max_connections, max_connections_per_source, max_handshakes_per_source)",
-            connections_rejected.clone(),
-        );
-        let connections_cut = Family::<Reason, Counter>::default();
-        registry.register(
-            "connections_cut",
-            "Open connections closed because they no longer passed verification, by reason",
-            connections_cut.clone(),
-        );
-        let revocations = Family::<Reason, Counter>::default();
-        registry.register(
-            "revocations",
-            "Revocations received, by kind (session, user, device, backchannel)",
-            revocations.clone(),
-        );
-        let revocation_cutoff = latency_histogram();
-        registry.register(
-            "revocation_cutoff_seconds",
-            "Time from a revocation (admin, back-channel logout, CRL reload) to an affected open connection being cut off",
-            revocation_cutoff.clone(),
-        );
-        let admin_refusals = Family::<Reason, Counter>::default();
-        registry.register(
-            "admin_refusals",
-            "Admin listener connections and requests refused before they were answered, by reason",
-            admin_refusals.clone(),
-        );
-        let tunnels_open = Gauge::default();
-        registry.register(
-            "tunnels_open",
-            "Upgraded connections (WebSocket and the like) currently spliced to an upstream",
-            tunnels_open.clone(),
-        );
-        let limits_hit = Family::<Limit, Counter>::default();
-        registry.register(
-            "limits_hit",
-            "Client limits reached, by limit",
-            limits_hit.clone(),
-        );
-        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
-        registry.register(
-            "upstream_errors",
-            "Failed upstream exchanges, by route and kind",
-            upstream_errors.clone(),
-        );
-        let decision_log_dropped = Counter::default();
-        registry.register(
-            "decision_log_dropped",
-            "Decision log lines dropped because the writer fell behind",
-            decision_log_dropped.clone(),
-        );
-        let config_generation = Gauge::default();
-        registry.register(
-            "config_generation",
-            "Generation of the configuration snapshot in use",
-            config_generation.clone(),
-        );
-        let device_inventory_stale = Gauge::default();
-        registry.register(
-            "device_inventory_stale",
-            "1 when the device inventory could not be read for longer than max_stale",
-            device_inventory_stale.clone(),
-        );
-        let device_inventory_devices = Gauge::default();
-        registry.register(
-            "device_inventory_devices",
-            "Devices in the inventory",
-            device_inventory_devices.clone(),
-        );
-        let config_reloads = Counter::default();
-        registry.register(
-            "config_reloads",
-            "Configuration reloads applied",
-            config_reloads.clone(),
-        );
-        let config_reload_failures = Counter::default();
-        registry.register(
-            "config_reload_failures",
-            "Configuration reloads refused because the new configuration was invalid",
-            config_reload_failures.clone(),
-        );
-        let config_last_reload_success = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        registry.register(
-            "config_last_reload_success_timestamp_seconds",
-            "Unix time of the last configuration load that was applied",
-            config_last_reload_success.clone(),
-        );
+        let r = &mut registry;
+        // Registered in this order, which is the order of the exposition.
         Arc::new(Self {
+            requests: metric(
+                r,
+                "requests",
+                "Requests answered, by route, decision and status",
+            ),
+            request_duration: register(
+                r,
+                "request_duration_seconds",
+                "Time from request head to response head, by route",
+                Family::new_with_constructor(latency_histogram as fn() -> _),
+            ),
+            handshake_failures: metric(
+                r,
+                "tls_handshake_failures",
+                "Failed TLS handshakes, by reason",
+            ),
+            handshakes: metric(r, "tls_handshakes", "Completed TLS handshakes"),
+            connections_open: metric(
+                r,
+                "connections_open",
+                "Downstream connections currently open (after the handshake)",
+            ),
+            connections_rejected: metric(
+                r,
+                "connections_rejected",
+                "Connections closed at accept, by the limit reached (max_connections, max_connections_per_source, max_handshakes_per_source)",
+            ),
+            connections_cut: metric(
+                r,
+                "connections_cut",
+                "Open connections closed because they no longer passed verification, by reason",
+            ),
+            revocations: metric(
+                r,
+                "revocations",
+                "Revocations received, by kind (session, user, device, backchannel)",
+            ),
+            revocation_cutoff: register(
+                r,
+                "revocation_cutoff_seconds",
+                "Time from a revocation (admin, back-channel logout, CRL reload) to an affected open connection being cut off",
+                latency_histogram(),
+            ),
+            admin_refusals: metric(
+                r,
+                "admin_refusals",
+                "Admin listener connections and requests refused before they were answered, by reason",
+            ),
+            tunnels_open: metric(
+                r,
+                "tunnels_open",
+                "Upgraded connections (WebSocket and the like) currently spliced to an upstream",
+            ),
+            limits_hit: metric(r, "limits_hit", "Client limits reached, by limit"),
+            upstream_errors: metric(
+                r,
+                "upstream_errors",
+                "Failed upstream exchanges, by route and kind",
+            ),
+            decision_log_dropped: metric(
+                r,
+                "decision_log_dropped",
+                "Decision log lines dropped because the writer fell behind",
+            ),
+            config_generation: metric(
+                r,
+                "config_generation",
+                "Generation of the configuration snapshot in use",
+            ),
+            device_inventory_stale: metric(
+                r,
+                "device_inventory_stale",
+                "1 when the device inventory could not be read for longer than max_stale",
+            ),
+            device_inventory_devices: metric(
+                r,
+                "device_inventory_devices",
+                "Devices in the inventory",
+            ),
+            config_reloads: metric(r, "config_reloads", "Configuration reloads applied"),
+            config_reload_failures: metric(
+                r,
+                "config_reload_failures",
+                "Configuration reloads refused because the new configuration was invalid",
+            ),
+            config_last_reload_success: metric(
+                r,
+                "config_last_reload_success_timestamp_seconds",
+                "Unix time of the last configuration load that was applied",
+            ),
             registry,
-            requests,
-            request_duration,
-            handshake_failures,
-            handshakes,
-            connections_open,
-            connections_rejected,
-            connections_cut,
-            revocations,
-            revocation_cutoff,
-            admin_refusals,
-            tunnels_open,
-            limits_hit,
-            upstream_errors,
-            decision_log_dropped,
-            config_generation,
-            device_inventory_stale,
-            device_inventory_devices,
-            config_reloads,
-            config_reload_failures,
-            config_last_reload_success,
         })
     }
 
@@ -234,6 +185,18 @@ impl Metrics {
         }
         out
     }
+}
+
+/// A new metric of the type asked for, registered as `vigil_<name>` with `help`.
+fn metric<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    register(registry, name, help, M::default())
+}
+
+/// `metric`, registered as `vigil_<name>` with `help`. A metric is a handle: the registry
+/// and [`Metrics`] share one.
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 fn latency_histogram() -> Histogram {

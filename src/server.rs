@@ -1,11 +1,12 @@
 //! Accepting connections: limits, the TLS handshake, one HTTP connection task each, and a
 //! graceful drain on shutdown.
 
+use crate::config::Snapshot;
 use crate::connection::{Activity, Connection};
 use crate::framing::{Findings, Watch};
 use crate::metrics::Reason;
 use crate::state::Shared;
-use crate::tls::{PeerCert, handshake_failure_reason};
+use crate::tls::{PeerCert, handshake_failure_reason, verify_again};
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -100,6 +101,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     }
 }
 
+/// One accepted connection to its end: the TLS handshake, the client's certificate, the
+/// connection record, then HTTP as ALPN chose.
 async fn connection(
     stream: TcpStream,
     remote: SocketAddr,
@@ -108,87 +111,19 @@ async fn connection(
     closing: CancellationToken,
 ) {
     let snapshot = shared.snapshot.load_full();
-    let _ = stream.set_nodelay(true);
-    let acceptor = tokio_rustls::TlsAcceptor::from(snapshot.tls.clone());
-    let handshake = tokio::time::timeout(snapshot.handshake_timeout, acceptor.accept(stream));
-    let handshake = handshake.await;
-    permit.source.handshake_done();
-    let tls = match handshake {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return handshake_failed(&shared, remote, handshake_failure_reason(&e), &e),
-        Err(_) => {
-            let e = io::Error::new(io::ErrorKind::TimedOut, "handshake timed out");
-            return handshake_failed(&shared, remote, "timeout", &e);
-        }
+    let Some(tls) = handshake(&shared, &snapshot, stream, remote, &mut permit.source).await else {
+        return;
     };
-    shared.metrics.handshakes.inc();
     let (_, session) = tls.get_ref();
-    let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) else {
-        // The verifier makes a certificate mandatory; this is belt and braces.
-        let e = io::Error::other("no client certificate after handshake");
-        return handshake_failed(&shared, remote, "no_certificate", &e);
+    let peer = match check_client(&shared, &snapshot, session) {
+        Ok(peer) => peer,
+        Err((reason, e)) => return handshake_failed(&shared, remote, reason, &e),
     };
-    if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-        let chain = session.peer_certificates().unwrap_or_default();
-        let intermediates = chain.get(1..).unwrap_or_default();
-        let now = rustls::pki_types::UnixTime::now();
-        if let Err(e) = snapshot
-            .client_verifier
-            .verify_client_cert(leaf, intermediates, now)
-        {
-            let reason = crate::tls::tls_failure_reason(&e);
-            let e = io::Error::other(format!("resumed session refused: {e}"));
-            return handshake_failed(&shared, remote, reason, &e);
-        }
-    }
-    let peer = match PeerCert::from_der(leaf.as_ref()) {
-        Ok(p) => Arc::new(p),
-        Err(e) => {
-            let e = io::Error::other(format!("unreadable client certificate: {e}"));
-            return handshake_failed(&shared, remote, "bad_certificate", &e);
-        }
-    };
-    if shared.revocations.device(&peer.fingerprint_hex) {
-        let e = io::Error::other("device certificate revoked by an operator");
-        return handshake_failed(&shared, remote, "device_revoked", &e);
-    }
-    let chain: Vec<rustls::pki_types::CertificateDer<'static>> = session
-        .peer_certificates()
-        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-        .unwrap_or_default();
-    let sni = session.server_name().map(str::to_ascii_lowercase);
-    let framing = Findings::new();
     // Served as exactly what ALPN chose (see `HttpServer`): the framing watcher covers every
     // connection that is not HTTP/2.
     let h2 = session.alpn_protocol() == Some(b"h2");
-    let watch = (!h2).then(|| Watch::new(framing.clone()));
-    let id = shared.next_connection_id();
-    shared.metrics.connections_open.inc();
-    let conn = Arc::new(Connection {
-        id,
-        remote,
-        peer_fingerprint: HeaderValue::from_str(&peer.fingerprint_hex)
-            .unwrap_or_else(|_| HeaderValue::from_static("")),
-        peer,
-        sni,
-        activity: Activity::new(),
-        idle_timeout: snapshot.idle_timeout,
-        closing,
-        kill: CancellationToken::new(),
-        chain,
-        verified_generation: AtomicU64::new(snapshot.generation),
-        streams: std::sync::Mutex::new(Vec::new()),
-        assertion: std::sync::Mutex::new(None),
-        registry: Arc::downgrade(&shared.live),
-        metrics: shared.metrics.clone(),
-        framing,
-        h1_requests: AtomicU64::new(0),
-        _permit: Box::new(permit),
-    });
-    conn.activity.touch();
-    shared.live.insert(&conn);
-    tracing::debug!(conn = id, %remote, subject = %conn.peer.subject, "connection open");
-
+    let conn = open(&shared, &snapshot, session, remote, peer, permit, closing);
+    let watch = (!h2).then(|| Watch::new(conn.framing.clone()));
     let io = TokioIo::new(Tracked {
         inner: tls,
         activity: conn.activity.clone(),
@@ -212,7 +147,7 @@ async fn connection(
         })
     };
     let drain = snapshot.drain_timeout;
-    let mut serving: Pin<Box<dyn Serving>> = if h2 {
+    let serving: Pin<Box<dyn Serving>> = if h2 {
         Box::pin(snapshot.http.http2.serve_connection(io, service))
     } else {
         Box::pin(
@@ -224,6 +159,128 @@ async fn connection(
         )
     };
     drop(snapshot);
+    serve_until_closed(&shared, &conn, serving, drain).await;
+    tracing::debug!(conn = conn.id, "connection closed");
+}
+
+/// The TLS handshake, within `handshake_timeout`. Failures are counted and logged here.
+async fn handshake(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    stream: TcpStream,
+    remote: SocketAddr,
+    source: &mut SourceSlot,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let _ = stream.set_nodelay(true);
+    let acceptor = tokio_rustls::TlsAcceptor::from(snapshot.tls.clone());
+    let handshake = tokio::time::timeout(snapshot.handshake_timeout, acceptor.accept(stream));
+    let handshake = handshake.await;
+    source.handshake_done();
+    match handshake {
+        Ok(Ok(tls)) => {
+            shared.metrics.handshakes.inc();
+            Some(tls)
+        }
+        Ok(Err(e)) => {
+            handshake_failed(shared, remote, handshake_failure_reason(&e), &e);
+            None
+        }
+        Err(_) => {
+            let e = io::Error::new(io::ErrorKind::TimedOut, "handshake timed out");
+            handshake_failed(shared, remote, "timeout", &e);
+            None
+        }
+    }
+}
+
+/// The client's certificate after a completed handshake: present, verified again if the
+/// session was resumed (TLS does not verify it then), readable, and not revoked by an
+/// operator. A refusal is its reason label and what to log.
+fn check_client(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    session: &rustls::ServerConnection,
+) -> Result<Arc<PeerCert>, (&'static str, io::Error)> {
+    let chain = session.peer_certificates().unwrap_or_default();
+    let Some(leaf) = chain.first() else {
+        // The verifier makes a certificate mandatory; this is belt and braces.
+        let e = io::Error::other("no client certificate after handshake");
+        return Err(("no_certificate", e));
+    };
+    if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+        let now = rustls::pki_types::UnixTime::now();
+        if let Err(reason) = verify_again(snapshot.client_verifier.as_ref(), chain, now) {
+            let e = io::Error::other(format!("resumed session refused: {reason}"));
+            return Err((reason, e));
+        }
+    }
+    let peer = match PeerCert::from_der(leaf.as_ref()) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            let e = io::Error::other(format!("unreadable client certificate: {e}"));
+            return Err(("bad_certificate", e));
+        }
+    };
+    if shared.revocations.device(&peer.fingerprint_hex) {
+        let e = io::Error::other("device certificate revoked by an operator");
+        return Err(("device_revoked", e));
+    }
+    Ok(peer)
+}
+
+/// The record of a connection that passed its handshake, registered with the live
+/// connections (which re-check it from now on) and counted as open.
+fn open(
+    shared: &Arc<Shared>,
+    snapshot: &Snapshot,
+    session: &rustls::ServerConnection,
+    remote: SocketAddr,
+    peer: Arc<PeerCert>,
+    permit: Slot,
+    closing: CancellationToken,
+) -> Arc<Connection> {
+    let chain: Vec<rustls::pki_types::CertificateDer<'static>> = session
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let sni = session.server_name().map(str::to_ascii_lowercase);
+    let id = shared.next_connection_id();
+    shared.metrics.connections_open.inc();
+    let conn = Arc::new(Connection {
+        id,
+        remote,
+        peer_fingerprint: HeaderValue::from_str(&peer.fingerprint_hex)
+            .unwrap_or_else(|_| HeaderValue::from_static("")),
+        peer,
+        sni,
+        activity: Activity::new(),
+        idle_timeout: snapshot.idle_timeout,
+        closing,
+        kill: CancellationToken::new(),
+        chain,
+        verified_generation: AtomicU64::new(snapshot.generation),
+        streams: std::sync::Mutex::new(Vec::new()),
+        assertion: std::sync::Mutex::new(None),
+        registry: Arc::downgrade(&shared.live),
+        metrics: shared.metrics.clone(),
+        framing: Findings::new(),
+        h1_requests: AtomicU64::new(0),
+        _permit: Box::new(permit),
+    });
+    conn.activity.touch();
+    shared.live.insert(&conn);
+    tracing::debug!(conn = id, %remote, subject = %conn.peer.subject, "connection open");
+    conn
+}
+
+/// Serves the connection until it ends, is killed, or has drained for `drain` after a
+/// shutdown or its idle timeout.
+async fn serve_until_closed(
+    shared: &Shared,
+    conn: &Connection,
+    mut serving: Pin<Box<dyn Serving>>,
+    drain: Duration,
+) {
     let mut draining: Option<tokio::time::Instant> = None;
     loop {
         let hard_stop = async {
@@ -235,7 +292,7 @@ async fn connection(
         tokio::select! {
             result = serving.as_mut() => {
                 if let Err(e) = result {
-                    note_connection_error(&shared, id, &e);
+                    note_connection_error(shared, conn.id, &e);
                 }
                 break;
             }
@@ -252,7 +309,6 @@ async fn connection(
             () = hard_stop => break,
         }
     }
-    tracing::debug!(conn = id, "connection closed");
 }
 
 /// The framing watcher's part in an HTTP/1 answer. A 101 (or a 2xx to CONNECT) hands the

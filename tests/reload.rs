@@ -575,3 +575,44 @@ async fn a_crl_with_a_bad_signature_is_refused_at_reload() -> Result<()> {
     );
     Ok(())
 }
+
+/// TLS skips certificate verification on a resumed session, so Vigil does it itself: a
+/// session ticket from before a reload that revoked its client's certificate gets nowhere.
+#[tokio::test]
+async fn a_resumed_session_is_checked_against_the_crl_in_force() -> Result<()> {
+    let s = setup().await?;
+    let addr = s.running.addr;
+    let victim = client_config(Some(&s.victim), s.pki.ca.cert_pem(), &[])?;
+    assert_eq!(
+        get(addr, victim.clone(), "/public/x", "").await?.status,
+        200
+    );
+    // Config B: crl-b.pem revokes the victim.
+    let log = s.pki.path("decisions.log");
+    replace_file(&s.config, &config_text('b', &log, s.up_a, s.up_b))?;
+    assert_eq!(admin(&s.running, "POST", "/reload").await?.status, 200);
+    let mut tls = connect(addr, victim, "localhost").await?;
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    // The server may have closed the connection already: only the answer matters.
+    let _ = tls
+        .write_all(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(
+        read_reply(&mut tls).await.is_err(),
+        "a resumed session of a revoked certificate was served"
+    );
+    let refused = eventually(STEP, || async {
+        metric(
+            &s.running,
+            "vigil_tls_handshake_failures_total{reason=\"revoked\"}",
+        )
+        .await
+        .is_ok_and(|n| n >= 1.0)
+    })
+    .await;
+    assert!(refused, "the refusal was not counted as revoked");
+    Ok(())
+}

@@ -72,23 +72,32 @@ impl ClientSettings {
     }
 }
 
-/// Why forwarding failed; each maps to one status in `error.rs`.
+/// Why forwarding failed. The request pipeline maps each to its refusal (status and body)
+/// and to the metric that counts it.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    /// The upstream refused or did not accept the connection in time: it is down or unreachable.
+    /// No connection to the upstream: refused, unreachable, its TLS handshake failed, or not
+    /// made within `[upstream] connect_timeout`. Usually the upstream is down, or the route
+    /// names the wrong address or CA: an upstream or configuration fault, not the client's.
     #[error("upstream unreachable: {0}")]
     Connect(String),
-    /// The upstream accepted the request but sent no response headers in time.
+    /// The upstream took the request but sent no response head within `response_timeout`
+    /// (`[upstream]` or the route's). Usually an overloaded or stuck upstream.
     #[error("upstream did not answer within {0:?}")]
     Timeout(Duration),
-    /// The client sent more body than the route allows.
+    /// The client sent more body than `max_body_bytes` (`[server]` or the route's) allows.
+    /// The client's doing: an upload too large for the route, or an attempt to exhaust the
+    /// upstream.
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
-    /// The upstream broke the exchange (reset, protocol error, bad TLS).
+    /// The upstream broke the exchange (reset, protocol error) or switched protocols to one
+    /// not asked for, or without a valid WebSocket accept: the upstream's fault. Also, very
+    /// rarely, Vigil's own: an upstream URI it could not build from a canonical path.
     #[error("upstream failed: {0}")]
     Upstream(String),
-    /// The client did not send its body in time (`[server] body_read_timeout`): a slow or
-    /// trickling client; the upstream exchange was abandoned.
+    /// The client did not send its body within `[server] body_read_timeout`. The client's
+    /// doing: a slow or trickling client (or a slowloris attack); the upstream exchange was
+    /// abandoned.
     #[error("request body not received within {0:?}")]
     BodyTimeout(Duration),
 }
@@ -132,52 +141,25 @@ pub async fn forward(
     let downstream_upgrade = hyper::upgrade::on(&mut req);
     let http2 = req.version() == Version::HTTP_2;
     let (mut parts, body) = req.into_parts();
-    let headers = &mut parts.headers;
 
-    let offered = remove_hop_by_hop(headers);
+    let offered = remove_hop_by_hop(&mut parts.headers);
     let (upgrade, removed) = match &offered {
         Some(offer) => allowed_upgrade(offer, out.upgrades),
         None => (None, None),
     };
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_spoofable(name, out.strip))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(&name);
-    }
-    crate::identity::session::strip_from_request(headers);
+    strip_client_headers(&mut parts.headers, out.strip);
     if let Some(verified) = out.authorization {
-        headers.insert(header::AUTHORIZATION, verified);
+        parts.headers.insert(header::AUTHORIZATION, verified);
     }
-
-    if upstream.preserve_host {
-        if let Ok(host) = HeaderValue::from_str(out.host) {
-            headers.insert(header::HOST, host);
-        }
-    } else {
-        headers.remove(header::HOST);
-    }
-    headers.insert(
-        X_FORWARDED_FOR.clone(),
-        header_safe(&conn.remote.ip().to_string()),
+    add_forwarding_headers(
+        &mut parts.headers,
+        upstream,
+        conn,
+        out.host,
+        out.request_id,
+        out.identity,
+        upgrade.as_ref(),
     );
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
-    headers.insert(X_FORWARDED_HOST.clone(), header_safe(out.host));
-    headers.insert(X_REQUEST_ID.clone(), out.request_id.clone());
-    if let Some(id) = &conn.peer.spiffe_id {
-        headers.insert(X_VIGIL_WORKLOAD.clone(), header_safe(id));
-    }
-    headers.insert(X_VIGIL_DEVICE.clone(), conn.peer_fingerprint.clone());
-    for (name, value) in out.identity {
-        headers.insert(name, value);
-    }
-    if let Some(proto) = &upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, proto.clone());
-    }
-
     parts.uri = upstream.uri_for(out.path, out.query)?;
     parts.version = Version::HTTP_11;
 
@@ -196,13 +178,7 @@ pub async fn forward(
     };
     let websocket_key = parts.headers.get("sec-websocket-key").cloned();
     let request = Request::from_parts(parts, body);
-
-    let sent = tokio::time::timeout(upstream.response_timeout, upstream.client.request(request));
-    let mut response = match sent.await {
-        Err(_) => return Err(ForwardError::Timeout(upstream.response_timeout)),
-        Ok(Err(e)) => return Err(classify(&e, out.max_body_bytes)),
-        Ok(Ok(r)) => r,
-    };
+    let mut response = send(upstream, request, out.max_body_bytes).await?;
 
     crate::identity::session::strip_from_response(response.headers_mut());
     let removed = removed.map(|removed| {
@@ -210,36 +186,15 @@ pub async fn forward(
         format!("upgrade to {removed} not allowed on this route: forwarded without it")
     });
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let switched_to = response.headers().get(header::UPGRADE);
-        if !upgrade
-            .as_ref()
-            .is_some_and(|asked| upgrade_accepted(asked, switched_to))
-        {
-            // Dropping the response drops its upgrade, and with it the upstream connection:
-            // whatever the upstream meant to speak next is never read or relayed.
-            let to = switched_to
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("(none)");
-            let asked = upgrade
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("no upgrade");
-            let note = removed.map(|r| format!(" ({r})")).unwrap_or_default();
-            return Err(ForwardError::Upstream(format!(
-                "upstream switched protocols to {to:?} when {asked:?} was asked for{note}; connection closed"
-            )));
-        }
-        if crate::canonical::is_websocket(switched_to)
-            && !crate::canonical::websocket_accept_matches(
-                websocket_key.as_ref(),
-                response.headers().get("sec-websocket-accept"),
-            )
-        {
-            return Err(ForwardError::Upstream(
-                "upstream switched to WebSocket without a valid Sec-WebSocket-Accept; connection closed"
-                    .into(),
-            ));
-        }
+        // A refused switch drops the response, which drops its upgrade, and with it the
+        // upstream connection: whatever the upstream meant to speak next is never read or
+        // relayed.
+        check_switch(
+            &response,
+            upgrade.as_ref(),
+            websocket_key.as_ref(),
+            removed.as_deref(),
+        )?;
         if let Some(note) = removed {
             response.extensions_mut().insert(UpgradeRemoved(note));
         }
@@ -266,6 +221,109 @@ pub async fn forward(
         }
         .boxed_unsync()
     }))
+}
+
+/// Removes every header a client could use to spoof identity or forwarding information (in
+/// any of its aliases, and the names the route strips besides), and Vigil's own cookies.
+fn strip_client_headers(headers: &mut http::HeaderMap, strip: &[String]) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_spoofable(name, strip))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(&name);
+    }
+    crate::identity::session::strip_from_request(headers);
+}
+
+/// Sets `Host` (kept or left to the client library), the `X-Forwarded-*` headers, the request
+/// ID, the workload and device headers, the route's identity headers, and the one upgrade
+/// allowed.
+fn add_forwarding_headers(
+    headers: &mut http::HeaderMap,
+    upstream: &Upstream,
+    conn: &Connection,
+    host: &str,
+    request_id: &HeaderValue,
+    identity: Vec<(HeaderName, HeaderValue)>,
+    upgrade: Option<&HeaderValue>,
+) {
+    if upstream.preserve_host {
+        if let Ok(host) = HeaderValue::from_str(host) {
+            headers.insert(header::HOST, host);
+        }
+    } else {
+        headers.remove(header::HOST);
+    }
+    headers.insert(
+        X_FORWARDED_FOR.clone(),
+        header_safe(&conn.remote.ip().to_string()),
+    );
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+    headers.insert(X_FORWARDED_HOST.clone(), header_safe(host));
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    if let Some(id) = &conn.peer.spiffe_id {
+        headers.insert(X_VIGIL_WORKLOAD.clone(), header_safe(id));
+    }
+    headers.insert(X_VIGIL_DEVICE.clone(), conn.peer_fingerprint.clone());
+    for (name, value) in identity {
+        headers.insert(name, value);
+    }
+    if let Some(proto) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto.clone());
+    }
+}
+
+/// Sends the request and waits, up to the route's `response_timeout`, for the response head.
+async fn send(
+    upstream: &Upstream,
+    request: Request<Body>,
+    max_body_bytes: Option<u64>,
+) -> Result<Response<hyper::body::Incoming>, ForwardError> {
+    let sent = tokio::time::timeout(upstream.response_timeout, upstream.client.request(request));
+    match sent.await {
+        Err(_) => Err(ForwardError::Timeout(upstream.response_timeout)),
+        Ok(Err(e)) => Err(classify(&e, max_body_bytes)),
+        Ok(Ok(r)) => Ok(r),
+    }
+}
+
+/// Whether the upstream's 101 switched to the protocol Vigil asked for (`upgrade`), and for a
+/// WebSocket, proved it read the client's key (`Sec-WebSocket-Accept`). `removed` says which
+/// offer was taken out of the request, for the error.
+fn check_switch(
+    response: &Response<hyper::body::Incoming>,
+    upgrade: Option<&HeaderValue>,
+    websocket_key: Option<&HeaderValue>,
+    removed: Option<&str>,
+) -> Result<(), ForwardError> {
+    let switched_to = response.headers().get(header::UPGRADE);
+    if !upgrade.is_some_and(|asked| upgrade_accepted(asked, switched_to)) {
+        let to = switched_to
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(none)");
+        let asked = upgrade
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("no upgrade");
+        let note = removed.map(|r| format!(" ({r})")).unwrap_or_default();
+        return Err(ForwardError::Upstream(format!(
+            "upstream switched protocols to {to:?} when {asked:?} was asked for{note}; connection closed"
+        )));
+    }
+    if crate::canonical::is_websocket(switched_to)
+        && !crate::canonical::websocket_accept_matches(
+            websocket_key,
+            response.headers().get("sec-websocket-accept"),
+        )
+    {
+        return Err(ForwardError::Upstream(
+            "upstream switched to WebSocket without a valid Sec-WebSocket-Accept; connection closed"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A response body tied to the decision that allowed it: registered on its connection while

@@ -14,7 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
 use openidconnect::core::{
     CoreAuthenticationFlow, CoreClient, CoreJsonWebKeySet, CoreJwsSigningAlgorithm,
-    CoreProviderMetadata,
+    CoreProviderMetadata, CoreTokenResponse,
 };
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
@@ -521,8 +521,9 @@ impl Provider {
     }
 
     /// Finishes a login at the callback: checks `state` against this browser's pending login,
-    /// uses the state up (its first callback, success or failure, is its only one), exchanges the code with the PKCE verifier, verifies the ID token and builds a session
-    /// bound to `device`.
+    /// uses the state up (its first callback, success or failure, is its only one), exchanges
+    /// the code with the PKCE verifier, verifies the ID token and builds a session bound to
+    /// `device`.
     #[allow(clippy::too_many_arguments)]
     pub async fn finish(
         &self,
@@ -534,10 +535,36 @@ impl Provider {
         device: &str,
         lifetime: Duration,
     ) -> Result<Completed, LoginError> {
-        let params: std::collections::HashMap<String, String> =
-            url::form_urlencoded::parse(query.as_bytes())
-                .into_owned()
-                .collect();
+        let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let now = super::now();
+        let (pending, clear_cookie) =
+            self.pending_login(ring, used, host, &params, headers, now)?;
+        let code = self.authorization_code(&params)?;
+        let discovered = self.ready()?;
+        let tokens = self.redeem(&discovered, host, code, &pending).await?;
+        let claims = self.login_claims(&discovered, &tokens, &pending).await?;
+        let mut session = self.session_from(&claims, device, now, lifetime)?;
+        session.refresh_token = tokens.refresh_token().map(|t| t.secret().clone());
+        Ok(Completed {
+            session,
+            return_to: pending.return_to,
+            clear_cookie,
+        })
+    }
+
+    /// The pending login this callback answers, read from this browser's login cookie, with
+    /// the header that clears that cookie. Uses the state up.
+    fn pending_login(
+        &self,
+        ring: &KeyRing,
+        used: &UsedStates,
+        host: &str,
+        params: &HashMap<String, String>,
+        headers: &http::HeaderMap,
+        now: i64,
+    ) -> Result<(Pending, HeaderValue), LoginError> {
         let state = params.get("state").cloned().unwrap_or_default();
         if state.len() < 16 {
             return Err(LoginError::StateMismatch);
@@ -559,7 +586,6 @@ impl Provider {
         {
             return Err(LoginError::StateMismatch);
         }
-        let now = super::now();
         let timeout = self.settings.login_timeout.as_secs() as i64;
         if now - pending.created > timeout {
             return Err(LoginError::Expired);
@@ -569,6 +595,12 @@ impl Provider {
         if !used.use_up(&state, pending.created + timeout + 1, now) {
             return Err(LoginError::Replayed);
         }
+        Ok((pending, clear_cookie))
+    }
+
+    /// The authorization code the provider sent back, unless it sent an error or the
+    /// response names another issuer (RFC 9207).
+    fn authorization_code(&self, params: &HashMap<String, String>) -> Result<String, LoginError> {
         if let Some(error) = params.get("error") {
             let detail = params
                 .get("error_description")
@@ -581,11 +613,20 @@ impl Provider {
         {
             return Err(LoginError::BadToken(format!("response from issuer {iss}")));
         }
-        let code = params
+        params
             .get("code")
             .cloned()
-            .ok_or_else(|| LoginError::Refused("no authorization code".into()))?;
-        let discovered = self.ready()?;
+            .ok_or_else(|| LoginError::Refused("no authorization code".into()))
+    }
+
+    /// Exchanges the authorization code, with the login's PKCE verifier, for tokens.
+    async fn redeem(
+        &self,
+        discovered: &Discovered,
+        host: &str,
+        code: String,
+        pending: &Pending,
+    ) -> Result<CoreTokenResponse, LoginError> {
         let redirect = RedirectUrl::new(self.redirect_url(host))
             .map_err(|e| LoginError::BadToken(e.to_string()))?;
         let exchange = discovered
@@ -594,21 +635,30 @@ impl Provider {
             .map_err(|e| LoginError::BadToken(e.to_string()))?
             .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier.clone()))
             .set_redirect_uri(Cow::Owned(redirect));
-        let tokens = exchange
+        exchange
             .request_async(&self.http)
             .await
-            .map_err(token_error)?;
+            .map_err(token_error)
+    }
+
+    /// The claims of the verified ID token (its nonce the login's), with those of the
+    /// userinfo endpoint added when `userinfo` is on; the ID token's win.
+    async fn login_claims(
+        &self,
+        discovered: &Discovered,
+        tokens: &CoreTokenResponse,
+        pending: &Pending,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, LoginError> {
         let id_token = tokens
             .id_token()
             .ok_or_else(|| LoginError::BadToken("no ID token in the token response".into()))?;
         let nonce = Nonce::new(pending.nonce.clone());
         let raw = id_token.to_string();
-        let verified = self
+        let mut claims = self
             .verify_id_token(&raw, |verifier, token| {
                 token.claims(verifier, &nonce).map(|_| ())
             })
             .await?;
-        let mut claims = verified;
         if self.settings.userinfo
             && let Some(url) = &discovered.userinfo
         {
@@ -625,13 +675,7 @@ impl Provider {
                 claims.entry(k).or_insert(v);
             }
         }
-        let mut session = self.session_from(&claims, device, now, lifetime)?;
-        session.refresh_token = tokens.refresh_token().map(|t| t.secret().clone());
-        Ok(Completed {
-            session,
-            return_to: pending.return_to,
-            clear_cookie,
-        })
+        Ok(claims)
     }
 
     /// Refreshes a session with its refresh token: a failure (revoked grant, disabled account)

@@ -5,7 +5,7 @@ use super::context::Context as Record;
 use super::identify::identify_session;
 use crate::body::{self, Body};
 use crate::canonical::X_REQUEST_ID;
-use crate::error::{Refusal, escape, page};
+use crate::error::{Refusal, escape, page, redirect};
 use crate::identity::session;
 use crate::identity::{self, Identity};
 use http::header::{self, HeaderValue};
@@ -44,18 +44,6 @@ pub async fn handle(
         ) => record.refuse(Refusal::MethodNotAllowed, None),
         _ => record.refuse(Refusal::NoRoute, None),
     }
-}
-
-/// A redirect that no cache keeps.
-pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
-    let mut response = Response::new(body::empty());
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(location) {
-        headers.insert(header::LOCATION, v);
-    }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 fn html(status: StatusCode, title: &str, message: &str, record: &Record<'_>) -> Response<Body> {

@@ -280,8 +280,7 @@ impl Context<'_> {
         }
         match provider.begin(&sessions.ring, &target.host, &return_to, step_up) {
             Ok(redirect) => {
-                let mut response =
-                    super::endpoints::redirect(StatusCode::FOUND, &redirect.location);
+                let mut response = crate::error::redirect(StatusCode::FOUND, &redirect.location);
                 let headers = response.headers_mut();
                 headers.append(header::SET_COOKIE, redirect.cookie);
                 if clear_session {

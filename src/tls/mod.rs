@@ -11,7 +11,7 @@ pub use peer::PeerCert;
 use rustls::crypto::SupportedKxGroup;
 use rustls::crypto::aws_lc_rs::kx_group;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ProducesTickets, StoresServerSessions, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
@@ -214,6 +214,25 @@ fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> String {
     }
 }
 
+/// Verifies a client's certificate chain (leaf first) again, against the CAs and CRLs that
+/// `verifier` holds now, at `now`. TLS skips verification on a resumed session, whose ticket
+/// may predate the CRL in force; and a connection verified at its handshake may outlive its
+/// CA or a revocation after a reload. A refusal is the reason label a handshake failing the
+/// same way would have (see [`tls_failure_reason`]), `no_certificate` for an empty chain.
+pub fn verify_again(
+    verifier: &dyn ClientCertVerifier,
+    chain: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> Result<(), &'static str> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err("no_certificate");
+    };
+    match verifier.verify_client_cert(leaf, intermediates, now) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(tls_failure_reason(&e)),
+    }
+}
+
 /// Why a handshake failed, as a metric label. Each names a likely cause for on-call.
 pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
     use rustls::Error;
@@ -338,6 +357,61 @@ mod tests {
         assert_eq!(handshake_failure_reason(&eof), "closed_by_client");
         let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
         assert_eq!(handshake_failure_reason(&timeout), "timeout");
+    }
+
+    mod verify_again {
+        use super::super::{provider, verify_again};
+        use crate::certs::{Authority, LeafSpec, Revoked};
+        use rustls::RootCertStore;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+        use rustls::server::WebPkiClientVerifier;
+        use rustls::server::danger::ClientCertVerifier;
+        use std::sync::Arc;
+        use time::{Duration, OffsetDateTime};
+
+        fn verifier(ca: &Authority, revoked: &[Revoked]) -> Arc<dyn ClientCertVerifier> {
+            let mut roots = RootCertStore::empty();
+            roots.add(ca.cert_der().clone()).expect("CA certificate");
+            let next_update = OffsetDateTime::now_utc() + Duration::days(1);
+            let crl = ca.crl_pem(revoked, 1, next_update).expect("CRL");
+            let crl = CertificateRevocationListDer::from_pem_slice(crl.as_bytes()).expect("CRL");
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .with_crls([crl])
+                .build()
+                .expect("verifier")
+        }
+
+        fn chain(ca: &Authority, spec: &LeafSpec) -> (Vec<CertificateDer<'static>>, Vec<u8>) {
+            let issued = ca.issue(spec).expect("leaf");
+            let leaf = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).expect("PEM");
+            (vec![leaf], issued.serial)
+        }
+
+        #[test]
+        fn passes_a_valid_chain_and_names_why_others_fail() {
+            let ca = Authority::generate("Vigil Test CA").expect("CA");
+            let other = Authority::generate("Another CA").expect("CA");
+            let now = UnixTime::now();
+            let (good, _) = chain(&ca, &LeafSpec::device("laptop"));
+            let (revoked, serial) = chain(&ca, &LeafSpec::device("stolen"));
+            let yesterday = OffsetDateTime::now_utc() - Duration::days(1);
+            let lapsed = LeafSpec::device("old").validity(yesterday - Duration::days(1), yesterday);
+            let (expired, _) = chain(&ca, &lapsed);
+            let (foreign, _) = chain(&other, &LeafSpec::device("elsewhere"));
+            let at = yesterday;
+            let verifier = verifier(&ca, &[Revoked { serial, at }]);
+            let cases: [(&[CertificateDer<'_>], Result<(), &str>); 5] = [
+                (&good, Ok(())),
+                (&[], Err("no_certificate")),
+                (&revoked, Err("revoked")),
+                (&expired, Err("expired")),
+                (&foreign, Err("unknown_issuer")),
+            ];
+            for (chain, want) in cases {
+                assert_eq!(verify_again(verifier.as_ref(), chain, now), want);
+            }
+        }
     }
 
     #[test]
