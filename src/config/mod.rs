@@ -9,6 +9,7 @@ mod assertion;
 mod compiler;
 mod devices;
 pub mod diagnostics;
+mod keys;
 pub mod load;
 mod log;
 mod oidc;
