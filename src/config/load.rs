@@ -90,21 +90,65 @@ pub struct RawConfig {
     pub routes: Vec<Option<RouteSection>>,
 }
 
-const SECTIONS: &[&str] = &[
-    "server",
-    "tls",
-    "admin",
-    "log",
-    "audit",
-    "upstream",
-    "oidc",
-    "session",
-    "assertion",
-    "verify",
-    "devices",
-    "risk",
-    "route",
+/// A top-level table and what reading it needs.
+struct Entry<'e, 'd> {
+    name: &'e str,
+    value: Spanned<DeValue<'d>>,
+    locator: &'e Locator,
+    problems: &'e mut Vec<Problem>,
+}
+
+impl Entry<'_, '_> {
+    fn read<T: DeserializeOwned>(self) -> Option<T> {
+        section(self.name, self.value, self.locator, self.problems)
+    }
+
+    fn read_or_default<T: DeserializeOwned + Default>(self) -> T {
+        self.read().unwrap_or_default()
+    }
+
+    /// `[[route]]`: each route on its own, so a broken one does not hide the others.
+    fn read_routes(self) -> Vec<Option<RouteSection>> {
+        let DeValue::Array(items) = self.value.into_inner() else {
+            self.problems.push(
+                Problem::at(
+                    self.locator.value("route"),
+                    "`route` must be an array of tables",
+                )
+                .with_help("write each route as a [[route]] table"),
+            );
+            return Vec::new();
+        };
+        let mut routes = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let path = format!("route.{i}");
+            routes.push(section(&path, item, self.locator, self.problems));
+        }
+        routes
+    }
+}
+
+/// Reads one section into its place in [`RawConfig`].
+type Read = fn(&mut RawConfig, Entry<'_, '_>);
+
+/// Every section by name, with where its typed value goes: the one list of section names.
+/// A section with problems stays at its default.
+const SECTIONS: &[(&str, Read)] = &[
+    ("server", |raw, e| raw.server = e.read_or_default()),
+    ("tls", |raw, e| raw.tls = e.read()),
+    ("admin", |raw, e| raw.admin = e.read_or_default()),
+    ("log", |raw, e| raw.log = e.read_or_default()),
+    ("audit", |raw, e| raw.audit = e.read_or_default()),
+    ("upstream", |raw, e| raw.upstream = e.read_or_default()),
+    ("oidc", |raw, e| raw.oidc = e.read()),
+    ("session", |raw, e| raw.session = e.read()),
+    ("assertion", |raw, e| raw.assertion = e.read()),
+    ("verify", |raw, e| raw.verify = e.read_or_default()),
+    ("devices", |raw, e| raw.devices = e.read()),
+    ("risk", |raw, e| raw.risk = e.read()),
+    ("route", |raw, e| raw.routes = e.read_routes()),
 ];
+
 /// Parses `text`, returning the typed sections, the span index and every problem found.
 pub fn parse(text: &str) -> (RawConfig, Locator, Vec<Problem>) {
     let mut problems = Vec::new();
@@ -125,62 +169,25 @@ pub fn parse(text: &str) -> (RawConfig, Locator, Vec<Problem>) {
 
     for (key, value) in root.into_inner() {
         let name = key.get_ref().as_ref();
-        match name {
-            "server" => {
-                if let Some(v) = section(name, value, &locator, &mut problems) {
-                    raw.server = v;
-                }
-            }
-            "tls" => raw.tls = section(name, value, &locator, &mut problems),
-            "admin" => {
-                if let Some(v) = section(name, value, &locator, &mut problems) {
-                    raw.admin = v;
-                }
-            }
-            "log" => {
-                if let Some(v) = section(name, value, &locator, &mut problems) {
-                    raw.log = v;
-                }
-            }
-            "audit" => {
-                if let Some(v) = section(name, value, &locator, &mut problems) {
-                    raw.audit = v;
-                }
-            }
-            "upstream" => {
-                if let Some(v) = section(name, value, &locator, &mut problems) {
-                    raw.upstream = v;
-                }
-            }
-            "oidc" => raw.oidc = section(name, value, &locator, &mut problems),
-            "session" => raw.session = section(name, value, &locator, &mut problems),
-            "assertion" => raw.assertion = section(name, value, &locator, &mut problems),
-            "devices" => raw.devices = section(name, value, &locator, &mut problems),
-            "risk" => raw.risk = section(name, value, &locator, &mut problems),
-            "verify" => {
-                if let Some(v) = section(name, value, &locator, &mut problems) {
-                    raw.verify = v;
-                }
-            }
-            "route" => match value.into_inner() {
-                DeValue::Array(items) => {
-                    for (i, item) in items.into_iter().enumerate() {
-                        let path = format!("route.{i}");
-                        raw.routes
-                            .push(section(&path, item, &locator, &mut problems));
-                    }
-                }
-                _ => problems.push(
-                    Problem::at(locator.value("route"), "`route` must be an array of tables")
-                        .with_help("write each route as a [[route]] table"),
-                ),
-            },
-            other => problems.push(
-                Problem::at(Some(key.span()), format!("unknown section `{other}`")).with_help(
-                    suggest(other, SECTIONS)
-                        .unwrap_or_else(|| format!("known sections: {}", SECTIONS.join(", "))),
-                ),
+        match SECTIONS.iter().find(|(known, _)| *known == name) {
+            Some((_, read)) => read(
+                &mut raw,
+                Entry {
+                    name,
+                    value,
+                    locator: &locator,
+                    problems: &mut problems,
+                },
             ),
+            None => {
+                let names: Vec<&str> = SECTIONS.iter().map(|(known, _)| *known).collect();
+                problems.push(
+                    Problem::at(Some(key.span()), format!("unknown section `{name}`")).with_help(
+                        suggest(name, &names)
+                            .unwrap_or_else(|| format!("known sections: {}", names.join(", "))),
+                    ),
+                );
+            }
         }
     }
     (raw, locator, problems)
@@ -547,7 +554,7 @@ max_check_in_age = "1d"
             ("risk", Keys::of::<RiskSection>()),
             ("route.0", Keys::of::<RouteSection>()),
         ];
-        let names = SECTIONS.to_vec();
+        let names: Vec<&str> = SECTIONS.iter().map(|(name, _)| *name).collect();
         let tested: Vec<&str> = sections
             .iter()
             .map(|(at, _)| at.trim_end_matches(".0"))
