@@ -19,15 +19,24 @@ pub struct Keys(BTreeMap<String, &'static [&'static str]>);
 
 impl Keys {
     pub fn of<T: DeserializeOwned>() -> Self {
+        Self::walk::<T>().unwrap_or_else(|partial| partial)
+    }
+
+    /// The walk behind [`Keys::of`]; `Err` with the keys found so far when it met a type it
+    /// cannot feed (an enum, say), which stops it there: the keys of the tables below that
+    /// field, and after it in its table, stay unknown.
+    pub fn walk<T: DeserializeOwned>() -> Result<Self, Self> {
         let found = RefCell::new(BTreeMap::new());
-        // Only the structs passed through matter, not the value built from the stand-ins. A
-        // type the walk cannot feed (an enum, say) stops it there: the keys of the tables
-        // below it, and after it in its table, stay unknown.
-        let _ = T::deserialize(Walk {
+        // Only the structs passed through matter, not the value built from the stand-ins.
+        let walked = T::deserialize(Walk {
             path: String::new(),
             found: &found,
         });
-        Keys(found.into_inner())
+        let keys = Keys(found.into_inner());
+        match walked {
+            Ok(_) => Ok(keys),
+            Err(_) => Err(keys),
+        }
     }
 
     /// The keys of the table at `path`, written as in the document (`allow.2`); none where
