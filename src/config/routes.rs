@@ -74,7 +74,7 @@ impl Compiler<'_> {
     }
 
     /// One route at `at` (`route.N`). What decides over its requests (the login, the rules
-    /// and the actions per risk level) is compiled here, side by side.
+    /// and the actions per risk level) is compiled here and goes into the route together.
     fn route(
         &mut self,
         at: &str,
@@ -126,13 +126,13 @@ impl Compiler<'_> {
             path,
             login: login?,
             policy: Policy { rules },
+            risk,
             upstream: upstream?,
             max_body_bytes: r.max_body_bytes.map(|n| if n == 0 { u64::MAX } else { n }),
             bearer_audience: r.bearer_audience.clone(),
             bearer_scopes: r.bearer_scopes.clone(),
             headers,
             strip,
-            risk,
             upgrades,
         })
     }
