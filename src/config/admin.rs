@@ -1,13 +1,34 @@
-//! `[admin]` access: the names the admin listener answers to, its bearer tokens, and the rule
-//! that a listener reachable from other hosts must authenticate whoever changes something.
+//! `[admin]`: the operator's listener. Its address, its client-certificate requirement, the
+//! names it answers to, its bearer tokens, the rule that a listener reachable from other hosts
+//! must authenticate whoever changes something, and its limits.
 
-use super::Compiler;
-use super::schema::AdminSection;
+use super::compiler::Compiler;
+use super::load::RawConfig;
+use super::schema::{AdminSection, TlsSection};
+use crate::policy::Pattern;
+use crate::tls::{ServerTls, read_chain, read_key, read_roots};
 use aws_lc_rs::digest::{SHA256, digest};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// `[admin]`, compiled; its parts are separate fields of the [`super::Snapshot`].
+pub(super) struct Admin {
+    /// `None`: the admin listener is off.
+    pub listen: Option<SocketAddr>,
+    pub tls: Option<AdminTls>,
+    pub access: AdminAccess,
+    pub limits: AdminLimits,
+}
+
+/// The admin listener's client-certificate requirement.
+pub struct AdminTls {
+    pub config: Arc<rustls::ServerConfig>,
+    /// SPIFFE ID patterns allowed; empty allows any verified client.
+    pub allow_spiffe: Vec<Pattern>,
+}
 
 /// How much of the process the admin listener may hold, and for how long; compiled from
 /// `[admin]`. Read for every new admin connection, so a reload applies to the next one.
@@ -176,10 +197,102 @@ pub fn parse_tokens(text: &str) -> Result<Vec<AdminToken>, String> {
 }
 
 impl Compiler<'_> {
+    pub(super) fn admin(&mut self, raw: &RawConfig) -> Admin {
+        let admin = &raw.admin;
+        let listen = if admin.listen.is_empty() {
+            None
+        } else {
+            self.socket_addr("admin.listen", &admin.listen)
+        };
+        let tls = match &raw.tls {
+            Some(tls) if !admin.client_ca.is_empty() => self.admin_tls(admin, tls),
+            _ => {
+                if !admin.allow_spiffe.is_empty() {
+                    self.problem_help(
+                        "admin.allow_spiffe",
+                        "allow_spiffe needs client certificates on the admin listener",
+                        "set admin.client_ca too",
+                    );
+                }
+                None
+            }
+        };
+        Admin {
+            listen,
+            tls,
+            access: self.admin_access(admin, listen),
+            limits: self.admin_limits(admin),
+        }
+    }
+
+    /// TLS 1.3 with client certificates from `[admin] client_ca`, checked against the same
+    /// CRLs as the proxy listener's.
+    fn admin_tls(&mut self, admin: &AdminSection, tls: &TlsSection) -> Option<AdminTls> {
+        let cert = admin.cert.as_deref().unwrap_or(&tls.cert);
+        let key = admin.key.as_deref().unwrap_or(&tls.key);
+        let chain = read_chain(&self.file(cert))
+            .map_err(|e| self.problem("admin.cert", e))
+            .ok();
+        let key = read_key(&self.file(key))
+            .map_err(|e| self.problem("admin.key", e))
+            .ok();
+        let mut roots = rustls::RootCertStore::empty();
+        for (i, ca) in admin.client_ca.iter().enumerate() {
+            if let Err(e) = read_roots(&self.file(ca), &mut roots) {
+                self.problem(&format!("admin.client_ca.{i}"), e);
+            }
+        }
+        // The same CRLs as the proxy listener (their problems are reported there).
+        let issuers = [&tls.client_ca[..], &admin.client_ca[..]].concat();
+        let crls = self.crls(tls, Vec::new(), &issuers, false);
+        // Problems with the names are reported for the proxy listener.
+        let key_exchange = tls
+            .key_exchange
+            .iter()
+            .filter_map(|name| crate::tls::key_exchange_group(name))
+            .collect();
+        let allow_spiffe = self.allow_spiffe(admin);
+        let (chain, key) = (chain?, key?);
+        if roots.is_empty() {
+            return None;
+        }
+        let (config, _) = ServerTls {
+            chain,
+            key,
+            client_roots: roots,
+            crls,
+            allow_unknown_revocation: tls.allow_unknown_revocation,
+            enforce_crl_expiry: tls.enforce_crl_expiry,
+            session_tickets: false,
+            key_exchange,
+        }
+        // No resumption: every admin connection proves its certificate afresh.
+        .build(None)
+        .map_err(|e| self.problem("admin", e))
+        .ok()?;
+        Some(AdminTls {
+            config,
+            allow_spiffe,
+        })
+    }
+
+    fn allow_spiffe(&mut self, admin: &AdminSection) -> Vec<Pattern> {
+        let mut allow_spiffe = Vec::new();
+        for (i, p) in admin.allow_spiffe.iter().enumerate() {
+            let key = format!("admin.allow_spiffe.{i}");
+            if !p.starts_with("spiffe://") {
+                self.problem(&key, format!("{p:?} is not a SPIFFE ID pattern"));
+            } else if let Some(pattern) = self.pattern(&key, p) {
+                allow_spiffe.push(pattern);
+            }
+        }
+        allow_spiffe
+    }
+
     /// `[admin]` connection limits and timeouts. None of them can be turned off: an admin
     /// listener without them lets anyone who reaches it hold file descriptors shared with the
     /// proxy listener.
-    pub(super) fn admin_limits(&mut self, admin: &AdminSection) -> AdminLimits {
+    fn admin_limits(&mut self, admin: &AdminSection) -> AdminLimits {
         if admin.max_connections == 0 {
             self.problem_help(
                 "admin.max_connections",
@@ -187,16 +300,12 @@ impl Compiler<'_> {
                 "turn the admin listener off with admin.listen = \"\" instead",
             );
         }
-        for (key, d) in [
-            ("admin.handshake_timeout", admin.handshake_timeout),
-            ("admin.header_read_timeout", admin.header_read_timeout),
-            ("admin.body_read_timeout", admin.body_read_timeout),
-            ("admin.idle_timeout", admin.idle_timeout),
-        ] {
-            if d.0.is_zero() {
-                self.problem(key, "must be longer than zero");
-            }
-        }
+        self.longer_than_zero(&[
+            ("admin.handshake_timeout", admin.handshake_timeout.0),
+            ("admin.header_read_timeout", admin.header_read_timeout.0),
+            ("admin.body_read_timeout", admin.body_read_timeout.0),
+            ("admin.idle_timeout", admin.idle_timeout.0),
+        ]);
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
@@ -222,11 +331,7 @@ impl Compiler<'_> {
 
     /// `[admin] names` and `token_file`, and the refusal of a plain-HTTP listener off loopback
     /// that would let anyone who reaches it revoke and restore.
-    pub(super) fn admin_access(
-        &mut self,
-        admin: &AdminSection,
-        listen: Option<SocketAddr>,
-    ) -> AdminAccess {
+    fn admin_access(&mut self, admin: &AdminSection, listen: Option<SocketAddr>) -> AdminAccess {
         let mut names = Vec::new();
         for (i, name) in admin.names.iter().enumerate() {
             match parse_name(name) {

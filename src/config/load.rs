@@ -1,9 +1,11 @@
 //! Text to typed sections, collecting every problem instead of stopping at the first.
 //!
 //! The document is parsed once into a spanned tree; each section and each route is then
-//! deserialised on its own, and keys nobody reads are reported with a suggestion.
+//! deserialised on its own, and keys nobody reads are reported with a suggestion taken from
+//! the keys the schema has there (see `keys.rs`).
 
 use super::diagnostics::{Problem, suggest};
+use super::keys::Keys;
 use super::schema::*;
 use serde::de::{DeserializeOwned, IntoDeserializer};
 use std::collections::HashMap;
@@ -88,144 +90,63 @@ pub struct RawConfig {
     pub routes: Vec<Option<RouteSection>>,
 }
 
-const SECTIONS: &[&str] = &[
-    "server",
-    "tls",
-    "admin",
-    "log",
-    "audit",
-    "upstream",
-    "oidc",
-    "session",
-    "assertion",
-    "verify",
-    "devices",
-    "risk",
-    "route",
-];
-const DEVICES_KEYS: &[&str] = &["source", "key", "refresh", "max_stale", "ca"];
-const RISK_KEYS: &[&str] = &[
-    "device_unknown",
-    "device_noncompliant",
-    "stale_check_in",
-    "untrusted_network",
-    "idp_risk_medium",
-    "idp_risk_high",
-    "recent_denial",
-    "first_seen_device",
-    "medium",
-    "high",
-    "trusted_networks",
-    "check_in_max_age",
-    "denial_window",
-    "step_up_max_age",
-    "geoip_database",
-    "allowed_countries",
-    "country_not_allowed",
-    "country_unknown",
-];
-const VERIFY_KEYS: &[&str] = &["interval", "max_stale"];
-const OIDC_KEYS: &[&str] = &[
-    "issuer",
-    "client_id",
-    "client_secret_file",
-    "client_secret_env",
-    "redirect_url",
-    "scopes",
-    "groups_claim",
-    "risk_claim",
-    "mfa_amr",
-    "post_logout_redirect_url",
-    "userinfo",
-    "algorithms",
-    "clock_skew",
-    "login_timeout",
-    "ca",
-];
-const SESSION_KEYS: &[&str] = &["keys_file", "lifetime", "idle"];
-const ASSERTION_KEYS: &[&str] = &["keys_file", "issuer", "lifetime"];
-const SERVER_KEYS: &[&str] = &[
-    "listen",
-    "max_connections",
-    "max_connections_per_source",
-    "max_handshakes_per_source",
-    "handshake_timeout",
-    "header_read_timeout",
-    "idle_timeout",
-    "body_read_timeout",
-    "max_header_bytes",
-    "max_body_bytes",
-    "max_concurrent_streams",
-    "drain_timeout",
-];
-const TLS_KEYS: &[&str] = &[
-    "cert",
-    "key",
-    "client_ca",
-    "crl",
-    "allow_unknown_revocation",
-    "enforce_crl_expiry",
-    "session_tickets",
-    "key_exchange",
-];
-const ADMIN_KEYS: &[&str] = &[
-    "listen",
-    "client_ca",
-    "allow_spiffe",
-    "cert",
-    "key",
-    "names",
-    "token_file",
-    "max_connections",
-    "max_connections_per_source",
-    "handshake_timeout",
-    "header_read_timeout",
-    "body_read_timeout",
-    "idle_timeout",
-];
-const LOG_KEYS: &[&str] = &["decisions", "format", "level"];
-const AUDIT_KEYS: &[&str] = &["mode"];
-const UPSTREAM_KEYS: &[&str] = &[
-    "connect_timeout",
-    "response_timeout",
-    "pool_idle_timeout",
-    "pool_max_idle_per_host",
-];
-pub(crate) const ROUTE_KEYS: &[&str] = &[
-    "name",
-    "host",
-    "path",
-    "upstream",
-    "login",
-    "allow",
-    "preserve_host",
-    "upstream_ca",
-    "upstream_cert",
-    "upstream_key",
-    "connect_timeout",
-    "response_timeout",
-    "max_body_bytes",
-    "bearer_audience",
-    "bearer_scopes",
-    "headers",
-    "risk",
-];
-pub(crate) const RULE_KEYS: &[&str] = &[
-    "spiffe",
-    "cert_subject",
-    "cert_san",
-    "cert_fingerprint",
-    "methods",
-    "paths",
-    "networks",
-    "users",
-    "email_domains",
-    "groups",
-    "mfa",
-    "claims",
-    "device",
-    "min_os",
-    "max_check_in_age",
+/// A top-level table and what reading it needs.
+struct Entry<'e, 'd> {
+    name: &'e str,
+    value: Spanned<DeValue<'d>>,
+    locator: &'e Locator,
+    problems: &'e mut Vec<Problem>,
+}
+
+impl Entry<'_, '_> {
+    fn read<T: DeserializeOwned>(self) -> Option<T> {
+        section(self.name, self.value, self.locator, self.problems)
+    }
+
+    fn read_or_default<T: DeserializeOwned + Default>(self) -> T {
+        self.read().unwrap_or_default()
+    }
+
+    /// `[[route]]`: each route on its own, so a broken one does not hide the others.
+    fn read_routes(self) -> Vec<Option<RouteSection>> {
+        let DeValue::Array(items) = self.value.into_inner() else {
+            self.problems.push(
+                Problem::at(
+                    self.locator.value("route"),
+                    "`route` must be an array of tables",
+                )
+                .with_help("write each route as a [[route]] table"),
+            );
+            return Vec::new();
+        };
+        let mut routes = Vec::with_capacity(items.len());
+        for (i, item) in items.into_iter().enumerate() {
+            let path = format!("route.{i}");
+            routes.push(section(&path, item, self.locator, self.problems));
+        }
+        routes
+    }
+}
+
+/// Reads one section into its place in [`RawConfig`].
+type Read = fn(&mut RawConfig, Entry<'_, '_>);
+
+/// Every section by name, with where its typed value goes: the one list of section names.
+/// A section with problems stays at its default.
+const SECTIONS: &[(&str, Read)] = &[
+    ("server", |raw, e| raw.server = e.read_or_default()),
+    ("tls", |raw, e| raw.tls = e.read()),
+    ("admin", |raw, e| raw.admin = e.read_or_default()),
+    ("log", |raw, e| raw.log = e.read_or_default()),
+    ("audit", |raw, e| raw.audit = e.read_or_default()),
+    ("upstream", |raw, e| raw.upstream = e.read_or_default()),
+    ("oidc", |raw, e| raw.oidc = e.read()),
+    ("session", |raw, e| raw.session = e.read()),
+    ("assertion", |raw, e| raw.assertion = e.read()),
+    ("verify", |raw, e| raw.verify = e.read_or_default()),
+    ("devices", |raw, e| raw.devices = e.read()),
+    ("risk", |raw, e| raw.risk = e.read()),
+    ("route", |raw, e| raw.routes = e.read_routes()),
 ];
 
 /// Parses `text`, returning the typed sections, the span index and every problem found.
@@ -248,64 +169,25 @@ pub fn parse(text: &str) -> (RawConfig, Locator, Vec<Problem>) {
 
     for (key, value) in root.into_inner() {
         let name = key.get_ref().as_ref();
-        match name {
-            "server" => {
-                if let Some(v) = section(name, value, SERVER_KEYS, &locator, &mut problems) {
-                    raw.server = v;
-                }
-            }
-            "tls" => raw.tls = section(name, value, TLS_KEYS, &locator, &mut problems),
-            "admin" => {
-                if let Some(v) = section(name, value, ADMIN_KEYS, &locator, &mut problems) {
-                    raw.admin = v;
-                }
-            }
-            "log" => {
-                if let Some(v) = section(name, value, LOG_KEYS, &locator, &mut problems) {
-                    raw.log = v;
-                }
-            }
-            "audit" => {
-                if let Some(v) = section(name, value, AUDIT_KEYS, &locator, &mut problems) {
-                    raw.audit = v;
-                }
-            }
-            "upstream" => {
-                if let Some(v) = section(name, value, UPSTREAM_KEYS, &locator, &mut problems) {
-                    raw.upstream = v;
-                }
-            }
-            "oidc" => raw.oidc = section(name, value, OIDC_KEYS, &locator, &mut problems),
-            "session" => raw.session = section(name, value, SESSION_KEYS, &locator, &mut problems),
-            "assertion" => {
-                raw.assertion = section(name, value, ASSERTION_KEYS, &locator, &mut problems)
-            }
-            "devices" => raw.devices = section(name, value, DEVICES_KEYS, &locator, &mut problems),
-            "risk" => raw.risk = section(name, value, RISK_KEYS, &locator, &mut problems),
-            "verify" => {
-                if let Some(v) = section(name, value, VERIFY_KEYS, &locator, &mut problems) {
-                    raw.verify = v;
-                }
-            }
-            "route" => match value.into_inner() {
-                DeValue::Array(items) => {
-                    for (i, item) in items.into_iter().enumerate() {
-                        let path = format!("route.{i}");
-                        raw.routes
-                            .push(section(&path, item, ROUTE_KEYS, &locator, &mut problems));
-                    }
-                }
-                _ => problems.push(
-                    Problem::at(locator.value("route"), "`route` must be an array of tables")
-                        .with_help("write each route as a [[route]] table"),
-                ),
-            },
-            other => problems.push(
-                Problem::at(Some(key.span()), format!("unknown section `{other}`")).with_help(
-                    suggest(other, SECTIONS)
-                        .unwrap_or_else(|| format!("known sections: {}", SECTIONS.join(", "))),
-                ),
+        match SECTIONS.iter().find(|(known, _)| *known == name) {
+            Some((_, read)) => read(
+                &mut raw,
+                Entry {
+                    name,
+                    value,
+                    locator: &locator,
+                    problems: &mut problems,
+                },
             ),
+            None => {
+                let names: Vec<&str> = SECTIONS.iter().map(|(known, _)| *known).collect();
+                problems.push(
+                    Problem::at(Some(key.span()), format!("unknown section `{name}`")).with_help(
+                        suggest(name, &names)
+                            .unwrap_or_else(|| format!("known sections: {}", names.join(", "))),
+                    ),
+                );
+            }
         }
     }
     (raw, locator, problems)
@@ -313,12 +195,12 @@ pub fn parse(text: &str) -> (RawConfig, Locator, Vec<Problem>) {
 
 /// Deserialises one section, reporting unknown keys (with suggestions) and type errors.
 ///
-/// serde stops at the first type error, so after each one the offending key is taken out and
-/// the section is read again: one run reports every bad value in the section.
+/// A key is unknown when serde did not read it: serde_ignored reports each such key with its
+/// path. serde stops at the first type error, so after each one the offending key is taken out
+/// and the section is read again: one run reports every bad value in the section.
 fn section<T: DeserializeOwned>(
     path: &str,
     mut value: Spanned<DeValue<'_>>,
-    known: &[&str],
     locator: &Locator,
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
@@ -328,7 +210,7 @@ fn section<T: DeserializeOwned>(
         let mut ignored = Vec::new();
         let result: Result<T, toml::de::Error> =
             serde_ignored::deserialize(value.clone().into_deserializer(), |p| {
-                ignored.push(p.to_string())
+                ignored.push(dotted(&p))
             });
         for key in ignored {
             if !unknown.contains(&key) {
@@ -337,7 +219,7 @@ fn section<T: DeserializeOwned>(
         }
         match result {
             Ok(v) => {
-                report_unknown(path, &unknown, known, locator, problems);
+                report_unknown::<T>(path, &unknown, locator, problems);
                 return (!failed).then_some(v);
             }
             Err(err) => {
@@ -352,8 +234,22 @@ fn section<T: DeserializeOwned>(
             }
         }
     }
-    report_unknown(path, &unknown, known, locator, problems);
+    report_unknown::<T>(path, &unknown, locator, problems);
     None
+}
+
+/// A path as the locator writes it (`allow.0.spiffe`): serde_ignored's own rendering marks
+/// each option it passed through with `?`, which the document does not have.
+fn dotted(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => join(&dotted(parent), &index.to_string()),
+        Path::Map { parent, key } => join(&dotted(parent), key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => dotted(parent),
+    }
 }
 
 /// Takes out the innermost table entry whose value contains `span`.
@@ -387,22 +283,21 @@ fn remove_value_at(value: &mut DeValue<'_>, span: &Range<usize>) -> bool {
     }
 }
 
-fn report_unknown(
+/// Reports keys nobody read, each suggesting the closest key the schema has in its table.
+fn report_unknown<T: DeserializeOwned>(
     path: &str,
     unknown: &[String],
-    known: &[&str],
     locator: &Locator,
     problems: &mut Vec<Problem>,
 ) {
+    if unknown.is_empty() {
+        return;
+    }
+    let keys = Keys::of::<T>();
     for rel in unknown {
         let full = join(path, rel);
-        let key = rel.rsplit('.').next().unwrap_or(rel);
-        // Keys inside an `allow` rule are checked against the rule's keys.
-        let candidates = if rel.starts_with("allow.") {
-            RULE_KEYS
-        } else {
-            known
-        };
+        let (table, key) = rel.rsplit_once('.').unwrap_or(("", rel));
+        let candidates = keys.at(table);
         problems.push(
             Problem::at(locator.key(&full), format!("unknown key `{full}`")).with_help(
                 suggest(key, candidates)
@@ -485,6 +380,228 @@ allow = [{ spife = ["spiffe://x/y"] }]
             lines.contains(&2) && lines.contains(&3) && lines.contains(&4),
             "{lines:?}"
         );
+    }
+
+    /// Every key of every section, each table written once.
+    const EVERY_KEY: &str = r#"
+[server]
+listen = "127.0.0.1:8443"
+max_connections = 10
+max_connections_per_source = 5
+max_handshakes_per_source = 5
+handshake_timeout = "10s"
+header_read_timeout = "10s"
+idle_timeout = "2m"
+max_header_bytes = 32768
+body_read_timeout = "30s"
+max_body_bytes = 1024
+max_target_bytes = 1024
+max_concurrent_streams = 128
+drain_timeout = "30s"
+
+[tls]
+cert = "server.pem"
+key = "server.key"
+client_ca = ["ca.pem"]
+crl = ["ca.crl"]
+allow_unknown_revocation = false
+enforce_crl_expiry = true
+session_tickets = true
+key_exchange = ["X25519"]
+
+[admin]
+listen = "127.0.0.1:9901"
+client_ca = ["ca.pem"]
+allow_spiffe = ["spiffe://example.org/ops"]
+cert = "admin.pem"
+key = "admin.key"
+names = ["vigil-admin.internal"]
+token_file = "admin.tokens"
+max_connections = 64
+max_connections_per_source = 16
+handshake_timeout = "10s"
+header_read_timeout = "10s"
+body_read_timeout = "10s"
+idle_timeout = "1m"
+
+[log]
+decisions = "stdout"
+format = "json"
+level = "info"
+
+[audit]
+mode = "enforce"
+
+[upstream]
+connect_timeout = "5s"
+response_timeout = "60s"
+pool_idle_timeout = "90s"
+pool_max_idle_per_host = 64
+
+[oidc]
+issuer = "https://idp.example.org"
+client_id = "vigil"
+client_secret_file = "client.secret"
+client_secret_env = "VIGIL_CLIENT_SECRET"
+redirect_url = "https://app.example.org/.vigil/callback"
+scopes = ["openid"]
+groups_claim = "groups"
+risk_claim = "risk"
+mfa_amr = ["mfa"]
+post_logout_redirect_url = "/"
+userinfo = true
+algorithms = ["ES256"]
+clock_skew = "1m"
+login_timeout = "10m"
+ca = "idp.pem"
+
+[session]
+keys_file = "session.keys"
+lifetime = "8h"
+idle = "1h"
+
+[assertion]
+keys_file = "assertion.pem"
+issuer = "vigil"
+lifetime = "2m"
+
+[verify]
+interval = "5m"
+max_stale = "10m"
+
+[devices]
+source = "devices.json"
+key = "fingerprint"
+refresh = "30s"
+max_stale = "15m"
+ca = "mdm.pem"
+
+[risk]
+device_unknown = 40
+device_noncompliant = 40
+stale_check_in = 20
+untrusted_network = 20
+idp_risk_medium = 30
+idp_risk_high = 60
+recent_denial = 10
+first_seen_device = 15
+medium = 30
+high = 60
+trusted_networks = ["10.0.0.0/8"]
+check_in_max_age = "1d"
+denial_window = "5m"
+step_up_max_age = "5m"
+geoip_database = "country.mmdb"
+allowed_countries = ["DE"]
+country_not_allowed = 40
+country_unknown = 0
+
+[[route]]
+name = "app"
+host = "app.example.org"
+path = "/"
+upstream = "https://10.0.0.12:8443"
+login = "bearer"
+bearer_audience = "api"
+bearer_scopes = ["read"]
+headers = { X-User = "email" }
+preserve_host = false
+upstream_ca = "upstream-ca.pem"
+upstream_cert = "upstream.pem"
+upstream_key = "upstream.key"
+connect_timeout = "5s"
+response_timeout = "60s"
+max_body_bytes = 1024
+upgrades = ["websocket"]
+risk = { low = "allow", medium = "read_only", high = "deny" }
+
+[[route.allow]]
+spiffe = ["spiffe://example.org/ns/*/sa/*"]
+cert_subject = ["laptop-*"]
+cert_san = ["*.example.org"]
+cert_fingerprint = ["00"]
+methods = ["GET"]
+paths = ["/api/**"]
+networks = ["10.0.0.0/8"]
+users = ["*@example.org"]
+email_domains = ["example.org"]
+groups = ["staff"]
+mfa = true
+claims = { team = ["a"] }
+device = "compliant"
+min_os = { macOS = "14.0" }
+max_check_in_age = "1d"
+"#;
+
+    /// A key the schema has is never reported unknown, and the suggestions know every key
+    /// serde reads: both come from the schema types.
+    #[test]
+    fn every_key_of_the_schema_is_read_and_known() {
+        let (_raw, locator, problems) = parse(EVERY_KEY);
+        assert!(problems.is_empty(), "{problems:?}");
+        let sections = [
+            ("server", Keys::walk::<ServerSection>()),
+            ("tls", Keys::walk::<TlsSection>()),
+            ("admin", Keys::walk::<AdminSection>()),
+            ("log", Keys::walk::<LogSection>()),
+            ("audit", Keys::walk::<AuditSection>()),
+            ("upstream", Keys::walk::<UpstreamSection>()),
+            ("oidc", Keys::walk::<OidcSection>()),
+            ("session", Keys::walk::<SessionSection>()),
+            ("assertion", Keys::walk::<AssertionSection>()),
+            ("verify", Keys::walk::<VerifySection>()),
+            ("devices", Keys::walk::<DevicesSection>()),
+            ("risk", Keys::walk::<RiskSection>()),
+            ("route.0", Keys::walk::<RouteSection>()),
+        ];
+        let names: Vec<&str> = SECTIONS.iter().map(|(name, _)| *name).collect();
+        let tested: Vec<&str> = sections
+            .iter()
+            .map(|(at, _)| at.trim_end_matches(".0"))
+            .collect();
+        assert_eq!(names, tested, "a section is missing from this test");
+        for (at, keys) in &sections {
+            let Ok(keys) = keys else {
+                panic!("the walk over `{at}` stopped at a type it cannot feed");
+            };
+            for path in keys.paths() {
+                let written = format!("{at}.{}", path.replace('*', "0"));
+                assert!(
+                    locator.keys.contains_key(&written),
+                    "`{written}` is in the schema but not in EVERY_KEY: add it"
+                );
+            }
+            // Every key written in a table the schema describes is one it knows.
+            for written in locator.keys.keys() {
+                let Some(rel) = written.strip_prefix(&format!("{at}.")) else {
+                    continue;
+                };
+                let (table, key) = rel.rsplit_once('.').unwrap_or(("", rel));
+                let known = keys.at(table);
+                assert!(
+                    known.is_empty() || known.contains(&key),
+                    "`{written}` is read but not among the known keys {known:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_in_nested_tables_are_located_and_suggested() {
+        let text = "[[route]]\nname = \"a\"\nrisk = { lo = \"deny\" }\nallow = [{ mfaa = true }]\n";
+        let (_raw, _loc, problems) = parse(text);
+        let found = |message: &str| {
+            problems
+                .iter()
+                .find(|p| p.message == message)
+                .unwrap_or_else(|| panic!("no {message:?} in {problems:?}"))
+        };
+        let lo = found("unknown key `route.0.risk.lo`");
+        assert_eq!(lo.help.as_deref(), Some("did you mean `low`?"));
+        assert_eq!(lo.span.clone().map(|s| &text[s]), Some("lo"));
+        let mfa = found("unknown key `route.0.allow.0.mfaa`");
+        assert_eq!(mfa.help.as_deref(), Some("did you mean `mfa`?"));
+        assert_eq!(mfa.span.clone().map(|s| &text[s]), Some("mfaa"));
     }
 
     #[test]

@@ -1,0 +1,124 @@
+//! One entry of a route's `allow` list, compiled into a [`Rule`]: patterns parsed, values
+//! checked, every problem reported at the list item it is about.
+
+use super::compiler::Compiler;
+use super::schema::RuleSection;
+use crate::canonical::normalize_host;
+use crate::policy::{DeviceRequirement, Pattern, Rule};
+
+impl Compiler<'_> {
+    /// The rule at `at` (`route.N.allow.J`).
+    pub(super) fn rule(&mut self, at: &str, r: &RuleSection) -> Rule {
+        let mut rule = Rule::default();
+        self.certificate_rule(at, r, &mut rule);
+        for (i, m) in r.methods.iter().enumerate() {
+            match http::Method::from_bytes(m.as_bytes()) {
+                Ok(method) if m.bytes().all(|b| b.is_ascii_uppercase()) => {
+                    rule.methods.push(method)
+                }
+                _ => self.problem_help(
+                    &format!("{at}.methods.{i}"),
+                    format!("invalid method {m:?}"),
+                    "methods are upper case, like \"GET\"",
+                ),
+            }
+        }
+        for (i, p) in r.paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                self.problem(
+                    &format!("{at}.paths.{i}"),
+                    format!("path pattern {p:?} must start with /"),
+                );
+                continue;
+            }
+            if let Some(pat) = self.pattern(&format!("{at}.paths.{i}"), p) {
+                rule.paths.push(pat);
+            }
+        }
+        rule.networks = self.networks(&format!("{at}.networks"), &r.networks);
+        self.identity_rule(at, r, &mut rule);
+        rule
+    }
+
+    /// The conditions on the client certificate: SPIFFE ID, subject, SANs, fingerprint.
+    fn certificate_rule(&mut self, at: &str, r: &RuleSection, rule: &mut Rule) {
+        for (i, p) in r.spiffe.iter().enumerate() {
+            if !p.starts_with("spiffe://") {
+                self.problem(
+                    &format!("{at}.spiffe.{i}"),
+                    format!("{p:?} is not a SPIFFE ID pattern (spiffe://trust-domain/path)"),
+                );
+                continue;
+            }
+            if let Some(pat) = self.pattern(&format!("{at}.spiffe.{i}"), p) {
+                rule.spiffe.push(pat);
+            }
+        }
+        for (i, p) in r.cert_subject.iter().enumerate() {
+            if let Some(pat) = self.pattern(&format!("{at}.cert_subject.{i}"), p) {
+                rule.cert_subject.push(pat);
+            }
+        }
+        for (i, p) in r.cert_san.iter().enumerate() {
+            if let Some(pat) = self.pattern(&format!("{at}.cert_san.{i}"), p) {
+                rule.cert_san.push(pat);
+            }
+        }
+        for (i, f) in r.cert_fingerprint.iter().enumerate() {
+            let parsed = crate::hex::parse_serial(f)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok());
+            match parsed {
+                Some(fp) => rule.cert_fingerprint.push(fp),
+                None => self.problem(
+                    &format!("{at}.cert_fingerprint.{i}"),
+                    format!("{f:?} is not a SHA-256 fingerprint (64 hex digits)"),
+                ),
+            }
+        }
+    }
+
+    /// The conditions on the person (or bearer subject) and their device.
+    fn identity_rule(&mut self, at: &str, r: &RuleSection, rule: &mut Rule) {
+        for (i, p) in r.users.iter().enumerate() {
+            match Pattern::user(p) {
+                Ok(pat) => rule.users.push(pat),
+                Err(e) => self.problem(&format!("{at}.users.{i}"), e),
+            }
+        }
+        for (i, d) in r.email_domains.iter().enumerate() {
+            let d = d.trim_start_matches('@').to_ascii_lowercase();
+            if d.is_empty() || d.contains('@') || normalize_host(&d).is_err() {
+                self.problem(
+                    &format!("{at}.email_domains.{i}"),
+                    format!("{d:?} is not a domain"),
+                );
+            } else {
+                rule.email_domains.push(d);
+            }
+        }
+        rule.groups = r.groups.clone();
+        rule.mfa = r.mfa.unwrap_or(false);
+        if let Some(d) = &r.device {
+            match DeviceRequirement::parse(d) {
+                Some(req) => rule.device = Some(req),
+                None => self.problem_help(
+                    &format!("{at}.device"),
+                    format!("unknown device requirement {d:?}"),
+                    "\"compliant\", \"managed\", \"known\" or \"any\"",
+                ),
+            }
+        }
+        rule.min_os = r
+            .min_os
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rule.max_check_in_age = r.max_check_in_age.map(|d| d.0.as_secs());
+        rule.claims = r
+            .claims
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+    }
+}
