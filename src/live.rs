@@ -21,8 +21,8 @@
 use crate::config::Snapshot;
 use crate::connection::{Connection, StreamOrigin};
 use crate::identity::Identity;
-use crate::identity::session::Rejected;
 use crate::identity::session::Session;
+use crate::identity::session::SessionRefusal;
 use crate::identity::verify::Change;
 use crate::metrics::Reason;
 use crate::pipeline::{assess, decide, identify};
@@ -231,7 +231,7 @@ fn session_now(
             }
             Ok(*fresh)
         }
-        Err(Rejected::Ended(_)) => Err("session_ended"),
+        Err(SessionRefusal::Ended(_)) => Err("session_ended"),
         Err(_) => Err("session_unverifiable"),
     }
 }

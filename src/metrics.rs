@@ -28,6 +28,13 @@ pub struct RequestLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FaultLabels {
+    pub route: RouteLabel,
+    /// client, policy, upstream or internal (see `error::Fault`).
+    pub fault: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RouteOnly {
     pub route: RouteLabel,
 }
@@ -52,6 +59,7 @@ pub struct Limit {
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    pub refusals: Family<FaultLabels, Counter>,
     pub request_duration: Family<RouteOnly, Histogram>,
     pub handshake_failures: Family<Reason, Counter>,
     pub handshakes: Counter,
@@ -84,6 +92,7 @@ impl Metrics {
                 "requests",
                 "Requests answered, by route, decision and status",
             ),
+            refusals: metric(r, "refusals", "Refusals and errors, by route and fault"),
             request_duration: register(
                 r,
                 "request_duration_seconds",

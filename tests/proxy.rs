@@ -155,6 +155,45 @@ async fn denied_workload_gets_403_with_reason_in_decision_log() -> Result<()> {
     Ok(())
 }
 
+/// Every refusal says whose fault it probably was, in the decision log and in
+/// `vigil_refusals_total`; an answer that is not a refusal has no fault.
+#[tokio::test]
+async fn refusals_record_who_caused_them() -> Result<()> {
+    let dead = dead_address().await?;
+    let routes = format!(
+        "{API_ROUTE}\n[[route]]\nname = \"dead\"\nhost = \"localhost\"\npath = \"/dead\"\nupstream = \"http://{dead}\"\nlogin = \"none\"\nallow = [{{}}]\n"
+    );
+    let f = fixture_with("", &routes, "").await?;
+    let cases = [
+        ("GET /public/x HTTP/1.1", 200, None),
+        ("DELETE /public/x HTTP/1.1", 403, Some("policy")),
+        ("GET /public/%2e%2e/%2e%2e/x HTTP/1.1", 400, Some("client")),
+        ("GET /dead HTTP/1.1", 502, Some("upstream")),
+    ];
+    for (line, status, fault) in cases {
+        let reply = raw(
+            f.running.addr,
+            f.web(),
+            "localhost",
+            &format!("{line}\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+        )
+        .await?;
+        assert_eq!(reply.status, status, "{line}");
+        let id = reply.header("x-request-id").unwrap_or_default();
+        let logged = decision_for(&f.decisions, &id)
+            .await
+            .expect("decision line");
+        assert_eq!(logged["fault"].as_str(), fault, "{line}: {logged}");
+    }
+    let series = |route: &str, fault: &str| {
+        format!("vigil_refusals_total{{route=\"{route}\",fault=\"{fault}\"}}")
+    };
+    assert_eq!(metric(&f.running, &series("api", "policy")).await?, 1.0);
+    assert_eq!(metric(&f.running, &series("(none)", "client")).await?, 1.0);
+    assert_eq!(metric(&f.running, &series("dead", "upstream")).await?, 1.0);
+    Ok(())
+}
+
 #[tokio::test]
 async fn device_certificate_rules() -> Result<()> {
     let f = fixture().await?;

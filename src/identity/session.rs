@@ -59,45 +59,58 @@ pub struct Session {
     pub idp_sid: Option<String>,
 }
 
-/// Why a presented session was not accepted; logged, and the person logs in again.
+/// Why a presented session was not accepted; logged, and the person signs in again. Each is a
+/// refusal by policy (fault `policy`) except where said.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Rejected {
+pub enum SessionRefusal {
+    /// No session cookie: a first visit, or cookies blocked by the browser.
     #[error("no session cookie")]
     Absent,
+    /// The cookie does not open with any session key: sealed under a key since removed from
+    /// the ring, truncated by the browser, or forged.
     #[error("session cookie {0}")]
     Unreadable(OpenError),
+    /// The cookie opened but its content is not a session: a bug or a key compromise.
     #[error("session cookie content is invalid")]
     Invalid,
+    /// Sealed for another device certificate: a cookie copied to another device, or a
+    /// re-enrolled device with a new certificate.
     #[error("session was issued to another device certificate")]
     OtherDevice,
+    /// Past `[session] lifetime`.
     #[error("session expired")]
     Expired,
+    /// Unused for longer than `[session] idle`.
     #[error("session idle for too long")]
     Idle,
+    /// The provider refused to re-verify it: the person was disabled, or the grant revoked.
     #[error("session ended by the identity provider: {0}")]
     Ended(String),
+    /// The provider could not be asked before `interval + max_stale` ran out: most likely the
+    /// provider's fault (unreachable or hung), failing closed.
     #[error("identity could not be re-verified: {0}")]
     Unverifiable(String),
+    /// Revoked by an operator, a logout or the provider's back-channel logout.
     #[error("{0}")]
     Revoked(&'static str),
 }
 
 impl Session {
     /// Checks the session against the connection's device and the clock.
-    pub fn check(&self, device: &str, now: i64, idle: i64) -> Result<(), Rejected> {
+    pub fn check(&self, device: &str, now: i64, idle: i64) -> Result<(), SessionRefusal> {
         if aws_lc_rs::constant_time::verify_slices_are_equal(
             self.device.as_bytes(),
             device.as_bytes(),
         )
         .is_err()
         {
-            return Err(Rejected::OtherDevice);
+            return Err(SessionRefusal::OtherDevice);
         }
         if now >= self.expires_at {
-            return Err(Rejected::Expired);
+            return Err(SessionRefusal::Expired);
         }
         if now - self.last_seen > idle {
-            return Err(Rejected::Idle);
+            return Err(SessionRefusal::Idle);
         }
         Ok(())
     }
@@ -136,7 +149,7 @@ pub fn chunks_present(headers: &HeaderMap) -> usize {
 }
 
 /// Reads and opens the session cookie (all its chunks).
-pub fn read(headers: &HeaderMap, ring: &KeyRing) -> Result<Session, Rejected> {
+pub fn read(headers: &HeaderMap, ring: &KeyRing) -> Result<Session, SessionRefusal> {
     let mut sealed = String::new();
     for i in 0..MAX_CHUNKS {
         match cookie(headers, &chunk_name(i)) {
@@ -145,12 +158,12 @@ pub fn read(headers: &HeaderMap, ring: &KeyRing) -> Result<Session, Rejected> {
         }
     }
     if sealed.is_empty() {
-        return Err(Rejected::Absent);
+        return Err(SessionRefusal::Absent);
     }
     let plain = ring
         .open(Purpose::Session, &sealed)
-        .map_err(Rejected::Unreadable)?;
-    serde_json::from_slice(&plain).map_err(|_| Rejected::Invalid)
+        .map_err(SessionRefusal::Unreadable)?;
+    serde_json::from_slice(&plain).map_err(|_| SessionRefusal::Invalid)
 }
 
 /// `Set-Cookie` values that store `session`, and expire chunks the browser holds beyond them.
@@ -302,9 +315,9 @@ mod tests {
     fn checks() {
         let s = session(0);
         assert_eq!(s.check("ab", 10, 100), Ok(()));
-        assert_eq!(s.check("cd", 10, 100), Err(Rejected::OtherDevice));
-        assert_eq!(s.check("ab", 1000, 10_000), Err(Rejected::Expired));
-        assert_eq!(s.check("ab", 200, 100), Err(Rejected::Idle));
+        assert_eq!(s.check("cd", 10, 100), Err(SessionRefusal::OtherDevice));
+        assert_eq!(s.check("ab", 1000, 10_000), Err(SessionRefusal::Expired));
+        assert_eq!(s.check("ab", 200, 100), Err(SessionRefusal::Idle));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! that decides this, for requests and for open tunnels alike.
 
 use super::oidc::{LoginError, Provider};
-use super::session::{Rejected, Session};
+use super::session::{Session, SessionRefusal};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -48,7 +48,7 @@ pub enum Verdict {
     /// since the last verification: what the provider said last holds.
     Stale { why: String },
     /// Refused: ended by the provider, or not verified within `interval + max_stale`.
-    Refused(Rejected),
+    Refused(SessionRefusal),
 }
 
 /// A refresh in flight, and its outcome with when it came once it has.
@@ -113,7 +113,7 @@ impl Reverifier {
             Ok(outcome) => conclude(session, outcome, within, deadline),
             Err(_) => {
                 tracing::warn!(user = %session.sub, waited = ?wait, "provider did not answer before the session's verification ran out");
-                Verdict::Refused(Rejected::Unverifiable(format!(
+                Verdict::Refused(SessionRefusal::Unverifiable(format!(
                     "no answer from the identity provider within {wait:?}, before interval + max_stale ran out"
                 )))
             }
@@ -163,7 +163,7 @@ impl Reverifier {
             },
             None => {
                 tracing::warn!(user = %session.sub, "provider did not answer before the session's verification ran out");
-                Verdict::Refused(Rejected::Unverifiable(
+                Verdict::Refused(SessionRefusal::Unverifiable(
                     "no answer from the identity provider before interval + max_stale ran out"
                         .into(),
                 ))
@@ -246,13 +246,13 @@ fn conclude(session: &Session, outcome: Outcome, within: bool, deadline: SystemT
         Outcome::Refreshed(fresh) => Verdict::Refreshed(fresh),
         Outcome::Ended(why) => {
             tracing::info!(user = %session.sub, reason = %why, "session ended by the provider");
-            Verdict::Refused(Rejected::Ended(why))
+            Verdict::Refused(SessionRefusal::Ended(why))
         }
         Outcome::Unreachable(why) if within => {
             tracing::warn!(user = %session.sub, reason = %why, left = ?deadline.duration_since(SystemTime::now()).unwrap_or_default(), "provider unreachable; last verification still holds");
             Verdict::Stale { why }
         }
-        Outcome::Unreachable(why) => Verdict::Refused(Rejected::Unverifiable(format!(
+        Outcome::Unreachable(why) => Verdict::Refused(SessionRefusal::Unverifiable(format!(
             "{why} (last verified more than interval + max_stale ago)"
         ))),
     }

@@ -11,7 +11,7 @@ use crate::body::Body;
 use crate::config::Snapshot;
 use crate::connection::Connection;
 use crate::error::Refusal;
-use crate::identity::session::{self, Rejected, Session};
+use crate::identity::session::{self, Session, SessionRefusal};
 use crate::identity::verify::Verdict;
 use crate::identity::{self, Identity};
 use crate::routing::{Login, Route};
@@ -81,8 +81,11 @@ pub async fn identify(
 }
 
 /// A session revoked by an operator, a logout or the provider's back-channel.
-pub fn session_revoked(shared: &Shared, session: &Session) -> Option<Rejected> {
-    shared.revocations.session(session).map(Rejected::Revoked)
+pub fn session_revoked(shared: &Shared, session: &Session) -> Option<SessionRefusal> {
+    shared
+        .revocations
+        .session(session)
+        .map(SessionRefusal::Revoked)
 }
 
 /// Why a verified bearer token's identity no longer stands at `now`, if it does not: its
@@ -104,7 +107,7 @@ pub fn bearer_standing(shared: &Shared, token: &Identity, now: i64) -> Option<&'
 
 /// A re-verification verdict as identification concludes it: go on (with the refreshed session
 /// when there is one), or the session is refused.
-pub fn conclude(verdict: Verdict) -> Result<Option<Box<Session>>, Rejected> {
+pub fn conclude(verdict: Verdict) -> Result<Option<Box<Session>>, SessionRefusal> {
     match verdict {
         Verdict::Current | Verdict::Stale { .. } => Ok(None),
         Verdict::Refreshed(fresh) => Ok(Some(fresh)),
@@ -118,7 +121,7 @@ pub fn identify_session(
     snapshot: &Snapshot,
     conn: &Connection,
     headers: &http::HeaderMap,
-) -> Result<(Identity, Vec<HeaderValue>), Rejected> {
+) -> Result<(Identity, Vec<HeaderValue>), SessionRefusal> {
     read_session(snapshot, conn, headers).map(|(_, identity, cookies)| (identity, cookies))
 }
 
@@ -127,9 +130,9 @@ fn read_session(
     snapshot: &Snapshot,
     conn: &Connection,
     headers: &http::HeaderMap,
-) -> Result<(session::Session, Identity, Vec<HeaderValue>), Rejected> {
+) -> Result<(session::Session, Identity, Vec<HeaderValue>), SessionRefusal> {
     let (Some(sessions), Some(provider)) = (&snapshot.sessions, &snapshot.oidc) else {
-        return Err(Rejected::Absent);
+        return Err(SessionRefusal::Absent);
     };
     let mut session = session::read(headers, &sessions.ring)?;
     let now = identity::now();
@@ -158,13 +161,13 @@ pub async fn verified_session(
     snapshot: &Snapshot,
     conn: &Connection,
     headers: &http::HeaderMap,
-) -> Result<(session::Session, Identity, Vec<HeaderValue>), Rejected> {
+) -> Result<(session::Session, Identity, Vec<HeaderValue>), SessionRefusal> {
     let (session, identity, cookies) = read_session(snapshot, conn, headers)?;
     if let Some(why) = session_revoked(shared, &session) {
         return Err(why);
     }
     let (Some(sessions), Some(provider)) = (&snapshot.sessions, &snapshot.oidc) else {
-        return Err(Rejected::Absent);
+        return Err(SessionRefusal::Absent);
     };
     let verdict = shared
         .reverifier
@@ -226,12 +229,12 @@ impl Context<'_> {
     /// No acceptable session: browsers go to the provider, other clients get 401.
     pub fn login_required(
         &self,
-        why: &Rejected,
+        why: &SessionRefusal,
         req: &Request<Incoming>,
         target: &Target<'_>,
     ) -> Response<Body> {
         let reason = why.to_string();
-        if *why != Rejected::Absent {
+        if *why != SessionRefusal::Absent {
             tracing::info!(request_id = ?self.request_id, reason = %reason, "session refused");
         }
         if self.snapshot.oidc.is_none() || self.snapshot.sessions.is_none() {
@@ -246,7 +249,7 @@ impl Context<'_> {
                 None,
             );
         }
-        let clear = *why != Rejected::Absent;
+        let clear = *why != SessionRefusal::Absent;
         self.to_provider(
             req,
             target,

@@ -5,7 +5,7 @@ use super::context::Context;
 use crate::body::Body;
 use crate::decision_log::{self, Entry};
 use crate::error::{Fault, Refusal};
-use crate::metrics::{RequestLabels, RouteLabel, RouteOnly};
+use crate::metrics::{FaultLabels, RequestLabels, RouteLabel, RouteOnly};
 use crate::policy::Decision;
 use http::{Response, StatusCode};
 
@@ -100,6 +100,15 @@ impl Context<'_> {
                 status: status.as_u16(),
             })
             .inc();
+        if let Some(fault) = fault {
+            metrics
+                .refusals
+                .get_or_create(&FaultLabels {
+                    route: label.clone(),
+                    fault: fault.as_str(),
+                })
+                .inc();
+        }
         metrics
             .request_duration
             .get_or_create(&RouteOnly { route: label })
