@@ -45,7 +45,7 @@ pub fn decide(
     target: &Target<'_>,
     facts: &Facts<'_>,
 ) -> Result<Decision, Box<Response<Body>>> {
-    let decision = policy::decide(&cx.snapshot.policy, facts);
+    let decision = policy::decide_on(&cx.snapshot.policy, Some(&route.policy), facts);
     match decision.outcome {
         Outcome::Allow | Outcome::Audit => Ok(decision),
         Outcome::StepUp => Err(Box::new(cx.step_up(req, target, route.policy.login))),
