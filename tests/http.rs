@@ -1,5 +1,6 @@
 //! What every answer looks like on the wire, whoever wrote it: a `HEAD` gets the headers a
-//! `GET` would and no body, over HTTP/2 and HTTP/1.1.
+//! `GET` would and no body, over HTTP/2 and HTTP/1.1; `Strict-Transport-Security` is Vigil's
+//! on every answer, forwarded ones included.
 
 mod support;
 
@@ -13,8 +14,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use vigil::certs::Issued;
 
-/// What the pinning upstream says of HSTS.
+/// What the pinning upstream says of HSTS; Vigil must not pass it on.
 const UPSTREAM_HSTS: &str = "max-age=60; includeSubDomains; preload";
+/// Vigil's HSTS by default: a year.
+const DEFAULT_HSTS: &str = "max-age=31536000";
 
 struct Fixture {
     pki: Pki,
@@ -269,5 +272,72 @@ async fn head_gets_the_headers_of_get_and_no_body() -> Result<()> {
         );
         assert_eq!(forwarded.header("content-type"), Some("application/json"));
     }
+    Ok(())
+}
+
+/// Every `Strict-Transport-Security` value of an answer.
+fn hsts(answer: &Answer) -> Vec<&str> {
+    answer
+        .headers
+        .get_all("strict-transport-security")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn hsts_is_on_every_answer_by_default_and_replaces_the_upstreams() -> Result<()> {
+    let f = fixture("").await?;
+    for http2 in [false, true] {
+        for (path, status) in [
+            ("/public/x", 200),
+            ("/private", 403),
+            ("/.vigil/whoami", 200),
+            ("/pinned", 200),
+        ] {
+            let answer = if http2 {
+                h2(&f, "GET", path, None).await?
+            } else {
+                h1(&f, "GET", path, None).await?
+            };
+            assert_eq!(answer.status, status, "{path}: {answer:?}");
+            assert_eq!(hsts(&answer), [DEFAULT_HSTS], "{path} (h2: {http2})");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn hsts_can_be_turned_off_or_changed() -> Result<()> {
+    let off = fixture("hsts_max_age = \"0s\"").await?;
+    for (path, status) in [("/public/x", 200), ("/private", 403)] {
+        let answer = h1(&off, "GET", path, None).await?;
+        assert_eq!(answer.status, status, "{path}: {answer:?}");
+        assert!(hsts(&answer).is_empty(), "{path}: {answer:?}");
+    }
+    // Off, Vigil says nothing of HSTS: an upstream's own passes as it was.
+    let pinned = h1(&off, "GET", "/pinned", None).await?;
+    assert_eq!(hsts(&pinned), [UPSTREAM_HSTS]);
+
+    let wide = fixture("hsts_max_age = \"1h\"\nhsts_include_subdomains = true").await?;
+    let answer = h2(&wide, "GET", "/pinned", None).await?;
+    assert_eq!(hsts(&answer), ["max-age=3600; includeSubDomains"]);
+
+    let pki = Pki::new()?;
+    let text = format!(
+        "{}[[route]]\nname = \"r\"\nhost = \"localhost\"\nupstream = \"http://127.0.0.1:9\"\nlogin = \"none\"\nallow = [{{}}]\n",
+        base_config("hsts_max_age = \"1500ms\"", &pki.path("d.log"))
+    );
+    let refused = vigil::config::load_text(
+        "test.toml",
+        text,
+        pki.dir.path(),
+        &vigil::config::Context::first()?,
+    );
+    let problems = refused.err().context("a fraction of a second is refused")?;
+    assert!(
+        problems.to_string().contains("whole number of seconds"),
+        "{problems}"
+    );
     Ok(())
 }

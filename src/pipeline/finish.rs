@@ -1,5 +1,5 @@
 //! The finish phase: what every answer gets on its way downstream, whoever wrote it. An
-//! answer to `HEAD` carries no body.
+//! answer to `HEAD` carries no body, and `Strict-Transport-Security` is Vigil's.
 //!
 //! Only HTTP/1.1 drops the body of an answer to `HEAD` by itself; HTTP/2 sends whatever body
 //! it is given, and a client resets a `HEAD` stream that carries data (PROTOCOL_ERROR). So
@@ -9,6 +9,7 @@
 //! `Content-Length` is already the one a `GET` would get.
 
 use crate::body::{self, Body};
+use crate::config::Snapshot;
 use http::Response;
 use http::header::{self, HeaderValue};
 use http_body::Body as _;
@@ -18,10 +19,17 @@ use http_body::Body as _;
 pub struct Relayed;
 
 /// `response` as it goes downstream, for a request whose method was `HEAD` when `head`.
-pub fn finish(head: bool, mut response: Response<Body>) -> Response<Body> {
+pub fn finish(snapshot: &Snapshot, head: bool, mut response: Response<Body>) -> Response<Body> {
     let relayed = response.extensions_mut().remove::<Relayed>().is_some();
     if head && !relayed {
         response = without_body(response);
+    }
+    // Replaces an upstream's own: it does not know which hosts Vigil serves over TLS. With
+    // HSTS turned off, an upstream's header passes as it was.
+    if let Some(hsts) = &snapshot.hsts {
+        response
+            .headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
     response
 }

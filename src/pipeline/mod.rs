@@ -71,7 +71,7 @@ async fn handle_in_span(
     let snapshot = shared.snapshot.load_full();
     let head = req.method() == Method::HEAD;
     let response = answer(shared, conn, &snapshot, req, request_id).await;
-    finish::finish(head, response)
+    finish::finish(&snapshot, head, response)
 }
 
 /// The answer to one request, from the phase that gives it.
