@@ -381,7 +381,7 @@ async fn route(
         ),
         (_, "/revoke" | "/restore") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         (_, "/revocations") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
-        (&Method::GET, "/metrics") => render_metrics(shared),
+        (&Method::GET, "/metrics") => render_metrics(shared, req.headers()),
         (_, "/healthz" | "/readyz" | "/metrics") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
         }
@@ -447,8 +447,9 @@ async fn reload(state: &State, conn: &gate::Conn, caller: &gate::Caller) -> Resp
     }
 }
 
-/// `GET /metrics`: the Prometheus text exposition.
-fn render_metrics(shared: &Shared) -> Response<Body> {
+/// `GET /metrics`: every metric, as OpenMetrics or in the Prometheus text format, whichever
+/// the scraper's `Accept` prefers.
+fn render_metrics(shared: &Shared, headers: &http::HeaderMap) -> Response<Body> {
     // Staleness is a matter of time passing; read it at scrape time.
     if let Some(devices) = &shared.snapshot.load().devices {
         shared
@@ -456,10 +457,12 @@ fn render_metrics(shared: &Shared) -> Response<Body> {
             .device_inventory_stale
             .set(i64::from(devices.is_stale()));
     }
-    let mut r = text(StatusCode::OK, shared.metrics.render());
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Exposition::for_accept(accept);
+    let mut r = text(StatusCode::OK, shared.metrics.render(format));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(format.content_type()),
     );
     r
 }
