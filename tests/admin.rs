@@ -175,6 +175,68 @@ async fn metrics_speak_the_format_the_scraper_asks_for() -> Result<()> {
     Ok(())
 }
 
+/// One request to the admin listener over HTTP/2 (prior knowledge, plain TCP): the status,
+/// the headers and the body, which must arrive whole.
+async fn admin_h2(
+    running: &vigil::Running,
+    method: &str,
+    path: &str,
+) -> Result<(u16, http::HeaderMap, bytes::Bytes)> {
+    use http_body_util::{BodyExt, Empty};
+    let addr = running.admin.context("admin listener off")?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(Empty::<bytes::Bytes>::new())?;
+    let resp = tokio::time::timeout(STEP, sender.send_request(req)).await??;
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(STEP, body.collect())
+        .await?
+        .with_context(|| format!("{method} {path} over HTTP/2: the body failed"))?;
+    Ok((parts.status.as_u16(), parts.headers, body.to_bytes()))
+}
+
+#[tokio::test]
+async fn admin_answers_head_with_headers_and_no_body() -> Result<()> {
+    let pki = Pki::new()?;
+    let running = spawn(
+        &pki,
+        &format!(
+            "{}[[route]]\nname = \"r\"\nhost = \"*\"\nupstream = \"http://127.0.0.1:9\"\nlogin = \"none\"\nallow = [{{}}]\n",
+            base_config("", &pki.path("d.log"))
+        ),
+    )
+    .await?;
+    for (path, status) in [
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/metrics", 200),
+        ("/reload", 405),
+        ("/nope", 404),
+    ] {
+        let (got, _, body) = admin_h2(&running, "GET", path).await?;
+        assert_eq!(got, status, "GET {path}");
+        let (got, headers, empty) = admin_h2(&running, "HEAD", path).await?;
+        assert_eq!(got, status, "HEAD {path} over HTTP/2");
+        assert!(empty.is_empty(), "HEAD {path} over HTTP/2 has a body");
+        if path != "/metrics" && path != "/readyz" {
+            let len = headers.get("content-length").and_then(|v| v.to_str().ok());
+            assert_eq!(len, Some(body.len().to_string().as_str()), "HEAD {path}");
+        }
+        let h1 = admin(&running, "HEAD", path).await?;
+        assert_eq!(h1.status, status, "HEAD {path} over HTTP/1.1");
+        assert!(h1.body.is_empty(), "HEAD {path} over HTTP/1.1 has a body");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn admin_listener_can_require_allowed_client_certificates() -> Result<()> {
     let pki = Pki::new()?;
