@@ -286,8 +286,24 @@ fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Every request passes the gate first; only then is it routed.
+/// Every request passes the gate first; only then is it routed. An answer to `HEAD` has the
+/// headers of the `GET` answer and no body.
 async fn answer(
+    state: &State,
+    conn: &gate::Conn,
+    req: Request<Incoming>,
+    body_timeout: Duration,
+) -> Response<Body> {
+    let head = req.method() == Method::HEAD;
+    let response = gated(state, conn, req, body_timeout).await;
+    if head {
+        body::headers_only(response)
+    } else {
+        response
+    }
+}
+
+async fn gated(
     state: &State,
     conn: &gate::Conn,
     req: Request<Incoming>,
@@ -359,8 +375,8 @@ async fn route(
 ) -> Response<Body> {
     let shared = &state.shared;
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => report_ready(state),
+        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET | &Method::HEAD, "/readyz") => report_ready(state),
         (&Method::POST, "/reload") => reload(state, conn, caller).await,
         (_, "/reload") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         (&Method::POST, "/revoke" | "/restore") => {
@@ -375,13 +391,13 @@ async fn route(
                 restore(shared, conn, caller, body)
             }
         }
-        (&Method::GET, "/revocations") => json(
+        (&Method::GET | &Method::HEAD, "/revocations") => json(
             StatusCode::OK,
             serde_json::to_value(shared.revocations.listing()).unwrap_or_default(),
         ),
         (_, "/revoke" | "/restore") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         (_, "/revocations") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
-        (&Method::GET, "/metrics") => render_metrics(shared),
+        (&Method::GET | &Method::HEAD, "/metrics") => render_metrics(shared, req.headers()),
         (_, "/healthz" | "/readyz" | "/metrics") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
         }
@@ -447,8 +463,9 @@ async fn reload(state: &State, conn: &gate::Conn, caller: &gate::Caller) -> Resp
     }
 }
 
-/// `GET /metrics`: the Prometheus text exposition.
-fn render_metrics(shared: &Shared) -> Response<Body> {
+/// `GET /metrics`: every metric, as OpenMetrics or in the Prometheus text format, whichever
+/// the scraper's `Accept` prefers.
+fn render_metrics(shared: &Shared, headers: &http::HeaderMap) -> Response<Body> {
     // Staleness is a matter of time passing; read it at scrape time.
     if let Some(devices) = &shared.snapshot.load().devices {
         shared
@@ -456,10 +473,12 @@ fn render_metrics(shared: &Shared) -> Response<Body> {
             .device_inventory_stale
             .set(i64::from(devices.is_stale()));
     }
-    let mut r = text(StatusCode::OK, shared.metrics.render());
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Exposition::for_accept(accept);
+    let mut r = text(StatusCode::OK, shared.metrics.render(format));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(format.content_type()),
     );
     r
 }

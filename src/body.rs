@@ -23,6 +23,22 @@ pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
+/// `response` as the answer to a `HEAD`: its headers, with the length of its body when that
+/// is known, and no body. HTTP/1.1 drops the body of an answer to `HEAD` by itself; HTTP/2
+/// sends whatever body it is given, and a client resets a `HEAD` stream that carries data
+/// (PROTOCOL_ERROR).
+pub fn headers_only(response: http::Response<Body>) -> http::Response<Body> {
+    use http::header::{CONTENT_LENGTH, HeaderValue};
+    use http_body::Body as _;
+    let (mut parts, body) = response.into_parts();
+    if let Some(len) = body.size_hint().exact()
+        && !parts.headers.contains_key(CONTENT_LENGTH)
+    {
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    http::Response::from_parts(parts, empty())
+}
+
 /// Why [`read_whole`] has no body to give.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReadRefusal {

@@ -1,4 +1,5 @@
-//! Prometheus metrics, registered once and shared by every stage.
+//! Prometheus metrics, registered once and shared by every stage, and exposed in the text
+//! format the scraper asks for.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -186,14 +187,94 @@ impl Metrics {
         self.limits_hit.get_or_create(&Limit { limit }).inc();
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// Every family, in `format`.
+    pub fn render(&self, format: Exposition) -> String {
         let mut out = String::with_capacity(8 * 1024);
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
-        out
+        match format {
+            Exposition::OpenMetrics => out,
+            Exposition::Prometheus => prometheus_text(&out),
+        }
     }
+}
+
+/// The two text formats of `/metrics`. prometheus-client writes only OpenMetrics, which a
+/// parser of the older Prometheus format misreads: it takes a counter's samples
+/// (`vigil_requests_total`) for untyped metrics of their own, since that format names a
+/// family exactly as its samples are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    /// OpenMetrics 1.0.0, for a scraper that asks for it (Prometheus does).
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4, for every other scraper.
+    Prometheus,
+}
+
+impl Exposition {
+    /// The format for a request's `Accept`: OpenMetrics when it is asked for at least as much
+    /// as plain text (`text/plain`, `text/*`, `*/*`), the Prometheus text format otherwise.
+    pub fn for_accept(accept: Option<&str>) -> Self {
+        let (mut openmetrics, mut text) = (0.0_f32, 0.0_f32);
+        for range in accept.unwrap_or("").split(',') {
+            let mut params = range.split(';');
+            let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = params
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            match media.as_str() {
+                "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+                "text/plain" | "text/*" | "*/*" => text = text.max(q),
+                _ => {}
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= text {
+            Exposition::OpenMetrics
+        } else {
+            Exposition::Prometheus
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Exposition::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// prometheus-client's OpenMetrics text in the Prometheus text format 0.0.4. The samples are
+/// the same in both; what differs is the name of a family in its `# HELP` and `# TYPE` lines,
+/// which 0.0.4 takes from the samples: a counter `x` (samples `x_total`) is the family
+/// `x_total`, an info `x` (samples `x_info`) the gauge `x_info`. 0.0.4 has no `# UNIT`, no
+/// `# EOF`, and no types but counter, gauge, histogram, summary and untyped.
+fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len() + 1024);
+    // prometheus-client writes `# HELP` first, then `# TYPE`, then the samples.
+    let mut help: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let (suffix, kind) = match kind {
+                "counter" => ("_total", "counter"),
+                "info" => ("_info", "gauge"),
+                "gauge" | "histogram" | "summary" => ("", kind),
+                _ => ("", "untyped"),
+            };
+            if let Some((_, text)) = help.take().filter(|(named, _)| *named == name) {
+                let _ = writeln!(out, "# HELP {name}{suffix} {text}");
+            }
+            let _ = writeln!(out, "# TYPE {name}{suffix} {kind}");
+        } else if !(line.starts_with("# UNIT ") || line == "# EOF") {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// A new metric of the type asked for, registered as `vigil_<name>` with `help`.
@@ -211,4 +292,98 @@ fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, 
 fn latency_histogram() -> Histogram {
     // 100 µs to ~52 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scraper_chooses_the_format() {
+        let cases = [
+            (None, Exposition::Prometheus),
+            (Some(""), Exposition::Prometheus),
+            (Some("*/*"), Exposition::Prometheus),
+            (Some("text/plain; version=0.0.4"), Exposition::Prometheus),
+            (
+                Some("application/openmetrics-text"),
+                Exposition::OpenMetrics,
+            ),
+            (
+                Some("Application/OpenMetrics-Text; version=1.0.0; charset=utf-8"),
+                Exposition::OpenMetrics,
+            ),
+            // Prometheus 2 and 3.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+                ),
+                Exposition::OpenMetrics,
+            ),
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+                ),
+                Exposition::OpenMetrics,
+            ),
+            // Asked for less than plain text, or not at all.
+            (
+                Some("text/plain;q=0.9, application/openmetrics-text;q=0.5"),
+                Exposition::Prometheus,
+            ),
+            (
+                Some("application/openmetrics-text;q=0"),
+                Exposition::Prometheus,
+            ),
+        ];
+        for (accept, expected) in cases {
+            assert_eq!(Exposition::for_accept(accept), expected, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn families_are_named_as_their_samples_in_the_prometheus_format() {
+        let openmetrics = "# HELP vigil_requests Requests.\n# TYPE vigil_requests counter\n\
+            vigil_requests_total{route=\"r\"} 1\n\
+            # HELP vigil_open Open.\n# TYPE vigil_open gauge\nvigil_open 2\n\
+            # HELP vigil_build Build.\n# TYPE vigil_build info\nvigil_build_info{v=\"1\"} 1\n\
+            # HELP vigil_wait_seconds Wait.\n# TYPE vigil_wait_seconds histogram\n\
+            # UNIT vigil_wait_seconds seconds\n\
+            vigil_wait_seconds_sum 0.5\nvigil_wait_seconds_count 1\n\
+            vigil_wait_seconds_bucket{le=\"+Inf\"} 1\n# EOF\n";
+        let expected = "# HELP vigil_requests_total Requests.\n# TYPE vigil_requests_total counter\n\
+            vigil_requests_total{route=\"r\"} 1\n\
+            # HELP vigil_open Open.\n# TYPE vigil_open gauge\nvigil_open 2\n\
+            # HELP vigil_build_info Build.\n# TYPE vigil_build_info gauge\nvigil_build_info{v=\"1\"} 1\n\
+            # HELP vigil_wait_seconds Wait.\n# TYPE vigil_wait_seconds histogram\n\
+            vigil_wait_seconds_sum 0.5\nvigil_wait_seconds_count 1\n\
+            vigil_wait_seconds_bucket{le=\"+Inf\"} 1\n";
+        assert_eq!(prometheus_text(openmetrics), expected);
+    }
+
+    /// Every family Vigil registers keeps its samples, and its name (what dashboards and
+    /// alerts use) is the same in both formats.
+    #[test]
+    fn both_formats_carry_the_same_samples() {
+        let metrics = Metrics::new();
+        metrics.handshakes.inc();
+        let samples = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect()
+        };
+        let openmetrics = metrics.render(Exposition::OpenMetrics);
+        let prometheus = metrics.render(Exposition::Prometheus);
+        assert_eq!(samples(&openmetrics), samples(&prometheus));
+        assert!(
+            prometheus.contains(
+                "# TYPE vigil_tls_handshakes_total counter\nvigil_tls_handshakes_total 1\n"
+            )
+        );
+        assert!(
+            openmetrics
+                .contains("# TYPE vigil_tls_handshakes counter\nvigil_tls_handshakes_total 1\n")
+        );
+    }
 }

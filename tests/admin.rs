@@ -3,6 +3,9 @@
 mod support;
 
 use anyhow::{Context as _, Result};
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::*;
 use tokio::io::AsyncWriteExt;
@@ -35,6 +38,202 @@ async fn health_readiness_and_metrics() -> Result<()> {
     assert_eq!(admin(&running, "POST", "/reload").await?.status, 409);
     assert_eq!(admin(&running, "DELETE", "/metrics").await?.status, 405);
     assert_eq!(admin(&running, "GET", "/nope").await?.status, 404);
+    Ok(())
+}
+
+/// A family as a parser reads it: its type, its help and how many samples it has.
+type Families = BTreeMap<String, (String, String, usize)>;
+
+/// `text` as Python's `prometheus_client` parses it (`scripts/test` installs it): with its
+/// Prometheus text parser, or with `openmetrics` its OpenMetrics one.
+fn parsed(text: &str, openmetrics: bool) -> Result<Families> {
+    let module = if openmetrics {
+        "prometheus_client.openmetrics.parser"
+    } else {
+        "prometheus_client.parser"
+    };
+    let script = format!(
+        "import json, sys\nfrom {module} import text_string_to_metric_families as parse\n\
+         print(json.dumps({{f.name: [f.type, f.documentation, len(f.samples)] \
+         for f in parse(sys.stdin.read())}}))"
+    );
+    let mut python = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("python3 is needed, with prometheus_client (scripts/test installs it)")?;
+    python
+        .stdin
+        .take()
+        .context("python3's stdin")?
+        .write_all(text.as_bytes())?;
+    let out = python.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{module} refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let families: BTreeMap<String, (String, String, usize)> = serde_json::from_slice(&out.stdout)?;
+    Ok(families)
+}
+
+/// The families an OpenMetrics text declares, read from its `# HELP` and `# TYPE` lines, with
+/// the sample lines that follow each.
+fn declared(openmetrics: &str) -> Families {
+    let mut families = Families::new();
+    let mut current = String::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            current = name.to_owned();
+            families.entry(current.clone()).or_default().1 = help.to_owned();
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            families.entry(name.to_owned()).or_default().0 = kind.to_owned();
+        } else if !line.starts_with('#')
+            && let Some(family) = families.get_mut(&current)
+        {
+            family.2 += 1;
+        }
+    }
+    families
+}
+
+#[tokio::test]
+async fn metrics_speak_the_format_the_scraper_asks_for() -> Result<()> {
+    let pki = Pki::new()?;
+    let (upstream, _stop) = echo_upstream().await?;
+    let text = format!(
+        "{}[[route]]\nname = \"r\"\nhost = \"*\"\nupstream = \"http://{upstream}\"\nlogin = \"none\"\nallow = [{{ spiffe = [\"spiffe://example.org/**\"] }}]\n",
+        base_config("", &pki.path("d.log"))
+    );
+    let running = spawn(&pki, &text).await?;
+    let web = client_config(Some(&pki.workload(SPIFFE_WEB)?), pki.ca.cert_pem(), &[])?;
+    assert_eq!(get(running.addr, web, "/x", "").await?.status, 200);
+    let addr = running.admin.context("admin listener")?;
+    let scrape = |accept: &str| {
+        let headers = format!("Host: {addr}\r\n{accept}");
+        let running = &running;
+        async move { admin_raw(running, "GET", "/metrics", &headers, "").await }
+    };
+    const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+    // What Prometheus itself sends, and what a plain text scraper sends.
+    let prometheus = "Accept: application/openmetrics-text;version=1.0.0;q=0.5,\
+        application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2\r\n";
+    let om = scrape(prometheus).await?;
+    assert_eq!(om.status, 200);
+    assert_eq!(om.header("content-type").as_deref(), Some(OPENMETRICS));
+    assert!(om.body.ends_with("# EOF\n"), "{}", om.body);
+    for accept in [
+        "",
+        "Accept: */*\r\n",
+        "Accept: text/plain;version=0.0.4\r\n",
+    ] {
+        let plain = scrape(accept).await?;
+        assert_eq!(plain.status, 200);
+        assert_eq!(
+            plain.header("content-type").as_deref(),
+            Some(PROMETHEUS),
+            "{accept}"
+        );
+        assert!(!plain.body.contains("# EOF"), "{}", plain.body);
+    }
+    let plain = scrape("").await?;
+    assert!(
+        plain
+            .body
+            .contains("# TYPE vigil_requests_total counter\nvigil_requests_total{"),
+        "{}",
+        plain.body
+    );
+
+    // Both parse to the families the registry declares, each with its type, help and samples.
+    let declared = declared(&om.body);
+    for (family, kind) in [
+        ("vigil_requests", "counter"),
+        ("vigil_connections_open", "gauge"),
+        ("vigil_request_duration_seconds", "histogram"),
+        (
+            "vigil_config_last_reload_success_timestamp_seconds",
+            "gauge",
+        ),
+    ] {
+        assert_eq!(declared.get(family).map(|f| f.0.as_str()), Some(kind));
+    }
+    assert!(declared.len() >= 10, "{declared:?}");
+    for (family, (kind, help, _)) in &declared {
+        assert!(
+            ["counter", "gauge", "histogram"].contains(&kind.as_str()) && !help.is_empty(),
+            "{family}: {kind} {help:?}"
+        );
+    }
+    assert_eq!(parsed(&om.body, true)?, declared, "OpenMetrics");
+    assert_eq!(parsed(&plain.body, false)?, declared, "Prometheus text");
+    Ok(())
+}
+
+/// One request to the admin listener over HTTP/2 (prior knowledge, plain TCP): the status,
+/// the headers and the body, which must arrive whole.
+async fn admin_h2(
+    running: &vigil::Running,
+    method: &str,
+    path: &str,
+) -> Result<(u16, http::HeaderMap, bytes::Bytes)> {
+    use http_body_util::{BodyExt, Empty};
+    let addr = running.admin.context("admin listener off")?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(Empty::<bytes::Bytes>::new())?;
+    let resp = tokio::time::timeout(STEP, sender.send_request(req)).await??;
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(STEP, body.collect())
+        .await?
+        .with_context(|| format!("{method} {path} over HTTP/2: the body failed"))?;
+    Ok((parts.status.as_u16(), parts.headers, body.to_bytes()))
+}
+
+#[tokio::test]
+async fn admin_answers_head_with_headers_and_no_body() -> Result<()> {
+    let pki = Pki::new()?;
+    let running = spawn(
+        &pki,
+        &format!(
+            "{}[[route]]\nname = \"r\"\nhost = \"*\"\nupstream = \"http://127.0.0.1:9\"\nlogin = \"none\"\nallow = [{{}}]\n",
+            base_config("", &pki.path("d.log"))
+        ),
+    )
+    .await?;
+    for (path, status) in [
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/metrics", 200),
+        ("/reload", 405),
+        ("/nope", 404),
+    ] {
+        let (got, _, body) = admin_h2(&running, "GET", path).await?;
+        assert_eq!(got, status, "GET {path}");
+        let (got, headers, empty) = admin_h2(&running, "HEAD", path).await?;
+        assert_eq!(got, status, "HEAD {path} over HTTP/2");
+        assert!(empty.is_empty(), "HEAD {path} over HTTP/2 has a body");
+        if path != "/metrics" && path != "/readyz" {
+            let len = headers.get("content-length").and_then(|v| v.to_str().ok());
+            assert_eq!(len, Some(body.len().to_string().as_str()), "HEAD {path}");
+        }
+        let h1 = admin(&running, "HEAD", path).await?;
+        assert_eq!(h1.status, status, "HEAD {path} over HTTP/1.1");
+        assert!(h1.body.is_empty(), "HEAD {path} over HTTP/1.1 has a body");
+    }
     Ok(())
 }
 

@@ -396,6 +396,8 @@ max_header_bytes = 32768
 body_read_timeout = "30s"
 max_body_bytes = 1024
 max_target_bytes = 1024
+hsts_max_age = "365d"
+hsts_include_subdomains = false
 max_concurrent_streams = 128
 drain_timeout = "30s"
 

@@ -9,6 +9,7 @@ mod assertion;
 mod compiler;
 mod devices;
 pub mod diagnostics;
+mod hsts;
 mod keys;
 pub mod load;
 mod log;
@@ -81,6 +82,9 @@ pub struct Snapshot {
     pub max_body_bytes: Option<u64>,
     /// Longest request target (path and query) in bytes; `None`: no limit of Vigil's own.
     pub max_target_bytes: Option<usize>,
+    /// The `Strict-Transport-Security` value for every answer downstream; `None` when
+    /// `[server] hsts_max_age` is `"0s"`.
+    pub hsts: Option<http::HeaderValue>,
     /// The HTTP/1.1 and HTTP/2 server settings, with the limits applied; a connection is
     /// served with the one its TLS handshake negotiated.
     pub http: HttpServer,
@@ -174,6 +178,7 @@ impl Compiler<'_> {
     /// problem was reported.
     fn compile(&mut self, raw: &load::RawConfig, name: &str, ctx: &Context) -> Option<Snapshot> {
         let server = self.server(&raw.server);
+        let hsts = self.hsts(&raw.server);
         let log = self.log(&raw.log);
         let audit = self.audit(&raw.audit);
         let tls = self.tls(raw, &ctx.resumption);
@@ -221,6 +226,7 @@ impl Compiler<'_> {
             body_read_timeout: server.body_read_timeout,
             max_body_bytes: server.max_body_bytes,
             max_target_bytes: server.max_target_bytes,
+            hsts,
             http: server.http,
             log,
             files: self.files(),

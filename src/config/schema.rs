@@ -64,6 +64,13 @@ pub struct ServerSection {
     /// Longest request target (path and query); longer ones get 414. 0 turns the limit off.
     #[serde(default = "ServerSection::default_max_target_bytes")]
     pub max_target_bytes: usize,
+    /// `Strict-Transport-Security: max-age=<this>` on every answer downstream, Vigil's own and
+    /// forwarded ones (replacing an upstream's own); `"0s"` turns it off. Default: a year.
+    #[serde(default = "ServerSection::default_hsts_max_age")]
+    pub hsts_max_age: HumanDuration,
+    /// Adds `includeSubDomains` to that header.
+    #[serde(default)]
+    pub hsts_include_subdomains: bool,
     /// Concurrent HTTP/2 streams per connection.
     #[serde(default = "ServerSection::default_max_streams")]
     pub max_concurrent_streams: u32,
@@ -113,6 +120,9 @@ impl ServerSection {
     fn default_max_target_bytes() -> usize {
         8 * 1024
     }
+    fn default_hsts_max_age() -> HumanDuration {
+        HumanDuration(Duration::from_secs(365 * 24 * 3600))
+    }
     fn default_max_streams() -> u32 {
         128
     }
@@ -135,6 +145,8 @@ impl Default for ServerSection {
             max_header_bytes: Self::default_max_header_bytes(),
             max_body_bytes: Self::default_max_body_bytes(),
             max_target_bytes: Self::default_max_target_bytes(),
+            hsts_max_age: Self::default_hsts_max_age(),
+            hsts_include_subdomains: false,
             max_concurrent_streams: Self::default_max_streams(),
             drain_timeout: Self::default_drain_timeout(),
         }

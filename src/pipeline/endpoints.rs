@@ -12,14 +12,19 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-/// Answers `/.vigil/<rest>`.
+/// Answers `/.vigil/<rest>`. `HEAD` is answered as `GET` (the finish phase drops the body),
+/// except on the callback: a `HEAD` there (a link checker, a prefetch) must not use up a login.
 pub async fn handle(
     record: &mut Record<'_>,
     rest: &str,
     host: &str,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    match (req.method().clone(), rest) {
+    let method = match req.method() {
+        &Method::HEAD if rest != "callback" => Method::GET,
+        other => other.clone(),
+    };
+    match (method, rest) {
         (Method::GET, "whoami") => whoami(record, &req),
         (Method::GET, "jwks.json") => jwks(record),
         (Method::GET, "login") => login(record, host, &req),

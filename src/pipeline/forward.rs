@@ -5,6 +5,7 @@
 use super::assess::Assessed;
 use super::canonicalize::Detached;
 use super::context::Context;
+use super::finish::Relayed;
 use super::identify::Identified;
 use crate::body::{self, Body};
 use crate::canonical::{X_REQUEST_ID, header_safe};
@@ -85,7 +86,8 @@ pub async fn forward(
     }
 }
 
-/// The upstream's answer, with the request id and the session cookies to set.
+/// The upstream's answer, with the request id and the session cookies to set, marked as
+/// relayed for the finish phase.
 fn answered(
     cx: &Context<'_>,
     mut response: Response<Body>,
@@ -95,6 +97,7 @@ fn answered(
     let removed = response
         .extensions_mut()
         .remove::<forward::UpgradeRemoved>();
+    response.extensions_mut().insert(Relayed);
     let headers = response.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), cx.request_id.clone());
     for cookie in cookies {

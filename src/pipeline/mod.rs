@@ -1,7 +1,7 @@
 //! One request, top to bottom, as named phases over one per-request [`Context`]:
 //! canonicalize -> route -> identify -> assess -> decide -> forward, with record (the decision
-//! log line and metrics) at whichever phase answers. Each phase is a function in the file
-//! named for it; this file only calls them in order.
+//! log line and metrics) at whichever phase answers, and finish for every answer on its way
+//! out. Each phase is a function in the file named for it; this file only calls them in order.
 //!
 //! Every phase reads the one configuration snapshot taken when the request arrived, so a
 //! request never sees half of a reload.
@@ -11,6 +11,7 @@ pub mod canonicalize;
 pub mod context;
 pub mod decide;
 pub mod endpoints;
+pub mod finish;
 pub mod forward;
 pub mod identify;
 pub mod record;
@@ -19,12 +20,13 @@ pub mod route;
 pub use context::Context;
 
 use crate::body::Body;
+use crate::config::Snapshot;
 use crate::connection::Connection;
 use crate::identity;
 use crate::policy::facts;
 use crate::state::Shared;
 use http::header::HeaderValue;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use route::Routed;
 use std::sync::Arc;
@@ -67,8 +69,21 @@ async fn handle_in_span(
     request_id: HeaderValue,
 ) -> Response<Body> {
     let snapshot = shared.snapshot.load_full();
-    let mut cx = Context::new(shared, conn, &snapshot, &request_id, &req);
-    let target = match canonicalize::canonicalize(&req, conn, &snapshot) {
+    let head = req.method() == Method::HEAD;
+    let response = answer(shared, conn, &snapshot, req, request_id).await;
+    finish::finish(&snapshot, head, response)
+}
+
+/// The answer to one request, from the phase that gives it.
+async fn answer(
+    shared: &Arc<Shared>,
+    conn: &Arc<Connection>,
+    snapshot: &Snapshot,
+    req: Request<Incoming>,
+    request_id: HeaderValue,
+) -> Response<Body> {
+    let mut cx = Context::new(shared, conn, snapshot, &request_id, &req);
+    let target = match canonicalize::canonicalize(&req, conn, snapshot) {
         Ok(target) => target,
         Err(refusal) => {
             cx.path = canonicalize::loggable_path(req.uri().path());
@@ -93,7 +108,7 @@ async fn handle_in_span(
     let now = identity::now();
     let assessed = assess::assess(
         shared,
-        &snapshot,
+        snapshot,
         conn,
         identified.identity.as_ref(),
         now,
