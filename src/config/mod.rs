@@ -81,6 +81,9 @@ pub struct Snapshot {
     pub max_body_bytes: Option<u64>,
     /// Longest request target (path and query) in bytes; `None`: no limit of Vigil's own.
     pub max_target_bytes: Option<usize>,
+    /// Which peers are load balancers that send a PROXY protocol header, when
+    /// `[server] proxy_protocol` is set.
+    pub proxy_protocol: Option<crate::proxy_protocol::ProxyProtocol>,
     /// The HTTP/1.1 and HTTP/2 server settings, with the limits applied; a connection is
     /// served with the one its TLS handshake negotiated.
     pub http: HttpServer,
@@ -221,6 +224,7 @@ impl Compiler<'_> {
             body_read_timeout: server.body_read_timeout,
             max_body_bytes: server.max_body_bytes,
             max_target_bytes: server.max_target_bytes,
+            proxy_protocol: server.proxy_protocol,
             http: server.http,
             log,
             files: self.files(),
