@@ -141,40 +141,53 @@ struct Arrived {
     handshake_by: tokio::time::Instant,
 }
 
-/// Who the connection is from. A load balancer's connection must start with a PROXY header:
-/// read it (within its timeout), take the named client's share of the per-source limits, and
-/// go on as that client. Any other connection must not start with one while PROXY headers
-/// are on: a client never asserts its own address. Refusals are counted and logged here.
+/// Who the connection is from. A load balancer's connection must start with a PROXY header
+/// (see [`balanced`]). Any other connection must not start with one while PROXY headers are
+/// on: a client never asserts its own address. Refusals are counted and logged here.
 async fn arrive(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    gate: &Gate,
+    stream: TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+) -> Option<Arrived> {
+    let (slot, sniff) = match admitted {
+        Admitted::Direct { slot, sniff } => (slot, sniff),
+        Admitted::Balanced { global, timeout } => {
+            return balanced(shared, snapshot, gate, stream, peer, global, timeout).await;
+        }
+    };
+    let handshake_by = tokio::time::Instant::now() + snapshot.handshake_timeout;
+    if sniff {
+        let first = proxy_protocol::starts_with_header(&stream);
+        match tokio::time::timeout_at(handshake_by, first).await {
+            Ok(Ok(true)) => return gate.refuse(shared, peer, Refused::HeaderUntrusted),
+            // Anything else is for the TLS handshake to take or refuse.
+            Ok(_) => {}
+            Err(_) => return handshake_failed(shared, peer, "timeout", &timed_out()),
+        }
+    }
+    Some(Arrived {
+        stream,
+        remote: peer,
+        slot,
+        handshake_by,
+    })
+}
+
+/// A load balancer's connection: its PROXY header, read within `timeout`, names the client
+/// (or, for `LOCAL` and the like, none: the balancer is then the client), whose share of the
+/// per-source limits it takes; the TLS handshake's time starts once the header is read.
+async fn balanced(
     shared: &Shared,
     snapshot: &Snapshot,
     gate: &Gate,
     mut stream: TcpStream,
     peer: SocketAddr,
-    admitted: Admitted,
+    global: OwnedSemaphorePermit,
+    timeout: Duration,
 ) -> Option<Arrived> {
-    let (global, timeout) = match admitted {
-        Admitted::Direct { slot, sniff } => {
-            let handshake_by = tokio::time::Instant::now() + snapshot.handshake_timeout;
-            if sniff {
-                let first = proxy_protocol::starts_with_header(&stream);
-                match tokio::time::timeout_at(handshake_by, first).await {
-                    Ok(Ok(true)) => return gate.refuse(shared, peer, Refused::HeaderUntrusted),
-                    // Anything else is for the TLS handshake to take or refuse.
-                    Ok(_) => {}
-                    Err(_) => return handshake_failed(shared, peer, "timeout", &timed_out()),
-                }
-            }
-            let remote = peer;
-            return Some(Arrived {
-                stream,
-                remote,
-                slot,
-                handshake_by,
-            });
-        }
-        Admitted::Balanced { global, timeout } => (global, timeout),
-    };
     let remote = match proxy_protocol::read(&mut stream, timeout).await {
         // An IPv4 client named in a v6 header is a.b.c.d, as at accept.
         Ok(Some(client)) => SocketAddr::new(client.ip().to_canonical(), client.port()),
