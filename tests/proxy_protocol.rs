@@ -140,7 +140,17 @@ async fn closed_by_vigil(tcp: &mut tokio::net::TcpStream) -> bool {
 #[tokio::test]
 async fn v1_and_v2_headers_name_the_client_for_rules_and_the_decision_log() -> Result<()> {
     let f = Fixture::new("").await?;
-    let cases: [(&str, Vec<u8>, &str, u16); 4] = [
+    let mapped = b"PROXY TCP6 ::ffff:192.0.2.9 ::1 40000 443\r\n".to_vec();
+    let mut v6 = "2001:db8::7"
+        .parse::<std::net::Ipv6Addr>()?
+        .octets()
+        .to_vec();
+    v6.extend_from_slice(&[0; 16]);
+    v6.extend_from_slice(&[0x9c, 0x40, 0x01, 0xbb]);
+    let cases: [(&str, Vec<u8>, &str, u16); 6] = [
+        // An IPv4-mapped client is plain IPv4, as at accept; an IPv6 one is itself.
+        ("v1 TCP6 mapped", mapped, "192.0.2.9", 200),
+        ("v2 IPv6", v2(1, 0x21, &v6), "2001:db8::7", 403),
         ("v1 allowed", v1("192.0.2.7"), "192.0.2.7", 200),
         ("v1 denied", v1("198.51.100.9"), "198.51.100.9", 403),
         ("v2 allowed", v2_tcp4([192, 0, 2, 8]), "192.0.2.8", 200),
