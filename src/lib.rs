@@ -9,6 +9,8 @@
 //! modules below it.
 //! - [`server`]: accept loop, connection limits (in all and per source), the TLS handshake,
 //!   serving exactly the protocol ALPN chose, idle and drain handling.
+//! - [`proxy_protocol`]: the PROXY protocol header a load balancer sends before TLS, read
+//!   with bounded size and time, naming the client it connected for.
 //! - [`pipeline`]: one request as named phases over one per-request
 //!   [`pipeline::Context`]: [`pipeline::canonicalize`], [`pipeline::route`],
 //!   [`pipeline::identify`] (sessions, re-verification, bearer tokens), [`pipeline::assess`]
@@ -70,6 +72,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod posture;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod revocation;
 pub mod routing;

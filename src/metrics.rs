@@ -114,7 +114,7 @@ impl Metrics {
             connections_rejected: metric(
                 r,
                 "connections_rejected",
-                "Connections closed at accept, by the limit reached (max_connections, max_connections_per_source, max_handshakes_per_source)",
+                "Connections closed at accept, by the limit reached (max_connections, max_connections_per_source, max_handshakes_per_source) or before TLS for their PROXY protocol header (proxy_header_missing, proxy_header_invalid, proxy_header_timeout, proxy_header_untrusted)",
             ),
             connections_cut: metric(
                 r,

@@ -5,6 +5,7 @@ use crate::config::Snapshot;
 use crate::connection::{Activity, Connection};
 use crate::framing::{Findings, Watch};
 use crate::metrics::Reason;
+use crate::proxy_protocol::{self, HeaderError};
 use crate::state::Shared;
 use crate::tls::{PeerCert, handshake_failure_reason, verify_again};
 use http::HeaderValue;
@@ -30,8 +31,7 @@ use tokio_util::task::TaskTracker;
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let limit = shared.snapshot.load().max_connections;
     let slots = Arc::new(Semaphore::new(limit));
-    let sources = Arc::new(Sources::default());
-    let refusals = RefusalLog::default();
+    let gate = Arc::new(Gate::default());
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -52,31 +52,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
             }
         };
         let admitted = match slots.clone().try_acquire_owned() {
-            Ok(global) => {
-                let snapshot = shared.snapshot.load();
-                sources
-                    .admit(
-                        Source::of(remote.ip()),
-                        snapshot.max_connections_per_source,
-                        snapshot.max_handshakes_per_source,
-                    )
-                    .map(|source| Slot {
-                        _global: global,
-                        source,
-                    })
-            }
+            Ok(global) => admit(&shared, &gate, remote, global),
             Err(_) => Err(Refused::Global),
         };
-        let permit = match admitted {
-            Ok(slot) => slot,
+        let admitted = match admitted {
+            Ok(admitted) => admitted,
             Err(refused) => {
-                let reason = refused.reason();
-                shared
-                    .metrics
-                    .connections_rejected
-                    .get_or_create(&Reason { reason })
-                    .inc();
-                refusals.note(remote, reason, refused.message());
+                gate.refuse::<()>(&shared, remote, refused);
                 drop(stream);
                 continue;
             }
@@ -84,8 +66,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
         tracker.spawn(connection(
             stream,
             remote,
-            permit,
+            admitted,
             shared.clone(),
+            gate.clone(),
             shutdown.child_token(),
         ));
     }
@@ -101,23 +84,185 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
     }
 }
 
-/// One accepted connection to its end: the TLS handshake, the client's certificate, the
-/// connection record, then HTTP as ALPN chose.
-async fn connection(
+/// A connection admitted at accept, with what the snapshot of that moment said about it.
+enum Admitted {
+    /// From a peer that is not a load balancer: it holds its slot in `max_connections` and
+    /// its place in its own source's share. `sniff`: PROXY headers are on, so it must not
+    /// send one.
+    Direct { slot: Slot, sniff: bool },
+    /// From a load balancer, whose PROXY header is still to be read: only its slot in
+    /// `max_connections` for now. The source's share is taken for the client the header
+    /// names, once read (the balancer itself is no one's source), so that one balancer does
+    /// not use up a single source's share for every client behind it.
+    Balanced {
+        global: OwnedSemaphorePermit,
+        timeout: Duration,
+    },
+}
+
+/// Admits a connection holding a slot of `max_connections`, or refuses it for its source's
+/// share. The per-source limits count the TCP peer, except for a load balancer's connection,
+/// counted against its client once the header is read (see [`arrive`]).
+fn admit(
+    shared: &Shared,
+    gate: &Gate,
+    peer: SocketAddr,
+    global: OwnedSemaphorePermit,
+) -> Result<Admitted, Refused> {
+    let snapshot = shared.snapshot.load();
+    let proxy = snapshot.proxy_protocol.as_ref();
+    if let Some(p) = proxy.filter(|p| p.expected_from(peer.ip())) {
+        return Ok(Admitted::Balanced {
+            global,
+            timeout: p.timeout,
+        });
+    }
+    let source = gate.sources.admit(
+        Source::of(peer.ip()),
+        snapshot.max_connections_per_source,
+        snapshot.max_handshakes_per_source,
+    )?;
+    Ok(Admitted::Direct {
+        slot: Slot {
+            _global: global,
+            source,
+        },
+        sniff: proxy.is_some(),
+    })
+}
+
+/// A connection whose client is known: the address every rule, limit and log uses (the TCP
+/// peer's, or the one its balancer's PROXY header named), its slots, and when its TLS
+/// handshake must be done.
+struct Arrived {
     stream: TcpStream,
     remote: SocketAddr,
-    mut permit: Slot,
+    slot: Slot,
+    handshake_by: tokio::time::Instant,
+}
+
+/// Who the connection is from. A load balancer's connection must start with a PROXY header
+/// (see [`balanced`]). Any other connection must not start with one while PROXY headers are
+/// on: a client never asserts its own address. Refusals are counted and logged here.
+async fn arrive(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    gate: &Gate,
+    stream: TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+) -> Option<Arrived> {
+    let (slot, sniff) = match admitted {
+        Admitted::Direct { slot, sniff } => (slot, sniff),
+        Admitted::Balanced { global, timeout } => {
+            return balanced(shared, snapshot, gate, stream, peer, global, timeout).await;
+        }
+    };
+    let handshake_by = tokio::time::Instant::now() + snapshot.handshake_timeout;
+    if sniff {
+        let first = proxy_protocol::starts_with_header(&stream);
+        match tokio::time::timeout_at(handshake_by, first).await {
+            Ok(Ok(true)) => return gate.refuse(shared, peer, Refused::HeaderUntrusted),
+            // Anything else is for the TLS handshake to take or refuse.
+            Ok(_) => {}
+            Err(_) => return handshake_failed(shared, peer, "timeout", &timed_out()),
+        }
+    }
+    Some(Arrived {
+        stream,
+        remote: peer,
+        slot,
+        handshake_by,
+    })
+}
+
+/// A load balancer's connection: its PROXY header, read within `timeout`, names the client
+/// (or, for `LOCAL` and the like, none: the balancer is then the client), whose share of the
+/// per-source limits it takes; the TLS handshake's time starts once the header is read.
+async fn balanced(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    gate: &Gate,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    global: OwnedSemaphorePermit,
+    timeout: Duration,
+) -> Option<Arrived> {
+    let remote = match proxy_protocol::read(&mut stream, timeout).await {
+        // An IPv4 client named in a v6 header is a.b.c.d, as at accept.
+        Ok(Some(client)) => SocketAddr::new(client.ip().to_canonical(), client.port()),
+        // v2 LOCAL (the balancer's own health check), v1 UNKNOWN, no IP family.
+        Ok(None) => peer,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "PROXY protocol header refused");
+            return gate.refuse(shared, peer, Refused::from(&e));
+        }
+    };
+    tracing::debug!(%remote, balancer = %peer, "client named by the PROXY protocol header");
+    let source = gate.sources.admit(
+        Source::of(remote.ip()),
+        snapshot.max_connections_per_source,
+        snapshot.max_handshakes_per_source,
+    );
+    let source = match source {
+        Ok(source) => source,
+        Err(refused) => return gate.refuse(shared, remote, refused),
+    };
+    Some(Arrived {
+        stream,
+        remote,
+        slot: Slot {
+            _global: global,
+            source,
+        },
+        handshake_by: tokio::time::Instant::now() + snapshot.handshake_timeout,
+    })
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "handshake timed out")
+}
+
+/// One accepted connection to its end: who it is from, the TLS handshake, the client's
+/// certificate, the connection record, then HTTP as ALPN chose.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
     shared: Arc<Shared>,
+    gate: Arc<Gate>,
     closing: CancellationToken,
 ) {
     let snapshot = shared.snapshot.load_full();
-    let Some(tls) = handshake(&shared, &snapshot, stream, remote, &mut permit.source).await else {
+    let arrived = arrive(&shared, &snapshot, &gate, stream, peer, admitted).await;
+    drop(gate);
+    let Some(Arrived {
+        stream,
+        remote,
+        slot: mut permit,
+        handshake_by,
+    }) = arrived
+    else {
+        return;
+    };
+    let tls = handshake(
+        &shared,
+        &snapshot,
+        stream,
+        remote,
+        handshake_by,
+        &mut permit.source,
+    );
+    let Some(tls) = tls.await else {
         return;
     };
     let (_, session) = tls.get_ref();
     let peer = match check_client(&shared, &snapshot, session) {
         Ok(peer) => peer,
-        Err((reason, e)) => return handshake_failed(&shared, remote, reason, &e),
+        Err((reason, e)) => {
+            handshake_failed::<()>(&shared, remote, reason, &e);
+            return;
+        }
     };
     // Served as exactly what ALPN chose (see `HttpServer`): the framing watcher covers every
     // connection that is not HTTP/2.
@@ -163,17 +308,19 @@ async fn connection(
     tracing::debug!(conn = conn.id, "connection closed");
 }
 
-/// The TLS handshake, within `handshake_timeout`. Failures are counted and logged here.
+/// The TLS handshake, done by `by` (`handshake_timeout` after the client was known). Failures
+/// are counted and logged here.
 async fn handshake(
     shared: &Shared,
     snapshot: &Snapshot,
     stream: TcpStream,
     remote: SocketAddr,
+    by: tokio::time::Instant,
     source: &mut SourceSlot,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let _ = stream.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(snapshot.tls.clone());
-    let handshake = tokio::time::timeout(snapshot.handshake_timeout, acceptor.accept(stream));
+    let handshake = tokio::time::timeout_at(by, acceptor.accept(stream));
     let handshake = handshake.await;
     source.handshake_done();
     match handshake {
@@ -181,15 +328,8 @@ async fn handshake(
             shared.metrics.handshakes.inc();
             Some(tls)
         }
-        Ok(Err(e)) => {
-            handshake_failed(shared, remote, handshake_failure_reason(&e), &e);
-            None
-        }
-        Err(_) => {
-            let e = io::Error::new(io::ErrorKind::TimedOut, "handshake timed out");
-            handshake_failed(shared, remote, "timeout", &e);
-            None
-        }
+        Ok(Err(e)) => handshake_failed(shared, remote, handshake_failure_reason(&e), &e),
+        Err(_) => handshake_failed(shared, remote, "timeout", &timed_out()),
     }
 }
 
@@ -333,13 +473,20 @@ fn after_h1_answer(
     }
 }
 
-fn handshake_failed(shared: &Shared, remote: SocketAddr, reason: &'static str, e: &io::Error) {
+/// Counts and logs a failed handshake; `None`, for the connection that ends here.
+fn handshake_failed<T>(
+    shared: &Shared,
+    remote: SocketAddr,
+    reason: &'static str,
+    e: &io::Error,
+) -> Option<T> {
     shared
         .metrics
         .handshake_failures
         .get_or_create(&Reason { reason })
         .inc();
     tracing::info!(%remote, reason, error = %e, "TLS handshake refused");
+    None
 }
 
 /// Counts limits hyper enforces itself (header timeout, header size).
@@ -509,6 +656,26 @@ pub enum Refused {
     Connections,
     /// The source has `max_handshakes_per_source` handshakes in progress.
     Handshakes,
+    /// A load balancer's connection did not start with a PROXY header (see
+    /// [`HeaderError::Missing`]: usually the balancer is not set to send one).
+    HeaderMissing,
+    /// A load balancer's PROXY header was cut short, too long or malformed.
+    HeaderInvalid,
+    /// A load balancer's PROXY header was not whole within `proxy_protocol.timeout`.
+    HeaderTimeout,
+    /// A peer not listed in `proxy_protocol.from` sent a PROXY header: a client asserting an
+    /// address of its choice, or a balancer missing from the list.
+    HeaderUntrusted,
+}
+
+impl From<&HeaderError> for Refused {
+    fn from(e: &HeaderError) -> Self {
+        match e {
+            HeaderError::Missing => Refused::HeaderMissing,
+            HeaderError::Invalid(_) => Refused::HeaderInvalid,
+            HeaderError::TimedOut(_) => Refused::HeaderTimeout,
+        }
+    }
 }
 
 impl Refused {
@@ -517,6 +684,10 @@ impl Refused {
             Refused::Global => "max_connections",
             Refused::Connections => "max_connections_per_source",
             Refused::Handshakes => "max_handshakes_per_source",
+            Refused::HeaderMissing => "proxy_header_missing",
+            Refused::HeaderInvalid => "proxy_header_invalid",
+            Refused::HeaderTimeout => "proxy_header_timeout",
+            Refused::HeaderUntrusted => "proxy_header_untrusted",
         }
     }
 
@@ -525,6 +696,18 @@ impl Refused {
             Refused::Global => "connection refused: max_connections reached",
             Refused::Connections => "connection refused: max_connections_per_source reached",
             Refused::Handshakes => "connection refused: max_handshakes_per_source reached",
+            Refused::HeaderMissing => {
+                "connection refused: a load balancer sent no PROXY protocol header"
+            }
+            Refused::HeaderInvalid => {
+                "connection refused: invalid PROXY protocol header from a load balancer"
+            }
+            Refused::HeaderTimeout => {
+                "connection refused: PROXY protocol header not received in time"
+            }
+            Refused::HeaderUntrusted => {
+                "connection refused: PROXY protocol header from a peer not listed in proxy_protocol.from"
+            }
         }
     }
 }
@@ -610,6 +793,30 @@ impl Drop for SourceSlot {
 pub struct Slot {
     _global: OwnedSemaphorePermit,
     source: SourceSlot,
+}
+
+/// What the accept loop shares with its connections, which may be refused after accept (a
+/// load balancer's connection, once its PROXY header names the client): the per-source
+/// shares and the log of refusals.
+#[derive(Debug, Default)]
+struct Gate {
+    sources: Arc<Sources>,
+    refusals: RefusalLog,
+}
+
+impl Gate {
+    /// Counts (`vigil_connections_rejected_total{reason}`) and logs a refused connection;
+    /// `None`, for the connection that ends here.
+    fn refuse<T>(&self, shared: &Shared, remote: SocketAddr, refused: Refused) -> Option<T> {
+        let reason = refused.reason();
+        shared
+            .metrics
+            .connections_rejected
+            .get_or_create(&Reason { reason })
+            .inc();
+        self.refusals.note(remote, reason, refused.message());
+        None
+    }
 }
 
 /// Refusals come in floods: one `warn` line per reason every ten seconds, with the number

@@ -258,6 +258,7 @@ mod tests {
         assert!(route.paths().any(|p| p == "allow.*.max_check_in_age"));
         let server = Keys::of::<ServerSection>();
         assert!(server.at("").contains(&"max_target_bytes"), "{server:?}");
-        assert_eq!(server.paths().count(), server.at("").len());
+        assert_eq!(server.at("proxy_protocol"), ["from", "timeout"]);
+        assert_eq!(server.paths().count(), server.at("").len() + 2);
     }
 }

@@ -400,6 +400,7 @@ hsts_max_age = "365d"
 hsts_include_subdomains = false
 max_concurrent_streams = 128
 drain_timeout = "30s"
+proxy_protocol = { from = ["10.0.0.0/8"], timeout = "5s" }
 
 [tls]
 cert = "server.pem"
@@ -586,6 +587,20 @@ max_check_in_age = "1d"
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_misspelt_proxy_protocol_key_is_suggested() {
+        let text = "[server]\nproxy_protocol = { form = [\"10.0.0.0/8\"] }\n";
+        let (_raw, _loc, problems) = parse(text);
+        let p = problems
+            .iter()
+            .find(|p| p.message == "unknown key `server.proxy_protocol.form`");
+        assert_eq!(
+            p.and_then(|p| p.help.as_deref()),
+            Some("did you mean `from`?"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub struct Snapshot {
     /// The `Strict-Transport-Security` value for every answer downstream; `None` when
     /// `[server] hsts_max_age` is `"0s"`.
     pub hsts: Option<http::HeaderValue>,
+    /// Which peers are load balancers that send a PROXY protocol header, when
+    /// `[server] proxy_protocol` is set.
+    pub proxy_protocol: Option<crate::proxy_protocol::ProxyProtocol>,
     /// The HTTP/1.1 and HTTP/2 server settings, with the limits applied; a connection is
     /// served with the one its TLS handshake negotiated.
     pub http: HttpServer,
@@ -227,6 +230,7 @@ impl Compiler<'_> {
             max_body_bytes: server.max_body_bytes,
             max_target_bytes: server.max_target_bytes,
             hsts,
+            proxy_protocol: server.proxy_protocol,
             http: server.http,
             log,
             files: self.files(),

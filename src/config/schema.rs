@@ -77,6 +77,28 @@ pub struct ServerSection {
     /// On SIGTERM, in-flight requests get this long to finish before the process exits.
     #[serde(default = "ServerSection::default_drain_timeout")]
     pub drain_timeout: HumanDuration,
+    /// The PROXY protocol from L4 load balancers, so that the client's own address is the one
+    /// every rule, limit and log sees. Default: off (no key); remove the key to turn it off.
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocolSection>,
+}
+
+/// `[server] proxy_protocol`: connections from `from` must start with a PROXY header (v1 or
+/// v2), whose client address replaces theirs; from anywhere else, a header is refused and a
+/// connection without one is served as it comes.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProxyProtocolSection {
+    /// The load balancers' networks (CIDR, or a bare address). At least one.
+    pub from: Vec<String>,
+    /// Time a balancer has to send the whole header, from accept. Default 5s.
+    #[serde(default = "ProxyProtocolSection::default_timeout")]
+    pub timeout: HumanDuration,
+}
+
+impl ProxyProtocolSection {
+    fn default_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(5))
+    }
 }
 
 impl ServerSection {
@@ -149,6 +171,7 @@ impl Default for ServerSection {
             hsts_include_subdomains: false,
             max_concurrent_streams: Self::default_max_streams(),
             drain_timeout: Self::default_drain_timeout(),
+            proxy_protocol: None,
         }
     }
 }

@@ -2,7 +2,8 @@
 //! clients control.
 
 use super::compiler::Compiler;
-use super::schema::ServerSection;
+use super::schema::{ProxyProtocolSection, ServerSection};
+use crate::proxy_protocol::ProxyProtocol;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ pub(super) struct Server {
     pub body_read_timeout: Duration,
     pub max_body_bytes: Option<u64>,
     pub max_target_bytes: Option<usize>,
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 impl Compiler<'_> {
@@ -51,6 +53,10 @@ impl Compiler<'_> {
             ("server.idle_timeout", server.idle_timeout.0),
             ("server.body_read_timeout", server.body_read_timeout.0),
         ]);
+        let proxy_protocol = server
+            .proxy_protocol
+            .as_ref()
+            .map(|p| self.proxy_protocol(p));
         Some(Server {
             listen: listen?,
             http: http_server(server),
@@ -63,7 +69,24 @@ impl Compiler<'_> {
             body_read_timeout: server.body_read_timeout.0,
             max_body_bytes: (server.max_body_bytes > 0).then_some(server.max_body_bytes),
             max_target_bytes: (server.max_target_bytes > 0).then_some(server.max_target_bytes),
+            proxy_protocol,
         })
+    }
+
+    fn proxy_protocol(&mut self, p: &ProxyProtocolSection) -> ProxyProtocol {
+        if p.from.is_empty() {
+            self.problem_help(
+                "server.proxy_protocol.from",
+                "lists no load balancer",
+                "list the balancers' networks, like [\"10.0.0.0/8\"], or remove \
+                 `proxy_protocol` to turn it off",
+            );
+        }
+        self.longer_than_zero(&[("server.proxy_protocol.timeout", p.timeout.0)]);
+        ProxyProtocol {
+            from: self.networks("server.proxy_protocol.from", &p.from),
+            timeout: p.timeout.0,
+        }
     }
 }
 
