@@ -36,6 +36,7 @@
 //!   provider. [`revocation`]: revocations by session, user, device and logout.
 //! - [`posture`]: the device inventory, GeoIP, and the risk engine.
 //! - [`decision_log`]: one JSON line per decision, written off the request path.
+//! - [`log_format`]: diagnostics as flat JSON lines, span fields (`request_id`) included.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`tls`]: the rustls server configuration and key exchange groups, client-certificate
 //!   verification with CRLs (each verified against its CA when loaded), handshake failure
@@ -65,6 +66,7 @@ pub mod framing;
 pub mod hex;
 pub mod identity;
 pub mod live;
+pub mod log_format;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
@@ -232,7 +234,7 @@ async fn launch(
         ))
     });
     readiness.set(true);
-    tracing::info!(%addr, admin = ?admin, "vigil listening");
+    tracing::info!(%addr, admin = admin.map(tracing::field::display), "vigil listening");
     Ok(Running {
         addr,
         admin,

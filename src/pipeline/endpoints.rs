@@ -235,7 +235,7 @@ async fn callback(record: &mut Record<'_>, host: &str, req: &Request<Incoming>) 
             response
         }
         Err(e) => {
-            tracing::info!(request_id = ?record.request_id, error = %e, "sign-in failed");
+            tracing::info!(request_id = record.request_id.to_str().unwrap_or(""), error = %e, "sign-in failed");
             let status = e.status();
             let mut response = html(status, "Sign-in failed", &e.to_string(), record);
             response
@@ -474,7 +474,11 @@ async fn backchannel(record: &mut Record<'_>, req: Request<Incoming>) -> Respons
                 })
                 .inc();
             record.shared.live.recheck_now();
-            tracing::info!(sub = ?sub, sid = ?sid, "back-channel logout");
+            tracing::info!(
+                sub = sub.as_deref(),
+                sid = sid.as_deref(),
+                "back-channel logout"
+            );
             let mut response = json(StatusCode::OK, serde_json::json!({ "ok": true }), record);
             response
                 .headers_mut()

@@ -140,7 +140,7 @@ fn failed(
                 .inc();
         }
     }
-    tracing::warn!(request_id = ?cx.request_id, route = %route.name, error = %err, "forwarding failed");
+    tracing::warn!(request_id = cx.request_id.to_str().unwrap_or(""), route = %route.name, error = %err, "forwarding failed");
     let mut reasons = decision.reasons.clone();
     reasons.push(err.to_string());
     let response = refusal.response(cx.request_id, cx.html);

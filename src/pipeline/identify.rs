@@ -235,7 +235,7 @@ impl Context<'_> {
     ) -> Response<Body> {
         let reason = why.to_string();
         if *why != SessionRefusal::Absent {
-            tracing::info!(request_id = ?self.request_id, reason = %reason, "session refused");
+            tracing::info!(request_id = self.request_id.to_str().unwrap_or(""), reason = %reason, "session refused");
         }
         if self.snapshot.oidc.is_none() || self.snapshot.sessions.is_none() {
             return self.refuse(
