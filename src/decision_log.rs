@@ -196,7 +196,35 @@ impl DecisionLog {
     }
 }
 
+/// `elapsed` in milliseconds, rounded to the microsecond, as `latency_ms` is written:
+/// `4.351`, never `4.3508260000000005`. The division is exact to the nearest double, so the
+/// shortest decimal that reads back as it has at most three decimals.
+pub fn millis(elapsed: Duration) -> f64 {
+    let micros = elapsed.as_nanos().saturating_add(500) / 1000;
+    micros as f64 / 1000.0
+}
+
 /// Now, as RFC 3339 with milliseconds, UTC.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_is_rounded_to_the_microsecond() {
+        for (nanos, text) in [
+            (4_350_826, "4.351"),
+            (4_350_499, "4.35"),
+            (1_000_000, "1.0"),
+            (0, "0.0"),
+            (98_026, "0.098"),
+            (13_712_388_000, "13712.388"),
+        ] {
+            let ms = millis(Duration::from_nanos(nanos));
+            assert_eq!(serde_json::to_string(&ms).unwrap(), text, "{nanos} ns");
+        }
+    }
 }

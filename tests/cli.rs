@@ -729,6 +729,15 @@ async fn json_diagnostics_are_flat_and_carry_the_request_id() -> Result<()> {
     assert!(failed["conn"].is_u64(), "{failed}");
     assert_eq!(failed["level"], "WARN");
     assert_eq!(failed["target"], "vigil::pipeline::forward");
+    // Its decision line: the latency in milliseconds to the microsecond, no float noise.
+    let decisions = support::decisions(&pki.path("decisions.log"));
+    let line = decisions
+        .iter()
+        .find(|d| d["request_id"] == request_id.as_str())
+        .ok_or_else(|| anyhow::anyhow!("no decision line for {request_id}"))?;
+    let latency = line["latency_ms"].to_string();
+    let decimals = latency.split_once('.').map_or(0, |(_, d)| d.len());
+    assert!(decimals <= 3, "latency_ms {latency} in {line}");
     Ok(())
 }
 

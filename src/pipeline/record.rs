@@ -85,7 +85,7 @@ impl Context<'_> {
                 "enforce"
             },
             status: status.as_u16(),
-            latency_ms: latency.as_secs_f64() * 1000.0,
+            latency_ms: decision_log::millis(latency),
         });
         let label = match &self.route {
             Some(r) => RouteLabel(r.label.clone()),
