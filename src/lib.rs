@@ -36,6 +36,8 @@
 //!   provider. [`revocation`]: revocations by session, user, device and logout.
 //! - [`posture`]: the device inventory, GeoIP, and the risk engine.
 //! - [`decision_log`]: one JSON line per decision, written off the request path.
+//! - [`reason`]: why a request was answered as it was: a stable code and a text, made
+//!   together where the decision or the refusal is made.
 //! - [`log_format`]: diagnostics as flat JSON lines, span fields (`request_id`) included.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`tls`]: the rustls server configuration and key exchange groups, client-certificate
@@ -71,6 +73,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod posture;
+pub mod reason;
 pub mod reload;
 pub mod revocation;
 pub mod routing;

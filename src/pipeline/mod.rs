@@ -112,5 +112,8 @@ async fn handle_in_span(
         Err(answer) => return *answer,
     };
     let target = target.detach();
-    forward::forward(&cx, &route, req, target, identified, &assessed, &decision).await
+    forward::forward(
+        &mut cx, &route, req, target, identified, &assessed, &decision,
+    )
+    .await
 }
