@@ -106,7 +106,8 @@ struct Queue {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// Handle for writing decision lines; cheap to clone.
+/// Handle for writing decision lines (and the admin actions that share their destination);
+/// cheap to clone.
 #[derive(Clone)]
 pub struct DecisionLog {
     queue: Option<Arc<Queue>>,
@@ -178,7 +179,8 @@ impl DecisionLog {
         })
     }
 
-    pub fn record(&self, entry: &Entry<'_>) {
+    /// Queues one line: an [`Entry`], or another kind of line bound for the same destination.
+    pub fn record<T: Serialize>(&self, entry: &T) {
         let Some(queue) = &self.queue else { return };
         let mut line = match serde_json::to_vec(entry) {
             Ok(line) => line,

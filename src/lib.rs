@@ -111,13 +111,21 @@ impl Running {
         self.readiness.set(false);
         self.shutdown.cancel();
         let _ = self.proxy.await;
-        let decisions = self.shared.decisions.clone();
-        let _ = tokio::task::spawn_blocking(move || decisions.close()).await;
         // The admin listener outlives the drain, so probes see "not ready" meanwhile.
         self.admin_stop.cancel();
         if let Some(admin) = self.admin_task {
             let _ = admin.await;
         }
+        // Last, so that what the drain and the admin listener logged is written too.
+        let (decisions, actions) = (
+            self.shared.decisions.clone(),
+            self.shared.admin_actions.clone(),
+        );
+        let _ = tokio::task::spawn_blocking(move || {
+            decisions.close();
+            actions.close();
+        })
+        .await;
     }
 
     /// A token that stops this proxy when cancelled.
@@ -180,14 +188,18 @@ async fn launch(
     // Some dependencies build TLS configs from the process default; make it ours.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let metrics = metrics::Metrics::new();
-    let target = decision_log::Target::parse(&snapshot.log.decisions);
-    let decisions =
-        decision_log::DecisionLog::open(&target, metrics.clone()).map_err(|source| {
-            StartError::DecisionLog {
-                target: snapshot.log.decisions.clone(),
+    let open = |target: &str| {
+        decision_log::DecisionLog::open(&decision_log::Target::parse(target), metrics.clone())
+            .map_err(|source| StartError::DecisionLog {
+                target: target.to_owned(),
                 source,
-            }
-        })?;
+            })
+    };
+    let decisions = open(&snapshot.log.decisions)?;
+    let admin_actions = match snapshot.log.admin_actions.as_str() {
+        "decisions" => decisions.clone(),
+        other => open(other)?,
+    };
     let listener = TcpListener::bind(snapshot.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -214,7 +226,7 @@ async fn launch(
     if let Some(inventory) = &snapshot.devices {
         inventory.start(metrics.clone());
     }
-    let shared = Shared::new(snapshot, metrics, decisions);
+    let shared = Shared::new(snapshot, metrics, decisions, admin_actions);
     let readiness = Arc::new(admin::Readiness::default());
     let shutdown = CancellationToken::new();
     let admin_stop = CancellationToken::new();

@@ -242,6 +242,7 @@ struct Bound {
     admin: Option<std::net::SocketAddr>,
     max_connections: usize,
     decisions: String,
+    admin_actions: String,
     format: String,
     level: String,
 }
@@ -253,6 +254,7 @@ impl Bound {
             admin: s.admin,
             max_connections: s.max_connections,
             decisions: s.log.decisions.clone(),
+            admin_actions: s.log.admin_actions.clone(),
             format: s.log.format.clone(),
             level: s.log.level.clone(),
         }
@@ -277,6 +279,12 @@ impl Bound {
             changed.push(format!(
                 "log.decisions {:?} -> {:?}",
                 self.decisions, new.decisions
+            ));
+        }
+        if self.admin_actions != new.admin_actions {
+            changed.push(format!(
+                "log.admin_actions {:?} -> {:?}",
+                self.admin_actions, new.admin_actions
             ));
         }
         if self.format != new.format || self.level != new.level {
