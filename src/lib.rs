@@ -21,7 +21,8 @@
 //! - [`explain`]: `vigil policy explain`: the decision on a facts document, without a server.
 //! - [`reload`]: the configuration and every file it names, reloaded and swapped whole.
 //! - [`admin`]: Prometheus metrics, health and readiness, revocation; the admin listener's
-//!   gate (own Host, own origin, JSON bodies, tokens) and its own limits.
+//!   gate (own Host, own origin, JSON bodies, tokens), its own limits, and the audit trail of
+//!   the actions ordered there.
 //! - [`state`]: what every connection shares: the snapshot in force and the run-time state
 //!   beside it. [`connection`]: one connection after its handshake, the registry of open
 //!   ones, and the streams open on each.
