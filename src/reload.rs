@@ -267,7 +267,13 @@ impl Bound {
             changed.push(format!("server.listen {} -> {}", self.listen, new.listen));
         }
         if self.admin != new.admin {
-            changed.push(format!("admin.listen {:?} -> {:?}", self.admin, new.admin));
+            let listen =
+                |a: Option<std::net::SocketAddr>| a.map_or("off".into(), |a| a.to_string());
+            changed.push(format!(
+                "admin.listen {} -> {}",
+                listen(self.admin),
+                listen(new.admin)
+            ));
         }
         if self.max_connections != new.max_connections {
             changed.push(format!(
