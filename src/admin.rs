@@ -1,6 +1,7 @@
 //! The operator's listener: health, readiness, metrics, reloads and revocations, over plain
 //! HTTP on loopback or TLS with client certificates. Every request passes [`gate`] first.
 
+pub mod actions;
 pub mod gate;
 pub mod limits;
 
@@ -385,11 +386,14 @@ async fn route(
                 Ok(body) => body,
                 Err(refused) => return body_refused(&refused, body_timeout),
             };
-            if revoking {
-                revoke(shared, conn, caller, body)
+            let response = if revoking {
+                revoke(shared, conn, caller, body.clone())
             } else {
-                restore(shared, conn, caller, body)
-            }
+                restore(shared, conn, caller, body.clone())
+            };
+            let done = (body.as_ref(), response.status());
+            actions::revocation(shared, conn, caller, revoking, done);
+            response
         }
         (&Method::GET | &Method::HEAD, "/revocations") => json(
             StatusCode::OK,
@@ -448,10 +452,11 @@ async fn reload(state: &State, conn: &gate::Conn, caller: &gate::Caller) -> Resp
             serde_json::json!({ "ok": false, "errors": ["this process was not started from a configuration file"] }),
         );
     };
-    match reloader
+    let result = reloader
         .reload(&format!("POST /reload by {caller} from {}", conn.remote))
-        .await
-    {
+        .await;
+    actions::reload(&state.shared, conn, caller, &result);
+    match result {
         Ok(done) => json(
             StatusCode::OK,
             serde_json::json!({ "ok": true, "generation": done.generation, "restart_required": done.restart_required }),

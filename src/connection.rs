@@ -71,6 +71,8 @@ pub struct Connection {
     pub peer_fingerprint: HeaderValue,
     /// The TLS server name the client asked for, lower-case.
     pub sni: Option<String>,
+    /// The TLS version negotiated, as [`tls_version`] names it (the decision log's `tls`).
+    pub tls_version: Option<&'static str>,
     pub activity: Activity,
     pub idle_timeout: Duration,
     /// Cancelled to close the connection gracefully (drain), and any tunnel opened on it.
@@ -94,6 +96,18 @@ pub struct Connection {
     pub h1_requests: AtomicU64,
     /// The connection slot it holds (in all and for its source), released when dropped.
     pub(crate) _permit: Box<dyn Send + Sync>,
+}
+
+/// A TLS version as logs name it: `TLSv1.3`, `TLSv1.2`; `None` before a handshake ends.
+pub fn tls_version(version: Option<rustls::ProtocolVersion>) -> Option<&'static str> {
+    use rustls::ProtocolVersion;
+    Some(match version? {
+        ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        ProtocolVersion::TLSv1_1 => "TLSv1.1",
+        ProtocolVersion::TLSv1_0 => "TLSv1.0",
+        _ => "other",
+    })
 }
 
 impl Connection {

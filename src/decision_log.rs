@@ -8,6 +8,7 @@
 //! `vigil_decision_log_dropped_total` rather than stalling traffic.
 
 use crate::metrics::Metrics;
+use crate::reason::Reason;
 use serde::Serialize;
 use std::io::Write;
 use std::net::IpAddr;
@@ -42,16 +43,28 @@ impl Target {
     }
 }
 
+/// The version of the lines' shape, written as `v`. It changes only if a field changes
+/// meaning or is removed; adding fields keeps it.
+pub const SCHEMA: u32 = 1;
+
 /// One decision, as logged. Field names are part of the operator contract (docs/decision-log.md).
 #[derive(Debug, Serialize)]
 pub struct Entry<'a> {
+    /// [`SCHEMA`].
+    pub v: u32,
+    /// `decision`: what sets these lines apart from others in the same log (audit events).
+    pub kind: &'static str,
     pub time: String,
     pub request_id: &'a str,
     pub route: Option<&'a str>,
     pub host: &'a str,
     pub method: &'a str,
     pub path: &'a str,
+    /// The `User-Agent` header, at most [`MAX_USER_AGENT`] bytes; `null` when absent.
+    pub user_agent: Option<&'a str>,
     pub client: IpAddr,
+    /// The TLS version of the connection, `TLSv1.3` or `TLSv1.2`.
+    pub tls: Option<&'a str>,
     /// SHA-256 fingerprint of the client certificate.
     pub device: &'a str,
     pub subject: &'a str,
@@ -59,7 +72,11 @@ pub struct Entry<'a> {
     pub user: Option<&'a str>,
     pub groups: &'a [String],
     pub decision: &'a str,
-    pub reasons: &'a [String],
+    /// Why, for people: texts that may be reworded between releases.
+    pub reasons: &'a [Reason],
+    /// The stable code of each reason, in the same order (docs/decision-log.md lists them).
+    #[serde(serialize_with = "crate::reason::codes")]
+    pub codes: &'a [Reason],
     /// Who probably caused a refusal or an error: `client`, `policy`, `upstream` or `internal`;
     /// absent on an answer that is neither.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,6 +86,9 @@ pub struct Entry<'a> {
     /// Risk level, score and the signals behind it, when `[risk]` is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub risk: Option<&'a crate::posture::Assessment>,
+    /// The route's upstream (`host:port`), when the request was sent there; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<&'a str>,
     pub status: u16,
     pub latency_ms: f64,
 }
@@ -86,7 +106,8 @@ struct Queue {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// Handle for writing decision lines; cheap to clone.
+/// Handle for writing decision lines (and the admin actions that share their destination);
+/// cheap to clone.
 #[derive(Clone)]
 pub struct DecisionLog {
     queue: Option<Arc<Queue>>,
@@ -158,7 +179,8 @@ impl DecisionLog {
         })
     }
 
-    pub fn record(&self, entry: &Entry<'_>) {
+    /// Queues one line: an [`Entry`], or another kind of line bound for the same destination.
+    pub fn record<T: Serialize>(&self, entry: &T) {
         let Some(queue) = &self.queue else { return };
         let mut line = match serde_json::to_vec(entry) {
             Ok(line) => line,
@@ -196,7 +218,143 @@ impl DecisionLog {
     }
 }
 
+/// Longest `user_agent` written, in bytes; a longer one is cut and ends in `…`.
+pub const MAX_USER_AGENT: usize = 256;
+
+/// `text`, cut to at most `max` bytes (on a character boundary) and marked with `…` when cut:
+/// what a line holds of what a client sent, so a long header cannot make long lines.
+pub fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// `elapsed` in milliseconds, rounded to the microsecond, as `latency_ms` is written:
+/// `4.351`, never `4.3508260000000005`. The division is exact to the nearest double, so the
+/// shortest decimal that reads back as it has at most three decimals.
+pub fn millis(elapsed: Duration) -> f64 {
+    let micros = elapsed.as_nanos().saturating_add(500) / 1000;
+    micros as f64 / 1000.0
+}
+
 /// Now, as RFC 3339 with milliseconds, UTC.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reason::Code;
+
+    /// A decision line read back, to write it again as [`Entry`].
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        v: u32,
+        kind: String,
+        time: String,
+        request_id: String,
+        route: Option<String>,
+        host: String,
+        method: String,
+        path: String,
+        user_agent: Option<String>,
+        client: IpAddr,
+        tls: Option<String>,
+        device: String,
+        subject: String,
+        workload: Option<String>,
+        user: Option<String>,
+        groups: Vec<String>,
+        decision: String,
+        reasons: Vec<String>,
+        codes: Vec<String>,
+        fault: Option<String>,
+        mode: String,
+        risk: Option<crate::posture::Assessment>,
+        upstream: Option<String>,
+        status: u16,
+        latency_ms: f64,
+    }
+
+    /// Every example line in docs/decision-log.md is exactly what [`Entry`] writes: the same
+    /// fields, in the same order, with codes that exist.
+    #[test]
+    fn the_documented_examples_are_lines_vigil_writes() {
+        let docs = include_str!("../docs/decision-log.md");
+        let examples: Vec<&str> = docs
+            .lines()
+            .filter(|l| l.starts_with("{\"v\":1,\"kind\":\"decision\""))
+            .collect();
+        assert!(examples.len() >= 10, "{} examples", examples.len());
+        for text in examples {
+            let line: Line = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+            assert_eq!(line.reasons.len(), line.codes.len(), "{text}");
+            let reasons: Vec<Reason> = line
+                .reasons
+                .iter()
+                .zip(&line.codes)
+                .map(|(text, code)| {
+                    let code = Code::ALL
+                        .iter()
+                        .find(|c| c.as_str() == code)
+                        .unwrap_or_else(|| panic!("no code {code}"));
+                    Reason::new(*code, text.as_str())
+                })
+                .collect();
+            let entry = Entry {
+                v: line.v,
+                kind: if line.kind == "decision" {
+                    "decision"
+                } else {
+                    "?"
+                },
+                time: line.time.clone(),
+                request_id: &line.request_id,
+                route: line.route.as_deref(),
+                host: &line.host,
+                method: &line.method,
+                path: &line.path,
+                user_agent: line.user_agent.as_deref(),
+                client: line.client,
+                tls: line.tls.as_deref(),
+                device: &line.device,
+                subject: &line.subject,
+                workload: line.workload.as_deref(),
+                user: line.user.as_deref(),
+                groups: &line.groups,
+                decision: &line.decision,
+                reasons: &reasons,
+                codes: &reasons,
+                fault: line.fault.as_deref(),
+                mode: &line.mode,
+                risk: line.risk.as_ref(),
+                upstream: line.upstream.as_deref(),
+                status: line.status,
+                latency_ms: line.latency_ms,
+            };
+            assert_eq!(serde_json::to_string(&entry).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn latency_is_rounded_to_the_microsecond() {
+        for (nanos, text) in [
+            (4_350_826, "4.351"),
+            (4_350_499, "4.35"),
+            (1_000_000, "1.0"),
+            (0, "0.0"),
+            (98_026, "0.098"),
+            (13_712_388_000, "13712.388"),
+        ] {
+            let ms = millis(Duration::from_nanos(nanos));
+            assert_eq!(serde_json::to_string(&ms).unwrap(), text, "{nanos} ns");
+        }
+    }
 }

@@ -166,6 +166,7 @@ pub fn explain(snapshot: &Snapshot, mut doc: Document, now: i64) -> Explained {
         "risk_action": decision.risk_action,
         "mode": if snapshot.policy.audit { "audit" } else { "enforce" },
         "reasons": decision.reasons,
+        "codes": decision.reasons.iter().map(|r| r.code).collect::<Vec<_>>(),
         "risk": facts.risk,
         "note": (!notes.is_empty()).then(|| notes.join("; ")),
         "certificate": {

@@ -24,7 +24,8 @@
 //! - [`explain`]: `vigil policy explain`: the decision on a facts document, without a server.
 //! - [`reload`]: the configuration and every file it names, reloaded and swapped whole.
 //! - [`admin`]: Prometheus metrics, health and readiness, revocation; the admin listener's
-//!   gate (own Host, own origin, JSON bodies, tokens) and its own limits.
+//!   gate (own Host, own origin, JSON bodies, tokens), its own limits, and the audit trail of
+//!   the actions ordered there.
 //! - [`state`]: what every connection shares: the snapshot in force and the run-time state
 //!   beside it. [`connection`]: one connection after its handshake, the registry of open
 //!   ones, and the streams open on each.
@@ -39,6 +40,9 @@
 //!   provider. [`revocation`]: revocations by session, user, device and logout.
 //! - [`posture`]: the device inventory, GeoIP, and the risk engine.
 //! - [`decision_log`]: one JSON line per decision, written off the request path.
+//! - [`reason`]: why a request was answered as it was: a stable code and a text, made
+//!   together where the decision or the refusal is made.
+//! - [`log_format`]: diagnostics as flat JSON lines, span fields (`request_id`) included.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`tls`]: the rustls server configuration and key exchange groups, client-certificate
 //!   verification with CRLs (each verified against its CA when loaded), handshake failure
@@ -68,11 +72,13 @@ pub mod framing;
 pub mod hex;
 pub mod identity;
 pub mod live;
+pub mod log_format;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod posture;
 pub mod proxy_protocol;
+pub mod reason;
 pub mod reload;
 pub mod revocation;
 pub mod routing;
@@ -110,13 +116,21 @@ impl Running {
         self.readiness.set(false);
         self.shutdown.cancel();
         let _ = self.proxy.await;
-        let decisions = self.shared.decisions.clone();
-        let _ = tokio::task::spawn_blocking(move || decisions.close()).await;
         // The admin listener outlives the drain, so probes see "not ready" meanwhile.
         self.admin_stop.cancel();
         if let Some(admin) = self.admin_task {
             let _ = admin.await;
         }
+        // Last, so that what the drain and the admin listener logged is written too.
+        let (decisions, actions) = (
+            self.shared.decisions.clone(),
+            self.shared.admin_actions.clone(),
+        );
+        let _ = tokio::task::spawn_blocking(move || {
+            decisions.close();
+            actions.close();
+        })
+        .await;
     }
 
     /// A token that stops this proxy when cancelled.
@@ -179,14 +193,18 @@ async fn launch(
     // Some dependencies build TLS configs from the process default; make it ours.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let metrics = metrics::Metrics::new();
-    let target = decision_log::Target::parse(&snapshot.log.decisions);
-    let decisions =
-        decision_log::DecisionLog::open(&target, metrics.clone()).map_err(|source| {
-            StartError::DecisionLog {
-                target: snapshot.log.decisions.clone(),
+    let open = |target: &str| {
+        decision_log::DecisionLog::open(&decision_log::Target::parse(target), metrics.clone())
+            .map_err(|source| StartError::DecisionLog {
+                target: target.to_owned(),
                 source,
-            }
-        })?;
+            })
+    };
+    let decisions = open(&snapshot.log.decisions)?;
+    let admin_actions = match snapshot.log.admin_actions.as_str() {
+        "decisions" => decisions.clone(),
+        other => open(other)?,
+    };
     let listener = TcpListener::bind(snapshot.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -213,7 +231,7 @@ async fn launch(
     if let Some(inventory) = &snapshot.devices {
         inventory.start(metrics.clone());
     }
-    let shared = Shared::new(snapshot, metrics, decisions);
+    let shared = Shared::new(snapshot, metrics, decisions, admin_actions);
     let readiness = Arc::new(admin::Readiness::default());
     let shutdown = CancellationToken::new();
     let admin_stop = CancellationToken::new();
@@ -236,7 +254,7 @@ async fn launch(
         ))
     });
     readiness.set(true);
-    tracing::info!(%addr, admin = ?admin, "vigil listening");
+    tracing::info!(%addr, admin = admin.map(tracing::field::display), "vigil listening");
     Ok(Running {
         addr,
         admin,

@@ -170,7 +170,7 @@ fn verdict(
     if let Some(token) = &origin.bearer
         && let Some(why) = identify::bearer_standing(shared, token, now)
     {
-        return Some(if why == "token expired" {
+        return Some(if why.code == crate::reason::Code::BearerTokenExpired {
             "token_expired"
         } else {
             "token_revoked"
@@ -179,7 +179,7 @@ fn verdict(
     let decision = redecide(shared, snapshot, conn, origin, session.as_ref(), now)?;
     match decision.outcome {
         Outcome::Allow | Outcome::Audit => None,
-        _ if decision.reasons.first().map(String::as_str) == Some(crate::policy::NO_ROUTE) => {
+        _ if decision.reasons.first().map(|r| r.code) == Some(crate::reason::Code::NoRoute) => {
             Some("route_removed")
         }
         _ if decision.risk_action.is_some() => Some("risk"),

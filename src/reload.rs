@@ -242,6 +242,7 @@ struct Bound {
     admin: Option<std::net::SocketAddr>,
     max_connections: usize,
     decisions: String,
+    admin_actions: String,
     format: String,
     level: String,
 }
@@ -253,6 +254,7 @@ impl Bound {
             admin: s.admin,
             max_connections: s.max_connections,
             decisions: s.log.decisions.clone(),
+            admin_actions: s.log.admin_actions.clone(),
             format: s.log.format.clone(),
             level: s.log.level.clone(),
         }
@@ -265,7 +267,13 @@ impl Bound {
             changed.push(format!("server.listen {} -> {}", self.listen, new.listen));
         }
         if self.admin != new.admin {
-            changed.push(format!("admin.listen {:?} -> {:?}", self.admin, new.admin));
+            let listen =
+                |a: Option<std::net::SocketAddr>| a.map_or("off".into(), |a| a.to_string());
+            changed.push(format!(
+                "admin.listen {} -> {}",
+                listen(self.admin),
+                listen(new.admin)
+            ));
         }
         if self.max_connections != new.max_connections {
             changed.push(format!(
@@ -277,6 +285,12 @@ impl Bound {
             changed.push(format!(
                 "log.decisions {:?} -> {:?}",
                 self.decisions, new.decisions
+            ));
+        }
+        if self.admin_actions != new.admin_actions {
+            changed.push(format!(
+                "log.admin_actions {:?} -> {:?}",
+                self.admin_actions, new.admin_actions
             ));
         }
         if self.format != new.format || self.level != new.level {

@@ -393,6 +393,7 @@ fn open(
             .unwrap_or_else(|_| HeaderValue::from_static("")),
         peer,
         sni,
+        tls_version: crate::connection::tls_version(session.protocol_version()),
         activity: Activity::new(),
         idle_timeout: snapshot.idle_timeout,
         closing,

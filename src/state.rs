@@ -16,6 +16,9 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
     pub decisions: DecisionLog,
+    /// Where admin actions are written: the decision log itself unless `[log] admin_actions`
+    /// names another destination.
+    pub admin_actions: DecisionLog,
     /// Random per process, prefixes request ids.
     pub instance_id: String,
     pub no_route_label: Arc<str>,
@@ -31,7 +34,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, decisions: DecisionLog) -> Arc<Self> {
+    pub fn new(
+        snapshot: Snapshot,
+        metrics: Arc<Metrics>,
+        decisions: DecisionLog,
+        admin_actions: DecisionLog,
+    ) -> Arc<Self> {
         let mut random = [0u8; 6];
         let _ = aws_lc_rs::rand::fill(&mut random);
         metrics.config_generation.set(snapshot.generation as i64);
@@ -39,6 +47,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             decisions,
+            admin_actions,
             instance_id: crate::hex::encode(&random),
             no_route_label: Arc::from("(none)"),
             reverifier: Default::default(),

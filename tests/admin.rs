@@ -295,6 +295,16 @@ async fn admin_listener_can_require_allowed_client_certificates() -> Result<()> 
     assert_eq!(ask(web).await?.status, 403);
     let anonymous = client_config(None, pki.ca.cert_pem(), &[])?;
     assert!(ask(anonymous).await.is_err());
+    running.shutdown().await;
+    // The one revocation that passed the gate names the operator's certificate.
+    let actions = admin_actions(&pki.path("d.log"));
+    assert_eq!(actions.len(), 1, "{actions:#?}");
+    let ops = "spiffe://example.org/ns/ops/sa/oncall";
+    assert_eq!(actions[0]["action"], "revoke");
+    assert_eq!(actions[0]["actor"], ops);
+    assert_eq!(actions[0]["via"], "certificate");
+    assert_eq!(actions[0]["certificate"], ops);
+    assert_eq!(actions[0]["outcome"], "ok");
     Ok(())
 }
 
@@ -324,6 +334,14 @@ fn host(running: &vigil::Running) -> Result<String> {
 }
 
 const JSON: &str = "Content-Type: application/json\r\n";
+
+/// The admin actions written to the decision log at `path`.
+fn admin_actions(path: &std::path::Path) -> Vec<serde_json::Value> {
+    decisions(path)
+        .into_iter()
+        .filter(|l| l["kind"] == "admin_action")
+        .collect()
+}
 
 async fn revoked_users(running: &vigil::Running) -> Result<serde_json::Value> {
     Ok(admin(running, "GET", "/revocations").await?.json()["users"].clone())
@@ -450,6 +468,15 @@ async fn admin_refuses_foreign_hosts_other_origins_and_simple_requests() -> Resu
         assert!(text.contains(series), "missing {series} in\n{text}");
     }
     running.shutdown().await;
+    // Without tokens on a loopback listener, the actor is loopback.
+    let actions = admin_actions(&pki.path("d.log"));
+    assert_eq!(actions.len(), 5, "{actions:#?}");
+    assert!(
+        actions
+            .iter()
+            .all(|a| a["actor"] == "loopback" && a["via"] == "loopback" && a["outcome"] == "ok"),
+        "{actions:#?}"
+    );
     Ok(())
 }
 
@@ -549,6 +576,49 @@ async fn admin_token_guards_calls_that_change_something() -> Result<()> {
     let r = admin_raw(&running, "POST", "/revoke", &format!("{own}{JSON}"), body).await?;
     assert_eq!(r.status, 401, "{r:?}");
     running.shutdown().await;
+
+    // Each action that passed the gate is in the audit trail, in order, with the name of the
+    // token that ordered it and how it ended; the calls the gate refused are not.
+    let actions = admin_actions(&pki.path("d.log"));
+    let summary: Vec<_> = actions
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap_or_default(),
+                a["actor"].as_str().unwrap_or_default(),
+                a["outcome"].as_str().unwrap_or_default(),
+                a["status"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("revoke", "ops", "ok", 200),
+            ("reload", "ci", "ok", 200),
+            ("restore", "ci", "refused", 404),
+            ("reload", "ci", "refused", 422),
+        ],
+        "{actions:#?}"
+    );
+    for a in &actions {
+        assert_eq!(a["v"], 1, "{a}");
+        assert_eq!(a["via"], "token", "{a}");
+        assert_eq!(a["client"], "127.0.0.1", "{a}");
+        assert!(a["certificate"].is_null(), "{a}");
+        assert!(a["time"].is_string(), "{a}");
+    }
+    assert_eq!(actions[0]["target"], serde_json::json!({ "user": "alice" }));
+    assert_eq!(actions[1]["generation"], 2);
+    assert_eq!(actions[2]["target"], serde_json::json!({ "device": "00" }));
+    assert_eq!(actions[3]["generation"], 2);
+    assert!(
+        actions[3]["errors"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty()),
+        "{}",
+        actions[3]
+    );
     Ok(())
 }
 
@@ -581,6 +651,36 @@ async fn admin_names_are_accepted_as_hosts() -> Result<()> {
     .await?;
     assert_eq!(r.status, 200, "{r:?}");
     running.shutdown().await;
+    Ok(())
+}
+
+/// `[log] admin_actions` sends the audit trail to its own destination (a path relative to the
+/// configuration's directory), out of the decision log.
+#[tokio::test]
+async fn admin_actions_can_have_their_own_destination() -> Result<()> {
+    let pki = Pki::new()?;
+    let text = format!(
+        "{}[[route]]\nname = \"r\"\nhost = \"*\"\nupstream = \"http://127.0.0.1:9\"\nlogin = \"none\"\nallow = [{{ spiffe = [\"spiffe://example.org/**\"] }}]\n",
+        base_config("", &pki.path("d.log"))
+            .replace("[log]\n", "[log]\nadmin_actions = \"actions.log\"\n")
+    );
+    let path = pki.path("vigil.toml");
+    std::fs::write(&path, text)?;
+    let running = vigil::start_file(&path).await?;
+    let own = host(&running)?;
+    let r = admin_raw(&running, "POST", "/reload", &format!("{own}{JSON}"), "").await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    running.shutdown().await;
+    assert!(admin_actions(&pki.path("d.log")).is_empty());
+    let actions = admin_actions(&pki.path("actions.log"));
+    assert_eq!(actions.len(), 1, "{actions:#?}");
+    assert_eq!(actions[0]["action"], "reload");
+    assert_eq!(actions[0]["generation"], 2);
+    assert!(
+        actions[0].get("restart_required").is_none(),
+        "{}",
+        actions[0]
+    );
     Ok(())
 }
 

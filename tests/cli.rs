@@ -1,4 +1,7 @@
-//! The `vigil` binary: `check` on broken configurations, `certs`, and `run` with SIGTERM.
+//! The `vigil` binary: `check` on broken configurations, `certs`, `run` with SIGTERM, and the
+//! diagnostics `run` writes on standard error.
+
+mod support;
 
 use anyhow::Result;
 use std::path::Path;
@@ -592,5 +595,168 @@ fn policy_explain_prints_the_decision_and_its_reasons() -> Result<()> {
         "GET",
     )?;
     assert_eq!(tricky["status"], 404, "{tricky}");
+    Ok(())
+}
+
+/// `vigil run` on `config` (in `dir`), until `until` returns true for the standard error
+/// lines written so far (or 20 seconds pass); then SIGTERM. Returns every line it wrote on
+/// standard error.
+fn run_until(
+    dir: &Path,
+    config: &str,
+    env: &[(&str, &str)],
+    mut until: impl FnMut(&[String]) -> bool,
+) -> Result<Vec<String>> {
+    use std::io::BufRead;
+    let path = dir.join("vigil.toml");
+    std::fs::write(&path, config)?;
+    let mut child = vigil()
+        .args(["run", "--config"])
+        .arg(&path)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().expect("piped");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(mut l) = lines.lock() {
+                    l.push(line);
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let seen = lines.lock().map(|l| l.clone()).unwrap_or_default();
+        if until(&seen) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    let exit = child.wait()?;
+    let _ = reader.join();
+    anyhow::ensure!(exit.success(), "{exit:?}");
+    let lines = lines.lock().map(|l| l.clone()).unwrap_or_default();
+    Ok(lines)
+}
+
+/// A configuration for `run_until`: one route to `upstream` for the test PKI's workloads,
+/// the admin listener on, decisions to `decisions.log`, and `log` added to `[log]`.
+fn logging_config(pki: &support::Pki, upstream: std::net::SocketAddr, log: &str) -> String {
+    format!(
+        "{}{log}\n[[route]]\nname = \"dead\"\nhost = \"*\"\nupstream = \"http://{upstream}\"\nlogin = \"none\"\nallow = [{{ spiffe = [\"spiffe://example.org/**\"] }}]\n",
+        support::base_config("", &pki.path("decisions.log"))
+    )
+}
+
+/// With `[log] format = "json"` every diagnostic is one flat JSON object: the event's fields
+/// beside `message`, not under `fields`; the request's span fields (`request_id`, `conn`) at
+/// the top level too; strings and addresses as plain strings, an absent option left out
+/// rather than written as `Some(..)`.
+#[tokio::test]
+async fn json_diagnostics_are_flat_and_carry_the_request_id() -> Result<()> {
+    let pki = support::Pki::new()?;
+    let dead = support::dead_address().await?;
+    let config = logging_config(&pki, dead, "format = \"json\"");
+    let web = support::client_config(
+        Some(&pki.workload(support::SPIFFE_WEB)?),
+        pki.ca.cert_pem(),
+        &[],
+    )?;
+    let dir = pki.dir.path().to_path_buf();
+    let (asked, answered) = std::sync::mpsc::channel();
+    let runtime = tokio::runtime::Handle::current();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut sent = false;
+        run_until(&dir, &config, &[], |lines| {
+            let listening = lines.iter().find_map(|l| {
+                let line: serde_json::Value = serde_json::from_str(l).ok()?;
+                (line["message"] == "vigil listening")
+                    .then(|| line["addr"].as_str()?.parse().ok())?
+            });
+            if let (Some(addr), false) = (listening, sent) {
+                sent = true;
+                let reply = runtime.block_on(support::get(addr, web.clone(), "/x", ""));
+                let _ = asked.send(reply.map(|r| (r.status, r.header("x-request-id"))));
+            }
+            lines.iter().any(|l| l.contains("forwarding failed"))
+        })
+    })
+    .await??;
+    let (status, request_id) = answered.try_recv()??;
+    assert_eq!(status, 502);
+    let request_id = request_id.expect("an X-Request-Id");
+    let text = lines.join("\n");
+    let parsed: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).map_err(|e| anyhow::anyhow!("{e}: {l}")))
+        .collect::<Result<_>>()?;
+    for line in &parsed {
+        for key in ["timestamp", "level", "target", "message"] {
+            assert!(line[key].is_string(), "no {key} in {line}");
+        }
+        for nested in ["fields", "span", "spans"] {
+            assert!(line.get(nested).is_none(), "{nested} in {line}");
+        }
+    }
+    let find = |message: &str| {
+        parsed
+            .iter()
+            .find(|l| l["message"] == message)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no {message:?} in\n{text}"))
+    };
+    let listening = find("vigil listening")?;
+    let admin = listening["admin"].as_str().unwrap_or_default();
+    assert!(
+        admin.parse::<std::net::SocketAddr>().is_ok(),
+        "admin is {admin:?}: {listening}"
+    );
+    let failed = find("forwarding failed")?;
+    assert_eq!(failed["request_id"], request_id.as_str(), "{failed}");
+    assert_eq!(failed["route"], "dead");
+    assert!(failed["conn"].is_u64(), "{failed}");
+    assert_eq!(failed["level"], "WARN");
+    assert_eq!(failed["target"], "vigil::pipeline::forward");
+    // Its decision line: the latency in milliseconds to the microsecond, no float noise.
+    let decisions = support::decisions(&pki.path("decisions.log"));
+    let line = decisions
+        .iter()
+        .find(|d| d["request_id"] == request_id.as_str())
+        .ok_or_else(|| anyhow::anyhow!("no decision line for {request_id}"))?;
+    let latency = line["latency_ms"].to_string();
+    let decimals = latency.split_once('.').map_or(0, |(_, d)| d.len());
+    assert!(decimals <= 3, "latency_ms {latency} in {line}");
+    Ok(())
+}
+
+/// Text diagnostics carry no colour codes when standard error is not a terminal.
+#[tokio::test]
+async fn text_diagnostics_are_plain_when_not_on_a_terminal() -> Result<()> {
+    let pki = support::Pki::new()?;
+    let dead = support::dead_address().await?;
+    let config = logging_config(&pki, dead, "");
+    let dir = pki.dir.path().to_path_buf();
+    let lines = tokio::task::spawn_blocking(move || {
+        run_until(&dir, &config, &[], |lines| {
+            lines.iter().any(|l| l.contains("vigil listening"))
+        })
+    })
+    .await??;
+    let text = lines.join("\n");
+    assert!(text.contains("vigil listening"), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in\n{text:?}");
+    assert!(!text.contains("Some("), "{text}");
     Ok(())
 }

@@ -976,6 +976,13 @@ async fn request_verifier_and_explain_decide_alike() -> Result<()> {
             "{}: the verifier's reasons differ from the request's",
             case.name
         );
+        let codes: Vec<&str> = redecided.reasons.iter().map(|r| r.code.as_str()).collect();
+        assert_eq!(
+            serde_json::json!(codes),
+            line["codes"],
+            "{}: the verifier's codes differ from the request's",
+            case.name
+        );
         vigil::live::sweep(&running.shared).await;
         let cut = closes_within(&mut stream, Duration::from_secs(3)).await;
         assert_eq!(
@@ -1010,6 +1017,11 @@ async fn request_verifier_and_explain_decide_alike() -> Result<()> {
         assert_eq!(
             explained["reasons"], line["reasons"],
             "{}: explain",
+            case.name
+        );
+        assert_eq!(
+            explained["codes"], line["codes"],
+            "{}: explain's codes",
             case.name
         );
         let code = if case.want == "deny" { 2 } else { 0 };

@@ -74,7 +74,14 @@ async fn fixture() -> Result<Fixture> {
 #[tokio::test]
 async fn allowed_workload_reaches_upstream_with_identity_headers() -> Result<()> {
     let f = fixture().await?;
-    let reply = get(f.running.addr, f.web(), "/public/hello?x=1", "").await?;
+    let agent = format!("probe/1.0 {}", "x".repeat(400));
+    let reply = get(
+        f.running.addr,
+        f.web(),
+        "/public/hello?x=1",
+        &format!("User-Agent: {agent}\r\n"),
+    )
+    .await?;
     assert_eq!(reply.status, 200, "{reply:?}");
     let body = reply.json();
     assert_eq!(body["path"], "/public/hello");
@@ -115,6 +122,15 @@ async fn allowed_workload_reaches_upstream_with_identity_headers() -> Result<()>
     assert_eq!(line["device"], fingerprint);
     assert_eq!(line["status"], 200);
     assert_eq!(line["mode"], "enforce");
+    assert_eq!(line["v"], 1);
+    assert_eq!(line["kind"], "decision");
+    assert_eq!(line["reasons"], serde_json::json!(["allowed by rule 1"]));
+    assert_eq!(line["codes"], serde_json::json!(["allowed_by_rule"]));
+    assert_eq!(line["tls"], "TLSv1.3");
+    assert_eq!(line["upstream"], f.upstream.to_string());
+    // The client's User-Agent, cut to 256 bytes and marked as cut.
+    let logged = line["user_agent"].as_str().unwrap_or_default();
+    assert_eq!(logged, format!("{}…", &agent[..256]), "{line}");
     Ok(())
 }
 
@@ -142,6 +158,13 @@ async fn denied_workload_gets_403_with_reason_in_decision_log() -> Result<()> {
         "{reasons}"
     );
     assert!(reasons.contains("certificate subject CN"), "{reasons}");
+    assert_eq!(
+        line["codes"],
+        serde_json::json!(["spiffe_not_allowed", "cert_subject_not_allowed"])
+    );
+    // Not forwarded: no upstream; no User-Agent sent: null.
+    assert!(line.get("upstream").is_none(), "{line}");
+    assert!(line["user_agent"].is_null(), "{line}");
 
     // Wrong method for an allowed workload.
     let reply = raw(
@@ -165,12 +188,32 @@ async fn refusals_record_who_caused_them() -> Result<()> {
     );
     let f = fixture_with("", &routes, "").await?;
     let cases = [
-        ("GET /public/x HTTP/1.1", 200, None),
-        ("DELETE /public/x HTTP/1.1", 403, Some("policy")),
-        ("GET /public/%2e%2e/%2e%2e/x HTTP/1.1", 400, Some("client")),
-        ("GET /dead HTTP/1.1", 502, Some("upstream")),
+        (
+            "GET /public/x HTTP/1.1",
+            200,
+            None,
+            &["allowed_by_rule"][..],
+        ),
+        (
+            "DELETE /public/x HTTP/1.1",
+            403,
+            Some("policy"),
+            &["method_not_allowed", "cert_subject_not_allowed"],
+        ),
+        (
+            "GET /public/%2e%2e/%2e%2e/x HTTP/1.1",
+            400,
+            Some("client"),
+            &["bad_request"],
+        ),
+        (
+            "GET /dead HTTP/1.1",
+            502,
+            Some("upstream"),
+            &["allowed_by_rule", "upstream_unreachable"],
+        ),
     ];
-    for (line, status, fault) in cases {
+    for (line, status, fault, codes) in cases {
         let reply = raw(
             f.running.addr,
             f.web(),
@@ -184,6 +227,13 @@ async fn refusals_record_who_caused_them() -> Result<()> {
             .await
             .expect("decision line");
         assert_eq!(logged["fault"].as_str(), fault, "{line}: {logged}");
+        assert_eq!(
+            logged["codes"],
+            serde_json::json!(codes),
+            "{line}: {logged}"
+        );
+        let reasons = logged["reasons"].as_array().map_or(0, Vec::len);
+        assert_eq!(reasons, codes.len(), "{line}: {logged}");
     }
     let series = |route: &str, fault: &str| {
         format!("vigil_refusals_total{{route=\"{route}\",fault=\"{fault}\"}}")

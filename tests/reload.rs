@@ -424,14 +424,27 @@ async fn file_changes_are_picked_up_by_the_watcher() -> Result<()> {
 async fn listener_changes_need_a_restart() -> Result<()> {
     let s = setup().await?;
     let log = s.pki.path("decisions.log");
-    let text = config_text('a', &log, s.up_a, s.up_b).replace(
-        "listen = \"127.0.0.1:0\"\n\n[tls]",
-        "listen = \"127.0.0.1:1\"\n\n[tls]",
-    );
+    let text = config_text('a', &log, s.up_a, s.up_b)
+        .replace(
+            "listen = \"127.0.0.1:0\"\n\n[tls]",
+            "listen = \"127.0.0.1:1\"\n\n[tls]",
+        )
+        .replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            "[admin]\nlisten = \"127.0.0.1:2\"",
+        );
     replace_file(&s.config, &text)?;
     let answer = admin(&s.running, "POST", "/reload").await?;
     assert_eq!(answer.status, 200);
     assert!(answer.body.contains("server.listen"), "{}", answer.body);
+    // Addresses as addresses, not as `Some(..)`.
+    assert!(
+        answer
+            .body
+            .contains("admin.listen 127.0.0.1:0 -> 127.0.0.1:2"),
+        "{}",
+        answer.body
+    );
     let ready = admin(&s.running, "GET", "/readyz").await?;
     assert!(ready.body.contains("restart_required"), "{}", ready.body);
     // Still listening where it was.

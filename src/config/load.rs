@@ -429,6 +429,7 @@ idle_timeout = "1m"
 
 [log]
 decisions = "stdout"
+admin_actions = "decisions"
 format = "json"
 level = "info"
 

@@ -15,10 +15,19 @@ impl Compiler<'_> {
                 "use \"text\" or \"json\"",
             ),
         }
+        let destination = |text: &str| match text {
+            "stdout" | "stderr" | "off" | "" | "-" => text.to_owned(),
+            path => self.resolve(path).display().to_string(),
+        };
         LogSection {
-            decisions: match log.decisions.as_str() {
-                "stdout" | "stderr" | "off" | "" | "-" => log.decisions.clone(),
-                path => self.resolve(path).display().to_string(),
+            decisions: destination(&log.decisions),
+            admin_actions: match log.admin_actions.as_str() {
+                "decisions" => "decisions".to_owned(),
+                // The decision log's own file, named again: one writer, not two.
+                other if destination(other) == destination(&log.decisions) => {
+                    "decisions".to_owned()
+                }
+                other => destination(other),
             },
             ..log.clone()
         }

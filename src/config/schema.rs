@@ -310,6 +310,10 @@ pub struct LogSection {
     /// "stdout", "stderr", "off", or a file path (appended to).
     #[serde(default = "LogSection::default_decisions")]
     pub decisions: String,
+    /// Where admin actions go: "decisions" (the decision log's destination), "stdout",
+    /// "stderr", "off", or a file path.
+    #[serde(default = "LogSection::default_admin_actions")]
+    pub admin_actions: String,
     /// Diagnostics format on stderr: "text" or "json".
     #[serde(default = "LogSection::default_format")]
     pub format: String,
@@ -321,6 +325,9 @@ pub struct LogSection {
 impl LogSection {
     fn default_decisions() -> String {
         "stdout".into()
+    }
+    fn default_admin_actions() -> String {
+        "decisions".into()
     }
     fn default_format() -> String {
         "text".into()
@@ -334,6 +341,7 @@ impl Default for LogSection {
     fn default() -> Self {
         Self {
             decisions: Self::default_decisions(),
+            admin_actions: Self::default_admin_actions(),
             format: Self::default_format(),
             level: Self::default_level(),
         }

@@ -95,6 +95,23 @@ pub enum SessionRefusal {
     Revoked(&'static str),
 }
 
+impl SessionRefusal {
+    /// The decision log's code for a sign-in this refusal asks for.
+    pub fn code(&self) -> crate::reason::Code {
+        use crate::reason::Code;
+        match self {
+            SessionRefusal::Absent => Code::SignInRequired,
+            SessionRefusal::Unreadable(_) | SessionRefusal::Invalid => Code::SessionUnreadable,
+            SessionRefusal::OtherDevice => Code::SessionOtherDevice,
+            SessionRefusal::Expired => Code::SessionExpired,
+            SessionRefusal::Idle => Code::SessionIdle,
+            SessionRefusal::Ended(_) => Code::SessionEnded,
+            SessionRefusal::Unverifiable(_) => Code::SessionUnverifiable,
+            SessionRefusal::Revoked(_) => Code::SessionRevoked,
+        }
+    }
+}
+
 impl Session {
     /// Checks the session against the connection's device and the clock.
     pub fn check(&self, device: &str, now: i64, idle: i64) -> Result<(), SessionRefusal> {

@@ -105,15 +105,7 @@ pub fn canonicalize<'a>(
 /// A refused path for the decision log: at most 1 KiB of it, so a long target cannot make long
 /// log lines.
 pub fn loggable_path(path: &str) -> String {
-    const MAX: usize = 1024;
-    if path.len() <= MAX {
-        return path.to_owned();
-    }
-    let mut end = MAX;
-    while !path.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &path[..end])
+    crate::decision_log::bounded(path, 1024)
 }
 
 /// Refuses headers that would let two readers of the request disagree: a second Host or

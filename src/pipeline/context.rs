@@ -3,6 +3,7 @@
 
 use crate::config::Snapshot;
 use crate::connection::Connection;
+use crate::decision_log;
 use crate::identity::Identity;
 use crate::posture::Assessment;
 use crate::routing::Route;
@@ -29,6 +30,10 @@ pub struct Context<'a> {
     pub risk: Option<Assessment>,
     /// The client is a browser that should get HTML pages.
     pub html: bool,
+    /// The `User-Agent` header, bounded like a logged path.
+    pub user_agent: Option<String>,
+    /// The request was sent upstream (whatever came of it): its line names the upstream.
+    pub forwarded: bool,
     pub started: Instant,
 }
 
@@ -52,6 +57,11 @@ impl<'a> Context<'a> {
             identity: None,
             risk: None,
             html: wants_html(req),
+            user_agent: req.headers().get(header::USER_AGENT).map(|v| {
+                let text = String::from_utf8_lossy(v.as_bytes());
+                decision_log::bounded(&text, decision_log::MAX_USER_AGENT)
+            }),
+            forwarded: false,
             started: Instant::now(),
         }
     }

@@ -9,6 +9,7 @@ use crate::connection::Connection;
 use crate::error::Refusal;
 use crate::identity::Identity;
 use crate::policy::{self, Decision, Facts, Outcome, facts};
+use crate::reason::{Code, Reason};
 use crate::routing::{Login, Route};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -75,9 +76,9 @@ impl Context<'_> {
     ) -> Response<Body> {
         let level = self.risk.as_ref().map_or("elevated", |r| r.level.as_str());
         if login != Login::Oidc || !self.html {
-            return self.refuse(
+            return self.refuse_as(
+                Code::RiskStepUp,
                 Refusal::Unauthorized(format!("{level} risk: fresh multi-factor sign-in required")),
-                None,
             );
         }
         self.to_provider(
@@ -85,7 +86,10 @@ impl Context<'_> {
             target,
             true,
             false,
-            format!("{level} risk: step-up sign-in required"),
+            Reason::new(
+                Code::RiskStepUp,
+                format!("{level} risk: step-up sign-in required"),
+            ),
         )
     }
 }

@@ -8,6 +8,7 @@ use crate::canonical::X_REQUEST_ID;
 use crate::error::{Refusal, escape, page, redirect};
 use crate::identity::session;
 use crate::identity::{self, Identity};
+use crate::reason::{Code, Reason};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -36,7 +37,10 @@ pub async fn handle(
             let mut r = html(StatusCode::OK, "Signed out", "You are signed out.", record);
             record.log(
                 "allow",
-                &["vigil endpoint logged-out".into()],
+                &[Reason::new(
+                    Code::VigilEndpoint,
+                    "vigil endpoint logged-out",
+                )],
                 StatusCode::OK,
             );
             r.headers_mut()
@@ -149,7 +153,7 @@ fn whoami(record: &mut Record<'_>, req: &Request<Incoming>) -> Response<Body> {
     }
     record.log(
         "allow",
-        &["vigil endpoint whoami".to_owned()],
+        &[Reason::new(Code::VigilEndpoint, "vigil endpoint whoami")],
         StatusCode::OK,
     );
     response
@@ -168,7 +172,7 @@ fn jwks(record: &Record<'_>) -> Response<Body> {
     );
     record.log(
         "allow",
-        &["vigil endpoint jwks.json".to_owned()],
+        &[Reason::new(Code::VigilEndpoint, "vigil endpoint jwks.json")],
         StatusCode::OK,
     );
     response
@@ -189,10 +193,14 @@ fn login(record: &Record<'_>, host: &str, req: &Request<Incoming>) -> Response<B
             response
                 .headers_mut()
                 .append(header::SET_COOKIE, start.cookie);
-            record.log("allow", &["sign-in started".into()], StatusCode::FOUND);
+            record.log(
+                "allow",
+                &[Reason::new(Code::SignInStarted, "sign-in started")],
+                StatusCode::FOUND,
+            );
             response
         }
-        Err(e) => record.refuse(Refusal::from(&e), None),
+        Err(e) => record.refuse_login(&e),
     }
 }
 
@@ -222,9 +230,9 @@ async fn callback(record: &mut Record<'_>, host: &str, req: &Request<Incoming>) 
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot write the session cookie");
-                    return record.refuse(
+                    return record.refuse_as(
+                        Code::SessionNotStored,
                         Refusal::Unavailable("the session could not be stored".into()),
-                        None,
                     );
                 }
             };
@@ -236,11 +244,15 @@ async fn callback(record: &mut Record<'_>, host: &str, req: &Request<Incoming>) 
             for c in cookies {
                 headers.append(header::SET_COOKIE, c);
             }
-            record.log("allow", &["signed in".into()], StatusCode::SEE_OTHER);
+            record.log(
+                "allow",
+                &[Reason::new(Code::SignedIn, "signed in")],
+                StatusCode::SEE_OTHER,
+            );
             response
         }
         Err(e) => {
-            tracing::info!(request_id = ?record.request_id, error = %e, "sign-in failed");
+            tracing::info!(request_id = record.request_id.to_str().unwrap_or(""), error = %e, "sign-in failed");
             let status = e.status();
             let mut response = html(status, "Sign-in failed", &e.to_string(), record);
             response
@@ -258,7 +270,14 @@ async fn callback(record: &mut Record<'_>, host: &str, req: &Request<Incoming>) 
                     record,
                 );
             }
-            record.log("deny", &[format!("sign-in failed: {e}")], status);
+            record.log(
+                "deny",
+                &[Reason::new(
+                    Code::SignInFailed,
+                    format!("sign-in failed: {e}"),
+                )],
+                status,
+            );
             response
         }
     }
@@ -285,7 +304,10 @@ fn logout_page(record: &Record<'_>, req: &Request<Incoming>) -> Response<Body> {
         );
         record.log(
             "allow",
-            &["vigil endpoint logout (not signed in)".into()],
+            &[Reason::new(
+                Code::VigilEndpoint,
+                "vigil endpoint logout (not signed in)",
+            )],
             StatusCode::OK,
         );
         return r;
@@ -309,7 +331,10 @@ fn logout_page(record: &Record<'_>, req: &Request<Incoming>) -> Response<Body> {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     record.log(
         "allow",
-        &["vigil endpoint logout page".into()],
+        &[Reason::new(
+            Code::VigilEndpoint,
+            "vigil endpoint logout page",
+        )],
         StatusCode::OK,
     );
     response
@@ -328,7 +353,10 @@ async fn logout(record: &mut Record<'_>, host: &str, req: Request<Incoming>) -> 
         .and_then(|v| v.to_str().ok())
         && origin != format!("https://{host}")
     {
-        return record.refuse(Refusal::Forbidden("cross-site logout refused".into()), None);
+        return record.refuse_as(
+            Code::LogoutCrossSite,
+            Refusal::Forbidden("cross-site logout refused".into()),
+        );
     }
     let present = session::chunks_present(req.headers());
     let Some((who, _)) = signed_in(record, req.headers()) else {
@@ -338,7 +366,10 @@ async fn logout(record: &mut Record<'_>, host: &str, req: Request<Incoming>) -> 
         }
         record.log(
             "allow",
-            &["logout without a session".into()],
+            &[Reason::new(
+                Code::LogoutWithoutSession,
+                "logout without a session",
+            )],
             StatusCode::SEE_OTHER,
         );
         return response;
@@ -363,9 +394,9 @@ async fn logout(record: &mut Record<'_>, host: &str, req: Request<Incoming>) -> 
     };
     if !sessions.ring.verify_tag(sid.as_bytes(), &token) {
         record.identity = Some(who);
-        return record.refuse(
+        return record.refuse_as(
+            Code::LogoutTokenInvalid,
             Refusal::Forbidden("missing or wrong logout token".into()),
-            None,
         );
     }
     record.identity = Some(who);
@@ -374,7 +405,11 @@ async fn logout(record: &mut Record<'_>, host: &str, req: Request<Incoming>) -> 
     for c in session::clear(present) {
         response.headers_mut().append(header::SET_COOKIE, c);
     }
-    record.log("allow", &["signed out".into()], StatusCode::SEE_OTHER);
+    record.log(
+        "allow",
+        &[Reason::new(Code::SignedOut, "signed out")],
+        StatusCode::SEE_OTHER,
+    );
     response
 }
 
@@ -479,16 +514,20 @@ async fn backchannel(record: &mut Record<'_>, req: Request<Incoming>) -> Respons
                 })
                 .inc();
             record.shared.live.recheck_now();
-            tracing::info!(sub = ?sub, sid = ?sid, "back-channel logout");
+            tracing::info!(
+                sub = sub.as_deref(),
+                sid = sid.as_deref(),
+                "back-channel logout"
+            );
             let mut response = json(StatusCode::OK, serde_json::json!({ "ok": true }), record);
             response
                 .headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             record.log(
                 "allow",
-                &[format!(
-                    "back-channel logout of {}",
-                    sub.or(sid).unwrap_or_default()
+                &[Reason::new(
+                    Code::BackchannelLogout,
+                    format!("back-channel logout of {}", sub.or(sid).unwrap_or_default()),
                 )],
                 StatusCode::OK,
             );
@@ -502,7 +541,10 @@ async fn backchannel(record: &mut Record<'_>, req: Request<Incoming>) -> Respons
             );
             record.log(
                 "deny",
-                &[format!("back-channel logout refused: {why}")],
+                &[Reason::new(
+                    Code::BackchannelRefused,
+                    format!("back-channel logout refused: {why}"),
+                )],
                 StatusCode::BAD_REQUEST,
             );
             response

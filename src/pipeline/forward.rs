@@ -18,6 +18,7 @@ use crate::identity::{self, Identity};
 use crate::metrics::{RouteLabel, UpstreamErrorLabels};
 use crate::policy::{Decision, Outcome};
 use crate::posture;
+use crate::reason::{Code, Reason};
 use crate::routing::Route;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -28,7 +29,7 @@ use hyper::body::Incoming;
 /// Forwards a request `decision` let through, and answers with the upstream's response or the
 /// refusal its failure maps to.
 pub async fn forward(
-    cx: &Context<'_>,
+    cx: &mut Context<'_>,
     route: &Route,
     req: Request<Incoming>,
     target: Detached,
@@ -70,6 +71,7 @@ pub async fn forward(
         authorization: bearer.as_ref().map(|(_, token)| token.clone()),
         bearer: bearer.map(|(identity, _)| identity),
     };
+    cx.forwarded = true;
     let result = forward::forward(&route.upstream, cx.conn, req, outbound).await;
     read_deadline.disarm();
     let result = match result {
@@ -107,7 +109,7 @@ fn answered(
     match removed {
         Some(note) => {
             let mut reasons = decision.reasons.clone();
-            reasons.push(note.0);
+            reasons.push(Reason::new(Code::UpgradeRemoved, note.0));
             cx.log(kind, &reasons, response.status());
         }
         None => cx.log(kind, &decision.reasons, response.status()),
@@ -122,12 +124,20 @@ fn failed(
     err: &ForwardError,
     decision: &Decision,
 ) -> Response<Body> {
-    let (refusal, label) = match err {
-        ForwardError::Connect(_) => (Refusal::BadGateway, "connect"),
-        ForwardError::Upstream(_) => (Refusal::BadGateway, "exchange"),
-        ForwardError::Timeout(_) => (Refusal::GatewayTimeout, "timeout"),
-        ForwardError::BodyTooLarge(_) => (Refusal::PayloadTooLarge, "body_too_large"),
-        ForwardError::BodyTimeout(_) => (Refusal::RequestTimeout, "body_read_timeout"),
+    let (refusal, label, code) = match err {
+        ForwardError::Connect(_) => (Refusal::BadGateway, "connect", Code::UpstreamUnreachable),
+        ForwardError::Upstream(_) => (Refusal::BadGateway, "exchange", Code::UpstreamFailed),
+        ForwardError::Timeout(_) => (Refusal::GatewayTimeout, "timeout", Code::UpstreamTimeout),
+        ForwardError::BodyTooLarge(_) => (
+            Refusal::PayloadTooLarge,
+            "body_too_large",
+            Code::BodyTooLarge,
+        ),
+        ForwardError::BodyTimeout(_) => (
+            Refusal::RequestTimeout,
+            "body_read_timeout",
+            Code::BodyTimeout,
+        ),
     };
     let metrics = &cx.shared.metrics;
     match label {
@@ -143,9 +153,9 @@ fn failed(
                 .inc();
         }
     }
-    tracing::warn!(request_id = ?cx.request_id, route = %route.name, error = %err, "forwarding failed");
+    tracing::warn!(request_id = cx.request_id.to_str().unwrap_or(""), route = %route.name, error = %err, "forwarding failed");
     let mut reasons = decision.reasons.clone();
-    reasons.push(err.to_string());
+    reasons.push(Reason::new(code, err.to_string()));
     let response = refusal.response(cx.request_id, cx.html);
     cx.write(
         passed_as(decision),

@@ -14,6 +14,7 @@ use crate::error::Refusal;
 use crate::identity::session::{self, Session, SessionRefusal};
 use crate::identity::verify::Verdict;
 use crate::identity::{self, Identity};
+use crate::reason::{Code, Reason};
 use crate::routing::{Login, Route};
 use crate::state::Shared;
 use http::header::{self, HeaderValue};
@@ -57,8 +58,9 @@ pub async fn identify(
         Login::Bearer => match identify_bearer(snapshot, route, req.headers()).await {
             Ok((identity, token)) => match bearer_standing(shared, &identity, identity::now()) {
                 Some(why) => Err(cx.refuse_with(
+                    Code::BearerTokenRequired,
                     Refusal::Unauthorized("a valid bearer token is required".into()),
-                    why.into(),
+                    why,
                 )),
                 None => Ok(Identified {
                     bearer: Some((Arc::new(identity.clone()), token)),
@@ -67,14 +69,15 @@ pub async fn identify(
                     cookies: Vec::new(),
                 }),
             },
-            Err(BearerRefusal::Unavailable) => Err(cx.refuse(
+            Err(BearerRefusal::Unavailable) => Err(cx.refuse_as(
+                Code::ProviderUnavailable,
                 Refusal::Unavailable("identity provider not available".into()),
-                None,
             )),
             // The detail goes to the decision log only; the client learns the category.
             Err(BearerRefusal::Invalid(why)) => Err(cx.refuse_with(
+                Code::BearerTokenRequired,
                 Refusal::Unauthorized("a valid bearer token is required".into()),
-                why,
+                Reason::new(Code::BearerTokenInvalid, why),
             )),
         },
     }
@@ -90,19 +93,22 @@ pub fn session_revoked(shared: &Shared, session: &Session) -> Option<SessionRefu
 
 /// Why a verified bearer token's identity no longer stands at `now`, if it does not: its
 /// subject revoked since it was issued, or the token expired.
-pub fn bearer_standing(shared: &Shared, token: &Identity, now: i64) -> Option<&'static str> {
+pub fn bearer_standing(shared: &Shared, token: &Identity, now: i64) -> Option<Reason> {
     if shared
         .revocations
         .subject(&token.subject, token.verified_at)
     {
-        return Some("token issued before its subject was revoked");
+        return Some(Reason::new(
+            Code::BearerSubjectRevoked,
+            "token issued before its subject was revoked",
+        ));
     }
     let expired = token
         .claims
         .get("exp")
         .and_then(serde_json::Value::as_i64)
         .is_some_and(|exp| now >= exp);
-    expired.then_some("token expired")
+    expired.then(|| Reason::new(Code::BearerTokenExpired, "token expired"))
 }
 
 /// A re-verification verdict as identification concludes it: go on (with the refreshed session
@@ -235,18 +241,18 @@ impl Context<'_> {
     ) -> Response<Body> {
         let reason = why.to_string();
         if *why != SessionRefusal::Absent {
-            tracing::info!(request_id = ?self.request_id, reason = %reason, "session refused");
+            tracing::info!(request_id = self.request_id.to_str().unwrap_or(""), reason = %reason, "session refused");
         }
         if self.snapshot.oidc.is_none() || self.snapshot.sessions.is_none() {
-            return self.refuse(
+            return self.refuse_as(
+                Code::SignInNotConfigured,
                 Refusal::Unavailable("sign-in is not configured".into()),
-                None,
             );
         }
         if !self.html {
-            return self.refuse(
+            return self.refuse_as(
+                why.code(),
                 Refusal::Unauthorized(format!("sign-in required ({reason})")),
-                None,
             );
         }
         let clear = *why != SessionRefusal::Absent;
@@ -255,7 +261,7 @@ impl Context<'_> {
             target,
             false,
             clear,
-            format!("sign-in required: {reason}"),
+            Reason::new(why.code(), format!("sign-in required: {reason}")),
         )
     }
 
@@ -267,13 +273,13 @@ impl Context<'_> {
         target: &Target<'_>,
         step_up: bool,
         clear_session: bool,
-        reason: String,
+        reason: Reason,
     ) -> Response<Body> {
         let (Some(provider), Some(sessions)) = (&self.snapshot.oidc, &self.snapshot.sessions)
         else {
-            return self.refuse(
+            return self.refuse_as(
+                Code::SignInNotConfigured,
                 Refusal::Unavailable("sign-in is not configured".into()),
-                None,
             );
         };
         let mut return_to = target.path.to_string();
@@ -298,7 +304,7 @@ impl Context<'_> {
                 self.log("deny", &[reason], StatusCode::FOUND);
                 response
             }
-            Err(e) => self.refuse(Refusal::from(&e), None),
+            Err(e) => self.refuse_login(&e),
         }
     }
 }

@@ -127,5 +127,8 @@ async fn answer(
         Err(answer) => return *answer,
     };
     let target = target.detach();
-    forward::forward(&cx, &route, req, target, identified, &assessed, &decision).await
+    forward::forward(
+        &mut cx, &route, req, target, identified, &assessed, &decision,
+    )
+    .await
 }

@@ -5,41 +5,79 @@ use super::context::Context;
 use crate::body::Body;
 use crate::decision_log::{self, Entry};
 use crate::error::{Fault, Refusal};
+use crate::identity::oidc::LoginError;
 use crate::metrics::{FaultLabels, RequestLabels, RouteLabel, RouteOnly};
 use crate::policy::Decision;
+use crate::reason::{Code, Reason};
 use http::{Response, StatusCode};
+
+/// The code of a refusal's own reason. A refusal whose reason is written where it is made
+/// (`Forbidden`, `Unauthorized`, `Unavailable`) gets its code there too, through
+/// [`Context::refuse_as`]; the codes here for those are only fallbacks.
+pub fn code_of(refusal: &Refusal) -> Code {
+    match refusal {
+        Refusal::BadRequest(_) => Code::BadRequest,
+        Refusal::Misdirected => Code::Misdirected,
+        Refusal::NoRoute => Code::NoRoute,
+        Refusal::Forbidden(_) => Code::Forbidden,
+        Refusal::Unauthorized(_) => Code::Unauthorized,
+        Refusal::Unavailable(_) => Code::Unavailable,
+        Refusal::MethodNotAllowed => Code::MethodNotSupported,
+        Refusal::PayloadTooLarge => Code::BodyTooLarge,
+        Refusal::UriTooLong(_) => Code::UriTooLong,
+        Refusal::BadGateway => Code::UpstreamFailed,
+        Refusal::GatewayTimeout => Code::UpstreamTimeout,
+        Refusal::RequestTimeout => Code::BodyTimeout,
+    }
+}
 
 impl Context<'_> {
     /// Answers with `refusal`, logging the decision's reasons (when policy decided) and the
     /// refusal's own.
     pub fn refuse(&self, refusal: Refusal, decision: Option<&Decision>) -> Response<Body> {
-        let response = refusal.response(self.request_id, self.html);
         let mut reasons = match decision {
             Some(d) => d.reasons.clone(),
             None => Vec::new(),
         };
         if decision.is_none() || !matches!(refusal, Refusal::Forbidden(_)) {
-            reasons.push(refusal.reason().to_owned());
+            reasons.push(Reason::new(code_of(&refusal), refusal.reason()));
         }
-        self.write("deny", &reasons, response.status(), Some(refusal.fault()));
-        response
+        self.answer(refusal, &reasons)
     }
 
-    /// Refuses with the public reason of `refusal`, logging `detail` as the reason.
-    pub fn refuse_with(&self, refusal: Refusal, detail: String) -> Response<Body> {
+    /// Answers with `refusal`, logging its reason under `code`.
+    pub fn refuse_as(&self, code: Code, refusal: Refusal) -> Response<Body> {
+        let reason = Reason::new(code, refusal.reason());
+        self.answer(refusal, &[reason])
+    }
+
+    /// Answers with `refusal` (its reason logged under `code`), logging `detail` after it:
+    /// what the client is not told.
+    pub fn refuse_with(&self, code: Code, refusal: Refusal, detail: Reason) -> Response<Body> {
+        let reasons = [Reason::new(code, refusal.reason()), detail];
+        self.answer(refusal, &reasons)
+    }
+
+    /// Answers a login that could not be started: the provider not available, or the login
+    /// refused.
+    pub fn refuse_login(&self, e: &LoginError) -> Response<Body> {
+        let refusal = Refusal::from(e);
+        let code = match refusal {
+            Refusal::Unavailable(_) => Code::ProviderUnavailable,
+            _ => Code::SignInFailed,
+        };
+        self.refuse_as(code, refusal)
+    }
+
+    fn answer(&self, refusal: Refusal, reasons: &[Reason]) -> Response<Body> {
         let response = refusal.response(self.request_id, self.html);
-        self.write(
-            "deny",
-            &[refusal.reason().to_owned(), detail],
-            response.status(),
-            Some(refusal.fault()),
-        );
+        self.write("deny", reasons, response.status(), Some(refusal.fault()));
         response
     }
 
     /// Logs an answer. A `deny` that is not a [`Refusal`] (a redirect to sign in, a failed
     /// callback) gets the fault its status implies.
-    pub fn log(&self, decision: &'static str, reasons: &[String], status: StatusCode) {
+    pub fn log(&self, decision: &'static str, reasons: &[Reason], status: StatusCode) {
         let fault = (decision == "deny").then(|| Fault::of_status(status));
         self.write(decision, reasons, status, fault);
     }
@@ -48,7 +86,7 @@ impl Context<'_> {
     pub fn write(
         &self,
         decision: &'static str,
-        reasons: &[String],
+        reasons: &[Reason],
         status: StatusCode,
         fault: Option<Fault>,
     ) {
@@ -62,14 +100,22 @@ impl Context<'_> {
             ),
             None => (None, &[][..]),
         };
+        let upstream = match &self.route {
+            Some(route) if self.forwarded => Some(route.upstream.authority.as_str()),
+            _ => None,
+        };
         self.shared.decisions.record(&Entry {
+            v: decision_log::SCHEMA,
+            kind: "decision",
             time: decision_log::now_rfc3339(),
             request_id: self.request_id.to_str().unwrap_or(""),
             route: route_name,
             host: &self.host,
             method: self.method.as_str(),
             path: &self.path,
+            user_agent: self.user_agent.as_deref(),
             client: self.conn.remote.ip(),
+            tls: self.conn.tls_version,
             device: &peer.fingerprint_hex,
             subject: &peer.subject,
             workload: peer.spiffe_id.as_deref(),
@@ -77,15 +123,17 @@ impl Context<'_> {
             groups,
             decision,
             reasons,
+            codes: reasons,
             fault: fault.map(Fault::as_str),
             risk: self.risk.as_ref(),
+            upstream,
             mode: if self.snapshot.policy.audit {
                 "audit"
             } else {
                 "enforce"
             },
             status: status.as_u16(),
-            latency_ms: latency.as_secs_f64() * 1000.0,
+            latency_ms: decision_log::millis(latency),
         });
         let label = match &self.route {
             Some(r) => RouteLabel(r.label.clone()),

@@ -18,6 +18,7 @@ pub use pattern::Pattern;
 use crate::identity::Identity;
 use crate::posture::inventory::{Device, version_at_least};
 use crate::posture::{Action, RiskActions};
+use crate::reason::{Code, Reason};
 use http::Method;
 use ipnet::IpNet;
 use serde::Serialize;
@@ -198,7 +199,8 @@ pub struct Decision {
     pub rule: Option<usize>,
     /// The risk action that turned an allow into something else, if one did.
     pub risk_action: Option<RiskAction>,
-    pub reasons: Vec<String>,
+    /// Why, in order; written to the decision log as `reasons` (texts) and `codes`.
+    pub reasons: Vec<Reason>,
 }
 
 /// A route's risk action, as a decision names it.
@@ -211,13 +213,13 @@ pub enum RiskAction {
 }
 
 impl Decision {
-    pub fn deny(reason: impl Into<String>) -> Self {
+    pub fn deny(reason: Reason) -> Self {
         Self {
             outcome: Outcome::Deny,
             read_only: false,
             rule: None,
             risk_action: None,
-            reasons: vec![reason.into()],
+            reasons: vec![reason],
         }
     }
 
@@ -226,7 +228,7 @@ impl Decision {
         matches!(self.outcome, Outcome::Allow | Outcome::Audit)
     }
 
-    fn refuse(&mut self, action: RiskAction, reason: String) {
+    fn refuse(&mut self, action: RiskAction, reason: Reason) {
         self.outcome = Outcome::Deny;
         self.risk_action = Some(action);
         self.reasons.push(reason);
@@ -247,14 +249,19 @@ pub fn decide(policy: &Policy, facts: &Facts<'_>) -> Decision {
 /// own for `facts.request.route`.
 pub fn decide_on(policy: &Policy, route: Option<&RoutePolicy>, facts: &Facts<'_>) -> Decision {
     let Some(route) = route else {
-        return Decision::deny(NO_ROUTE);
+        return Decision::deny(Reason::new(Code::NoRoute, NO_ROUTE));
     };
     // A login route without its person is never decided by its rules, in audit mode neither:
     // a request gets there only signed in (or with a verified token).
     match route.login {
-        Login::Oidc if facts.person.is_none() => return Decision::deny("sign-in required"),
+        Login::Oidc if facts.person.is_none() => {
+            return Decision::deny(Reason::new(Code::SignInRequired, "sign-in required"));
+        }
         Login::Bearer if facts.person.is_none() => {
-            return Decision::deny("a valid bearer token is required");
+            return Decision::deny(Reason::new(
+                Code::BearerTokenRequired,
+                "a valid bearer token is required",
+            ));
         }
         _ => {}
     }
@@ -273,7 +280,7 @@ pub fn decide_on(policy: &Policy, route: Option<&RoutePolicy>, facts: &Facts<'_>
 /// The route's rules, first match wins.
 fn evaluate(route: &RoutePolicy, facts: &Facts<'_>) -> Decision {
     if route.rules.is_empty() {
-        return Decision::deny("route has no allow rules");
+        return Decision::deny(Reason::new(Code::NoAllowRules, "route has no allow rules"));
     }
     let mut reasons = Vec::with_capacity(route.rules.len());
     for (i, rule) in route.rules.iter().enumerate() {
@@ -284,10 +291,10 @@ fn evaluate(route: &RoutePolicy, facts: &Facts<'_>) -> Decision {
                     read_only: false,
                     rule: Some(i),
                     risk_action: None,
-                    reasons: vec![allowed_by(i)],
+                    reasons: vec![Reason::new(Code::AllowedByRule, allowed_by(i))],
                 };
             }
-            Err(why) => reasons.push(format!("rule {}: {why}", i + 1)),
+            Err(why) => reasons.push(Reason::new(why.code, format!("rule {}: {why}", i + 1))),
         }
     }
     Decision {
@@ -335,7 +342,10 @@ fn apply_risk(
             if !matches!(method, "GET" | "HEAD" | "OPTIONS") {
                 decision.refuse(
                     RiskAction::ReadOnly,
-                    format!("{level_name} risk: read-only, {method} refused"),
+                    Reason::new(
+                        Code::RiskReadOnly,
+                        format!("{level_name} risk: read-only, {method} refused"),
+                    ),
                 );
             }
         }
@@ -350,32 +360,49 @@ fn apply_risk(
                 // back would loop.
                 decision.refuse(
                     RiskAction::StepUp,
-                    format!("{level_name} risk: step-up needs multi-factor, the sign-in had none"),
+                    Reason::new(
+                        Code::RiskStepUpWithoutMfa,
+                        format!(
+                            "{level_name} risk: step-up needs multi-factor, the sign-in had none"
+                        ),
+                    ),
                 );
             } else if !(fresh && mfa) {
                 decision.outcome = Outcome::StepUp;
                 decision.risk_action = Some(RiskAction::StepUp);
-                decision
-                    .reasons
-                    .push(format!("{level_name} risk: step-up sign-in required"));
+                decision.reasons.push(Reason::new(
+                    Code::RiskStepUp,
+                    format!("{level_name} risk: step-up sign-in required"),
+                ));
             }
         }
-        Action::Deny => decision.refuse(RiskAction::Deny, format!("{level_name} risk: denied")),
+        Action::Deny => decision.refuse(
+            RiskAction::Deny,
+            Reason::new(Code::RiskDenied, format!("{level_name} risk: denied")),
+        ),
     }
 }
 
 impl Rule {
     /// `Err` names the first condition that does not hold.
-    fn check(&self, f: &Facts<'_>) -> Result<(), String> {
+    fn check(&self, f: &Facts<'_>) -> Result<(), Reason> {
         let peer = f.certificate;
         let method = f.request.method;
         let path = f.request.path;
         let source = f.network.source;
         if !self.spiffe.is_empty() {
             match &peer.spiffe_id {
-                None => return Err("client certificate has no SPIFFE ID".into()),
+                None => {
+                    return Err(Reason::new(
+                        Code::SpiffeMissing,
+                        "client certificate has no SPIFFE ID",
+                    ));
+                }
                 Some(id) if !self.spiffe.iter().any(|p| p.matches(id)) => {
-                    return Err(format!("SPIFFE ID {id} not allowed"));
+                    return Err(Reason::new(
+                        Code::SpiffeNotAllowed,
+                        format!("SPIFFE ID {id} not allowed"),
+                    ));
                 }
                 Some(_) => {}
             }
@@ -383,7 +410,10 @@ impl Rule {
         if !self.cert_subject.is_empty() {
             let cn = peer.common_name.as_deref().unwrap_or("");
             if !self.cert_subject.iter().any(|p| p.matches(cn)) {
-                return Err(format!("certificate subject CN {cn:?} not allowed"));
+                return Err(Reason::new(
+                    Code::CertSubjectNotAllowed,
+                    format!("certificate subject CN {cn:?} not allowed"),
+                ));
             }
         }
         if !self.cert_san.is_empty()
@@ -391,19 +421,34 @@ impl Rule {
                 .sans()
                 .any(|san| self.cert_san.iter().any(|p| p.matches(san)))
         {
-            return Err("no certificate SAN allowed".into());
+            return Err(Reason::new(
+                Code::CertSanNotAllowed,
+                "no certificate SAN allowed",
+            ));
         }
         if !self.cert_fingerprint.is_empty() && !self.cert_fingerprint.contains(&peer.fingerprint) {
-            return Err("certificate fingerprint not allowed".into());
+            return Err(Reason::new(
+                Code::CertFingerprintNotAllowed,
+                "certificate fingerprint not allowed",
+            ));
         }
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m.as_str() == method) {
-            return Err(format!("method {method} not allowed"));
+            return Err(Reason::new(
+                Code::MethodNotAllowed,
+                format!("method {method} not allowed"),
+            ));
         }
         if !self.paths.is_empty() && !self.paths.iter().any(|p| p.matches(path)) {
-            return Err(format!("path {path} not allowed"));
+            return Err(Reason::new(
+                Code::PathNotAllowed,
+                format!("path {path} not allowed"),
+            ));
         }
         if !self.networks.is_empty() && !self.networks.iter().any(|n| n.contains(&source)) {
-            return Err(format!("source address {source} not in allowed networks"));
+            return Err(Reason::new(
+                Code::NetworkNotAllowed,
+                format!("source address {source} not in allowed networks"),
+            ));
         }
         if self.needs_inventory() {
             self.check_device(f.device, f.time)?;
@@ -414,31 +459,45 @@ impl Rule {
         Ok(())
     }
 
-    fn check_device(&self, device: Option<&Device>, now: i64) -> Result<(), String> {
+    fn check_device(&self, device: Option<&Device>, now: i64) -> Result<(), Reason> {
         let Some(d) = device else {
-            return Err("device unknown to the inventory".into());
+            return Err(Reason::new(
+                Code::DeviceUnknown,
+                "device unknown to the inventory",
+            ));
         };
         match self.device {
             Some(DeviceRequirement::Compliant) if !d.compliant => {
-                return Err("device not compliant".into());
+                return Err(Reason::new(
+                    Code::DeviceNoncompliant,
+                    "device not compliant",
+                ));
             }
             Some(DeviceRequirement::Managed) if !d.managed => {
-                return Err("device not managed".into());
+                return Err(Reason::new(Code::DeviceUnmanaged, "device not managed"));
             }
             _ => {}
         }
         if !self.min_os.is_empty() {
             let Some(os) = &d.os else {
-                return Err("device OS unknown".into());
+                return Err(Reason::new(Code::OsUnknown, "device OS unknown"));
             };
             match self
                 .min_os
                 .iter()
                 .find(|(name, _)| name.eq_ignore_ascii_case(&os.name))
             {
-                None => return Err(format!("OS {} not allowed", os.name)),
+                None => {
+                    return Err(Reason::new(
+                        Code::OsNotAllowed,
+                        format!("OS {} not allowed", os.name),
+                    ));
+                }
                 Some((_, min)) if !version_at_least(&os.version, min) => {
-                    return Err(format!("{} {} older than {min}", os.name, os.version));
+                    return Err(Reason::new(
+                        Code::OsTooOld,
+                        format!("{} {} older than {min}", os.name, os.version),
+                    ));
                 }
                 Some(_) => {}
             }
@@ -446,15 +505,15 @@ impl Rule {
         if let Some(max) = self.max_check_in_age {
             match d.check_in_age(now) {
                 Some(age) if age <= max => {}
-                _ => return Err("device check-in too old".into()),
+                _ => return Err(Reason::new(Code::CheckInStale, "device check-in too old")),
             }
         }
         Ok(())
     }
 
-    fn check_identity(&self, identity: Option<&Identity>) -> Result<(), String> {
+    fn check_identity(&self, identity: Option<&Identity>) -> Result<(), Reason> {
         let Some(who) = identity else {
-            return Err("no signed-in identity".into());
+            return Err(Reason::new(Code::IdentityMissing, "no signed-in identity"));
         };
         // Only a well-formed address is compared; any other email is as if there were none.
         let address = who.email.as_deref().and_then(Address::parse);
@@ -463,37 +522,54 @@ impl Rule {
                 p.matches(&who.subject) || address.as_ref().is_some_and(|a| p.matches(a.text))
             })
         {
-            return Err(format!(
-                "user {} not allowed",
-                who.email.as_deref().unwrap_or(&who.subject)
+            return Err(Reason::new(
+                Code::UserNotAllowed,
+                format!(
+                    "user {} not allowed",
+                    who.email.as_deref().unwrap_or(&who.subject)
+                ),
             ));
         }
         if !self.email_domains.is_empty() {
             match &address {
                 None if who.email.is_some() => {
-                    return Err("email is not a well-formed address".into());
+                    return Err(Reason::new(
+                        Code::EmailMalformed,
+                        "email is not a well-formed address",
+                    ));
                 }
                 Some(a)
                     if self
                         .email_domains
                         .iter()
                         .any(|d| d.eq_ignore_ascii_case(a.domain)) => {}
-                _ => return Err("email domain not allowed".into()),
+                _ => {
+                    return Err(Reason::new(
+                        Code::EmailDomainNotAllowed,
+                        "email domain not allowed",
+                    ));
+                }
             }
         }
         if !self.groups.is_empty() && !self.groups.iter().any(|g| who.groups.contains(g)) {
-            return Err(format!(
-                "not in any of the groups {}",
-                self.groups.join(", ")
+            return Err(Reason::new(
+                Code::NotInGroup,
+                format!("not in any of the groups {}", self.groups.join(", ")),
             ));
         }
         if self.mfa && !who.mfa {
-            return Err("multi-factor login required".into());
+            return Err(Reason::new(
+                Code::MfaRequired,
+                "multi-factor login required",
+            ));
         }
         for (claim, allowed) in &self.claims {
             let values = who.claim(claim);
             if !values.iter().any(|v| allowed.contains(v)) {
-                return Err(format!("claim {claim} not allowed"));
+                return Err(Reason::new(
+                    Code::ClaimNotAllowed,
+                    format!("claim {claim} not allowed"),
+                ));
             }
         }
         Ok(())
@@ -616,7 +692,8 @@ mod tests {
         let policy = one_route(vec![frontend, laptops]);
         let local: IpAddr = "127.0.0.1".parse().unwrap();
         let remote: IpAddr = "192.0.2.1".parse().unwrap();
-        let cases: &[(&PeerCert, Method, &str, IpAddr, bool, &str)] = &[
+        type Case<'a> = (&'a PeerCert, Method, &'a str, IpAddr, bool, &'a str, Code);
+        let cases: &[Case<'_>] = &[
             (
                 &web,
                 Method::GET,
@@ -624,6 +701,7 @@ mod tests {
                 local,
                 true,
                 "allowed by rule 1",
+                Code::AllowedByRule,
             ),
             (
                 &web,
@@ -631,7 +709,8 @@ mod tests {
                 "/api/x",
                 local,
                 false,
-                "method DELETE not allowed",
+                "rule 1: method DELETE not allowed",
+                Code::MethodNotAllowed,
             ),
             (
                 &web,
@@ -639,7 +718,8 @@ mod tests {
                 "/admin",
                 local,
                 false,
-                "path /admin not allowed",
+                "rule 1: path /admin not allowed",
+                Code::PathNotAllowed,
             ),
             (
                 &web,
@@ -647,7 +727,8 @@ mod tests {
                 "/api/x",
                 remote,
                 false,
-                "not in allowed networks",
+                "rule 1: source address 192.0.2.1 not in allowed networks",
+                Code::NetworkNotAllowed,
             ),
             (
                 &batch,
@@ -655,7 +736,17 @@ mod tests {
                 "/api/x",
                 local,
                 false,
-                "SPIFFE ID spiffe://example.org/ns/batch/sa/job not allowed",
+                "rule 1: SPIFFE ID spiffe://example.org/ns/batch/sa/job not allowed",
+                Code::SpiffeNotAllowed,
+            ),
+            (
+                &laptop,
+                Method::GET,
+                "/api/x",
+                local,
+                true,
+                "allowed by rule 2",
+                Code::AllowedByRule,
             ),
             (
                 &laptop,
@@ -664,17 +755,29 @@ mod tests {
                 remote,
                 true,
                 "allowed by rule 2",
+                Code::AllowedByRule,
             ),
         ];
-        for (peer, method, path, ip, allow, reason) in cases {
+        for (peer, method, path, ip, allow, reason, code) in cases {
             let d = super::decide(&policy, &facts(peer, method.as_str(), path, *ip, None));
             assert_eq!(d.passes(), *allow, "{method} {path} {:?}", d.reasons);
             assert!(
-                d.reasons.iter().any(|r| r.contains(reason)),
-                "{method} {path}: {:?} lacks {reason}",
+                d.reasons
+                    .iter()
+                    .any(|r| r.text == *reason && r.code == *code),
+                "{method} {path}: {:?} lacks {reason} ({code})",
                 d.reasons
             );
         }
+        // A denial lists every rule's first failing condition, each with its own code.
+        let d = super::decide(&policy, &facts(&batch, "GET", "/api/x", local, None));
+        let codes: Vec<Code> = d.reasons.iter().map(|r| r.code).collect();
+        assert_eq!(
+            codes,
+            [Code::SpiffeNotAllowed, Code::CertSubjectNotAllowed],
+            "{:?}",
+            d.reasons
+        );
     }
 
     /// Risk actions and audit mode, decided purely from the facts: each case is a route's
@@ -805,7 +908,7 @@ mod tests {
             let d = super::decide(&policy, &f);
             assert_eq!(d.outcome, *outcome, "case {i}: {d:?}");
             assert_eq!(
-                d.reasons.last().map(String::as_str),
+                d.reasons.last().map(|r| r.text.as_str()),
                 Some(*reason),
                 "case {i}"
             );
@@ -817,6 +920,102 @@ mod tests {
         let policy = Policy::new([Arc::new(route)], false, 300);
         let d = super::decide(&policy, &facts(&p, "GET", "/", local, None));
         assert_eq!(d.outcome, Outcome::Allow);
+    }
+
+    /// Each device and person condition fails with its own code.
+    #[test]
+    fn conditions_fail_with_their_codes() {
+        use crate::posture::inventory::Os;
+        let p = peer(None, "laptop");
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let old_mac = Device {
+            fingerprint: None,
+            serial: None,
+            subject: None,
+            compliant: false,
+            managed: false,
+            owner: None,
+            os: Some(Os {
+                name: "macOS".into(),
+                version: "13.6".into(),
+            }),
+            last_check_in: None,
+        };
+        let compliant = rule(|r| r.device = Some(DeviceRequirement::Compliant));
+        let managed = rule(|r| r.device = Some(DeviceRequirement::Managed));
+        let new_os = rule(|r| r.min_os = vec![("macos".into(), "14.0".into())]);
+        let windows = rule(|r| r.min_os = vec![("windows".into(), "11".into())]);
+        let groups = rule(|r| r.groups = vec!["wiki-admins".into()]);
+        let mfa = rule(|r| r.mfa = true);
+        let alice = person("alice", Some("alice@corp.com"));
+        let cases = [
+            (
+                &compliant,
+                None,
+                None,
+                Code::DeviceUnknown,
+                "device unknown to the inventory",
+            ),
+            (
+                &compliant,
+                Some(&old_mac),
+                None,
+                Code::DeviceNoncompliant,
+                "device not compliant",
+            ),
+            (
+                &managed,
+                Some(&old_mac),
+                None,
+                Code::DeviceUnmanaged,
+                "device not managed",
+            ),
+            (
+                &new_os,
+                Some(&old_mac),
+                None,
+                Code::OsTooOld,
+                "macOS 13.6 older than 14.0",
+            ),
+            (
+                &windows,
+                Some(&old_mac),
+                None,
+                Code::OsNotAllowed,
+                "OS macOS not allowed",
+            ),
+            (
+                &groups,
+                None,
+                None,
+                Code::IdentityMissing,
+                "no signed-in identity",
+            ),
+            (
+                &groups,
+                None,
+                Some(&alice),
+                Code::NotInGroup,
+                "not in any of the groups wiki-admins",
+            ),
+            (
+                &mfa,
+                None,
+                Some(&alice),
+                Code::MfaRequired,
+                "multi-factor login required",
+            ),
+        ];
+        for (rule, device, who, code, text) in cases {
+            let mut f = facts(&p, "GET", "/", local, who);
+            f.device = device;
+            let d = super::decide(&one_route(vec![rule.clone()]), &f);
+            assert_eq!(
+                d.reasons,
+                [Reason::new(code, format!("rule 1: {text}"))],
+                "{code}"
+            );
+        }
     }
 
     #[test]
@@ -948,7 +1147,7 @@ mod tests {
             let d = decide(&corp, &person("sub-1", email));
             assert_eq!(d.passes(), allow, "{email:?}: {:?}", d.reasons);
             assert!(
-                d.reasons.iter().any(|r| r.contains(reason)),
+                d.reasons.iter().any(|r| r.text.contains(reason)),
                 "{email:?}: {:?} lacks {reason}",
                 d.reasons
             );
