@@ -198,6 +198,18 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// Why a file could not be read, in an operator's words (std's carry "(os error 2)").
+pub fn file_error(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::NotFound => "no such file".to_owned(),
+        ErrorKind::PermissionDenied => "permission denied: this user may not read it".to_owned(),
+        ErrorKind::IsADirectory => "a directory, not a file".to_owned(),
+        ErrorKind::InvalidData => "not UTF-8 text".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
 /// "outer: inner: innermost", for logs.
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();

@@ -120,8 +120,133 @@ fn check_reports_syntax_and_type_errors() -> Result<()> {
         "[server]\nmax_connections = \"lots\"\nidle_timeout = \"soon\"\n",
     )?;
     assert!(!ok);
-    assert!(out.contains("in `server`"), "{out}");
+    assert!(
+        out.contains("`server.max_connections`: expected a whole number"),
+        "{out}"
+    );
     assert!(out.contains("missing [tls] section"), "{out}");
+    Ok(())
+}
+
+/// One run says everything: a key that does not match its certificate is found beside type
+/// errors in the same section, a missing CA file and a broken route, and the problems come in
+/// the order of the file, each at the key at fault, in words rather than serde's.
+#[test]
+fn check_reports_everything_in_one_pass_in_file_order() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let other = vigil()
+        .args([
+            "certs", "issue", "--kind", "server", "--name", "other", "--dns", "o.test",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()?;
+    anyhow::ensure!(other.status.success());
+    let text = r#"[server]
+listen = "127.0.0.1:0"
+max_connections = "many"
+idle_timeout = 5
+
+[tls]
+cert = "server.pem"
+key = "other.key"
+client_ca = ["nope.pem"]
+session_tickets = "yes"
+
+[[route]]
+name = "a"
+host = "a.test"
+upstream = "http://127.0.0.1:1"
+login = "none"
+allow = [{ spiffe = ["spiffe://x/y"], methods = "GET" }]
+"#;
+    let (ok, out) = check(dir.path(), text)?;
+    assert!(!ok, "{out}");
+    let path = dir.path().join("vigil.toml").display().to_string();
+    let expected = [
+        (
+            3,
+            "`server.max_connections`: expected a whole number (0 or more), found the string \"many\"",
+        ),
+        (4, "`server.idle_timeout`: expected a duration in quotes"),
+        (8, "other.key: this key does not belong to the certificate"),
+        (9, "nope.pem: no such file"),
+        (
+            10,
+            "`tls.session_tickets`: expected true or false, found the string \"yes\"",
+        ),
+        (17, "`route.0.allow.0.methods`: expected a list"),
+    ];
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), expected.len(), "{out}");
+    for ((line, message), error) in expected.iter().zip(&errors) {
+        assert!(
+            error.contains(message),
+            "expected {message:?}, got {error:?} in:\n{out}"
+        );
+        let at = format!("{path}:{line}:");
+        let block = out.split(*error).nth(1).unwrap_or("");
+        assert!(
+            block.lines().nth(1).is_some_and(|l| l.contains(&at)),
+            "{message:?} not at line {line}:\n{out}"
+        );
+    }
+    for serde in ["usize", "invalid type", "os error", "missing [tls] section"] {
+        assert!(!out.contains(serde), "{serde:?} in:\n{out}");
+    }
+    assert!(out.contains("6 problems in"), "{out}");
+    Ok(())
+}
+
+/// docs/configuration.md shows `vigil check` on config/example.toml with six mistakes, as
+/// "the real output": it is.
+#[test]
+fn the_documented_check_output_is_the_real_one() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = std::fs::read_to_string(root.join("docs/configuration.md"))?;
+    let shown = docs
+        .split("$ vigil check --config config/example.toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n$ echo $?").next())
+        .unwrap_or_default();
+    let mut example = std::fs::read_to_string(root.join("config/example.toml"))?;
+    for (right, wrong) in [
+        (
+            r#"idle_timeout = "2m"  "#,
+            r#"idle_timeout = "2 mins later""#,
+        ),
+        (
+            r#"upstream_ca = "../certs/ca.pem""#,
+            r#"upstream_ca = "../certs/internal-ca.pem""#,
+        ),
+        (
+            r#"{ spiffe = ["spiffe://example.org/ns/frontend/sa/*"], methods = ["GET", "POST"]"#,
+            r#"{ spife = ["spiffe://example.org/ns/frontend/sa/*"], methods = ["GET", "post"]"#,
+        ),
+        ("preserve_host = true ", "preserve_hots = true "),
+        (r#""192.168.100.0/24"] }"#, r#""192.168.100.0/33"] }"#),
+    ] {
+        assert_eq!(
+            example.matches(right).count(),
+            1,
+            "{right:?} in config/example.toml"
+        );
+        example = example.replace(right, wrong);
+    }
+    let dir = tempfile::tempdir()?;
+    certs_init(&dir.path().join("certs"))?;
+    std::fs::create_dir(dir.path().join("config"))?;
+    std::fs::write(dir.path().join("config/example.toml"), example)?;
+    let out = vigil()
+        .current_dir(dir.path())
+        .args(["check", "--config", "config/example.toml"])
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        shown.trim_end()
+    );
     Ok(())
 }
 

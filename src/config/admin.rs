@@ -229,11 +229,11 @@ impl Compiler<'_> {
     /// CRLs as the proxy listener's.
     fn admin_tls(&mut self, admin: &AdminSection, tls: &TlsSection) -> Option<AdminTls> {
         let cert = admin.cert.as_deref().unwrap_or(&tls.cert);
-        let key = admin.key.as_deref().unwrap_or(&tls.key);
+        let key_path = admin.key.as_deref().unwrap_or(&tls.key);
         let chain = read_chain(&self.file(cert))
             .map_err(|e| self.problem("admin.cert", e))
             .ok();
-        let key = read_key(&self.file(key))
+        let key = read_key(&self.file(key_path))
             .map_err(|e| self.problem("admin.key", e))
             .ok();
         let mut roots = rustls::RootCertStore::empty();
@@ -252,7 +252,19 @@ impl Compiler<'_> {
             .filter_map(|name| crate::tls::key_exchange_group(name))
             .collect();
         let allow_spiffe = self.allow_spiffe(admin);
+        // Without a certificate and key of its own, the admin listener uses [tls]'s, checked
+        // there.
+        let at = if admin.key.is_some() {
+            "admin.key"
+        } else {
+            "admin.cert"
+        };
+        let fits = (admin.cert.is_none() && admin.key.is_none())
+            || self.key_fits(at, cert, key_path, chain.as_deref(), key.as_ref());
         let (chain, key) = (chain?, key?);
+        if !fits {
+            return None;
+        }
         if roots.is_empty() {
             return None;
         }
@@ -350,7 +362,10 @@ impl Compiler<'_> {
                         "one token per line (NAME TOKEN), e.g. `echo \"ops $(openssl rand -hex 32)\" >> FILE`",
                     ),
                 },
-                Err(e) => self.problem("admin.token_file", format!("{file}: {e}")),
+                Err(e) => {
+                    let why = crate::error::file_error(&e);
+                    self.problem("admin.token_file", format!("{file}: {why}"));
+                }
             }
         }
         if let Some(addr) = listen

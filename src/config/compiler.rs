@@ -109,7 +109,7 @@ impl Compiler<'_> {
     pub fn optional_file(&mut self, key: &str, value: Option<&String>) -> Option<Vec<u8>> {
         let value = value?;
         std::fs::read(self.file(value))
-            .map_err(|e| self.problem(key, format!("{value}: {e}")))
+            .map_err(|e| self.problem(key, format!("{value}: {}", crate::error::file_error(&e))))
             .ok()
     }
 

@@ -43,6 +43,13 @@ pub struct Problems {
 }
 
 impl Problems {
+    /// `items` in the order of the file, those about the file as a whole last; problems at
+    /// the same place keep the order they were found in.
+    pub fn in_file_order(source: Arc<Source>, mut items: Vec<Problem>) -> Self {
+        items.sort_by_key(|p| p.span.as_ref().map_or(usize::MAX, |s| s.start));
+        Self { source, items }
+    }
+
     /// (line, column), both from 1, of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         line_col(&self.source.text, offset)

@@ -33,6 +33,16 @@ impl Locator {
         self.values.get(path).cloned()
     }
 
+    /// The dotted path of the value written exactly at `span`, the innermost when several
+    /// share it.
+    pub fn path_of(&self, span: &Range<usize>) -> Option<&str> {
+        self.values
+            .iter()
+            .filter(|(_, at)| *at == span)
+            .map(|(path, _)| path.as_str())
+            .max_by_key(|path| path.len())
+    }
+
     /// Where the key at `path` is written, falling back to its value.
     pub fn key(&self, path: &str) -> Option<Range<usize>> {
         self.keys
@@ -88,6 +98,26 @@ pub struct RawConfig {
     pub risk: Option<RiskSection>,
     /// Routes in file order; `None` where a route could not be read.
     pub routes: Vec<Option<RouteSection>>,
+    /// Sections written in the file that could not be read (their problems are reported):
+    /// what depends on them must not be reported missing as well.
+    pub unreadable: Vec<String>,
+}
+
+impl RawConfig {
+    /// True when the optional section `[name]` is not in the file: absent, rather than
+    /// written but unreadable (whose problems are already reported).
+    pub fn lacks(&self, name: &str) -> bool {
+        let absent = match name {
+            "tls" => self.tls.is_none(),
+            "oidc" => self.oidc.is_none(),
+            "session" => self.session.is_none(),
+            "assertion" => self.assertion.is_none(),
+            "devices" => self.devices.is_none(),
+            "risk" => self.risk.is_none(),
+            _ => false,
+        };
+        absent && !self.unreadable.iter().any(|u| u == name)
+    }
 }
 
 /// A top-level table and what reading it needs.
@@ -101,10 +131,6 @@ struct Entry<'e, 'd> {
 impl Entry<'_, '_> {
     fn read<T: DeserializeOwned>(self) -> Option<T> {
         section(self.name, self.value, self.locator, self.problems)
-    }
-
-    fn read_or_default<T: DeserializeOwned + Default>(self) -> T {
-        self.read().unwrap_or_default()
     }
 
     /// `[[route]]`: each route on its own, so a broken one does not hide the others.
@@ -128,25 +154,46 @@ impl Entry<'_, '_> {
     }
 }
 
-/// Reads one section into its place in [`RawConfig`].
-type Read = fn(&mut RawConfig, Entry<'_, '_>);
+/// Reads one section into its place in [`RawConfig`]; false when it could not be read.
+type Read = fn(&mut RawConfig, Entry<'_, '_>) -> bool;
 
 /// Every section by name, with where its typed value goes: the one list of section names.
-/// A section with problems stays at its default.
+/// A section that cannot be read stays at its default, and is listed as unreadable.
 const SECTIONS: &[(&str, Read)] = &[
-    ("server", |raw, e| raw.server = e.read_or_default()),
-    ("tls", |raw, e| raw.tls = e.read()),
-    ("admin", |raw, e| raw.admin = e.read_or_default()),
-    ("log", |raw, e| raw.log = e.read_or_default()),
-    ("audit", |raw, e| raw.audit = e.read_or_default()),
-    ("upstream", |raw, e| raw.upstream = e.read_or_default()),
-    ("oidc", |raw, e| raw.oidc = e.read()),
-    ("session", |raw, e| raw.session = e.read()),
-    ("assertion", |raw, e| raw.assertion = e.read()),
-    ("verify", |raw, e| raw.verify = e.read_or_default()),
-    ("devices", |raw, e| raw.devices = e.read()),
-    ("risk", |raw, e| raw.risk = e.read()),
-    ("route", |raw, e| raw.routes = e.read_routes()),
+    ("server", |raw, e| {
+        e.read().map(|v| raw.server = v).is_some()
+    }),
+    ("tls", |raw, e| {
+        e.read().map(|v| raw.tls = Some(v)).is_some()
+    }),
+    ("admin", |raw, e| e.read().map(|v| raw.admin = v).is_some()),
+    ("log", |raw, e| e.read().map(|v| raw.log = v).is_some()),
+    ("audit", |raw, e| e.read().map(|v| raw.audit = v).is_some()),
+    ("upstream", |raw, e| {
+        e.read().map(|v| raw.upstream = v).is_some()
+    }),
+    ("oidc", |raw, e| {
+        e.read().map(|v| raw.oidc = Some(v)).is_some()
+    }),
+    ("session", |raw, e| {
+        e.read().map(|v| raw.session = Some(v)).is_some()
+    }),
+    ("assertion", |raw, e| {
+        e.read().map(|v| raw.assertion = Some(v)).is_some()
+    }),
+    ("verify", |raw, e| {
+        e.read().map(|v| raw.verify = v).is_some()
+    }),
+    ("devices", |raw, e| {
+        e.read().map(|v| raw.devices = Some(v)).is_some()
+    }),
+    ("risk", |raw, e| {
+        e.read().map(|v| raw.risk = Some(v)).is_some()
+    }),
+    ("route", |raw, e| {
+        raw.routes = e.read_routes();
+        true
+    }),
 ];
 
 /// Parses `text`, returning the typed sections, the span index and every problem found.
@@ -170,15 +217,17 @@ pub fn parse(text: &str) -> (RawConfig, Locator, Vec<Problem>) {
     for (key, value) in root.into_inner() {
         let name = key.get_ref().as_ref();
         match SECTIONS.iter().find(|(known, _)| *known == name) {
-            Some((_, read)) => read(
-                &mut raw,
-                Entry {
+            Some((_, read)) => {
+                let entry = Entry {
                     name,
                     value,
                     locator: &locator,
                     problems: &mut problems,
-                },
-            ),
+                };
+                if !read(&mut raw, entry) {
+                    raw.unreadable.push(name.to_owned());
+                }
+            }
             None => {
                 let names: Vec<&str> = SECTIONS.iter().map(|(known, _)| *known).collect();
                 problems.push(
@@ -197,7 +246,10 @@ pub fn parse(text: &str) -> (RawConfig, Locator, Vec<Problem>) {
 ///
 /// A key is unknown when serde did not read it: serde_ignored reports each such key with its
 /// path. serde stops at the first type error, so after each one the offending key is taken out
-/// and the section is read again: one run reports every bad value in the section.
+/// and the section is read again: one run reports every bad value in the section, and the
+/// section is still returned (with the defaults of the keys taken out) so that what is compiled
+/// from it is checked too. `None` when it cannot be read even so (a required key was bad or
+/// missing): its problems are reported, and the section is [`RawConfig::unreadable`].
 fn section<T: DeserializeOwned>(
     path: &str,
     mut value: Spanned<DeValue<'_>>,
@@ -205,7 +257,9 @@ fn section<T: DeserializeOwned>(
     problems: &mut Vec<Problem>,
 ) -> Option<T> {
     let mut unknown = Vec::new();
-    let mut failed = false;
+    // Keys taken out for a bad value: their absence is not a problem of its own.
+    let mut removed: Vec<String> = Vec::new();
+    let mut read = None;
     for _ in 0..64 {
         let mut ignored = Vec::new();
         let result: Result<T, toml::de::Error> =
@@ -219,23 +273,116 @@ fn section<T: DeserializeOwned>(
         }
         match result {
             Ok(v) => {
-                report_unknown::<T>(path, &unknown, locator, problems);
-                return (!failed).then_some(v);
+                read = Some(v);
+                break;
             }
             Err(err) => {
-                failed = true;
-                let message = err.message().to_owned();
+                let message = err.message();
+                let consequence =
+                    missing_field(message).is_some_and(|f| removed.iter().any(|r| r == f));
                 let span = err.span().or_else(|| locator.value(path));
-                problems.push(Problem::at(span.clone(), format!("in `{path}`: {message}")));
+                if !consequence {
+                    let at = span
+                        .as_ref()
+                        .and_then(|s| locator.path_of(s))
+                        .unwrap_or(path);
+                    problems.push(Problem::at(
+                        span.clone(),
+                        format!("`{at}`: {}", in_words(message)),
+                    ));
+                }
                 match span {
-                    Some(span) if remove_value_at(value.get_mut(), &span) => continue,
+                    Some(span) if remove_value_at(value.get_mut(), &span) => {
+                        if let Some(key) = locator.path_of(&span).and_then(|p| p.rsplit('.').next())
+                        {
+                            removed.push(key.to_owned());
+                        }
+                    }
                     _ => break,
                 }
             }
         }
     }
     report_unknown::<T>(path, &unknown, locator, problems);
-    None
+    read
+}
+
+/// The field a serde "missing field" error names.
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.strip_suffix('`')
+}
+
+/// serde's messages in the words of a configuration file: `invalid type: string "many",
+/// expected usize` is "expected a whole number (0 or more), found the string "many"". A
+/// message Vigil's own parsers wrote (durations, addresses) is already in words and is kept.
+fn in_words(message: &str) -> String {
+    if let Some(field) = missing_field(message) {
+        return format!("missing key `{field}`");
+    }
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix)
+            && let Some((found, expected)) = rest.rsplit_once(", expected ")
+        {
+            return format!(
+                "expected {}, found {}",
+                expected_words(expected),
+                found_words(found)
+            );
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ")
+        && let Some((found, expected)) = rest.split_once(", expected ")
+    {
+        let expected = expected.strip_prefix("one of ").unwrap_or(expected);
+        return format!("{found} is not one of the values allowed here: {expected}");
+    }
+    if let Some(rest) = message.strip_prefix("invalid length ")
+        && let Some((length, expected)) = rest.split_once(", expected ")
+    {
+        return format!("expected {expected}, found {length} item(s)");
+    }
+    message.to_owned()
+}
+
+/// What serde expected (a Rust type or its own description), as a value in a file.
+fn expected_words(expected: &str) -> String {
+    let words = match expected {
+        "usize" | "u64" | "u32" | "u128" => "a whole number (0 or more)",
+        "u16" => "a whole number from 0 to 65535",
+        "u8" => "a whole number from 0 to 255",
+        "isize" | "i64" | "i32" | "i16" | "i8" | "i128" => "a whole number",
+        "f64" | "f32" => "a number",
+        "a boolean" => "true or false",
+        "a string" | "a borrowed string" | "a character" => "a string in quotes",
+        "a sequence" => "a list, like [\"a\", \"b\"]",
+        "a map" => "a table",
+        _ if expected.starts_with("struct ") || expected.starts_with("a map") => "a table",
+        _ => expected,
+    };
+    words.to_owned()
+}
+
+/// The value serde found, as written in a file.
+fn found_words(found: &str) -> String {
+    let quoted = |prefix: &str| {
+        found
+            .strip_prefix(prefix)
+            .map(|v| v.trim_matches('`').to_owned())
+    };
+    if let Some(text) = found.strip_prefix("string ") {
+        format!("the string {text}")
+    } else if let Some(n) = quoted("integer ").or_else(|| quoted("floating point ")) {
+        format!("the number {n}")
+    } else if let Some(b) = quoted("boolean ") {
+        b
+    } else {
+        match found {
+            "sequence" => "a list".to_owned(),
+            "map" => "a table".to_owned(),
+            "unit value" => "nothing".to_owned(),
+            _ => found.to_owned(),
+        }
+    }
 }
 
 /// A path as the locator writes it (`allow.0.spiffe`): serde_ignored's own rendering marks
@@ -339,7 +486,9 @@ allow = [{ spife = ["spiffe://x/y"] }]
             "{messages:?}"
         );
         assert!(
-            messages.iter().any(|m| m.contains("in `server`")),
+            messages
+                .iter()
+                .any(|m| m.contains("`server.max_connections`: expected a whole number")),
             "{messages:?}"
         );
         assert!(
@@ -362,6 +511,81 @@ allow = [{ spife = ["spiffe://x/y"] }]
             .and_then(|p| p.help.clone());
         assert_eq!(spife.as_deref(), Some("did you mean `spiffe`?"));
         assert!(problems.iter().all(|p| p.span.is_some()));
+    }
+
+    #[test]
+    fn serde_messages_are_put_in_words() {
+        let cases = [
+            (
+                "invalid type: string \"many\", expected usize",
+                "expected a whole number (0 or more), found the string \"many\"",
+            ),
+            (
+                "invalid type: integer `5`, expected a string",
+                "expected a string in quotes, found the number 5",
+            ),
+            (
+                "invalid type: string \"yes\", expected a boolean",
+                "expected true or false, found the string \"yes\"",
+            ),
+            (
+                "invalid value: integer `-1`, expected u64",
+                "expected a whole number (0 or more), found the number -1",
+            ),
+            (
+                "invalid type: integer `70000`, expected u16",
+                "expected a whole number from 0 to 65535, found the number 70000",
+            ),
+            (
+                "invalid type: string \"GET\", expected a sequence",
+                "expected a list, like [\"a\", \"b\"], found the string \"GET\"",
+            ),
+            (
+                "invalid type: sequence, expected struct RiskSection",
+                "expected a table, found a list",
+            ),
+            ("missing field `upstream`", "missing key `upstream`"),
+            (
+                "unknown variant `oidcc`, expected one of `none`, `oidc`",
+                "`oidcc` is not one of the values allowed here: `none`, `oidc`",
+            ),
+            // Vigil's own messages are kept.
+            (
+                "invalid duration \"soon\" (expected number at 0)",
+                "invalid duration \"soon\" (expected number at 0)",
+            ),
+        ];
+        for (serde, words) in cases {
+            assert_eq!(in_words(serde), words, "{serde}");
+        }
+    }
+
+    /// A bad value does not hide the rest of its section: the key taken out for it is read
+    /// as its default, the section is still compiled, and a required key taken out is not
+    /// reported missing as well.
+    #[test]
+    fn a_bad_value_leaves_the_rest_of_its_section_read() {
+        let text = "[tls]\ncert = 5\nkey = \"k\"\nsession_tickets = \"yes\"\n\n[server]\nmax_connections = \"x\"\nidle_timeout = \"1m\"\n";
+        let (raw, _loc, mut problems) = parse(text);
+        problems.sort_by_key(|p| p.span.as_ref().map(|s| s.start));
+        let messages: Vec<_> = problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "`tls.cert`: expected a string in quotes, found the number 5",
+                "`tls.session_tickets`: expected true or false, found the string \"yes\"",
+                "`server.max_connections`: expected a whole number (0 or more), found the string \"x\"",
+            ],
+        );
+        // [tls] lost a required key: unreadable, but not absent.
+        assert!(raw.tls.is_none());
+        assert!(!raw.lacks("tls"));
+        assert!(raw.lacks("oidc"));
+        // [server] is read, with the default for the bad key and the good key kept.
+        assert_eq!(
+            raw.server.idle_timeout.0,
+            std::time::Duration::from_secs(60)
+        );
     }
 
     #[test]

@@ -141,7 +141,10 @@ pub fn load_file(path: &Path, ctx: &Context) -> Result<Snapshot, Problems> {
                     name,
                     text: String::new(),
                 }),
-                items: vec![Problem::at(None, format!("cannot read the file: {e}"))],
+                items: vec![Problem::at(
+                    None,
+                    format!("cannot read the file: {}", crate::error::file_error(&e)),
+                )],
             });
         }
     };
@@ -165,13 +168,13 @@ pub fn load_text(
     });
     if locator.unparsed() {
         // Syntax errors: nothing further can be said reliably.
-        return Err(Problems { source, items });
+        return Err(Problems::in_file_order(source, items));
     }
     let mut compiler = Compiler::new(base, &locator, &mut items, ctx.previous.as_deref());
     let snapshot = compiler.compile(&raw, name, ctx);
     match snapshot {
         Some(s) if items.is_empty() => Ok(s),
-        _ => Err(Problems { source, items }),
+        _ => Err(Problems::in_file_order(source, items)),
     }
 }
 

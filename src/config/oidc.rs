@@ -75,7 +75,10 @@ impl Compiler<'_> {
         match (&o.client_secret_file, &o.client_secret_env) {
             (Some(file), None) => std::fs::read_to_string(self.file(file))
                 .map(|s| s.trim_end_matches(['\r', '\n']).to_owned())
-                .map_err(|e| self.problem("oidc.client_secret_file", format!("{file}: {e}")))
+                .map_err(|e| {
+                    let why = crate::error::file_error(&e);
+                    self.problem("oidc.client_secret_file", format!("{file}: {why}"))
+                })
                 .ok(),
             (None, Some(var)) => std::env::var(var)
                 .map_err(|_| {

@@ -107,7 +107,7 @@ impl Compiler<'_> {
             );
         }
         let risk = self.risk_actions(at, r, raw);
-        if rules.iter().any(Rule::needs_inventory) && raw.devices.is_none() {
+        if rules.iter().any(Rule::needs_inventory) && raw.lacks("devices") {
             self.problem_help(
                 &format!("{at}.allow"),
                 "device rules need the device inventory",
@@ -196,7 +196,7 @@ impl Compiler<'_> {
         match r.login.as_deref() {
             Some("none") => Some(Login::None),
             Some("oidc") => {
-                if raw.oidc.is_none() || raw.session.is_none() {
+                if raw.lacks("oidc") || raw.lacks("session") {
                     self.problem_help(
                         &key,
                         "login = \"oidc\" needs the [oidc] and [session] sections",
@@ -206,7 +206,7 @@ impl Compiler<'_> {
                 Some(Login::Oidc)
             }
             Some("bearer") => {
-                if raw.oidc.is_none() {
+                if raw.lacks("oidc") {
                     self.problem(
                         &key,
                         "login = \"bearer\" needs the [oidc] section (whose keys verify the tokens)",
@@ -287,7 +287,7 @@ impl Compiler<'_> {
         let Some(table) = &r.risk else {
             return actions;
         };
-        if raw.risk.is_none() {
+        if raw.lacks("risk") {
             self.problem(
                 &format!("{at}.risk"),
                 "route risk actions need a [risk] section",

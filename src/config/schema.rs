@@ -12,11 +12,24 @@ pub struct HumanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
+        d.deserialize_str(DurationVisitor)
+    }
+}
+
+struct DurationVisitor;
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = HumanDuration;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a duration in quotes, like \"30s\", \"5m\" or \"1h 30m\"")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<HumanDuration, E> {
         humantime::parse_duration(text.trim())
             .map(HumanDuration)
             .map_err(|e| {
-                serde::de::Error::custom(format!(
+                E::custom(format!(
                     "invalid duration {text:?} ({e}); write it like \"30s\", \"5m\" or \"1h 30m\""
                 ))
             })

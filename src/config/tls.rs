@@ -5,7 +5,7 @@ use super::compiler::Compiler;
 use super::diagnostics::{Problem, suggest};
 use super::load::RawConfig;
 use super::schema::TlsSection;
-use crate::tls::{Crls, Resumption, ServerTls, read_chain, read_key, read_roots};
+use crate::tls::{Crls, Resumption, ServerTls, key_fits, read_chain, read_key, read_roots};
 use rustls::crypto::SupportedKxGroup;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use rustls::server::danger::ClientCertVerifier;
@@ -22,6 +22,9 @@ impl Compiler<'_> {
     /// `[tls]`, which every configuration needs: Vigil only speaks TLS.
     pub(super) fn tls(&mut self, raw: &RawConfig, resumption: &Resumption) -> Option<Tls> {
         let Some(tls) = &raw.tls else {
+            if !raw.lacks("tls") {
+                return None;
+            }
             self.report(
                 Problem::at(None, "missing [tls] section")
                     .with_help("Vigil only speaks TLS: give cert, key and client_ca"),
@@ -34,10 +37,20 @@ impl Compiler<'_> {
         let key = read_key(&self.file(&tls.key))
             .map_err(|e| self.problem("tls.key", e))
             .ok();
+        let fits = self.key_fits(
+            "tls.key",
+            &tls.cert,
+            &tls.key,
+            chain.as_deref(),
+            key.as_ref(),
+        );
         let (roots, issuers) = self.client_roots(tls);
         let crls = self.crls(tls, issuers, &raw.admin.client_ca, true);
         let key_exchange = self.key_exchange(tls);
         let (chain, key, roots) = (chain?, key?, roots?);
+        if !fits {
+            return None;
+        }
         let (config, client_verifier) = ServerTls {
             chain,
             key,
@@ -55,6 +68,33 @@ impl Compiler<'_> {
             config,
             client_verifier,
         })
+    }
+
+    /// Whether `key` is the private key of `cert`'s certificate; a problem at `at` (the
+    /// `key =` setting) when it is not. True when either could not be read (that problem
+    /// is reported where it was read).
+    pub(super) fn key_fits(
+        &mut self,
+        at: &str,
+        cert: &str,
+        key: &str,
+        chain: Option<&[CertificateDer<'static>]>,
+        private: Option<&rustls::pki_types::PrivateKeyDer<'static>>,
+    ) -> bool {
+        let (Some(chain), Some(private)) = (chain, private) else {
+            return true;
+        };
+        match key_fits(chain, private) {
+            Ok(()) => true,
+            Err(e) => {
+                self.problem_help(
+                    at,
+                    format!("{key}: {e}"),
+                    format!("give the key {cert} was issued for"),
+                );
+                false
+            }
+        }
     }
 
     /// `[tls] client_ca`: the roots client certificates must chain to (`None` when one cannot

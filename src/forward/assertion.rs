@@ -42,7 +42,8 @@ impl std::fmt::Debug for Signer {
 
 impl Signer {
     pub fn from_file(path: &Path, issuer: String, lifetime: Duration) -> Result<Self, String> {
-        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("{}: {}", path.display(), crate::error::file_error(&e)))?;
         Self::from_pem(&pem, issuer, lifetime).map_err(|e| format!("{}: {e}", path.display()))
     }
 

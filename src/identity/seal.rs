@@ -66,7 +66,8 @@ impl fmt::Debug for KeyRing {
 impl KeyRing {
     /// Reads one base64 key of 32 bytes per line; blank lines and `#` comments are skipped.
     pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: {}", path.display(), crate::error::file_error(&e)))?;
         Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
 

@@ -189,8 +189,8 @@ impl Inventory {
     async fn refresh(&self) -> Result<(), String> {
         match &self.settings.source {
             Source::File(path) => {
-                let meta =
-                    std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let meta = std::fs::metadata(path)
+                    .map_err(|e| format!("{}: {}", path.display(), crate::error::file_error(&e)))?;
                 let stamp = (meta.modified().map_err(|e| e.to_string())?, meta.len());
                 if self.data.load().file_stamp == Some(stamp) {
                     self.mark_success();
@@ -289,7 +289,8 @@ fn trim_zeros(bytes: &[u8]) -> &[u8] {
 }
 
 fn read_file(path: &std::path::Path, key: Key) -> Result<Data, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("{}: {}", path.display(), crate::error::file_error(&e)))?;
     parse(&bytes, key).map_err(|e| format!("{}: {e}", path.display()))
 }
 

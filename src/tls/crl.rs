@@ -85,7 +85,8 @@ impl Crls {
 
 /// The CRLs of a PEM file (every `X509 CRL` block), or the file as one DER CRL.
 fn read_file(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("{}: {}", path.display(), crate::error::file_error(&e)))?;
     let pem: Result<Vec<_>, _> = CertificateRevocationListDer::pem_slice_iter(&bytes).collect();
     Ok(match pem {
         Ok(list) if !list.is_empty() => list,

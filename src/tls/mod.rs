@@ -177,6 +177,21 @@ impl ServerTls {
     }
 }
 
+/// Whether `key` is the private key of the first certificate of `chain`, in the operator's
+/// words when it is not.
+pub fn key_fits(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+) -> Result<(), String> {
+    match rustls::sign::CertifiedKey::from_der(chain.to_vec(), key.clone_key(), &base_provider()) {
+        Ok(_) => Ok(()),
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            Err("this key does not belong to the certificate (their public keys differ)".into())
+        }
+        Err(e) => Err(format!("the key cannot be used with the certificate: {e}")),
+    }
+}
+
 pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let chain = CertificateDer::pem_file_iter(path)
         .map_err(|e| pem_error(path, e))?
@@ -208,10 +223,16 @@ pub fn read_roots(
 }
 
 fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> String {
-    match e {
-        rustls::pki_types::pem::Error::Io(io) => format!("{}: {io}", path.display()),
-        other => format!("{}: not valid PEM: {other:?}", path.display()),
-    }
+    use rustls::pki_types::pem::Error;
+    let why = match e {
+        Error::Io(io) => crate::error::file_error(&io),
+        Error::NoItemsFound => "no PEM item of the kind expected here".to_owned(),
+        Error::MissingSectionEnd { .. } => "not valid PEM: a section has no END line".to_owned(),
+        Error::IllegalSectionStart { .. } => "not valid PEM: a BEGIN line is malformed".to_owned(),
+        Error::Base64Decode(e) => format!("not valid PEM: bad base64 ({e})"),
+        other => format!("not valid PEM: {other}"),
+    };
+    format!("{}: {why}", path.display())
 }
 
 /// Verifies a client's certificate chain (leaf first) again, against the CAs and CRLs that
