@@ -544,7 +544,7 @@ fn revoke(
             .get_or_create(&crate::metrics::Reason { reason: kind })
             .inc();
     }
-    tracing::warn!(revoked = ?done, what = %body, by = %caller, remote = %conn.remote, "revocation ordered by an operator");
+    tracing::warn!(revoked = %done.join(","), what = %body, by = %caller, remote = %conn.remote, "revocation ordered by an operator");
     shared.live.recheck_now();
     json(
         StatusCode::OK,
@@ -563,8 +563,8 @@ fn restore(
     let restored = device
         .as_deref()
         .is_some_and(|fp| shared.revocations.restore_device(fp));
-    if restored {
-        tracing::warn!(device = ?device, by = %caller, remote = %conn.remote, "device revocation lifted by an operator");
+    if let (true, Some(device)) = (restored, &device) {
+        tracing::warn!(device = %device, by = %caller, remote = %conn.remote, "device revocation lifted by an operator");
     }
     json(
         if restored {

@@ -37,6 +37,7 @@ async fn health_readiness_and_metrics() -> Result<()> {
     }
     assert_eq!(admin(&running, "POST", "/reload").await?.status, 409);
     assert_eq!(admin(&running, "DELETE", "/metrics").await?.status, 405);
+    assert_eq!(admin(&running, "DELETE", "/revocations").await?.status, 405);
     assert_eq!(admin(&running, "GET", "/nope").await?.status, 404);
     Ok(())
 }
