@@ -121,6 +121,20 @@ struct ExplainArgs {
     /// The person signed in with a second factor.
     #[arg(long)]
     mfa: bool,
+    /// Decide at this moment instead of now (RFC 3339, like 2026-01-13T20:00:00+01:00, or
+    /// Unix seconds); with --input, instead of the document's own time too.
+    #[arg(long, value_parser = parse_moment)]
+    at: Option<i64>,
+}
+
+/// An RFC 3339 timestamp or Unix seconds, as Unix seconds.
+fn parse_moment(text: &str) -> Result<i64, String> {
+    if let Ok(seconds) = text.parse::<i64>() {
+        return Ok(seconds);
+    }
+    text.parse::<jiff::Timestamp>()
+        .map(|t| t.as_second())
+        .map_err(|e| format!("{text:?} is not a moment (RFC 3339, like 2026-01-13T20:00:00Z, or Unix seconds): {e}"))
 }
 
 #[derive(Subcommand)]
@@ -194,8 +208,8 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
-    let now = vigil::identity::now();
-    let doc = match (&args.input, &args.url, &args.cert) {
+    let now = args.at.unwrap_or_else(vigil::identity::now);
+    let mut doc = match (&args.input, &args.url, &args.cert) {
         (Some(input), _, _) => {
             let json =
                 std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
@@ -220,6 +234,9 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         }
         _ => bail!("give --input FACTS.json, or --url and --cert"),
     };
+    if args.at.is_some() {
+        doc.time = Some(now);
+    }
     let explained = vigil::explain::explain(&snapshot, doc, now);
     println!("{:#}", explained.report);
     if !explained.passes {

@@ -95,6 +95,10 @@ codes! {
     PathNotAllowed = "path_not_allowed",
     /// The source address is in none of a rule's networks.
     NetworkNotAllowed = "network_not_allowed",
+    /// The time of the request is outside the rule's `hours`.
+    OutsideHours = "outside_hours",
+    /// The day of the request is none of the rule's `days`.
+    OutsideDays = "outside_days",
     /// A rule asks about the device and the inventory does not know it.
     DeviceUnknown = "device_unknown",
     /// A rule needs a compliant device.

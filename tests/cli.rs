@@ -723,6 +723,93 @@ fn policy_explain_prints_the_decision_and_its_reasons() -> Result<()> {
     Ok(())
 }
 
+/// A rule's time window, asked about at two moments with `--at`: the same request is allowed
+/// during office hours in Paris and denied after them, across the change to summer time.
+#[test]
+fn policy_explain_at_another_moment() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let path = dir.path().join("vigil.toml");
+    let office = r#"spiffe = ["spiffe://vigil.test/**"], hours = "08:00-19:00", days = ["mon", "tue", "wed", "thu", "fri"], timezone = "Europe/Paris""#;
+    std::fs::write(
+        &path,
+        GOOD.replace(r#"spiffe = ["spiffe://example.org/ns/*/sa/*"]"#, office),
+    )?;
+    let explain = |at: &str| -> Result<(i32, serde_json::Value)> {
+        let out = vigil()
+            .args(["policy", "explain", "--config"])
+            .arg(&path)
+            .arg("--cert")
+            .arg(dir.path().join("workload.pem"))
+            .args(["--url", "https://api.example.com/v1/orders", "--at", at])
+            .output()?;
+        let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        Ok((out.status.code().unwrap_or(-1), json))
+    };
+    for (at, code, decided, reason) in [
+        // Friday 27 March 2026, 18:30 in Paris (UTC+1).
+        (
+            "2026-03-27T17:30:00Z",
+            0,
+            "2026-03-27T17:30:00Z",
+            "allowed by rule 1",
+        ),
+        // Monday 30 March, 18:30 UTC is 20:30 in Paris (UTC+2 since Sunday).
+        (
+            "2026-03-30T18:30:00+00:00",
+            2,
+            "2026-03-30T18:30:00Z",
+            "rule 1: outside the allowed hours 08:00-19:00 (Europe/Paris): it is 20:30 there",
+        ),
+        // Saturday, as Unix seconds.
+        (
+            "1774692000",
+            2,
+            "2026-03-28T10:00:00Z",
+            "rule 1: not on an allowed day (mon, tue, wed, thu, fri): it is sat there",
+        ),
+    ] {
+        let (exit, report) = explain(at)?;
+        assert_eq!(exit, code, "{at}: {report}");
+        assert_eq!(report["time"], decided, "{report}");
+        assert_eq!(report["reasons"][0], reason, "{report}");
+    }
+    let (exit, _) = explain("tomorrow")?;
+    assert_eq!(exit, 2, "an unreadable --at is a usage error");
+
+    // Windows that cannot be read are configuration errors at the key at fault.
+    for (window, key, message) in [
+        (r#"hours = "8-19""#, "hours", "is not a span of hours"),
+        (
+            r#"days = ["mon", "funday"]"#,
+            "days",
+            "\"funday\" is not a day",
+        ),
+        (
+            r#"hours = "08:00-19:00", timezone = "Mars/Olympus""#,
+            "timezone",
+            "unknown time zone",
+        ),
+        (r#"timezone = "UTC""#, "timezone", "has neither"),
+    ] {
+        let text = GOOD.replace(r#"methods = ["GET"]"#, window);
+        let (ok, out) = check(dir.path(), &text)?;
+        assert!(!ok, "{window}: {out}");
+        assert!(out.contains(message), "{window}: {out}");
+        let line = text.lines().position(|l| l.contains(window)).unwrap_or(0) + 1;
+        let col = text
+            .lines()
+            .nth(line - 1)
+            .and_then(|l| l.find(&format!("{key} =")))
+            .unwrap_or(0);
+        assert!(
+            out.contains(&format!(":{line}:")) && col > 0,
+            "{window}: {out}"
+        );
+    }
+    Ok(())
+}
+
 /// `vigil run` on `config` (in `dir`), until `until` returns true for the standard error
 /// lines written so far (or 20 seconds pass); then SIGTERM. Returns every line it wrote on
 /// standard error.

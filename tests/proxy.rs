@@ -1205,6 +1205,128 @@ async fn audit_mode_logs_denials_and_lets_them_through() -> Result<()> {
     Ok(())
 }
 
+/// `audit = true` on one route lets its denials through and logs them as `audit`, while the
+/// route beside it is enforced; `audit = false` enforces a route under `[audit] mode = "audit"`.
+#[tokio::test]
+async fn audit_mode_per_route() -> Result<()> {
+    let routes = r#"
+[[route]]
+name = "trial"
+host = "localhost"
+path = "/trial"
+upstream = "http://UPSTREAM"
+login = "none"
+audit = true
+allow = [{ spiffe = ["spiffe://example.org/ns/frontend/sa/*"] }]
+
+[[route]]
+name = "strict"
+host = "localhost"
+path = "/strict"
+upstream = "http://UPSTREAM"
+login = "none"
+audit = false
+allow = [{ spiffe = ["spiffe://example.org/ns/frontend/sa/*"] }]
+
+[[route]]
+name = "api"
+host = "localhost"
+upstream = "http://UPSTREAM"
+login = "none"
+allow = [{ spiffe = ["spiffe://example.org/ns/frontend/sa/*"] }]
+"#;
+    for (global, expected) in [
+        ("", [200, 403, 403]),
+        ("\n[audit]\nmode = \"audit\"\n", [200, 403, 200]),
+    ] {
+        let f = fixture_with("", routes, global).await?;
+        for ((path, route), status) in [
+            ("/trial/x", "trial"),
+            ("/strict/x", "strict"),
+            ("/x", "api"),
+        ]
+        .into_iter()
+        .zip(expected)
+        {
+            let reply = get(f.running.addr, f.as_identity(&f.batch), path, "").await?;
+            assert_eq!(reply.status, status, "{path} with {global:?}");
+            let id = reply.header("x-request-id").unwrap_or_default();
+            let line = decision_for(&f.decisions, &id)
+                .await
+                .expect("decision line");
+            assert_eq!(line["route"], route);
+            let (decision, mode) = if status == 200 {
+                ("audit", "audit")
+            } else {
+                ("deny", "enforce")
+            };
+            assert_eq!(line["decision"], decision, "{line}");
+            assert_eq!(line["mode"], mode, "{line}");
+        }
+    }
+    Ok(())
+}
+
+/// A rule's `hours` are checked at the time of the request: a window around now allows, the
+/// same rule with a window later today denies, with the reason and its code in the log.
+#[tokio::test]
+async fn time_windows_decide_at_the_time_of_the_request() -> Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let clock = |offset_hours: i64| {
+        let minutes = ((now / 60) as i64 + offset_hours * 60).rem_euclid(24 * 60);
+        format!("{:02}:{:02}", minutes / 60, minutes % 60)
+    };
+    let open = format!("{}-{}", clock(-1), clock(1));
+    let later = format!("{}-{}", clock(2), clock(3));
+    let routes = format!(
+        r#"
+[[route]]
+name = "open"
+host = "localhost"
+path = "/open"
+upstream = "http://UPSTREAM"
+login = "none"
+allow = [{{ spiffe = ["spiffe://example.org/ns/frontend/sa/*"], hours = "{open}", timezone = "UTC" }}]
+
+[[route]]
+name = "later"
+host = "localhost"
+path = "/later"
+upstream = "http://UPSTREAM"
+login = "none"
+allow = [{{ spiffe = ["spiffe://example.org/ns/frontend/sa/*"], hours = "{later}", timezone = "Asia/Kolkata" }}]
+"#
+    );
+    // Kolkata is UTC+05:30 all year: the later window, written in its local time.
+    let kolkata = |h: &str| -> String {
+        let (hh, mm) = h.split_once(':').unwrap_or(("0", "0"));
+        let minutes = (hh.parse::<i64>().unwrap_or(0) * 60 + mm.parse::<i64>().unwrap_or(0) + 330)
+            .rem_euclid(24 * 60);
+        format!("{:02}:{:02}", minutes / 60, minutes % 60)
+    };
+    let (from, to) = later.split_once('-').unwrap_or_default();
+    let routes = routes.replace(&later, &format!("{}-{}", kolkata(from), kolkata(to)));
+    let f = fixture_with("", &routes, "").await?;
+    let reply = get(f.running.addr, f.web(), "/open/x", "").await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let reply = get(f.running.addr, f.web(), "/later/x", "").await?;
+    assert_eq!(reply.status, 403, "{reply:?}");
+    let id = reply.header("x-request-id").unwrap_or_default();
+    let line = decision_for(&f.decisions, &id)
+        .await
+        .expect("decision line");
+    assert_eq!(line["codes"][0], "outside_hours", "{line}");
+    assert!(
+        line["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.contains("(Asia/Kolkata): it is")),
+        "{line}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn whoami_describes_the_caller() -> Result<()> {
     let f = fixture().await?;

@@ -742,6 +742,7 @@ response_timeout = "60s"
 max_body_bytes = 1024
 upgrades = ["websocket"]
 risk = { low = "allow", medium = "read_only", high = "deny" }
+audit = true
 
 [[route.allow]]
 spiffe = ["spiffe://example.org/ns/*/sa/*"]
@@ -759,6 +760,9 @@ claims = { team = ["a"] }
 device = "compliant"
 min_os = { macOS = "14.0" }
 max_check_in_age = "1d"
+hours = "08:00-19:00"
+days = ["mon"]
+timezone = "Europe/Paris"
 "#;
 
     /// A key the schema has is never reported unknown, and the suggestions know every key

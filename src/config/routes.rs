@@ -129,6 +129,7 @@ impl Compiler<'_> {
                 login: login?,
                 rules,
                 risk,
+                audit: r.audit,
             }),
             upstream: upstream?,
             max_body_bytes: r.max_body_bytes.map(|n| if n == 0 { u64::MAX } else { n }),

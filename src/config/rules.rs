@@ -4,6 +4,7 @@
 use super::compiler::Compiler;
 use super::schema::RuleSection;
 use crate::canonical::normalize_host;
+use crate::policy::window::Window;
 use crate::policy::{DeviceRequirement, Pattern, Rule};
 
 impl Compiler<'_> {
@@ -37,7 +38,28 @@ impl Compiler<'_> {
         }
         rule.networks = self.networks(&format!("{at}.networks"), &r.networks);
         self.identity_rule(at, r, &mut rule);
+        rule.window = self.window(at, r);
         rule
+    }
+
+    /// `hours`, `days` and `timezone`: a window when either of the first two is given.
+    fn window(&mut self, at: &str, r: &RuleSection) -> Option<Window> {
+        if r.hours.is_none() && r.days.is_empty() {
+            if r.timezone.is_some() {
+                self.problem(
+                    &format!("{at}.timezone"),
+                    "timezone applies to hours and days, and the rule has neither",
+                );
+            }
+            return None;
+        }
+        match Window::new(r.hours.as_deref(), &r.days, r.timezone.as_deref()) {
+            Ok(window) => Some(window),
+            Err((key, message)) => {
+                self.problem(&format!("{at}.{key}"), message);
+                None
+            }
+        }
     }
 
     /// The conditions on the client certificate: SPIFFE ID, subject, SANs, fingerprint.

@@ -741,6 +741,10 @@ pub struct RouteSection {
     /// low = allow, medium = read_only, high = deny.
     #[serde(default)]
     pub risk: Option<RiskActionsSection>,
+    /// Audit mode for this route alone: true logs its would-be denials and lets them
+    /// through, false enforces them whatever `[audit] mode` says. Default: `[audit] mode`.
+    #[serde(default)]
+    pub audit: Option<bool>,
 }
 
 /// One entry of a route's `allow` list: every condition given must hold (AND); the list is OR.
@@ -792,4 +796,13 @@ pub struct RuleSection {
     /// The device's last check-in must be at most this old.
     #[serde(default)]
     pub max_check_in_age: Option<HumanDuration>,
+    /// Local time of day, like "08:00-19:00" (may cross midnight: "22:00-06:00").
+    #[serde(default)]
+    pub hours: Option<String>,
+    /// Days of the week, like ["mon", "tue", "wed", "thu", "fri"].
+    #[serde(default)]
+    pub days: Vec<String>,
+    /// IANA time zone of `hours` and `days`, like "Europe/Paris". Default "UTC".
+    #[serde(default)]
+    pub timezone: Option<String>,
 }

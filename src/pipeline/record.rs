@@ -127,7 +127,11 @@ impl Context<'_> {
             fault: fault.map(Fault::as_str),
             risk: self.risk.as_ref(),
             upstream,
-            mode: if self.snapshot.policy.audit {
+            mode: if self
+                .snapshot
+                .policy
+                .audits(self.route.as_ref().map(|r| &*r.policy))
+            {
                 "audit"
             } else {
                 "enforce"

@@ -11,6 +11,7 @@
 
 pub mod facts;
 pub mod pattern;
+pub mod window;
 
 pub use facts::Facts;
 pub use pattern::Pattern;
@@ -71,6 +72,8 @@ pub struct Rule {
     pub min_os: Vec<(String, String)>,
     /// Maximum age of the device's last check-in, in seconds.
     pub max_check_in_age: Option<u64>,
+    /// The hours and days the rule allows, in its time zone.
+    pub window: Option<window::Window>,
 }
 
 /// `device = "compliant" | "managed" | "known" | "any"`.
@@ -121,6 +124,8 @@ pub struct RoutePolicy {
     pub rules: Vec<Rule>,
     /// What to do at each risk level (used when `[risk]` is configured).
     pub risk: RiskActions,
+    /// The route's own audit mode, when it has one; else the policy's applies.
+    pub audit: Option<bool>,
 }
 
 impl RoutePolicy {
@@ -132,6 +137,7 @@ impl RoutePolicy {
             login: Login::None,
             rules,
             risk: RiskActions::default(),
+            audit: None,
         }
     }
 }
@@ -162,6 +168,12 @@ impl Policy {
 
     pub fn route(&self, name: &str) -> Option<&RoutePolicy> {
         self.routes.get(name).map(Arc::as_ref)
+    }
+
+    /// True when denials on `route` (or on requests no route serves) are let through and
+    /// logged: the route's own `audit` when it has one, else the policy's.
+    pub fn audits(&self, route: Option<&RoutePolicy>) -> bool {
+        route.and_then(|r| r.audit).unwrap_or(self.audit)
     }
 }
 
@@ -271,7 +283,7 @@ pub fn decide_on(policy: &Policy, route: Option<&RoutePolicy>, facts: &Facts<'_>
     {
         apply_risk(policy, route, facts, risk.level, &mut decision);
     }
-    if decision.outcome == Outcome::Deny && policy.audit {
+    if decision.outcome == Outcome::Deny && policy.audits(Some(route)) {
         decision.outcome = Outcome::Audit;
     }
     decision
@@ -449,6 +461,9 @@ impl Rule {
                 Code::NetworkNotAllowed,
                 format!("source address {source} not in allowed networks"),
             ));
+        }
+        if let Some(window) = &self.window {
+            window.check(f.time)?;
         }
         if self.needs_inventory() {
             self.check_device(f.device, f.time)?;
@@ -777,6 +792,66 @@ mod tests {
             [Code::SpiffeNotAllowed, Code::CertSubjectNotAllowed],
             "{:?}",
             d.reasons
+        );
+    }
+
+    /// A route's own `audit` wins over the policy's, both ways; a login route without its
+    /// person is denied in audit mode too.
+    #[test]
+    fn audit_per_route() {
+        let p = peer(None, "x");
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let never = rule(|r| r.cert_subject = vec![Pattern::new("nobody").unwrap()]);
+        for (global, route, expected) in [
+            (false, None, Outcome::Deny),
+            (true, None, Outcome::Audit),
+            (false, Some(true), Outcome::Audit),
+            (true, Some(false), Outcome::Deny),
+        ] {
+            let mut route_policy = RoutePolicy::new("r", vec![never.clone()]);
+            route_policy.audit = route;
+            let policy = Policy::new([Arc::new(route_policy)], global, 300);
+            let decision = super::decide(&policy, &facts(&p, "GET", "/", local, None));
+            assert_eq!(
+                decision.outcome, expected,
+                "global {global}, route {route:?}"
+            );
+        }
+        let mut login = RoutePolicy::new("r", vec![Rule::default()]);
+        login.login = Login::Oidc;
+        login.audit = Some(true);
+        let policy = Policy::new([Arc::new(login)], true, 300);
+        let decision = super::decide(&policy, &facts(&p, "GET", "/", local, None));
+        assert_eq!(decision.outcome, Outcome::Deny);
+    }
+
+    /// A rule with a time window allows within it only, at the facts' time: the same request
+    /// decided at another moment gets another answer.
+    #[test]
+    fn a_time_window_is_decided_at_the_facts_time() {
+        let p = peer(None, "ops-laptop");
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let days: Vec<String> = ["mon", "tue", "wed", "thu", "fri"]
+            .map(String::from)
+            .to_vec();
+        let office = rule(|r| {
+            r.cert_subject = vec![Pattern::new("*-laptop").unwrap()];
+            r.window = window::Window::new(Some("08:00-19:00"), &days, Some("Europe/Paris")).ok();
+        });
+        assert!(office.window.is_some());
+        let policy = one_route(vec![office]);
+        let mut f = facts(&p, "GET", "/", local, None);
+        // Tuesday 13 January 2026, 10:00 in Paris.
+        f.time = 1_768_294_800;
+        assert_eq!(super::decide(&policy, &f).outcome, Outcome::Allow);
+        // The same day at 20:00 in Paris.
+        f.time += 10 * 3600;
+        let late = super::decide(&policy, &f);
+        assert_eq!(late.outcome, Outcome::Deny);
+        assert_eq!(late.reasons[0].code, Code::OutsideHours);
+        assert_eq!(
+            late.reasons[0].text,
+            "rule 1: outside the allowed hours 08:00-19:00 (Europe/Paris): it is 20:00 there"
         );
     }
 
