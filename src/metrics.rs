@@ -100,12 +100,7 @@ pub struct Metrics {
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
     pub config_last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
-    // The dates of the TLS material in force (`tls::lifecycle`), set at start-up and by
-    // every applied reload.
-    pub certificate_not_before: Family<CertificateLabels, Gauge>,
-    pub certificate_not_after: Family<CertificateLabels, Gauge>,
-    pub crl_this_update: Family<CrlLabels, Gauge>,
-    pub crl_next_update: Family<CrlLabels, Gauge>,
+    pub tls_dates: TlsDates,
 }
 
 impl Metrics {
@@ -205,6 +200,40 @@ impl Metrics {
                 "config_last_reload_success_timestamp_seconds",
                 "Unix time of the last configuration load that was applied",
             ),
+            tls_dates: TlsDates::register(r),
+            registry,
+        })
+    }
+
+    pub fn limit(&self, limit: &'static str) {
+        self.limits_hit.get_or_create(&Limit { limit }).inc();
+    }
+
+    /// Every family, in `format`.
+    pub fn render(&self, format: Exposition) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        match format {
+            Exposition::OpenMetrics => out,
+            Exposition::Prometheus => prometheus_text(&out),
+        }
+    }
+}
+
+/// The dates of the TLS material in force (`tls::lifecycle`), as Unix times: set at start-up
+/// and by every applied reload, so an alert compares them with `time()`.
+pub struct TlsDates {
+    pub certificate_not_before: Family<CertificateLabels, Gauge>,
+    pub certificate_not_after: Family<CertificateLabels, Gauge>,
+    pub crl_this_update: Family<CrlLabels, Gauge>,
+    pub crl_next_update: Family<CrlLabels, Gauge>,
+}
+
+impl TlsDates {
+    fn register(r: &mut Registry) -> Self {
+        Self {
             certificate_not_before: metric(
                 r,
                 "tls_certificate_not_before_timestamp_seconds",
@@ -225,23 +254,6 @@ impl Metrics {
                 "tls_crl_next_update_timestamp_seconds",
                 "Unix time by which a CRL in force must be replaced (nextUpdate), by file and issuer",
             ),
-            registry,
-        })
-    }
-
-    pub fn limit(&self, limit: &'static str) {
-        self.limits_hit.get_or_create(&Limit { limit }).inc();
-    }
-
-    /// Every family, in `format`.
-    pub fn render(&self, format: Exposition) -> String {
-        let mut out = String::with_capacity(8 * 1024);
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        match format {
-            Exposition::OpenMetrics => out,
-            Exposition::Prometheus => prometheus_text(&out),
         }
     }
 }

@@ -213,3 +213,135 @@ async fn a_crl_that_does_not_verify_at_the_handshake_is_a_bad_signature() -> Res
     );
     Ok(())
 }
+
+/// Captures what this test binary logs, so a test can look for what the proxy said.
+fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Capture(writer.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buffer
+    })
+    .clone()
+}
+
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A CRL a few seconds from its nextUpdate: the metric carries the date, the log warns, and
+/// once it is past `/readyz` turns 503 with the reason (every client of that CA is refused);
+/// a fresh CRL brings readiness back, and a removed one's series disappear.
+#[tokio::test]
+async fn a_crl_nearing_and_passing_its_next_update_is_reported() -> Result<()> {
+    let logs = captured_logs();
+    let pki = Pki::new()?;
+    let web = pki.workload(SPIFFE_WEB)?;
+    let next = time::OffsetDateTime::now_utc() + time::Duration::seconds(4);
+    std::fs::write(pki.path("ca.crl"), pki.ca.crl_pem(&[], 1, next)?)?;
+    let (upstream, stop) = echo_upstream().await?;
+    let _stop = stop.drop_guard();
+    let text = format!(
+        "{}{}",
+        base_config("", &pki.path("decisions.log")).replace(
+            "client_ca = [\"ca.pem\"]",
+            "client_ca = [\"ca.pem\"]\ncrl = [\"ca.crl\"]\nexpiry_warning = \"1h\"",
+        ),
+        ROUTE.replace("UPSTREAM", &upstream.to_string())
+    );
+    let config = pki.path("vigil.toml");
+    std::fs::write(&config, &text)?;
+    let running = vigil::start_file(&config).await?;
+
+    let series = "vigil_tls_crl_next_update_timestamp_seconds{file=\"ca.crl\",issuer=\"Test CA\"}";
+    assert_eq!(
+        metric(&running, series).await?,
+        next.unix_timestamp() as f64
+    );
+    let text_metrics = metrics(&running).await?;
+    assert!(
+        text_metrics.contains(
+            "vigil_tls_certificate_not_after_timestamp_seconds{role=\"server\",file=\"server.pem\""
+        ),
+        "{text_metrics}"
+    );
+    assert!(
+        text_metrics.contains(
+            "vigil_tls_certificate_not_after_timestamp_seconds{role=\"client_ca\",file=\"ca.pem\",subject=\"Test CA\"}"
+        ),
+        "{text_metrics}"
+    );
+    let logged =
+        String::from_utf8_lossy(&logs.lock().map(|b| b.clone()).unwrap_or_default()).into_owned();
+    assert!(
+        logged.lines().any(|l| l.contains("WARN")
+            && l.contains("the CRL of \"Test CA\" (ca.crl) reaches its nextUpdate")),
+        "{logged}"
+    );
+    let ready = admin(&running, "GET", "/readyz").await?;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.json()["certificates"]["crl"][0]["state"], "expiring");
+    assert_eq!(
+        ready.json()["certificates"]["crl"][0]["next_update"],
+        next.unix_timestamp()
+    );
+    let (_, status) =
+        exchange(&running, client_config(Some(&web), pki.ca.cert_pem(), &[])?).await?;
+    assert_eq!(status, 200);
+
+    // Past its nextUpdate: not ready, with the reason, and clients are refused.
+    let unready = eventually(std::time::Duration::from_secs(15), || async {
+        admin(&running, "GET", "/readyz")
+            .await
+            .is_ok_and(|r| r.status == 503)
+    })
+    .await;
+    assert!(unready, "/readyz stayed 200 past the CRL's nextUpdate");
+    let ready = admin(&running, "GET", "/readyz").await?;
+    let reason = ready.json()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("the CRL of \"Test CA\" (ca.crl) is past its nextUpdate"),
+        "{reason}"
+    );
+    assert_eq!(ready.json()["certificates"]["crl"][0]["state"], "expired");
+    let refused = exchange(&running, client_config(Some(&web), pki.ca.cert_pem(), &[])?).await;
+    assert!(!matches!(refused, Ok((_, 200))), "{refused:?}");
+    assert!(failures(&running, "expired_crl").await);
+
+    // A fresh CRL: ready again, and the metric follows.
+    let fresh = time::OffsetDateTime::now_utc() + time::Duration::days(30);
+    std::fs::write(pki.path("ca.crl"), pki.ca.crl_pem(&[], 2, fresh)?)?;
+    assert_eq!(admin(&running, "POST", "/reload").await?.status, 200);
+    let ready = admin(&running, "GET", "/readyz").await?;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(
+        metric(&running, series).await?,
+        fresh.unix_timestamp() as f64
+    );
+
+    // Without the CRL, its series are gone.
+    std::fs::write(&config, text.replace("crl = [\"ca.crl\"]\n", ""))?;
+    assert_eq!(admin(&running, "POST", "/reload").await?.status, 200);
+    let text_metrics = metrics(&running).await?;
+    assert!(!text_metrics.contains("file=\"ca.crl\""), "{text_metrics}");
+    running.shutdown().await;
+    Ok(())
+}

@@ -445,35 +445,36 @@ impl Material {
     /// keyed by file and name; of two certificates with the same file and name the one that
     /// ends first is shown (the one to alert on).
     pub fn publish(&self, previous: Option<&Material>, metrics: &Metrics) {
+        let dates = &metrics.tls_dates;
         let new = self.series();
         for (labels, (not_before, not_after)) in &new.certs {
-            metrics
+            dates
                 .certificate_not_before
                 .get_or_create(labels)
                 .set(*not_before);
-            metrics
+            dates
                 .certificate_not_after
                 .get_or_create(labels)
                 .set(*not_after);
         }
         for (labels, (this_update, next_update)) in &new.crls {
-            metrics
+            dates
                 .crl_this_update
                 .get_or_create(labels)
                 .set(*this_update);
-            metrics
+            dates
                 .crl_next_update
                 .get_or_create(labels)
                 .set(*next_update);
         }
         if let Some(old) = previous.map(Material::series) {
             for labels in old.certs.keys().filter(|l| !new.certs.contains_key(*l)) {
-                metrics.certificate_not_before.remove(labels);
-                metrics.certificate_not_after.remove(labels);
+                metrics.tls_dates.certificate_not_before.remove(labels);
+                metrics.tls_dates.certificate_not_after.remove(labels);
             }
             for labels in old.crls.keys().filter(|l| !new.crls.contains_key(*l)) {
-                metrics.crl_this_update.remove(labels);
-                metrics.crl_next_update.remove(labels);
+                metrics.tls_dates.crl_this_update.remove(labels);
+                metrics.tls_dates.crl_next_update.remove(labels);
             }
         }
     }
