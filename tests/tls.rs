@@ -345,3 +345,78 @@ async fn a_crl_nearing_and_passing_its_next_update_is_reported() -> Result<()> {
     running.shutdown().await;
     Ok(())
 }
+
+/// A server certificate that expires while it is served: `/readyz` turns 503 naming it, a
+/// reload that still brings it is refused, and a renewed one brings readiness back with its
+/// new `notAfter` in the metric.
+#[tokio::test]
+async fn a_server_certificate_expiring_while_served_is_reported() -> Result<()> {
+    let pki = Pki::new()?;
+    let now = time::OffsetDateTime::now_utc();
+    let short = pki.ca.issue(
+        &LeafSpec::server(vec!["localhost".into()], vec![]).validity(
+            now - time::Duration::hours(1),
+            now + time::Duration::seconds(3),
+        ),
+    )?;
+    std::fs::write(pki.path("server.pem"), &short.cert_pem)?;
+    std::fs::write(pki.path("server.key"), &short.key_pem)?;
+    let (upstream, stop) = echo_upstream().await?;
+    let _stop = stop.drop_guard();
+    let config = pki.path("vigil.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}",
+            base_config("", &pki.path("decisions.log")),
+            ROUTE.replace("UPSTREAM", &upstream.to_string())
+        ),
+    )?;
+    let running = vigil::start_file(&config).await?;
+    let series = "vigil_tls_certificate_not_after_timestamp_seconds{role=\"server\",file=\"server.pem\",subject=\"localhost\"}";
+    let not_after = (now + time::Duration::seconds(3)).unix_timestamp() as f64;
+    assert_eq!(metric(&running, series).await?, not_after);
+    let ready = admin(&running, "GET", "/readyz").await?;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(
+        ready.json()["certificates"]["server_certificate"]["state"],
+        "expiring"
+    );
+
+    let unready = eventually(std::time::Duration::from_secs(15), || async {
+        admin(&running, "GET", "/readyz")
+            .await
+            .is_ok_and(|r| r.status == 503)
+    })
+    .await;
+    assert!(
+        unready,
+        "/readyz stayed 200 past the server certificate's notAfter"
+    );
+    let ready = admin(&running, "GET", "/readyz").await?;
+    let reason = ready.json()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("the server certificate \"localhost\" (server.pem) expired at"),
+        "{reason}"
+    );
+
+    // A reload with the same certificate is refused, naming it; the snapshot stays.
+    let refused = admin(&running, "POST", "/reload").await?;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("expired at"), "{}", refused.body);
+
+    let renewed = pki
+        .ca
+        .issue(&LeafSpec::server(vec!["localhost".into()], vec![]))?;
+    std::fs::write(pki.path("server.pem"), &renewed.cert_pem)?;
+    std::fs::write(pki.path("server.key"), &renewed.key_pem)?;
+    assert_eq!(admin(&running, "POST", "/reload").await?.status, 200);
+    let ready = admin(&running, "GET", "/readyz").await?;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert!(metric(&running, series).await? > not_after + 86400.0);
+    running.shutdown().await;
+    Ok(())
+}

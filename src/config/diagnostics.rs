@@ -159,15 +159,6 @@ impl Warnings {
             for_check: Vec::new(),
         }
     }
-
-    /// One line per warning: `file:line:col: message`, as [`Problems::summary`].
-    pub fn summary(&self) -> Vec<String> {
-        Problems {
-            source: self.source.clone(),
-            items: self.items.clone(),
-        }
-        .summary()
-    }
 }
 
 /// Every warning, each as a problem is shown but headed `warning:`, then their count; nothing
