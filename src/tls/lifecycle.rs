@@ -18,6 +18,11 @@ use x509_parser::revocation_list::CertificateRevocationList;
 /// How often a running Vigil logs material that is expiring or past, between reloads.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// How far in the future a certificate's `notBefore` may lie before it counts as not valid
+/// yet: a certificate issued a moment ago by a CA whose clock runs a little ahead would
+/// otherwise refuse the reload that rotates it in, and nothing would retry it.
+pub const NOT_BEFORE_SKEW_SECS: i64 = super::crl::CRL_CLOCK_SKEW_SECS as i64;
+
 /// The dates of a configuration's TLS material, read at load.
 #[derive(Debug, Clone, Default)]
 pub struct Material {
@@ -158,14 +163,14 @@ pub enum State {
     Expiring,
     /// Past its end: a certificate's `notAfter`, a CRL's `nextUpdate`.
     Expired,
-    /// A certificate before its `notBefore`.
+    /// A certificate more than [`NOT_BEFORE_SKEW_SECS`] before its `notBefore`.
     NotYetValid,
 }
 
 impl State {
     fn of(start: i64, end: i64, now: i64, warning: Duration) -> Self {
         let warning = i64::try_from(warning.as_secs()).unwrap_or(i64::MAX);
-        if now < start {
+        if now.saturating_add(NOT_BEFORE_SKEW_SECS) < start {
             State::NotYetValid
         } else if now > end {
             State::Expired
@@ -583,7 +588,8 @@ mod tests {
     fn states_follow_the_clock() {
         let day = Duration::from_secs(86400);
         let cases = [
-            (500, State::NotYetValid),
+            (1_000 - NOT_BEFORE_SKEW_SECS, State::Ok), // within the skew
+            (1_000 - NOT_BEFORE_SKEW_SECS - 1, State::NotYetValid),
             (1_000, State::Ok),
             (2_000_000 - 86400 - 1, State::Ok),
             (2_000_000 - 86400, State::Expiring),
@@ -592,6 +598,13 @@ mod tests {
         ];
         for (now, state) in cases {
             assert_eq!(State::of(1_000, 2_000_000, now, day), state, "{now}");
+        }
+        for (now, state) in [(0, State::Ok), (i64::MIN, State::Ok), (101, State::Expired)] {
+            assert_eq!(
+                State::of(i64::MIN, 100, now, Duration::ZERO),
+                state,
+                "{now}"
+            );
         }
         assert_eq!(State::of(0, 100, 99, Duration::ZERO), State::Ok);
     }
