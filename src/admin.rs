@@ -410,12 +410,14 @@ async fn route(
 }
 
 /// `GET /readyz`: 200 once serving and the identity provider (if any) is discovered, 503
-/// before and while draining, with what is not ready yet.
+/// before and while draining, and while the TLS material cannot serve (`tls::lifecycle`),
+/// with what is not ready yet.
 fn report_ready(state: &State) -> Response<Body> {
     let snapshot = state.shared.snapshot.load();
     let reload = state.reloader.as_ref().map(|r| r.status());
     let provider_ready = snapshot.oidc.as_ref().is_none_or(|p| p.is_ready());
-    let ready = state.readiness.get() && provider_ready;
+    let certificates = crate::tls::lifecycle::Status::now(&snapshot.certificates);
+    let ready = state.readiness.get() && provider_ready && certificates.serving();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -427,6 +429,8 @@ fn report_ready(state: &State) -> Response<Body> {
             "ready": ready,
             "reason": if !provider_ready {
                 Some("identity provider not discovered yet")
+            } else if !certificates.serving() {
+                Some(certificates.reason())
             } else if !ready {
                 Some("starting or draining")
             } else {
@@ -440,6 +444,7 @@ fn report_ready(state: &State) -> Response<Body> {
             "config_generation": snapshot.generation,
             "routes": snapshot.routes.len(),
             "reload": reload.as_deref(),
+            "certificates": certificates,
         }),
     )
 }

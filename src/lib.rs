@@ -46,8 +46,9 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`tls`]: the rustls server configuration and key exchange groups, client-certificate
 //!   verification with CRLs (each verified against its CA when loaded), handshake failure
-//!   reasons, [`tls::PeerCert`] (the identity read from the certificate), SPIFFE IDs, and the
-//!   TLS of Vigil's own outbound connections.
+//!   reasons, [`tls::PeerCert`] (the identity read from the certificate), SPIFFE IDs, the
+//!   TLS of Vigil's own outbound connections, and [`tls::lifecycle`]: the dates of the
+//!   certificates and CRLs in force, judged against the clock when asked.
 //! - [`canonical`]: the one canonical form of host, path and headers that every stage uses.
 //! - [`framing`]: watches every HTTP/1 request's framing on the wire (Transfer-Encoding with
 //!   Content-Length, fragments, anything it cannot follow) for the whole connection.
@@ -231,6 +232,8 @@ async fn launch(
     if let Some(inventory) = &snapshot.devices {
         inventory.start(metrics.clone());
     }
+    snapshot.certificates.publish(None, &metrics);
+    tls::lifecycle::Status::now(&snapshot.certificates).log("start-up");
     let shared = Shared::new(snapshot, metrics, decisions, admin_actions);
     let readiness = Arc::new(admin::Readiness::default());
     let shutdown = CancellationToken::new();
@@ -241,6 +244,11 @@ async fn launch(
         reloader
     });
     tokio::spawn(live::verifier(shared.clone(), admin_stop.clone()));
+    let current = shared.clone();
+    tokio::spawn(tls::lifecycle::recheck(
+        move || current.snapshot.load().certificates.clone(),
+        admin_stop.clone(),
+    ));
     let proxy = tokio::spawn(server::serve(listener, shared.clone(), shutdown.clone()));
     let admin_task = admin_listener.map(|l| {
         tokio::spawn(admin::serve(

@@ -309,6 +309,18 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let ctx = config::Context::first()?;
     match config::load_file(path, &ctx) {
         Ok(snapshot) => {
+            let warnings = &snapshot.warnings;
+            if !warnings.items.is_empty() {
+                eprintln!("{warnings}\n");
+            }
+            if !warnings.for_check.is_empty() {
+                let problems = config::Problems {
+                    source: warnings.source.clone(),
+                    items: warnings.for_check.clone(),
+                };
+                eprintln!("{problems}");
+                std::process::exit(1);
+            }
             println!(
                 "{}: ok ({} route{})",
                 path.display(),

@@ -56,6 +56,26 @@ pub struct Limit {
     pub limit: &'static str,
 }
 
+/// A certificate's series: the server certificate or one client CA, by file and subject.
+/// Bounded: one per certificate the configuration names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// `server` or `client_ca`.
+    pub role: &'static str,
+    /// The file, as the configuration names it.
+    pub file: String,
+    /// The subject's common name (the whole subject when it has none).
+    pub subject: String,
+}
+
+/// A CRL's series, by file and issuer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CrlLabels {
+    pub file: String,
+    /// The issuer's common name (the whole name when it has none).
+    pub issuer: String,
+}
+
 /// Every metric Vigil exports.
 pub struct Metrics {
     registry: Registry,
@@ -80,6 +100,7 @@ pub struct Metrics {
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
     pub config_last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub tls_dates: TlsDates,
 }
 
 impl Metrics {
@@ -179,6 +200,7 @@ impl Metrics {
                 "config_last_reload_success_timestamp_seconds",
                 "Unix time of the last configuration load that was applied",
             ),
+            tls_dates: TlsDates::register(r),
             registry,
         })
     }
@@ -196,6 +218,42 @@ impl Metrics {
         match format {
             Exposition::OpenMetrics => out,
             Exposition::Prometheus => prometheus_text(&out),
+        }
+    }
+}
+
+/// The dates of the TLS material in force (`tls::lifecycle`), as Unix times: set at start-up
+/// and by every applied reload, so an alert compares them with `time()`.
+pub struct TlsDates {
+    pub certificate_not_before: Family<CertificateLabels, Gauge>,
+    pub certificate_not_after: Family<CertificateLabels, Gauge>,
+    pub crl_this_update: Family<CrlLabels, Gauge>,
+    pub crl_next_update: Family<CrlLabels, Gauge>,
+}
+
+impl TlsDates {
+    fn register(r: &mut Registry) -> Self {
+        Self {
+            certificate_not_before: metric(
+                r,
+                "tls_certificate_not_before_timestamp_seconds",
+                "Unix time from which a certificate in force is valid, by role (server, client_ca), file and subject",
+            ),
+            certificate_not_after: metric(
+                r,
+                "tls_certificate_not_after_timestamp_seconds",
+                "Unix time at which a certificate in force expires, by role (server, client_ca), file and subject",
+            ),
+            crl_this_update: metric(
+                r,
+                "tls_crl_this_update_timestamp_seconds",
+                "Unix time a CRL in force was issued (thisUpdate), by file and issuer",
+            ),
+            crl_next_update: metric(
+                r,
+                "tls_crl_next_update_timestamp_seconds",
+                "Unix time by which a CRL in force must be replaced (nextUpdate), by file and issuer",
+            ),
         }
     }
 }

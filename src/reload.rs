@@ -114,6 +114,10 @@ impl Reloader {
         if let Some(inventory) = &snapshot.devices {
             inventory.start(self.shared.metrics.clone());
         }
+        snapshot
+            .certificates
+            .publish(Some(&current.certificates), metrics);
+        crate::tls::lifecycle::Status::now(&snapshot.certificates).log(trigger);
         self.shared.snapshot.store(Arc::new(snapshot));
         // Open connections are re-checked against the new CAs and CRLs now.
         self.shared.live.recheck_now();

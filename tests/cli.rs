@@ -972,3 +972,164 @@ async fn text_diagnostics_are_plain_when_not_on_a_terminal() -> Result<()> {
     assert!(!text.contains("Some("), "{text}");
     Ok(())
 }
+
+/// Writes `server.pem` and `server.key` in `dir` (a `vigil certs init` directory), issued by
+/// its CA from `spec`.
+fn server_cert(dir: &Path, spec: &vigil::certs::LeafSpec) -> Result<()> {
+    let ca = vigil::certs::Authority::from_pem(
+        &std::fs::read_to_string(dir.join("ca.pem"))?,
+        &std::fs::read_to_string(dir.join("ca.key"))?,
+    )?;
+    let issued = ca.issue(spec)?;
+    std::fs::write(dir.join("server.pem"), &issued.cert_pem)?;
+    std::fs::write(dir.join("server.key"), &issued.key_pem)?;
+    Ok(())
+}
+
+fn api_server() -> vigil::certs::LeafSpec {
+    vigil::certs::LeafSpec::server(vec!["api.example.com".into()], vec![])
+}
+
+#[test]
+fn check_and_run_refuse_a_server_certificate_clients_would_refuse() -> Result<()> {
+    use time::{Duration, OffsetDateTime};
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let now = OffsetDateTime::now_utc();
+    let cases = [
+        (
+            api_server().validity(now - Duration::days(30), now - Duration::days(2)),
+            "expired at",
+        ),
+        (
+            api_server().validity(now + Duration::days(2), now + Duration::days(30)),
+            "is not valid before",
+        ),
+    ];
+    let path = dir.path().join("vigil.toml");
+    for (spec, needle) in cases {
+        server_cert(dir.path(), &spec)?;
+        let (ok, out) = check(dir.path(), GOOD)?;
+        assert!(!ok, "{needle}: {out}");
+        assert!(out.contains(needle), "{needle}: {out}");
+        assert!(out.contains("clients refuse it"), "{out}");
+        // At the `cert =` key.
+        assert!(out.contains(&format!("{}:6:8", path.display())), "{out}");
+        assert!(out.contains("1 problem in"), "{out}");
+        let run = vigil().args(["run", "--config"]).arg(&path).output()?;
+        assert!(!run.status.success());
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(err.contains(needle), "{err}");
+        assert!(err.contains("refusing to start"), "{err}");
+    }
+    Ok(())
+}
+
+#[test]
+fn check_warns_about_a_server_certificate_expiring_soon() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    server_cert(
+        dir.path(),
+        &api_server().valid_for(std::time::Duration::from_secs(3 * 86400)),
+    )?;
+    let (ok, out) = check(dir.path(), GOOD)?;
+    assert!(ok, "{out}");
+    let path = dir.path().join("vigil.toml");
+    assert!(
+        out.contains("warning: the server certificate \"api.example.com\" (server.pem) expires at"),
+        "{out}"
+    );
+    assert!(
+        out.contains("(in 2d 23h)") || out.contains("(in 3d 0h)"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{}:6:8", path.display())), "{out}");
+    assert!(out.contains("1 warning in"), "{out}");
+    assert!(out.contains("ok (1 route)"), "{out}");
+    // Outside the window, and with warnings off, nothing is said.
+    for key in ["expiry_warning = \"2d\"", "expiry_warning = \"0s\""] {
+        let text = GOOD.replace("crl = [\"ca.crl\"]", &format!("crl = [\"ca.crl\"]\n{key}"));
+        let (ok, out) = check(dir.path(), &text)?;
+        assert!(ok, "{out}");
+        assert!(!out.contains("warning"), "{key}: {out}");
+    }
+    Ok(())
+}
+
+#[test]
+fn check_warns_about_route_hosts_the_server_certificate_does_not_name() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    server_cert(
+        dir.path(),
+        &vigil::certs::LeafSpec::server(
+            vec!["api.example.com".into(), "*.apps.example.com".into()],
+            vec![],
+        ),
+    )?;
+    let hosts = [
+        ("api.example.com", true),
+        ("API.example.com.", true),
+        ("a.apps.example.com", true),
+        ("*.apps.example.com", true),
+        ("*", true),
+        ("a.b.apps.example.com", false),
+        ("apps.example.com", false),
+        ("www.example.com", false),
+        ("*.example.com", false),
+    ];
+    let mut text = GOOD
+        .split("[[route]]")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    for (i, (host, _)) in hosts.iter().enumerate() {
+        text += &format!(
+            "[[route]]\nname = \"r{i}\"\nhost = \"{host}\"\npath = \"/r{i}\"\nupstream = \"http://127.0.0.1:9\"\n\
+             login = \"none\"\nallow = [{{ spiffe = [\"spiffe://example.org/**\"] }}]\n\n"
+        );
+    }
+    let (ok, out) = check(dir.path(), &text)?;
+    assert!(ok, "{out}");
+    for (i, (host, covered)) in hosts.iter().enumerate() {
+        let warned = out.contains(&format!("warning: route \"r{i}\": the server certificate"));
+        assert_eq!(warned, !covered, "{host}: {out}");
+    }
+    assert!(
+        out.contains("does not name \"a.b.apps.example.com\" (its names: api.example.com, *.apps.example.com)"),
+        "{out}"
+    );
+    assert!(out.contains("4 warnings in"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn check_refuses_a_crl_past_its_next_update_when_it_is_enforced() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    server_cert(dir.path(), &api_server())?;
+    let ca = vigil::certs::Authority::from_pem(
+        &std::fs::read_to_string(dir.path().join("ca.pem"))?,
+        &std::fs::read_to_string(dir.path().join("ca.key"))?,
+    )?;
+    let past = time::OffsetDateTime::now_utc() - time::Duration::hours(3);
+    std::fs::write(dir.path().join("ca.crl"), ca.crl_pem(&[], 9, past)?)?;
+    let path = dir.path().join("vigil.toml");
+    let (ok, out) = check(dir.path(), GOOD)?;
+    assert!(!ok, "{out}");
+    assert!(out.contains("is past its nextUpdate"), "{out}");
+    assert!(out.contains("every client of that CA is refused"), "{out}");
+    // At the `crl =` key.
+    assert!(out.contains(&format!("{}:9:8", path.display())), "{out}");
+    // Not enforced, it is a warning.
+    let text = GOOD.replace(
+        "crl = [\"ca.crl\"]",
+        "crl = [\"ca.crl\"]\nenforce_crl_expiry = false",
+    );
+    let (ok, out) = check(dir.path(), &text)?;
+    assert!(ok, "{out}");
+    assert!(out.contains("warning: the CRL of"), "{out}");
+    assert!(out.contains("its clients are still accepted"), "{out}");
+    Ok(())
+}

@@ -213,3 +213,210 @@ async fn a_crl_that_does_not_verify_at_the_handshake_is_a_bad_signature() -> Res
     );
     Ok(())
 }
+
+/// Captures what this test binary logs, so a test can look for what the proxy said.
+fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Capture(writer.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buffer
+    })
+    .clone()
+}
+
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A CRL a few seconds from its nextUpdate: the metric carries the date, the log warns, and
+/// once it is past `/readyz` turns 503 with the reason (every client of that CA is refused);
+/// a fresh CRL brings readiness back, and a removed one's series disappear.
+#[tokio::test]
+async fn a_crl_nearing_and_passing_its_next_update_is_reported() -> Result<()> {
+    let logs = captured_logs();
+    let pki = Pki::new()?;
+    let web = pki.workload(SPIFFE_WEB)?;
+    let next = time::OffsetDateTime::now_utc() + time::Duration::seconds(4);
+    std::fs::write(pki.path("ca.crl"), pki.ca.crl_pem(&[], 1, next)?)?;
+    let (upstream, stop) = echo_upstream().await?;
+    let _stop = stop.drop_guard();
+    let text = format!(
+        "{}{}",
+        base_config("", &pki.path("decisions.log")).replace(
+            "client_ca = [\"ca.pem\"]",
+            "client_ca = [\"ca.pem\"]\ncrl = [\"ca.crl\"]\nexpiry_warning = \"1h\"",
+        ),
+        ROUTE.replace("UPSTREAM", &upstream.to_string())
+    );
+    let config = pki.path("vigil.toml");
+    std::fs::write(&config, &text)?;
+    let running = vigil::start_file(&config).await?;
+
+    let series = "vigil_tls_crl_next_update_timestamp_seconds{file=\"ca.crl\",issuer=\"Test CA\"}";
+    assert_eq!(
+        metric(&running, series).await?,
+        next.unix_timestamp() as f64
+    );
+    let text_metrics = metrics(&running).await?;
+    assert!(
+        text_metrics.contains(
+            "vigil_tls_certificate_not_after_timestamp_seconds{role=\"server\",file=\"server.pem\""
+        ),
+        "{text_metrics}"
+    );
+    assert!(
+        text_metrics.contains(
+            "vigil_tls_certificate_not_after_timestamp_seconds{role=\"client_ca\",file=\"ca.pem\",subject=\"Test CA\"}"
+        ),
+        "{text_metrics}"
+    );
+    let logged =
+        String::from_utf8_lossy(&logs.lock().map(|b| b.clone()).unwrap_or_default()).into_owned();
+    assert!(
+        logged.lines().any(|l| l.contains("WARN")
+            && l.contains("the CRL of \"Test CA\" (ca.crl) reaches its nextUpdate")),
+        "{logged}"
+    );
+    let ready = admin(&running, "GET", "/readyz").await?;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.json()["certificates"]["crl"][0]["state"], "expiring");
+    assert_eq!(
+        ready.json()["certificates"]["crl"][0]["next_update"],
+        next.unix_timestamp()
+    );
+    let (_, status) =
+        exchange(&running, client_config(Some(&web), pki.ca.cert_pem(), &[])?).await?;
+    assert_eq!(status, 200);
+
+    // Past its nextUpdate: not ready, with the reason, and clients are refused.
+    let unready = eventually(std::time::Duration::from_secs(15), || async {
+        admin(&running, "GET", "/readyz")
+            .await
+            .is_ok_and(|r| r.status == 503)
+    })
+    .await;
+    assert!(unready, "/readyz stayed 200 past the CRL's nextUpdate");
+    let ready = admin(&running, "GET", "/readyz").await?;
+    let reason = ready.json()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("the CRL of \"Test CA\" (ca.crl) is past its nextUpdate"),
+        "{reason}"
+    );
+    assert_eq!(ready.json()["certificates"]["crl"][0]["state"], "expired");
+    let refused = exchange(&running, client_config(Some(&web), pki.ca.cert_pem(), &[])?).await;
+    assert!(!matches!(refused, Ok((_, 200))), "{refused:?}");
+    assert!(failures(&running, "expired_crl").await);
+
+    // A fresh CRL: ready again, and the metric follows.
+    let fresh = time::OffsetDateTime::now_utc() + time::Duration::days(30);
+    std::fs::write(pki.path("ca.crl"), pki.ca.crl_pem(&[], 2, fresh)?)?;
+    assert_eq!(admin(&running, "POST", "/reload").await?.status, 200);
+    let ready = admin(&running, "GET", "/readyz").await?;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(
+        metric(&running, series).await?,
+        fresh.unix_timestamp() as f64
+    );
+
+    // Without the CRL, its series are gone.
+    std::fs::write(&config, text.replace("crl = [\"ca.crl\"]\n", ""))?;
+    assert_eq!(admin(&running, "POST", "/reload").await?.status, 200);
+    let text_metrics = metrics(&running).await?;
+    assert!(!text_metrics.contains("file=\"ca.crl\""), "{text_metrics}");
+    running.shutdown().await;
+    Ok(())
+}
+
+/// A server certificate that expires while it is served: `/readyz` turns 503 naming it, a
+/// reload that still brings it is refused, and a renewed one brings readiness back with its
+/// new `notAfter` in the metric.
+#[tokio::test]
+async fn a_server_certificate_expiring_while_served_is_reported() -> Result<()> {
+    let pki = Pki::new()?;
+    let now = time::OffsetDateTime::now_utc();
+    let short = pki.ca.issue(
+        &LeafSpec::server(vec!["localhost".into()], vec![]).validity(
+            now - time::Duration::hours(1),
+            now + time::Duration::seconds(3),
+        ),
+    )?;
+    std::fs::write(pki.path("server.pem"), &short.cert_pem)?;
+    std::fs::write(pki.path("server.key"), &short.key_pem)?;
+    let (upstream, stop) = echo_upstream().await?;
+    let _stop = stop.drop_guard();
+    let config = pki.path("vigil.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}",
+            base_config("", &pki.path("decisions.log")),
+            ROUTE.replace("UPSTREAM", &upstream.to_string())
+        ),
+    )?;
+    let running = vigil::start_file(&config).await?;
+    let series = "vigil_tls_certificate_not_after_timestamp_seconds{role=\"server\",file=\"server.pem\",subject=\"localhost\"}";
+    let not_after = (now + time::Duration::seconds(3)).unix_timestamp() as f64;
+    assert_eq!(metric(&running, series).await?, not_after);
+    let ready = admin(&running, "GET", "/readyz").await?;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(
+        ready.json()["certificates"]["server_certificate"]["state"],
+        "expiring"
+    );
+
+    let unready = eventually(std::time::Duration::from_secs(15), || async {
+        admin(&running, "GET", "/readyz")
+            .await
+            .is_ok_and(|r| r.status == 503)
+    })
+    .await;
+    assert!(
+        unready,
+        "/readyz stayed 200 past the server certificate's notAfter"
+    );
+    let ready = admin(&running, "GET", "/readyz").await?;
+    let reason = ready.json()["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("the server certificate \"localhost\" (server.pem) expired at"),
+        "{reason}"
+    );
+
+    // A reload with the same certificate is refused, naming it; the snapshot stays.
+    let refused = admin(&running, "POST", "/reload").await?;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("expired at"), "{}", refused.body);
+
+    let renewed = pki
+        .ca
+        .issue(&LeafSpec::server(vec!["localhost".into()], vec![]))?;
+    std::fs::write(pki.path("server.pem"), &renewed.cert_pem)?;
+    std::fs::write(pki.path("server.key"), &renewed.key_pem)?;
+    assert_eq!(admin(&running, "POST", "/reload").await?.status, 200);
+    let ready = admin(&running, "GET", "/readyz").await?;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert!(metric(&running, series).await? > not_after + 86400.0);
+    running.shutdown().await;
+    Ok(())
+}

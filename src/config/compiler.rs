@@ -21,6 +21,10 @@ pub(super) struct Compiler<'a> {
     problems: &'a mut Vec<Problem>,
     /// Files read so far, for the watcher.
     files: RefCell<Vec<PathBuf>>,
+    /// Worth saying, not wrong (see `diagnostics::Warnings`).
+    pub warnings: Vec<Problem>,
+    /// Problems for `vigil check` only (see `diagnostics::Warnings::for_check`).
+    pub for_check: Vec<Problem>,
     /// The snapshot being replaced, whose provider, inventory and upstream pools may be kept.
     pub previous: Option<&'a Snapshot>,
 }
@@ -37,6 +41,8 @@ impl<'a> Compiler<'a> {
             locator,
             problems,
             files: RefCell::new(Vec::new()),
+            warnings: Vec::new(),
+            for_check: Vec::new(),
             previous,
         }
     }
@@ -57,6 +63,19 @@ impl Compiler<'_> {
     ) {
         let span = self.span(path);
         self.problems
+            .push(Problem::at(span, message).with_help(help));
+    }
+
+    /// A warning about the value at `path`: worth saying, but the configuration is valid.
+    pub fn warning(&mut self, path: &str, message: impl Into<String>) {
+        let span = self.span(path);
+        self.warnings.push(Problem::at(span, message));
+    }
+
+    /// A problem with the value at `path` that `vigil check` reports but a load accepts.
+    pub fn check_problem(&mut self, path: &str, message: impl Into<String>, help: &str) {
+        let span = self.span(path);
+        self.for_check
             .push(Problem::at(span, message).with_help(help));
     }
 

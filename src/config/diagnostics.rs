@@ -87,43 +87,99 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 impl fmt::Display for Problems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = &self.source.text;
-        for (i, p) in self.items.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            writeln!(f, "error: {}", p.message)?;
-            match &p.span {
-                Some(span) => {
-                    let (line, col) = self.line_col(span.start);
-                    writeln!(f, "  --> {}:{line}:{col}", self.source.name)?;
-                    if let Some(src_line) = text.lines().nth(line - 1) {
-                        let gutter = line.to_string().len();
-                        let width = span
-                            .end
-                            .saturating_sub(span.start)
-                            .clamp(1, src_line.chars().count().saturating_sub(col - 1).max(1));
-                        writeln!(f, "{:gutter$} |", "")?;
-                        writeln!(f, "{line} | {src_line}")?;
-                        writeln!(
-                            f,
-                            "{:gutter$} | {}{}",
-                            "",
-                            " ".repeat(col - 1),
-                            "^".repeat(width)
-                        )?;
-                    }
-                }
-                None => writeln!(f, "  --> {}", self.source.name)?,
-            }
-            if let Some(help) = &p.help {
-                writeln!(f, "  = help: {help}")?;
-            }
-        }
+        render(f, &self.source, "error", &self.items)?;
         let n = self.items.len();
         write!(
             f,
             "\n{n} problem{} in {}",
+            if n == 1 { "" } else { "s" },
+            self.source.name
+        )
+    }
+}
+
+/// Each of `items` as `label: message`, its location, the line with a caret, and its help.
+fn render(
+    f: &mut fmt::Formatter<'_>,
+    source: &Source,
+    label: &str,
+    items: &[Problem],
+) -> fmt::Result {
+    let text = &source.text;
+    for (i, p) in items.iter().enumerate() {
+        if i > 0 {
+            writeln!(f)?;
+        }
+        writeln!(f, "{label}: {}", p.message)?;
+        match &p.span {
+            Some(span) => {
+                let (line, col) = line_col(text, span.start);
+                writeln!(f, "  --> {}:{line}:{col}", source.name)?;
+                if let Some(src_line) = text.lines().nth(line - 1) {
+                    let gutter = line.to_string().len();
+                    let width = span
+                        .end
+                        .saturating_sub(span.start)
+                        .clamp(1, src_line.chars().count().saturating_sub(col - 1).max(1));
+                    writeln!(f, "{:gutter$} |", "")?;
+                    writeln!(f, "{line} | {src_line}")?;
+                    writeln!(
+                        f,
+                        "{:gutter$} | {}{}",
+                        "",
+                        " ".repeat(col - 1),
+                        "^".repeat(width)
+                    )?;
+                }
+            }
+            None => writeln!(f, "  --> {}", source.name)?,
+        }
+        if let Some(help) = &p.help {
+            writeln!(f, "  = help: {help}")?;
+        }
+    }
+    Ok(())
+}
+
+/// What a load found worth an operator's attention without making the configuration invalid
+/// (a certificate expiring within `[tls] expiry_warning`, a route host the server certificate
+/// does not name), pointing where problems point. `vigil check` prints them; they are kept
+/// beside the snapshot they were found in.
+#[derive(Debug)]
+pub struct Warnings {
+    pub source: Arc<Source>,
+    pub items: Vec<Problem>,
+    /// Problems `vigil check` reports (exit 1) although the snapshot loads and serves: a CRL
+    /// past its `nextUpdate` with `enforce_crl_expiry`. Refusing it at start-up or reload
+    /// would keep an older CRL, with fewer revocations, in force; serving it fails closed.
+    pub for_check: Vec<Problem>,
+}
+
+impl Warnings {
+    pub fn none() -> Self {
+        Self {
+            source: Arc::new(Source {
+                name: String::new(),
+                text: String::new(),
+            }),
+            items: Vec::new(),
+            for_check: Vec::new(),
+        }
+    }
+}
+
+/// Every warning, each as a problem is shown but headed `warning:`, then their count; nothing
+/// when there are none.
+impl fmt::Display for Warnings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.items.is_empty() {
+            return Ok(());
+        }
+        render(f, &self.source, "warning", &self.items)?;
+        let n = self.items.len();
+        write!(
+            f,
+            "\n{n} warning{} in {}",
             if n == 1 { "" } else { "s" },
             self.source.name
         )

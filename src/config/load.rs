@@ -635,6 +635,7 @@ allow_unknown_revocation = false
 enforce_crl_expiry = true
 session_tickets = true
 key_exchange = ["X25519"]
+expiry_warning = "14d"
 
 [admin]
 listen = "127.0.0.1:9901"

@@ -6,6 +6,7 @@
 
 pub mod admin;
 mod assertion;
+mod certificates;
 mod compiler;
 mod devices;
 pub mod diagnostics;
@@ -23,7 +24,7 @@ mod tls;
 mod upstream;
 
 pub use admin::AdminTls;
-pub use diagnostics::{Problem, Problems, Source};
+pub use diagnostics::{Problem, Problems, Source, Warnings};
 pub use schema::LogSection;
 pub use server::HttpServer;
 
@@ -67,6 +68,11 @@ pub struct Snapshot {
     pub signer: Option<Arc<Signer>>,
     /// The verifier inside `tls`, to re-check certificates of resumed sessions.
     pub client_verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    /// The dates of the server certificate, client CAs and CRLs behind `tls`, judged against
+    /// the clock when asked (`/readyz`, the log, the metrics).
+    pub certificates: Arc<crate::tls::lifecycle::Material>,
+    /// What the load found worth saying without refusing the configuration.
+    pub warnings: Warnings,
     pub routes: RouteTable,
     /// Every route's rules and risk actions, audit mode and step-up freshness: what
     /// [`crate::policy::decide`] reads.
@@ -172,8 +178,16 @@ pub fn load_text(
     }
     let mut compiler = Compiler::new(base, &locator, &mut items, ctx.previous.as_deref());
     let snapshot = compiler.compile(&raw, name, ctx);
+    let warnings = Warnings {
+        source: source.clone(),
+        items: std::mem::take(&mut compiler.warnings),
+        for_check: std::mem::take(&mut compiler.for_check),
+    };
     match snapshot {
-        Some(s) if items.is_empty() => Ok(s),
+        Some(mut s) if items.is_empty() => {
+            s.warnings = warnings;
+            Ok(s)
+        }
         _ => Err(Problems::in_file_order(source, items)),
     }
 }
@@ -221,6 +235,8 @@ impl Compiler<'_> {
             verify,
             tls: tls.config,
             client_verifier: tls.client_verifier,
+            certificates: tls.material,
+            warnings: Warnings::none(),
             routes: routes.table,
             policy,
             max_connections: server.max_connections,

@@ -215,6 +215,15 @@ pub struct TlsSection {
     /// then X25519, secp256r1, secp384r1.
     #[serde(default = "default_key_exchange")]
     pub key_exchange: Vec<String>,
+    /// How long before the server certificate or a client CA expires, or a CRL reaches its
+    /// nextUpdate, Vigil warns (log, `vigil check`); `"0s"` turns the warnings off. Default 14
+    /// days.
+    #[serde(default = "default_expiry_warning")]
+    pub expiry_warning: HumanDuration,
+}
+
+fn default_expiry_warning() -> HumanDuration {
+    HumanDuration(Duration::from_secs(14 * 24 * 3600))
 }
 
 fn default_key_exchange() -> Vec<String> {

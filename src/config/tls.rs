@@ -5,6 +5,7 @@ use super::compiler::Compiler;
 use super::diagnostics::{Problem, suggest};
 use super::load::RawConfig;
 use super::schema::TlsSection;
+use crate::tls::lifecycle::{self, Material};
 use crate::tls::{Crls, Resumption, ServerTls, key_fits, read_chain, read_key, read_roots};
 use rustls::crypto::SupportedKxGroup;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
@@ -16,6 +17,8 @@ pub(super) struct Tls {
     pub config: Arc<rustls::ServerConfig>,
     /// The verifier inside `config`, to re-check certificates of resumed sessions.
     pub client_verifier: Arc<dyn ClientCertVerifier>,
+    /// The dates of the server certificate, the client CAs and the CRLs.
+    pub material: Arc<Material>,
 }
 
 impl Compiler<'_> {
@@ -44,9 +47,22 @@ impl Compiler<'_> {
             chain.as_deref(),
             key.as_ref(),
         );
-        let (roots, issuers) = self.client_roots(tls);
-        let crls = self.crls(tls, issuers, &raw.admin.client_ca, true);
+        let (roots, issuers, client_cas) = self.client_roots(tls);
+        let (crls, crl_dates) = self.read_crls(tls, issuers, &raw.admin.client_ca, true);
         let key_exchange = self.key_exchange(tls);
+        let server = chain.as_ref().and_then(|chain| {
+            lifecycle::Cert::read(&tls.cert, "tls.cert", chain.first()?.as_ref())
+                .map_err(|e| self.problem("tls.cert", e))
+                .ok()
+        });
+        let material = Material {
+            server,
+            client_cas,
+            crls: crl_dates,
+            enforce_crl_expiry: tls.enforce_crl_expiry,
+            warning: tls.expiry_warning.0,
+        };
+        self.judge_material(&material, raw);
         let (chain, key, roots) = (chain?, key?, roots?);
         if !fits {
             return None;
@@ -67,6 +83,7 @@ impl Compiler<'_> {
         Some(Tls {
             config,
             client_verifier,
+            material: Arc::new(material),
         })
     }
 
@@ -98,11 +115,15 @@ impl Compiler<'_> {
     }
 
     /// `[tls] client_ca`: the roots client certificates must chain to (`None` when one cannot
-    /// be read, or there are none), and the same certificates as CRL issuers.
+    /// be read, or there are none), the same certificates as CRL issuers, and their dates.
     fn client_roots(
         &mut self,
         tls: &TlsSection,
-    ) -> (Option<rustls::RootCertStore>, Vec<CertificateDer<'static>>) {
+    ) -> (
+        Option<rustls::RootCertStore>,
+        Vec<CertificateDer<'static>>,
+        Vec<lifecycle::Cert>,
+    ) {
         let mut roots = rustls::RootCertStore::empty();
         if tls.client_ca.is_empty() {
             self.problem_help(
@@ -113,17 +134,27 @@ impl Compiler<'_> {
         }
         let mut roots_ok = true;
         let mut issuers = Vec::new();
+        let mut dates = Vec::new();
         for (i, ca) in tls.client_ca.iter().enumerate() {
+            let key = format!("tls.client_ca.{i}");
             match read_roots(&self.file(ca), &mut roots) {
-                Ok(certs) => issuers.extend(certs),
+                Ok(certs) => {
+                    for cert in &certs {
+                        match lifecycle::Cert::read(ca, &key, cert.as_ref()) {
+                            Ok(c) => dates.push(c),
+                            Err(e) => self.problem(&key, e),
+                        }
+                    }
+                    issuers.extend(certs);
+                }
                 Err(e) => {
-                    self.problem(&format!("tls.client_ca.{i}"), e);
+                    self.problem(&key, e);
                     roots_ok = false;
                 }
             }
         }
         let roots = (roots_ok && !roots.is_empty()).then_some(roots);
-        (roots, issuers)
+        (roots, issuers, dates)
     }
 
     /// `[tls] crl`, each verified against the CA that issued it, which must be in
@@ -132,10 +163,24 @@ impl Compiler<'_> {
     pub(super) fn crls(
         &mut self,
         tls: &TlsSection,
-        mut issuers: Vec<CertificateDer<'static>>,
+        issuers: Vec<CertificateDer<'static>>,
         more_issuers: &[String],
         report: bool,
     ) -> Vec<CertificateRevocationListDer<'static>> {
+        self.read_crls(tls, issuers, more_issuers, report).0
+    }
+
+    /// [`Compiler::crls`], with the dates of each CRL read.
+    fn read_crls(
+        &mut self,
+        tls: &TlsSection,
+        mut issuers: Vec<CertificateDer<'static>>,
+        more_issuers: &[String],
+        report: bool,
+    ) -> (
+        Vec<CertificateRevocationListDer<'static>>,
+        Vec<lifecycle::Crl>,
+    ) {
         for ca in more_issuers {
             let mut scratch = rustls::RootCertStore::empty();
             if let Ok(certs) = read_roots(&self.file(ca), &mut scratch) {
@@ -143,14 +188,25 @@ impl Compiler<'_> {
             }
         }
         let mut crls = Crls::new(issuers);
+        let mut dates = Vec::new();
         for (i, crl) in tls.crl.iter().enumerate() {
-            if let Err(e) = crls.read(&self.file(crl))
-                && report
-            {
-                self.problem(&format!("tls.crl.{i}"), e);
+            let key = format!("tls.crl.{i}");
+            let before = crls.as_slice().len();
+            match crls.read(&self.file(crl)) {
+                Err(e) if report => self.problem(&key, e),
+                Err(_) => {}
+                Ok(()) => {
+                    for der in &crls.as_slice()[before..] {
+                        match lifecycle::Crl::read(crl, &key, der.as_ref()) {
+                            Ok(c) => dates.push(c),
+                            Err(e) if report => self.problem(&key, e),
+                            Err(_) => {}
+                        }
+                    }
+                }
             }
         }
-        crls.into_vec()
+        (crls.into_vec(), dates)
     }
 
     /// `[tls] key_exchange`: known group names, each once, at least one.

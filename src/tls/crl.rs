@@ -78,6 +78,11 @@ impl Crls {
         Ok(())
     }
 
+    /// The CRLs read so far, in order.
+    pub fn as_slice(&self) -> &[CertificateRevocationListDer<'static>] {
+        &self.crls
+    }
+
     pub fn into_vec(self) -> Vec<CertificateRevocationListDer<'static>> {
         self.crls
     }

@@ -1,6 +1,7 @@
 //! The downstream TLS endpoint: TLS 1.3 only, a verified client certificate on every connection.
 
 pub mod crl;
+pub mod lifecycle;
 pub mod outbound;
 pub mod peer;
 pub mod spiffe;
