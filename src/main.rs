@@ -355,11 +355,11 @@ fn certs_command(cmd: CertsCommand) -> anyhow::Result<()> {
     match cmd {
         CertsCommand::Init { dir, force } => {
             let report = certs::init(&dir, force)?;
-            for p in &report.created {
-                println!("created {}", p.display());
+            for line in report.lines() {
+                println!("{line}");
             }
-            for p in &report.kept {
-                println!("kept    {}", p.display());
+            if let Some(replaced) = &report.replaced_ca {
+                warn_replaced_ca(&dir, replaced);
             }
         }
         CertsCommand::Issue(a) => {
@@ -377,12 +377,16 @@ fn certs_command(cmd: CertsCommand) -> anyhow::Result<()> {
                 ttl: a.ttl,
                 force: a.force,
             };
-            let (cert, key, serial) = certs::issue_to_dir(&a.dir, &opts)?;
-            println!(
-                "created {} and {} (serial {serial})",
-                cert.display(),
-                key.display()
-            );
+            let issued = certs::issue_to_dir(&a.dir, &opts)?;
+            println!("created {} {}", issued.cert.display(), issued.summary);
+            println!("created {}", issued.key.display());
+            if issued.capped {
+                eprintln!(
+                    "note: {} ends with its CA, at {}, before the default lifetime of one year",
+                    issued.cert.display(),
+                    certs::rfc3339(issued.summary.not_after)
+                );
+            }
         }
         CertsCommand::Revoke {
             dir,
@@ -409,6 +413,37 @@ fn certs_command(cmd: CertsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `certs init --force` was asked to replace the CA and did: say, where it cannot be missed,
+/// what that breaks and what to do about it.
+fn warn_replaced_ca(dir: &std::path::Path, replaced: &certs::ReplacedCa) {
+    let old = replaced
+        .old
+        .as_ref()
+        .map_or_else(|| "unreadable".to_owned(), ToString::to_string);
+    eprintln!(
+        "WARNING: replaced the CA in {} (the old {} was: {old}).",
+        dir.display(),
+        certs::CA_CERT_FILE
+    );
+    eprintln!(
+        "WARNING: every certificate the old CA issued is no longer trusted by configurations \
+         that trust the new {}: devices, workloads and upstreams holding one are refused, and \
+         clients that still trust the old CA refuse the new server certificate.",
+        certs::CA_CERT_FILE
+    );
+    for orphan in &replaced.orphans {
+        eprintln!(
+            "WARNING: {} is still signed by the old CA: issue it again (vigil certs issue --force).",
+            orphan.display()
+        );
+    }
+    eprintln!(
+        "WARNING: to recover, put the new {} wherever the old one is trusted (client_ca, \
+         upstream_ca, clients' trust stores), hand out the new certificates, and reload.",
+        certs::CA_CERT_FILE
+    );
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -394,6 +394,246 @@ fn certs_issue_and_revoke() -> Result<()> {
     Ok(())
 }
 
+/// `vigil certs ARGS... --dir DIR`: (success, stdout, stderr).
+fn certs(dir: &Path, args: &[&str]) -> Result<(bool, String, String)> {
+    let out = vigil()
+        .arg("certs")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// The certificate in `path`, read by the code that reads a connecting client's.
+fn peer_cert(path: &Path) -> Result<vigil::tls::PeerCert> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_file(path)?;
+    vigil::tls::PeerCert::from_der(der.as_ref()).map_err(anyhow::Error::msg)
+}
+
+fn rfc3339(unix: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+#[test]
+fn certs_issue_refuses_a_leaf_outliving_its_ca() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let ca_end = rfc3339(peer_cert(&dir.path().join("ca.pem"))?.not_after);
+    let device = ["issue", "--kind", "device", "--name", "bob", "--ttl"];
+    for ttl in ["20y", "3654d"] {
+        let (ok, _, err) = certs(dir.path(), &[&device[..], &[ttl]].concat())?;
+        assert!(!ok, "--ttl {ttl} accepted");
+        assert!(err.contains("must not outlive its CA"), "{err}");
+        assert!(err.contains(&format!("expires at {ca_end}")), "{err}");
+        assert!(!dir.path().join("bob.pem").exists());
+        // The longest lifetime it names is one that is accepted.
+        let longest = err
+            .split("the longest --ttl still possible is ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_default();
+        assert!(longest.ends_with('d'), "{err}");
+        let (ok, _, err) = certs(dir.path(), &[&device[..], &[longest]].concat())?;
+        assert!(ok, "--ttl {longest}: {err}");
+        let (bob, ca) = (dir.path().join("bob.pem"), dir.path().join("ca.pem"));
+        assert!(peer_cert(&bob)?.not_after <= peer_cert(&ca)?.not_after);
+        std::fs::remove_file(bob)?;
+        std::fs::remove_file(dir.path().join("bob.key"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn certs_issue_refuses_a_ttl_too_short_to_use() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    for ttl in ["0s", "30s", "59s"] {
+        let (ok, _, err) = certs(
+            dir.path(),
+            &["issue", "--kind", "device", "--name", "bob", "--ttl", ttl],
+        )?;
+        assert!(!ok, "--ttl {ttl} accepted");
+        assert!(err.contains(&format!("--ttl {ttl} is too short")), "{err}");
+        assert!(err.contains("at least 1m"), "{err}");
+        assert!(!dir.path().join("bob.pem").exists() && !dir.path().join("bob.key").exists());
+    }
+    let (ok, _, err) = certs(
+        dir.path(),
+        &["issue", "--kind", "device", "--name", "bob", "--ttl", "1m"],
+    )?;
+    assert!(ok, "{err}");
+    Ok(())
+}
+
+#[test]
+fn certs_print_each_certificates_fingerprint_and_not_after() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let line_for = |out: &str, file: &str| -> Result<String> {
+        let path = dir.path().join(file).display().to_string();
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some(path.as_str()))
+            .collect();
+        anyhow::ensure!(lines.len() == 1, "{file}: not one line in:\n{out}");
+        Ok(lines[0].to_owned())
+    };
+    let expect = |line: &str, file: &str| -> Result<()> {
+        let peer = peer_cert(&dir.path().join(file))?;
+        assert_eq!(peer.fingerprint_hex.len(), 64);
+        assert!(
+            line.contains(&format!(" sha256={} ", peer.fingerprint_hex)),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!(" not_after={} ", rfc3339(peer.not_after))),
+            "{line}"
+        );
+        Ok(())
+    };
+    let certificates = ["ca.pem", "server.pem", "device.pem", "workload.pem"];
+    let (ok, out, err) = certs(dir.path(), &["init"])?;
+    assert!(ok, "{err}");
+    for file in certificates {
+        let line = line_for(&out, file)?;
+        assert!(line.starts_with("created "), "{line}");
+        expect(&line, file)?;
+    }
+    // Keys and the CRL have no fingerprint.
+    for file in ["ca.key", "device.key", "ca.crl"] {
+        assert!(!line_for(&out, file)?.contains("sha256="), "{out}");
+    }
+    // A rerun keeps them, and says the same.
+    let (ok, again, err) = certs(dir.path(), &["init"])?;
+    assert!(ok, "{err}");
+    for file in certificates {
+        let line = line_for(&again, file)?;
+        assert!(line.starts_with("kept "), "{line}");
+        expect(&line, file)?;
+    }
+    let (ok, out, err) = certs(
+        dir.path(),
+        &[
+            "issue",
+            "--kind",
+            "device",
+            "--name",
+            "bob-laptop",
+            "--ttl",
+            "90d",
+        ],
+    )?;
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let line = line_for(&out, "bob-laptop.pem")?;
+    expect(&line, "bob-laptop.pem")?;
+    assert!(line_for(&out, "bob-laptop.key").is_ok(), "{out}");
+
+    // Pasted as it is printed, the fingerprint is what a `cert_fingerprint` rule takes.
+    let fingerprint = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("sha256="))
+        .unwrap_or_default();
+    let path = dir.path().join("vigil.toml");
+    std::fs::write(
+        &path,
+        GOOD.replace(
+            r#"allow = [{ spiffe = ["spiffe://example.org/ns/*/sa/*"], methods = ["GET"] }]"#,
+            &format!(r#"allow = [{{ cert_fingerprint = ["{fingerprint}"] }}]"#),
+        ),
+    )?;
+    let decide = |cert: &str| -> Result<bool> {
+        let out = vigil()
+            .args(["policy", "explain", "--config"])
+            .arg(&path)
+            .arg("--cert")
+            .arg(dir.path().join(cert))
+            .args(["--url", "https://api.example.com/v1/x"])
+            .output()?;
+        anyhow::ensure!(
+            out.status.code() != Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out.status.success())
+    };
+    assert!(decide("bob-laptop.pem")?);
+    assert!(!decide("device.pem")?);
+    Ok(())
+}
+
+#[test]
+fn certs_init_force_warns_that_the_ca_is_replaced() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Nothing to replace: no warning.
+    let (ok, _, err) = certs(dir.path(), &["init", "--force"])?;
+    assert!(ok, "{err}");
+    assert!(!err.contains("WARNING"), "{err}");
+    let old = peer_cert(&dir.path().join("ca.pem"))?;
+    let (ok, _, err) = certs(dir.path(), &["issue", "--kind", "device", "--name", "bob"])?;
+    assert!(ok, "{err}");
+
+    let (ok, _, err) = certs(dir.path(), &["init", "--force"])?;
+    assert!(ok, "{err}");
+    let new = peer_cert(&dir.path().join("ca.pem"))?;
+    assert_ne!(old.fingerprint_hex, new.fingerprint_hex);
+    for needle in [
+        format!("replaced the CA in {}", dir.path().display()),
+        format!("sha256={}", old.fingerprint_hex),
+        "no longer trusted by configurations that trust the new ca.pem".to_owned(),
+        format!(
+            "{} is still signed by the old CA",
+            dir.path().join("bob.pem").display()
+        ),
+        "put the new ca.pem wherever the old one is trusted".to_owned(),
+    ] {
+        assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
+    }
+    for line in err.lines() {
+        assert!(line.starts_with("WARNING: "), "{line}");
+    }
+    Ok(())
+}
+
+#[test]
+fn certs_revoke_refuses_a_next_update_that_goes_stale_at_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let crl = std::fs::read(dir.path().join("ca.crl"))?;
+    for next in ["0s", "1s", "59m"] {
+        let (ok, _, err) = certs(
+            dir.path(),
+            &["revoke", "--serial", "01", "--next-update", next],
+        )?;
+        assert!(!ok, "--next-update {next} accepted");
+        assert!(
+            err.contains(&format!("--next-update {next} is too soon")),
+            "{err}"
+        );
+        assert!(
+            err.contains("enforce_crl_expiry") && err.contains("at least 1h"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("ca.crl"))?,
+            crl,
+            "CRL rewritten"
+        );
+    }
+    let (ok, _, err) = certs(
+        dir.path(),
+        &["revoke", "--serial", "01", "--next-update", "1h"],
+    )?;
+    assert!(ok, "{err}");
+    Ok(())
+}
+
 #[test]
 fn run_serves_and_drains_on_sigterm() -> Result<()> {
     let dir = tempfile::tempdir()?;
