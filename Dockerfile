@@ -14,7 +14,8 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 65532 --home-dir /nonexistent --shell /usr/sbin/nologin vigil
+ && groupadd --system --gid 65532 vigil \
+ && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --shell /usr/sbin/nologin vigil
 COPY --from=build /src/target/release/vigil /usr/local/bin/vigil
 USER 65532:65532
 WORKDIR /etc/vigil
