@@ -424,16 +424,21 @@ impl Authority {
         not_after: OffsetDateTime,
     ) -> Result<(), CertsError> {
         if not_after <= self.not_after {
-            return Ok(());
+            Ok(())
+        } else {
+            Err(self.outlived_by(what, not_after))
         }
+    }
+
+    fn outlived_by(&self, what: &str, not_after: OffsetDateTime) -> CertsError {
         let left = (self.not_after - now()).max(time::Duration::ZERO);
-        Err(CertsError::OutlivesCa {
+        CertsError::OutlivesCa {
             what: what.to_owned(),
             not_after,
             ca: self.subject.clone(),
             ca_not_after: self.not_after,
             longest: Duration::try_from(left).unwrap_or(Duration::ZERO),
-        })
+        }
     }
 
     /// `spec` with its end moved back to the CA's `notAfter` if it was later, for the
@@ -442,7 +447,9 @@ impl Authority {
     /// [`MIN_TTL`] left. The flag says whether the end was moved.
     fn fit(&self, mut spec: LeafSpec, what: &str) -> Result<(LeafSpec, bool), CertsError> {
         let shortest = now().saturating_add(time::Duration::try_from(MIN_TTL).unwrap_or_default());
-        self.check_within_validity(what, shortest)?;
+        if self.not_after < shortest {
+            return Err(self.outlived_by(what, spec.not_after.max(shortest)));
+        }
         let capped = spec.not_after > self.not_after;
         spec.not_after = spec.not_after.min(self.not_after);
         Ok((spec, capped))
