@@ -1,7 +1,8 @@
 # Vigil: build with the Rust toolchain, run on a small Debian image as a non-root user.
 #   docker build -t vigil .
 #   docker run --rm -v $PWD/certs:/etc/vigil/certs:ro -v $PWD/vigil.toml:/etc/vigil/vigil.toml:ro \
-#     -p 8443:8443 vigil
+#     --user "$(id -u):$(id -g)" -p 8443:8443 vigil
+# (`vigil certs` writes a directory and keys that only their owner can read: run as the owner.)
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
