@@ -864,7 +864,8 @@ pub struct IssueOptions {
     pub dns: Vec<String>,
     pub ips: Vec<IpAddr>,
     pub emails: Vec<String>,
-    /// Defaults to one year.
+    /// At least [`MIN_TTL`], and never past the CA's `notAfter`. Without it: one year, or
+    /// until the CA's `notAfter` if that comes first.
     pub ttl: Option<Duration>,
     pub force: bool,
 }

@@ -65,7 +65,8 @@ enum CertsCommand {
     Init {
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
-        /// Regenerate everything, including the CA.
+        /// Regenerate everything, including the CA: certificates the old CA issued are no
+        /// longer trusted where the new CA is.
         #[arg(long)]
         force: bool,
     },
@@ -81,7 +82,8 @@ enum CertsCommand {
         /// Its serial number in hex.
         #[arg(long)]
         serial: Option<String>,
-        /// When the CRL says the next one is due.
+        /// When the CRL says the next one is due; at least 1h (Vigil refuses every client once
+        /// it has passed).
         #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
         next_update: std::time::Duration,
     },
@@ -156,7 +158,8 @@ struct IssueArgs {
     ip: Vec<IpAddr>,
     #[arg(long)]
     email: Vec<String>,
-    /// Lifetime, e.g. "1h" for a short-lived certificate; default one year.
+    /// Lifetime, e.g. "1h" for a short-lived certificate: at least 1m, and not past the CA's
+    /// notAfter. Default one year, or until the CA's notAfter if that comes first.
     #[arg(long, value_parser = humantime::parse_duration)]
     ttl: Option<std::time::Duration>,
     #[arg(long)]
