@@ -1,7 +1,8 @@
 # Vigil: build with the Rust toolchain, run on a small Debian image as a non-root user.
 #   docker build -t vigil .
 #   docker run --rm -v $PWD/certs:/etc/vigil/certs:ro -v $PWD/vigil.toml:/etc/vigil/vigil.toml:ro \
-#     -p 8443:8443 vigil
+#     --user "$(id -u):$(id -g)" -p 8443:8443 vigil
+# (`vigil certs` writes a directory and keys that only their owner can read: run as the owner.)
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -14,7 +15,8 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 65532 --home-dir /nonexistent --shell /usr/sbin/nologin vigil
+ && groupadd --system --gid 65532 vigil \
+ && useradd --system --uid 65532 --gid 65532 --home-dir /nonexistent --shell /usr/sbin/nologin vigil
 COPY --from=build /src/target/release/vigil /usr/local/bin/vigil
 USER 65532:65532
 WORKDIR /etc/vigil

@@ -61,6 +61,15 @@ const LEAF_VALIDITY: time::Duration = time::Duration::days(365);
 const CA_VALIDITY: time::Duration = time::Duration::days(3653);
 const INIT_CRL_VALIDITY: time::Duration = time::Duration::days(30);
 
+/// Shortest lifetime `issue` accepts. A certificate is backdated a minute for clock skew
+/// and must still be valid once it has been copied to where it is used: anything shorter
+/// is a typo (`--ttl 0s`), not a short-lived certificate.
+pub const MIN_TTL: Duration = Duration::from_secs(60);
+/// Shortest `nextUpdate` distance `revoke` accepts. Vigil refuses every client once a
+/// loaded CRL's `nextUpdate` has passed (`enforce_crl_expiry`, the default), so a CRL must
+/// stay fresh long enough for the next one to be made, copied and reloaded.
+pub const MIN_CRL_VALIDITY: Duration = Duration::from_secs(3600);
+
 /// Why a PKI operation failed. Variants carry the file involved where there is
 /// one, so CLI output can point at it directly.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +105,23 @@ pub enum CertsError {
     /// inverted validity, bad file stem, ...).
     #[error("{0}")]
     Invalid(String),
+    /// The certificate asked for would still be valid after the CA that signs it expires:
+    /// every client would refuse it from then on. Usually a `--ttl` longer than the CA has
+    /// left, or a CA close to its end.
+    #[error(
+        "{what} would be valid until {}, after the CA ({ca}) expires at {}: a certificate must not outlive its CA; {}",
+        rfc3339(*not_after),
+        rfc3339(*ca_not_after),
+        longest_hint(*longest)
+    )]
+    OutlivesCa {
+        what: String,
+        not_after: OffsetDateTime,
+        ca: String,
+        ca_not_after: OffsetDateTime,
+        /// How long a certificate issued now may live at most.
+        longest: Duration,
+    },
     /// The system random number generator failed.
     #[error("random number generator failed")]
     Random,
@@ -263,6 +289,8 @@ pub struct Authority {
     /// identifier so the two always match, even for CAs made by other tools.
     key_id: Vec<u8>,
     subject: String,
+    /// End of the CA's own validity: no leaf it signs may be valid after it.
+    not_after: OffsetDateTime,
 }
 
 impl fmt::Debug for Authority {
@@ -296,6 +324,7 @@ impl Authority {
         params.not_after = now.saturating_add(CA_VALIDITY);
         params.serial_number = Some(random_serial()?);
         let key_id = params.key_identifier(&key);
+        let not_after = params.not_after;
         let cert = params.self_signed(&key)?;
         let cert_pem = cert.pem();
         let cert_der = cert.der().clone();
@@ -305,6 +334,7 @@ impl Authority {
             issuer: Issuer::new(params, key),
             key_id,
             subject: format!("CN={common_name}"),
+            not_after,
         })
     }
 
@@ -351,6 +381,7 @@ impl Authority {
             })
             .unwrap_or_else(|| CertificateParams::default().key_identifier(&key));
         let subject = x509.subject().to_string();
+        let not_after = x509.validity().not_after.to_datetime();
         drop(x509);
 
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
@@ -360,6 +391,7 @@ impl Authority {
             issuer,
             key_id,
             subject,
+            not_after,
         })
     }
 
@@ -379,11 +411,56 @@ impl Authority {
         self.issuer.key().serialize_pem()
     }
 
+    /// When the CA itself expires; [`Authority::issue`] refuses leaves valid after it.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    /// Refuses a validity that ends after the CA's: clients would trust the leaf until the
+    /// CA expires and then, with a date still ahead on the leaf, refuse it all at once.
+    fn check_within_validity(
+        &self,
+        what: &str,
+        not_after: OffsetDateTime,
+    ) -> Result<(), CertsError> {
+        if not_after <= self.not_after {
+            Ok(())
+        } else {
+            Err(self.outlived_by(what, not_after))
+        }
+    }
+
+    fn outlived_by(&self, what: &str, not_after: OffsetDateTime) -> CertsError {
+        let left = (self.not_after - now()).max(time::Duration::ZERO);
+        CertsError::OutlivesCa {
+            what: what.to_owned(),
+            not_after,
+            ca: self.subject.clone(),
+            ca_not_after: self.not_after,
+            longest: Duration::try_from(left).unwrap_or(Duration::ZERO),
+        }
+    }
+
+    /// `spec` with its end moved back to the CA's `notAfter` if it was later, for the
+    /// default lifetimes (`init`, `issue` without `--ttl`): a lifetime nobody asked for
+    /// gives way to the CA's, one asked for never does. Fails when the CA has less than
+    /// [`MIN_TTL`] left. The flag says whether the end was moved.
+    fn fit(&self, mut spec: LeafSpec, what: &str) -> Result<(LeafSpec, bool), CertsError> {
+        let shortest = now().saturating_add(time::Duration::try_from(MIN_TTL).unwrap_or_default());
+        if self.not_after < shortest {
+            return Err(self.outlived_by(what, spec.not_after.max(shortest)));
+        }
+        let capped = spec.not_after > self.not_after;
+        spec.not_after = spec.not_after.min(self.not_after);
+        Ok((spec, capped))
+    }
+
     /// Signs a new leaf with a fresh key. The serial is 16 random bytes (top
     /// bit clear, never starting with zero) so it is unique without any state
     /// and has the same canonical form everywhere.
     pub fn issue(&self, spec: &LeafSpec) -> Result<Issued, CertsError> {
         check_spec(spec)?;
+        self.check_within_validity(&format!("the {} certificate", spec.kind), spec.not_after)?;
         let serial = random_serial()?;
 
         let mut params = CertificateParams::default();
@@ -520,28 +597,91 @@ pub fn read_crl(crl_pem: &str) -> Result<(u64, Vec<Revoked>), CertsError> {
     Ok((number, entries))
 }
 
+/// What an operator copies out of `vigil certs` output for each certificate it writes: the
+/// SHA-256 fingerprint that the device inventory and `cert_fingerprint` rules take, the
+/// serial that `vigil certs revoke --serial` takes, and when the certificate stops being valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSummary {
+    /// SHA-256 of the DER certificate in 64 lower-case hex digits, computed by the code that
+    /// computes it for a connecting client ([`crate::tls::PeerCert`]).
+    pub fingerprint: String,
+    /// Canonical serial in lower-case hex.
+    pub serial: String,
+    pub not_after: OffsetDateTime,
+}
+
+impl CertSummary {
+    /// Reads the first certificate of a PEM; `what` names it in errors.
+    pub fn of_pem(pem: &str, what: &str) -> Result<Self, CertsError> {
+        let der = first_cert_der(pem, what)?;
+        let peer = crate::tls::PeerCert::from_der(&der).map_err(|e| CertsError::parse(what, e))?;
+        let x509 = parse_cert(&der, what)?;
+        Ok(Self {
+            fingerprint: peer.fingerprint_hex,
+            serial: crate::hex::encode(&canonical_serial(x509.raw_serial())),
+            not_after: x509.validity().not_after.to_datetime(),
+        })
+    }
+}
+
+/// `sha256=HEX not_after=RFC3339 serial=HEX`: one `key=value` word per fact, so `grep`,
+/// `cut -d=` or `awk` can take any of them from a line.
+impl fmt::Display for CertSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sha256={} not_after={} serial={}",
+            self.fingerprint,
+            rfc3339(self.not_after),
+            self.serial
+        )
+    }
+}
+
 /// What [`init`] did, so the CLI can tell the user which files are new.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitReport {
     pub dir: PathBuf,
     pub created: Vec<PathBuf>,
     pub kept: Vec<PathBuf>,
+    /// Every certificate created or kept (the CA's included), with its [`CertSummary`].
+    pub certificates: Vec<(PathBuf, CertSummary)>,
+    /// Set when `force` replaced a CA that was there.
+    pub replaced_ca: Option<ReplacedCa>,
 }
 
-/// `vigil certs init --dir DIR`: ca.pem, ca.key, server.pem/server.key (DNS localhost, IPs 127.0.0.1 and ::1),
-/// device.pem/device.key (CN "demo-laptop"), workload.pem/workload.key (SPIFFE ID "spiffe://vigil.test/ns/demo/sa/client"),
-/// and ca.crl (an empty CRL, number 1, next update in 30 days) so configs can reference a CRL from day one.
-///
-/// Safe to rerun: if ca.pem and ca.key exist they are reused (kept) and only
-/// missing files are issued. Existing leaves and the CRL are checked to be
-/// signed by that CA, and half-present pairs are reported rather than
-/// patched over. With `force` everything is regenerated.
-pub fn init(dir: &Path, force: bool) -> Result<InitReport, CertsError> {
-    create_dir(dir)?;
-    let ca_cert = dir.join(CA_CERT_FILE);
-    let ca_key = dir.join(CA_KEY_FILE);
-    let crl = dir.join(CRL_FILE);
-    let leaves: [(&str, LeafSpec); 3] = [
+impl InitReport {
+    /// One line per file, `created PATH` or `kept    PATH`, followed on a certificate's line
+    /// by its [`CertSummary`].
+    pub fn lines(&self) -> Vec<String> {
+        let created = self.created.iter().map(|p| ("created", p));
+        let kept = self.kept.iter().map(|p| ("kept   ", p));
+        created
+            .chain(kept)
+            .map(
+                |(verb, path)| match self.certificates.iter().find(|(p, _)| p == path) {
+                    Some((_, summary)) => format!("{verb} {} {summary}", path.display()),
+                    None => format!("{verb} {}", path.display()),
+                },
+            )
+            .collect()
+    }
+}
+
+/// The CA that `init --force` replaced, read before it was overwritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplacedCa {
+    /// The old CA certificate; `None` when it was missing or could not be read.
+    pub old: Option<CertSummary>,
+    /// Certificates left in the directory (other than those `init` writes) that the old CA
+    /// signed, or every certificate there when the old CA could not be read: no configuration
+    /// that trusts the new CA accepts them.
+    pub orphans: Vec<PathBuf>,
+}
+
+/// The leaves `init` writes, by file stem.
+fn init_leaves() -> [(&'static str, LeafSpec); 3] {
+    [
         (
             "server",
             LeafSpec::server(
@@ -554,11 +694,31 @@ pub fn init(dir: &Path, force: bool) -> Result<InitReport, CertsError> {
         ),
         ("device", LeafSpec::device(DEMO_DEVICE_NAME)),
         ("workload", LeafSpec::workload(DEMO_WORKLOAD_ID)),
-    ];
+    ]
+}
+
+/// `vigil certs init --dir DIR`: ca.pem, ca.key, server.pem/server.key (DNS localhost, IPs 127.0.0.1 and ::1),
+/// device.pem/device.key (CN "demo-laptop"), workload.pem/workload.key (SPIFFE ID "spiffe://vigil.test/ns/demo/sa/client"),
+/// and ca.crl (an empty CRL, number 1, next update in 30 days) so configs can reference a CRL from day one.
+/// Leaves are valid for a year, or until the CA's `notAfter` if that comes first.
+///
+/// Safe to rerun: if ca.pem and ca.key exist they are reused (kept) and only
+/// missing files are issued. Existing leaves and the CRL are checked to be
+/// signed by that CA, and half-present pairs are reported rather than
+/// patched over. With `force` everything is regenerated, and the CA it replaces is
+/// described in [`InitReport::replaced_ca`].
+pub fn init(dir: &Path, force: bool) -> Result<InitReport, CertsError> {
+    create_dir(dir)?;
+    let ca_cert = dir.join(CA_CERT_FILE);
+    let ca_key = dir.join(CA_KEY_FILE);
+    let crl = dir.join(CRL_FILE);
+    let leaves = init_leaves();
     let mut report = InitReport {
         dir: dir.to_path_buf(),
         created: Vec::new(),
         kept: Vec::new(),
+        certificates: Vec::new(),
+        replaced_ca: None,
     };
 
     let reuse_ca = !force && pair_present(&ca_cert, &ca_key)?;
@@ -567,23 +727,10 @@ pub fn init(dir: &Path, force: bool) -> Result<InitReport, CertsError> {
         report.kept.extend([ca_cert.clone(), ca_key.clone()]);
         ca
     } else {
-        if !force {
-            // A new CA would orphan any existing leaf or CRL; refuse before
-            // writing anything.
-            let leaf_files = leaves
-                .iter()
-                .flat_map(|(stem, _)| leaf_paths(dir, stem).into_iter().flat_map(|p| [p.0, p.1]));
-            for path in leaf_files.chain([crl.clone()]) {
-                if exists(&path)? {
-                    return Err(CertsError::Inconsistent {
-                        path,
-                        detail: format!(
-                            "exists but there is no CA ({CA_CERT_FILE} + {CA_KEY_FILE}) next to it; \
-                             restore the CA, delete the file, or rerun with --force"
-                        ),
-                    });
-                }
-            }
+        if force {
+            report.replaced_ca = replaced_ca(dir)?;
+        } else {
+            refuse_orphaning(dir, &crl)?;
         }
         let ca = Authority::generate(DEMO_CA_NAME)?;
         write_file(&ca_key, ca.key_pem().as_bytes(), KEY_MODE, force)?;
@@ -591,22 +738,35 @@ pub fn init(dir: &Path, force: bool) -> Result<InitReport, CertsError> {
         report.created.extend([ca_cert.clone(), ca_key.clone()]);
         ca
     };
+    report.certificates.push((
+        ca_cert.clone(),
+        CertSummary::of_pem(ca.cert_pem(), &ca_cert.display().to_string())?,
+    ));
 
-    for (stem, spec) in &leaves {
+    for (stem, spec) in leaves {
         let Some((cert_path, key_path)) = leaf_paths(dir, stem) else {
             continue;
         };
+        let what = cert_path.display().to_string();
         if reuse_ca && pair_present(&cert_path, &key_path)? {
             let pem = read_to_string(&cert_path)?;
-            let der = first_cert_der(&pem, &cert_path.display().to_string())?;
-            let leaf = parse_cert(&der, &cert_path.display().to_string())?;
+            let der = first_cert_der(&pem, &what)?;
+            let leaf = parse_cert(&der, &what)?;
             ca.check_signed_by_me(&cert_path, |spki| leaf.verify_signature(Some(spki)).is_ok())?;
+            report
+                .certificates
+                .push((cert_path.clone(), CertSummary::of_pem(&pem, &what)?));
             report.kept.extend([cert_path, key_path]);
             continue;
         }
-        let issued = ca.issue(spec)?;
+        let (spec, _) = ca.fit(spec, &what)?;
+        let issued = ca.issue(&spec)?;
         write_file(&key_path, issued.key_pem.as_bytes(), KEY_MODE, force)?;
         write_file(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE, force)?;
+        report.certificates.push((
+            cert_path.clone(),
+            CertSummary::of_pem(&issued.cert_pem, &what)?,
+        ));
         report.created.extend([cert_path, key_path]);
     }
 
@@ -622,6 +782,77 @@ pub fn init(dir: &Path, force: bool) -> Result<InitReport, CertsError> {
     Ok(report)
 }
 
+/// Without `--force` and without a CA, a new CA would orphan any leaf or CRL already in
+/// `dir`; refuse before writing anything.
+fn refuse_orphaning(dir: &Path, crl: &Path) -> Result<(), CertsError> {
+    let leaf_files = init_leaves()
+        .into_iter()
+        .filter_map(|(stem, _)| leaf_paths(dir, stem))
+        .flat_map(|(cert, key)| [cert, key]);
+    for path in leaf_files.chain([crl.to_path_buf()]) {
+        if exists(&path)? {
+            return Err(CertsError::Inconsistent {
+                path,
+                detail: format!(
+                    "exists but there is no CA ({CA_CERT_FILE} + {CA_KEY_FILE}) next to it; \
+                     restore the CA, delete the file, or rerun with --force"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads the CA that `init --force` is about to replace, and the certificates in `dir` that
+/// it signed and `init` does not rewrite. `None` when there is no CA to replace.
+fn replaced_ca(dir: &Path) -> Result<Option<ReplacedCa>, CertsError> {
+    let ca_cert = dir.join(CA_CERT_FILE);
+    if !exists(&ca_cert)? && !exists(&dir.join(CA_KEY_FILE))? {
+        return Ok(None);
+    }
+    let old_pem = fs::read_to_string(&ca_cert).ok();
+    let what = ca_cert.display().to_string();
+    let old = old_pem
+        .as_deref()
+        .and_then(|pem| CertSummary::of_pem(pem, &what).ok());
+    let old_der = old_pem
+        .as_deref()
+        .and_then(|pem| first_cert_der(pem, &what).ok());
+    let old_ca = old_der
+        .as_deref()
+        .and_then(|der| parse_cert(der, &what).ok());
+    let rewritten: Vec<PathBuf> = init_leaves()
+        .into_iter()
+        .filter_map(|(stem, _)| leaf_paths(dir, stem).map(|(cert, _)| cert))
+        .chain([ca_cert.clone()])
+        .collect();
+    let entries = fs::read_dir(dir).map_err(|e| CertsError::io(dir, e))?;
+    let mut orphans = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| CertsError::io(dir, e))?.path();
+        if path.extension().is_none_or(|e| e != "pem") || rewritten.contains(&path) {
+            continue;
+        }
+        let Some(der) = fs::read_to_string(&path)
+            .ok()
+            .and_then(|pem| first_cert_der(&pem, "").ok())
+        else {
+            continue;
+        };
+        let Ok(leaf) = parse_cert(&der, "") else {
+            continue;
+        };
+        let signed_by_old = old_ca
+            .as_ref()
+            .is_none_or(|ca| leaf.verify_signature(Some(ca.public_key())).is_ok());
+        if signed_by_old {
+            orphans.push(path);
+        }
+    }
+    orphans.sort();
+    Ok(Some(ReplacedCa { old, orphans }))
+}
+
 /// Arguments of `vigil certs issue`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssueOptions {
@@ -633,21 +864,38 @@ pub struct IssueOptions {
     pub dns: Vec<String>,
     pub ips: Vec<IpAddr>,
     pub emails: Vec<String>,
-    /// Defaults to one year.
+    /// At least [`MIN_TTL`], and never past the CA's `notAfter`. Without it: one year, or
+    /// until the CA's `notAfter` if that comes first.
     pub ttl: Option<Duration>,
     pub force: bool,
 }
 
-/// `vigil certs issue`: loads `DIR/ca.pem` + `DIR/ca.key`, writes `DIR/<name>.pem` and `DIR/<name>.key`;
-/// returns (cert path, key path, serial hex).
+/// What [`issue_to_dir`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub summary: CertSummary,
+    /// The default lifetime (one year) was cut short to end with the CA's `notAfter`.
+    pub capped: bool,
+}
+
+/// `vigil certs issue`: loads `DIR/ca.pem` + `DIR/ca.key`, writes `DIR/<name>.pem` and `DIR/<name>.key`.
 ///
-/// Checks both destinations before writing either, so a refused run leaves
+/// A `ttl` shorter than [`MIN_TTL`], or one that would outlive the CA, is refused; without a
+/// `ttl` the certificate is valid for a year or until the CA's `notAfter`, whichever comes
+/// first. Checks both destinations before writing either, so a refused run leaves
 /// no half-written pair behind.
-pub fn issue_to_dir(
-    dir: &Path,
-    opts: &IssueOptions,
-) -> Result<(PathBuf, PathBuf, String), CertsError> {
+pub fn issue_to_dir(dir: &Path, opts: &IssueOptions) -> Result<IssuedFiles, CertsError> {
     check_file_stem(&opts.name)?;
+    if let Some(ttl) = opts.ttl.filter(|ttl| *ttl < MIN_TTL) {
+        return Err(CertsError::Invalid(format!(
+            "--ttl {} is too short: a certificate must be valid for at least {} (it is \
+             backdated a minute for clock skew, and must still be valid when it is put to use)",
+            humantime::format_duration(ttl),
+            humantime::format_duration(MIN_TTL)
+        )));
+    }
     let ca = load_authority(dir)?;
     let mut spec = match opts.kind {
         Kind::Device => LeafSpec::device(opts.name.clone()),
@@ -666,15 +914,22 @@ pub fn issue_to_dir(
     spec.dns_names = opts.dns.clone();
     spec.ip_addrs = opts.ips.clone();
     spec.emails = opts.emails.clone();
-    if let Some(ttl) = opts.ttl {
-        spec = spec.valid_for(ttl);
-    }
 
     let Some((cert_path, key_path)) = leaf_paths(dir, &opts.name) else {
         return Err(CertsError::Invalid(format!(
             "{:?} cannot be used as a file name",
             opts.name
         )));
+    };
+    let what = cert_path.display().to_string();
+    let (spec, capped) = match opts.ttl {
+        Some(ttl) => {
+            let spec = spec.valid_for(ttl);
+            let asked = format!("{what} (--ttl {})", exact_ttl_text(ttl));
+            ca.check_within_validity(&asked, spec.not_after)?;
+            (spec, false)
+        }
+        None => ca.fit(spec, &what)?,
     };
     if !opts.force {
         for path in [&cert_path, &key_path] {
@@ -691,7 +946,12 @@ pub fn issue_to_dir(
         CERT_MODE,
         opts.force,
     )?;
-    Ok((cert_path, key_path, crate::hex::encode(&issued.serial)))
+    Ok(IssuedFiles {
+        summary: CertSummary::of_pem(&issued.cert_pem, &what)?,
+        cert: cert_path,
+        key: key_path,
+        capped,
+    })
 }
 
 /// `vigil certs revoke`: loads the CA in DIR, reads DIR/ca.crl if present (keeps its entries, number + 1), adds `serial`
@@ -706,6 +966,15 @@ pub fn revoke_in_dir(
     serial: &[u8],
     next_update_in: Duration,
 ) -> Result<(PathBuf, usize), CertsError> {
+    if next_update_in < MIN_CRL_VALIDITY {
+        return Err(CertsError::Invalid(format!(
+            "--next-update {} is too soon: Vigil refuses every client once a CRL's nextUpdate \
+             has passed (enforce_crl_expiry, the default), so the CRL must stay fresh until the \
+             next one is published; use at least {} (the default is 30d)",
+            humantime::format_duration(next_update_in),
+            humantime::format_duration(MIN_CRL_VALIDITY)
+        )));
+    }
     let serial = canonical_serial(serial);
     if serial.is_empty() || serial.len() > MAX_SERIAL_LEN {
         return Err(CertsError::Invalid(format!(
@@ -739,6 +1008,57 @@ pub fn revoke_in_dir(
 // ---------------------------------------------------------------------------
 // Internals
 // ---------------------------------------------------------------------------
+
+/// RFC 3339 in UTC to the second (`2027-01-31T09:30:00Z`): how `vigil certs` prints when
+/// a certificate or CRL ends. Written out by hand so that no date, however odd, can panic.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// A lifetime as `--ttl` reads it, rounded down to whole days, hours or minutes.
+fn ttl_text(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        86_400.. => format!("{}d", secs / 86_400),
+        3_600.. => format!("{}h", secs / 3_600),
+        _ => format!("{}m", secs / 60),
+    }
+}
+
+/// A lifetime in the largest of days, hours, minutes or seconds that states it exactly
+/// (`--ttl 20y` reads back as `7305d`).
+fn exact_ttl_text(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => humantime::format_duration(d).to_string(),
+        _ if secs % 86_400 == 0 => format!("{}d", secs / 86_400),
+        _ if secs % 3_600 == 0 => format!("{}h", secs / 3_600),
+        _ if secs % 60 == 0 => format!("{}m", secs / 60),
+        _ => format!("{secs}s"),
+    }
+}
+
+/// Names the longest `--ttl` left, a minute short and rounded down, so that the value
+/// printed is still accepted when the command is run again with it.
+fn longest_hint(longest: Duration) -> String {
+    let longest = longest.saturating_sub(Duration::from_secs(60));
+    if longest < MIN_TTL {
+        "the CA has run out: renew it (for a development CA, `vigil certs init --force`, which \
+         replaces every certificate)"
+            .to_owned()
+    } else {
+        format!("the longest --ttl still possible is {}", ttl_text(longest))
+    }
+}
 
 /// Current time truncated to whole seconds, which is all X.509 can encode;
 /// keeps a spec's timestamps equal to what ends up in the certificate.
@@ -1191,10 +1511,181 @@ mod tests {
             ca.issue(&LeafSpec::device("")),
             Err(CertsError::Invalid(_))
         ));
-        // Huge TTLs saturate rather than panic.
+        // Huge TTLs saturate rather than panic, and are refused: the leaf would outlive its CA.
         let far = LeafSpec::device("far").valid_for(Duration::from_secs(u64::MAX));
         assert_eq!(far.not_after.year(), 9999);
-        ca.issue(&far).expect("far-future cert");
+        let err = ca.issue(&far).expect_err("outlives the CA");
+        assert!(matches!(err, CertsError::OutlivesCa { .. }), "{err}");
+        assert!(err.to_string().contains("9999-12-31T23:59:59Z"), "{err}");
+    }
+
+    /// A CA like [`Authority::generate`]'s, but ending at `not_after`, written to `dir`.
+    fn write_ca_ending(dir: &Path, not_after: OffsetDateTime) -> Authority {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Short CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = now() - time::Duration::days(400);
+        params.not_after = not_after;
+        let cert = params.self_signed(&key).expect("ca");
+        fs::create_dir_all(dir).expect("mkdir");
+        fs::write(dir.join(CA_CERT_FILE), cert.pem()).expect("write");
+        fs::write(dir.join(CA_KEY_FILE), key.serialize_pem()).expect("write");
+        load_authority(dir).expect("load")
+    }
+
+    fn not_after_of(path: &Path) -> OffsetDateTime {
+        let der = der_of(&read_to_string(path).expect("read"));
+        let (_, x) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        x.validity().not_after.to_datetime()
+    }
+
+    #[test]
+    fn leaves_never_outlive_their_ca() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        let ca_end = now() + time::Duration::days(30) - time::Duration::hours(1);
+        let ca = write_ca_ending(dir, ca_end);
+        assert_eq!(ca.not_after(), ca_end);
+
+        // init's year-long leaves end with the CA instead.
+        let report = init(dir, false).expect("init");
+        for stem in ["server", "device", "workload"] {
+            assert_eq!(
+                not_after_of(&dir.join(format!("{stem}.pem"))),
+                ca_end,
+                "{stem}"
+            );
+        }
+        assert_eq!(report.certificates.len(), 4);
+
+        // issue: the default lifetime gives way, one asked for is refused with the longest.
+        let opts = IssueOptions {
+            kind: Kind::Device,
+            name: "bob".to_owned(),
+            spiffe_id: None,
+            dns: Vec::new(),
+            ips: Vec::new(),
+            emails: Vec::new(),
+            ttl: None,
+            force: false,
+        };
+        let issued = issue_to_dir(dir, &opts).expect("default ttl");
+        assert!(issued.capped);
+        assert_eq!(issued.summary.not_after, ca_end);
+        let long = IssueOptions {
+            name: "carol".to_owned(),
+            ttl: Some(Duration::from_secs(60 * 86_400)),
+            ..opts.clone()
+        };
+        let err = issue_to_dir(dir, &long).expect_err("outlives").to_string();
+        assert!(err.contains("--ttl 60d"), "{err}");
+        assert!(err.contains(&rfc3339(ca_end)), "{err}");
+        assert!(err.contains("longest --ttl still possible is 29d"), "{err}");
+        assert!(!dir.join("carol.pem").exists());
+        let fits = IssueOptions {
+            ttl: Some(Duration::from_secs(29 * 86_400)),
+            ..long.clone()
+        };
+        assert!(!issue_to_dir(dir, &fits).expect("fits").capped);
+
+        // A CA that has run out issues nothing, default lifetime or not.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        write_ca_ending(tmp.path(), now() - time::Duration::days(1));
+        let err = init(tmp.path(), false).expect_err("expired CA").to_string();
+        assert!(err.contains("the CA has run out"), "{err}");
+        let err = issue_to_dir(tmp.path(), &opts)
+            .expect_err("expired CA")
+            .to_string();
+        assert!(err.contains("the CA has run out"), "{err}");
+    }
+
+    #[test]
+    fn too_short_lifetimes_are_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        init(dir, false).expect("init");
+        let opts = IssueOptions {
+            kind: Kind::Device,
+            name: "bob".to_owned(),
+            spiffe_id: None,
+            dns: Vec::new(),
+            ips: Vec::new(),
+            emails: Vec::new(),
+            ttl: Some(Duration::ZERO),
+            force: false,
+        };
+        for (ttl, text) in [(0, "--ttl 0s is too short"), (59, "--ttl 59s is too short")] {
+            let opts = IssueOptions {
+                ttl: Some(Duration::from_secs(ttl)),
+                ..opts.clone()
+            };
+            let err = issue_to_dir(dir, &opts).expect_err("too short").to_string();
+            assert!(err.contains(text) && err.contains("at least 1m"), "{err}");
+        }
+        let minute = IssueOptions {
+            ttl: Some(MIN_TTL),
+            ..opts
+        };
+        issue_to_dir(dir, &minute).expect("a minute is enough");
+
+        let device =
+            serial_of(&read_to_string(&dir.join("device.pem")).expect("read")).expect("serial");
+        for secs in [0, 1, 3599] {
+            let err = revoke_in_dir(dir, &device, Duration::from_secs(secs))
+                .expect_err("too soon")
+                .to_string();
+            assert!(
+                err.contains("is too soon") && err.contains("at least 1h"),
+                "{err}"
+            );
+            assert!(err.contains("enforce_crl_expiry"), "{err}");
+        }
+        revoke_in_dir(dir, &device, MIN_CRL_VALIDITY).expect("an hour is enough");
+    }
+
+    #[test]
+    fn summaries_carry_what_inventories_take() {
+        let ca = Authority::generate("Test CA").expect("ca");
+        let issued = ca.issue(&LeafSpec::device("d")).expect("issue");
+        let summary = CertSummary::of_pem(&issued.cert_pem, "d.pem").expect("summary");
+        let der = der_of(&issued.cert_pem);
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+        assert_eq!(summary.fingerprint, crate::hex::encode(digest.as_ref()));
+        assert_eq!(summary.fingerprint.len(), 64);
+        assert_eq!(summary.serial, crate::hex::encode(&issued.serial));
+        let line = summary.to_string();
+        assert!(line.starts_with(&format!("sha256={} not_after=", summary.fingerprint)));
+        assert!(line.ends_with(&format!("Z serial={}", summary.serial)));
+        assert!(CertSummary::of_pem("nope", "x.pem").is_err());
+
+        let t = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20Z");
+        let east = t.to_offset(time::UtcOffset::from_hms(2, 0, 0).expect("offset"));
+        assert_eq!(rfc3339(east), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            rfc3339(OffsetDateTime::UNIX_EPOCH - time::Duration::days(1)),
+            "1969-12-31T00:00:00Z"
+        );
+        for (secs, floor, exact) in [
+            (60, "1m", "1m"),
+            (3_599, "59m", "3599s"),
+            (7_200, "2h", "2h"),
+            (90_000, "1d", "25h"),
+            (631_152_000, "7305d", "7305d"),
+        ] {
+            let d = Duration::from_secs(secs);
+            assert_eq!(
+                (ttl_text(d).as_str(), exact_ttl_text(d).as_str()),
+                (floor, exact),
+                "{secs}"
+            );
+        }
+        assert_eq!(exact_ttl_text(Duration::ZERO), "0s");
     }
 
     #[test]
@@ -1381,6 +1872,47 @@ mod tests {
     }
 
     #[test]
+    fn forced_init_describes_the_ca_it_replaces() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path();
+        assert_eq!(init(dir, true).expect("first").replaced_ca, None);
+        let old = read_to_string(&dir.join(CA_CERT_FILE)).expect("ca");
+        let old = CertSummary::of_pem(&old, "ca.pem").expect("summary");
+        let opts = IssueOptions {
+            kind: Kind::Device,
+            name: "bob".to_owned(),
+            spiffe_id: None,
+            dns: Vec::new(),
+            ips: Vec::new(),
+            emails: Vec::new(),
+            ttl: None,
+            force: false,
+        };
+        issue_to_dir(dir, &opts).expect("bob");
+        // Not certificates, or not the old CA's: not listed.
+        fs::write(dir.join("notes.pem"), "not a certificate").expect("write");
+        let other = Authority::generate("Other").expect("other");
+        fs::write(dir.join("other.pem"), other.cert_pem()).expect("write");
+        let report = init(dir, true).expect("force");
+        let replaced = report.replaced_ca.expect("replaced");
+        assert_eq!(replaced.old, Some(old));
+        assert_eq!(replaced.orphans, vec![dir.join("bob.pem")]);
+        assert!(init(dir, false).expect("rerun").replaced_ca.is_none());
+
+        // An unreadable old CA: every certificate left there is listed.
+        fs::write(dir.join(CA_CERT_FILE), "garbage").expect("write");
+        let replaced = init(dir, true)
+            .expect("force")
+            .replaced_ca
+            .expect("replaced");
+        assert_eq!(replaced.old, None);
+        assert_eq!(
+            replaced.orphans,
+            vec![dir.join("bob.pem"), dir.join("other.pem")]
+        );
+    }
+
+    #[test]
     fn init_refuses_leaves_from_another_ca() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path();
@@ -1428,7 +1960,9 @@ mod tests {
             Err(CertsError::NoCa { .. })
         ));
         init(dir, false).expect("init");
-        let (cert, key, serial) = issue_to_dir(dir, &opts).expect("issue");
+        let issued = issue_to_dir(dir, &opts).expect("issue");
+        let (cert, key, serial) = (issued.cert, issued.key, issued.summary.serial);
+        assert!(!issued.capped);
         assert_eq!(cert, dir.join("billing.pem"));
         assert_eq!(key, dir.join("billing.key"));
         assert_eq!(mode_of(&key), 0o600);
@@ -1448,8 +1982,8 @@ mod tests {
             Err(CertsError::Exists(_))
         ));
         opts.force = true;
-        let (_, _, serial2) = issue_to_dir(dir, &opts).expect("force");
-        assert_ne!(serial, serial2);
+        let again = issue_to_dir(dir, &opts).expect("force");
+        assert_ne!(serial, again.summary.serial);
 
         for name in ["", "../x", "a/b", ".hidden", "ca", "sp ace"] {
             let bad = IssueOptions {
@@ -1494,7 +2028,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path();
         assert!(matches!(
-            revoke_in_dir(dir, &[1], Duration::from_secs(60)),
+            revoke_in_dir(dir, &[1], Duration::from_secs(3600)),
             Err(CertsError::NoCa { .. })
         ));
         init(dir, false).expect("init");

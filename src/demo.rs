@@ -101,8 +101,8 @@ pub struct Options {
 /// Sets everything up, starts serving, prints how to try it, and runs until `stop`.
 pub async fn run(opts: &Options, stop: CancellationToken) -> Result<(), String> {
     let report = certs::init(&opts.dir, false).map_err(|e| e.to_string())?;
-    for p in &report.created {
-        println!("created {}", p.display());
+    for line in report.lines().iter().filter(|l| l.starts_with("created")) {
+        println!("{line}");
     }
     let upstream = TcpListener::bind("127.0.0.1:0")
         .await

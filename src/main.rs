@@ -65,7 +65,8 @@ enum CertsCommand {
     Init {
         #[arg(long, default_value = "certs")]
         dir: PathBuf,
-        /// Regenerate everything, including the CA.
+        /// Regenerate everything, including the CA: certificates the old CA issued are no
+        /// longer trusted where the new CA is.
         #[arg(long)]
         force: bool,
     },
@@ -81,7 +82,8 @@ enum CertsCommand {
         /// Its serial number in hex.
         #[arg(long)]
         serial: Option<String>,
-        /// When the CRL says the next one is due.
+        /// When the CRL says the next one is due; at least 1h (Vigil refuses every client once
+        /// it has passed).
         #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
         next_update: std::time::Duration,
     },
@@ -170,7 +172,8 @@ struct IssueArgs {
     ip: Vec<IpAddr>,
     #[arg(long)]
     email: Vec<String>,
-    /// Lifetime, e.g. "1h" for a short-lived certificate; default one year.
+    /// Lifetime, e.g. "1h" for a short-lived certificate: at least 1m, and not past the CA's
+    /// notAfter. Default one year, or until the CA's notAfter if that comes first.
     #[arg(long, value_parser = humantime::parse_duration)]
     ttl: Option<std::time::Duration>,
     #[arg(long)]
@@ -384,11 +387,11 @@ fn certs_command(cmd: CertsCommand) -> anyhow::Result<()> {
     match cmd {
         CertsCommand::Init { dir, force } => {
             let report = certs::init(&dir, force)?;
-            for p in &report.created {
-                println!("created {}", p.display());
+            for line in report.lines() {
+                println!("{line}");
             }
-            for p in &report.kept {
-                println!("kept    {}", p.display());
+            if let Some(replaced) = &report.replaced_ca {
+                warn_replaced_ca(&dir, replaced);
             }
         }
         CertsCommand::Issue(a) => {
@@ -406,12 +409,16 @@ fn certs_command(cmd: CertsCommand) -> anyhow::Result<()> {
                 ttl: a.ttl,
                 force: a.force,
             };
-            let (cert, key, serial) = certs::issue_to_dir(&a.dir, &opts)?;
-            println!(
-                "created {} and {} (serial {serial})",
-                cert.display(),
-                key.display()
-            );
+            let issued = certs::issue_to_dir(&a.dir, &opts)?;
+            println!("created {} {}", issued.cert.display(), issued.summary);
+            println!("created {}", issued.key.display());
+            if issued.capped {
+                eprintln!(
+                    "note: {} ends with its CA, at {}, before the default lifetime of one year",
+                    issued.cert.display(),
+                    certs::rfc3339(issued.summary.not_after)
+                );
+            }
         }
         CertsCommand::Revoke {
             dir,
@@ -438,6 +445,37 @@ fn certs_command(cmd: CertsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `certs init --force` was asked to replace the CA and did: say, where it cannot be missed,
+/// what that breaks and what to do about it.
+fn warn_replaced_ca(dir: &std::path::Path, replaced: &certs::ReplacedCa) {
+    let old = replaced
+        .old
+        .as_ref()
+        .map_or_else(|| "unreadable".to_owned(), ToString::to_string);
+    eprintln!(
+        "WARNING: replaced the CA in {} (the old {} was: {old}).",
+        dir.display(),
+        certs::CA_CERT_FILE
+    );
+    eprintln!(
+        "WARNING: every certificate the old CA issued is no longer trusted by configurations \
+         that trust the new {}: devices, workloads and upstreams holding one are refused, and \
+         clients that still trust the old CA refuse the new server certificate.",
+        certs::CA_CERT_FILE
+    );
+    for orphan in &replaced.orphans {
+        eprintln!(
+            "WARNING: {} is still signed by the old CA: issue it again (vigil certs issue --force).",
+            orphan.display()
+        );
+    }
+    eprintln!(
+        "WARNING: to recover, put the new {} wherever the old one is trusted (client_ca, \
+         upstream_ca, clients' trust stores), hand out the new certificates, and reload.",
+        certs::CA_CERT_FILE
+    );
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

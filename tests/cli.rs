@@ -1,10 +1,12 @@
 //! The `vigil` binary: `check` on broken configurations, `certs`, `run` with SIGTERM, and the
 //! diagnostics `run` writes on standard error.
 
+mod kubernetes;
 mod support;
 
-use anyhow::Result;
-use std::path::Path;
+use anyhow::{Context as _, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -519,6 +521,246 @@ fn certs_issue_and_revoke() -> Result<()> {
     Ok(())
 }
 
+/// `vigil certs ARGS... --dir DIR`: (success, stdout, stderr).
+fn certs(dir: &Path, args: &[&str]) -> Result<(bool, String, String)> {
+    let out = vigil()
+        .arg("certs")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// The certificate in `path`, read by the code that reads a connecting client's.
+fn peer_cert(path: &Path) -> Result<vigil::tls::PeerCert> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_file(path)?;
+    vigil::tls::PeerCert::from_der(der.as_ref()).map_err(anyhow::Error::msg)
+}
+
+fn rfc3339(unix: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+#[test]
+fn certs_issue_refuses_a_leaf_outliving_its_ca() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let ca_end = rfc3339(peer_cert(&dir.path().join("ca.pem"))?.not_after);
+    let device = ["issue", "--kind", "device", "--name", "bob", "--ttl"];
+    for ttl in ["20y", "3654d"] {
+        let (ok, _, err) = certs(dir.path(), &[&device[..], &[ttl]].concat())?;
+        assert!(!ok, "--ttl {ttl} accepted");
+        assert!(err.contains("must not outlive its CA"), "{err}");
+        assert!(err.contains(&format!("expires at {ca_end}")), "{err}");
+        assert!(!dir.path().join("bob.pem").exists());
+        // The longest lifetime it names is one that is accepted.
+        let longest = err
+            .split("the longest --ttl still possible is ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_default();
+        assert!(longest.ends_with('d'), "{err}");
+        let (ok, _, err) = certs(dir.path(), &[&device[..], &[longest]].concat())?;
+        assert!(ok, "--ttl {longest}: {err}");
+        let (bob, ca) = (dir.path().join("bob.pem"), dir.path().join("ca.pem"));
+        assert!(peer_cert(&bob)?.not_after <= peer_cert(&ca)?.not_after);
+        std::fs::remove_file(bob)?;
+        std::fs::remove_file(dir.path().join("bob.key"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn certs_issue_refuses_a_ttl_too_short_to_use() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    for ttl in ["0s", "30s", "59s"] {
+        let (ok, _, err) = certs(
+            dir.path(),
+            &["issue", "--kind", "device", "--name", "bob", "--ttl", ttl],
+        )?;
+        assert!(!ok, "--ttl {ttl} accepted");
+        assert!(err.contains(&format!("--ttl {ttl} is too short")), "{err}");
+        assert!(err.contains("at least 1m"), "{err}");
+        assert!(!dir.path().join("bob.pem").exists() && !dir.path().join("bob.key").exists());
+    }
+    let (ok, _, err) = certs(
+        dir.path(),
+        &["issue", "--kind", "device", "--name", "bob", "--ttl", "1m"],
+    )?;
+    assert!(ok, "{err}");
+    Ok(())
+}
+
+#[test]
+fn certs_print_each_certificates_fingerprint_and_not_after() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let line_for = |out: &str, file: &str| -> Result<String> {
+        let path = dir.path().join(file).display().to_string();
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some(path.as_str()))
+            .collect();
+        anyhow::ensure!(lines.len() == 1, "{file}: not one line in:\n{out}");
+        Ok(lines[0].to_owned())
+    };
+    let expect = |line: &str, file: &str| -> Result<()> {
+        let peer = peer_cert(&dir.path().join(file))?;
+        assert_eq!(peer.fingerprint_hex.len(), 64);
+        assert!(
+            line.contains(&format!(" sha256={} ", peer.fingerprint_hex)),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!(" not_after={} ", rfc3339(peer.not_after))),
+            "{line}"
+        );
+        Ok(())
+    };
+    let certificates = ["ca.pem", "server.pem", "device.pem", "workload.pem"];
+    let (ok, out, err) = certs(dir.path(), &["init"])?;
+    assert!(ok, "{err}");
+    for file in certificates {
+        let line = line_for(&out, file)?;
+        assert!(line.starts_with("created "), "{line}");
+        expect(&line, file)?;
+    }
+    // Keys and the CRL have no fingerprint.
+    for file in ["ca.key", "device.key", "ca.crl"] {
+        assert!(!line_for(&out, file)?.contains("sha256="), "{out}");
+    }
+    // A rerun keeps them, and says the same.
+    let (ok, again, err) = certs(dir.path(), &["init"])?;
+    assert!(ok, "{err}");
+    for file in certificates {
+        let line = line_for(&again, file)?;
+        assert!(line.starts_with("kept "), "{line}");
+        expect(&line, file)?;
+    }
+    let (ok, out, err) = certs(
+        dir.path(),
+        &[
+            "issue",
+            "--kind",
+            "device",
+            "--name",
+            "bob-laptop",
+            "--ttl",
+            "90d",
+        ],
+    )?;
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let line = line_for(&out, "bob-laptop.pem")?;
+    expect(&line, "bob-laptop.pem")?;
+    assert!(line_for(&out, "bob-laptop.key").is_ok(), "{out}");
+
+    // Pasted as it is printed, the fingerprint is what a `cert_fingerprint` rule takes.
+    let fingerprint = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("sha256="))
+        .unwrap_or_default();
+    let path = dir.path().join("vigil.toml");
+    std::fs::write(
+        &path,
+        GOOD.replace(
+            r#"allow = [{ spiffe = ["spiffe://example.org/ns/*/sa/*"], methods = ["GET"] }]"#,
+            &format!(r#"allow = [{{ cert_fingerprint = ["{fingerprint}"] }}]"#),
+        ),
+    )?;
+    let decide = |cert: &str| -> Result<bool> {
+        let out = vigil()
+            .args(["policy", "explain", "--config"])
+            .arg(&path)
+            .arg("--cert")
+            .arg(dir.path().join(cert))
+            .args(["--url", "https://api.example.com/v1/x"])
+            .output()?;
+        anyhow::ensure!(
+            out.status.code() != Some(1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out.status.success())
+    };
+    assert!(decide("bob-laptop.pem")?);
+    assert!(!decide("device.pem")?);
+    Ok(())
+}
+
+#[test]
+fn certs_init_force_warns_that_the_ca_is_replaced() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Nothing to replace: no warning.
+    let (ok, _, err) = certs(dir.path(), &["init", "--force"])?;
+    assert!(ok, "{err}");
+    assert!(!err.contains("WARNING"), "{err}");
+    let old = peer_cert(&dir.path().join("ca.pem"))?;
+    let (ok, _, err) = certs(dir.path(), &["issue", "--kind", "device", "--name", "bob"])?;
+    assert!(ok, "{err}");
+
+    let (ok, _, err) = certs(dir.path(), &["init", "--force"])?;
+    assert!(ok, "{err}");
+    let new = peer_cert(&dir.path().join("ca.pem"))?;
+    assert_ne!(old.fingerprint_hex, new.fingerprint_hex);
+    for needle in [
+        format!("replaced the CA in {}", dir.path().display()),
+        format!("sha256={}", old.fingerprint_hex),
+        "no longer trusted by configurations that trust the new ca.pem".to_owned(),
+        format!(
+            "{} is still signed by the old CA",
+            dir.path().join("bob.pem").display()
+        ),
+        "put the new ca.pem wherever the old one is trusted".to_owned(),
+    ] {
+        assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
+    }
+    for line in err.lines() {
+        assert!(line.starts_with("WARNING: "), "{line}");
+    }
+    Ok(())
+}
+
+#[test]
+fn certs_revoke_refuses_a_next_update_that_goes_stale_at_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let crl = std::fs::read(dir.path().join("ca.crl"))?;
+    for next in ["0s", "1s", "59m"] {
+        let (ok, _, err) = certs(
+            dir.path(),
+            &["revoke", "--serial", "01", "--next-update", next],
+        )?;
+        assert!(!ok, "--next-update {next} accepted");
+        assert!(
+            err.contains(&format!("--next-update {next} is too soon")),
+            "{err}"
+        );
+        assert!(
+            err.contains("enforce_crl_expiry") && err.contains("at least 1h"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("ca.crl"))?,
+            crl,
+            "CRL rewritten"
+        );
+    }
+    let (ok, _, err) = certs(
+        dir.path(),
+        &["revoke", "--serial", "01", "--next-update", "1h"],
+    )?;
+    assert!(ok, "{err}");
+    Ok(())
+}
+
 #[test]
 fn run_serves_and_drains_on_sigterm() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -593,19 +835,8 @@ fn example_pki() -> Result<tempfile::TempDir> {
 fn shipped_examples_pass_check() -> Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let deployment = std::fs::read_to_string(root.join("examples/deployment/vigil.toml"))?;
-    let manifest = std::fs::read_to_string(root.join("examples/kubernetes/vigil.yaml"))?;
-    let embedded: String = manifest
-        .split("vigil.toml: |\n")
-        .nth(1)
-        .and_then(|rest| rest.split("\n---").next())
-        .map(|block| {
-            block
-                .lines()
-                .map(|l| l.strip_prefix("    ").unwrap_or(l))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default();
+    let manifest = kubernetes::Manifest::parse(&kubernetes_example()?)?;
+    let embedded = embedded_config(&manifest)?;
     assert!(
         embedded.contains("[[route]]"),
         "no config found in the Kubernetes example"
@@ -622,6 +853,502 @@ fn shipped_examples_pass_check() -> Result<()> {
     std::fs::create_dir(dir.path().join("config"))?;
     let (ok, out) = check(&dir.path().join("config"), &example)?;
     assert!(ok, "config/example.toml: {out}");
+    Ok(())
+}
+
+fn kubernetes_example() -> Result<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Ok(std::fs::read_to_string(
+        root.join("examples/kubernetes/vigil.yaml"),
+    )?)
+}
+
+/// The configuration in the Kubernetes example's ConfigMap.
+fn embedded_config(manifest: &kubernetes::Manifest) -> Result<String> {
+    let config = manifest.object("ConfigMap", "vigil-config")?;
+    let text = config
+        .at(&["data", "vigil.toml"])
+        .and_then(kubernetes::Node::str);
+    Ok(text
+        .context("no data.vigil.toml in ConfigMap vigil-config")?
+        .to_owned())
+}
+
+/// The keys of each Secret that the manifest's opening comments say to create, from the
+/// `kubectl create secret generic NAME --from-file=KEY ...` commands there.
+fn documented_secrets(text: &str) -> BTreeMap<String, Vec<String>> {
+    let comments: Vec<&str> = text
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches('#').trim())
+        .collect();
+    let mut secrets = BTreeMap::new();
+    let mut lines = comments.iter();
+    while let Some(line) = lines.next() {
+        if !line.contains("create secret generic") {
+            continue;
+        }
+        let mut command = line.to_string();
+        while command.ends_with('\\') {
+            command.pop();
+            command.push(' ');
+            command.push_str(lines.next().unwrap_or(&""));
+        }
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let Some(at) = words.iter().position(|w| *w == "generic") else {
+            continue;
+        };
+        let keys = words
+            .iter()
+            .filter_map(|w| w.strip_prefix("--from-file="))
+            .map(|f| f.split('=').next().unwrap_or(f).to_owned())
+            .collect();
+        secrets.insert(words.get(at + 1).unwrap_or(&"").to_string(), keys);
+    }
+    secrets
+}
+
+fn running_as_root() -> Result<bool> {
+    let out = Command::new("id").arg("-u").output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// Whether the Kubernetes example's pod can read every file its configuration names: by the
+/// mode bits of the files as the kubelet lays them out (`model`), and, when the test runs as
+/// root, for real (`real`): the files written with those owners and modes, and `vigil check`
+/// run as the pod's user with the pod's groups.
+struct PodReads {
+    files: Vec<PathBuf>,
+    model: Result<(), String>,
+    real: Option<Result<(), String>>,
+}
+
+fn kubernetes_example_reads(text: &str) -> Result<PodReads> {
+    use kubernetes::{Node, Source};
+    let manifest = kubernetes::Manifest::parse(text)?;
+    let pod = kubernetes::Pod::of(manifest.object("Deployment", "vigil")?)?;
+    let config_path = PathBuf::from(pod.arg("--config").context("no --config in args")?);
+    let base = config_path.parent().context("config path")?.to_path_buf();
+
+    // The files the configuration names, as the configuration loader lists them (itself
+    // included), read from a PKI laid out as the pod's mounts are.
+    let pki = example_pki()?;
+    let local = pki
+        .path()
+        .join(config_path.file_name().context("config file name")?);
+    std::fs::write(&local, embedded_config(&manifest)?)?;
+    let snapshot = vigil::config::load_file(&local, &vigil::config::Context::first()?)
+        .map_err(|p| anyhow::anyhow!("{p}"))?;
+    let mut files = Vec::new();
+    for file in &snapshot.files {
+        let relative = file.strip_prefix(pki.path()).with_context(|| {
+            format!(
+                "{} is outside the configuration's directory",
+                file.display()
+            )
+        })?;
+        files.push(base.join(relative));
+    }
+
+    // What each volume holds: the ConfigMap's data, and each Secret made as the comments say.
+    let documented = documented_secrets(text);
+    let mut data = BTreeMap::new();
+    for mount in &pod.mounts {
+        let contents: BTreeMap<String, Vec<u8>> = match &mount.source {
+            Source::ConfigMap(name) => match manifest.object("ConfigMap", name)?.get("data") {
+                Some(Node::Map(entries)) => entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.str().unwrap_or_default().as_bytes().to_vec()))
+                    .collect(),
+                _ => BTreeMap::new(),
+            },
+            Source::Secret(name) => {
+                let keys = documented
+                    .get(name)
+                    .with_context(|| format!("no command in the comments creates Secret {name}"))?;
+                let dir = pki.path().join(mount.path.strip_prefix(&base)?);
+                keys.iter()
+                    .map(|k| Ok((k.clone(), std::fs::read(dir.join(k))?)))
+                    .collect::<Result<_>>()?
+            }
+        };
+        data.insert(mount.source.clone(), contents);
+    }
+    let entries = kubernetes::kubelet_layout(&pod, &data)?;
+
+    let problems: Vec<String> = files
+        .iter()
+        .filter_map(|f| kubernetes::check_readable(&entries, &pod, f).err())
+        .map(|e| e.to_string())
+        .collect();
+    let model = if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    };
+    let real = if running_as_root()? {
+        Some(check_as_pod_user(&entries, &pod, &config_path)?)
+    } else {
+        None
+    };
+    Ok(PodReads { files, model, real })
+}
+
+/// `vigil check` on the layout written under a temporary root, run as the pod's user and
+/// groups (with `setpriv`, which drops every capability with root's uid).
+fn check_as_pod_user(
+    entries: &[kubernetes::Entry],
+    pod: &kubernetes::Pod,
+    config: &Path,
+) -> Result<Result<(), String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir()?;
+    // The pod's user must reach the files and the binary.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+    let root = tmp.path().join("root");
+    kubernetes::write_layout(entries, &root)?;
+    let bin = tmp.path().join("vigil");
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_vigil"), &bin).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_vigil"), &bin)?;
+    }
+    let groups = if pod.groups.is_empty() {
+        "--clear-groups".to_owned()
+    } else {
+        let list: Vec<String> = pod.groups.iter().map(u32::to_string).collect();
+        format!("--groups={}", list.join(","))
+    };
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={}", pod.uid))
+        .arg(format!("--regid={}", pod.gid))
+        .arg(groups)
+        .arg("--")
+        .arg(&bin)
+        .args(["check", "--config"])
+        .arg(root.join(config.strip_prefix("/")?))
+        .output()
+        .context("setpriv (util-linux) is needed to run as the pod's user")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(if out.status.success() {
+        Ok(())
+    } else {
+        Err(text)
+    })
+}
+
+#[test]
+fn kubernetes_example_reads_its_files_as_its_user() -> Result<()> {
+    let text = kubernetes_example()?;
+    let reads = kubernetes_example_reads(&text)?;
+    let keys = [
+        "/etc/vigil/tls/server.key",
+        "/etc/vigil/admin/tokens",
+        "/etc/vigil/vigil.toml",
+    ];
+    for key in keys {
+        assert!(
+            reads.files.contains(&PathBuf::from(key)),
+            "{key} not in {:?}",
+            reads.files
+        );
+    }
+    if let Err(e) = &reads.model {
+        panic!("the pod cannot read its files:\n{e}");
+    }
+    if let Some(Err(e)) = &reads.real {
+        panic!("vigil check as the pod's user failed:\n{e}");
+    }
+
+    // The manifest as it was (Secret files 0400, root's, no fsGroup): Vigil, as 65532, could
+    // not read its keys. The model says so, and so does the kernel.
+    let old = text
+        .replace("        fsGroup: 65532\n", "")
+        .replace("defaultMode: 0440", "defaultMode: 0400");
+    assert_ne!(old, text);
+    let reads = kubernetes_example_reads(&old)?;
+    let model = reads
+        .model
+        .expect_err("0400 without fsGroup passed the model");
+    assert!(
+        model.contains(
+            "/etc/vigil/tls/server.key: uid 65532 (groups [65532]) cannot read it (0:0 400)"
+        ),
+        "{model}"
+    );
+    if let Some(real) = reads.real {
+        let real = real.expect_err("0400 without fsGroup passed vigil check");
+        assert!(real.contains("permission denied"), "{real}");
+    }
+    Ok(())
+}
+
+#[test]
+fn kubernetes_example_segments_its_network() -> Result<()> {
+    use kubernetes::{Node, Peer, allows, tcp, udp};
+    let manifest = kubernetes::Manifest::parse(&kubernetes_example()?)?;
+
+    // Every namespace the example creates denies everything by default, both ways.
+    let namespaces: Vec<&str> = manifest
+        .all("Namespace")
+        .filter_map(|n| n.at(&["metadata", "name"]).and_then(Node::str))
+        .collect();
+    assert_eq!(namespaces, ["vigil", "internal"]);
+    for ns in &namespaces {
+        let deny_all = manifest.all("NetworkPolicy").any(|p| {
+            kubernetes::namespace_of(p) == *ns
+                && p.at(&["spec", "podSelector"]) == Some(&Node::Map(Vec::new()))
+                && p.at(&["spec", "policyTypes"])
+                    .map(Node::items)
+                    .is_some_and(|t| {
+                        let t: Vec<_> = t.iter().filter_map(Node::str).collect();
+                        t.contains(&"Ingress") && t.contains(&"Egress")
+                    })
+                && p.at(&["spec", "ingress"]).is_none()
+                && p.at(&["spec", "egress"]).is_none()
+        });
+        assert!(deny_all, "no default-deny in namespace {ns}");
+    }
+
+    let vigil_pod = ("vigil", &[("app", "vigil")][..]);
+    let wiki = ("internal", &[("app", "wiki")][..]);
+    let client = Peer::Outside("203.0.113.7".parse()?);
+    let prometheus = Peer::Pod("monitoring", &[("app", "prometheus")]);
+    let elsewhere = Peer::Pod("default", &[("app", "prometheus")]);
+    let https = kubernetes::Port {
+        name: Some("https"),
+        ..tcp(8443)
+    };
+    let admin = kubernetes::Port {
+        name: Some("admin"),
+        ..tcp(9901)
+    };
+    for (from, port, expected) in [
+        (&client, https, true),
+        (&elsewhere, https, true),
+        (&prometheus, admin, true),
+        (&client, admin, false),
+        (&elsewhere, admin, false),
+        (&Peer::Pod("vigil", &[("app", "vigil")]), admin, false),
+        (&Peer::Pod("monitoring-x", &[]), admin, false),
+        (&prometheus, tcp(22), false),
+    ] {
+        let got = allows(&manifest, "Ingress", vigil_pod, from, port)?;
+        assert_eq!(
+            got, expected,
+            "ingress to vigil:{} from {from:?}",
+            port.number
+        );
+    }
+
+    // Only pods labelled app=vigil in namespace vigil reach the upstreams.
+    let vigil_peer = Peer::Pod("vigil", &[("app", "vigil")]);
+    for (from, port, expected) in [
+        (&vigil_peer, tcp(8080), true),
+        (&vigil_peer, tcp(8443), true),
+        (&vigil_peer, tcp(22), false),
+        (&Peer::Pod("vigil", &[("app", "other")]), tcp(8080), false),
+        (&Peer::Pod("default", &[("app", "vigil")]), tcp(8080), false),
+        (
+            &Peer::Pod("internal", &[("app", "vigil")]),
+            tcp(8080),
+            false,
+        ),
+        (
+            &Peer::Pod("internal", &[("app", "orders")]),
+            tcp(8080),
+            false,
+        ),
+        (&prometheus, tcp(8080), false),
+        (&client, tcp(8080), false),
+    ] {
+        let got = allows(&manifest, "Ingress", wiki, from, port)?;
+        assert_eq!(
+            got, expected,
+            "ingress to internal:{} from {from:?}",
+            port.number
+        );
+    }
+    // ... by every rule there is: each `from` element needs both.
+    let only_vigil = |element: &Node| -> Result<bool> {
+        let ns = element
+            .at(&["namespaceSelector", "matchLabels"])
+            .map(Node::labels);
+        let pods = element
+            .at(&["podSelector", "matchLabels"])
+            .map(Node::labels);
+        Ok(element.get("ipBlock").is_none()
+            && ns.transpose()?
+                == Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_owned(),
+                    "vigil".to_owned(),
+                )]))
+            && pods.transpose()? == Some(BTreeMap::from([("app".to_owned(), "vigil".to_owned())])))
+    };
+    for policy in manifest
+        .all("NetworkPolicy")
+        .filter(|p| kubernetes::namespace_of(p) == "internal")
+    {
+        for rule in policy
+            .at(&["spec", "ingress"])
+            .map(Node::items)
+            .unwrap_or_default()
+        {
+            let from = rule.get("from").map(Node::items).unwrap_or_default();
+            assert!(!from.is_empty(), "an ingress rule in internal without from");
+            for element in from {
+                assert!(only_vigil(element)?, "internal is reached from {element:?}");
+            }
+        }
+    }
+    // The admin port, by every rule that opens it: the monitoring namespace only.
+    let sources = kubernetes::ingress_sources(&manifest, vigil_pod, admin)?;
+    assert!(!sources.is_empty());
+    for source in sources {
+        let source = source.context("the admin port is open to anyone")?;
+        let ns = source
+            .at(&["namespaceSelector", "matchLabels"])
+            .map(Node::labels)
+            .transpose()?;
+        assert_eq!(
+            ns,
+            Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_owned(),
+                "monitoring".to_owned()
+            )])),
+            "admin port reached from {source:?}"
+        );
+        assert!(source.get("ipBlock").is_none());
+    }
+
+    // Vigil's own egress: DNS, the upstreams, the OpenID Provider; nothing else.
+    let dns = Peer::Pod("kube-system", &[("k8s-app", "kube-dns")]);
+    let upstream = Peer::Pod("internal", &[("app", "wiki")]);
+    let provider = Peer::Outside("198.51.100.20".parse()?);
+    for (to, port, expected) in [
+        (&dns, udp(53), true),
+        (&dns, tcp(53), true),
+        (&upstream, tcp(8080), true),
+        (&upstream, tcp(8443), true),
+        (&provider, tcp(443), true),
+        (&Peer::Outside("2001:db8::1".parse()?), tcp(443), true),
+        (&provider, tcp(80), false),
+        (&upstream, tcp(5432), false),
+        (&Peer::Pod("default", &[("app", "db")]), tcp(8080), false),
+        (
+            &Peer::Pod("kube-system", &[("k8s-app", "other")]),
+            udp(53),
+            false,
+        ),
+    ] {
+        let got = allows(&manifest, "Egress", vigil_pod, to, port)?;
+        assert_eq!(got, expected, "egress from vigil to {to:?}:{}", port.number);
+    }
+    // The upstreams open nothing themselves but DNS.
+    assert!(allows(&manifest, "Egress", wiki, &dns, udp(53))?);
+    assert!(!allows(&manifest, "Egress", wiki, &provider, tcp(443))?);
+    assert!(!allows(&manifest, "Egress", wiki, &vigil_peer, tcp(8443))?);
+    Ok(())
+}
+
+#[test]
+fn kubernetes_example_agrees_with_its_image_and_config() -> Result<()> {
+    use kubernetes::Node;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = kubernetes::Manifest::parse(&kubernetes_example()?)?;
+    let deployment = manifest.object("Deployment", "vigil")?;
+    let pod = kubernetes::Pod::of(deployment)?;
+
+    // The Dockerfile's user and group, with a group of that id in the image.
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile"))?;
+    assert!(
+        dockerfile.contains(&format!("\nUSER {}:{}\n", pod.uid, pod.gid)),
+        "{dockerfile}"
+    );
+    assert!(dockerfile.contains(&format!("groupadd --system --gid {}", pod.gid)));
+    assert!(dockerfile.contains(&format!(
+        "useradd --system --uid {} --gid {}",
+        pod.uid, pod.gid
+    )));
+
+    let spec = deployment
+        .at(&["spec", "template", "spec"])
+        .context("pod spec")?;
+    let container = &spec.get("containers").map(Node::items).unwrap_or_default()[0];
+    let sc = |key: &str| container.at(&["securityContext", key]).and_then(Node::str);
+    assert_eq!(sc("readOnlyRootFilesystem"), Some("true"));
+    assert_eq!(sc("allowPrivilegeEscalation"), Some("false"));
+    assert_eq!(
+        spec.at(&["securityContext", "runAsNonRoot"])
+            .and_then(Node::str),
+        Some("true")
+    );
+    let dropped = container.at(&["securityContext", "capabilities", "drop"]);
+    assert_eq!(
+        dropped.map(Node::items).and_then(|d| d[0].str()),
+        Some("ALL")
+    );
+
+    // The ports the config listens on are the container's, and the probes use the admin one.
+    let config: toml::Value = toml::from_str(&embedded_config(&manifest)?)?;
+    let port_of = |key: &str| -> Option<u16> {
+        let listen = config.get(key)?.get("listen")?.as_str()?;
+        listen
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.port())
+    };
+    assert_eq!(port_of("server"), pod.ports.get("https").copied());
+    assert_eq!(port_of("admin"), pod.ports.get("admin").copied());
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = container.at(&[probe, "httpGet"]).context(probe)?;
+        assert_eq!(get.get("path").and_then(Node::str), Some(path));
+        let port = get.get("port").context("probe port")?;
+        let number = port.int().or_else(|| {
+            port.str()
+                .and_then(|name| pod.ports.get(name))
+                .map(|p| i64::from(*p))
+        });
+        assert_eq!(number, port_of("admin").map(i64::from), "{probe}");
+    }
+    let service = manifest.object("Service", "vigil")?;
+    let target = service
+        .at(&["spec", "ports"])
+        .map(Node::items)
+        .unwrap_or_default()[0]
+        .get("targetPort")
+        .and_then(Node::str);
+    assert!(
+        target.is_some_and(|t| pod.ports.contains_key(t)),
+        "{target:?}"
+    );
+
+    // The pods carry the label and namespace the NetworkPolicies select.
+    let labels = deployment
+        .at(&["spec", "template", "metadata", "labels"])
+        .context("pod labels")?
+        .labels()?;
+    assert_eq!(labels.get("app").map(String::as_str), Some("vigil"));
+    assert_eq!(kubernetes::namespace_of(deployment), "vigil");
+
+    // A YAML 1.1 octal is read as Kubernetes reads it.
+    let node = |text: &str| Node::Scalar {
+        text: text.to_owned(),
+        plain: true,
+    };
+    assert_eq!(node("0440").int(), Some(0o440));
+    assert_eq!(node("0o440").int(), Some(0o440));
+    assert_eq!(node("288").int(), Some(288));
+    assert_eq!(
+        Node::Scalar {
+            text: "0440".to_owned(),
+            plain: false
+        }
+        .int(),
+        None
+    );
     Ok(())
 }
 
