@@ -185,6 +185,8 @@ pub struct StreamOrigin {
     pub host: String,
     pub path: String,
     pub method: http::Method,
+    /// The request's headers that the route's rules look at (none on most routes).
+    pub headers: Vec<(String, String)>,
     /// The session the request came with, on login routes.
     pub session: Option<Session>,
     /// The verified bearer token's identity, on bearer routes.

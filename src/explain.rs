@@ -20,6 +20,8 @@ pub struct Described<'a> {
     pub source: IpAddr,
     /// A signed-in person: subject, email, groups, multi-factor.
     pub user: Option<(&'a str, Option<&'a str>, &'a [String], bool)>,
+    /// Request headers, each written `Name: value`.
+    pub headers: &'a [String],
 }
 
 /// Why a description is not a request Vigil would decide.
@@ -34,6 +36,8 @@ pub enum Undecidable {
     Host(&'static str),
     #[error("--method: {0}")]
     Method(String),
+    #[error("--header: {0}")]
+    Header(String),
     #[error("facts document: {0}")]
     Document(String),
 }
@@ -55,6 +59,11 @@ impl Described<'_> {
             .devices
             .as_ref()
             .and_then(|d| d.lookup(&self.certificate));
+        let headers = self
+            .headers
+            .iter()
+            .map(|h| header_line(h))
+            .collect::<Result<Vec<_>, _>>()?;
         let person = self.user.map(|(sub, email, groups, mfa)| Identity {
             subject: sub.to_owned(),
             email: email.map(str::to_owned),
@@ -78,6 +87,7 @@ impl Described<'_> {
                 host,
                 method: method.as_str().to_owned(),
                 path: path.into_owned(),
+                headers,
             },
             certificate: self.certificate,
             person,
@@ -89,6 +99,24 @@ impl Described<'_> {
             risk: None,
         })
     }
+}
+
+/// `Name: value` as a document's header: the name lower-cased, the value trimmed, both as a
+/// request could carry them.
+fn header_line(line: &str) -> Result<(String, String), Undecidable> {
+    let (name, value) = line
+        .split_once(':')
+        .ok_or_else(|| Undecidable::Header(format!("{line:?}: write it as \"Name: value\"")))?;
+    let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| Undecidable::Header(format!("{name:?} is not an HTTP header name")))?;
+    let value = value.trim();
+    http::HeaderValue::from_str(value)
+        .ok()
+        .filter(|v| v.to_str().is_ok())
+        .ok_or_else(|| {
+            Undecidable::Header(format!("the value of {name} is not visible ASCII text"))
+        })?;
+    Ok((name.as_str().to_owned(), value.to_owned()))
 }
 
 /// Reads a facts document from JSON, with its host and path in canonical form as a request's

@@ -262,6 +262,7 @@ pub fn redecide(
         host: &origin.host,
         method: origin.method.as_str(),
         path: &origin.path,
+        headers: facts::Headers::List(&origin.headers),
     };
     let facts = decide::facts(now, request, conn, identity, &assessed);
     Some(crate::policy::decide(&snapshot.policy, &facts))

@@ -100,7 +100,7 @@ struct ExplainArgs {
     #[arg(long, short)]
     config: PathBuf,
     /// A facts document (JSON, see docs/facts.md) to decide instead of a described request.
-    #[arg(long, conflicts_with_all = ["url", "cert", "method", "from", "user", "email", "groups", "mfa"])]
+    #[arg(long, conflicts_with_all = ["url", "cert", "method", "from", "user", "email", "groups", "mfa", "headers"])]
     input: Option<PathBuf>,
     /// The request URL, like https://wiki.example.com/page.
     #[arg(long, required_unless_present = "input")]
@@ -123,6 +123,9 @@ struct ExplainArgs {
     /// The person signed in with a second factor.
     #[arg(long)]
     mfa: bool,
+    /// A request header, as `Name: value` (repeat for more).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
     /// Decide at this moment instead of now (RFC 3339, like 2026-01-13T20:00:00+01:00, or
     /// Unix seconds); with --input, instead of the document's own time too.
     #[arg(long, value_parser = parse_moment)]
@@ -232,6 +235,7 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
                     .user
                     .as_deref()
                     .map(|sub| (sub, args.email.as_deref(), args.groups.as_slice(), args.mfa)),
+                headers: &args.headers,
             }
             .document(&snapshot, now)?
         }

@@ -95,6 +95,10 @@ codes! {
     PathNotAllowed = "path_not_allowed",
     /// The source address is in none of a rule's networks.
     NetworkNotAllowed = "network_not_allowed",
+    /// A header a rule names is not in the request.
+    HeaderMissing = "header_missing",
+    /// No value of a header a rule names matches its patterns.
+    HeaderNotAllowed = "header_not_allowed",
     /// The time of the request is outside the rule's `hours`.
     OutsideHours = "outside_hours",
     /// The day of the request is none of the rule's `days`.

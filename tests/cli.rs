@@ -1537,6 +1537,75 @@ fn policy_explain_at_another_moment() -> Result<()> {
     Ok(())
 }
 
+/// `headers` rules: explain takes the request's headers from `--header`, and `vigil check`
+/// refuses conditions on the headers Vigil sets itself, on Host, and without patterns.
+#[test]
+fn header_rules_in_explain_and_check() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let path = dir.path().join("vigil.toml");
+    let rule = r#"spiffe = ["spiffe://vigil.test/**"], headers = { X-Api-Version = ["2"] }"#;
+    std::fs::write(
+        &path,
+        GOOD.replace(r#"spiffe = ["spiffe://example.org/ns/*/sa/*"]"#, rule),
+    )?;
+    let explain = |headers: &[&str]| -> Result<(i32, serde_json::Value)> {
+        let mut cmd = vigil();
+        cmd.args(["policy", "explain", "--config"])
+            .arg(&path)
+            .arg("--cert")
+            .arg(dir.path().join("workload.pem"))
+            .args(["--url", "https://api.example.com/v1/orders"]);
+        for h in headers {
+            cmd.args(["-H", h]);
+        }
+        let out = cmd.output()?;
+        let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        Ok((out.status.code().unwrap_or(-1), json))
+    };
+    let (code, report) = explain(&["X-API-Version: 2"])?;
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        report["facts"]["request"]["headers"]["x-api-version"][0],
+        "2"
+    );
+    let (code, report) = explain(&[])?;
+    assert_eq!(code, 2);
+    assert_eq!(report["codes"][0], "header_missing", "{report}");
+    let (code, report) = explain(&["x-api-version: 1"])?;
+    assert_eq!(code, 2);
+    assert_eq!(
+        report["reasons"][0],
+        "rule 1: header x-api-version not allowed"
+    );
+    let (code, _) = explain(&["no colon"])?;
+    assert_eq!(code, 1);
+
+    for (headers, message) in [
+        (
+            r#"{ x-vigil-user = ["alice"] }"#,
+            "a header Vigil sets for the upstream",
+        ),
+        (
+            r#"{ X-Forwarded-For = ["10.0.0.1"] }"#,
+            "a header Vigil sets for the upstream",
+        ),
+        (
+            r#"{ host = ["api.example.com"] }"#,
+            "matched by the route's host",
+        ),
+        (r#"{ accept = [] }"#, "has no patterns"),
+        (r#"{ "bad name" = ["x"] }"#, "is not an HTTP header name"),
+    ] {
+        let text = GOOD.replace(r#"methods = ["GET"]"#, &format!("headers = {headers}"));
+        let (ok, out) = check(dir.path(), &text)?;
+        assert!(!ok, "{headers}: {out}");
+        assert!(out.contains(message), "{headers}: {out}");
+        assert!(out.contains(":17:"), "{headers}: {out}");
+    }
+    Ok(())
+}
+
 /// `vigil run` on `config` (in `dir`), until `until` returns true for the standard error
 /// lines written so far (or 20 seconds pass); then SIGTERM. Returns every line it wrote on
 /// standard error.

@@ -328,6 +328,46 @@ fn both_refuse_what_the_reader_refuses() -> Result<()> {
             "os without a version",
             edit(&example, &["device", "os", "version"], None),
         ),
+        (
+            "an upper-case header name",
+            edit(
+                &example,
+                &["request", "headers"],
+                Some(json!({ "Accept": ["*/*"] })),
+            ),
+        ),
+        (
+            "a header name with a space",
+            edit(
+                &example,
+                &["request", "headers"],
+                Some(json!({ "x y": ["1"] })),
+            ),
+        ),
+        (
+            "a header value with a line break",
+            edit(
+                &example,
+                &["request", "headers"],
+                Some(json!({ "x-a": ["1\r\nx-b: 2"] })),
+            ),
+        ),
+        (
+            "a header value beyond ASCII",
+            edit(
+                &example,
+                &["request", "headers"],
+                Some(json!({ "x-a": ["é"] })),
+            ),
+        ),
+        (
+            "a header value that is not a list",
+            edit(
+                &example,
+                &["request", "headers"],
+                Some(json!({ "accept": "*/*" })),
+            ),
+        ),
     ];
     for (what, doc) in &cases {
         assert!(
@@ -356,6 +396,19 @@ fn both_refuse_what_the_reader_refuses() -> Result<()> {
         ),
         ("risk null", edit(&example, &["risk"], Some(Value::Null))),
         ("no source", edit(&example, &["person", "source"], None)),
+        (
+            "headers null",
+            edit(&example, &["request", "headers"], Some(Value::Null)),
+        ),
+        ("no headers", edit(&example, &["request", "headers"], None)),
+        (
+            "a header twice, with a tab",
+            edit(
+                &example,
+                &["request", "headers"],
+                Some(json!({ "cookie": ["a=1", "b=\t2"], "x-empty": [""] })),
+            ),
+        ),
         (
             "session without sid",
             edit(

@@ -1032,3 +1032,54 @@ async fn request_verifier_and_explain_decide_alike() -> Result<()> {
     }
     Ok(())
 }
+
+/// An open stream keeps the request headers its route's rules name: decided again after a
+/// reload, it goes on while they still match and is cut once they no longer do.
+#[tokio::test]
+async fn a_stream_is_decided_again_on_the_headers_it_came_with() -> Result<()> {
+    let pki = Pki::new()?;
+    let sse = sse_upstream().await?;
+    let config = pki.path("vigil.toml");
+    let write = |versions: &str| -> Result<()> {
+        let text = format!(
+            "{}[[route]]\nname = \"events\"\nhost = \"localhost\"\nupstream = \"http://{sse}\"\nlogin = \"none\"\nallow = [{{ spiffe = [\"spiffe://example.org/**\"], headers = {{ x-api-version = [{versions}] }} }}]\n",
+            base_config("", &pki.path("d.log"))
+        );
+        Ok(std::fs::write(&config, text)?)
+    };
+    write("\"2\"")?;
+    let running = vigil::start_file(&config).await?;
+    let web = pki.workload(SPIFFE_WEB)?;
+    let open = |version: &'static str| {
+        let config = client_config(Some(&web), pki.ca.cert_pem(), &[b"http/1.1"]);
+        let addr = running.addr;
+        async move {
+            let mut tls = connect(addr, config?, "localhost").await?;
+            let request = format!(
+                "GET /events HTTP/1.1\r\nHost: localhost\r\nX-Api-Version: {version}\r\nAccept: text/event-stream\r\n\r\n"
+            );
+            tls.write_all(request.as_bytes()).await?;
+            anyhow::Ok(tls)
+        }
+    };
+    let mut stream = open("2").await?;
+    let seen = read_until(&mut stream, "data: 1\n").await?;
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    let mut refused = open("3").await?;
+    let seen = read_until(&mut refused, "\r\n").await?;
+    assert!(seen.starts_with("HTTP/1.1 403"), "{seen}");
+
+    // Still allowed: the stream goes on.
+    write("\"2\", \"4\"")?;
+    assert_eq!(admin(&running, "POST", "/reload").await?.status, 200);
+    assert!(!closes_within(&mut stream, Duration::from_millis(1500)).await);
+    // No longer: it is cut.
+    write("\"3\"")?;
+    assert_eq!(admin(&running, "POST", "/reload").await?.status, 200);
+    assert!(
+        closes_within(&mut stream, Duration::from_secs(10)).await,
+        "the stream outlived the rule its headers passed"
+    );
+    assert!(metric(&running, "vigil_connections_cut_total{reason=\"policy\"}").await? >= 1.0);
+    Ok(())
+}

@@ -1267,6 +1267,77 @@ allow = [{ spiffe = ["spiffe://example.org/ns/frontend/sa/*"] }]
     Ok(())
 }
 
+/// `headers` rules over HTTP/1.1 and HTTP/2: a matching value allows, any of a repeated
+/// header's values may match, a missing or unmatched header denies with its reason, and the
+/// value is never written to the log.
+#[tokio::test]
+async fn header_rules_match_the_request_headers() -> Result<()> {
+    let routes = r#"
+[[route]]
+name = "api"
+host = "localhost"
+upstream = "http://UPSTREAM"
+login = "none"
+allow = [{ spiffe = ["spiffe://example.org/ns/frontend/sa/*"], headers = { authorization = ["Bearer *"], x-api-version = ["2", "3"] } }]
+"#;
+    let f = fixture_with("", routes, "").await?;
+    let token = "Authorization: Bearer abc.def\r\n";
+    for (extra, status, code) in [
+        (format!("{token}X-Api-Version: 2\r\n"), 200, None),
+        (
+            format!("{token}x-api-version: 9\r\nX-API-Version: 3\r\n"),
+            200,
+            None,
+        ),
+        (
+            "X-Api-Version: 2\r\n".to_owned(),
+            403,
+            Some("header_missing"),
+        ),
+        (
+            "Authorization: Basic c2VjcmV0\r\nX-Api-Version: 2\r\n".to_owned(),
+            403,
+            Some("header_not_allowed"),
+        ),
+        (
+            format!("{token}X-Api-Version: 4\r\n"),
+            403,
+            Some("header_not_allowed"),
+        ),
+    ] {
+        let reply = get(f.running.addr, f.web(), "/x", &extra).await?;
+        assert_eq!(reply.status, status, "{extra:?}: {reply:?}");
+        let id = reply.header("x-request-id").unwrap_or_default();
+        let line = decision_for(&f.decisions, &id)
+            .await
+            .expect("decision line");
+        if let Some(code) = code {
+            assert_eq!(line["codes"][0], code, "{line}");
+        }
+        assert!(!line.to_string().contains("c2VjcmV0"), "{line}");
+    }
+
+    // HTTP/2: the same rules on the same header map.
+    let h2 = client_config(Some(&f.web), f.pki.ca.cert_pem(), &[b"h2"])?;
+    let tls = connect(f.running.addr, h2, "localhost").await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await?;
+    tokio::spawn(conn);
+    for (version, status) in [("3", 200), ("1", 403)] {
+        let req = http::Request::builder()
+            .uri("https://localhost/x")
+            .header("authorization", "Bearer abc")
+            .header("x-api-version", version)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        assert_eq!(resp.status().as_u16(), status, "h2 x-api-version {version}");
+    }
+    Ok(())
+}
+
 /// A rule's `hours` are checked at the time of the request: a window around now allows, the
 /// same rule with a window later today denies, with the reason and its code in the log.
 #[tokio::test]

@@ -761,6 +761,7 @@ claims = { team = ["a"] }
 device = "compliant"
 min_os = { macOS = "14.0" }
 max_check_in_age = "1d"
+headers = { authorization = ["Bearer *"] }
 hours = "08:00-19:00"
 days = ["mon"]
 timezone = "Europe/Paris"

@@ -38,8 +38,57 @@ impl Compiler<'_> {
         }
         rule.networks = self.networks(&format!("{at}.networks"), &r.networks);
         self.identity_rule(at, r, &mut rule);
+        rule.headers = self.header_conditions(at, r);
         rule.window = self.window(at, r);
         rule
+    }
+
+    /// `headers = { name = [patterns] }`: names are HTTP header names (any case, compared
+    /// lower-case), each with at least one pattern.
+    fn header_conditions(&mut self, at: &str, r: &RuleSection) -> Vec<(String, Vec<Pattern>)> {
+        let mut conditions = Vec::with_capacity(r.headers.len());
+        for (name, patterns) in &r.headers {
+            let key = format!("{at}.headers.{name}");
+            let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                self.problem(&key, format!("{name:?} is not an HTTP header name"));
+                continue;
+            };
+            let lower = header.as_str();
+            if lower.starts_with("x-vigil-")
+                || lower.starts_with("x-forwarded-")
+                || lower == "forwarded"
+            {
+                self.problem_help(
+                    &key,
+                    format!("{name} is a header Vigil sets for the upstream: the rule would match what the client claims"),
+                    "decide on the identity itself (spiffe, users, groups, ...), not on the header that carries it upstream",
+                );
+                continue;
+            }
+            if lower == "host" {
+                self.problem_help(
+                    &key,
+                    "the host is matched by the route's host, not by a header rule",
+                    "HTTP/2 requests carry no Host header: give the route its host",
+                );
+                continue;
+            }
+            if patterns.is_empty() {
+                self.problem_help(
+                    &key,
+                    format!("header {name} has no patterns: it would never match"),
+                    "list the values it may have, like [\"Bearer *\"]",
+                );
+                continue;
+            }
+            let compiled: Vec<Pattern> = patterns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| self.pattern(&format!("{key}.{i}"), p))
+                .collect();
+            conditions.push((header.as_str().to_owned(), compiled));
+        }
+        conditions
     }
 
     /// `hours`, `days` and `timezone`: a window when either of the first two is given.

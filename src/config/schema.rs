@@ -805,6 +805,9 @@ pub struct RuleSection {
     /// The device's last check-in must be at most this old.
     #[serde(default)]
     pub max_check_in_age: Option<HumanDuration>,
+    /// Request header name = patterns, one of which a value of the header must match.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, Vec<String>>,
     /// Local time of day, like "08:00-19:00" (may cross midnight: "22:00-06:00").
     #[serde(default)]
     pub hours: Option<String>,

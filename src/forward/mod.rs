@@ -123,6 +123,8 @@ pub struct Outbound<'a> {
     pub session: Option<crate::identity::session::Session>,
     /// The verified bearer token's identity, re-checked likewise.
     pub bearer: Option<Arc<crate::identity::Identity>>,
+    /// The request headers the route's rules look at, kept to decide the stream again.
+    pub kept_headers: Vec<(String, String)>,
 }
 
 /// Set on a forwarded response when the client's upgrade offer was removed, for the
@@ -173,6 +175,7 @@ pub async fn forward(
         host: out.host.to_owned(),
         path: out.path.to_owned(),
         method: parts.method.clone(),
+        headers: out.kept_headers,
         session: out.session,
         bearer: out.bearer,
     };

@@ -16,6 +16,7 @@ use crate::forward::assertion::Signer;
 use crate::forward::{self, ForwardError, Outbound};
 use crate::identity::{self, Identity};
 use crate::metrics::{RouteLabel, UpstreamErrorLabels};
+use crate::policy::facts::Headers;
 use crate::policy::{Decision, Outcome};
 use crate::posture;
 use crate::reason::{Code, Reason};
@@ -54,6 +55,12 @@ pub async fn forward(
         cx.risk.as_ref(),
         assessed.device.as_ref(),
     );
+    let names = route.policy.header_names();
+    let kept_headers = if names.is_empty() {
+        Vec::new()
+    } else {
+        Headers::Map(req.headers()).keep(&names)
+    };
     let (parts, incoming) = req.into_parts();
     let (incoming, read_deadline) = body::with_read_deadline(incoming, snapshot.body_read_timeout);
     let req = Request::from_parts(parts, incoming);
@@ -70,6 +77,7 @@ pub async fn forward(
         session: identified.session,
         authorization: bearer.as_ref().map(|(_, token)| token.clone()),
         bearer: bearer.map(|(identity, _)| identity),
+        kept_headers,
     };
     cx.forwarded = true;
     let result = forward::forward(&route.upstream, cx.conn, req, outbound).await;

@@ -120,6 +120,7 @@ async fn answer(
         host: &target.host,
         method: req.method().as_str(),
         path: &target.path,
+        headers: facts::Headers::Map(req.headers()),
     };
     let facts = decide::facts(now, request, conn, identified.identity.as_ref(), &assessed);
     let decision = match decide::decide(&cx, &route, &req, &target, &facts) {

@@ -42,6 +42,70 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// Normalised: the path policy sees is the path forwarded.
     pub path: &'a str,
+    /// The request's headers, as the client sent them (rules with `headers` look at them).
+    pub headers: Headers<'a>,
+}
+
+/// A request's headers, names compared case-insensitively. A value that is not visible ASCII
+/// text (with spaces and tabs) is never seen: no rule matches it.
+#[derive(Debug, Clone, Copy)]
+pub enum Headers<'a> {
+    /// A request's own.
+    Map(&'a http::HeaderMap),
+    /// Kept from a request (an open stream's), or read from a document: lower-case names.
+    List(&'a [(String, String)]),
+}
+
+impl Headers<'_> {
+    /// No headers.
+    pub const NONE: Headers<'static> = Headers::List(&[]);
+
+    /// True when some value of header `name` (lower case) satisfies `test`; false when the
+    /// header is absent.
+    pub fn any(&self, name: &str, mut test: impl FnMut(&str) -> bool) -> bool {
+        match self {
+            Headers::Map(map) => map
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(test),
+            Headers::List(list) => list.iter().any(|(n, v)| n == name && test(v)),
+        }
+    }
+
+    /// The values of the headers in `names` (lower case), to keep beside an open stream.
+    pub fn keep(&self, names: &[&str]) -> Vec<(String, String)> {
+        let mut kept = Vec::new();
+        for name in names {
+            self.any(name, |v| {
+                kept.push(((*name).to_owned(), v.to_owned()));
+                false
+            });
+        }
+        kept
+    }
+}
+
+/// As a document writes them: an object of lower-case names, each with its values in order.
+impl Serialize for Headers<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut by_name: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        match self {
+            Headers::Map(map) => {
+                for (name, value) in map.iter() {
+                    if let Ok(v) = value.to_str() {
+                        by_name.entry(name.as_str()).or_default().push(v);
+                    }
+                }
+            }
+            Headers::List(list) => {
+                for (name, value) in list.iter() {
+                    by_name.entry(name).or_default().push(value);
+                }
+            }
+        }
+        serializer.collect_map(by_name)
+    }
 }
 
 /// Where the request comes from.
@@ -79,6 +143,40 @@ pub struct RequestDocument {
     pub host: String,
     pub method: String,
     pub path: String,
+    /// `{"name": ["value", ...]}`: lower-case names, values of visible ASCII.
+    #[serde(default, deserialize_with = "header_list")]
+    pub headers: Vec<(String, String)>,
+}
+
+/// A document's `request.headers`, refusing what no request could carry: a name that is not
+/// a lower-case HTTP token, a value with control or non-ASCII characters.
+fn header_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    use serde::de::Error;
+    let map: Option<std::collections::BTreeMap<String, Vec<String>>> = Option::deserialize(d)?;
+    let mut list = Vec::new();
+    for (name, values) in map.unwrap_or_default() {
+        let token = !name.is_empty()
+            && name.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+            });
+        if !token {
+            return Err(D::Error::custom(format!(
+                "header name {name:?} is not a lower-case HTTP header name"
+            )));
+        }
+        for value in values {
+            if !value
+                .bytes()
+                .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+            {
+                return Err(D::Error::custom(format!(
+                    "a value of header {name:?} is not visible ASCII text"
+                )));
+            }
+            list.push((name.clone(), value));
+        }
+    }
+    Ok(list)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +197,7 @@ impl Document {
                 host: &self.request.host,
                 method: &self.request.method,
                 path: &self.request.path,
+                headers: Headers::List(&self.request.headers),
             },
             certificate: &self.certificate,
             person: self.person.as_ref(),

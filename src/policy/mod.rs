@@ -72,6 +72,9 @@ pub struct Rule {
     pub min_os: Vec<(String, String)>,
     /// Maximum age of the device's last check-in, in seconds.
     pub max_check_in_age: Option<u64>,
+    /// Request headers by lower-case name, each with the patterns one of its values must
+    /// match.
+    pub headers: Vec<(String, Vec<Pattern>)>,
     /// The hours and days the rule allows, in its time zone.
     pub window: Option<window::Window>,
 }
@@ -129,6 +132,18 @@ pub struct RoutePolicy {
 }
 
 impl RoutePolicy {
+    /// Every header name the route's rules look at, each once: what an open stream keeps of
+    /// its request to be decided again.
+    pub fn header_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for (name, _) in self.rules.iter().flat_map(|r| &r.headers) {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
     /// A route that identifies with the certificate alone, with `rules` and the default risk
     /// actions.
     pub fn new(name: impl Into<String>, rules: Vec<Rule>) -> Self {
@@ -462,6 +477,22 @@ impl Rule {
                 format!("source address {source} not in allowed networks"),
             ));
         }
+        for (name, patterns) in &self.headers {
+            let headers = &f.request.headers;
+            if !headers.any(name, |_| true) {
+                return Err(Reason::new(
+                    Code::HeaderMissing,
+                    format!("header {name} missing"),
+                ));
+            }
+            // The value is not quoted in the reason: it may be a credential.
+            if !headers.any(name, |v| patterns.iter().any(|p| p.matches(v))) {
+                return Err(Reason::new(
+                    Code::HeaderNotAllowed,
+                    format!("header {name} not allowed"),
+                ));
+            }
+        }
         if let Some(window) = &self.window {
             window.check(f.time)?;
         }
@@ -657,6 +688,7 @@ mod tests {
                 host: "app.example.com",
                 method,
                 path,
+                headers: facts::Headers::NONE,
             },
             certificate: peer,
             person,
