@@ -114,6 +114,7 @@ impl Reloader {
         if let Some(inventory) = &snapshot.devices {
             inventory.start(self.shared.metrics.clone());
         }
+        metrics.precreate_routes(snapshot.routes.iter().map(|r| &r.label));
         self.shared.snapshot.store(Arc::new(snapshot));
         // Open connections are re-checked against the new CAs and CRLs now.
         self.shared.live.recheck_now();
