@@ -14,7 +14,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Metric, Registry};
 use std::fmt::Write;
 use std::sync::Arc;
@@ -313,7 +312,9 @@ impl Metrics {
         Arc::new(metrics)
     }
 
-    /// `vigil_build_info`: the version running, as labels of a constant 1.
+    /// `vigil_build_info`: the version running, as the labels of a gauge that is always 1 (a
+    /// gauge rather than an OpenMetrics info, so that it has one name and one type in both
+    /// formats, as `prometheus_build_info` has).
     fn build_info(&mut self) {
         let labels = BuildLabels {
             version: env!("CARGO_PKG_VERSION"),
@@ -323,10 +324,12 @@ impl Metrics {
                 "release"
             },
         };
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build.get_or_create(&labels).set(1);
         self.registry.register(
-            "build",
-            "The version of Vigil running (always 1)",
-            Info::new(labels),
+            "build_info",
+            "The version of Vigil running, as labels (always 1)",
+            build,
         );
     }
 
