@@ -471,21 +471,24 @@ fn observe_components(shared: &Shared) {
         let status = devices.status();
         metrics.device_inventory_stale.set(i64::from(status.stale));
         metrics
+            .components
             .device_inventory_last_success
             .set(status.last_success.unwrap_or(0) as f64);
     }
-    metrics.identity_provider_up.clear();
-    metrics.identity_provider_last_success.clear();
+    metrics.components.identity_provider_up.clear();
+    metrics.components.identity_provider_last_success.clear();
     if let Some(provider) = &snapshot.oidc {
         let status = provider.status();
         let issuer = crate::metrics::Issuer {
             issuer: status.issuer,
         };
         metrics
+            .components
             .identity_provider_up
             .get_or_create(&issuer)
             .set(i64::from(status.ready));
         metrics
+            .components
             .identity_provider_last_success
             .get_or_create(&issuer)
             .set(status.last_success.unwrap_or(0) as f64);

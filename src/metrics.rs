@@ -181,19 +181,54 @@ pub struct Metrics {
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
     pub config_last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
-    pub identity_provider_up: Family<Issuer, Gauge>,
-    pub identity_provider_last_success: Family<Issuer, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    pub device_inventory_last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub components: Components,
     /// The standard `process_*` families, without the prefix.
     process: Registry,
 }
 
+/// The state of what Vigil depends on (the identity provider, the device inventory), set at
+/// scrape time from what `/readyz` reads.
+pub struct Components {
+    pub identity_provider_up: Family<Issuer, Gauge>,
+    pub identity_provider_last_success: Family<Issuer, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub device_inventory_last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl Components {
+    fn register(r: &mut Registry) -> Self {
+        Self {
+            identity_provider_up: metric(
+                r,
+                "identity_provider_up",
+                "1 while the identity provider is discovered and answering, 0 while it is not (sign-ins then answer 503), by issuer; absent without [oidc]",
+            ),
+            identity_provider_last_success: metric(
+                r,
+                "identity_provider_last_success_timestamp_seconds",
+                "Unix time of the last answer from the identity provider (discovery, check or token exchange), by issuer; 0 before the first",
+            ),
+            device_inventory_last_success: metric(
+                r,
+                "device_inventory_last_success_timestamp_seconds",
+                "Unix time of the last successful read of the device inventory; 0 before the first and without [devices]",
+            ),
+        }
+    }
+}
+
 impl Metrics {
     pub fn new() -> Arc<Self> {
+        let mut metrics = Self::register();
+        metrics.build_info();
+        metrics.precreate();
+        Arc::new(metrics)
+    }
+
+    /// Every family, registered in the order of the exposition.
+    fn register() -> Self {
         let mut registry = Registry::with_prefix("vigil");
         let r = &mut registry;
-        // Registered in this order, which is the order of the exposition.
-        let mut metrics = Self {
+        Self {
             requests: metric(
                 r,
                 "requests",
@@ -285,31 +320,10 @@ impl Metrics {
                 "config_last_reload_success_timestamp_seconds",
                 "Unix time of the last configuration load that was applied",
             ),
-            identity_provider_up: metric(
-                r,
-                "identity_provider_up",
-                "1 while the identity provider is discovered and answering, 0 while it is not (sign-ins then answer 503), by issuer; absent without [oidc]",
-            ),
-            identity_provider_last_success: metric(
-                r,
-                "identity_provider_last_success_timestamp_seconds",
-                "Unix time of the last answer from the identity provider (discovery, check or token exchange), by issuer; 0 before the first",
-            ),
-            device_inventory_last_success: metric(
-                r,
-                "device_inventory_last_success_timestamp_seconds",
-                "Unix time of the last successful read of the device inventory; 0 before the first and without [devices]",
-            ),
-            process: {
-                let mut process = Registry::default();
-                process.register_collector(Box::new(process::ProcessCollector));
-                process
-            },
+            components: Components::register(r),
+            process: process_registry(),
             registry,
-        };
-        metrics.build_info();
-        metrics.precreate();
-        Arc::new(metrics)
+        }
     }
 
     /// `vigil_build_info`: the version running, as the labels of a gauge that is always 1 (a
@@ -481,6 +495,13 @@ fn prometheus_text(openmetrics: &str) -> String {
         }
     }
     out
+}
+
+/// The standard `process_*` families, in a registry of their own: without the prefix.
+fn process_registry() -> Registry {
+    let mut process = Registry::default();
+    process.register_collector(Box::new(process::ProcessCollector));
+    process
 }
 
 /// A new metric of the type asked for, registered as `vigil_<name>` with `help`.
