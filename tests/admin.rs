@@ -220,6 +220,19 @@ async fn metrics_speak_the_format_the_scraper_asks_for() -> Result<()> {
             "{family}: {kind} {help:?}"
         );
     }
+    // Every family is in the documentation's list, under the name its samples have.
+    let docs = include_str!("../docs/configuration.md");
+    for (family, (kind, _, _)) in &declared {
+        let name = if kind == "counter" {
+            format!("`{family}_total`")
+        } else {
+            format!("`{family}`")
+        };
+        assert!(
+            docs.contains(&format!("| {name} |")),
+            "{name} is not documented"
+        );
+    }
     assert_eq!(parsed(&om.body, true)?, declared, "OpenMetrics");
     assert_eq!(parsed(&plain.body, false)?, declared, "Prometheus text");
     Ok(())
