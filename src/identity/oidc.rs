@@ -1278,6 +1278,64 @@ mod tests {
         .unwrap()
     }
 
+    /// Before discovery nothing can start; a failure after it makes the provider down (with
+    /// since when) until its next answer; a refusal from the token endpoint is an answer.
+    #[test]
+    fn reachability_follows_the_exchanges() {
+        let p = provider();
+        assert!(matches!(p.available(), Err(LoginError::NotReady)));
+        let s = p.status();
+        assert!(!s.ready && !s.discovered && !s.reachable, "{s:?}");
+        p.failed("connection refused");
+        assert_eq!(p.status().last_error.as_deref(), Some("connection refused"));
+        assert!(matches!(p.available(), Err(LoginError::NotReady)));
+
+        // Discovered (as `discover` leaves it), then answering.
+        let metadata: CoreProviderMetadata = serde_json::from_value(serde_json::json!({
+            "issuer": "https://idp.test",
+            "authorization_endpoint": "https://idp.test/auth",
+            "jwks_uri": "https://idp.test/jwks",
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        }))
+        .unwrap();
+        let metadata = metadata.set_jwks(CoreJsonWebKeySet::new(Vec::new()));
+        let client: Client =
+            CoreClient::from_provider_metadata(metadata, ClientId::new("vigil".into()), None);
+        p.discovered.store(Some(Arc::new(Discovered {
+            client,
+            revocation: None,
+            end_session: None,
+            userinfo: None,
+            jwks: jsonwebtoken::jwk::JwkSet { keys: Vec::new() },
+            fetched: Instant::now(),
+        })));
+        p.answered();
+        assert!(p.available().is_ok());
+        let s = p.status();
+        assert!(s.ready && s.discovered && s.reachable, "{s:?}");
+        assert_eq!(s.unreachable_since, None);
+
+        let token_endpoint_down: Result<(), _> =
+            Err(LoginError::Unreachable("connection reset".into()));
+        assert!(p.noted(token_endpoint_down).is_err());
+        let s = p.status();
+        assert!(!s.ready && s.discovered && !s.reachable, "{s:?}");
+        let since = s.unreachable_since.expect("down since");
+        let Err(LoginError::Down { since: text }) = p.available() else {
+            panic!("not down");
+        };
+        assert_eq!(text, unix_rfc3339(since));
+        // A second failure keeps the outage's start.
+        p.failed("again");
+        assert_eq!(p.status().unreachable_since, Some(since));
+
+        let refused: Result<(), _> = Err(LoginError::Refused("invalid_grant".into()));
+        assert!(p.noted(refused).is_err());
+        assert!(p.available().is_ok(), "a refusal is an answer");
+    }
+
     #[test]
     fn a_state_is_used_once_until_it_expires() {
         let used = UsedStates::with_cap(3);
