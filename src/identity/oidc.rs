@@ -480,13 +480,8 @@ impl Provider {
                     }
                 };
                 drop(p);
-                // A failure noticed meanwhile (a token exchange) wakes the check early; so
-                // does one noticed during this check, which is harmless.
-                match wait {
-                    Some(wait) => {
-                        let _ = tokio::time::timeout(wait, wake.notified()).await;
-                    }
-                    None => wake.notified().await,
+                if !next_check(&provider, &wake, wait).await {
+                    return;
                 }
             }
         });
@@ -1237,6 +1232,28 @@ fn decode_payload(raw: &str) -> Result<serde_json::Map<String, serde_json::Value
 fn login_cookie_name(state: &str) -> String {
     let prefix: String = state.chars().take(8).collect();
     format!("{LOGIN_COOKIE_PREFIX}{prefix}")
+}
+
+/// Waits for the next check: `wait`, or less when a failure noticed meanwhile (a token
+/// exchange) wakes it (one noticed during the check that just ran does too, harmlessly). With
+/// no periodic check (`None`), only a failure wakes it; it looks every [`MAX_BACKOFF`] whether
+/// the provider was dropped. `false`: it was, stop.
+async fn next_check(
+    provider: &std::sync::Weak<Provider>,
+    wake: &tokio::sync::Notify,
+    wait: Option<Duration>,
+) -> bool {
+    loop {
+        let woken = tokio::time::timeout(wait.unwrap_or(MAX_BACKOFF), wake.notified())
+            .await
+            .is_ok();
+        if provider.strong_count() == 0 {
+            return false;
+        }
+        if woken || wait.is_some() {
+            return true;
+        }
+    }
 }
 
 /// Unix time `at` as RFC 3339, to the second.
