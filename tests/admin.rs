@@ -1104,3 +1104,38 @@ async fn vigil_health_speaks_tls_to_a_tls_admin_listener() -> Result<()> {
     assert_eq!(plain.status.code(), Some(1), "{plain:?}");
     Ok(())
 }
+
+/// A route a reload adds gets its per-route series at once, at 0, and its line in `/readyz`.
+#[tokio::test]
+async fn a_route_added_by_a_reload_has_its_series_at_zero() -> Result<()> {
+    let pki = Pki::new()?;
+    let running = admin_proxy(&pki, "").await?;
+    let before = metrics(&running).await?;
+    assert!(
+        before.contains("vigil_refusals_total{route=\"r\",fault=\"policy\"} 0"),
+        "{before}"
+    );
+    assert!(!before.contains("route=\"added\""), "{before}");
+    let path = pki.path("vigil.toml");
+    let text = std::fs::read_to_string(&path)?
+        + "[[route]]\nname = \"added\"\nhost = \"added.test\"\nupstream = \"http://127.0.0.1:9\"\nlogin = \"none\"\nallow = [{ spiffe = [\"spiffe://example.org/**\"] }]\n";
+    std::fs::write(&path, text)?;
+    let reloaded = admin(&running, "POST", "/reload").await?;
+    assert_eq!(reloaded.status, 200, "{reloaded:?}");
+    let after = metrics(&running).await?;
+    for series in [
+        "vigil_refusals_total{route=\"added\",fault=\"client\"} 0",
+        "vigil_refusals_total{route=\"added\",fault=\"internal\"} 0",
+        "vigil_upstream_errors_total{route=\"added\",kind=\"timeout\"} 0",
+        "vigil_refusals_total{route=\"r\",fault=\"policy\"} 0",
+    ] {
+        assert!(after.contains(series), "missing {series} in\n{after}");
+    }
+    let ready = admin(&running, "GET", "/readyz").await?.json();
+    let names: Vec<&str> = ready["routes"]
+        .as_array()
+        .map(|rs| rs.iter().filter_map(|r| r["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["r", "added"], "{ready}");
+    Ok(())
+}
