@@ -21,9 +21,12 @@ COPY --from=build /src/target/release/vigil /usr/local/bin/vigil
 USER 65532:65532
 WORKDIR /etc/vigil
 EXPOSE 8443 9901
-# The admin listener must be plain HTTP on an address the container can reach itself at.
+# The probe reads the admin address from the configuration (0.0.0.0 is probed on loopback).
+# With a TLS admin listener (admin.client_ca) it speaks TLS, trusting the certificate the
+# configuration names, and needs a client certificate the listener allows: add
+# "--cert", "/etc/vigil/probe.pem", "--key", "/etc/vigil/probe.key". A failing probe prints why.
 HEALTHCHECK --interval=10s --timeout=4s --start-period=5s --retries=3 \
-  CMD ["vigil", "health", "--admin", "127.0.0.1:9901", "--path", "/healthz"]
+  CMD ["vigil", "health", "--config", "/etc/vigil/vigil.toml", "--path", "/healthz"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["vigil"]
 CMD ["run", "--config", "/etc/vigil/vigil.toml"]

@@ -4,6 +4,7 @@
 pub mod actions;
 pub mod gate;
 pub mod limits;
+pub mod ready;
 
 use crate::body::{self, Body};
 use crate::config::admin::AdminLimits;
@@ -409,44 +410,18 @@ async fn route(
     }
 }
 
-/// `GET /readyz`: 200 once serving and the identity provider (if any) is discovered, 503
-/// before and while draining, and while the TLS material cannot serve (`tls::lifecycle`),
-/// with what is not ready yet.
+/// `GET /readyz`: 200 while serving and some route can serve, 503 otherwise; the body says
+/// what each route and component is waiting for (see [`ready`]).
 fn report_ready(state: &State) -> Response<Body> {
     let snapshot = state.shared.snapshot.load();
-    let reload = state.reloader.as_ref().map(|r| r.status());
-    let provider_ready = snapshot.oidc.as_ref().is_none_or(|p| p.is_ready());
-    let certificates = crate::tls::lifecycle::Status::now(&snapshot.certificates);
-    let ready = state.readiness.get() && provider_ready && certificates.serving();
-    let status = if ready {
+    let reload = state.reloader.as_ref().map(|r| (*r.status()).clone());
+    let report = ready::report(&snapshot, state.readiness.get(), reload);
+    let status = if report.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    json(
-        status,
-        serde_json::json!({
-            "ready": ready,
-            "reason": if !provider_ready {
-                Some("identity provider not discovered yet")
-            } else if !certificates.serving() {
-                Some(certificates.reason())
-            } else if !ready {
-                Some("starting or draining")
-            } else {
-                None
-            },
-            "device_inventory": snapshot.devices.as_ref().map(|d| d.status()),
-            "identity_provider": snapshot.oidc.as_ref().map(|p| serde_json::json!({
-                "issuer": p.settings.issuer,
-                "ready": p.is_ready(),
-            })),
-            "config_generation": snapshot.generation,
-            "routes": snapshot.routes.len(),
-            "reload": reload.as_deref(),
-            "certificates": certificates,
-        }),
-    )
+    json(status, serde_json::to_value(&report).unwrap_or_default())
 }
 
 /// `POST /reload`: loads the configuration file again and applies it if it is valid.
@@ -476,13 +451,7 @@ async fn reload(state: &State, conn: &gate::Conn, caller: &gate::Caller) -> Resp
 /// `GET /metrics`: every metric, as OpenMetrics or in the Prometheus text format, whichever
 /// the scraper's `Accept` prefers.
 fn render_metrics(shared: &Shared, headers: &http::HeaderMap) -> Response<Body> {
-    // Staleness is a matter of time passing; read it at scrape time.
-    if let Some(devices) = &shared.snapshot.load().devices {
-        shared
-            .metrics
-            .device_inventory_stale
-            .set(i64::from(devices.is_stale()));
-    }
+    observe_components(shared);
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = crate::metrics::Exposition::for_accept(accept);
     let mut r = text(StatusCode::OK, shared.metrics.render(format));
@@ -491,6 +460,39 @@ fn render_metrics(shared: &Shared, headers: &http::HeaderMap) -> Response<Body> 
         HeaderValue::from_static(format.content_type()),
     );
     r
+}
+
+/// The state of the provider and the inventory, read at scrape time: staleness is a matter
+/// of time passing, and a provider replaced by a reload takes its series with it.
+fn observe_components(shared: &Shared) {
+    let snapshot = shared.snapshot.load();
+    let metrics = &shared.metrics;
+    if let Some(devices) = &snapshot.devices {
+        let status = devices.status();
+        metrics.device_inventory_stale.set(i64::from(status.stale));
+        metrics
+            .components
+            .device_inventory_last_success
+            .set(status.last_success.unwrap_or(0) as f64);
+    }
+    metrics.components.identity_provider_up.clear();
+    metrics.components.identity_provider_last_success.clear();
+    if let Some(provider) = &snapshot.oidc {
+        let status = provider.status();
+        let issuer = crate::metrics::Issuer {
+            issuer: status.issuer,
+        };
+        metrics
+            .components
+            .identity_provider_up
+            .get_or_create(&issuer)
+            .set(i64::from(status.ready));
+        metrics
+            .components
+            .identity_provider_last_success
+            .get_or_create(&issuer)
+            .set(status.last_success.unwrap_or(0) as f64);
+    }
 }
 
 /// `POST /revoke` with a JSON object naming any of `session` (a session id, as shown by

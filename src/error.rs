@@ -43,6 +43,11 @@ impl Fault {
     }
 }
 
+/// `Retry-After` of every 503 Vigil answers itself (something it depends on, such as the
+/// identity provider, is not available): long enough for the background check of a provider
+/// that is down to have looked again, short enough for a person to wait.
+pub const RETRY_AFTER_SECONDS: &str = "10";
+
 /// A request Vigil answers without (successfully) forwarding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -125,7 +130,7 @@ impl Refusal {
     }
 
     /// A small answer carrying the reason and the request id: an HTML page for browsers,
-    /// JSON for everything else.
+    /// JSON for everything else; a 503 says when to try again (`Retry-After`).
     pub fn response(&self, request_id: &HeaderValue, html: bool) -> Response<Body> {
         let status = self.status();
         let id = request_id.to_str().unwrap_or("");
@@ -149,6 +154,12 @@ impl Refusal {
             headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"vigil\""),
+            );
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
             );
         }
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -22,8 +22,11 @@
 //!   and cut off when they no longer pass, re-decided with the pipeline's own identify, assess
 //!   and decide.
 //! - [`explain`]: `vigil policy explain`: the decision on a facts document, without a server.
+//! - [`health`]: `vigil health`: one probe of the admin listener, plain or TLS, for container
+//!   health checks.
 //! - [`reload`]: the configuration and every file it names, reloaded and swapped whole.
-//! - [`admin`]: Prometheus metrics, health and readiness, revocation; the admin listener's
+//! - [`admin`]: Prometheus metrics, health and readiness (per route, with the state of each
+//!   component), revocation; the admin listener's
 //!   gate (own Host, own origin, JSON bodies, tokens), its own limits, and the audit trail of
 //!   the actions ordered there.
 //! - [`state`]: what every connection shares: the snapshot in force and the run-time state
@@ -43,7 +46,8 @@
 //! - [`reason`]: why a request was answered as it was: a stable code and a text, made
 //!   together where the decision or the refusal is made.
 //! - [`log_format`]: diagnostics as flat JSON lines, span fields (`request_id`) included.
-//! - [`metrics`]: the Prometheus registry.
+//! - [`metrics`]: the Prometheus registry, the one list of each bounded label's values, and the
+//!   standard process metrics.
 //! - [`tls`]: the rustls server configuration and key exchange groups, client-certificate
 //!   verification with CRLs (each verified against its CA when loaded), handshake failure
 //!   reasons, [`tls::PeerCert`] (the identity read from the certificate), SPIFFE IDs, the
@@ -70,6 +74,7 @@ pub mod error;
 pub mod explain;
 pub mod forward;
 pub mod framing;
+pub mod health;
 pub mod hex;
 pub mod identity;
 pub mod live;

@@ -48,14 +48,34 @@ enum Command {
     /// signs from the next reload on while the old keys still open or verify.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Probe a running Vigil's admin listener (for container health checks): exit 0 when the
-    /// endpoint answers 200. Works for a plain-HTTP admin listener.
+    /// Probe a running Vigil's admin listener (container health checks, exec probes): exit 0
+    /// when the path answers 200; otherwise print why (the `reason` of `/readyz`) and exit 1.
+    /// Plain HTTP, or TLS when the listener has `client_ca`: with --config, the address and
+    /// the listener's certificate (pinned) come from the configuration file.
     Health {
-        #[arg(long, default_value = "127.0.0.1:9901")]
-        admin: SocketAddr,
+        /// The admin listener's address; default: `[admin] listen` of --config, else
+        /// 127.0.0.1:9901.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
         /// `/healthz` (alive) or `/readyz` (ready for traffic).
         #[arg(long, default_value = "/healthz")]
         path: String,
+        /// The configuration file Vigil runs with: its admin address, whether the listener
+        /// speaks TLS, and its certificate, which the probe then trusts (and nothing else).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Speak TLS, trusting this CA bundle for the listener's certificate.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Client certificate chain (PEM) for a TLS listener, one its client_ca trusts.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// The client certificate's key (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// The name to check the listener's certificate for with --ca; default: its IP.
+        #[arg(long)]
+        server_name: Option<String>,
     },
 }
 
@@ -198,7 +218,23 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::Certs(cmd) => certs_command(cmd),
-        Command::Health { admin, path } => health(admin, &path),
+        Command::Health {
+            admin,
+            path,
+            config,
+            ca,
+            cert,
+            key,
+            server_name,
+        } => health(&vigil::health::Options {
+            admin,
+            path,
+            config,
+            ca,
+            cert,
+            key,
+            server_name,
+        }),
         Command::Keys(cmd) => keys_command(cmd),
         Command::Policy(PolicyCommand::Explain(args)) => explain(&args),
     }
@@ -295,20 +331,13 @@ fn keys_command(cmd: KeysCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn health(admin: SocketAddr, path: &str) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
-    let timeout = std::time::Duration::from_secs(3);
-    let mut stream = std::net::TcpStream::connect_timeout(&admin, timeout)
-        .with_context(|| format!("connecting to {admin}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {admin}\r\n\r\n")?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    let status = answer.split_whitespace().nth(1).unwrap_or("");
-    if status == "200" {
-        Ok(())
-    } else {
-        bail!("{path} answered {status:?}")
+fn health(options: &vigil::health::Options) -> anyhow::Result<()> {
+    match vigil::health::probe(options) {
+        Ok(()) => Ok(()),
+        Err(failure) => {
+            eprintln!("vigil health: {failure}");
+            std::process::exit(1);
+        }
     }
 }
 

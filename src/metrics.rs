@@ -1,5 +1,13 @@
 //! Prometheus metrics, registered once and shared by every stage, and exposed in the text
 //! format the scraper asks for.
+//!
+//! Every family with a bounded label set is created whole at start (and, for per-route
+//! families, at each reload for new routes), so that a failure that never happened reads 0
+//! rather than being absent: `rate()` and alerts then work from the first scrape. The label
+//! values are listed once, in [`labels`]; tests beside this module check that the code
+//! emits no value the lists lack.
+
+pub mod process;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -76,6 +84,101 @@ pub struct CrlLabels {
     pub issuer: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct Issuer {
+    pub issuer: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    /// `release` or `debug`.
+    profile: &'static str,
+}
+
+/// The values of every bounded label, each list the one place they are named. Code that
+/// counts a new value must add it here; the tests check that it did.
+pub mod labels {
+    /// `vigil_tls_handshake_failures_total{reason}` (see `tls::handshake_failure_reason`).
+    pub const HANDSHAKE_FAILURES: &[&str] = &[
+        "timeout",
+        "closed_by_client",
+        "io",
+        "no_certificate",
+        "expired",
+        "not_yet_valid",
+        "unknown_issuer",
+        "revoked",
+        "unknown_revocation_status",
+        "expired_crl",
+        "bad_signature",
+        "wrong_purpose",
+        "bad_certificate",
+        "bad_crl",
+        "no_shared_key_exchange",
+        "protocol_version",
+        "incompatible",
+        "alert_from_client",
+        "protocol_error",
+        "other",
+        "device_revoked",
+    ];
+    /// `vigil_connections_rejected_total{reason}` (`server::Refused`).
+    pub const CONNECTION_REJECTIONS: &[&str] = &[
+        "max_connections",
+        "max_connections_per_source",
+        "max_handshakes_per_source",
+        "proxy_header_missing",
+        "proxy_header_invalid",
+        "proxy_header_timeout",
+        "proxy_header_untrusted",
+    ];
+    /// `vigil_connections_cut_total{reason}` (`live`), besides the certificate checks of
+    /// [`HANDSHAKE_FAILURES`] a connection can fail again after a reload (the series of both
+    /// lists are created).
+    pub const CUTS: &[&str] = &[
+        "certificate_expired",
+        "device_revoked",
+        "session_revoked",
+        "session_expired",
+        "session_ended",
+        "session_unverifiable",
+        "token_expired",
+        "token_revoked",
+        "route_removed",
+        "risk",
+        "policy",
+    ];
+    /// `vigil_revocations_total{reason}`: the kinds of revocation.
+    pub const REVOCATIONS: &[&str] = &["session", "user", "device", "backchannel", "logout"];
+    /// `vigil_admin_refusals_total{reason}` (`admin::gate::Refusal`, `admin::limits`).
+    pub const ADMIN_REFUSALS: &[&str] = &[
+        "max_connections",
+        "max_connections_per_source",
+        "handshake_timeout",
+        "header_read_timeout",
+        "client_certificate",
+        "host",
+        "origin",
+        "token_missing",
+        "token_invalid",
+        "content_type",
+    ];
+    /// `vigil_limits_hit_total{limit}`.
+    pub const LIMITS: &[&str] = &[
+        "header_read_timeout",
+        "header_size",
+        "idle_timeout",
+        "target_size",
+        "body_size",
+        "body_read_timeout",
+    ];
+    /// `vigil_refusals_total{route,fault}` (`error::Fault`).
+    pub const FAULTS: &[&str] = &["client", "policy", "upstream", "internal"];
+    /// `vigil_upstream_errors_total{route,kind}`.
+    pub const UPSTREAM_ERRORS: &[&str] = &["connect", "exchange", "timeout"];
+}
+
 /// Every metric Vigil exports.
 pub struct Metrics {
     registry: Registry,
@@ -101,14 +204,54 @@ pub struct Metrics {
     pub config_reload_failures: Counter,
     pub config_last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub tls_dates: TlsDates,
+    pub components: Components,
+    /// The standard `process_*` families, without the prefix.
+    process: Registry,
+}
+
+/// The state of what Vigil depends on (the identity provider, the device inventory), set at
+/// scrape time from what `/readyz` reads.
+pub struct Components {
+    pub identity_provider_up: Family<Issuer, Gauge>,
+    pub identity_provider_last_success: Family<Issuer, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub device_inventory_last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl Components {
+    fn register(r: &mut Registry) -> Self {
+        Self {
+            identity_provider_up: metric(
+                r,
+                "identity_provider_up",
+                "1 while the identity provider is discovered and answering, 0 while it is not (sign-ins then answer 503), by issuer; absent without [oidc]",
+            ),
+            identity_provider_last_success: metric(
+                r,
+                "identity_provider_last_success_timestamp_seconds",
+                "Unix time of the last answer from the identity provider (discovery, check or token exchange), by issuer; 0 before the first",
+            ),
+            device_inventory_last_success: metric(
+                r,
+                "device_inventory_last_success_timestamp_seconds",
+                "Unix time of the last successful read of the device inventory; 0 before the first and without [devices]",
+            ),
+        }
+    }
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
+        let mut metrics = Self::register();
+        metrics.build_info();
+        metrics.precreate();
+        Arc::new(metrics)
+    }
+
+    /// Every family, registered in the order of the exposition.
+    fn register() -> Self {
         let mut registry = Registry::with_prefix("vigil");
         let r = &mut registry;
-        // Registered in this order, which is the order of the exposition.
-        Arc::new(Self {
+        Self {
             requests: metric(
                 r,
                 "requests",
@@ -145,7 +288,7 @@ impl Metrics {
             revocations: metric(
                 r,
                 "revocations",
-                "Revocations received, by kind (session, user, device, backchannel)",
+                "Revocations received, by kind (session, user, device, backchannel, logout)",
             ),
             revocation_cutoff: register(
                 r,
@@ -201,8 +344,83 @@ impl Metrics {
                 "Unix time of the last configuration load that was applied",
             ),
             tls_dates: TlsDates::register(r),
+            components: Components::register(r),
+            process: process_registry(),
             registry,
-        })
+        }
+    }
+
+    /// `vigil_build_info`: the version running, as the labels of a gauge that is always 1 (a
+    /// gauge rather than an OpenMetrics info, so that it has one name and one type in both
+    /// formats, as `prometheus_build_info` has).
+    fn build_info(&mut self) {
+        let labels = BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+            profile: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        };
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build.get_or_create(&labels).set(1);
+        self.registry.register(
+            "build_info",
+            "The version of Vigil running, as labels (always 1)",
+            build,
+        );
+    }
+
+    /// Every series of the families whose label values are fixed, at 0.
+    fn precreate(&self) {
+        for reason in labels::HANDSHAKE_FAILURES {
+            let _ = self.handshake_failures.get_or_create(&Reason { reason });
+        }
+        for reason in labels::CONNECTION_REJECTIONS {
+            let _ = self.connections_rejected.get_or_create(&Reason { reason });
+        }
+        for reason in labels::CUTS.iter().chain(labels::HANDSHAKE_FAILURES) {
+            let _ = self.connections_cut.get_or_create(&Reason { reason });
+        }
+        for reason in labels::REVOCATIONS {
+            let _ = self.revocations.get_or_create(&Reason { reason });
+        }
+        for reason in labels::ADMIN_REFUSALS {
+            let _ = self.admin_refusals.get_or_create(&Reason { reason });
+        }
+        for limit in labels::LIMITS {
+            let _ = self.limits_hit.get_or_create(&Limit { limit });
+        }
+    }
+
+    /// Every series of the per-route families for `routes`, at 0 (those already there keep
+    /// their counts). Called at start and after each reload; the series of a route that was
+    /// removed stay, as counters must not go back.
+    pub fn precreate_routes<'a>(&self, routes: impl IntoIterator<Item = &'a Arc<str>>) {
+        for route in routes {
+            for fault in labels::FAULTS {
+                let _ = self.refusals.get_or_create(&FaultLabels {
+                    route: RouteLabel(route.clone()),
+                    fault,
+                });
+            }
+            for kind in labels::UPSTREAM_ERRORS {
+                let _ = self.upstream_errors.get_or_create(&UpstreamErrorLabels {
+                    route: RouteLabel(route.clone()),
+                    kind,
+                });
+            }
+        }
+    }
+
+    /// The refusals of requests for no route (`route="(none)"`), at 0.
+    pub fn precreate_no_route(&self, label: &Arc<str>) {
+        for fault in labels::FAULTS {
+            let _ = self.refusals.get_or_create(&FaultLabels {
+                route: RouteLabel(label.clone()),
+                fault,
+            });
+        }
     }
 
     pub fn limit(&self, limit: &'static str) {
@@ -211,8 +429,12 @@ impl Metrics {
 
     /// Every family, in `format`.
     pub fn render(&self, format: Exposition) -> String {
-        let mut out = String::with_capacity(8 * 1024);
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        let mut out = String::with_capacity(16 * 1024);
+        let encoded = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.process))
+            .and_then(|()| encode_eof(&mut out));
+        if encoded.is_err() {
             out.clear();
         }
         match format {
@@ -335,6 +557,13 @@ fn prometheus_text(openmetrics: &str) -> String {
     out
 }
 
+/// The standard `process_*` families, in a registry of their own: without the prefix.
+fn process_registry() -> Registry {
+    let mut process = Registry::default();
+    process.register_collector(Box::new(process::ProcessCollector));
+    process
+}
+
 /// A new metric of the type asked for, registered as `vigil_<name>` with `help`.
 fn metric<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
     register(registry, name, help, M::default())
@@ -355,6 +584,182 @@ fn latency_histogram() -> Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The snake_case string literals in the item of `source` that starts at the line holding
+    /// `start`, up to the closing brace at that line's indentation: the label values a
+    /// function can return or pass on.
+    fn literals_in<'a>(source: &'a str, start: &str) -> Vec<&'a str> {
+        let at = source
+            .find(start)
+            .unwrap_or_else(|| panic!("{start:?} not found"));
+        let line_start = source[..at].rfind('\n').map_or(0, |i| i + 1);
+        let indent = &source[line_start..at];
+        let indent = &indent[..indent.len() - indent.trim_start().len()];
+        let end = source[at..]
+            .find(&format!("\n{indent}}}\n"))
+            .map_or(source.len(), |i| at + i);
+        snake_case_literals(&source[at..end])
+    }
+
+    /// The literal right after each `pattern` (which ends with an opening quote) in `source`.
+    fn literals_after<'a>(source: &'a str, pattern: &str) -> Vec<&'a str> {
+        source
+            .match_indices(pattern)
+            .filter_map(|(i, _)| {
+                let rest = &source[i + pattern.len()..];
+                rest.find('"').map(|end| &rest[..end])
+            })
+            .collect()
+    }
+
+    fn snake_case_literals(text: &str) -> Vec<&str> {
+        text.split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            })
+            .collect()
+    }
+
+    fn covered(what: &str, list: &[&str], emitted: &[&str]) {
+        assert!(!emitted.is_empty(), "{what}: nothing found to check");
+        for value in emitted {
+            assert!(
+                list.contains(value),
+                "{what}: the code counts {value:?}, which metrics::labels does not list"
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for value in list {
+            assert!(seen.insert(value), "{what}: {value:?} listed twice");
+        }
+    }
+
+    /// Each list holds every value its code can count (so the series exists, at 0, before
+    /// the first), and nothing twice.
+    #[test]
+    fn the_label_lists_cover_what_the_code_counts() {
+        let tls = include_str!("tls/mod.rs");
+        let handshakes: Vec<&str> = literals_in(tls, "pub fn handshake_failure_reason(")
+            .into_iter()
+            .chain(literals_in(tls, "pub fn tls_failure_reason("))
+            .chain(literals_in(tls, "pub fn verify_again("))
+            .chain(literals_in(include_str!("server.rs"), "fn check_client("))
+            .chain(literals_after(
+                include_str!("server.rs"),
+                "handshake_failed(shared, peer, \"",
+            ))
+            .chain(literals_after(
+                include_str!("server.rs"),
+                "handshake_failed(shared, remote, \"",
+            ))
+            .collect();
+        covered(
+            "handshake failures",
+            labels::HANDSHAKE_FAILURES,
+            &handshakes,
+        );
+
+        let server = include_str!("server.rs");
+        let rejections = literals_in(server, "pub fn reason(self) -> &'static str");
+        covered(
+            "connection rejections",
+            labels::CONNECTION_REJECTIONS,
+            &rejections,
+        );
+
+        let live = include_str!("live.rs");
+        let cuts: Vec<&str> = literals_in(live, "pub async fn sweep(")
+            .into_iter()
+            .chain(literals_in(live, "fn verdict("))
+            .chain(literals_in(live, "fn session_now("))
+            .collect();
+        let mut all_cuts: Vec<&str> = labels::CUTS
+            .iter()
+            .chain(labels::HANDSHAKE_FAILURES)
+            .copied()
+            .collect();
+        all_cuts.sort_unstable();
+        all_cuts.dedup();
+        covered("cuts", &all_cuts, &cuts);
+
+        let admin = include_str!("admin.rs");
+        let revocations: Vec<&str> = literals_after(admin, "done.push(\"")
+            .into_iter()
+            .chain(literals_after(
+                include_str!("pipeline/endpoints.rs"),
+                "reason: \"",
+            ))
+            .collect();
+        covered("revocations", labels::REVOCATIONS, &revocations);
+        assert_eq!(
+            revocations.len(),
+            labels::REVOCATIONS.len(),
+            "{revocations:?}"
+        );
+
+        let admin_refusals: Vec<&str> =
+            literals_in(include_str!("admin/gate.rs"), "pub fn reason(&self)")
+                .into_iter()
+                .chain(literals_in(
+                    include_str!("admin/limits.rs"),
+                    "pub fn reason(self)",
+                ))
+                .chain(literals_in(admin, "async fn connection("))
+                .chain(literals_in(admin, "async fn http<I>("))
+                .collect();
+        covered("admin refusals", labels::ADMIN_REFUSALS, &admin_refusals);
+
+        let limits: Vec<&str> = [
+            include_str!("server.rs"),
+            include_str!("pipeline/forward.rs"),
+            include_str!("pipeline/endpoints.rs"),
+            include_str!("pipeline/canonicalize.rs"),
+        ]
+        .into_iter()
+        .flat_map(|source| literals_after(source, "limit(\""))
+        .collect();
+        covered("limits", labels::LIMITS, &limits);
+
+        let faults = literals_in(include_str!("error.rs"), "pub fn as_str(self)");
+        covered("faults", labels::FAULTS, &faults);
+        assert_eq!(faults.len(), labels::FAULTS.len());
+
+        let forward = include_str!("pipeline/forward.rs");
+        let kinds: Vec<&str> = literals_in(forward, "fn failed(")
+            .into_iter()
+            .filter(|k| !["body_too_large", "body_read_timeout", "body_size"].contains(k))
+            .collect();
+        covered("upstream errors", labels::UPSTREAM_ERRORS, &kinds);
+    }
+
+    /// A fresh start has every bounded series, at 0.
+    #[test]
+    fn bounded_series_exist_at_zero_from_the_start() {
+        let metrics = Metrics::new();
+        metrics.precreate_routes([&Arc::from("app")]);
+        let text = metrics.render(Exposition::Prometheus);
+        for series in [
+            "vigil_tls_handshake_failures_total{reason=\"unknown_issuer\"} 0",
+            "vigil_connections_rejected_total{reason=\"proxy_header_untrusted\"} 0",
+            "vigil_connections_cut_total{reason=\"session_unverifiable\"} 0",
+            "vigil_connections_cut_total{reason=\"revoked\"} 0",
+            "vigil_revocations_total{reason=\"backchannel\"} 0",
+            "vigil_admin_refusals_total{reason=\"token_invalid\"} 0",
+            "vigil_limits_hit_total{limit=\"header_size\"} 0",
+            "vigil_refusals_total{route=\"app\",fault=\"upstream\"} 0",
+            "vigil_upstream_errors_total{route=\"app\",kind=\"timeout\"} 0",
+        ] {
+            assert!(text.contains(series), "missing {series}");
+        }
+        assert!(text.contains(&format!(
+            "vigil_build_info{{version=\"{}\",",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
 
     #[test]
     fn the_scraper_chooses_the_format() {
@@ -426,9 +831,13 @@ mod tests {
         let metrics = Metrics::new();
         metrics.handshakes.inc();
         let samples = |text: &str| -> Vec<String> {
+            // The process metrics are read anew at each scrape: compare their names only.
             text.lines()
                 .filter(|l| !l.starts_with('#'))
-                .map(str::to_owned)
+                .map(|l| match l.split_once(' ') {
+                    Some((name, _)) if name.starts_with("process_") => name.to_owned(),
+                    _ => l.to_owned(),
+                })
                 .collect()
         };
         let openmetrics = metrics.render(Exposition::OpenMetrics);

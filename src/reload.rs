@@ -118,6 +118,7 @@ impl Reloader {
             .certificates
             .publish(Some(&current.certificates), metrics);
         crate::tls::lifecycle::Status::now(&snapshot.certificates).log(trigger);
+        metrics.precreate_routes(snapshot.routes.iter().map(|r| &r.label));
         self.shared.snapshot.store(Arc::new(snapshot));
         // Open connections are re-checked against the new CAs and CRLs now.
         self.shared.live.recheck_now();

@@ -43,13 +43,16 @@ impl Shared {
         let mut random = [0u8; 6];
         let _ = aws_lc_rs::rand::fill(&mut random);
         metrics.config_generation.set(snapshot.generation as i64);
+        let no_route_label: Arc<str> = Arc::from("(none)");
+        metrics.precreate_routes(snapshot.routes.iter().map(|r| &r.label));
+        metrics.precreate_no_route(&no_route_label);
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             decisions,
             admin_actions,
             instance_id: crate::hex::encode(&random),
-            no_route_label: Arc::from("(none)"),
+            no_route_label,
             reverifier: Default::default(),
             live: Default::default(),
             revocations: Default::default(),

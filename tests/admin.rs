@@ -111,6 +111,34 @@ async fn metrics_speak_the_format_the_scraper_asks_for() -> Result<()> {
         base_config("", &pki.path("d.log"))
     );
     let running = spawn(&pki, &text).await?;
+    // A fresh start: every series of a bounded label set is there, at 0, and so are the build
+    // and the standard process metrics.
+    let fresh = metrics(&running).await?;
+    for series in [
+        "vigil_tls_handshake_failures_total{reason=\"unknown_issuer\"} 0",
+        "vigil_connections_rejected_total{reason=\"max_connections_per_source\"} 0",
+        "vigil_connections_cut_total{reason=\"session_unverifiable\"} 0",
+        "vigil_revocations_total{reason=\"device\"} 0",
+        "vigil_admin_refusals_total{reason=\"token_invalid\"} 0",
+        "vigil_limits_hit_total{limit=\"body_size\"} 0",
+        "vigil_refusals_total{route=\"r\",fault=\"upstream\"} 0",
+        "vigil_refusals_total{route=\"(none)\",fault=\"client\"} 0",
+        "vigil_upstream_errors_total{route=\"r\",kind=\"connect\"} 0",
+        "vigil_device_inventory_last_success_timestamp_seconds 0",
+        "vigil_build_info{version=\"",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_virtual_memory_bytes ",
+        "process_open_fds ",
+        "process_max_fds ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(fresh.contains(series), "missing {series} in\n{fresh}");
+    }
+    assert!(
+        !fresh.contains("vigil_identity_provider_up"),
+        "no [oidc], no provider series"
+    );
     let web = client_config(Some(&pki.workload(SPIFFE_WEB)?), pki.ca.cert_pem(), &[])?;
     assert_eq!(get(running.addr, web, "/x", "").await?.status, 200);
     let addr = running.admin.context("admin listener")?;
@@ -161,14 +189,49 @@ async fn metrics_speak_the_format_the_scraper_asks_for() -> Result<()> {
             "vigil_config_last_reload_success_timestamp_seconds",
             "gauge",
         ),
+        ("vigil_tls_handshake_failures", "counter"),
+        ("vigil_upstream_errors", "counter"),
+        ("vigil_build_info", "gauge"),
+        (
+            "vigil_device_inventory_last_success_timestamp_seconds",
+            "gauge",
+        ),
+        ("process_cpu_seconds", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
     ] {
-        assert_eq!(declared.get(family).map(|f| f.0.as_str()), Some(kind));
+        assert_eq!(
+            declared.get(family).map(|f| f.0.as_str()),
+            Some(kind),
+            "{family}"
+        );
     }
+    // Zero-valued series are samples like any other.
+    assert!(
+        declared["vigil_tls_handshake_failures"].2 >= 20,
+        "{declared:?}"
+    );
     assert!(declared.len() >= 10, "{declared:?}");
     for (family, (kind, help, _)) in &declared {
         assert!(
             ["counter", "gauge", "histogram"].contains(&kind.as_str()) && !help.is_empty(),
             "{family}: {kind} {help:?}"
+        );
+    }
+    // Every family is in the documentation's list, under the name its samples have.
+    let docs = include_str!("../docs/configuration.md");
+    for (family, (kind, _, _)) in &declared {
+        let name = if kind == "counter" {
+            format!("`{family}_total`")
+        } else {
+            format!("`{family}`")
+        };
+        assert!(
+            docs.contains(&format!("| {name} |")),
+            "{name} is not documented"
         );
     }
     assert_eq!(parsed(&om.body, true)?, declared, "OpenMetrics");
@@ -923,5 +986,157 @@ async fn admin_tls_handshakes_are_bounded_and_limits_are_checked() -> Result<()>
         let e = e.to_string();
         assert!(e.contains(extra) && e.contains("must be"), "{extra}: {e}");
     }
+    Ok(())
+}
+
+/// `vigil health` against a TLS admin listener: with `--config` (the listener's certificate
+/// pinned, the address given with `--admin` since the file says port 0) or with `--ca`, and a
+/// client certificate. Without one, with one the listener does not allow, or against another
+/// certificate than the configured one, it fails and says why.
+#[tokio::test]
+async fn vigil_health_speaks_tls_to_a_tls_admin_listener() -> Result<()> {
+    let pki = Pki::new()?;
+    let running = admin_proxy(
+        &pki,
+        "client_ca = [\"ca.pem\"]\nallow_spiffe = [\"spiffe://example.org/ns/ops/sa/*\"]",
+    )
+    .await?;
+    let addr = running.admin.context("admin")?.to_string();
+    let write = |name: &str, issued: &vigil::certs::Issued| -> Result<(String, String)> {
+        let (cert, key) = (
+            pki.path(&format!("{name}.pem")),
+            pki.path(&format!("{name}.key")),
+        );
+        std::fs::write(&cert, &issued.cert_pem)?;
+        std::fs::write(&key, &issued.key_pem)?;
+        Ok((cert.display().to_string(), key.display().to_string()))
+    };
+    let (ops_cert, ops_key) = write(
+        "probe",
+        &pki.workload("spiffe://example.org/ns/ops/sa/probe")?,
+    )?;
+    let (web_cert, web_key) = write("web", &pki.workload(SPIFFE_WEB)?)?;
+    let config = pki.path("vigil.toml").display().to_string();
+    let ca = pki.path("ca.pem").display().to_string();
+    let health = |args: &[&str]| {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_vigil"))
+                .arg("health")
+                .args(&args)
+                .output()
+        })
+    };
+    let passes = |out: &std::process::Output| out.status.success();
+    let says = |out: &std::process::Output, text: &str| {
+        out.status.code() == Some(1) && String::from_utf8_lossy(&out.stderr).contains(text)
+    };
+
+    let pinned = health(&[
+        "--admin", &addr, "--config", &config, "--cert", &ops_cert, "--key", &ops_key, "--path",
+        "/readyz",
+    ])
+    .await??;
+    assert!(passes(&pinned), "{pinned:?}");
+    for name in [None, Some("localhost")] {
+        let mut args = vec![
+            "--admin", &addr, "--ca", &ca, "--cert", &ops_cert, "--key", &ops_key,
+        ];
+        if let Some(name) = name {
+            args.extend(["--server-name", name]);
+        }
+        let out = health(&args).await??;
+        assert!(passes(&out), "{name:?}: {out:?}");
+    }
+
+    let no_cert = health(&["--admin", &addr, "--config", &config]).await??;
+    assert!(says(&no_cert, "give --cert and --key"), "{no_cert:?}");
+    let not_allowed = health(&[
+        "--admin", &addr, "--config", &config, "--cert", &web_cert, "--key", &web_key, "--path",
+        "/readyz",
+    ])
+    .await??;
+    assert!(
+        says(&not_allowed, "/readyz answered 403: "),
+        "{not_allowed:?}"
+    );
+    let wrong_name = health(&[
+        "--admin",
+        &addr,
+        "--ca",
+        &ca,
+        "--cert",
+        &ops_cert,
+        "--key",
+        &ops_key,
+        "--server-name",
+        "elsewhere.test",
+    ])
+    .await??;
+    assert!(says(&wrong_name, "TLS"), "{wrong_name:?}");
+    // A file naming another certificate than the one the listener presents.
+    let other = pki.ca.issue(&vigil::certs::LeafSpec::server(
+        vec!["localhost".into()],
+        vec!["127.0.0.1".parse()?],
+    ))?;
+    std::fs::write(pki.path("other.pem"), &other.cert_pem)?;
+    std::fs::write(
+        pki.path("other.toml"),
+        "[admin]\nlisten = \"127.0.0.1:0\"\nclient_ca = [\"ca.pem\"]\ncert = \"other.pem\"\n",
+    )?;
+    let other_config = pki.path("other.toml").display().to_string();
+    let impostor = health(&[
+        "--admin",
+        &addr,
+        "--config",
+        &other_config,
+        "--cert",
+        &ops_cert,
+        "--key",
+        &ops_key,
+    ])
+    .await??;
+    assert!(
+        says(&impostor, "other than the one the configuration names"),
+        "{impostor:?}"
+    );
+    // Plain HTTP to a listener that speaks TLS gets no answer.
+    let plain = health(&["--admin", &addr]).await??;
+    assert_eq!(plain.status.code(), Some(1), "{plain:?}");
+    Ok(())
+}
+
+/// A route a reload adds gets its per-route series at once, at 0, and its line in `/readyz`.
+#[tokio::test]
+async fn a_route_added_by_a_reload_has_its_series_at_zero() -> Result<()> {
+    let pki = Pki::new()?;
+    let running = admin_proxy(&pki, "").await?;
+    let before = metrics(&running).await?;
+    assert!(
+        before.contains("vigil_refusals_total{route=\"r\",fault=\"policy\"} 0"),
+        "{before}"
+    );
+    assert!(!before.contains("route=\"added\""), "{before}");
+    let path = pki.path("vigil.toml");
+    let text = std::fs::read_to_string(&path)?
+        + "[[route]]\nname = \"added\"\nhost = \"added.test\"\nupstream = \"http://127.0.0.1:9\"\nlogin = \"none\"\nallow = [{ spiffe = [\"spiffe://example.org/**\"] }]\n";
+    std::fs::write(&path, text)?;
+    let reloaded = admin(&running, "POST", "/reload").await?;
+    assert_eq!(reloaded.status, 200, "{reloaded:?}");
+    let after = metrics(&running).await?;
+    for series in [
+        "vigil_refusals_total{route=\"added\",fault=\"client\"} 0",
+        "vigil_refusals_total{route=\"added\",fault=\"internal\"} 0",
+        "vigil_upstream_errors_total{route=\"added\",kind=\"timeout\"} 0",
+        "vigil_refusals_total{route=\"r\",fault=\"policy\"} 0",
+    ] {
+        assert!(after.contains(series), "missing {series} in\n{after}");
+    }
+    let ready = admin(&running, "GET", "/readyz").await?.json();
+    let names: Vec<&str> = ready["routes"]
+        .as_array()
+        .map(|rs| rs.iter().filter_map(|r| r["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["r", "added"], "{ready}");
     Ok(())
 }

@@ -60,8 +60,8 @@ async fn pinning_upstream(stop: CancellationToken) -> Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Vigil with a provider that is never discovered (so login routes answer 401 to programs
-/// and 503 to browsers), signed assertions (so `jwks.json` has a key), and three routes:
+/// Vigil with a provider that is never discovered (so login routes answer 503 to programs
+/// and browsers), signed assertions (so `jwks.json` has a key), and three routes:
 /// `/app` needs a sign-in, `/pinned` goes to an upstream that sets its own HSTS, and the
 /// rest goes to the echo upstream, `/public/**` allowed for the web workload.
 async fn fixture(extra_server: &str) -> Result<Fixture> {
@@ -214,11 +214,12 @@ async fn h1(f: &Fixture, method: &str, path: &str, accept: Option<&str>) -> Resu
 }
 
 /// Answers Vigil writes itself, as (path, Accept, status): a refusal of each kind, a sign-in
-/// Vigil cannot start, and its own endpoints.
+/// Vigil cannot start (the provider is never discovered: 503 with `Retry-After`, for API
+/// clients and browsers alike), and its own endpoints.
 const OWN_ANSWERS: &[(&str, Option<&str>, u16)] = &[
     ("/private", None, 403),
     ("/.vigil/nowhere", None, 404),
-    ("/app/", None, 401),
+    ("/app/", None, 503),
     ("/app/", Some("text/html"), 503),
     ("/.vigil/login?rd=/app/", Some("text/html"), 503),
     ("/.vigil/whoami", None, 200),
@@ -252,7 +253,12 @@ async fn head_gets_the_headers_of_get_and_no_body() -> Result<()> {
             if let Some(len) = head.content_length() {
                 assert_eq!(len, get.body.len(), "{what}: {head:?}");
             }
-            for name in ["content-type", "cache-control", "www-authenticate"] {
+            for name in [
+                "content-type",
+                "cache-control",
+                "www-authenticate",
+                "retry-after",
+            ] {
                 assert_eq!(head.header(name), get.header(name), "{what}: {name}");
             }
             assert!(head.header("x-request-id").is_some(), "{what}: {head:?}");

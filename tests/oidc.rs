@@ -942,6 +942,13 @@ fn secs(t: std::time::SystemTime, base: std::time::SystemTime) -> f64 {
 
 /// No allow in the decision log for these requests was written after `deadline` (plus the
 /// time to forward an allowed request to the local upstream and log it).
+/// A refusal of a session that cannot be re-verified: 401 (sign in again), or 503 while the
+/// failed exchange has the provider marked down (until its next answer, which the check that
+/// the failure triggers usually brings at once).
+fn refused(status: u16) -> bool {
+    matches!(status, 401 | 503)
+}
+
 fn no_allow_logged_after(
     w: &World,
     timed: &[Timed],
@@ -1026,11 +1033,11 @@ async fn a_hung_provider_never_turns_into_an_allow_past_interval_plus_max_stale(
         } else if sent > -1.9 && sent < -0.1 {
             // Due for re-verification, the provider hangs: refused when the staleness budget
             // runs out, not when the provider's client gives up 10 s later.
-            assert_eq!(t.status, 401, "{report:#?}");
+            assert!(refused(t.status), "{report:#?}");
             assert!(answered < 1.0, "waited past the deadline: {report:#?}");
             refused_at_deadline += 1;
         } else if sent > 0.1 {
-            assert_eq!(t.status, 401, "{report:#?}");
+            assert!(refused(t.status), "{report:#?}");
         }
     }
     assert!(
@@ -1038,10 +1045,10 @@ async fn a_hung_provider_never_turns_into_an_allow_past_interval_plus_max_stale(
         "{report:#?}"
     );
     no_allow_logged_after(&w, &timed, deadline)?;
-    let refused = timed
+    let first_refused = timed
         .iter()
-        .find(|t| secs(t.sent, deadline) > -1.9 && t.status == 401);
-    if let Some(t) = refused {
+        .find(|t| secs(t.sent, deadline) > -1.9 && refused(t.status));
+    if let Some(t) = first_refused {
         let line = decision_for(&w.decisions, &t.id)
             .await
             .context("decision line")?;
@@ -1088,10 +1095,195 @@ async fn a_hung_provider_never_turns_into_an_allow_past_interval_plus_max_stale(
             assert_eq!(t.status, 200, "within interval + max_stale: {report:#?}");
             stale_allowed += 1;
         } else if sent > 0.1 {
-            assert_eq!(t.status, 401, "{report:#?}");
+            assert!(refused(t.status), "{report:#?}");
         }
     }
     assert!(stale_allowed >= 3, "{report:#?}");
     no_allow_logged_after(&w, &timed, deadline)?;
+    Ok(())
+}
+
+/// A provider outage after discovery: the background check notices it, sign-ins answer 503
+/// (a page for browsers, JSON for APIs) with `Retry-After` and the decision log says why,
+/// while the route that needs no provider keeps serving and `/readyz` stays 200, naming the
+/// routes that cannot serve and why.
+#[tokio::test]
+async fn a_provider_outage_takes_out_the_login_routes_only() -> Result<()> {
+    let svc = r#"
+[[route]]
+name = "svc"
+host = "localhost"
+path = "/svc"
+upstream = "http://UPSTREAM"
+login = "none"
+allow = [{ spiffe = ["spiffe://example.org/**"] }]
+"#;
+    let mut w = world_full("", false, "check_interval = \"200ms\"", svc).await?;
+    let workload = client_config(Some(&w.pki.workload(SPIFFE_WEB)?), w.pki.ca.cert_pem(), &[])?;
+    assert_eq!(w.visit(&w.alice_laptop, "/", "").await?.status, 302);
+    let before = metrics(&w.running).await?;
+    let up = format!("vigil_identity_provider_up{{issuer=\"{}\"}}", w.idp.issuer);
+    assert!(before.contains(&format!("{up} 1")), "{before}");
+
+    w.idp.stop();
+    let noticed = eventually(Duration::from_secs(10), || async {
+        admin(&w.running, "GET", "/readyz")
+            .await
+            .is_ok_and(|r| r.json()["identity_provider"]["reachable"] == false)
+    })
+    .await;
+    assert!(noticed, "the outage was not noticed");
+    let ready = admin(&w.running, "GET", "/readyz").await?;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let body = ready.json();
+    assert_eq!(body["ready"], true, "{body}");
+    assert_eq!(body["reason"], serde_json::Value::Null);
+    let route = |name: &str| {
+        body["routes"]
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["name"] == name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(route("svc")["ready"], true, "{body}");
+    assert_eq!(route("svc")["reason"], serde_json::Value::Null);
+    for name in ["app", "admin", "stepup", "ws"] {
+        let r = route(name);
+        assert_eq!(r["ready"], false, "{name}: {body}");
+        assert!(
+            r["reason"]
+                .as_str()
+                .is_some_and(|why| why.contains("identity provider, which is unreachable since")),
+            "{name}: {r}"
+        );
+    }
+    // Bearer tokens are verified with the keys fetched before the outage.
+    assert_eq!(route("api")["ready"], true, "{body}");
+    let provider = &body["identity_provider"];
+    assert_eq!(provider["discovered"], true);
+    assert_eq!(provider["ready"], false);
+    assert!(provider["last_error"].is_string(), "{provider}");
+    assert!(provider["unreachable_since"].is_i64(), "{provider}");
+    assert!(provider["last_success"].is_i64(), "{provider}");
+
+    // The workload route is served as before.
+    let served = get(w.running.addr, workload, "/svc/x", "").await?;
+    assert_eq!(served.status, 200, "{served:?}");
+    // A browser gets a page, an API client JSON: 503, with when to try again.
+    let page = w.visit(&w.alice_laptop, "/", "").await?;
+    assert_eq!(page.status, 503, "{page:?}");
+    assert_eq!(page.header("retry-after").as_deref(), Some("10"));
+    assert!(
+        page.header("content-type")
+            .is_some_and(|c| c.starts_with("text/html"))
+    );
+    assert!(page.body.contains("cannot be reached"), "{}", page.body);
+    let request = format!(
+        "GET /orders HTTP/1.1\r\nHost: localhost:{}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+        w.port
+    );
+    let api = raw(
+        w.running.addr,
+        w.browser(&w.alice_laptop),
+        "localhost",
+        &request,
+    )
+    .await?;
+    assert_eq!(api.status, 503, "{api:?}");
+    assert_eq!(api.header("retry-after").as_deref(), Some("10"));
+    assert!(
+        api.json()["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot be reached")),
+        "{}",
+        api.body
+    );
+    // The decision log says why, with a stable code.
+    let id = page.header("x-request-id").context("request id")?;
+    let line = decision_for(&w.decisions, &id)
+        .await
+        .context("no decision line")?;
+    assert_eq!(line["decision"], "deny");
+    assert_eq!(line["codes"][0], "provider_unavailable", "{line}");
+    assert_eq!(line["codes"][1], "sign_in_required", "{line}");
+    assert_eq!(line["fault"], "upstream");
+    assert_eq!(line["status"], 503);
+    let after = metrics(&w.running).await?;
+    assert!(after.contains(&format!("{up} 0")), "{after}");
+    assert!(after.contains(&format!(
+        "vigil_identity_provider_last_success_timestamp_seconds{{issuer=\"{}\"}}",
+        w.idp.issuer
+    )));
+    Ok(())
+}
+
+/// With only login routes, a provider that refuses connections leaves nothing to serve:
+/// `/readyz` is 503 and says why, and so does `vigil health`.
+#[tokio::test]
+async fn with_only_login_routes_an_unreachable_provider_makes_vigil_unready() -> Result<()> {
+    let pki = Pki::new()?;
+    std::fs::write(
+        pki.path("session.keys"),
+        KeyRing::generate_line().map_err(anyhow::Error::msg)? + "\n",
+    )?;
+    std::fs::write(pki.path("oidc.secret"), "secret\n")?;
+    // Nothing listens there: every connection is refused.
+    let closed = free_port().await?;
+    let (upstream, _stop) = echo_upstream().await?;
+    let text = format!(
+        "{}[oidc]\nissuer = \"http://127.0.0.1:{closed}\"\nclient_id = \"vigil\"\nclient_secret_file = \"oidc.secret\"\n\n\
+         [session]\nkeys_file = \"session.keys\"\n\n\
+         [[route]]\nname = \"app\"\nhost = \"*\"\nupstream = \"http://{upstream}\"\nlogin = \"oidc\"\nallow = [{{ groups = [\"engineering\"] }}]\n",
+        base_config("", &pki.path("d.log"))
+    );
+    let running = spawn(&pki, &text).await?;
+    let failed = eventually(Duration::from_secs(10), || async {
+        admin(&running, "GET", "/readyz")
+            .await
+            .is_ok_and(|r| r.json()["identity_provider"]["last_error"].is_string())
+    })
+    .await;
+    assert!(failed, "discovery never failed");
+    let ready = admin(&running, "GET", "/readyz").await?;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    let body = ready.json();
+    assert_eq!(body["ready"], false);
+    let reason = body["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with(
+            "no route can serve: needs the identity provider, which is not discovered yet"
+        ),
+        "{body}"
+    );
+    assert_eq!(body["routes"][0]["name"], "app");
+    assert_eq!(body["routes"][0]["ready"], false);
+    assert_eq!(body["identity_provider"]["discovered"], false);
+    assert_eq!(body["identity_provider"]["reachable"], false);
+
+    // `vigil health` prints the reason, and fails.
+    let addr = running.admin.context("admin")?.to_string();
+    let health = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["health", "--admin", &addr, "--path", "/readyz"])
+            .output()
+    })
+    .await??;
+    assert_eq!(health.status.code(), Some(1), "{health:?}");
+    let stderr = String::from_utf8_lossy(&health.stderr);
+    assert!(
+        stderr.contains("/readyz answered 503: no route can serve: needs the identity provider"),
+        "{stderr}"
+    );
+
+    // A browser on the route gets a 503 page with Retry-After; an API client 503 JSON.
+    let laptop = pki.device("alice-laptop")?;
+    let browser = client_config(Some(&laptop), pki.ca.cert_pem(), &[])?;
+    let page = get(running.addr, browser.clone(), "/", "Accept: text/html\r\n").await?;
+    assert_eq!(page.status, 503, "{page:?}");
+    assert_eq!(page.header("retry-after").as_deref(), Some("10"));
+    assert!(page.body.contains("not available yet"), "{}", page.body);
+    let api = get(running.addr, browser, "/", "").await?;
+    assert_eq!(api.status, 503, "{api:?}");
+    assert_eq!(api.json()["status"], 503);
     Ok(())
 }

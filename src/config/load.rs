@@ -682,6 +682,7 @@ userinfo = true
 algorithms = ["ES256"]
 clock_skew = "1m"
 login_timeout = "10m"
+check_interval = "30s"
 ca = "idp.pem"
 
 [session]

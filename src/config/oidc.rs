@@ -57,6 +57,7 @@ impl Compiler<'_> {
             algorithms,
             clock_skew: o.clock_skew.0,
             login_timeout: o.login_timeout.0,
+            check_interval: o.check_interval.0,
             ca,
         };
         if let Some(previous) = self.previous.and_then(|p| p.oidc.clone())

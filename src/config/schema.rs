@@ -466,9 +466,18 @@ pub struct OidcSection {
     /// PEM bundle to verify the provider's TLS certificate with; default: the system's roots.
     #[serde(default)]
     pub ca: Option<String>,
+    /// How often a discovered provider is checked (its discovery document and keys fetched
+    /// again), so that an outage shows in `/readyz` and turns sign-ins into 503 before people
+    /// are sent to a provider that is down; "0s" turns the check off (then only failed token
+    /// exchanges reveal an outage).
+    #[serde(default = "OidcSection::default_check_interval")]
+    pub check_interval: HumanDuration,
 }
 
 impl OidcSection {
+    fn default_check_interval() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
     fn default_scopes() -> Vec<String> {
         vec!["openid".into(), "email".into(), "profile".into()]
     }

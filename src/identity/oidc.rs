@@ -3,8 +3,11 @@
 //!
 //! Discovery runs in the background with backoff; until it has succeeded the provider is not
 //! ready (`/readyz` says so) and routes that need a login answer 503: an unreachable provider is
-//! never an allow. Signing keys are refetched when a token names a key the cached set lacks, at
-//! most once per [`JWKS_REFRESH_INTERVAL`].
+//! never an allow. Once discovered, the provider is checked again every `check_interval`, and
+//! every exchange with its token endpoint says whether it answered: while it does not, it is
+//! *down* (see [`Provider::status`]), sign-ins answer 503 instead of sending people to it, and
+//! it is checked with backoff until it answers again. Signing keys are refetched when a token
+//! names a key the cached set lacks, at most once per [`JWKS_REFRESH_INTERVAL`].
 
 use super::seal::{KeyRing, Purpose};
 use super::session::{LOGIN_COOKIE_PREFIX, Session, cookie, set_cookie};
@@ -26,7 +29,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// The shortest time between two refetches of the provider's keys.
 pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
@@ -64,6 +67,8 @@ pub struct Settings {
     pub algorithms: Vec<CoreJwsSigningAlgorithm>,
     pub clock_skew: Duration,
     pub login_timeout: Duration,
+    /// How often a discovered provider is checked; zero: never (only token exchanges tell).
+    pub check_interval: Duration,
     /// PEM bundle to trust for the provider, instead of the system's roots.
     pub ca: Option<Vec<u8>>,
 }
@@ -104,13 +109,51 @@ pub struct Provider {
     discovered: ArcSwapOption<Discovered>,
     refreshing: tokio::sync::Mutex<()>,
     started: AtomicBool,
+    reach: Mutex<Reach>,
+    /// Wakes the background check early: a request found the provider down.
+    wake: Arc<tokio::sync::Notify>,
 }
+
+/// What the last exchanges with the provider said. Written by discovery, the background check
+/// and every token exchange; a lock held for a few assignments, never across an await.
+#[derive(Debug, Default, Clone)]
+struct Reach {
+    /// Unix time of the last answer from the provider.
+    last_success: Option<i64>,
+    /// Unix time and text of the last failure to get one.
+    last_error: Option<(i64, String)>,
+    /// Unix time of the first failure since the last answer; `None` while it answers.
+    down_since: Option<i64>,
+}
+
+/// The provider's state, as `/readyz` and the metrics show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub issuer: String,
+    /// Sign-ins can start: discovered, and answering.
+    pub ready: bool,
+    /// The discovery document and keys have been fetched at least once (bearer tokens can be
+    /// verified with them even while the provider is down).
+    pub discovered: bool,
+    /// The last exchange with the provider got an answer.
+    pub reachable: bool,
+    /// Unix time of the last answer from the provider.
+    pub last_success: Option<i64>,
+    /// Why the last exchange that failed failed, and when (Unix time).
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
+    /// Unix time of the first failure of the outage in progress.
+    pub unreachable_since: Option<i64>,
+}
+
+/// The longest wait between two checks of a provider that is down (or not discovered yet).
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Provider")
             .field("issuer", &self.settings.issuer)
-            .field("ready", &self.is_ready())
+            .field("discovered", &self.is_ready())
             .finish()
     }
 }
@@ -120,6 +163,10 @@ impl std::fmt::Debug for Provider {
 pub enum LoginError {
     #[error("the identity provider is not available yet")]
     NotReady,
+    /// Discovered once, but its last exchanges got no answer: a sign-in would send the person
+    /// to a provider that is down.
+    #[error("the identity provider cannot be reached (since {since}); try again in a moment")]
+    Down { since: String },
     #[error("the sign-in link is stale or was already used; start again")]
     NoPendingLogin,
     #[error("the sign-in response does not match this browser's sign-in")]
@@ -155,7 +202,7 @@ impl LoginError {
     pub fn status(&self) -> http::StatusCode {
         use http::StatusCode;
         match self {
-            LoginError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            LoginError::NotReady | LoginError::Down { .. } => StatusCode::SERVICE_UNAVAILABLE,
             LoginError::Unreachable(_) => StatusCode::BAD_GATEWAY,
             LoginError::BadToken(_) => StatusCode::UNAUTHORIZED,
             _ => StatusCode::BAD_REQUEST,
@@ -311,43 +358,147 @@ impl Provider {
             discovered: ArcSwapOption::empty(),
             refreshing: tokio::sync::Mutex::new(()),
             started: AtomicBool::new(false),
+            reach: Mutex::new(Reach::default()),
+            wake: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
+    /// Whether the discovery document and keys have been fetched (at least once).
     pub fn is_ready(&self) -> bool {
         self.discovered.load().is_some()
     }
 
-    /// Starts background discovery once; later calls do nothing.
+    fn reach(&self) -> Reach {
+        self.reach.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The provider answered.
+    fn answered(&self) {
+        if let Ok(mut reach) = self.reach.lock() {
+            reach.last_success = Some(super::now());
+            reach.down_since = None;
+        }
+    }
+
+    /// The provider could not be reached (or its answer was unusable): it is down until it
+    /// answers again.
+    fn failed(&self, error: &str) {
+        let now = super::now();
+        if let Ok(mut reach) = self.reach.lock() {
+            reach.last_error = Some((now, error.to_owned()));
+            reach.down_since.get_or_insert(now);
+        }
+    }
+
+    /// What a token exchange says about the provider: a connection that failed means it is
+    /// down (and the background check looks at once); any answer, a refusal included, that
+    /// it is up.
+    fn noted<T>(&self, result: Result<T, LoginError>) -> Result<T, LoginError> {
+        match &result {
+            Err(LoginError::Unreachable(e)) => {
+                self.failed(e);
+                self.wake.notify_one();
+            }
+            Ok(_) | Err(LoginError::Refused(_)) => self.answered(),
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Whether a sign-in can start now: `NotReady` before discovery, `Down` while the
+    /// provider does not answer. Never an allow: only whether to send a person to it.
+    pub fn available(&self) -> Result<(), LoginError> {
+        if !self.is_ready() {
+            return Err(LoginError::NotReady);
+        }
+        match self.reach().down_since {
+            Some(since) => Err(LoginError::Down {
+                since: unix_rfc3339(since),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let reach = self.reach();
+        let discovered = self.is_ready();
+        let reachable = reach.last_success.is_some() && reach.down_since.is_none();
+        Status {
+            issuer: self.settings.issuer.clone(),
+            ready: discovered && reachable,
+            discovered,
+            reachable,
+            last_success: reach.last_success,
+            last_error_at: reach.last_error.as_ref().map(|(at, _)| *at),
+            last_error: reach.last_error.map(|(_, e)| e),
+            unreachable_since: reach.down_since,
+        }
+    }
+
+    /// Starts the background discovery and check once; later calls do nothing. Until the
+    /// first success, and while the provider is down, it retries after 250 ms, doubling up to
+    /// every 30 s; while it answers, every `check_interval` (or only when a token exchange
+    /// fails, with a zero interval). A provider dropped by a reload stops.
     pub fn start(self: &Arc<Self>) {
         if self.started.swap(true, Ordering::AcqRel) {
             return;
         }
-        let provider = self.clone();
+        let provider = Arc::downgrade(self);
+        let wake = self.wake.clone();
         tokio::spawn(async move {
-            let mut wait = Duration::from_millis(250);
+            let first = Duration::from_millis(250);
+            let mut backoff = first;
+            let mut was_up: Option<bool> = None;
             loop {
-                match provider.discover().await {
+                let Some(p) = provider.upgrade() else {
+                    return;
+                };
+                let issuer = &p.settings.issuer;
+                let wait = match p.discover().await {
                     Ok(()) => {
-                        tracing::info!(issuer = %provider.settings.issuer, "identity provider discovered");
-                        return;
+                        match was_up {
+                            None => tracing::info!(%issuer, "identity provider discovered"),
+                            Some(false) => {
+                                tracing::info!(%issuer, "identity provider reachable again");
+                            }
+                            Some(true) => {}
+                        }
+                        was_up = Some(true);
+                        backoff = first;
+                        Some(p.settings.check_interval).filter(|i| !i.is_zero())
                     }
                     Err(e) => {
-                        tracing::warn!(issuer = %provider.settings.issuer, error = %e, retry_in = ?wait, "identity provider discovery failed");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(30));
+                        if p.is_ready() {
+                            tracing::warn!(%issuer, error = %e, retry_in = ?backoff, "identity provider unreachable; sign-ins answer 503");
+                            was_up = Some(false);
+                        } else {
+                            tracing::warn!(%issuer, error = %e, retry_in = ?backoff, "identity provider discovery failed");
+                        }
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        Some(wait)
                     }
-                }
-                // A provider dropped by a reload stops retrying.
-                if Arc::strong_count(&provider) == 1 {
+                };
+                drop(p);
+                if !next_check(&provider, &wake, wait).await {
                     return;
                 }
             }
         });
     }
 
-    /// Fetches the discovery document and the keys, and replaces what was cached.
+    /// Fetches the discovery document and the keys, replaces what was cached, and notes
+    /// whether the provider answered.
     pub async fn discover(&self) -> Result<(), String> {
+        let result = self.fetch_discovery().await;
+        match &result {
+            Ok(()) => self.answered(),
+            Err(e) => self.failed(e),
+        }
+        result
+    }
+
+    async fn fetch_discovery(&self) -> Result<(), String> {
         let base = self.settings.issuer.trim_end_matches('/');
         let url = format!("{base}/.well-known/openid-configuration");
         let doc: serde_json::Value = self.get_json(&url).await?;
@@ -471,6 +622,7 @@ impl Provider {
         return_to: &str,
         step_up: bool,
     ) -> Result<Redirect, LoginError> {
+        self.available()?;
         let discovered = self.ready()?;
         let state = random_token();
         let nonce = random_token();
@@ -635,10 +787,12 @@ impl Provider {
             .map_err(|e| LoginError::BadToken(e.to_string()))?
             .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier.clone()))
             .set_redirect_uri(Cow::Owned(redirect));
-        exchange
-            .request_async(&self.http)
-            .await
-            .map_err(token_error)
+        self.noted(
+            exchange
+                .request_async(&self.http)
+                .await
+                .map_err(token_error),
+        )
     }
 
     /// The claims of the verified ID token (its nonce the login's), with those of the
@@ -691,10 +845,7 @@ impl Provider {
             .client
             .exchange_refresh_token(&token)
             .map_err(|e| LoginError::BadToken(e.to_string()))?;
-        let tokens = request
-            .request_async(&self.http)
-            .await
-            .map_err(token_error)?;
+        let tokens = self.noted(request.request_async(&self.http).await.map_err(token_error))?;
         let mut next = session.clone();
         if let Some(id_token) = tokens.id_token() {
             let claims = self
@@ -1083,6 +1234,34 @@ fn login_cookie_name(state: &str) -> String {
     format!("{LOGIN_COOKIE_PREFIX}{prefix}")
 }
 
+/// Waits for the next check: `wait`, or less when a failure noticed meanwhile (a token
+/// exchange) wakes it (one noticed during the check that just ran does too, harmlessly). With
+/// no periodic check (`None`), only a failure wakes it; it looks every [`MAX_BACKOFF`] whether
+/// the provider was dropped. `false`: it was, stop.
+async fn next_check(
+    provider: &std::sync::Weak<Provider>,
+    wake: &tokio::sync::Notify,
+    wait: Option<Duration>,
+) -> bool {
+    loop {
+        let woken = tokio::time::timeout(wait.unwrap_or(MAX_BACKOFF), wake.notified())
+            .await
+            .is_ok();
+        if provider.strong_count() == 0 {
+            return false;
+        }
+        if woken || wait.is_some() {
+            return true;
+        }
+    }
+}
+
+/// Unix time `at` as RFC 3339, to the second.
+fn unix_rfc3339(at: i64) -> String {
+    let time = SystemTime::UNIX_EPOCH + Duration::from_secs(at.max(0) as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 /// 32 random bytes, base64url: states, nonces, session ids.
 pub fn random_token() -> String {
     let mut bytes = [0u8; 32];
@@ -1110,9 +1289,68 @@ mod tests {
             algorithms: vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256],
             clock_skew: Duration::from_secs(60),
             login_timeout: Duration::from_secs(600),
+            check_interval: Duration::from_secs(30),
             ca: None,
         })
         .unwrap()
+    }
+
+    /// Before discovery nothing can start; a failure after it makes the provider down (with
+    /// since when) until its next answer; a refusal from the token endpoint is an answer.
+    #[test]
+    fn reachability_follows_the_exchanges() {
+        let p = provider();
+        assert!(matches!(p.available(), Err(LoginError::NotReady)));
+        let s = p.status();
+        assert!(!s.ready && !s.discovered && !s.reachable, "{s:?}");
+        p.failed("connection refused");
+        assert_eq!(p.status().last_error.as_deref(), Some("connection refused"));
+        assert!(matches!(p.available(), Err(LoginError::NotReady)));
+
+        // Discovered (as `discover` leaves it), then answering.
+        let metadata: CoreProviderMetadata = serde_json::from_value(serde_json::json!({
+            "issuer": "https://idp.test",
+            "authorization_endpoint": "https://idp.test/auth",
+            "jwks_uri": "https://idp.test/jwks",
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        }))
+        .unwrap();
+        let metadata = metadata.set_jwks(CoreJsonWebKeySet::new(Vec::new()));
+        let client: Client =
+            CoreClient::from_provider_metadata(metadata, ClientId::new("vigil".into()), None);
+        p.discovered.store(Some(Arc::new(Discovered {
+            client,
+            revocation: None,
+            end_session: None,
+            userinfo: None,
+            jwks: jsonwebtoken::jwk::JwkSet { keys: Vec::new() },
+            fetched: Instant::now(),
+        })));
+        p.answered();
+        assert!(p.available().is_ok());
+        let s = p.status();
+        assert!(s.ready && s.discovered && s.reachable, "{s:?}");
+        assert_eq!(s.unreachable_since, None);
+
+        let token_endpoint_down: Result<(), _> =
+            Err(LoginError::Unreachable("connection reset".into()));
+        assert!(p.noted(token_endpoint_down).is_err());
+        let s = p.status();
+        assert!(!s.ready && s.discovered && !s.reachable, "{s:?}");
+        let since = s.unreachable_since.expect("down since");
+        let Err(LoginError::Down { since: text }) = p.available() else {
+            panic!("not down");
+        };
+        assert_eq!(text, unix_rfc3339(since));
+        // A second failure keeps the outage's start.
+        p.failed("again");
+        assert_eq!(p.status().unreachable_since, Some(since));
+
+        let refused: Result<(), _> = Err(LoginError::Refused("invalid_grant".into()));
+        assert!(p.noted(refused).is_err());
+        assert!(p.available().is_ok(), "a refusal is an answer");
     }
 
     #[test]

@@ -337,6 +337,7 @@ fn start(provider: &Arc<Provider>, session: &Session) -> Flight {
             Err(LoginError::NotReady) => {
                 Outcome::Unreachable("identity provider not discovered".into())
             }
+            Err(e @ LoginError::Down { .. }) => Outcome::Unreachable(e.to_string()),
             Err(e) => Outcome::Ended(e.to_string()),
         };
         let _ = done.send(Some((outcome, Instant::now())));

@@ -270,6 +270,16 @@ async fn callback(record: &mut Record<'_>, host: &str, req: &Request<Incoming>) 
                     record,
                 );
             }
+            // The provider did not answer: the person may try again once it does.
+            if matches!(
+                status,
+                StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+            ) {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(crate::error::RETRY_AFTER_SECONDS),
+                );
+            }
             record.log(
                 "deny",
                 &[Reason::new(

@@ -243,10 +243,20 @@ impl Context<'_> {
         if *why != SessionRefusal::Absent {
             tracing::info!(request_id = self.request_id.to_str().unwrap_or(""), reason = %reason, "session refused");
         }
-        if self.snapshot.oidc.is_none() || self.snapshot.sessions.is_none() {
+        let (Some(provider), Some(_)) = (&self.snapshot.oidc, &self.snapshot.sessions) else {
             return self.refuse_as(
                 Code::SignInNotConfigured,
                 Refusal::Unavailable("sign-in is not configured".into()),
+            );
+        };
+        // A sign-in would need the provider: while it is down (or not discovered yet) the
+        // answer is 503 with Retry-After, for browsers and API clients alike, rather than a
+        // redirect to a provider that cannot answer or a 401 the client cannot act on.
+        if let Err(down) = provider.available() {
+            return self.refuse_with(
+                Code::ProviderUnavailable,
+                Refusal::from(&down),
+                Reason::new(why.code(), format!("sign-in required: {reason}")),
             );
         }
         if !self.html {

@@ -86,6 +86,17 @@ pub async fn world_with(session: &str) -> Result<World> {
 /// A world whose provider sends back-channel logouts to Vigil (over mTLS, with a workload
 /// certificate of the test CA).
 pub async fn world_opts(session: &str, backchannel: bool) -> Result<World> {
+    world_full(session, backchannel, "", "").await
+}
+
+/// A world with more `[oidc]` keys (`oidc`) and more routes (`routes`, where `UPSTREAM` stands
+/// for the echo upstream's address), listed before the world's own.
+pub async fn world_full(
+    session: &str,
+    backchannel: bool,
+    oidc: &str,
+    more_routes: &str,
+) -> Result<World> {
     let pki = Pki::new()?;
     std::fs::write(
         pki.path("session.keys"),
@@ -142,6 +153,7 @@ issuer = "{}"
 client_id = "vigil"
 client_secret_file = "oidc.secret"
 scopes = ["openid", "email", "profile"]
+{oidc}
 
 [session]
 keys_file = "session.keys"
@@ -161,15 +173,16 @@ issuer = "https://vigil.test"
             // test changes the provider's risk claim.
             "[risk]\ntrusted_networks = [\"127.0.0.0/8\"]\n"
         },
-        routes(upstream, ws)
+        more_routes.replace("UPSTREAM", &upstream.to_string()) + &routes(upstream, ws)
     );
     let config = pki.path("vigil.toml");
     std::fs::write(&config, &config_text)?;
     let running = vigil::start_file(&config).await?;
+    // Ready, and the provider discovered (a route that needs none makes Vigil ready before).
     let ready = eventually(Duration::from_secs(20), || async {
         admin(&running, "GET", "/readyz")
             .await
-            .is_ok_and(|r| r.status == 200)
+            .is_ok_and(|r| r.status == 200 && r.json()["identity_provider"]["ready"] == true)
     })
     .await;
     anyhow::ensure!(ready, "Vigil never became ready (provider discovery)");
