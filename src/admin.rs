@@ -469,7 +469,10 @@ fn observe_components(shared: &Shared) {
     let metrics = &shared.metrics;
     if let Some(devices) = &snapshot.devices {
         let status = devices.status();
-        metrics.device_inventory_stale.set(i64::from(status.stale));
+        metrics
+            .components
+            .device_inventory_stale
+            .set(i64::from(status.stale));
         metrics
             .components
             .device_inventory_last_success

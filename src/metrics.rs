@@ -198,8 +198,6 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub decision_log_dropped: Counter,
     pub config_generation: Gauge,
-    pub device_inventory_stale: Gauge,
-    pub device_inventory_devices: Gauge,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
     pub config_last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -212,6 +210,8 @@ pub struct Metrics {
 /// The state of what Vigil depends on (the identity provider, the device inventory), set at
 /// scrape time from what `/readyz` reads.
 pub struct Components {
+    pub device_inventory_stale: Gauge,
+    pub device_inventory_devices: Gauge,
     pub identity_provider_up: Family<Issuer, Gauge>,
     pub identity_provider_last_success: Family<Issuer, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub device_inventory_last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -220,6 +220,16 @@ pub struct Components {
 impl Components {
     fn register(r: &mut Registry) -> Self {
         Self {
+            device_inventory_stale: metric(
+                r,
+                "device_inventory_stale",
+                "1 when the device inventory could not be read for longer than max_stale",
+            ),
+            device_inventory_devices: metric(
+                r,
+                "device_inventory_devices",
+                "Devices in the inventory",
+            ),
             identity_provider_up: metric(
                 r,
                 "identity_provider_up",
@@ -321,16 +331,6 @@ impl Metrics {
                 r,
                 "config_generation",
                 "Generation of the configuration snapshot in use",
-            ),
-            device_inventory_stale: metric(
-                r,
-                "device_inventory_stale",
-                "1 when the device inventory could not be read for longer than max_stale",
-            ),
-            device_inventory_devices: metric(
-                r,
-                "device_inventory_devices",
-                "Devices in the inventory",
             ),
             config_reloads: metric(r, "config_reloads", "Configuration reloads applied"),
             config_reload_failures: metric(

@@ -162,8 +162,12 @@ impl Inventory {
             loop {
                 let result = inventory.refresh().await;
                 let stale = inventory.is_stale();
-                metrics.device_inventory_stale.set(i64::from(stale));
                 metrics
+                    .components
+                    .device_inventory_stale
+                    .set(i64::from(stale));
+                metrics
+                    .components
                     .device_inventory_devices
                     .set(inventory.data.load().by_key.len() as i64);
                 match result {
