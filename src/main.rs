@@ -350,10 +350,10 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
                 eprintln!("{warnings}\n");
             }
             if !warnings.for_check.is_empty() {
-                let problems = config::Problems {
-                    source: warnings.source.clone(),
-                    items: warnings.for_check.clone(),
-                };
+                let problems = config::Problems::in_file_order(
+                    warnings.source.clone(),
+                    warnings.for_check.clone(),
+                );
                 eprintln!("{problems}");
                 std::process::exit(1);
             }
