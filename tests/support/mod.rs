@@ -151,9 +151,11 @@ pub async fn ws_echo_upstream() -> Result<SocketAddr> {
     Ok(addr)
 }
 
-/// An address nothing listens on.
+/// An address nothing listens on. On 127.0.0.2, where no test binds anything, so that the
+/// port, once released, cannot be handed to another test's listener on 127.0.0.1:0 running
+/// at the same time (which would answer in its place).
 pub async fn dead_address() -> Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = TcpListener::bind("127.0.0.2:0").await?;
     let addr = listener.local_addr()?;
     drop(listener);
     Ok(addr)
