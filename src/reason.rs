@@ -103,6 +103,22 @@ codes! {
     OutsideHours = "outside_hours",
     /// The day of the request is none of the rule's `days`.
     OutsideDays = "outside_days",
+    /// `allowed by policy FILE`: the route's Rego policy allowed.
+    AllowedByPolicy = "allowed_by_policy",
+    /// `denied by policy FILE`: the route's Rego policy denied.
+    PolicyDenied = "policy_denied",
+    /// A reason the policy itself gave (its answer's `reasons`).
+    PolicyReason = "policy_reason",
+    /// The policy's result is undefined (no rule gave the query a value, and no default).
+    PolicyUndefined = "policy_undefined",
+    /// The policy answered something other than a boolean or an object with `allow`.
+    PolicyMalformed = "policy_malformed",
+    /// The policy's evaluation failed with an error (the text says where).
+    PolicyError = "policy_error",
+    /// The policy's evaluation ran over its instruction budget or deadline.
+    PolicyBudget = "policy_budget",
+    /// The policy allows reading only, and the method is not GET, HEAD or OPTIONS.
+    PolicyReadOnly = "policy_read_only",
     /// A rule asks about the device and the inventory does not know it.
     DeviceUnknown = "device_unknown",
     /// A rule needs a compliant device.

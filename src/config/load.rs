@@ -96,6 +96,7 @@ pub struct RawConfig {
     pub verify: VerifySection,
     pub devices: Option<DevicesSection>,
     pub risk: Option<RiskSection>,
+    pub policy: PolicySection,
     /// Routes in file order; `None` where a route could not be read.
     pub routes: Vec<Option<RouteSection>>,
     /// Sections written in the file that could not be read (their problems are reported):
@@ -189,6 +190,9 @@ const SECTIONS: &[(&str, Read)] = &[
     }),
     ("risk", |raw, e| {
         e.read().map(|v| raw.risk = Some(v)).is_some()
+    }),
+    ("policy", |raw, e| {
+        e.read().map(|v| raw.policy = v).is_some()
     }),
     ("route", |raw, e| {
         raw.routes = e.read_routes();
@@ -726,6 +730,11 @@ allowed_countries = ["DE"]
 country_not_allowed = 40
 country_unknown = 0
 
+[policy]
+data = ["data/*.json"]
+max_instructions = 100000
+timeout = "5ms"
+
 [[route]]
 name = "app"
 host = "app.example.org"
@@ -745,6 +754,10 @@ max_body_bytes = 1024
 upgrades = ["websocket"]
 risk = { low = "allow", medium = "read_only", high = "deny" }
 audit = true
+policy = "app.rego"
+policy_query = "data.app.allow"
+shadow_policy = "app-next.rego"
+shadow_policy_query = "data.app.allow"
 
 [[route.allow]]
 spiffe = ["spiffe://example.org/ns/*/sa/*"]
@@ -787,6 +800,7 @@ timezone = "Europe/Paris"
             ("verify", Keys::walk::<VerifySection>()),
             ("devices", Keys::walk::<DevicesSection>()),
             ("risk", Keys::walk::<RiskSection>()),
+            ("policy", Keys::walk::<PolicySection>()),
             ("route.0", Keys::walk::<RouteSection>()),
         ];
         let names: Vec<&str> = SECTIONS.iter().map(|(name, _)| *name).collect();

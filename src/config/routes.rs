@@ -5,6 +5,7 @@
 use super::compiler::Compiler;
 use super::diagnostics::Problem;
 use super::load::RawConfig;
+use super::policy::Shared;
 use super::schema::RouteSection;
 use super::upstream::Pools;
 use crate::canonical::{normalize_host, normalize_path};
@@ -24,7 +25,7 @@ pub(super) struct Routes {
 impl Compiler<'_> {
     /// Every route, or none if one has a problem; names must be unique, and so must each
     /// (host, path) place.
-    pub(super) fn routes(&mut self, raw: &RawConfig) -> Option<Routes> {
+    pub(super) fn routes(&mut self, raw: &RawConfig, policies: &Shared) -> Option<Routes> {
         if raw.routes.is_empty() {
             self.report(
                 Problem::at(None, "no [[route]]: every request would get 404")
@@ -51,7 +52,7 @@ impl Compiler<'_> {
                     format!("duplicate route name {:?}", route.name),
                 );
             }
-            match self.route(&at, route, raw, &mut pools) {
+            match self.route(&at, route, raw, policies, &mut pools) {
                 Some(compiled) => {
                     if !places.insert((compiled.host.clone(), compiled.path.clone())) {
                         self.problem(
@@ -80,6 +81,7 @@ impl Compiler<'_> {
         at: &str,
         r: &RouteSection,
         raw: &RawConfig,
+        policies: &Shared,
         pools: &mut Pools,
     ) -> Option<Route> {
         let before = self.reported();
@@ -96,14 +98,15 @@ impl Compiler<'_> {
                 "bearer_audience and bearer_scopes apply only to login = \"bearer\"",
             );
         }
-        if r.allow.is_empty() {
+        let (rego, shadow) = self.route_policies(at, r, policies);
+        if r.allow.is_empty() && r.policy.is_none() {
             self.problem_help(
                 at,
                 format!(
                     "route {:?} has no allow rules: it would deny everything",
                     r.name
                 ),
-                "add allow = [{ spiffe = [\"spiffe://example.org/ns/*/sa/*\"] }] or similar",
+                "add allow = [{ spiffe = [\"spiffe://example.org/ns/*/sa/*\"] }] or similar, or a policy",
             );
         }
         let risk = self.risk_actions(at, r, raw);
@@ -130,6 +133,8 @@ impl Compiler<'_> {
                 rules,
                 risk,
                 audit: r.audit,
+                rego,
+                shadow,
             }),
             upstream: upstream?,
             max_body_bytes: r.max_body_bytes.map(|n| if n == 0 { u64::MAX } else { n }),

@@ -617,6 +617,21 @@ impl DevicesSection {
     }
 }
 
+/// `[policy]`: what every route's Rego policy shares.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct PolicySection {
+    /// JSON documents loaded under `data`, as paths or file-name patterns (`data/*.json`);
+    /// objects are merged, a key defined twice is an error.
+    #[serde(default)]
+    pub data: Vec<String>,
+    /// Bytecode instructions one evaluation may run. Default 100000.
+    #[serde(default)]
+    pub max_instructions: Option<u64>,
+    /// Time one evaluation may take. Default 5ms.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+}
+
 /// `[risk]`: signal weights and level thresholds.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RiskSection {
@@ -763,6 +778,20 @@ pub struct RouteSection {
     /// through, false enforces them whatever `[audit] mode` says. Default: `[audit] mode`.
     #[serde(default)]
     pub audit: Option<bool>,
+    /// A Rego policy file: with `allow` rules, a request must be allowed by a rule and by
+    /// the policy; without, the policy alone decides.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// The rule whose value decides. Default `data.<package>.allow`.
+    #[serde(default)]
+    pub policy_query: Option<String>,
+    /// A policy evaluated beside `policy` on every request, never changing the answer: its
+    /// disagreements are logged and counted.
+    #[serde(default)]
+    pub shadow_policy: Option<String>,
+    /// The shadow policy's rule. Default `data.<package>.allow`.
+    #[serde(default)]
+    pub shadow_policy_query: Option<String>,
 }
 
 /// One entry of a route's `allow` list: every condition given must hold (AND); the list is OR.

@@ -17,7 +17,7 @@ use crate::forward::{self, ForwardError, Outbound};
 use crate::identity::{self, Identity};
 use crate::metrics::{RouteLabel, UpstreamErrorLabels};
 use crate::policy::facts::Headers;
-use crate::policy::{Decision, Outcome};
+use crate::policy::{Decision, Kept, Outcome};
 use crate::posture;
 use crate::reason::{Code, Reason};
 use crate::routing::Route;
@@ -55,11 +55,10 @@ pub async fn forward(
         cx.risk.as_ref(),
         assessed.device.as_ref(),
     );
-    let names = route.policy.header_names();
-    let kept_headers = if names.is_empty() {
-        Vec::new()
-    } else {
-        Headers::Map(req.headers()).keep(&names)
+    let kept_headers = match route.policy.header_names() {
+        Kept::Named(names) if names.is_empty() => Vec::new(),
+        Kept::Named(names) => Headers::Map(req.headers()).keep(&names),
+        Kept::All => Headers::Map(req.headers()).all(),
     };
     let (parts, incoming) = req.into_parts();
     let (incoming, read_deadline) = body::with_read_deadline(incoming, snapshot.body_read_timeout);

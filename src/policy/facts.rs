@@ -73,6 +73,31 @@ impl Headers<'_> {
         }
     }
 
+    /// Every header with a visible-ASCII value, names in lower case, in order.
+    pub fn each(&self, mut f: impl FnMut(&str, &str)) {
+        match self {
+            Headers::Map(map) => {
+                for (name, value) in map.iter() {
+                    if let Ok(v) = value.to_str() {
+                        f(name.as_str(), v);
+                    }
+                }
+            }
+            Headers::List(list) => {
+                for (name, value) in list.iter() {
+                    f(name, value);
+                }
+            }
+        }
+    }
+
+    /// Every header, to keep beside an open stream whose policy may look at any.
+    pub fn all(&self) -> Vec<(String, String)> {
+        let mut kept = Vec::new();
+        self.each(|name, value| kept.push((name.to_owned(), value.to_owned())));
+        kept
+    }
+
     /// The values of the headers in `names` (lower case), to keep beside an open stream.
     pub fn keep(&self, names: &[&str]) -> Vec<(String, String)> {
         let mut kept = Vec::new();

@@ -11,6 +11,7 @@
 
 pub mod facts;
 pub mod pattern;
+pub mod rego;
 pub mod window;
 
 pub use facts::Facts;
@@ -129,19 +130,36 @@ pub struct RoutePolicy {
     pub risk: RiskActions,
     /// The route's own audit mode, when it has one; else the policy's applies.
     pub audit: Option<bool>,
+    /// The route's Rego policy (`policy`): with rules, both must allow; alone, it decides.
+    pub rego: Option<Arc<rego::Rego>>,
+    /// A policy evaluated beside the enforced one, whose answer is only compared and logged
+    /// (`shadow_policy`).
+    pub shadow: Option<Arc<rego::Rego>>,
+}
+
+/// The request headers an open stream keeps to be decided again.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kept<'a> {
+    /// The ones the rules name.
+    Named(Vec<&'a str>),
+    /// All of them: a policy may look at any.
+    All,
 }
 
 impl RoutePolicy {
-    /// Every header name the route's rules look at, each once: what an open stream keeps of
-    /// its request to be decided again.
-    pub fn header_names(&self) -> Vec<&str> {
+    /// What an open stream keeps of its request's headers to be decided again: the ones the
+    /// route's rules look at, each once, or all of them on a route with a policy.
+    pub fn header_names(&self) -> Kept<'_> {
+        if self.rego.is_some() || self.shadow.is_some() {
+            return Kept::All;
+        }
         let mut names: Vec<&str> = Vec::new();
         for (name, _) in self.rules.iter().flat_map(|r| &r.headers) {
             if !names.contains(&name.as_str()) {
                 names.push(name);
             }
         }
-        names
+        Kept::Named(names)
     }
 
     /// A route that identifies with the certificate alone, with `rules` and the default risk
@@ -153,6 +171,8 @@ impl RoutePolicy {
             rules,
             risk: RiskActions::default(),
             audit: None,
+            rego: None,
+            shadow: None,
         }
     }
 }
@@ -228,6 +248,52 @@ pub struct Decision {
     pub risk_action: Option<RiskAction>,
     /// Why, in order; written to the decision log as `reasons` (texts) and `codes`.
     pub reasons: Vec<Reason>,
+    /// What the route's Rego policy answered, when it was evaluated.
+    pub policy: Option<PolicyRun>,
+    /// Headers the policy adds upstream (lower-case names, checked values).
+    pub headers: Vec<(String, String)>,
+    /// What the route's shadow policy would have decided, when the route has one.
+    pub shadow: Option<Shadow>,
+}
+
+/// One evaluation of a Rego policy, as a decision reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyRun {
+    /// The policy file, as the configuration names it.
+    pub name: Arc<str>,
+    /// `allow`, `deny`, or how it failed: `undefined`, `malformed`, `error`, `budget`.
+    pub result: &'static str,
+    /// Time the evaluation took; not part of what was decided.
+    #[serde(skip)]
+    pub elapsed: Elapsed,
+}
+
+/// A duration that every decision compares equal on: how long something took is not a fact
+/// of the decision.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Elapsed(pub std::time::Duration);
+
+impl PartialEq for Elapsed {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Elapsed {}
+
+/// What the route's shadow policy would have decided (before audit mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Shadow {
+    /// The shadow policy file.
+    pub policy: Arc<str>,
+    /// True when it decides as the enforced policy does; only disagreements are logged.
+    #[serde(skip)]
+    pub agrees: bool,
+    pub decision: Outcome,
+    pub reasons: Vec<Reason>,
+    /// The shadow policy's own run.
+    #[serde(skip)]
+    pub run: Option<PolicyRun>,
 }
 
 /// A route's risk action, as a decision names it.
@@ -247,6 +313,9 @@ impl Decision {
             rule: None,
             risk_action: None,
             reasons: vec![reason],
+            policy: None,
+            headers: Vec::new(),
+            shadow: None,
         }
     }
 
@@ -292,16 +361,127 @@ pub fn decide_on(policy: &Policy, route: Option<&RoutePolicy>, facts: &Facts<'_>
         }
         _ => {}
     }
-    let mut decision = evaluate(route, facts);
-    if decision.outcome == Outcome::Allow
-        && let Some(risk) = facts.risk
-    {
-        apply_risk(policy, route, facts, risk.level, &mut decision);
+    let mut decision = decide_with(policy, route, route.rego.as_deref(), facts);
+    if let Some(shadow) = &route.shadow {
+        let other = decide_with(policy, route, Some(shadow), facts);
+        decision.shadow = Some(Shadow {
+            policy: Arc::from(shadow.name.as_str()),
+            agrees: other.outcome == decision.outcome,
+            decision: other.outcome,
+            reasons: other.reasons,
+            run: other.policy,
+        });
     }
     if decision.outcome == Outcome::Deny && policy.audits(Some(route)) {
         decision.outcome = Outcome::Audit;
     }
     decision
+}
+
+/// The route's rules, then `rego` when they allow (or alone when there are none), then the
+/// risk actions on an allow.
+fn decide_with(
+    policy: &Policy,
+    route: &RoutePolicy,
+    rego: Option<&rego::Rego>,
+    facts: &Facts<'_>,
+) -> Decision {
+    let mut decision = match rego {
+        Some(_) if route.rules.is_empty() => Decision {
+            outcome: Outcome::Allow,
+            read_only: false,
+            rule: None,
+            risk_action: None,
+            reasons: Vec::new(),
+            policy: None,
+            headers: Vec::new(),
+            shadow: None,
+        },
+        _ => evaluate(route, facts),
+    };
+    if decision.outcome == Outcome::Allow
+        && let Some(rego) = rego
+    {
+        apply_policy(rego, facts, &mut decision);
+    }
+    if decision.outcome == Outcome::Allow
+        && let Some(risk) = facts.risk
+    {
+        apply_risk(policy, route, facts, risk.level, &mut decision);
+    }
+    decision
+}
+
+/// The policy's answer, on a request the rules (if any) allowed.
+fn apply_policy(rego: &rego::Rego, facts: &Facts<'_>, decision: &mut Decision) {
+    use rego::{Answer, Failure};
+    let evaluation = rego.evaluate(facts);
+    let name: Arc<str> = Arc::from(rego.name.as_str());
+    let result = match &evaluation.answer {
+        Answer::Allow { .. } => "allow",
+        Answer::Deny { .. } => "deny",
+        Answer::Failed { kind, .. } => kind.as_str(),
+    };
+    decision.policy = Some(PolicyRun {
+        name: name.clone(),
+        result,
+        elapsed: Elapsed(evaluation.elapsed),
+    });
+    match evaluation.answer {
+        Answer::Allow {
+            reasons,
+            read_only,
+            headers,
+        } => {
+            decision.reasons.push(Reason::new(
+                Code::AllowedByPolicy,
+                format!("allowed by policy {name}"),
+            ));
+            decision.reasons.extend(
+                reasons
+                    .into_iter()
+                    .map(|r| Reason::new(Code::PolicyReason, r)),
+            );
+            decision.headers = headers;
+            if read_only {
+                decision.read_only = true;
+                let method = facts.request.method;
+                if !matches!(method, "GET" | "HEAD" | "OPTIONS") {
+                    decision.outcome = Outcome::Deny;
+                    decision.reasons.push(Reason::new(
+                        Code::PolicyReadOnly,
+                        format!("policy {name}: read-only, {method} refused"),
+                    ));
+                }
+            }
+        }
+        Answer::Deny { reasons } => {
+            decision.outcome = Outcome::Deny;
+            decision.rule = None;
+            decision.reasons.push(Reason::new(
+                Code::PolicyDenied,
+                format!("denied by policy {name}"),
+            ));
+            decision.reasons.extend(
+                reasons
+                    .into_iter()
+                    .map(|r| Reason::new(Code::PolicyReason, r)),
+            );
+        }
+        Answer::Failed { kind, error } => {
+            decision.outcome = Outcome::Deny;
+            decision.rule = None;
+            let code = match kind {
+                Failure::Undefined => Code::PolicyUndefined,
+                Failure::Malformed => Code::PolicyMalformed,
+                Failure::Error => Code::PolicyError,
+                Failure::Budget => Code::PolicyBudget,
+            };
+            decision
+                .reasons
+                .push(Reason::new(code, format!("policy {name}: {error}")));
+        }
+    }
 }
 
 /// The route's rules, first match wins.
@@ -319,6 +499,9 @@ fn evaluate(route: &RoutePolicy, facts: &Facts<'_>) -> Decision {
                     rule: Some(i),
                     risk_action: None,
                     reasons: vec![Reason::new(Code::AllowedByRule, allowed_by(i))],
+                    policy: None,
+                    headers: Vec::new(),
+                    shadow: None,
                 };
             }
             Err(why) => reasons.push(Reason::new(why.code, format!("rule {}: {why}", i + 1))),
@@ -330,6 +513,9 @@ fn evaluate(route: &RoutePolicy, facts: &Facts<'_>) -> Decision {
         rule: None,
         risk_action: None,
         reasons,
+        policy: None,
+        headers: Vec::new(),
+        shadow: None,
     }
 }
 

@@ -98,6 +98,8 @@ pub struct Inventory {
     last_error: ArcSwap<Option<String>>,
     http: Option<reqwest::Client>,
     started: std::sync::atomic::AtomicBool,
+    /// Counts the times the records were replaced: what Rego policies' copy follows.
+    loads: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Inventory {
@@ -141,10 +143,11 @@ impl Inventory {
             last_error: ArcSwap::from_pointee(None),
             http,
             started: std::sync::atomic::AtomicBool::new(false),
+            loads: std::sync::atomic::AtomicU64::new(0),
         };
         if let Source::File(path) = &inventory.settings.source {
             let data = read_file(path, inventory.settings.key)?;
-            inventory.data.store(Arc::new(data));
+            inventory.replace(data);
             inventory
                 .last_success
                 .store(crate::identity::now(), Ordering::Relaxed);
@@ -206,7 +209,7 @@ impl Inventory {
                     .await
                     .map_err(|e| e.to_string())??;
                 data.file_stamp = Some(stamp);
-                self.data.store(Arc::new(data));
+                self.replace(data);
                 self.mark_success();
                 Ok(())
             }
@@ -245,7 +248,7 @@ impl Inventory {
                 let mut data = parse(&bytes, self.settings.key)?;
                 data.etag = etag;
                 data.last_modified = last_modified;
-                self.data.store(Arc::new(data));
+                self.replace(data);
                 self.mark_success();
                 Ok(())
             }
@@ -268,12 +271,38 @@ impl Inventory {
         if self.is_stale() {
             return None;
         }
-        let key = match self.settings.key {
+        let key = Self::key_of(self.settings.key, peer)?;
+        self.data.load().by_key.get(&key).cloned()
+    }
+
+    /// What identifies the certificate's device in an inventory keyed by `key`.
+    pub fn key_of(key: Key, peer: &crate::tls::PeerCert) -> Option<String> {
+        Some(match key {
             Key::Fingerprint => peer.fingerprint_hex.clone(),
             Key::Serial => crate::hex::encode(trim_zeros(&peer.serial)),
             Key::Subject => peer.common_name.clone()?,
-        };
-        self.data.load().by_key.get(&key).cloned()
+        })
+    }
+
+    fn replace(&self, data: Data) {
+        self.data.store(Arc::new(data));
+        self.loads.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes whenever what [`Inventory::each_record`] gives changes: a new read, or the
+    /// data turning stale or fresh.
+    pub fn version(&self) -> u64 {
+        self.loads.load(Ordering::Acquire) * 2 + u64::from(self.is_stale())
+    }
+
+    /// Every record with its key; none while the data is stale.
+    pub fn each_record(&self, mut f: impl FnMut(&str, &Device)) {
+        if self.is_stale() {
+            return;
+        }
+        for (key, device) in self.data.load().by_key.iter() {
+            f(key, device);
+        }
     }
 
     pub fn status(&self) -> Status {

@@ -1,0 +1,499 @@
+//! Rego policies on routes, decided as requests are: the example policy of
+//! `examples/policies/` as written, policies combined with rules, answers as objects, and
+//! every way a policy can fail denying with its reason.
+
+mod support;
+
+use anyhow::{Result, anyhow};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::*;
+use vigil::policy::facts::Document;
+use vigil::policy::{self, Decision, Outcome};
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policies");
+
+/// A PKI directory with `files` written into it, and the configuration compiled there.
+fn load(pki: &Pki, files: &[(&str, &str)], routes: &str) -> Result<vigil::config::Snapshot> {
+    for (name, text) in files {
+        let path = pki.path(name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, text)?;
+    }
+    let text = base_config("", &pki.path("decisions.jsonl")) + routes;
+    let ctx = vigil::config::Context::first()?;
+    vigil::config::load_text("test.toml", text, pki.dir.path(), &ctx).map_err(|p| anyhow!("{p}"))
+}
+
+/// The problems of a configuration that does not load.
+fn problems(pki: &Pki, files: &[(&str, &str)], routes: &str) -> String {
+    match load(pki, files, routes) {
+        Ok(_) => String::from("(loaded)"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn example_files() -> Result<Vec<(String, String)>> {
+    let mut files = Vec::new();
+    for name in ["zero_trust.rego", "data/device_db.json"] {
+        files.push((
+            name.to_owned(),
+            std::fs::read_to_string(Path::new(EXAMPLE).join(name))?,
+        ));
+    }
+    Ok(files)
+}
+
+/// A request's facts on route `route`, from `device` (its certificate's subject), by a person
+/// with `amr` (none when `None`).
+fn facts(route: &str, device: &str, amr: Option<&[&str]>) -> Value {
+    let mut doc = json!({
+        "time": 1_795_426_200,
+        "request": { "route": route, "host": "localhost", "method": "GET", "path": "/" },
+        "certificate": {
+            "subject": format!("CN={device}"),
+            "common_name": device,
+            "issuer": "CN=Test CA",
+            "serial": "01",
+            "fingerprint": "ab".repeat(32),
+            "not_before": 0,
+            "not_after": 2_000_000_000
+        },
+        "network": { "source": "127.0.0.1" }
+    });
+    if let Some(amr) = amr {
+        doc["person"] = json!({
+            "subject": "alice", "email": "alice@example.com", "groups": ["staff"],
+            "amr": amr, "mfa": amr.contains(&"mfa"), "verified_at": 1_795_426_000
+        });
+    }
+    doc
+}
+
+fn decide(snapshot: &vigil::config::Snapshot, doc: &Value) -> Result<Decision> {
+    let doc: Document = serde_json::from_value(doc.clone())?;
+    Ok(policy::decide(&snapshot.policy, &doc.facts(0)))
+}
+
+fn codes(d: &Decision) -> Vec<&'static str> {
+    d.reasons.iter().map(|r| r.code.as_str()).collect()
+}
+
+fn texts(d: &Decision) -> String {
+    d.reasons
+        .iter()
+        .map(|r| r.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+const ZERO_TRUST_ROUTE: &str = r#"
+[policy]
+data = ["data/*.json"]
+
+[[route]]
+name = "api"
+host = "localhost"
+upstream = "http://127.0.0.1:1"
+login = "none"
+policy = "zero_trust.rego"
+"#;
+
+#[test]
+fn the_example_policy_allows_a_compliant_device_with_mfa_and_denies_each_missing_condition()
+-> Result<()> {
+    let pki = Pki::new()?;
+    let files = example_files()?;
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    // The inventory identifies devices by their certificate's subject, so `input.device_id`
+    // is the name the policy's data uses.
+    let mut all = files.clone();
+    all.push(("inventory.json", "[]"));
+    let routes =
+        format!("[devices]\nsource = \"inventory.json\"\nkey = \"subject\"\n{ZERO_TRUST_ROUTE}");
+    let snapshot = load(&pki, &all, &routes)?;
+
+    let allowed = decide(
+        &snapshot,
+        &facts("api", "device-1122", Some(&["pwd", "mfa"])),
+    )?;
+    assert_eq!(allowed.outcome, Outcome::Allow, "{}", texts(&allowed));
+    assert_eq!(codes(&allowed), ["allowed_by_policy"]);
+    assert_eq!(
+        allowed.policy.as_ref().map(|p| (&*p.name, p.result)),
+        Some(("zero_trust.rego", "allow"))
+    );
+
+    for (why, doc) in [
+        (
+            "no second factor",
+            facts("api", "device-1122", Some(&["pwd"])),
+        ),
+        ("not signed in", facts("api", "device-1122", None)),
+        (
+            "noncompliant device",
+            facts("api", "device-3344", Some(&["mfa"])),
+        ),
+        (
+            "unknown device",
+            facts("api", "device-9999", Some(&["mfa"])),
+        ),
+    ] {
+        let denied = decide(&snapshot, &doc)?;
+        assert_eq!(denied.outcome, Outcome::Deny, "{why}: {}", texts(&denied));
+        assert_eq!(codes(&denied), ["policy_denied"], "{why}");
+    }
+    Ok(())
+}
+
+#[test]
+fn without_an_inventory_the_device_id_is_the_certificate_fingerprint() -> Result<()> {
+    let pki = Pki::new()?;
+    let fingerprint = "ab".repeat(32);
+    let data = format!(r#"{{"devices": {{"{fingerprint}": {{"is_compliant": true}}}}}}"#);
+    let zero_trust = std::fs::read_to_string(Path::new(EXAMPLE).join("zero_trust.rego"))?;
+    let snapshot = load(
+        &pki,
+        &[
+            ("zero_trust.rego", &zero_trust),
+            ("data/devices.json", &data),
+        ],
+        ZERO_TRUST_ROUTE,
+    )?;
+    let d = decide(&snapshot, &facts("api", "any-name", Some(&["mfa"])))?;
+    assert_eq!(d.outcome, Outcome::Allow, "{}", texts(&d));
+    Ok(())
+}
+
+#[test]
+fn the_inventory_is_data_too() -> Result<()> {
+    let pki = Pki::new()?;
+    let policy = r#"package inv
+import rego.v1
+default allow := false
+allow if data.vigil.devices[input.device_id].owner == input.jwt.email
+"#;
+    let inventory = r#"[{"subject": "alice-laptop", "compliant": true, "owner": "alice@example.com"},
+                       {"subject": "bob-laptop", "compliant": true, "owner": "bob@example.com"}]"#;
+    let routes = r#"
+[devices]
+source = "inventory.json"
+key = "subject"
+
+[[route]]
+name = "inv"
+host = "localhost"
+upstream = "http://127.0.0.1:1"
+login = "none"
+policy = "inv.rego"
+"#;
+    let snapshot = load(
+        &pki,
+        &[("inv.rego", policy), ("inventory.json", inventory)],
+        routes,
+    )?;
+    let own = decide(&snapshot, &facts("inv", "alice-laptop", Some(&["pwd"])))?;
+    assert_eq!(own.outcome, Outcome::Allow, "{}", texts(&own));
+    let other = decide(&snapshot, &facts("inv", "bob-laptop", Some(&["pwd"])))?;
+    assert_eq!(other.outcome, Outcome::Deny, "{}", texts(&other));
+    Ok(())
+}
+
+const GROUP_RULE_AND_POLICY: &str = r#"
+[[route]]
+name = "both"
+host = "localhost"
+upstream = "http://127.0.0.1:1"
+login = "none"
+policy = "mfa.rego"
+allow = [{ cert_subject = ["device-*"] }]
+"#;
+
+const MFA_POLICY: &str = r#"package mfa
+import rego.v1
+default allow := false
+allow if input.person.mfa
+"#;
+
+#[test]
+fn rules_and_policy_must_both_allow() -> Result<()> {
+    let pki = Pki::new()?;
+    let snapshot = load(&pki, &[("mfa.rego", MFA_POLICY)], GROUP_RULE_AND_POLICY)?;
+
+    let both = decide(&snapshot, &facts("both", "device-1", Some(&["mfa"])))?;
+    assert_eq!(both.outcome, Outcome::Allow, "{}", texts(&both));
+    assert_eq!(codes(&both), ["allowed_by_rule", "allowed_by_policy"]);
+    assert_eq!(both.rule, Some(0));
+
+    // The rule refuses: the policy is not asked.
+    let rule_denies = decide(&snapshot, &facts("both", "laptop", Some(&["mfa"])))?;
+    assert_eq!(rule_denies.outcome, Outcome::Deny);
+    assert_eq!(codes(&rule_denies), ["cert_subject_not_allowed"]);
+    assert!(rule_denies.policy.is_none());
+
+    // The rule allows, the policy refuses.
+    let policy_denies = decide(&snapshot, &facts("both", "device-1", Some(&["pwd"])))?;
+    assert_eq!(policy_denies.outcome, Outcome::Deny);
+    assert_eq!(
+        codes(&policy_denies),
+        ["allowed_by_rule", "policy_denied"],
+        "{}",
+        texts(&policy_denies)
+    );
+    assert_eq!(policy_denies.rule, None);
+    Ok(())
+}
+
+#[test]
+fn an_object_answer_gives_reasons_read_only_and_headers() -> Result<()> {
+    let pki = Pki::new()?;
+    let policy = r#"package obj
+import rego.v1
+
+default decision := {"allow": false, "reasons": ["only the finance team"]}
+
+decision := {"allow": true, "reasons": ["finance"], "read_only": ro, "headers": {"X-Tenant": "acme"}} if {
+    "finance" in input.person.groups
+    ro := count({g | some g in input.person.groups; g == "finance-admins"}) == 0
+}
+"#;
+    let routes = r#"
+[[route]]
+name = "obj"
+host = "localhost"
+upstream = "http://127.0.0.1:1"
+login = "none"
+policy = "obj.rego"
+policy_query = "data.obj.decision"
+"#;
+    let snapshot = load(&pki, &[("obj.rego", policy)], routes)?;
+    let mut doc = facts("obj", "d", Some(&["pwd"]));
+    let denied = decide(&snapshot, &doc)?;
+    assert_eq!(denied.outcome, Outcome::Deny);
+    assert_eq!(codes(&denied), ["policy_denied", "policy_reason"]);
+    assert_eq!(denied.reasons[1].text, "only the finance team");
+
+    doc["person"]["groups"] = json!(["finance"]);
+    let reader = decide(&snapshot, &doc)?;
+    assert_eq!(reader.outcome, Outcome::Allow, "{}", texts(&reader));
+    assert!(reader.read_only);
+    assert_eq!(reader.headers, [("x-tenant".to_owned(), "acme".to_owned())]);
+    doc["request"]["method"] = json!("POST");
+    let writer = decide(&snapshot, &doc)?;
+    assert_eq!(writer.outcome, Outcome::Deny);
+    assert_eq!(
+        codes(&writer),
+        ["allowed_by_policy", "policy_reason", "policy_read_only"]
+    );
+
+    doc["person"]["groups"] = json!(["finance", "finance-admins"]);
+    let admin = decide(&snapshot, &doc)?;
+    assert_eq!(admin.outcome, Outcome::Allow, "{}", texts(&admin));
+    assert!(!admin.read_only);
+    Ok(())
+}
+
+/// A policy whose query's value is `answer` (Rego text), on route "bad".
+fn answering(pki: &Pki, answer: &str) -> Result<Decision> {
+    let policy = format!("package bad\nimport rego.v1\n{answer}\n");
+    let routes = r#"
+[[route]]
+name = "bad"
+host = "localhost"
+upstream = "http://127.0.0.1:1"
+login = "none"
+policy = "bad.rego"
+"#;
+    let snapshot = load(pki, &[("bad.rego", &policy)], routes)?;
+    decide(&snapshot, &facts("bad", "d", Some(&["pwd"])))
+}
+
+#[test]
+fn every_way_a_policy_fails_denies_with_the_reason() -> Result<()> {
+    let pki = Pki::new()?;
+    let cases: &[(&str, &str, &str)] = &[
+        // No rule gives allow a value, and there is no default.
+        (
+            "allow if input.nothing == 1",
+            "policy_undefined",
+            "data.bad.allow is undefined",
+        ),
+        // A runtime error, with where it happened.
+        (
+            "allow if { x := 1 / 0; x > 0 }",
+            "policy_error",
+            "bad.rego:3:",
+        ),
+        (
+            "allow if to_number(\"not a number\") > 1",
+            "policy_error",
+            "bad.rego:3:",
+        ),
+        (
+            "allow := \"yes\"",
+            "policy_malformed",
+            "a string, not a boolean",
+        ),
+        (
+            "allow := {\"allow\": \"yes\"}",
+            "policy_malformed",
+            "allow is a string",
+        ),
+        (
+            "allow := {\"allow\": true, \"grant\": \"all\"}",
+            "policy_malformed",
+            "unknown field",
+        ),
+        (
+            "allow := {\"allow\": true, \"headers\": {\"X-Vigil-User\": \"root\"}}",
+            "policy_malformed",
+            "one Vigil sets or removes itself",
+        ),
+        (
+            "allow := {\"allow\": true, \"headers\": {\"x-ok\": \"line\\nbreak\"}}",
+            "policy_malformed",
+            "not a header value",
+        ),
+    ];
+    for (answer, code, text) in cases {
+        let d = answering(&pki, answer)?;
+        assert_eq!(d.outcome, Outcome::Deny, "{answer}: {}", texts(&d));
+        assert_eq!(codes(&d), [*code], "{answer}: {}", texts(&d));
+        assert!(texts(&d).contains(text), "{answer}: {}", texts(&d));
+    }
+    Ok(())
+}
+
+#[test]
+fn a_policy_that_never_finishes_is_stopped_and_denies() -> Result<()> {
+    let pki = Pki::new()?;
+    // Ten thousand million iterations, were it let run.
+    let endless = "allow if count([1 | some a in numbers.range(1, 100000); some b in numbers.range(1, 100000)]) > 0";
+    let started = Instant::now();
+    let d = answering(&pki, endless)?;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(d.outcome, Outcome::Deny, "{}", texts(&d));
+    assert_eq!(codes(&d), ["policy_budget"], "{}", texts(&d));
+    Ok(())
+}
+
+#[test]
+fn a_policy_that_does_not_compile_is_a_problem_with_file_line_and_column() -> Result<()> {
+    let pki = Pki::new()?;
+    let routes = r#"
+[[route]]
+name = "broken"
+host = "localhost"
+upstream = "http://127.0.0.1:1"
+login = "none"
+policy = "broken.rego"
+"#;
+    let out = problems(
+        &pki,
+        &[(
+            "broken.rego",
+            "package broken\nimport rego.v1\nallow if {\n  input.x ==\n}\n",
+        )],
+        routes,
+    );
+    assert!(out.contains("broken.rego:5:1"), "{out}");
+    assert!(out.contains("expecting expression"), "{out}");
+    // Where the configuration names it.
+    assert!(out.contains("policy = \"broken.rego\""), "{out}");
+
+    let missing = problems(&pki, &[], &routes.replace("broken.rego", "absent.rego"));
+    assert!(missing.contains("absent.rego"), "{missing}");
+
+    let no_rule = problems(
+        &pki,
+        &[("q.rego", "package q\nimport rego.v1\nallow := true\n")],
+        &routes.replace("broken.rego", "q.rego").replace(
+            "policy = \"q.rego\"",
+            "policy = \"q.rego\"\npolicy_query = \"data.q.nothing\"",
+        ),
+    );
+    assert!(no_rule.contains("names no rule"), "{no_rule}");
+
+    let bad_data = problems(
+        &pki,
+        &[
+            ("q.rego", "package q\nimport rego.v1\nallow := true\n"),
+            ("d/a.json", "{\"x\": 1}"),
+            ("d/b.json", "{\"x\": 2}"),
+            ("d/c.json", "[1]"),
+        ],
+        &format!(
+            "[policy]\ndata = [\"d/*.json\"]\n{}",
+            routes.replace("broken.rego", "q.rego")
+        ),
+    );
+    assert!(bad_data.contains("data.x is defined twice"), "{bad_data}");
+    assert!(bad_data.contains("must be an object"), "{bad_data}");
+    Ok(())
+}
+
+#[test]
+fn a_shadow_policy_is_compared_and_never_changes_the_answer() -> Result<()> {
+    let pki = Pki::new()?;
+    let next = r#"package mfa
+import rego.v1
+default allow := false
+allow if {
+    input.person.mfa
+    input.request.method == "GET"
+}
+"#;
+    let routes = GROUP_RULE_AND_POLICY.replace(
+        "policy = \"mfa.rego\"",
+        "policy = \"mfa.rego\"\nshadow_policy = \"mfa-next.rego\"",
+    );
+    let snapshot = load(
+        &pki,
+        &[("mfa.rego", MFA_POLICY), ("mfa-next.rego", next)],
+        &routes,
+    )?;
+    let mut doc = facts("both", "device-1", Some(&["mfa"]));
+    let agree = decide(&snapshot, &doc)?;
+    assert_eq!(agree.outcome, Outcome::Allow);
+    assert!(agree.shadow.as_ref().is_some_and(|s| s.agrees));
+
+    doc["request"]["method"] = json!("POST");
+    let differ = decide(&snapshot, &doc)?;
+    assert_eq!(differ.outcome, Outcome::Allow, "{}", texts(&differ));
+    let shadow = differ.shadow.as_ref().expect("a shadow decision");
+    assert!(!shadow.agrees);
+    assert_eq!(shadow.decision, Outcome::Deny);
+    assert!(
+        shadow
+            .reasons
+            .iter()
+            .any(|r| r.text == "denied by policy mfa-next.rego"),
+        "{:?}",
+        shadow.reasons
+    );
+    Ok(())
+}
+
+#[test]
+fn audit_mode_lets_a_policy_denial_through_and_logs_it() -> Result<()> {
+    let pki = Pki::new()?;
+    let routes = GROUP_RULE_AND_POLICY.replace(
+        "policy = \"mfa.rego\"",
+        "policy = \"mfa.rego\"\naudit = true",
+    );
+    let snapshot = load(&pki, &[("mfa.rego", MFA_POLICY)], &routes)?;
+    let d = decide(&snapshot, &facts("both", "device-1", Some(&["pwd"])))?;
+    assert_eq!(d.outcome, Outcome::Audit);
+    assert!(codes(&d).contains(&"policy_denied"));
+    Ok(())
+}
