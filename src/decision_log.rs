@@ -89,6 +89,12 @@ pub struct Entry<'a> {
     /// The route's upstream (`host:port`), when the request was sent there; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<&'a str>,
+    /// The route's Rego policy and what it answered, when it was evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<&'a crate::policy::PolicyRun>,
+    /// What the route's shadow policy would have decided, when it disagrees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<&'a crate::policy::Shadow>,
     pub status: u16,
     pub latency_ms: f64,
 }

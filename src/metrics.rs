@@ -7,6 +7,7 @@
 //! values are listed once, in [`labels`]; tests beside this module check that the code
 //! emits no value the lists lack.
 
+pub mod policy;
 pub mod process;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -203,6 +204,7 @@ pub struct Metrics {
     pub config_last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub tls_dates: TlsDates,
     pub components: Components,
+    pub policies: policy::Policies,
     /// The standard `process_*` families, without the prefix.
     process: Registry,
 }
@@ -345,6 +347,7 @@ impl Metrics {
             ),
             tls_dates: TlsDates::register(r),
             components: Components::register(r),
+            policies: policy::Policies::register(r),
             process: process_registry(),
             registry,
         }

@@ -45,6 +45,9 @@ impl Shared {
         metrics.config_generation.set(snapshot.generation as i64);
         let no_route_label: Arc<str> = Arc::from("(none)");
         metrics.precreate_routes(snapshot.routes.iter().map(|r| &r.label));
+        metrics
+            .policies
+            .precreate(snapshot.routes.iter().map(|r| &**r));
         metrics.precreate_no_route(&no_route_label);
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),

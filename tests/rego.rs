@@ -497,3 +497,172 @@ fn audit_mode_lets_a_policy_denial_through_and_logs_it() -> Result<()> {
     assert!(codes(&d).contains(&"policy_denied"));
     Ok(())
 }
+
+const WORKLOAD_POLICY: &str = r#"package workloads
+import rego.v1
+
+default decision := {"allow": false, "reasons": ["this workload may not call the orders API"]}
+
+decision := {"allow": true, "headers": {"X-Tenant": tenant}} if {
+    startswith(input.spiffe_id, "spiffe://example.org/ns/frontend/")
+    input.method in {"GET", "HEAD"}
+    tenant := input.parsed_path[0]
+}
+"#;
+
+const WORKLOAD_NEXT: &str = r#"package workloads
+import rego.v1
+
+default decision := false
+
+decision if input.certificate.spiffe_id == "spiffe://example.org/ns/batch/sa/job"
+"#;
+
+#[tokio::test]
+async fn workloads_through_a_rego_route_by_their_spiffe_id() -> Result<()> {
+    let pki = Pki::new()?;
+    std::fs::write(pki.path("workloads.rego"), WORKLOAD_POLICY)?;
+    std::fs::write(pki.path("workloads-next.rego"), WORKLOAD_NEXT)?;
+    let (upstream, _stop) = echo_upstream().await?;
+    let decisions = pki.path("decisions.log");
+    let text = base_config("", &decisions)
+        + &format!(
+            r#"
+[[route]]
+name = "orders"
+host = "localhost"
+upstream = "http://{upstream}"
+login = "none"
+policy = "workloads.rego"
+policy_query = "data.workloads.decision"
+shadow_policy = "workloads-next.rego"
+shadow_policy_query = "data.workloads.decision"
+"#
+        );
+    let running = spawn(&pki, &text).await?;
+    let as_id = |id: &vigil::certs::Issued| {
+        client_config(Some(id), pki.ca.cert_pem(), &[b"http/1.1"]).expect("client config")
+    };
+    let web = pki.workload(SPIFFE_WEB)?;
+    let batch = pki.workload(SPIFFE_BATCH)?;
+
+    // Allowed, with the policy's header upstream, in place of one the client sent.
+    let reply = get(
+        running.addr,
+        as_id(&web),
+        "/acme/orders",
+        "X-Tenant: evil\r\n",
+    )
+    .await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let tenants: Vec<_> = reply
+        .upstream_headers()
+        .into_iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("x-tenant"))
+        .collect();
+    assert_eq!(tenants, [("x-tenant".to_owned(), "acme".to_owned())]);
+    let id = reply.header("x-request-id").unwrap_or_default();
+    let line = decision_for(&decisions, &id).await.expect("decision line");
+    assert_eq!(line["decision"], "allow");
+    assert_eq!(line["policy"]["name"], "workloads.rego");
+    assert_eq!(line["policy"]["result"], "allow");
+    // The shadow policy would deny the frontend: a disagreement, logged.
+    assert_eq!(line["shadow"]["decision"], "deny", "{line}");
+    assert_eq!(line["shadow"]["policy"], "workloads-next.rego");
+
+    // Denied: the policy's reason is in the log and in the answer.
+    let denied = get(running.addr, as_id(&batch), "/acme/orders", "").await?;
+    assert_eq!(denied.status, 403, "{denied:?}");
+    assert!(
+        denied
+            .body
+            .contains("this workload may not call the orders API"),
+        "{}",
+        denied.body
+    );
+    let id = denied.header("x-request-id").unwrap_or_default();
+    let line = decision_for(&decisions, &id).await.expect("decision line");
+    assert_eq!(line["codes"], json!(["policy_denied", "policy_reason"]));
+    assert_eq!(line["shadow"]["decision"], "allow", "{line}");
+
+    // A method the policy does not allow, from the allowed workload.
+    let post = raw(
+        running.addr,
+        as_id(&web),
+        "localhost",
+        "POST /acme/orders HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    assert_eq!(post.status, 403);
+
+    let text = metrics(&running).await?;
+    for series in [
+        r#"vigil_policy_evaluations_total{route="orders",policy="workloads.rego",role="enforced",result="allow"} 1"#,
+        r#"vigil_policy_evaluations_total{route="orders",policy="workloads.rego",role="enforced",result="deny"} 2"#,
+        r#"vigil_policy_evaluations_total{route="orders",policy="workloads.rego",role="enforced",result="error"} 0"#,
+        r#"vigil_policy_evaluations_total{route="orders",policy="workloads-next.rego",role="shadow",result="allow"} 1"#,
+        r#"vigil_policy_shadow_disagreements_total{route="orders",policy="workloads-next.rego",enforced="allow",shadow="deny"} 1"#,
+        r#"vigil_policy_evaluation_seconds_count{route="orders",policy="workloads.rego",role="enforced"} 3"#,
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn people_through_the_example_policy_with_the_real_provider() -> Result<()> {
+    let files = tempfile::tempdir()?;
+    std::fs::create_dir(files.path().join("data"))?;
+    std::fs::copy(
+        Path::new(EXAMPLE).join("zero_trust.rego"),
+        files.path().join("zero_trust.rego"),
+    )?;
+    std::fs::write(
+        files.path().join("data/device_db.json"),
+        r#"{"devices": {"alice-laptop": {"is_compliant": true}, "bob-laptop": {"is_compliant": false}}}"#,
+    )?;
+    std::fs::write(files.path().join("inventory.json"), "[]")?;
+    let dir = files.path().display();
+    let extra = format!(
+        "\n[devices]\nsource = \"{dir}/inventory.json\"\nkey = \"subject\"\n\n[policy]\ndata = [\"{dir}/data/*.json\"]\n"
+    );
+    let route = format!(
+        r#"
+[[route]]
+name = "zt"
+host = "localhost"
+path = "/zt"
+upstream = "http://UPSTREAM"
+login = "oidc"
+policy = "{dir}/zero_trust.rego"
+"#
+    );
+    let w = support::world::world_full(&extra, false, "", &route).await?;
+    // The example asks for "mfa" in amr, as its provider writes it.
+    w.idp.set_amr(support::idp::ALICE, &["pwd", "mfa"]).await?;
+
+    let (alice, _) = w
+        .sign_in(&w.alice_laptop, "/zt/page", support::idp::ALICE)
+        .await?;
+    let reply = w.visit(&w.alice_laptop, "/zt/page", &alice).await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+
+    // Bob signs in with a password alone, from a noncompliant laptop.
+    let (bob, _) = w
+        .sign_in(&w.bob_laptop, "/zt/page", support::idp::BOB)
+        .await?;
+    let reply = w.visit(&w.bob_laptop, "/zt/page", &bob).await?;
+    assert_eq!(reply.status, 403, "{reply:?}");
+    let id = reply.header("x-request-id").unwrap_or_default();
+    let line = decision_for(&w.decisions, &id)
+        .await
+        .expect("decision line");
+    assert_eq!(line["codes"], json!(["policy_denied"]), "{line}");
+    assert!(
+        line["policy"]["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("zero_trust.rego")),
+        "{line}"
+    );
+    Ok(())
+}

@@ -34,6 +34,10 @@ pub struct Context<'a> {
     pub user_agent: Option<String>,
     /// The request was sent upstream (whatever came of it): its line names the upstream.
     pub forwarded: bool,
+    /// What the route's Rego policy answered, for the line.
+    pub policy: Option<crate::policy::PolicyRun>,
+    /// A shadow policy's disagreeing decision, for the line.
+    pub shadow: Option<crate::policy::Shadow>,
     pub started: Instant,
 }
 
@@ -62,6 +66,8 @@ impl<'a> Context<'a> {
                 decision_log::bounded(&text, decision_log::MAX_USER_AGENT)
             }),
             forwarded: false,
+            policy: None,
+            shadow: None,
             started: Instant::now(),
         }
     }

@@ -40,13 +40,18 @@ pub fn facts<'a>(
 /// answered with 403 and remembered by the risk engine; a step-up sends the person to sign in
 /// again.
 pub fn decide(
-    cx: &Context<'_>,
+    cx: &mut Context<'_>,
     route: &Route,
     req: &Request<Incoming>,
     target: &Target<'_>,
     facts: &Facts<'_>,
 ) -> Result<Decision, Box<Response<Body>>> {
     let decision = policy::decide_on(&cx.snapshot.policy, Some(&route.policy), facts);
+    if decision.policy.is_some() || decision.shadow.is_some() {
+        cx.shared.metrics.policies.record(&route.label, &decision);
+        cx.policy.clone_from(&decision.policy);
+        cx.shadow = decision.shadow.clone().filter(|s| !s.agrees);
+    }
     match decision.outcome {
         Outcome::Allow | Outcome::Audit => Ok(decision),
         Outcome::StepUp => Err(Box::new(cx.step_up(req, target, route.policy.login))),
@@ -57,7 +62,17 @@ pub fn decide(
                     i.subject.as_str()
                 });
             cx.shared.posture.record_denial(who, facts.time);
-            let public = format!("access denied by route '{}'", route.name);
+            let mut public = format!("access denied by route '{}'", route.name);
+            // A policy's own reasons are written for the people it refuses.
+            let told: Vec<&str> = decision
+                .reasons
+                .iter()
+                .filter(|r| r.code == Code::PolicyReason)
+                .map(|r| r.text.as_str())
+                .collect();
+            if !told.is_empty() {
+                public = format!("{public}: {}", told.join("; "));
+            }
             Err(Box::new(
                 cx.refuse(Refusal::Forbidden(public), Some(&decision)),
             ))

@@ -47,14 +47,16 @@ pub async fn forward(
         cx.shared.metrics.limit("body_size");
         return cx.refuse(Refusal::PayloadTooLarge, Some(decision));
     }
-    let identity_headers = identity_headers(
+    // The policy's headers first: a route's own identity headers replace any of the same name.
+    let mut identity = policy_headers(decision);
+    identity.extend(identity_headers(
         snapshot,
         route,
         cx.conn,
         identified.identity.as_ref(),
         cx.risk.as_ref(),
         assessed.device.as_ref(),
-    );
+    ));
     let kept_headers = match route.policy.header_names() {
         Kept::Named(names) if names.is_empty() => Vec::new(),
         Kept::Named(names) => Headers::Map(req.headers()).keep(&names),
@@ -71,7 +73,7 @@ pub async fn forward(
         request_id: cx.request_id,
         max_body_bytes: limit,
         strip: &route.strip,
-        identity: identity_headers,
+        identity,
         upgrades: &route.upgrades,
         session: identified.session,
         authorization: bearer.as_ref().map(|(_, token)| token.clone()),
@@ -184,6 +186,20 @@ fn passed_as(decision: &Decision) -> &'static str {
 
 /// The identity headers for the upstream: Vigil's own, the route's legacy ones, and the
 /// signed assertion.
+/// The headers a Rego policy's answer adds upstream (checked when the policy answered).
+fn policy_headers(decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
+    decision
+        .headers
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((
+                HeaderName::from_bytes(name.as_bytes()).ok()?,
+                HeaderValue::from_str(value).ok()?,
+            ))
+        })
+        .collect()
+}
+
 fn identity_headers(
     snapshot: &Snapshot,
     route: &Route,

@@ -127,6 +127,8 @@ impl Context<'_> {
             fault: fault.map(Fault::as_str),
             risk: self.risk.as_ref(),
             upstream,
+            policy: self.policy.as_ref(),
+            shadow: self.shadow.as_ref(),
             mode: if self
                 .snapshot
                 .policy

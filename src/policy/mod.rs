@@ -365,7 +365,7 @@ pub fn decide_on(policy: &Policy, route: Option<&RoutePolicy>, facts: &Facts<'_>
     if let Some(shadow) = &route.shadow {
         let other = decide_with(policy, route, Some(shadow), facts);
         decision.shadow = Some(Shadow {
-            policy: Arc::from(shadow.name.as_str()),
+            policy: shadow.label.clone(),
             agrees: other.outcome == decision.outcome,
             decision: other.outcome,
             reasons: other.reasons,
@@ -416,7 +416,7 @@ fn decide_with(
 fn apply_policy(rego: &rego::Rego, facts: &Facts<'_>, decision: &mut Decision) {
     use rego::{Answer, Failure};
     let evaluation = rego.evaluate(facts);
-    let name: Arc<str> = Arc::from(rego.name.as_str());
+    let name = rego.label.clone();
     let result = match &evaluation.answer {
         Answer::Allow { .. } => "allow",
         Answer::Deny { .. } => "deny",

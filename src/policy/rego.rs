@@ -70,6 +70,8 @@ pub struct Rego {
     id: u64,
     /// The policy file, as the configuration names it.
     pub name: String,
+    /// `name`, shared by every decision and metric that names it.
+    pub label: Arc<str>,
     /// The rule whose value decides, like `data.zero_trust.api.allow`.
     pub query: String,
     /// `None` when the bytecode compiler cannot take the policy: the interpreter runs it.
@@ -205,6 +207,7 @@ impl Rego {
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name: source.name.clone(),
+            label: Arc::from(source.name.as_str()),
             query,
             program,
             compiled,

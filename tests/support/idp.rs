@@ -298,6 +298,14 @@ impl Idp {
             .map(drop)
     }
 
+    /// Sets the authentication methods (`amr`) the user's next sign-ins report.
+    pub async fn set_amr(&self, id: &str, amr: &[&str]) -> Result<()> {
+        let body = serde_json::json!({ "amr": amr }).to_string();
+        self.admin_post(&format!("/__admin/users/{}", encode(id)), &body)
+            .await
+            .map(drop)
+    }
+
     /// Ends every provider session of the user and revokes all their grants (so refresh tokens
     /// fail with `invalid_grant`), sending a back-channel logout token for each session to the
     /// client's `backchannel_logout_uri`. Returns the server's report, e.g.
