@@ -342,6 +342,8 @@ mod tests {
                 mode: &line.mode,
                 risk: line.risk.as_ref(),
                 upstream: line.upstream.as_deref(),
+                policy: None,
+                shadow: None,
                 status: line.status,
                 latency_ms: line.latency_ms,
             };
