@@ -72,6 +72,12 @@ pub struct Entry<'a> {
     pub user: Option<&'a str>,
     pub groups: &'a [String],
     pub decision: &'a str,
+    /// What policy decided (`allow`, `deny`, `audit`, `step_up`), on the lines of requests
+    /// that got as far as the decision; absent otherwise. Unlike `decision`, it is what
+    /// `vigil policy replay` compares: a request policy allowed and Vigil then refused (a body
+    /// too large) has `decision` `deny` and `outcome` `allow`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'a str>,
     /// Why, for people: texts that may be reworded between releases.
     pub reasons: &'a [Reason],
     /// The stable code of each reason, in the same order (docs/decision-log.md lists them).
@@ -181,15 +187,16 @@ impl DecisionLog {
 
     /// Queues one line: an [`Entry`], or another kind of line bound for the same destination.
     pub fn record<T: Serialize>(&self, entry: &T) {
+        self.record_with_facts(entry, None);
+    }
+
+    /// Queues one decision line, with `facts` (a JSON object, already serialised when the
+    /// decision was made) as its last field.
+    pub fn record_with_facts<T: Serialize>(&self, entry: &T, facts: Option<&[u8]>) {
         let Some(queue) = &self.queue else { return };
-        let mut line = match serde_json::to_vec(entry) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!(error = %e, "decision log entry not serialisable");
-                return;
-            }
+        let Some(line) = encode(entry, facts) else {
+            return;
         };
-        line.push(b'\n');
         let Ok(mut pending) = queue.pending.lock() else {
             return;
         };
@@ -216,6 +223,29 @@ impl DecisionLog {
             let _ = handle.join();
         }
     }
+}
+
+/// One line: `entry` as a JSON object, with `facts` spliced in as its last field, and the
+/// newline. `None` when the entry cannot be serialised (logged).
+fn encode<T: Serialize>(entry: &T, facts: Option<&[u8]>) -> Option<Vec<u8>> {
+    let mut line = Vec::with_capacity(512 + facts.map_or(0, <[u8]>::len));
+    if let Err(e) = serde_json::to_writer(&mut line, entry) {
+        tracing::error!(error = %e, "decision log entry not serialisable");
+        return None;
+    }
+    if let Some(facts) = facts
+        && line.last() == Some(&b'}')
+    {
+        line.pop();
+        if line.len() > 1 {
+            line.push(b',');
+        }
+        line.extend_from_slice(b"\"facts\":");
+        line.extend_from_slice(facts);
+        line.push(b'}');
+    }
+    line.push(b'\n');
+    Some(line)
 }
 
 /// Longest `user_agent` written, in bytes; a longer one is cut and ends in `…`.
@@ -273,6 +303,7 @@ mod tests {
         user: Option<String>,
         groups: Vec<String>,
         decision: String,
+        outcome: Option<String>,
         reasons: Vec<String>,
         codes: Vec<String>,
         fault: Option<String>,
@@ -281,6 +312,30 @@ mod tests {
         upstream: Option<String>,
         status: u16,
         latency_ms: f64,
+        facts: Option<crate::policy::facts::Document>,
+    }
+
+    /// `doc` as a decision line writes it under a route whose rules name every header and
+    /// claim the document has.
+    fn kept(doc: &crate::policy::facts::Document) -> Vec<u8> {
+        use crate::policy::{RoutePolicy, Rule};
+        let rule = Rule {
+            headers: doc
+                .request
+                .headers
+                .iter()
+                .map(|(name, _)| (name.clone(), Vec::new()))
+                .collect(),
+            claims: doc
+                .person
+                .iter()
+                .flat_map(|p| p.claims.keys())
+                .map(|name| (name.clone(), Vec::new()))
+                .collect(),
+            ..Rule::default()
+        };
+        let route = RoutePolicy::new("any", vec![rule]);
+        serde_json::to_vec(&doc.facts(0).kept(Some(&route))).unwrap()
     }
 
     /// Every example line in docs/decision-log.md is exactly what [`Entry`] writes: the same
@@ -330,6 +385,7 @@ mod tests {
                 user: line.user.as_deref(),
                 groups: &line.groups,
                 decision: &line.decision,
+                outcome: line.outcome.as_deref(),
                 reasons: &reasons,
                 codes: &reasons,
                 fault: line.fault.as_deref(),
@@ -339,7 +395,9 @@ mod tests {
                 status: line.status,
                 latency_ms: line.latency_ms,
             };
-            assert_eq!(serde_json::to_string(&entry).unwrap(), text);
+            let facts = line.facts.as_ref().map(kept);
+            let written = encode(&entry, facts.as_deref()).unwrap();
+            assert_eq!(String::from_utf8_lossy(&written), format!("{text}\n"));
         }
     }
 

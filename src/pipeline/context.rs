@@ -5,6 +5,7 @@ use crate::config::Snapshot;
 use crate::connection::Connection;
 use crate::decision_log;
 use crate::identity::Identity;
+use crate::policy::Outcome;
 use crate::posture::Assessment;
 use crate::routing::Route;
 use crate::state::Shared;
@@ -34,7 +35,17 @@ pub struct Context<'a> {
     pub user_agent: Option<String>,
     /// The request was sent upstream (whatever came of it): its line names the upstream.
     pub forwarded: bool,
+    /// What policy decided, once it has: the line's `outcome` and `facts`.
+    pub decided: Option<Decided>,
     pub started: Instant,
+}
+
+/// The policy decision of a request, as its decision line keeps it.
+pub struct Decided {
+    pub outcome: Outcome,
+    /// The facts decided on, serialised as the line's `facts` object (a facts document) while
+    /// the request's headers are at hand; `None` with `[log] decision_facts = false`.
+    pub facts: Option<Vec<u8>>,
 }
 
 impl<'a> Context<'a> {
@@ -62,6 +73,7 @@ impl<'a> Context<'a> {
                 decision_log::bounded(&text, decision_log::MAX_USER_AGENT)
             }),
             forwarded: false,
+            decided: None,
             started: Instant::now(),
         }
     }

@@ -123,7 +123,7 @@ async fn answer(
         headers: facts::Headers::Map(req.headers()),
     };
     let facts = decide::facts(now, request, conn, identified.identity.as_ref(), &assessed);
-    let decision = match decide::decide(&cx, &route, &req, &target, &facts) {
+    let decision = match decide::decide(&mut cx, &route, &req, &target, &facts) {
         Ok(decision) => decision,
         Err(answer) => return *answer,
     };
