@@ -115,6 +115,15 @@ enum PolicyCommand {
     Explain(ExplainArgs),
 }
 
+/// How a report is printed.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// For people.
+    Text,
+    /// One JSON document, for machines.
+    Json,
+}
+
 #[derive(Args)]
 struct ExplainArgs {
     #[arg(long, short)]
@@ -150,6 +159,10 @@ struct ExplainArgs {
     /// Unix seconds); with --input, instead of the document's own time too.
     #[arg(long, value_parser = parse_moment)]
     at: Option<i64>,
+    /// `text`: the decision, rule, risk and reasons for people; `json`: one JSON document with
+    /// all of it and the facts decided (docs/facts.md).
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
 }
 
 /// An RFC 3339 timestamp or Unix seconds, as Unix seconds.
@@ -281,7 +294,10 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         doc.time = Some(now);
     }
     let explained = vigil::explain::explain(&snapshot, doc, now);
-    println!("{:#}", explained.report);
+    match args.format {
+        Format::Json => println!("{:#}", explained.report),
+        Format::Text => print!("{}", vigil::explain::text(&explained.report)),
+    }
     if !explained.passes {
         std::process::exit(2);
     }

@@ -545,7 +545,7 @@ impl Explain {
     /// Runs explain on the document at `input`: the exit code, the report and the errors.
     fn run(&self, input: &Path) -> Result<(i32, Value, String)> {
         let out = vigil()
-            .args(["policy", "explain", "--config"])
+            .args(["policy", "explain", "--format", "json", "--config"])
             .arg(self.dir.path().join("vigil.toml"))
             .arg("--input")
             .arg(input)
