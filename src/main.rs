@@ -113,6 +113,10 @@ enum CertsCommand {
 enum PolicyCommand {
     /// The decision on a request (described by flags, or a facts document) and its reasons.
     Explain(ExplainArgs),
+    /// Decide every decision of a decision log again under another configuration and list the
+    /// requests whose outcome would change: exit 0 when none would, 1 when some would, 2 when
+    /// the log or the configuration cannot be read.
+    Replay(ReplayArgs),
 }
 
 /// How a report is printed.
@@ -122,6 +126,18 @@ enum Format {
     Text,
     /// One JSON document, for machines.
     Json,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The configuration to decide under, loaded as `vigil check` loads it.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// The decision log (JSON lines, as `[log] decisions` writes them); `-` for standard input.
+    #[arg(long)]
+    log: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
 }
 
 #[derive(Args)]
@@ -250,7 +266,79 @@ fn main() -> anyhow::Result<()> {
         }),
         Command::Keys(cmd) => keys_command(cmd),
         Command::Policy(PolicyCommand::Explain(args)) => explain(&args),
+        Command::Policy(PolicyCommand::Replay(args)) => replay(&args),
     }
+}
+
+/// `vigil policy replay`: the changes as they are found, then the summary. Bad input (a log
+/// that cannot be read, a line that is not JSON, a configuration that does not load) exits 2,
+/// after what was found before it.
+fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let bad = |message: &dyn std::fmt::Display| -> ! {
+        eprintln!("vigil policy replay: {message}");
+        std::process::exit(2);
+    };
+    let ctx = config::Context::first()?;
+    let snapshot = match config::load_file(&args.config, &ctx) {
+        Ok(s) => s,
+        Err(problems) => bad(&format_args!(
+            "{}: does not load\n{problems}",
+            args.config.display()
+        )),
+    };
+    let log: Box<dyn BufRead> = if args.log.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        match std::fs::File::open(&args.log) {
+            Ok(file) => Box::new(std::io::BufReader::with_capacity(1 << 16, file)),
+            Err(e) => bad(&format_args!("{}: {e}", args.log.display())),
+        }
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let json = args.format == Format::Json;
+    if json {
+        write!(out, "{{\"changed\":[")?;
+    }
+    let mut first = true;
+    let mut failed: Option<anyhow::Error> = None;
+    let result = vigil::replay::replay(&snapshot, log, |change| {
+        let text = if json {
+            serde_json::to_string(change)
+                .map(|c| format!("{}{c}", if first { "" } else { "," }))
+                .map_err(anyhow::Error::from)
+        } else {
+            Ok(change.text())
+        };
+        first = false;
+        if failed.is_none()
+            && let Err(e) = text.and_then(|t| Ok(out.write_all(t.as_bytes())?))
+        {
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e.context("writing the report"));
+    }
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e) => {
+            let _ = out.flush();
+            drop(out);
+            bad(&format_args!("{}: {e}", args.log.display()))
+        }
+    };
+    if json {
+        writeln!(out, "],\"summary\":{}}}", serde_json::to_string(&summary)?)?;
+    } else {
+        writeln!(out, "{}", summary.text())?;
+    }
+    out.flush()?;
+    drop(out);
+    if summary.changed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
