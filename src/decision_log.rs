@@ -401,6 +401,79 @@ mod tests {
         }
     }
 
+    /// What the `facts` object costs a line: the facts of docs/facts.example.json (a person,
+    /// a device, a risk, headers and a claim a rule names) serialised and spliced in, against
+    /// the same line without them. Run with
+    /// `cargo test --release --lib facts_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn facts_cost_per_line() {
+        use crate::policy::facts::Document;
+        let doc: Document =
+            serde_json::from_str(include_str!("../docs/facts.example.json")).unwrap();
+        let facts = doc.facts(0);
+        let reasons = [Reason::new(Code::AllowedByRule, "allowed by rule 1")];
+        let groups = vec!["staff".to_owned(), "wiki-editors".to_owned()];
+        let entry = Entry {
+            v: SCHEMA,
+            kind: "decision",
+            time: "2026-11-23T05:04:18.280Z".into(),
+            request_id: "a86f71e67953-00000000",
+            route: Some("wiki"),
+            host: "wiki.example.com",
+            method: "GET",
+            path: "/pages/onboarding",
+            user_agent: Some("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5)"),
+            client: "192.0.2.10".parse().unwrap(),
+            tls: Some("TLSv1.3"),
+            device: &facts.certificate.fingerprint_hex,
+            subject: &facts.certificate.subject,
+            workload: None,
+            user: Some("alice@example.com"),
+            groups: &groups,
+            decision: "allow",
+            outcome: Some("allow"),
+            reasons: &reasons,
+            codes: &reasons,
+            fault: None,
+            mode: "enforce",
+            risk: facts.risk,
+            upstream: Some("10.0.0.12:8080"),
+            status: 200,
+            latency_ms: 1.514,
+        };
+        let route = {
+            let mut route = crate::policy::RoutePolicy::new("wiki", Vec::new());
+            route.rules.push(crate::policy::Rule {
+                headers: vec![("accept".into(), Vec::new())],
+                claims: vec![("department".into(), Vec::new())],
+                ..Default::default()
+            });
+            route
+        };
+        let n = 200_000;
+        let time = |with_facts: bool| {
+            let started = std::time::Instant::now();
+            let mut bytes = 0;
+            for _ in 0..n {
+                let kept = with_facts.then(|| {
+                    let mut out = Vec::with_capacity(1024);
+                    serde_json::to_writer(&mut out, &facts.kept(Some(&route))).unwrap();
+                    out
+                });
+                bytes += encode(&entry, kept.as_deref()).unwrap().len();
+            }
+            (started.elapsed().as_nanos() as f64 / n as f64, bytes / n)
+        };
+        let _ = (time(false), time(true));
+        let (without, short) = time(false);
+        let (with, long) = time(true);
+        println!(
+            "line without facts: {without:.0} ns, {short} bytes; with facts: {with:.0} ns, {long} bytes; facts add {:.0} ns",
+            with - without
+        );
+    }
+
     #[test]
     fn latency_is_rounded_to_the_microsecond() {
         for (nanos, text) in [
