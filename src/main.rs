@@ -270,24 +270,24 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// `vigil policy replay`: the changes as they are found, then the summary. Bad input (a log
-/// that cannot be read, a line that is not JSON, a configuration that does not load) exits 2,
-/// after what was found before it.
+/// `vigil policy replay`: the changes as they are found, then the summary. Exit 1 when some
+/// outcome would change; 2 on bad input (a log that cannot be read, a line that is not JSON, a
+/// configuration that does not load) or a report that cannot be written, after what was found
+/// before it.
 fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
-    use std::io::{BufRead, Write};
     let bad = |message: &dyn std::fmt::Display| -> ! {
         eprintln!("vigil policy replay: {message}");
         std::process::exit(2);
     };
-    let ctx = config::Context::first()?;
-    let snapshot = match config::load_file(&args.config, &ctx) {
-        Ok(s) => s,
-        Err(problems) => bad(&format_args!(
+    let snapshot = match config::Context::first().map(|ctx| config::load_file(&args.config, &ctx)) {
+        Ok(Ok(s)) => s,
+        Ok(Err(problems)) => bad(&format_args!(
             "{}: does not load\n{problems}",
             args.config.display()
         )),
+        Err(e) => bad(&e),
     };
-    let log: Box<dyn BufRead> = if args.log.as_os_str() == "-" {
+    let log: Box<dyn std::io::BufRead> = if args.log.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
         match std::fs::File::open(&args.log) {
@@ -295,6 +295,20 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
             Err(e) => bad(&format_args!("{}: {e}", args.log.display())),
         }
     };
+    match replay_report(&snapshot, log, args) {
+        Ok(0) => Ok(()),
+        Ok(_) => std::process::exit(1),
+        Err(e) => bad(&format_args!("{e:#}")),
+    }
+}
+
+/// Writes the report of replaying `log` to stdout; the number of changed outcomes.
+fn replay_report(
+    snapshot: &config::Snapshot,
+    log: Box<dyn std::io::BufRead>,
+    args: &ReplayArgs,
+) -> anyhow::Result<usize> {
+    use std::io::Write;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let json = args.format == Format::Json;
     if json {
@@ -302,7 +316,7 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     }
     let mut first = true;
     let mut failed: Option<anyhow::Error> = None;
-    let result = vigil::replay::replay(&snapshot, log, |change| {
+    let result = vigil::replay::replay(snapshot, log, |change| {
         let text = if json {
             serde_json::to_string(change)
                 .map(|c| format!("{}{c}", if first { "" } else { "," }))
@@ -323,9 +337,14 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     let summary = match result {
         Ok(summary) => summary,
         Err(e) => {
-            let _ = out.flush();
-            drop(out);
-            bad(&format_args!("{}: {e}", args.log.display()))
+            // The JSON document stays whole: what was found before the bad line, and why the
+            // replay stopped there.
+            if json {
+                let error = serde_json::json!({ "line": e.line(), "message": e.to_string() });
+                writeln!(out, "],\"error\":{error}}}")?;
+            }
+            out.flush()?;
+            anyhow::bail!("{}: {e}", args.log.display());
         }
     };
     if json {
@@ -334,11 +353,7 @@ fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         writeln!(out, "{}", summary.text())?;
     }
     out.flush()?;
-    drop(out);
-    if summary.changed > 0 {
-        std::process::exit(1);
-    }
-    Ok(())
+    Ok(summary.changed)
 }
 
 fn explain(args: &ExplainArgs) -> anyhow::Result<()> {

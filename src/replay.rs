@@ -125,6 +125,17 @@ pub enum Unreadable {
     Decision { line: usize, error: String },
 }
 
+impl Unreadable {
+    /// The line it is about, from 1.
+    pub fn line(&self) -> usize {
+        match self {
+            Unreadable::Io { line, .. }
+            | Unreadable::NotJson { line, .. }
+            | Unreadable::Decision { line, .. } => *line,
+        }
+    }
+}
+
 /// Replays every line of `log` under `snapshot`, calling `changed` for each decision whose
 /// outcome would change, in log order.
 pub fn replay(

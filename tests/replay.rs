@@ -198,6 +198,15 @@ async fn replay_lists_exactly_the_decisions_that_change() -> Result<()> {
     let (code, out, err) = vigil_replay(&pki.path("new.toml"), &broken_log, false)?;
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("line 3: not JSON"), "{err}");
+    let (code, out, _) = vigil_replay(&pki.path("new.toml"), &broken_log, true)?;
+    assert_eq!(code, 2);
+    let report: serde_json::Value = serde_json::from_str(&out).context(out.clone())?;
+    assert_eq!(report["error"]["line"], 3, "{out}");
+    assert_eq!(
+        report["changed"][0]["request_id"],
+        sent[1].as_str(),
+        "{out}"
+    );
 
     // Bad input: a log that cannot be read, a configuration that does not load.
     let (code, _, err) = vigil_replay(&pki.path("new.toml"), &pki.path("missing.log"), false)?;
