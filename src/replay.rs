@@ -267,11 +267,16 @@ fn change(
 }
 
 impl Change {
-    /// The change for people: the request on one line, the logged and the new decision
-    /// indented under it.
+    /// The change for people: the request on one line (who: the person on the certificate's
+    /// subject, or the subject alone), the logged and the new decision indented under it.
     pub fn text(&self) -> String {
         let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
-        let who = self.user.as_ref().or(self.subject.as_ref());
+        let who = match (&self.user, &self.subject) {
+            (Some(user), Some(subject)) => format!("{user} on {subject}"),
+            (None, Some(subject)) => subject.clone(),
+            (Some(user), None) => user.clone(),
+            (None, None) => "-".to_owned(),
+        };
         let logged: Vec<String> = self
             .logged
             .reasons
@@ -294,7 +299,7 @@ impl Change {
             or(&self.method),
             or(&self.host),
             or(&self.path),
-            who.map_or("-", String::as_str),
+            who,
             self.logged.outcome,
             logged.join("; "),
             self.new.outcome,

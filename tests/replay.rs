@@ -148,6 +148,14 @@ async fn replay_lists_exactly_the_decisions_that_change() -> Result<()> {
         out.contains("new:    allow: allowed by rule 1 [allowed_by_rule]"),
         "{out}"
     );
+    assert!(
+        out.contains(&format!(
+            "line 2: {} {} route api DELETE localhost/api/items/7 by CN=web\n",
+            lines[1]["time"].as_str().unwrap_or("?"),
+            sent[1]
+        )),
+        "{out}"
+    );
     assert!(out.contains("2 would change"), "{out}");
     assert!(out.contains("1 decision without facts"), "{out}");
 
