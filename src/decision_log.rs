@@ -72,6 +72,12 @@ pub struct Entry<'a> {
     pub user: Option<&'a str>,
     pub groups: &'a [String],
     pub decision: &'a str,
+    /// What policy decided (`allow`, `deny`, `audit`, `step_up`), on the lines of requests
+    /// that got as far as the decision; absent otherwise. Unlike `decision`, it is what
+    /// `vigil policy replay` compares: a request policy allowed and Vigil then refused (a body
+    /// too large) has `decision` `deny` and `outcome` `allow`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'a str>,
     /// Why, for people: texts that may be reworded between releases.
     pub reasons: &'a [Reason],
     /// The stable code of each reason, in the same order (docs/decision-log.md lists them).
@@ -187,15 +193,16 @@ impl DecisionLog {
 
     /// Queues one line: an [`Entry`], or another kind of line bound for the same destination.
     pub fn record<T: Serialize>(&self, entry: &T) {
+        self.record_with_facts(entry, None);
+    }
+
+    /// Queues one decision line, with `facts` (a JSON object, already serialised when the
+    /// decision was made) as its last field.
+    pub fn record_with_facts<T: Serialize>(&self, entry: &T, facts: Option<&[u8]>) {
         let Some(queue) = &self.queue else { return };
-        let mut line = match serde_json::to_vec(entry) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!(error = %e, "decision log entry not serialisable");
-                return;
-            }
+        let Some(line) = encode(entry, facts) else {
+            return;
         };
-        line.push(b'\n');
         let Ok(mut pending) = queue.pending.lock() else {
             return;
         };
@@ -222,6 +229,29 @@ impl DecisionLog {
             let _ = handle.join();
         }
     }
+}
+
+/// One line: `entry` as a JSON object, with `facts` spliced in as its last field, and the
+/// newline. `None` when the entry cannot be serialised (logged).
+fn encode<T: Serialize>(entry: &T, facts: Option<&[u8]>) -> Option<Vec<u8>> {
+    let mut line = Vec::with_capacity(512 + facts.map_or(0, <[u8]>::len));
+    if let Err(e) = serde_json::to_writer(&mut line, entry) {
+        tracing::error!(error = %e, "decision log entry not serialisable");
+        return None;
+    }
+    if let Some(facts) = facts
+        && line.last() == Some(&b'}')
+    {
+        line.pop();
+        if line.len() > 1 {
+            line.push(b',');
+        }
+        line.extend_from_slice(b"\"facts\":");
+        line.extend_from_slice(facts);
+        line.push(b'}');
+    }
+    line.push(b'\n');
+    Some(line)
 }
 
 /// Longest `user_agent` written, in bytes; a longer one is cut and ends in `…`.
@@ -279,6 +309,7 @@ mod tests {
         user: Option<String>,
         groups: Vec<String>,
         decision: String,
+        outcome: Option<String>,
         reasons: Vec<String>,
         codes: Vec<String>,
         fault: Option<String>,
@@ -287,6 +318,30 @@ mod tests {
         upstream: Option<String>,
         status: u16,
         latency_ms: f64,
+        facts: Option<crate::policy::facts::Document>,
+    }
+
+    /// `doc` as a decision line writes it under a route whose rules name every header and
+    /// claim the document has.
+    fn kept(doc: &crate::policy::facts::Document) -> Vec<u8> {
+        use crate::policy::{RoutePolicy, Rule};
+        let rule = Rule {
+            headers: doc
+                .request
+                .headers
+                .iter()
+                .map(|(name, _)| (name.clone(), Vec::new()))
+                .collect(),
+            claims: doc
+                .person
+                .iter()
+                .flat_map(|p| p.claims.keys())
+                .map(|name| (name.clone(), Vec::new()))
+                .collect(),
+            ..Rule::default()
+        };
+        let route = RoutePolicy::new("any", vec![rule]);
+        serde_json::to_vec(&doc.facts(0).kept(Some(&route))).unwrap()
     }
 
     /// Every example line in docs/decision-log.md is exactly what [`Entry`] writes: the same
@@ -336,6 +391,7 @@ mod tests {
                 user: line.user.as_deref(),
                 groups: &line.groups,
                 decision: &line.decision,
+                outcome: line.outcome.as_deref(),
                 reasons: &reasons,
                 codes: &reasons,
                 fault: line.fault.as_deref(),
@@ -347,8 +403,85 @@ mod tests {
                 status: line.status,
                 latency_ms: line.latency_ms,
             };
-            assert_eq!(serde_json::to_string(&entry).unwrap(), text);
+            let facts = line.facts.as_ref().map(kept);
+            let written = encode(&entry, facts.as_deref()).unwrap();
+            assert_eq!(String::from_utf8_lossy(&written), format!("{text}\n"));
         }
+    }
+
+    /// What the `facts` object costs a line: the facts of docs/facts.example.json (a person,
+    /// a device, a risk, headers and a claim a rule names) serialised and spliced in, against
+    /// the same line without them. Run with
+    /// `cargo test --release --lib facts_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn facts_cost_per_line() {
+        use crate::policy::facts::Document;
+        let doc: Document =
+            serde_json::from_str(include_str!("../docs/facts.example.json")).unwrap();
+        let facts = doc.facts(0);
+        let reasons = [Reason::new(Code::AllowedByRule, "allowed by rule 1")];
+        let groups = vec!["staff".to_owned(), "wiki-editors".to_owned()];
+        let entry = Entry {
+            v: SCHEMA,
+            kind: "decision",
+            time: "2026-11-23T05:04:18.280Z".into(),
+            request_id: "a86f71e67953-00000000",
+            route: Some("wiki"),
+            host: "wiki.example.com",
+            method: "GET",
+            path: "/pages/onboarding",
+            user_agent: Some("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5)"),
+            client: "192.0.2.10".parse().unwrap(),
+            tls: Some("TLSv1.3"),
+            device: &facts.certificate.fingerprint_hex,
+            subject: &facts.certificate.subject,
+            workload: None,
+            user: Some("alice@example.com"),
+            groups: &groups,
+            decision: "allow",
+            outcome: Some("allow"),
+            reasons: &reasons,
+            codes: &reasons,
+            fault: None,
+            mode: "enforce",
+            risk: facts.risk,
+            upstream: Some("10.0.0.12:8080"),
+            policy: None,
+            shadow: None,
+            status: 200,
+            latency_ms: 1.514,
+        };
+        let route = {
+            let mut route = crate::policy::RoutePolicy::new("wiki", Vec::new());
+            route.rules.push(crate::policy::Rule {
+                headers: vec![("accept".into(), Vec::new())],
+                claims: vec![("department".into(), Vec::new())],
+                ..Default::default()
+            });
+            route
+        };
+        let n = 200_000;
+        let time = |with_facts: bool| {
+            let started = std::time::Instant::now();
+            let mut bytes = 0;
+            for _ in 0..n {
+                let kept = with_facts.then(|| {
+                    let mut out = Vec::with_capacity(1024);
+                    serde_json::to_writer(&mut out, &facts.kept(Some(&route))).unwrap();
+                    out
+                });
+                bytes += encode(&entry, kept.as_deref()).unwrap().len();
+            }
+            (started.elapsed().as_nanos() as f64 / n as f64, bytes / n)
+        };
+        let _ = (time(false), time(true));
+        let (without, short) = time(false);
+        let (with, long) = time(true);
+        println!(
+            "line without facts: {without:.0} ns, {short} bytes; with facts: {with:.0} ns, {long} bytes; facts add {:.0} ns",
+            with - without
+        );
     }
 
     #[test]

@@ -138,11 +138,12 @@ pub struct Explained {
     pub passes: bool,
 }
 
-/// Decides `doc` under `snapshot` at `now` (when the document gives no time). A document without
-/// a route is routed by its host and path; one without a risk assessment is assessed from its
-/// own facts when `[risk]` is configured (without the run-time memory of a server: no recent
-/// denials, no first-seen devices).
-pub fn explain(snapshot: &Snapshot, mut doc: Document, now: i64) -> Explained {
+/// Makes `doc` ready to be decided under `snapshot` at `now` (when the document gives no
+/// time): a document without a route is routed by its host and path; one without a risk
+/// assessment is assessed from its own facts when `[risk]` is configured (without the run-time
+/// memory of a server: no recent denials, no first-seen devices). Returns what the reader
+/// should know about how it was filled in.
+pub fn prepare(snapshot: &Snapshot, doc: &mut Document, now: i64) -> Vec<&'static str> {
     let mut notes = Vec::new();
     if doc.request.route.is_none() {
         let host = host_without_port(&doc.request.host);
@@ -160,11 +161,18 @@ pub fn explain(snapshot: &Snapshot, mut doc: Document, now: i64) -> Explained {
                 .as_ref()
                 .and_then(|g| g.country(doc.network.source.to_canonical()));
         }
-        doc.risk = Some(assess(snapshot, settings, &doc, now));
+        doc.risk = Some(assess(snapshot, settings, doc, now));
         notes.push(
             "risk assessed from the document's facts, without recent denials or first-seen devices",
         );
     }
+    notes
+}
+
+/// Decides `doc` under `snapshot` at `now` (when the document gives no time), after
+/// [`prepare`].
+pub fn explain(snapshot: &Snapshot, mut doc: Document, now: i64) -> Explained {
+    let mut notes = prepare(snapshot, &mut doc, now);
     let route = doc
         .request
         .route
@@ -186,6 +194,8 @@ pub fn explain(snapshot: &Snapshot, mut doc: Document, now: i64) -> Explained {
     let report = json!({
         "route": route.map(|r| r.name.as_str()),
         "login": route.map(|r| r.login.as_str()),
+        "host": facts.request.host,
+        "method": facts.request.method,
         "path": facts.request.path,
         "time": jiff::Timestamp::from_second(facts.time).ok().map(|t| t.to_string()),
         "decision": decision.outcome.as_str(),
@@ -193,6 +203,7 @@ pub fn explain(snapshot: &Snapshot, mut doc: Document, now: i64) -> Explained {
         "rule": decision.rule.map(|i| i + 1),
         "read_only": decision.read_only,
         "risk_action": decision.risk_action,
+        "risk_level": facts.risk.map(|r| r.level.as_str()),
         "mode": if snapshot.policy.audits(route) { "audit" } else { "enforce" },
         "reasons": decision.reasons,
         "codes": decision.reasons.iter().map(|r| r.code).collect::<Vec<_>>(),
@@ -210,6 +221,68 @@ pub fn explain(snapshot: &Snapshot, mut doc: Document, now: i64) -> Explained {
         report,
         passes: decision.passes(),
     }
+}
+
+/// The report for people (`--format text`): the same decision, rule, risk and reasons as the
+/// JSON report, since it is written from it, one fact per line.
+pub fn text(report: &Value) -> String {
+    use std::fmt::Write;
+    let str_of = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "decision:  {} ({}, {})",
+        str_of(&report["decision"]),
+        report["status"],
+        str_of(&report["mode"])
+    );
+    let route = match report["route"].as_str() {
+        Some(name) => format!("{name} (login {})", str_of(&report["login"])),
+        None => "none: no route serves this host and path".to_owned(),
+    };
+    let _ = writeln!(out, "route:     {route}");
+    let _ = writeln!(
+        out,
+        "request:   {} {}{} at {}",
+        str_of(&report["method"]),
+        str_of(&report["host"]),
+        str_of(&report["path"]),
+        str_of(&report["time"])
+    );
+    let rule = match report["rule"].as_u64() {
+        Some(n) => format!("rule {n}"),
+        None => "none".to_owned(),
+    };
+    let _ = writeln!(out, "rule:      {rule}");
+    if let Some(level) = report["risk_level"].as_str() {
+        let signals: Vec<String> = report["risk"]["signals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(str_of)
+            .collect();
+        let mut risk = format!("{level} (score {})", report["risk"]["score"]);
+        if !signals.is_empty() {
+            let _ = write!(risk, ": {}", signals.join(", "));
+        }
+        if let Some(action) = report["risk_action"].as_str() {
+            let _ = write!(risk, "; action {action}");
+        }
+        let _ = writeln!(out, "risk:      {risk}");
+    }
+    if report["read_only"] == true {
+        let _ = writeln!(out, "read-only: only GET, HEAD and OPTIONS");
+    }
+    let _ = writeln!(out, "reasons:");
+    let reasons = report["reasons"].as_array().map_or(&[][..], Vec::as_slice);
+    let codes = report["codes"].as_array().map_or(&[][..], Vec::as_slice);
+    for (reason, code) in reasons.iter().zip(codes) {
+        let _ = writeln!(out, "  - {} [{}]", str_of(reason), str_of(code));
+    }
+    if let Some(note) = report["note"].as_str() {
+        let _ = writeln!(out, "note:      {note}");
+    }
+    out
 }
 
 fn assess(

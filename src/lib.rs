@@ -22,6 +22,8 @@
 //!   and cut off when they no longer pass, re-decided with the pipeline's own identify, assess
 //!   and decide.
 //! - [`explain`]: `vigil policy explain`: the decision on a facts document, without a server.
+//! - [`replay`]: `vigil policy replay`: a decision log decided again under another
+//!   configuration, and the requests whose outcome would change.
 //! - [`health`]: `vigil health`: one probe of the admin listener, plain or TLS, for container
 //!   health checks.
 //! - [`reload`]: the configuration and every file it names, reloaded and swapped whole.
@@ -86,6 +88,7 @@ pub mod posture;
 pub mod proxy_protocol;
 pub mod reason;
 pub mod reload;
+pub mod replay;
 pub mod revocation;
 pub mod routing;
 pub mod server;

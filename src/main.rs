@@ -113,6 +113,31 @@ enum CertsCommand {
 enum PolicyCommand {
     /// The decision on a request (described by flags, or a facts document) and its reasons.
     Explain(ExplainArgs),
+    /// Decide every decision of a decision log again under another configuration and list the
+    /// requests whose outcome would change: exit 0 when none would, 1 when some would, 2 when
+    /// the log or the configuration cannot be read.
+    Replay(ReplayArgs),
+}
+
+/// How a report is printed.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// For people.
+    Text,
+    /// One JSON document, for machines.
+    Json,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The configuration to decide under, loaded as `vigil check` loads it.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// The decision log (JSON lines, as `[log] decisions` writes them); `-` for standard input.
+    #[arg(long)]
+    log: PathBuf,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
 }
 
 #[derive(Args)]
@@ -150,6 +175,10 @@ struct ExplainArgs {
     /// Unix seconds); with --input, instead of the document's own time too.
     #[arg(long, value_parser = parse_moment)]
     at: Option<i64>,
+    /// `text`: the decision, rule, risk and reasons for people; `json`: one JSON document with
+    /// all of it and the facts decided (docs/facts.md).
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
 }
 
 /// An RFC 3339 timestamp or Unix seconds, as Unix seconds.
@@ -237,7 +266,94 @@ fn main() -> anyhow::Result<()> {
         }),
         Command::Keys(cmd) => keys_command(cmd),
         Command::Policy(PolicyCommand::Explain(args)) => explain(&args),
+        Command::Policy(PolicyCommand::Replay(args)) => replay(&args),
     }
+}
+
+/// `vigil policy replay`: the changes as they are found, then the summary. Exit 1 when some
+/// outcome would change; 2 on bad input (a log that cannot be read, a line that is not JSON, a
+/// configuration that does not load) or a report that cannot be written, after what was found
+/// before it.
+fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
+    let bad = |message: &dyn std::fmt::Display| -> ! {
+        eprintln!("vigil policy replay: {message}");
+        std::process::exit(2);
+    };
+    let snapshot = match config::Context::first().map(|ctx| config::load_file(&args.config, &ctx)) {
+        Ok(Ok(s)) => s,
+        Ok(Err(problems)) => bad(&format_args!(
+            "{}: does not load\n{problems}",
+            args.config.display()
+        )),
+        Err(e) => bad(&e),
+    };
+    let log: Box<dyn std::io::BufRead> = if args.log.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        match std::fs::File::open(&args.log) {
+            Ok(file) => Box::new(std::io::BufReader::with_capacity(1 << 16, file)),
+            Err(e) => bad(&format_args!("{}: {e}", args.log.display())),
+        }
+    };
+    match replay_report(&snapshot, log, args) {
+        Ok(0) => Ok(()),
+        Ok(_) => std::process::exit(1),
+        Err(e) => bad(&format_args!("{e:#}")),
+    }
+}
+
+/// Writes the report of replaying `log` to stdout; the number of changed outcomes.
+fn replay_report(
+    snapshot: &config::Snapshot,
+    log: Box<dyn std::io::BufRead>,
+    args: &ReplayArgs,
+) -> anyhow::Result<usize> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let json = args.format == Format::Json;
+    if json {
+        write!(out, "{{\"changed\":[")?;
+    }
+    let mut first = true;
+    let mut failed: Option<anyhow::Error> = None;
+    let result = vigil::replay::replay(snapshot, log, |change| {
+        let text = if json {
+            serde_json::to_string(change)
+                .map(|c| format!("{}{c}", if first { "" } else { "," }))
+                .map_err(anyhow::Error::from)
+        } else {
+            Ok(change.text())
+        };
+        first = false;
+        if failed.is_none()
+            && let Err(e) = text.and_then(|t| Ok(out.write_all(t.as_bytes())?))
+        {
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e.context("writing the report"));
+    }
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(e) => {
+            // The JSON document stays whole: what was found before the bad line, and why the
+            // replay stopped there.
+            if json {
+                let error = serde_json::json!({ "line": e.line(), "message": e.to_string() });
+                writeln!(out, "],\"error\":{error}}}")?;
+            }
+            out.flush()?;
+            anyhow::bail!("{}: {e}", args.log.display());
+        }
+    };
+    if json {
+        writeln!(out, "],\"summary\":{}}}", serde_json::to_string(&summary)?)?;
+    } else {
+        writeln!(out, "{}", summary.text())?;
+    }
+    out.flush()?;
+    Ok(summary.changed)
 }
 
 fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
@@ -281,7 +397,10 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         doc.time = Some(now);
     }
     let explained = vigil::explain::explain(&snapshot, doc, now);
-    println!("{:#}", explained.report);
+    match args.format {
+        Format::Json => println!("{:#}", explained.report),
+        Format::Text => print!("{}", vigil::explain::text(&explained.report)),
+    }
     if !explained.passes {
         std::process::exit(2);
     }

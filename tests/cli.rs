@@ -677,7 +677,7 @@ fn certs_print_each_certificates_fingerprint_and_not_after() -> Result<()> {
     )?;
     let decide = |cert: &str| -> Result<bool> {
         let out = vigil()
-            .args(["policy", "explain", "--config"])
+            .args(["policy", "explain", "--format", "json", "--config"])
             .arg(&path)
             .arg("--cert")
             .arg(dir.path().join(cert))
@@ -1409,7 +1409,7 @@ fn policy_explain_prints_the_decision_and_its_reasons() -> Result<()> {
     )?;
     let explain = |cert: &str, url: &str, method: &str| -> Result<(i32, serde_json::Value)> {
         let out = vigil()
-            .args(["policy", "explain", "--config"])
+            .args(["policy", "explain", "--format", "json", "--config"])
             .arg(&path)
             .args(["--cert"])
             .arg(dir.path().join(cert))
@@ -1450,6 +1450,88 @@ fn policy_explain_prints_the_decision_and_its_reasons() -> Result<()> {
     Ok(())
 }
 
+/// `--format text` (the default) says what `--format json` says: the decision, its status and
+/// mode, the route, the deciding rule, and every reason with its code.
+#[test]
+fn policy_explain_text_agrees_with_json() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let path = dir.path().join("vigil.toml");
+    std::fs::write(
+        &path,
+        GOOD.replace("spiffe://example.org/ns/*/sa/*", "spiffe://vigil.test/**"),
+    )?;
+    let explain = |method: &str, format: Option<&str>| -> Result<(Option<i32>, String)> {
+        let mut cmd = vigil();
+        cmd.args(["policy", "explain", "--config"])
+            .arg(&path)
+            .arg("--cert")
+            .arg(dir.path().join("workload.pem"))
+            .args([
+                "--url",
+                "https://api.example.com/v1/orders",
+                "--method",
+                method,
+            ])
+            .args(["--at", "2026-06-01T12:00:00Z"]);
+        if let Some(format) = format {
+            cmd.args(["--format", format]);
+        }
+        let out = cmd.output()?;
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
+    };
+    for method in ["GET", "DELETE"] {
+        let (json_code, json) = explain(method, Some("json"))?;
+        let (text_code, text) = explain(method, Some("text"))?;
+        assert_eq!(explain(method, None)?, (text_code, text.clone()));
+        assert_eq!(json_code, text_code);
+        let report: serde_json::Value = serde_json::from_str(&json)?;
+        let decision = format!(
+            "decision:  {} ({}, {})",
+            report["decision"].as_str().unwrap_or("?"),
+            report["status"],
+            report["mode"].as_str().unwrap_or("?")
+        );
+        assert!(text.starts_with(&decision), "{decision}\n{text}");
+        assert!(text.contains("route:     api (login none)"), "{text}");
+        assert!(
+            text.contains("request:   ")
+                && text.contains("api.example.com/v1/orders at 2026-06-01T12:00:00Z"),
+            "{text}"
+        );
+        let rule = match report["rule"].as_u64() {
+            Some(n) => format!("rule:      rule {n}"),
+            None => "rule:      none".to_owned(),
+        };
+        assert!(text.contains(&rule), "{rule}\n{text}");
+        let reasons = report["reasons"].as_array().context("reasons")?;
+        let codes = report["codes"].as_array().context("codes")?;
+        assert!(!reasons.is_empty() && reasons.len() == codes.len());
+        for (reason, code) in reasons.iter().zip(codes) {
+            let line = format!(
+                "  - {} [{}]",
+                reason.as_str().unwrap_or("?"),
+                code.as_str().unwrap_or("?")
+            );
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+        assert_eq!(report["facts"]["request"]["method"], method);
+    }
+    let (_, denied) = explain("DELETE", None)?;
+    assert!(
+        denied.starts_with("decision:  deny (403, enforce)"),
+        "{denied}"
+    );
+    assert!(
+        denied.contains("method DELETE not allowed [method_not_allowed]"),
+        "{denied}"
+    );
+    Ok(())
+}
+
 /// A rule's time window, asked about at two moments with `--at`: the same request is allowed
 /// during office hours in Paris and denied after them, across the change to summer time.
 #[test]
@@ -1464,7 +1546,7 @@ fn policy_explain_at_another_moment() -> Result<()> {
     )?;
     let explain = |at: &str| -> Result<(i32, serde_json::Value)> {
         let out = vigil()
-            .args(["policy", "explain", "--config"])
+            .args(["policy", "explain", "--format", "json", "--config"])
             .arg(&path)
             .arg("--cert")
             .arg(dir.path().join("workload.pem"))
@@ -1551,7 +1633,7 @@ fn header_rules_in_explain_and_check() -> Result<()> {
     )?;
     let explain = |headers: &[&str]| -> Result<(i32, serde_json::Value)> {
         let mut cmd = vigil();
-        cmd.args(["policy", "explain", "--config"])
+        cmd.args(["policy", "explain", "--format", "json", "--config"])
             .arg(&path)
             .arg("--cert")
             .arg(dir.path().join("workload.pem"))

@@ -89,6 +89,35 @@ fn minimal() -> Value {
     })
 }
 
+/// The facts a decision line keeps of the example are valid against the schema, read back as a
+/// document, and leave out what privacy leaves out.
+#[test]
+fn the_facts_a_decision_line_keeps_are_a_valid_document() -> Result<()> {
+    let schema = Schema::load()?;
+    let doc = read(&example()?).map_err(anyhow::Error::msg)?;
+    let rule = vigil::policy::Rule {
+        headers: vec![("accept".into(), Vec::new())],
+        claims: vec![("department".into(), Vec::new())],
+        ..Default::default()
+    };
+    let route = vigil::policy::RoutePolicy::new("wiki", vec![rule]);
+    let kept = serde_json::to_value(doc.facts(0).kept(Some(&route)))?;
+    schema.check(&kept).map_err(anyhow::Error::msg)?;
+    read(&kept).map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        kept["request"]["headers"],
+        json!({ "accept": ["text/html"] })
+    );
+    assert_eq!(
+        kept["person"]["claims"],
+        json!({ "department": "engineering" })
+    );
+    assert_eq!(kept["person"]["source"], json!({ "kind": "session" }));
+    assert!(kept["person"].get("name").is_none());
+    assert!(kept["device"].get("owner").is_none());
+    Ok(())
+}
+
 #[test]
 fn the_example_is_valid_and_reads_as_a_document() -> Result<()> {
     let schema = Schema::load()?;
@@ -545,7 +574,7 @@ impl Explain {
     /// Runs explain on the document at `input`: the exit code, the report and the errors.
     fn run(&self, input: &Path) -> Result<(i32, Value, String)> {
         let out = vigil()
-            .args(["policy", "explain", "--config"])
+            .args(["policy", "explain", "--format", "json", "--config"])
             .arg(self.dir.path().join("vigil.toml"))
             .arg("--input")
             .arg(input)

@@ -1002,7 +1002,7 @@ async fn request_verifier_and_explain_decide_alike() -> Result<()> {
         std::fs::write(pki.path("facts.json"), facts.to_string())?;
         std::fs::write(pki.path("case.toml"), &text)?;
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args(["policy", "explain", "--config"])
+            .args(["policy", "explain", "--format", "json", "--config"])
             .arg(pki.path("case.toml"))
             .arg("--input")
             .arg(pki.path("facts.json"))
@@ -1026,6 +1026,35 @@ async fn request_verifier_and_explain_decide_alike() -> Result<()> {
         );
         let code = if case.want == "deny" { 2 } else { 0 };
         assert_eq!(out.status.code(), Some(code), "{}", case.name);
+
+        // 4. explain, from the facts the request's own decision line kept: read back as a
+        // document and decided under the same configuration, they give the logged decision.
+        assert_eq!(line["outcome"], case.want, "{}: {line}", case.name);
+        let kept: vigil::policy::facts::Document = serde_json::from_value(line["facts"].clone())
+            .with_context(|| format!("{}: the line's facts are not a document", case.name))?;
+        assert_eq!(
+            kept.request.route.as_deref(),
+            Some("events"),
+            "{}",
+            case.name
+        );
+        std::fs::write(pki.path("kept.json"), line["facts"].to_string())?;
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["policy", "explain", "--format", "json", "--config"])
+            .arg(pki.path("case.toml"))
+            .arg("--input")
+            .arg(pki.path("kept.json"))
+            .output()?;
+        let explained: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("{}: {}", case.name, String::from_utf8_lossy(&out.stderr)))?;
+        assert_eq!(
+            explained["decision"], line["outcome"],
+            "{}: explain of the logged facts {explained}",
+            case.name
+        );
+        assert_eq!(explained["reasons"], line["reasons"], "{}", case.name);
+        assert_eq!(explained["codes"], line["codes"], "{}", case.name);
+        assert_eq!(explained["risk"], line["risk"], "{}", case.name);
         eprintln!("{}: {} {}", case.name, case.want, line["reasons"]);
         drop(stream);
         running.shutdown().await;

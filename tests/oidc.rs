@@ -78,6 +78,37 @@ async fn full_login_reaches_the_upstream_with_identity() -> Result<()> {
         .context("decision line")?;
     assert_eq!(line["user"], "alice@example.com");
     assert_eq!(line["groups"], serde_json::json!(["engineering", "admins"]));
+
+    // The line keeps the person it was decided for, without their name, the session's id or
+    // its cookie, and those facts decide the same under the same configuration.
+    assert_eq!(line["outcome"], "allow");
+    let person = &line["facts"]["person"];
+    assert_eq!(person["email"], "alice@example.com", "{line}");
+    assert_eq!(person["mfa"], true);
+    assert_eq!(person["source"], serde_json::json!({ "kind": "session" }));
+    assert!(person.get("name").is_none(), "{person}");
+    let cookie = session
+        .split("__Host-vigil-session=")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .context("session cookie")?;
+    let log = std::fs::read_to_string(&w.decisions)?;
+    assert!(
+        cookie.len() > 16 && !log.contains(cookie),
+        "the session cookie is in the log"
+    );
+    std::fs::write(w.pki.path("kept.json"), line["facts"].to_string())?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["policy", "explain", "--format", "json", "--config"])
+        .arg(w.pki.path("vigil.toml"))
+        .arg("--input")
+        .arg(w.pki.path("kept.json"))
+        .output()?;
+    let explained: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+    assert_eq!(explained["decision"], line["outcome"], "{explained}");
+    assert_eq!(explained["reasons"], line["reasons"]);
+    assert_eq!(explained["codes"], line["codes"]);
     Ok(())
 }
 

@@ -661,6 +661,7 @@ decisions = "stdout"
 admin_actions = "decisions"
 format = "json"
 level = "info"
+decision_facts = true
 
 [audit]
 mode = "enforce"

@@ -342,6 +342,10 @@ pub struct LogSection {
     /// Diagnostics filter, in `RUST_LOG` syntax; `RUST_LOG` wins when set.
     #[serde(default = "LogSection::default_level")]
     pub level: String,
+    /// Each decision line carries the facts it was decided on (`facts`), so that
+    /// `vigil policy replay` can decide it again; on by default.
+    #[serde(default = "LogSection::default_decision_facts")]
+    pub decision_facts: bool,
 }
 
 impl LogSection {
@@ -357,6 +361,9 @@ impl LogSection {
     fn default_level() -> String {
         "info".into()
     }
+    fn default_decision_facts() -> bool {
+        true
+    }
 }
 
 impl Default for LogSection {
@@ -366,6 +373,7 @@ impl Default for LogSection {
             admin_actions: Self::default_admin_actions(),
             format: Self::default_format(),
             level: Self::default_level(),
+            decision_facts: Self::default_decision_facts(),
         }
     }
 }

@@ -5,6 +5,7 @@ use crate::config::Snapshot;
 use crate::connection::Connection;
 use crate::decision_log;
 use crate::identity::Identity;
+use crate::policy::Outcome;
 use crate::posture::Assessment;
 use crate::routing::Route;
 use crate::state::Shared;
@@ -38,7 +39,17 @@ pub struct Context<'a> {
     pub policy: Option<crate::policy::PolicyRun>,
     /// A shadow policy's disagreeing decision, for the line.
     pub shadow: Option<crate::policy::Shadow>,
+    /// What policy decided, once it has: the line's `outcome` and `facts`.
+    pub decided: Option<Decided>,
     pub started: Instant,
+}
+
+/// The policy decision of a request, as its decision line keeps it.
+pub struct Decided {
+    pub outcome: Outcome,
+    /// The facts decided on, serialised as the line's `facts` object (a facts document) while
+    /// the request's headers are at hand; `None` with `[log] decision_facts = false`.
+    pub facts: Option<Vec<u8>>,
 }
 
 impl<'a> Context<'a> {
@@ -68,6 +79,7 @@ impl<'a> Context<'a> {
             forwarded: false,
             policy: None,
             shadow: None,
+            decided: None,
             started: Instant::now(),
         }
     }

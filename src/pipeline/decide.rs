@@ -3,7 +3,7 @@
 
 use super::assess::Assessed;
 use super::canonicalize::Target;
-use super::context::Context;
+use super::context::{Context, Decided};
 use crate::body::Body;
 use crate::connection::Connection;
 use crate::error::Refusal;
@@ -52,6 +52,15 @@ pub fn decide(
         cx.policy.clone_from(&decision.policy);
         cx.shadow = decision.shadow.clone().filter(|s| !s.agrees);
     }
+    cx.decided = Some(Decided {
+        outcome: decision.outcome,
+        facts: cx
+            .snapshot
+            .log
+            .decision_facts
+            .then(|| kept(facts, &route.policy))
+            .flatten(),
+    });
     match decision.outcome {
         Outcome::Allow | Outcome::Audit => Ok(decision),
         Outcome::StepUp => Err(Box::new(cx.step_up(req, target, route.policy.login))),
@@ -76,6 +85,19 @@ pub fn decide(
             Err(Box::new(
                 cx.refuse(Refusal::Forbidden(public), Some(&decision)),
             ))
+        }
+    }
+}
+
+/// The line's `facts`: what the decision looked at, as a facts document without what privacy
+/// leaves out ([`Facts::kept`]).
+fn kept(facts: &Facts<'_>, route: &policy::RoutePolicy) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(1024);
+    match serde_json::to_writer(&mut out, &facts.kept(Some(route))) {
+        Ok(()) => Some(out),
+        Err(e) => {
+            tracing::error!(error = %e, "decision facts not serialisable");
+            None
         }
     }
 }

@@ -104,7 +104,8 @@ impl Context<'_> {
             Some(route) if self.forwarded => Some(route.upstream.authority.as_str()),
             _ => None,
         };
-        self.shared.decisions.record(&Entry {
+        let decided = self.decided.as_ref();
+        let entry = Entry {
             v: decision_log::SCHEMA,
             kind: "decision",
             time: decision_log::now_rfc3339(),
@@ -122,6 +123,7 @@ impl Context<'_> {
             user,
             groups,
             decision,
+            outcome: decided.map(|d| d.outcome.as_str()),
             reasons,
             codes: reasons,
             fault: fault.map(Fault::as_str),
@@ -140,7 +142,9 @@ impl Context<'_> {
             },
             status: status.as_u16(),
             latency_ms: decision_log::millis(latency),
-        });
+        };
+        let facts = decided.and_then(|d| d.facts.as_deref());
+        self.shared.decisions.record_with_facts(&entry, facts);
         let label = match &self.route {
             Some(r) => RouteLabel(r.label.clone()),
             None => RouteLabel(self.shared.no_route_label.clone()),

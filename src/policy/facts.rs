@@ -236,3 +236,454 @@ impl Document {
         }
     }
 }
+
+/// The header values a decision line never writes in clear: credentials. A rule may still name
+/// them; the line then keeps their shape (the `Authorization` scheme, the cookies' names) with
+/// `[redacted]` in place of every secret, so a rule on the scheme or on a cookie's presence
+/// decides the same when the line is replayed.
+pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
+
+/// What a redacted secret is written as: visible ASCII, so the line reads back as a document.
+pub const REDACTED: &str = "[redacted]";
+
+impl<'a> Facts<'a> {
+    /// These facts as a decision line keeps them (docs/decision-log.md, `facts`): a facts
+    /// document, read back by [`Document`], holding only what `route`'s rules can look at of
+    /// the request's headers and the person's claims, without credentials, tokens, session ids,
+    /// the person's name or the device's owner. Serialised straight from what the facts borrow.
+    pub fn kept(&self, route: Option<&'a super::RoutePolicy>) -> Kept<'a> {
+        Kept {
+            facts: *self,
+            route,
+        }
+    }
+}
+
+/// [`Facts::kept`]: serialises as the facts document a decision line carries.
+#[derive(Debug, Clone, Copy)]
+pub struct Kept<'a> {
+    facts: Facts<'a>,
+    route: Option<&'a super::RoutePolicy>,
+}
+
+impl Serialize for Kept<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let f = &self.facts;
+        let mut doc = serializer.serialize_struct("Facts", 7)?;
+        doc.serialize_field("time", &f.time)?;
+        doc.serialize_field(
+            "request",
+            &KeptRequest {
+                request: &f.request,
+                route: self.route,
+            },
+        )?;
+        doc.serialize_field("certificate", &KeptCertificate(f.certificate))?;
+        doc.serialize_field(
+            "person",
+            &f.person.map(|person| KeptPerson {
+                person,
+                route: self.route,
+            }),
+        )?;
+        doc.serialize_field("device", &f.device.map(KeptDevice))?;
+        doc.serialize_field("network", &f.network)?;
+        doc.serialize_field("risk", &f.risk)?;
+        doc.end()
+    }
+}
+
+struct KeptRequest<'a> {
+    request: &'a Request<'a>,
+    route: Option<&'a super::RoutePolicy>,
+}
+
+impl Serialize for KeptRequest<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeStruct};
+        let r = self.request;
+        let mut out = serializer.serialize_struct("Request", 5)?;
+        out.serialize_field("route", &r.route)?;
+        out.serialize_field("host", r.host)?;
+        out.serialize_field("method", r.method)?;
+        out.serialize_field("path", r.path)?;
+        // Only the headers the route's rules name, each once, in the rules' order.
+        struct Named<'a>(&'a Headers<'a>, Option<&'a super::RoutePolicy>);
+        impl Serialize for Named<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut map = serializer.serialize_map(None)?;
+                // A policy may look at any header: its route keeps them all, reduced alike.
+                if self.1.is_some_and(|route| route.rego.is_some() || route.shadow.is_some()) {
+                    let mut by_name: std::collections::BTreeMap<String, Vec<String>> =
+                        Default::default();
+                    self.0.each(|name, v| {
+                        by_name
+                            .entry(name.to_owned())
+                            .or_default()
+                            .push(kept_value(name, v).into_owned());
+                    });
+                    for (name, values) in &by_name {
+                        map.serialize_entry(name, values)?;
+                    }
+                    return map.end();
+                }
+                let names = self.1.into_iter().flat_map(|route| {
+                    route
+                        .rules
+                        .iter()
+                        .flat_map(|r| r.headers.iter().map(|(n, _)| n.as_str()))
+                });
+                let mut seen: Vec<&str> = Vec::new();
+                for name in names {
+                    if seen.contains(&name) {
+                        continue;
+                    }
+                    seen.push(name);
+                    let mut values: Vec<String> = Vec::new();
+                    self.0.any(name, |v| {
+                        values.push(kept_value(name, v).into_owned());
+                        false
+                    });
+                    if !values.is_empty() {
+                        map.serialize_entry(name, &values)?;
+                    }
+                }
+                map.end()
+            }
+        }
+        out.serialize_field("headers", &Named(&r.headers, self.route))?;
+        out.end()
+    }
+}
+
+/// A header's value as a decision line writes it: credentials reduced to their shape.
+pub fn kept_value<'v>(name: &str, value: &'v str) -> std::borrow::Cow<'v, str> {
+    use std::borrow::Cow;
+    match name {
+        "authorization" | "proxy-authorization" => match value.trim().split_once([' ', '\t']) {
+            Some((scheme, _)) => Cow::Owned(format!("{scheme} {REDACTED}")),
+            None => Cow::Borrowed(REDACTED),
+        },
+        "cookie" => {
+            let names: Vec<String> = value
+                .split(';')
+                .filter_map(|pair| {
+                    let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+                    (!name.is_empty()).then(|| format!("{name}={REDACTED}"))
+                })
+                .collect();
+            Cow::Owned(names.join("; "))
+        }
+        _ => Cow::Borrowed(value),
+    }
+}
+
+/// Every field a document has for a certificate: all of them are what rules and the device
+/// inventory match on, and none is secret.
+struct KeptCertificate<'a>(&'a PeerCert);
+
+impl Serialize for KeptCertificate<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Hex<'a>(&'a [u8]);
+        impl std::fmt::Display for Hex<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+        }
+        impl Serialize for Hex<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+        let c = self.0;
+        let mut out = serializer.serialize_struct("Certificate", 11)?;
+        out.serialize_field("subject", &c.subject)?;
+        out.serialize_field("common_name", &c.common_name)?;
+        out.serialize_field("issuer", &c.issuer)?;
+        out.serialize_field("dns", &c.dns)?;
+        out.serialize_field("emails", &c.emails)?;
+        out.serialize_field("uris", &c.uris)?;
+        out.serialize_field("spiffe_id", &c.spiffe_id)?;
+        out.serialize_field("serial", &Hex(&c.serial))?;
+        out.serialize_field("fingerprint", &c.fingerprint_hex)?;
+        out.serialize_field("not_before", &c.not_before)?;
+        out.serialize_field("not_after", &c.not_after)?;
+        out.end()
+    }
+}
+
+/// The person without their name (no rule reads it), with only the claims the route's rules
+/// name, and with the kind of sign-in but not its session id.
+struct KeptPerson<'a> {
+    person: &'a Identity,
+    route: Option<&'a super::RoutePolicy>,
+}
+
+impl Serialize for KeptPerson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use crate::identity::Source;
+        use serde::ser::{SerializeMap, SerializeStruct};
+        struct Claims<'a>(&'a KeptPerson<'a>);
+        impl Serialize for Claims<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut map = serializer.serialize_map(None)?;
+                let claims = &self.0.person.claims;
+                // A policy may look at any claim (`input.jwt`): its route keeps them all.
+                if self
+                    .0
+                    .route
+                    .is_some_and(|route| route.rego.is_some() || route.shadow.is_some())
+                {
+                    for (name, value) in claims {
+                        map.serialize_entry(name, value)?;
+                    }
+                    return map.end();
+                }
+                let names = self.0.route.into_iter().flat_map(|route| {
+                    route
+                        .rules
+                        .iter()
+                        .flat_map(|r| r.claims.iter().map(|(n, _)| n.as_str()))
+                });
+                let mut seen: Vec<&str> = Vec::new();
+                for name in names {
+                    if seen.contains(&name) {
+                        continue;
+                    }
+                    seen.push(name);
+                    if let Some(value) = claims.get(name) {
+                        map.serialize_entry(name, value)?;
+                    }
+                }
+                map.end()
+            }
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "snake_case", tag = "kind")]
+        enum KeptSource<'a> {
+            Session {},
+            Bearer {
+                client_id: &'a Option<String>,
+                scopes: &'a [String],
+            },
+        }
+        let p = self.person;
+        let mut out = serializer.serialize_struct("Person", 10)?;
+        out.serialize_field("subject", &p.subject)?;
+        out.serialize_field("email", &p.email)?;
+        out.serialize_field("groups", &p.groups)?;
+        out.serialize_field("amr", &p.amr)?;
+        out.serialize_field("mfa", &p.mfa)?;
+        out.serialize_field("acr", &p.acr)?;
+        out.serialize_field("risk", &p.risk)?;
+        out.serialize_field("claims", &Claims(self))?;
+        out.serialize_field("verified_at", &p.verified_at)?;
+        out.serialize_field("auth_time", &p.auth_time)?;
+        out.serialize_field(
+            "source",
+            &match &p.source {
+                Source::Session { .. } => KeptSource::Session {},
+                Source::Bearer { client_id, scopes } => KeptSource::Bearer { client_id, scopes },
+            },
+        )?;
+        out.end()
+    }
+}
+
+/// The inventory's record without its `owner`: no rule reads it, and it names a person.
+struct KeptDevice<'a>(&'a Device);
+
+impl Serialize for KeptDevice<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let d = self.0;
+        let mut out = serializer.serialize_struct("Device", 7)?;
+        out.serialize_field("fingerprint", &d.fingerprint)?;
+        out.serialize_field("serial", &d.serial)?;
+        out.serialize_field("subject", &d.subject)?;
+        out.serialize_field("compliant", &d.compliant)?;
+        out.serialize_field("managed", &d.managed)?;
+        out.serialize_field("os", &d.os)?;
+        out.serialize_field("last_check_in", &d.last_check_in)?;
+        out.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Source;
+    use crate::policy::{RoutePolicy, Rule};
+
+    fn certificate() -> PeerCert {
+        PeerCert {
+            subject: "CN=laptop".into(),
+            common_name: Some("laptop".into()),
+            issuer: "CN=Test CA".into(),
+            dns: vec![],
+            emails: vec!["alice@example.com".into()],
+            uris: vec![],
+            spiffe_id: None,
+            serial: vec![0x01, 0xab],
+            fingerprint: [7; 32],
+            fingerprint_hex: crate::hex::encode(&[7; 32]),
+            not_before: 1_700_000_000,
+            not_after: 1_800_000_000,
+        }
+    }
+
+    fn person() -> Identity {
+        Identity {
+            subject: "alice".into(),
+            email: Some("alice@example.com".into()),
+            name: Some("Alice Liddell".into()),
+            groups: vec!["engineering".into()],
+            amr: vec!["pwd".into(), "otp".into()],
+            mfa: true,
+            acr: None,
+            risk: None,
+            claims: [
+                ("department".to_owned(), serde_json::json!("r&d")),
+                ("phone".to_owned(), serde_json::json!("+33 1 23 45 67 89")),
+            ]
+            .into_iter()
+            .collect(),
+            verified_at: 1_750_000_000,
+            auth_time: Some(1_749_999_000),
+            source: Source::Session {
+                sid: "session-id-secret".into(),
+            },
+        }
+    }
+
+    fn device() -> Device {
+        serde_json::from_value(serde_json::json!({
+            "fingerprint": crate::hex::encode(&[7; 32]),
+            "compliant": true,
+            "managed": true,
+            "owner": "alice@example.com",
+            "os": {"name": "macOS", "version": "15.1"},
+            "last_check_in": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    /// A route whose rules name three headers (two of them credentials) and one claim.
+    fn route() -> RoutePolicy {
+        let names = |list: &[&str]| list.iter().map(|n| ((*n).to_owned(), Vec::new())).collect();
+        let claim = vec![("department".to_owned(), vec!["r&d".to_owned()])];
+        RoutePolicy::new(
+            "app",
+            vec![
+                Rule {
+                    headers: names(&["x-api-version", "authorization"]),
+                    claims: claim,
+                    ..Rule::default()
+                },
+                Rule {
+                    headers: names(&["cookie", "authorization"]),
+                    ..Rule::default()
+                },
+            ],
+        )
+    }
+
+    fn headers() -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "Bearer eyJhbGciOiJFUzI1NiJ9.secret-token"),
+            ("cookie", "vigil_session=sealed-secret; theme=dark"),
+            ("x-api-version", "2"),
+            ("x-api-key", "not-named-by-any-rule"),
+            ("user-agent", "curl/8"),
+        ] {
+            map.append(name, http::HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    /// The kept facts read back as a document, decide alike, and hold no credential, token,
+    /// session id, name, unnamed claim or header, or owner.
+    #[test]
+    fn kept_facts_are_a_document_without_secrets() {
+        let (cert, who, dev, map, route) = (certificate(), person(), device(), headers(), route());
+        let facts = Facts {
+            time: 1_750_000_100,
+            request: Request {
+                route: Some("app"),
+                host: "app.example.com",
+                method: "GET",
+                path: "/reports",
+                headers: Headers::Map(&map),
+            },
+            certificate: &cert,
+            person: Some(&who),
+            device: Some(&dev),
+            network: Network {
+                source: "192.0.2.7".parse().unwrap(),
+                country: Some("FR"),
+            },
+            risk: None,
+        };
+        let text = serde_json::to_string(&facts.kept(Some(&route))).unwrap();
+        for secret in [
+            "eyJ",
+            "secret-token",
+            "sealed-secret",
+            "dark",
+            "session-id-secret",
+            "Alice Liddell",
+            "+33",
+            "not-named-by-any-rule",
+            "curl",
+            "owner",
+        ] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        let doc: Document = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(
+            doc.request.headers,
+            [
+                ("authorization".to_owned(), "Bearer [redacted]".to_owned()),
+                (
+                    "cookie".to_owned(),
+                    "vigil_session=[redacted]; theme=[redacted]".to_owned()
+                ),
+                ("x-api-version".to_owned(), "2".to_owned()),
+            ]
+        );
+        let person = doc.person.as_ref().unwrap();
+        assert_eq!(person.claims.keys().collect::<Vec<_>>(), ["department"]);
+        assert!(person.name.is_none());
+        assert_eq!(doc.certificate.serial, cert.serial);
+        assert_eq!(doc.certificate.fingerprint, cert.fingerprint);
+        assert_eq!(doc.device.as_ref().map(|d| d.owner.clone()), Some(None));
+        // Written again from the document, the facts are the same text.
+        let again = serde_json::to_string(&doc.facts(0).kept(Some(&route))).unwrap();
+        assert_eq!(again, text);
+    }
+
+    #[test]
+    fn credentials_keep_their_shape_only() {
+        for (name, value, kept) in [
+            ("authorization", "Bearer abc.def", "Bearer [redacted]"),
+            ("authorization", "Basic YWxpY2U6cHc=", "Basic [redacted]"),
+            ("authorization", "opaque", "[redacted]"),
+            (
+                "proxy-authorization",
+                "Negotiate xyz",
+                "Negotiate [redacted]",
+            ),
+            (
+                "cookie",
+                "a=1; b=2;c",
+                "a=[redacted]; b=[redacted]; c=[redacted]",
+            ),
+            ("x-api-version", "2", "2"),
+        ] {
+            assert_eq!(kept_value(name, value), kept, "{name}: {value}");
+        }
+    }
+}
