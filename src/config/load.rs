@@ -96,6 +96,7 @@ pub struct RawConfig {
     pub verify: VerifySection,
     pub devices: Option<DevicesSection>,
     pub risk: Option<RiskSection>,
+    pub authz: Option<AuthzSection>,
     /// Routes in file order; `None` where a route could not be read.
     pub routes: Vec<Option<RouteSection>>,
     /// Sections written in the file that could not be read (their problems are reported):
@@ -114,6 +115,7 @@ impl RawConfig {
             "assertion" => self.assertion.is_none(),
             "devices" => self.devices.is_none(),
             "risk" => self.risk.is_none(),
+            "authz" => self.authz.is_none(),
             _ => false,
         };
         absent && !self.unreadable.iter().any(|u| u == name)
@@ -189,6 +191,9 @@ const SECTIONS: &[(&str, Read)] = &[
     }),
     ("risk", |raw, e| {
         e.read().map(|v| raw.risk = Some(v)).is_some()
+    }),
+    ("authz", |raw, e| {
+        e.read().map(|v| raw.authz = Some(v)).is_some()
     }),
     ("route", |raw, e| {
         raw.routes = e.read_routes();
@@ -726,6 +731,10 @@ allowed_countries = ["DE"]
 country_not_allowed = 40
 country_unknown = 0
 
+[authz]
+path = "/.vigil/authz"
+enforcement_points = [{ name = "nginx", spiffe = "spiffe://example.org/ingress", fingerprint = "00" }]
+
 [[route]]
 name = "app"
 host = "app.example.org"
@@ -787,6 +796,7 @@ timezone = "Europe/Paris"
             ("verify", Keys::walk::<VerifySection>()),
             ("devices", Keys::walk::<DevicesSection>()),
             ("risk", Keys::walk::<RiskSection>()),
+            ("authz", Keys::walk::<AuthzSection>()),
             ("route.0", Keys::walk::<RouteSection>()),
         ];
         let names: Vec<&str> = SECTIONS.iter().map(|(name, _)| *name).collect();

@@ -13,6 +13,7 @@ pub mod decide;
 pub mod endpoints;
 pub mod finish;
 pub mod forward;
+pub mod forwarded;
 pub mod identify;
 pub mod record;
 pub mod route;
