@@ -89,6 +89,10 @@ pub struct Entry<'a> {
     /// The route's upstream (`host:port`), when the request was sent there; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<&'a str>,
+    /// The `[authz]` enforcement point the decision was made for; absent on requests Vigil
+    /// answered for itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enforcement_point: Option<&'a str>,
     pub status: u16,
     pub latency_ms: f64,
 }
@@ -279,6 +283,7 @@ mod tests {
         mode: String,
         risk: Option<crate::posture::Assessment>,
         upstream: Option<String>,
+        enforcement_point: Option<String>,
         status: u16,
         latency_ms: f64,
     }
@@ -336,6 +341,7 @@ mod tests {
                 mode: &line.mode,
                 risk: line.risk.as_ref(),
                 upstream: line.upstream.as_deref(),
+                enforcement_point: line.enforcement_point.as_deref(),
                 status: line.status,
                 latency_ms: line.latency_ms,
             };

@@ -34,6 +34,9 @@ pub struct Context<'a> {
     pub user_agent: Option<String>,
     /// The request was sent upstream (whatever came of it): its line names the upstream.
     pub forwarded: bool,
+    /// The enforcement point this request is decided for (see `authz`): its line names it,
+    /// and refusals use the statuses enforcement points understand.
+    pub enforcement_point: Option<Arc<str>>,
     pub started: Instant,
 }
 
@@ -62,6 +65,7 @@ impl<'a> Context<'a> {
                 decision_log::bounded(&text, decision_log::MAX_USER_AGENT)
             }),
             forwarded: false,
+            enforcement_point: None,
             started: Instant::now(),
         }
     }

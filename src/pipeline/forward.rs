@@ -175,7 +175,7 @@ fn failed(
 }
 
 /// How the decision log names a decision that let the request through.
-fn passed_as(decision: &Decision) -> &'static str {
+pub(super) fn passed_as(decision: &Decision) -> &'static str {
     if decision.outcome == Outcome::Audit {
         "audit"
     } else {
@@ -185,7 +185,7 @@ fn passed_as(decision: &Decision) -> &'static str {
 
 /// The identity headers for the upstream: Vigil's own, the route's legacy ones, and the
 /// signed assertion.
-fn identity_headers(
+pub(super) fn identity_headers(
     snapshot: &Snapshot,
     route: &Route,
     conn: &Connection,

@@ -7,6 +7,7 @@
 //! request never sees half of a reload.
 
 pub mod assess;
+pub mod authz;
 pub mod canonicalize;
 pub mod context;
 pub mod decide;
@@ -83,6 +84,12 @@ async fn answer(
     req: Request<Incoming>,
     request_id: HeaderValue,
 ) -> Response<Body> {
+    if let Some(authz) = &snapshot.authz
+        && let Some(below) = authz.claims(req.uri().path())
+    {
+        let below = below.map(str::to_owned);
+        return authz::handle(shared, conn, snapshot, authz, below, req, &request_id).await;
+    }
     let mut cx = Context::new(shared, conn, snapshot, &request_id, &req);
     let target = match canonicalize::canonicalize(&req, conn, snapshot) {
         Ok(target) => target,
