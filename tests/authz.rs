@@ -496,3 +496,104 @@ async fn traefik_and_envoy_spellings_are_decided_alike() -> Result<()> {
     );
     Ok(())
 }
+
+/// `[authz]` for the world of people (a real OpenID Provider, routes on `localhost`).
+const PEOPLE_AUTHZ: &str = r#"
+[authz]
+enforcement_points = [{ name = "nginx", spiffe = "spiffe://example.org/ns/ingress/sa/nginx" }]
+"#;
+
+/// nginx's headers for `GET uri` on `localhost` presenting `client`, with `extra` lines.
+fn people_headers(uri: &str, client: &Issued, extra: &str) -> String {
+    format!(
+        "X-Original-Method: GET\r\nX-Original-URI: {uri}\r\nX-Forwarded-Host: localhost\r\nX-Forwarded-For: 198.51.100.8\r\nX-SSL-Client-Cert: {}\r\n{extra}",
+        escaped(&client.cert_pem)
+    )
+}
+
+async fn ask_world(w: &world::World, caller: &Issued, headers: &str) -> Result<Reply> {
+    let request = format!(
+        "GET /.vigil/authz HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
+    );
+    let tls = client_config(Some(caller), w.pki.ca.cert_pem(), &[b"http/1.1"])?;
+    raw(w.running.addr, tls, "localhost", &request).await
+}
+
+#[tokio::test]
+async fn a_forwarded_session_cookie_works_and_stays_bound_to_its_device() -> Result<()> {
+    let w = world::world_with(PEOPLE_AUTHZ).await?;
+    let nginx = w.pki.workload(NGINX)?;
+    let (cookies, _) = w
+        .sign_in(&w.alice_laptop, "/hello", support::idp::ALICE)
+        .await?;
+    let cookie = format!("Cookie: {cookies}\r\n");
+
+    let reply = ask_world(
+        &w,
+        &nginx,
+        &people_headers("/hello", &w.alice_laptop, &cookie),
+    )
+    .await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let user = reply.header("x-vigil-user").expect("the signed-in person");
+    assert!(!user.is_empty());
+    assert!(reply.header("x-vigil-email").is_some(), "{reply:?}");
+    assert!(reply.header("x-vigil-groups").is_some(), "{reply:?}");
+    assert!(reply.header("x-vigil-assertion").is_some(), "{reply:?}");
+    let line = decision_for(
+        &w.decisions,
+        &reply.header("x-request-id").unwrap_or_default(),
+    )
+    .await
+    .expect("a line");
+    assert_eq!(line["enforcement_point"], "nginx");
+    assert_eq!(line["route"], "app");
+    assert!(line["user"].is_string(), "{line}");
+
+    // The same cookie with another device's certificate: not her session there.
+    let stolen = ask_world(
+        &w,
+        &nginx,
+        &people_headers("/hello", &w.bob_laptop, &cookie),
+    )
+    .await?;
+    assert_eq!(stolen.status, 401, "{stolen:?}");
+    let line = decision_for(
+        &w.decisions,
+        &stolen.header("x-request-id").unwrap_or_default(),
+    )
+    .await
+    .expect("a line");
+    assert_eq!(line["codes"], serde_json::json!(["session_other_device"]));
+
+    // No cookie: a sign-in is needed, answered 401 (no redirect: auth_request cannot follow one).
+    let none = ask_world(&w, &nginx, &people_headers("/hello", &w.alice_laptop, "")).await?;
+    assert_eq!(none.status, 401, "{none:?}");
+    assert!(none.header("location").is_none());
+
+    // A bearer token passed on in Authorization works as on a bearer route.
+    let workload = w.pki.workload(SPIFFE_WEB)?;
+    let token = w.idp.client_credentials("orders:read").await?;
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    let reply = ask_world(
+        &w,
+        &nginx,
+        &people_headers("/api/orders", &workload, &bearer),
+    )
+    .await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.header("x-vigil-user").as_deref(), Some("svc"));
+    assert_eq!(
+        reply.header("x-vigil-workload").as_deref(),
+        Some(SPIFFE_WEB)
+    );
+    let forged = format!("Authorization: Bearer {token}x\r\n");
+    let reply = ask_world(
+        &w,
+        &nginx,
+        &people_headers("/api/orders", &workload, &forged),
+    )
+    .await?;
+    assert_eq!(reply.status, 401, "{reply:?}");
+    Ok(())
+}
