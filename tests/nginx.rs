@@ -19,12 +19,11 @@ const NGINX: &str = "spiffe://example.org/ns/ingress/sa/nginx";
 const ROGUE: &str = "spiffe://example.org/ns/ingress/sa/rogue";
 
 fn nginx_binary() -> Option<PathBuf> {
-    let candidates = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("nginx")).collect())
-        .unwrap_or_else(Vec::new)
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin/nginx")]);
-    candidates.into_iter().find(|p| p.is_file())
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("nginx"))
+        .chain([PathBuf::from("/usr/sbin/nginx")])
+        .find(|p| p.is_file())
 }
 
 /// A running nginx, stopped when dropped.

@@ -35,7 +35,10 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     map
 }
 
-fn nginx(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+/// Header names and values, in order.
+type Pairs = Vec<(String, String)>;
+
+fn nginx(extra: &[(&str, &str)]) -> Pairs {
     let mut pairs = vec![
         ("x-original-uri".to_owned(), "/a/./b?x=1".to_owned()),
         ("x-original-method".to_owned(), "POST".to_owned()),
@@ -119,7 +122,7 @@ fn envoy_names_the_request_by_its_own_path_and_xfcc() {
 
 #[test]
 fn every_bad_input_is_refused_with_its_reason() {
-    let cases: Vec<(Vec<(String, String)>, Code, &str)> = vec![
+    let cases: Vec<(Pairs, Code, &str)> = vec![
         (
             nginx(&[("x-original-uri", "")]),
             Code::AuthzForwardedInvalid,
