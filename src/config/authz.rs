@@ -93,6 +93,7 @@ impl Compiler<'_> {
             );
         }
         let mut points: Vec<EnforcementPoint> = Vec::new();
+        let mut names: Vec<&str> = Vec::new();
         for (i, point) in section.enforcement_points.iter().enumerate() {
             let at = format!("authz.enforcement_points.{i}");
             let name = &point.name;
@@ -107,12 +108,13 @@ impl Compiler<'_> {
                     format!("enforcement point name {name:?} is not usable in logs and metrics"),
                     "use 1 to 64 letters, digits, '-', '_' or '.'",
                 );
-            } else if points.iter().any(|p| &*p.name == name) {
+            } else if names.contains(&name.as_str()) {
                 self.problem(
                     &format!("{at}.name"),
                     format!("enforcement point name {name:?} is used twice"),
                 );
             }
+            names.push(name);
             if let Some(credential) = self.credential(&at, point) {
                 points.push(EnforcementPoint {
                     name: Arc::from(name.as_str()),
