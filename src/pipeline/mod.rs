@@ -3,6 +3,10 @@
 //! log line and metrics) at whichever phase answers, and finish for every answer on its way
 //! out. Each phase is a function in the file named for it; this file only calls them in order.
 //!
+//! A request for `[authz] path` is another enforcement point asking for a decision: it goes to
+//! [`authz`], which runs the same route, identify, assess, decide and record phases on the
+//! request it names, and answers instead of forwarding.
+//!
 //! Every phase reads the one configuration snapshot taken when the request arrived, so a
 //! request never sees half of a reload.
 
