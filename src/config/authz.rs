@@ -189,7 +189,21 @@ impl Compiler<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::fingerprint;
+    use super::{Authz, fingerprint};
+
+    #[test]
+    fn the_endpoint_claims_its_path_and_what_is_below_it_only() {
+        let authz = Authz {
+            path: "/.vigil/authz".into(),
+            points: Vec::new(),
+        };
+        assert_eq!(authz.claims("/.vigil/authz"), Some(None));
+        assert_eq!(authz.claims("/.vigil/authz/"), Some(Some("/")));
+        assert_eq!(authz.claims("/.vigil/authz/a/b"), Some(Some("/a/b")));
+        assert_eq!(authz.claims("/.vigil/authzx"), None);
+        assert_eq!(authz.claims("/.vigil/Authz"), None);
+        assert_eq!(authz.claims("/app/.vigil/authz"), None);
+    }
 
     #[test]
     fn fingerprints_are_read_as_openssl_and_vigil_write_them() {
