@@ -404,6 +404,11 @@ async fn every_missing_or_ambiguous_forwarded_fact_is_refused_with_a_reason() ->
             "no forwarded URI",
         ),
         (
+            without("X-Original-Method"),
+            "authz_forwarded_invalid",
+            "no forwarded method",
+        ),
+        (
             without("X-Forwarded-For"),
             "authz_forwarded_invalid",
             "no forwarded client address",

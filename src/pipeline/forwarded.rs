@@ -58,7 +58,7 @@ pub fn read(
     query: Option<&str>,
     max_target: Option<usize>,
 ) -> Result<Forwarded, Reason> {
-    let method = forwarded_method(headers, method)?;
+    let method = forwarded_method(headers, method, below.is_some())?;
     let (path, query) = forwarded_target(headers, below, query, max_target)?;
     let host = forwarded_host(headers)?;
     let client = forwarded_client(headers)?;
@@ -99,12 +99,21 @@ fn either<'h>(headers: &'h HeaderMap, names: [&str; 2]) -> Result<Option<&'h str
     }
 }
 
-fn forwarded_method(headers: &HeaderMap, own: &Method) -> Result<Method, Reason> {
+/// The method named in a header; without one, the check request's own only when it is the
+/// request to decide itself (`below`: Envoy copies the original method onto it). A request
+/// named in headers must name its method too: nginx's subrequest is a GET whatever the
+/// original was, and deciding every request as a GET would let a DELETE through a rule that
+/// allows reading.
+fn forwarded_method(headers: &HeaderMap, own: &Method, below: bool) -> Result<Method, Reason> {
     let method = match either(headers, ["x-original-method", "x-forwarded-method"])? {
         Some(text) => Method::from_bytes(text.as_bytes())
             .map_err(|_| invalid(format!("forwarded method {text:?} is not a method")))?,
-        // nginx's subrequest and Envoy's check request carry the original method.
-        None => own.clone(),
+        None if below => own.clone(),
+        None => {
+            return Err(invalid(
+                "no forwarded method (X-Original-Method or X-Forwarded-Method)",
+            ));
+        }
     };
     if method == Method::CONNECT {
         return Err(invalid("a CONNECT request is not decided"));

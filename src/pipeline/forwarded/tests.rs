@@ -154,6 +154,11 @@ fn every_bad_input_is_refused_with_its_reason() {
             "disagree",
         ),
         (
+            nginx(&[("x-original-method", "")]),
+            Code::AuthzForwardedInvalid,
+            "no forwarded method",
+        ),
+        (
             nginx(&[("x-original-method", "GE T")]),
             Code::AuthzForwardedInvalid,
             "not a method",
