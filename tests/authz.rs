@@ -602,3 +602,29 @@ async fn a_forwarded_session_cookie_works_and_stays_bound_to_its_device() -> Res
     assert_eq!(reply.status, 401, "{reply:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_device_an_operator_revoked_is_refused_when_passed_on() -> Result<()> {
+    let f = fixture().await?;
+    let headers = nginx_headers("GET", "/reports/q1", &f.laptop);
+    assert_eq!(f.ask(&f.nginx, &headers).await?.status, 200);
+    let admin = f.running.admin.expect("admin listener");
+    let body = format!("{{\"device\":\"{}\"}}", fingerprint(&f.laptop));
+    let revoked = admin_raw(
+        &f.running,
+        "POST",
+        "/revoke",
+        &format!("Host: {admin}\r\nContent-Type: application/json\r\n"),
+        &body,
+    )
+    .await?;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    let reply = f.ask(&f.nginx, &headers).await?;
+    assert_eq!(reply.status, 403, "{reply:?}");
+    assert!(reply.body.contains("device revoked"), "{}", reply.body);
+    assert_eq!(
+        f.line(&reply).await["codes"],
+        serde_json::json!(["authz_certificate_refused"])
+    );
+    Ok(())
+}
