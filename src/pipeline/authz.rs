@@ -81,7 +81,9 @@ pub async fn handle(
         Ok(client) => client,
         Err(why) => return refuse_forwarded(&cx, why),
     };
+    let started = cx.started;
     let mut cx = Context::new(shared, &client, snapshot, request_id, &req);
+    cx.started = started;
     cx.html = false;
     cx.enforcement_point = Some(point.name.clone());
     cx.method = asked.method.clone();
