@@ -628,3 +628,40 @@ async fn a_device_an_operator_revoked_is_refused_when_passed_on() -> Result<()> 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reload_changes_who_may_ask_at_once() -> Result<()> {
+    let pki = Pki::new()?;
+    let (upstream, _stop) = echo_upstream().await?;
+    let nginx = pki.workload(NGINX)?;
+    let laptop = pki.device("alice-laptop")?;
+    let log = pki.path("decisions.log");
+    let text = |point: &str| {
+        format!(
+            "{}\n[authz]\nenforcement_points = [{{ name = \"nginx\", spiffe = \"{point}\" }}]\n\n[[route]]\nname = \"app\"\nhost = \"app.test\"\nupstream = \"http://{upstream}\"\nlogin = \"none\"\nallow = [{{ cert_subject = [\"*-laptop\"] }}]\n",
+            base_config("", &log)
+        )
+    };
+    let path = pki.path("vigil.toml");
+    std::fs::write(&path, text(NGINX))?;
+    let running = vigil::start_file(&path).await?;
+    let tls = || client_config(Some(&nginx), pki.ca.cert_pem(), &[b"http/1.1"]);
+    let request = format!(
+        "GET /.vigil/authz HTTP/1.1\r\nHost: localhost\r\n{}Connection: close\r\n\r\n",
+        nginx_headers("GET", "/reports/q1", &laptop)
+    );
+    let reply = raw(running.addr, tls()?, "localhost", &request).await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+
+    std::fs::write(&path, text("spiffe://example.org/ns/ingress/sa/other"))?;
+    assert_eq!(admin(&running, "POST", "/reload").await?.status, 200);
+    let reply = raw(running.addr, tls()?, "localhost", &request).await?;
+    assert_eq!(reply.status, 403, "{reply:?}");
+    assert!(
+        reply.body.contains("not an enforcement point"),
+        "{}",
+        reply.body
+    );
+    running.shutdown().await;
+    Ok(())
+}
