@@ -1,7 +1,8 @@
 //! Debian's real nginx in front of a real upstream, asking Vigil's decision endpoint with
 //! `auth_request` over mTLS: what Vigil allows reaches the upstream with the identity headers
-//! nginx took from Vigil's answer, what it denies is refused by nginx with Vigil's status, and
-//! an nginx that is no configured enforcement point is refused by Vigil.
+//! nginx took from Vigil's answer, what it denies is refused by nginx with Vigil's status, an
+//! nginx that does not name the original method is refused (its subrequest is always a GET),
+//! and an nginx that is no configured enforcement point is refused by Vigil.
 //!
 //! nginx runs from its own configuration and prefix in a temporary directory, on loopback
 //! ports only, for as long as the test. `scripts/test` installs it (`nginx-light`); the test
@@ -48,6 +49,19 @@ impl Nginx {
 /// One nginx server: `port` in front of the upstream, asking Vigil at `vigil` with the
 /// client certificate `cert`/`key` (files in `dir`).
 fn server_block(port: u16, vigil: u16, upstream: &str, cert: &str, key: &str) -> String {
+    let with_method = "      proxy_set_header X-Original-Method $request_method;\n";
+    server_block_with(port, vigil, upstream, cert, key, with_method)
+}
+
+/// [`server_block`] with `method` as the line that names the original method (or none).
+fn server_block_with(
+    port: u16,
+    vigil: u16,
+    upstream: &str,
+    cert: &str,
+    key: &str,
+    method: &str,
+) -> String {
     format!(
         r#"
   server {{
@@ -74,8 +88,7 @@ fn server_block(port: u16, vigil: u16, upstream: &str, cert: &str, key: &str) ->
       proxy_pass_request_body off;
       proxy_set_header Content-Length "";
       proxy_set_header X-Original-URI $request_uri;
-      proxy_set_header X-Original-Method $request_method;
-      proxy_set_header X-Forwarded-Host $host;
+{method}      proxy_set_header X-Forwarded-Host $host;
       proxy_set_header X-Forwarded-For $remote_addr;
       proxy_set_header X-SSL-Client-Cert $ssl_client_escaped_cert;
       proxy_http_version 1.1;
@@ -192,15 +205,12 @@ allow = [{{ cert_subject = ["*-laptop"], paths = ["/reports/**"], methods = ["GE
     let running = spawn(&pki, &text).await?;
     let vigil = running.addr.port();
     let (good, rogue) = (world::free_port().await?, world::free_port().await?);
-    let servers = server_block(good, vigil, &upstream.to_string(), "nginx.pem", "nginx.key")
-        + &server_block(
-            rogue,
-            vigil,
-            &upstream.to_string(),
-            "rogue.pem",
-            "rogue.key",
-        );
-    let nginx = start_nginx(binary, &dir, &servers, &[good, rogue]).await?;
+    let forgetful = world::free_port().await?;
+    let upstream = upstream.to_string();
+    let servers = server_block(good, vigil, &upstream, "nginx.pem", "nginx.key")
+        + &server_block(rogue, vigil, &upstream, "rogue.pem", "rogue.key")
+        + &server_block_with(forgetful, vigil, &upstream, "nginx.pem", "nginx.key", "");
+    let nginx = start_nginx(binary, &dir, &servers, &[good, rogue, forgetful]).await?;
     let laptop = pki.device("alice-laptop")?;
     let ca = pki.ca.cert_pem().to_owned();
     let ask = |port: u16, client: Option<&Issued>, method: &str, path: &str| {
@@ -247,6 +257,13 @@ allow = [{{ cert_subject = ["*-laptop"], paths = ["/reports/**"], methods = ["GE
     let anonymous = ask(good, None, "GET", "/reports/q1").await?;
     assert_eq!(anonymous.status, 403, "{anonymous:?}");
 
+    // An nginx that does not name the original method: its subrequest is a GET whatever the
+    // request was, so Vigil refuses rather than decide a DELETE as a GET.
+    for method in ["DELETE", "GET"] {
+        let unnamed = ask(forgetful, Some(&laptop), method, "/reports/q1").await?;
+        assert_eq!(unnamed.status, 403, "{method}: {unnamed:?}");
+    }
+
     // An nginx whose certificate is not on the list is refused by Vigil, whatever it says.
     let refused = ask(rogue, Some(&laptop), "GET", "/reports/q1").await?;
     assert_eq!(refused.status, 403, "{refused:?}");
@@ -256,6 +273,7 @@ allow = [{{ cert_subject = ["*-laptop"], paths = ["/reports/**"], methods = ["GE
         "path_not_allowed",
         "authz_forwarded_path",
         "authz_certificate_missing",
+        "authz_forwarded_invalid",
         "authz_not_enforcement_point",
     ];
     let mut codes: Vec<String> = Vec::new();
