@@ -96,6 +96,9 @@ pub struct Connection {
     pub h1_requests: AtomicU64,
     /// The connection slot it holds (in all and for its source), released when dropped.
     pub(crate) _permit: Box<dyn Send + Sync>,
+    /// Counted in `vigil_connections_open` (and uncounted when dropped): false for the end
+    /// client an enforcement point asks about, which is no connection of Vigil's.
+    pub(crate) counted: bool,
 }
 
 /// A TLS version as logs name it: `TLSv1.3`, `TLSv1.2`; `None` before a handshake ends.
@@ -123,7 +126,9 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.metrics.connections_open.dec();
+        if self.counted {
+            self.metrics.connections_open.dec();
+        }
         if let Some(registry) = self.registry.upgrade() {
             registry.remove(self.id);
         }

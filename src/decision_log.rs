@@ -101,6 +101,10 @@ pub struct Entry<'a> {
     /// What the route's shadow policy would have decided, when it disagrees.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<&'a crate::policy::Shadow>,
+    /// The `[authz]` enforcement point the decision was made for; absent on requests Vigil
+    /// answered for itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enforcement_point: Option<&'a str>,
     pub status: u16,
     pub latency_ms: f64,
 }
@@ -316,6 +320,7 @@ mod tests {
         mode: String,
         risk: Option<crate::posture::Assessment>,
         upstream: Option<String>,
+        enforcement_point: Option<String>,
         status: u16,
         latency_ms: f64,
         facts: Option<crate::policy::facts::Document>,
@@ -400,6 +405,7 @@ mod tests {
                 upstream: line.upstream.as_deref(),
                 policy: None,
                 shadow: None,
+                enforcement_point: line.enforcement_point.as_deref(),
                 status: line.status,
                 latency_ms: line.latency_ms,
             };
@@ -449,6 +455,7 @@ mod tests {
             upstream: Some("10.0.0.12:8080"),
             policy: None,
             shadow: None,
+            enforcement_point: None,
             status: 200,
             latency_ms: 1.514,
         };

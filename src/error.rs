@@ -76,6 +76,9 @@ pub enum Refusal {
     GatewayTimeout,
     /// The client did not send its request body in time.
     RequestTimeout,
+    /// An enforcement point named the request to decide in a way that cannot be read
+    /// unambiguously, or passed on an unreadable certificate; the reason says what.
+    Unreadable(String),
 }
 
 impl Refusal {
@@ -93,6 +96,17 @@ impl Refusal {
             Refusal::BadGateway => StatusCode::BAD_GATEWAY,
             Refusal::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::Unreadable(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The status an enforcement point is answered with: 401 and 503 as they are, every other
+    /// refusal 403, since nginx's `auth_request` understands no other client error (it turns
+    /// anything else into a 500 of its own).
+    pub fn status_for_enforcement_point(&self) -> StatusCode {
+        match self.status() {
+            s @ (StatusCode::UNAUTHORIZED | StatusCode::SERVICE_UNAVAILABLE) => s,
+            _ => StatusCode::FORBIDDEN,
         }
     }
 
@@ -104,7 +118,8 @@ impl Refusal {
             | Refusal::MethodNotAllowed
             | Refusal::PayloadTooLarge
             | Refusal::UriTooLong(_)
-            | Refusal::RequestTimeout => Fault::Client,
+            | Refusal::RequestTimeout
+            | Refusal::Unreadable(_) => Fault::Client,
             Refusal::Forbidden(_) | Refusal::Unauthorized(_) => Fault::Policy,
             Refusal::Unavailable(_) => Fault::Upstream,
             Refusal::BadGateway | Refusal::GatewayTimeout => Fault::Upstream,
@@ -120,7 +135,8 @@ impl Refusal {
             Refusal::Forbidden(why)
             | Refusal::Unauthorized(why)
             | Refusal::Unavailable(why)
-            | Refusal::UriTooLong(why) => why,
+            | Refusal::UriTooLong(why)
+            | Refusal::Unreadable(why) => why,
             Refusal::MethodNotAllowed => "method not supported by the proxy",
             Refusal::PayloadTooLarge => "request body too large",
             Refusal::BadGateway => "upstream unavailable",
@@ -132,7 +148,16 @@ impl Refusal {
     /// A small answer carrying the reason and the request id: an HTML page for browsers,
     /// JSON for everything else; a 503 says when to try again (`Retry-After`).
     pub fn response(&self, request_id: &HeaderValue, html: bool) -> Response<Body> {
-        let status = self.status();
+        self.response_as(self.status(), request_id, html)
+    }
+
+    /// [`Refusal::response`] with another status (see [`Refusal::status_for_enforcement_point`]).
+    pub fn response_as(
+        &self,
+        status: StatusCode,
+        request_id: &HeaderValue,
+        html: bool,
+    ) -> Response<Body> {
         let id = request_id.to_str().unwrap_or("");
         let title = status.canonical_reason().unwrap_or("error");
         let (content_type, text) = if html {

@@ -16,7 +16,9 @@
 //!   [`pipeline::identify`] (sessions, re-verification, bearer tokens), [`pipeline::assess`]
 //!   (device record, country, risk), [`pipeline::decide`] (the facts document and the
 //!   decision), [`pipeline::record`] (decision log and metrics), [`pipeline::forward`],
-//!   Vigil's own `/.vigil/` [`pipeline::endpoints`], and [`pipeline::finish`] (what every
+//!   Vigil's own `/.vigil/` [`pipeline::endpoints`], [`pipeline::authz`] (the decision other
+//!   enforcement points ask for, about the request [`pipeline::forwarded`] reads from what they
+//!   pass on), and [`pipeline::finish`] (what every
 //!   answer gets on its way out: no body for `HEAD`, Vigil's `Strict-Transport-Security`).
 //! - [`live`]: the verifier: open connections and every response still streaming re-checked
 //!   and cut off when they no longer pass, re-decided with the pipeline's own identify, assess

@@ -60,6 +60,15 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+/// A decision made for an `[authz]` enforcement point. Bounded: one per enforcement point
+/// the configuration names, and `(none)` for callers that are none of them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuthzLabels {
+    pub enforcement_point: RouteLabel,
+    /// allow, deny, or audit.
+    pub decision: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct Limit {
     pub limit: &'static str,
@@ -197,6 +206,7 @@ pub struct Metrics {
     pub tunnels_open: Gauge,
     pub limits_hit: Family<Limit, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub authz_decisions: Family<AuthzLabels, Counter>,
     pub decision_log_dropped: Counter,
     pub config_generation: Gauge,
     pub config_reloads: Counter,
@@ -324,6 +334,11 @@ impl Metrics {
                 "upstream_errors",
                 "Failed upstream exchanges, by route and kind",
             ),
+            authz_decisions: metric(
+                r,
+                "authz_decisions",
+                "Decisions made for [authz] enforcement points, by enforcement point ((none) for a caller that is none of them) and decision",
+            ),
             decision_log_dropped: metric(
                 r,
                 "decision_log_dropped",
@@ -394,6 +409,17 @@ impl Metrics {
         for limit in labels::LIMITS {
             let _ = self.limits_hit.get_or_create(&Limit { limit });
         }
+    }
+
+    /// Counts a decision made for the enforcement point `point` (`(none)`: a caller that is
+    /// none of them).
+    pub fn authz_decision(&self, point: &Arc<str>, decision: &'static str) {
+        self.authz_decisions
+            .get_or_create(&AuthzLabels {
+                enforcement_point: RouteLabel(point.clone()),
+                decision,
+            })
+            .inc();
     }
 
     /// Every series of the per-route families for `routes`, at 0 (those already there keep

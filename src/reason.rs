@@ -206,6 +206,19 @@ codes! {
     /// One of Vigil's own pages or documents (`whoami`, `jwks.json`, `logged-out`, the logout
     /// page).
     VigilEndpoint = "vigil_endpoint",
+    /// A client that is not one of `[authz] enforcement_points` asked for a decision.
+    AuthzNotEnforcementPoint = "authz_not_enforcement_point",
+    /// An enforcement point named the request to decide in a way that cannot be read, or
+    /// ambiguously (the text says how).
+    AuthzForwardedInvalid = "authz_forwarded_invalid",
+    /// The forwarded path cannot be canonicalised (the text says why).
+    AuthzForwardedPath = "authz_forwarded_path",
+    /// An enforcement point passed on no end-client certificate.
+    AuthzCertificateMissing = "authz_certificate_missing",
+    /// The end-client certificate passed on cannot be read.
+    AuthzCertificateInvalid = "authz_certificate_invalid",
+    /// The end-client certificate passed on does not verify: another CA, expired, revoked.
+    AuthzCertificateRefused = "authz_certificate_refused",
     /// The request is malformed or ambiguous (the text says how).
     BadRequest = "bad_request",
     /// The Host names a server other than the one the TLS connection was opened for.

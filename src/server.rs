@@ -407,6 +407,7 @@ fn open(
         framing: Findings::new(),
         h1_requests: AtomicU64::new(0),
         _permit: Box::new(permit),
+        counted: true,
     });
     conn.activity.touch();
     shared.live.insert(&conn);

@@ -405,6 +405,75 @@ fn check_refuses_unknown_key_exchange_groups() -> Result<()> {
 }
 
 #[test]
+fn check_reports_every_problem_of_authz_at_its_line() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let good = format!(
+        "{GOOD}\n[authz]\nenforcement_points = [\n  {{ name = \"nginx\", spiffe = \"spiffe://example.org/ns/ingress/sa/nginx\" }},\n  {{ name = \"edge\", fingerprint = \"{}\" }},\n]\n",
+        vec!["AB"; 32].join(":")
+    );
+    let (ok, out) = check(dir.path(), &good)?;
+    assert!(ok, "{out}");
+
+    let broken = format!(
+        "{GOOD}\n[authz]\npath = \"/.vigil/login\"\nenforcement_points = [\n  {{ name = \"nginx\", spiffe = \"nginx\" }},\n  {{ name = \"nginx\", fingerprint = \"00:11\" }},\n  {{ name = \"both\", spiffe = \"spiffe://a/b\", fingerprint = \"{}\" }},\n  {{ name = \"no one\" }},\n  {{ name = \"x\", spife = \"spiffe://a/b\" }},\n]\n",
+        "ab".repeat(32)
+    );
+    let (ok, out) = check(dir.path(), &broken)?;
+    assert!(!ok, "{out}");
+    let path = dir.path().join("vigil.toml").display().to_string();
+    let line = |needle: &str| {
+        broken
+            .lines()
+            .position(|l| l.contains(needle))
+            .map(|i| format!("{path}:{}:", i + 1))
+            .unwrap_or_default()
+    };
+    for (says, at) in [
+        (
+            "\"/.vigil/login\" cannot be the decision endpoint's path",
+            line("/.vigil/login"),
+        ),
+        ("\"nginx\" is not a SPIFFE ID", line("spiffe = \"nginx\"")),
+        (
+            "enforcement point name \"nginx\" is used twice",
+            line("00:11"),
+        ),
+        ("\"00:11\" is not a SHA-256 fingerprint", line("00:11")),
+        (
+            "needs exactly one of `spiffe` and `fingerprint`",
+            line("\"both\""),
+        ),
+        (
+            "enforcement point name \"no one\" is not usable",
+            line("no one"),
+        ),
+        (
+            "unknown key `authz.enforcement_points.4.spife`",
+            line("spife"),
+        ),
+    ] {
+        assert!(out.contains(says), "missing {says:?} in:\n{out}");
+        assert!(out.contains(&at), "missing location {at} in:\n{out}");
+    }
+    let empty = format!("{GOOD}\n[authz]\n");
+    let (ok, out) = check(dir.path(), &empty)?;
+    assert!(!ok, "{out}");
+    assert!(out.contains("[authz] lists no enforcement point"), "{out}");
+    for bad in ["/authz", "/.vigil/authz/", "/.vigil/", "/.vigil/a/../b"] {
+        let text = format!(
+            "{GOOD}\n[authz]\npath = \"{bad}\"\nenforcement_points = [{{ name = \"n\", spiffe = \"spiffe://a/b\" }}]\n"
+        );
+        let (ok, out) = check(dir.path(), &text)?;
+        assert!(
+            !ok && out.contains("cannot be the decision endpoint's path"),
+            "{bad}: {out}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn run_refuses_an_invalid_config() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("vigil.toml");

@@ -97,6 +97,7 @@ pub struct RawConfig {
     pub devices: Option<DevicesSection>,
     pub risk: Option<RiskSection>,
     pub policy: PolicySection,
+    pub authz: Option<AuthzSection>,
     /// Routes in file order; `None` where a route could not be read.
     pub routes: Vec<Option<RouteSection>>,
     /// Sections written in the file that could not be read (their problems are reported):
@@ -115,6 +116,7 @@ impl RawConfig {
             "assertion" => self.assertion.is_none(),
             "devices" => self.devices.is_none(),
             "risk" => self.risk.is_none(),
+            "authz" => self.authz.is_none(),
             _ => false,
         };
         absent && !self.unreadable.iter().any(|u| u == name)
@@ -193,6 +195,9 @@ const SECTIONS: &[(&str, Read)] = &[
     }),
     ("policy", |raw, e| {
         e.read().map(|v| raw.policy = v).is_some()
+    }),
+    ("authz", |raw, e| {
+        e.read().map(|v| raw.authz = Some(v)).is_some()
     }),
     ("route", |raw, e| {
         raw.routes = e.read_routes();
@@ -736,6 +741,10 @@ data = ["data/*.json"]
 max_instructions = 100000
 timeout = "5ms"
 
+[authz]
+path = "/.vigil/authz"
+enforcement_points = [{ name = "nginx", spiffe = "spiffe://example.org/ingress", fingerprint = "00" }]
+
 [[route]]
 name = "app"
 host = "app.example.org"
@@ -802,6 +811,7 @@ timezone = "Europe/Paris"
             ("devices", Keys::walk::<DevicesSection>()),
             ("risk", Keys::walk::<RiskSection>()),
             ("policy", Keys::walk::<PolicySection>()),
+            ("authz", Keys::walk::<AuthzSection>()),
             ("route.0", Keys::walk::<RouteSection>()),
         ];
         let names: Vec<&str> = SECTIONS.iter().map(|(name, _)| *name).collect();

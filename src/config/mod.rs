@@ -6,6 +6,7 @@
 
 pub mod admin;
 mod assertion;
+pub mod authz;
 mod certificates;
 mod compiler;
 mod devices;
@@ -25,6 +26,7 @@ mod tls;
 mod upstream;
 
 pub use admin::AdminTls;
+pub use authz::Authz;
 pub use diagnostics::{Problem, Problems, Source, Warnings};
 pub use schema::LogSection;
 pub use server::HttpServer;
@@ -65,6 +67,8 @@ pub struct Snapshot {
     pub risk: Option<crate::posture::RiskSettings>,
     /// Continuous verification settings.
     pub verify: crate::identity::verify::Settings,
+    /// The decision endpoint for other enforcement points, when `[authz]` is configured.
+    pub authz: Option<Arc<Authz>>,
     /// Signs `X-Vigil-Assertion`, when `[assertion]` is configured.
     pub signer: Option<Arc<Signer>>,
     /// The verifier inside `tls`, to re-check certificates of resumed sessions.
@@ -213,6 +217,7 @@ impl Compiler<'_> {
         let signer = self.signer(raw.assertion.as_ref());
         let risk = self.risk(raw.risk.as_ref());
         let admin = self.admin(raw);
+        let authz = self.authz(raw.authz.as_ref());
         let (server, tls, routes) = (server?, tls?, routes?);
         let policy = crate::policy::Policy::new(
             routes.table.iter().map(|r| r.policy.clone()),
@@ -232,6 +237,7 @@ impl Compiler<'_> {
             oidc,
             sessions,
             signer,
+            authz,
             devices,
             risk,
             verify,

@@ -726,6 +726,42 @@ pub struct RiskActionsSection {
     pub high: Option<String>,
 }
 
+/// `[authz]`: Vigil's decision offered as a service to other enforcement points (nginx
+/// `auth_request`, Envoy's ext_authz HTTP service, Traefik's forwardAuth), on the proxy
+/// listener. Absent: no such endpoint, and the path is an ordinary `/.vigil/` path.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthzSection {
+    /// Where the decisions are asked for, on any host of the proxy listener. A request for
+    /// exactly this path names the request to decide in headers (nginx, Traefik); a request
+    /// below it is the request to decide itself, its path after this prefix (Envoy).
+    /// Default `/.vigil/authz`.
+    #[serde(default = "AuthzSection::default_path")]
+    pub path: String,
+    /// The enforcement points that may ask, each known by its client certificate. At least
+    /// one; nobody else is answered as one.
+    #[serde(default)]
+    pub enforcement_points: Vec<EnforcementPointSection>,
+}
+
+impl AuthzSection {
+    fn default_path() -> String {
+        "/.vigil/authz".into()
+    }
+}
+
+/// One `[[authz.enforcement_points]]`: exactly one of `spiffe` and `fingerprint`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EnforcementPointSection {
+    /// Its name in the decision log (`enforcement_point`) and the metrics.
+    pub name: String,
+    /// The SPIFFE ID (or pattern, `*` for one segment) of its client certificate.
+    #[serde(default)]
+    pub spiffe: Option<String>,
+    /// The SHA-256 fingerprint of its client certificate, hex (colons allowed).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+}
+
 /// One `[[route]]`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RouteSection {

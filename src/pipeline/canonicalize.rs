@@ -44,27 +44,11 @@ pub fn canonicalize<'a>(
     conn: &Connection,
     snapshot: &Snapshot,
 ) -> Result<Target<'a>, Refusal> {
-    let headers = req.headers();
-    if req.version() <= http::Version::HTTP_11 {
-        let index = conn.h1_requests.fetch_add(1, Ordering::Relaxed);
-        if let Some(why) = conn.framing.refusal(index) {
-            return Err(Refusal::BadRequest(why));
-        }
-    }
-    // Before any other work on the target: its length bounds what every later stage spends.
-    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    if let Some(limit) = snapshot.max_target_bytes
-        && target > limit
-    {
-        conn.metrics.limit("target_size");
-        return Err(Refusal::UriTooLong(format!(
-            "request target of {target} bytes is over the limit of {limit}"
-        )));
-    }
+    screen(req, conn, snapshot)?;
     if req.method() == Method::CONNECT {
         return Err(Refusal::MethodNotAllowed);
     }
-    let host_header = unambiguous_headers(req.method(), headers)?;
+    let host_header = unambiguous_headers(req.method(), req.headers())?;
     let from_header = match host_header {
         Some(v) => Some(
             v.to_str()
@@ -102,6 +86,32 @@ pub fn canonicalize<'a>(
     Ok(Target { host, path, query })
 }
 
+/// The part of [`canonicalize`] every request goes through, the decision endpoint's included:
+/// the HTTP/1 framing seen on the wire for it, and the length of its target.
+pub fn screen(
+    req: &Request<Incoming>,
+    conn: &Connection,
+    snapshot: &Snapshot,
+) -> Result<(), Refusal> {
+    if req.version() <= http::Version::HTTP_11 {
+        let index = conn.h1_requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(why) = conn.framing.refusal(index) {
+            return Err(Refusal::BadRequest(why));
+        }
+    }
+    // Before any other work on the target: its length bounds what every later stage spends.
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if let Some(limit) = snapshot.max_target_bytes
+        && target > limit
+    {
+        conn.metrics.limit("target_size");
+        return Err(Refusal::UriTooLong(format!(
+            "request target of {target} bytes is over the limit of {limit}"
+        )));
+    }
+    Ok(())
+}
+
 /// A refused path for the decision log: at most 1 KiB of it, so a long target cannot make long
 /// log lines.
 pub fn loggable_path(path: &str) -> String {
@@ -111,7 +121,7 @@ pub fn loggable_path(path: &str) -> String {
 /// Refuses headers that would let two readers of the request disagree: a second Host or
 /// Authorization, conflicting body framing, a WebSocket handshake that is not one, control
 /// characters. Returns the one Host header, if any.
-fn unambiguous_headers<'r>(
+pub fn unambiguous_headers<'r>(
     method: &Method,
     headers: &'r http::HeaderMap,
 ) -> Result<Option<&'r HeaderValue>, Refusal> {

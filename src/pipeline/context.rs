@@ -41,6 +41,9 @@ pub struct Context<'a> {
     pub shadow: Option<crate::policy::Shadow>,
     /// What policy decided, once it has: the line's `outcome` and `facts`.
     pub decided: Option<Decided>,
+    /// The enforcement point this request is decided for (see `authz`): its line names it,
+    /// and refusals use the statuses enforcement points understand.
+    pub enforcement_point: Option<Arc<str>>,
     pub started: Instant,
 }
 
@@ -80,6 +83,7 @@ impl<'a> Context<'a> {
             policy: None,
             shadow: None,
             decided: None,
+            enforcement_point: None,
             started: Instant::now(),
         }
     }

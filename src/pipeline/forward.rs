@@ -176,7 +176,7 @@ fn failed(
 }
 
 /// How the decision log names a decision that let the request through.
-fn passed_as(decision: &Decision) -> &'static str {
+pub(super) fn passed_as(decision: &Decision) -> &'static str {
     if decision.outcome == Outcome::Audit {
         "audit"
     } else {
@@ -187,7 +187,7 @@ fn passed_as(decision: &Decision) -> &'static str {
 /// The identity headers for the upstream: Vigil's own, the route's legacy ones, and the
 /// signed assertion.
 /// The headers a Rego policy's answer adds upstream (checked when the policy answered).
-fn policy_headers(decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
+pub(super) fn policy_headers(decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
     decision
         .headers
         .iter()
@@ -200,7 +200,7 @@ fn policy_headers(decision: &Decision) -> Vec<(HeaderName, HeaderValue)> {
         .collect()
 }
 
-fn identity_headers(
+pub(super) fn identity_headers(
     snapshot: &Snapshot,
     route: &Route,
     conn: &Connection,

@@ -3,16 +3,22 @@
 //! log line and metrics) at whichever phase answers, and finish for every answer on its way
 //! out. Each phase is a function in the file named for it; this file only calls them in order.
 //!
+//! A request for `[authz] path` is another enforcement point asking for a decision: it goes to
+//! [`authz`], which runs the same route, identify, assess, decide and record phases on the
+//! request it names, and answers instead of forwarding.
+//!
 //! Every phase reads the one configuration snapshot taken when the request arrived, so a
 //! request never sees half of a reload.
 
 pub mod assess;
+pub mod authz;
 pub mod canonicalize;
 pub mod context;
 pub mod decide;
 pub mod endpoints;
 pub mod finish;
 pub mod forward;
+pub mod forwarded;
 pub mod identify;
 pub mod record;
 pub mod route;
@@ -82,6 +88,12 @@ async fn answer(
     req: Request<Incoming>,
     request_id: HeaderValue,
 ) -> Response<Body> {
+    if let Some(authz) = &snapshot.authz
+        && let Some(below) = authz.claims(req.uri().path())
+    {
+        let below = below.map(str::to_owned);
+        return authz::handle(shared, conn, snapshot, authz, below, req, &request_id).await;
+    }
     let mut cx = Context::new(shared, conn, snapshot, &request_id, &req);
     let target = match canonicalize::canonicalize(&req, conn, snapshot) {
         Ok(target) => target,

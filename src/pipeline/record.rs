@@ -28,6 +28,7 @@ pub fn code_of(refusal: &Refusal) -> Code {
         Refusal::BadGateway => Code::UpstreamFailed,
         Refusal::GatewayTimeout => Code::UpstreamTimeout,
         Refusal::RequestTimeout => Code::BodyTimeout,
+        Refusal::Unreadable(_) => Code::AuthzForwardedInvalid,
     }
 }
 
@@ -70,7 +71,14 @@ impl Context<'_> {
     }
 
     fn answer(&self, refusal: Refusal, reasons: &[Reason]) -> Response<Body> {
-        let response = refusal.response(self.request_id, self.html);
+        let response = match self.enforcement_point {
+            Some(_) => refusal.response_as(
+                refusal.status_for_enforcement_point(),
+                self.request_id,
+                self.html,
+            ),
+            None => refusal.response(self.request_id, self.html),
+        };
         self.write("deny", reasons, response.status(), Some(refusal.fault()));
         response
     }
@@ -140,6 +148,7 @@ impl Context<'_> {
             } else {
                 "enforce"
             },
+            enforcement_point: self.enforcement_point.as_deref(),
             status: status.as_u16(),
             latency_ms: decision_log::millis(latency),
         };
@@ -171,5 +180,8 @@ impl Context<'_> {
             .request_duration
             .get_or_create(&RouteOnly { route: label })
             .observe(latency.as_secs_f64());
+        if let Some(point) = &self.enforcement_point {
+            metrics.authz_decision(point, decision);
+        }
     }
 }
