@@ -86,6 +86,7 @@ pub mod log_format;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod policy_tests;
 pub mod posture;
 pub mod proxy_protocol;
 pub mod reason;

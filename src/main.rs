@@ -117,6 +117,21 @@ enum PolicyCommand {
     /// requests whose outcome would change: exit 0 when none would, 1 when some would, 2 when
     /// the log or the configuration cannot be read.
     Replay(ReplayArgs),
+    /// Run the `test_*` rules of the Rego files under PATHS (default: the current directory),
+    /// with the `.json` files there merged under `data`: exit 0 when all pass, 1 when one
+    /// fails, 2 when the files cannot be loaded.
+    Test(TestArgs),
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Files or directories, searched recursively.
+    paths: Vec<PathBuf>,
+    /// List passing tests too.
+    #[arg(long, short)]
+    verbose: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
 }
 
 /// How a report is printed.
@@ -267,7 +282,32 @@ fn main() -> anyhow::Result<()> {
         Command::Keys(cmd) => keys_command(cmd),
         Command::Policy(PolicyCommand::Explain(args)) => explain(&args),
         Command::Policy(PolicyCommand::Replay(args)) => replay(&args),
+        Command::Policy(PolicyCommand::Test(args)) => policy_test(&args),
     }
+}
+
+/// `vigil policy test`: exit 1 when a test fails, 2 when the files do not load.
+fn policy_test(args: &TestArgs) -> anyhow::Result<()> {
+    let paths = if args.paths.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        args.paths.clone()
+    };
+    let report = match vigil::policy_tests::run(&paths) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    match args.format {
+        Format::Text => print!("{}", report.text(args.verbose)),
+        Format::Json => println!("{:#}", serde_json::to_value(&report)?),
+    }
+    if report.failed > 0 || report.tests.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// `vigil policy replay`: the changes as they are found, then the summary. Exit 1 when some

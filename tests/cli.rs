@@ -915,6 +915,16 @@ fn shipped_examples_pass_check() -> Result<()> {
         let (ok, out) = check(dir.path(), &text)?;
         assert!(ok, "examples/{name}: {out}");
     }
+    // The policy example, with its policy and data beside it.
+    let policies = root.join("examples/policies");
+    let dir = example_pki()?;
+    std::fs::create_dir(dir.path().join("data"))?;
+    for file in ["zero_trust.rego", "data/device_db.json"] {
+        std::fs::copy(policies.join(file), dir.path().join(file))?;
+    }
+    let text = std::fs::read_to_string(policies.join("vigil.toml"))?;
+    let (ok, out) = check(dir.path(), &text)?;
+    assert!(ok, "examples/policies: {out}");
     // config/example.toml refers to ../certs from its own directory.
     let example = std::fs::read_to_string(root.join("config/example.toml"))?;
     let dir = tempfile::tempdir()?;

@@ -666,3 +666,80 @@ policy = "{dir}/zero_trust.rego"
     );
     Ok(())
 }
+
+fn vigil_policy_test(args: &[&std::ffi::OsStr]) -> Result<(i32, String)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["policy", "test"])
+        .args(args)
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+#[test]
+fn the_policy_test_runner_passes_the_examples_and_fails_what_fails() -> Result<()> {
+    let (code, out) = vigil_policy_test(&[EXAMPLE.as_ref(), "--verbose".as_ref()])?;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("PASS: 5/5"), "{out}");
+    assert!(
+        out.contains("test_a_device_that_turns_noncompliant_is_denied: PASS"),
+        "{out}"
+    );
+
+    // A failing test, an erroring one and a passing one, with `with` on data.
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package p\nimport rego.v1\ndefault allow := false\nallow if data.open\n",
+    )?;
+    std::fs::write(dir.path().join("d.json"), r#"{"open": false}"#)?;
+    std::fs::write(
+        dir.path().join("p_test.rego"),
+        r#"package p_test
+import rego.v1
+import data.p
+
+test_closed_by_default if not p.allow
+test_open_with_data if p.allow with data.open as true
+test_wrong if p.allow
+test_error if 1 / 0 > 0
+"#,
+    )?;
+    let (code, out) = vigil_policy_test(&[dir.path().as_os_str()])?;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("data.p_test.test_wrong: FAIL (undefined)"),
+        "{out}"
+    );
+    assert!(out.contains("data.p_test.test_error: FAIL ("), "{out}");
+    assert!(out.contains("p_test.rego:8:"), "{out}");
+    assert!(out.contains("PASS: 2/4"), "{out}");
+    assert!(
+        !out.contains("test_open_with_data"),
+        "passing tests listed: {out}"
+    );
+
+    let (code, out) =
+        vigil_policy_test(&[dir.path().as_os_str(), "--format".as_ref(), "json".as_ref()])?;
+    assert_eq!(code, 1, "{out}");
+    let report: Value = serde_json::from_str(&out)?;
+    assert_eq!(report["passed"], 2);
+    assert_eq!(report["failed"], 2);
+
+    // A policy that does not parse: exit 2, with where.
+    std::fs::write(dir.path().join("broken.rego"), "package b\nallow if {\n")?;
+    let (code, out) = vigil_policy_test(&[dir.path().as_os_str()])?;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("broken.rego:"), "{out}");
+
+    let empty = tempfile::tempdir()?;
+    let (code, out) = vigil_policy_test(&[empty.path().as_os_str()])?;
+    assert_eq!(code, 2, "{out}");
+    Ok(())
+}

@@ -79,7 +79,7 @@ impl Compiler<'_> {
                         continue;
                     }
                 };
-                if let Err(e) = merge(&mut data, value, "data") {
+                if let Err(e) = rego::merge(&mut data, value, "data") {
                     self.problem(&key, format!("{shown}: {e}"));
                 }
             }
@@ -219,25 +219,4 @@ impl Compiler<'_> {
             }
         }
     }
-}
-
-/// Merges `value` into `into`: objects key by key, anything else defined once.
-fn merge(into: &mut Value, value: Value, at: &str) -> Result<(), String> {
-    let (Value::Object(_), Value::Object(new)) = (&*into, &value) else {
-        return Err(format!("{at} is defined twice"));
-    };
-    let map = into.as_object_mut().map_err(|e| e.to_string())?;
-    for (k, v) in new.iter() {
-        let name = match k {
-            Value::String(s) => format!("{at}.{s}"),
-            other => format!("{at}.{other}"),
-        };
-        match map.get_mut(k) {
-            Some(existing) => merge(existing, v.clone(), &name)?,
-            None => {
-                map.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    Ok(())
 }

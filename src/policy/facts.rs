@@ -314,7 +314,10 @@ impl Serialize for KeptRequest<'_> {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 let mut map = serializer.serialize_map(None)?;
                 // A policy may look at any header: its route keeps them all, reduced alike.
-                if self.1.is_some_and(|route| route.rego.is_some() || route.shadow.is_some()) {
+                if self
+                    .1
+                    .is_some_and(|route| route.rego.is_some() || route.shadow.is_some())
+                {
                     let mut by_name: std::collections::BTreeMap<String, Vec<String>> =
                         Default::default();
                     self.0.each(|name, v| {

@@ -570,6 +570,32 @@ fn compile_error(name: &str, error: &anyhow::Error) -> CompileError {
     }
 }
 
+/// Merges `value` into `into`: objects key by key, anything else defined once.
+pub fn merge(into: &mut Value, value: Value, at: &str) -> Result<(), String> {
+    let (Value::Object(_), Value::Object(new)) = (&*into, &value) else {
+        return Err(format!("{at} is defined twice"));
+    };
+    let map = into.as_object_mut().map_err(|e| e.to_string())?;
+    for (k, v) in new.iter() {
+        let name = match k {
+            Value::String(s) => format!("{at}.{s}"),
+            other => format!("{at}.{other}"),
+        };
+        match map.get_mut(k) {
+            Some(existing) => merge(existing, v.clone(), &name)?,
+            None => {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// regorus's error as one line: `file:line:col: what`.
+pub fn error_text(error: &anyhow::Error) -> String {
+    one_line(&format!("{error:#}"))
+}
+
 /// Builds regorus objects without repeating the key conversions.
 struct Builder(BTreeMap<Value, Value>);
 
