@@ -126,3 +126,23 @@ impl RouteTable {
 fn first_covering<'a>(routes: &'a [Arc<Route>], path: &str) -> Option<&'a Arc<Route>> {
     routes.iter().find(|r| r.covers(path))
 }
+
+impl RouteTable {
+    /// Every route's Rego policies as `(route, policy file, role)`, role `enforced` or
+    /// `shadow`: the series the metrics create at 0.
+    pub fn policy_series(&self) -> Vec<(Arc<str>, Arc<str>, &'static str)> {
+        let mut series = Vec::new();
+        for route in self.iter() {
+            let policies = [
+                (route.policy.rego.as_ref(), "enforced"),
+                (route.policy.shadow.as_ref(), "shadow"),
+            ];
+            for (rego, role) in policies {
+                if let Some(rego) = rego {
+                    series.push((route.label.clone(), rego.label.clone(), role));
+                }
+            }
+        }
+        series
+    }
+}

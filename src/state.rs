@@ -45,9 +45,7 @@ impl Shared {
         metrics.config_generation.set(snapshot.generation as i64);
         let no_route_label: Arc<str> = Arc::from("(none)");
         metrics.precreate_routes(snapshot.routes.iter().map(|r| &r.label));
-        metrics
-            .policies
-            .precreate(snapshot.routes.iter().map(|r| &**r));
+        metrics.policies.precreate(snapshot.routes.policy_series());
         metrics.precreate_no_route(&no_route_label);
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),

@@ -78,64 +78,64 @@ impl Policies {
 pub const RESULTS: &[&str] = &["allow", "deny", "undefined", "malformed", "error", "budget"];
 
 impl Policies {
-    /// The evaluation series of every route's policies, at 0.
-    pub fn precreate<'a>(&self, routes: impl IntoIterator<Item = &'a crate::routing::Route>) {
-        for route in routes {
-            let policies = [
-                (route.policy.rego.as_ref(), "enforced"),
-                (route.policy.shadow.as_ref(), "shadow"),
-            ];
-            for (rego, role) in policies {
-                let Some(rego) = rego else { continue };
-                for result in RESULTS {
-                    let _ = self.evaluations.get_or_create(&EvaluationLabels {
-                        route: RouteLabel(route.label.clone()),
-                        policy: PolicyLabel(rego.label.clone()),
-                        role,
-                        result,
-                    });
-                }
+    /// The evaluation series of `(route, policy file, role)`, at 0 for every result.
+    pub fn precreate(&self, series: impl IntoIterator<Item = (Arc<str>, Arc<str>, &'static str)>) {
+        for (route, policy, role) in series {
+            for result in RESULTS {
+                let _ = self.evaluations.get_or_create(&EvaluationLabels {
+                    route: RouteLabel(route.clone()),
+                    policy: PolicyLabel(policy.clone()),
+                    role,
+                    result,
+                });
             }
         }
     }
 
-    /// One decision's policy runs: the enforced policy's, the shadow's, and a disagreement.
-    pub fn record(&self, route: &Arc<str>, decision: &crate::policy::Decision) {
+    /// One evaluation of `policy` on `route`, in `role` (`enforced` or `shadow`).
+    pub fn evaluated(
+        &self,
+        route: &Arc<str>,
+        policy: &Arc<str>,
+        role: &'static str,
+        result: &'static str,
+        elapsed: std::time::Duration,
+    ) {
         let route = RouteLabel(route.clone());
-        let shadow = decision.shadow.as_ref();
-        let runs = [
-            (decision.policy.as_ref(), "enforced"),
-            (shadow.and_then(|s| s.run.as_ref()), "shadow"),
-        ];
-        for (run, role) in runs {
-            let Some(run) = run else { continue };
-            let policy = PolicyLabel(run.name.clone());
-            self.evaluations
-                .get_or_create(&EvaluationLabels {
-                    route: route.clone(),
-                    policy: policy.clone(),
-                    role,
-                    result: run.result,
-                })
-                .inc();
-            self.evaluation_duration
-                .get_or_create(&PolicyLabels {
-                    route: route.clone(),
-                    policy,
-                    role,
-                })
-                .observe(run.elapsed.0.as_secs_f64());
-        }
-        if let Some(shadow) = shadow.filter(|s| !s.agrees) {
-            self.shadow_disagreements
-                .get_or_create(&ShadowLabels {
-                    route,
-                    policy: PolicyLabel(shadow.policy.clone()),
-                    enforced: decision.outcome.as_str(),
-                    shadow: shadow.decision.as_str(),
-                })
-                .inc();
-        }
+        let policy = PolicyLabel(policy.clone());
+        self.evaluations
+            .get_or_create(&EvaluationLabels {
+                route: route.clone(),
+                policy: policy.clone(),
+                role,
+                result,
+            })
+            .inc();
+        self.evaluation_duration
+            .get_or_create(&PolicyLabels {
+                route,
+                policy,
+                role,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A request on which the shadow `policy` decided `shadow` and the route `enforced`.
+    pub fn disagreed(
+        &self,
+        route: &Arc<str>,
+        policy: &Arc<str>,
+        enforced: &'static str,
+        shadow: &'static str,
+    ) {
+        self.shadow_disagreements
+            .get_or_create(&ShadowLabels {
+                route: RouteLabel(route.clone()),
+                policy: PolicyLabel(policy.clone()),
+                enforced,
+                shadow,
+            })
+            .inc();
     }
 }
 

@@ -48,7 +48,7 @@ pub fn decide(
 ) -> Result<Decision, Box<Response<Body>>> {
     let decision = policy::decide_on(&cx.snapshot.policy, Some(&route.policy), facts);
     if decision.policy.is_some() || decision.shadow.is_some() {
-        cx.shared.metrics.policies.record(&route.label, &decision);
+        record(&cx.shared.metrics.policies, &route.label, &decision);
         cx.policy.clone_from(&decision.policy);
         cx.shadow = decision.shadow.clone().filter(|s| !s.agrees);
     }
@@ -99,6 +99,29 @@ fn kept(facts: &Facts<'_>, route: &policy::RoutePolicy) -> Option<Vec<u8>> {
             tracing::error!(error = %e, "decision facts not serialisable");
             None
         }
+    }
+}
+
+/// The metrics of one decision's policy runs: the enforced policy's, the shadow's, and a
+/// disagreement.
+fn record(policies: &crate::metrics::policy::Policies, route: &std::sync::Arc<str>, d: &Decision) {
+    let shadow = d.shadow.as_ref();
+    let runs = [
+        (d.policy.as_ref(), "enforced"),
+        (shadow.and_then(|s| s.run.as_ref()), "shadow"),
+    ];
+    for (run, role) in runs {
+        if let Some(run) = run {
+            policies.evaluated(route, &run.name, role, run.result, run.elapsed.0);
+        }
+    }
+    if let Some(shadow) = shadow.filter(|s| !s.agrees) {
+        policies.disagreed(
+            route,
+            &shadow.policy,
+            d.outcome.as_str(),
+            shadow.decision.as_str(),
+        );
     }
 }
 
