@@ -95,11 +95,98 @@ usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
                                          re-verification on and off (needs Node.js)
                                 kx       full handshakes with X25519MLKEM768 against X25519
                                          only, on one Vigil; CPU per handshake as a ratio
+                                rego     keep-alive through a route decided by a Rego policy
+                                         against the same route with a built-in rule; CPU
+                                         per request as a ratio and a difference
   --skip LIST                 leave these scenario groups out
   --reload-every MS           reload interval of the reload scenario (default 100)
   --no-nginx                  skip the nginx comparison
   --keep-temp                 keep the temp dir (configs, logs, certificates) and print its path
   --help                      this text";
+
+/// The policy of the `rego` scenario: what the built-in rule says (the load generator's SPIFFE
+/// ID), with the allowed paths in data, as a policy written for it would.
+const BENCH_POLICY: &str = r#"package bench
+import rego.v1
+
+default allow := false
+
+allow if {
+    input.spiffe_id in data.bench.callers
+    some prefix in data.bench.paths
+    startswith(input.path, prefix)
+}
+"#;
+
+/// Keep-alive requests through a route decided by [`BENCH_POLICY`] against the same route with
+/// a built-in rule: two Vigil instances on the proxy core, each measured twice, alternating.
+async fn rego_cost(ctx: &Ctx<'_>) -> Result<Vec<Row>> {
+    let mut instances = Vec::new();
+    for name in ["rego", "rules"] {
+        let dir = support::instance_dir(ctx.dir, &format!("rego-{name}"))?;
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()?);
+        let route = if name == "rego" {
+            std::fs::write(dir.join("bench.rego"), BENCH_POLICY)?;
+            let data =
+                json!({ "bench": { "callers": [CLIENT_SPIFFE_ID], "paths": ["/bench", "/api"] } });
+            std::fs::write(dir.join("bench.json"), data.to_string())?;
+            format!(
+                "\n[policy]\ndata = [\"bench.json\"]\n\n[[route]]\nname = \"bench\"\nhost = \"*\"\nupstream = \"http://{}\"\nlogin = \"none\"\npolicy = \"bench.rego\"\n",
+                ctx.upstream
+            )
+        } else {
+            workload_route("bench", "*", None, ctx.upstream)
+        };
+        let decisions = logs_dir(&dir)?.join("vigil-decisions.log");
+        let path = dir.join("vigil.toml");
+        std::fs::write(&path, vigil_base_config(addr, None, &decisions) + &route)?;
+        let ep = Endpoint::new(addr, Some(ctx.tls.clone()));
+        let label = if name == "rego" {
+            "vigil-rego"
+        } else {
+            "vigil-rules"
+        };
+        instances.push((
+            name,
+            spawn_vigil(ctx.vigil_bin, label, &path, ep, ctx.pinned).await?,
+        ));
+    }
+    let targets: Vec<Target> = instances
+        .iter()
+        .map(|(name, proxy)| Target {
+            name,
+            ep: Endpoint::new(proxy.addr, Some(ctx.tls.clone())),
+            proxy: Some(proxy),
+        })
+        .collect();
+    let half = ctx.measure / 2;
+    let scenario = Scenario::KeepAlive(ctx.args.connections);
+    let mut rows: Vec<Row> = Vec::new();
+    for round in 0..2 {
+        for t in &targets {
+            eprintln!("... rego: {} (round {})", t.name, round + 1);
+            let row = ctx.bench.scenario(t, scenario, ctx.warmup, half).await?;
+            match rows.iter_mut().find(|r| r.target == t.name) {
+                Some(r) => r.absorb(row),
+                None => rows.push(row),
+            }
+        }
+    }
+    print_table(
+        &format!(
+            "rego: {}; the route decided by a Rego policy, or by a built-in rule",
+            scenario.title()
+        ),
+        &rows,
+        ("rego", "rules"),
+    );
+    for (name, proxy) in &instances {
+        if let Some(msg) = proxy.exited() {
+            bail!("vigil ({name}) {msg} during the rego scenario");
+        }
+    }
+    Ok(rows)
+}
 
 // ---------------------------------------------------------------------------------------------
 // Arguments
@@ -125,15 +212,17 @@ enum Part {
     Reload,
     Revocation,
     Kx,
+    Rego,
 }
 
 impl Part {
-    const ALL: [Part; 5] = [
+    const ALL: [Part; 6] = [
         Part::Compare,
         Part::Oidc,
         Part::Reload,
         Part::Revocation,
         Part::Kx,
+        Part::Rego,
     ];
 
     fn name(self) -> &'static str {
@@ -143,6 +232,7 @@ impl Part {
             Part::Reload => "reload",
             Part::Revocation => "revocation",
             Part::Kx => "kx",
+            Part::Rego => "rego",
         }
     }
 
@@ -383,6 +473,17 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
             Ok(rows) => report.kx = rows,
             Err(e) => {
                 let msg = format!("key exchange scenario FAILED: {e:#}");
+                println!("\n!!! {msg}");
+                failed.push(msg);
+            }
+        }
+    }
+
+    if args.runs(Part::Rego) {
+        match rego_cost(&ctx).await {
+            Ok(rows) => report.rego = rows,
+            Err(e) => {
+                let msg = format!("rego scenario FAILED: {e:#}");
                 println!("\n!!! {msg}");
                 failed.push(msg);
             }
@@ -1959,6 +2060,8 @@ struct Report {
     revocation: Option<support::revocation::RevocationReport>,
     /// The key exchange scenario: X25519MLKEM768, then X25519.
     kx: Vec<Row>,
+    /// The Rego scenario: the route with a policy, then with a built-in rule.
+    rego: Vec<Row>,
 }
 
 impl Report {
@@ -1975,6 +2078,23 @@ impl Report {
             + self.reload.as_ref().map_or(0, |r| r.errors())
             + self.revocation.as_ref().map_or(0, |r| r.errors())
             + self.kx.iter().map(|r| r.errors).sum::<u64>()
+            + self.rego.iter().map(|r| r.errors).sum::<u64>()
+    }
+
+    /// Proxy CPU per keep-alive request through the Rego route: the ratio to the built-in
+    /// rule's, and the difference in µs.
+    fn rego_cost(&self) -> (Option<f64>, Option<f64>) {
+        let cpu = |name: &str| {
+            self.rego
+                .iter()
+                .find(|r| r.target == name)
+                .and_then(|r| r.proxy_cpu_ns)
+        };
+        let (rego, rules) = (cpu("rego"), cpu("rules"));
+        (
+            ratio(rego, rules),
+            rego.zip(rules).map(|(a, b)| (a - b) / 1000.0),
+        )
     }
 
     /// Proxy and load-generator CPU per full handshake, X25519MLKEM768 over X25519.
@@ -2205,6 +2325,15 @@ fn summarise(report: &Report, notes: &mut Vec<String>) -> Summary {
             opt(loadgen, 2)
         );
     }
+    if !report.rego.is_empty() {
+        let (ratio, extra) = report.rego_cost();
+        println!("\n== summary: a Rego route against the same route with a built-in rule ==");
+        println!(
+            "proxy CPU per keep-alive request {:>6}x   ({} µs more per request)",
+            opt(ratio, 3),
+            opt(extra, 2)
+        );
+    }
     let errors = report.total_errors();
     if errors > 0 {
         notes.push(format!("{errors} ERRORS during the run"));
@@ -2329,6 +2458,17 @@ fn report_json(
                 "targets": report.kx.iter().map(row_json).collect::<Vec<_>>(),
                 "ratio_proxy_cpu_per_handshake_x25519mlkem768_to_x25519": proxy,
                 "ratio_loadgen_cpu_per_handshake_x25519mlkem768_to_x25519": loadgen,
+            })
+        }),
+        "rego": (!report.rego.is_empty()).then(|| {
+            let (ratio, extra) = report.rego_cost();
+            json!({
+                "description": "keep-alive requests on a workload route decided by a Rego policy \
+                    (the SPIFFE ID and the path checked against data), against the same route \
+                    with a built-in rule; two Vigil instances, measured alternately",
+                "targets": report.rego.iter().map(row_json).collect::<Vec<_>>(),
+                "ratio_proxy_cpu_per_request_rego_to_rules": ratio,
+                "extra_proxy_cpu_us_per_request": extra,
             })
         }),
         "total_errors": report.total_errors(),
