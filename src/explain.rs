@@ -201,6 +201,18 @@ pub fn explain(snapshot: &Snapshot, mut doc: Document, now: i64) -> Explained {
         "decision": decision.outcome.as_str(),
         "status": status,
         "rule": decision.rule.map(|i| i + 1),
+        "policy": decision.policy.as_ref().map(|run| json!({
+            "name": run.name,
+            "query": route.and_then(|r| r.rego.as_ref()).map(|r| r.query.as_str()),
+            "result": run.result,
+        })),
+        "headers": decision.headers.iter().map(|(n, v)| json!({ n: v })).collect::<Vec<_>>(),
+        "shadow": decision.shadow.as_ref().map(|s| json!({
+            "policy": s.policy,
+            "decision": s.decision,
+            "agrees": s.agrees,
+            "reasons": s.reasons,
+        })),
         "read_only": decision.read_only,
         "risk_action": decision.risk_action,
         "risk_level": facts.risk.map(|r| r.level.as_str()),
@@ -254,6 +266,28 @@ pub fn text(report: &Value) -> String {
         None => "none".to_owned(),
     };
     let _ = writeln!(out, "rule:      {rule}");
+    if let Some(policy) = report["policy"].as_object() {
+        let _ = writeln!(
+            out,
+            "policy:    {} ({}): {}",
+            str_of(&policy["name"]),
+            str_of(&policy["query"]),
+            str_of(&policy["result"])
+        );
+    }
+    if let Some(shadow) = report["shadow"].as_object() {
+        let agrees = if shadow["agrees"] == true {
+            "agrees"
+        } else {
+            "disagrees"
+        };
+        let _ = writeln!(
+            out,
+            "shadow:    {}: {} ({agrees})",
+            str_of(&shadow["policy"]),
+            str_of(&shadow["decision"])
+        );
+    }
     if let Some(level) = report["risk_level"].as_str() {
         let signals: Vec<String> = report["risk"]["signals"]
             .as_array()

@@ -743,3 +743,47 @@ test_error if 1 / 0 > 0
     assert_eq!(code, 2, "{out}");
     Ok(())
 }
+
+#[test]
+fn explain_names_the_policy_and_what_it_answered() -> Result<()> {
+    let pki = Pki::new()?;
+    let routes = GROUP_RULE_AND_POLICY.replace(
+        "policy = \"mfa.rego\"",
+        "policy = \"mfa.rego\"\nshadow_policy = \"mfa.rego\"",
+    );
+    std::fs::write(pki.path("mfa.rego"), MFA_POLICY)?;
+    let config = pki.path("vigil.toml");
+    std::fs::write(
+        &config,
+        base_config("", &pki.path("decisions.jsonl")) + &routes,
+    )?;
+    let input = pki.path("facts.json");
+    std::fs::write(
+        &input,
+        facts("both", "device-1", Some(&["pwd"])).to_string(),
+    )?;
+    let run = |format: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["policy", "explain", "--config"])
+            .arg(&config)
+            .arg("--input")
+            .arg(&input)
+            .args(["--format", format])
+            .output()
+    };
+    let json_out = run("json")?;
+    assert_eq!(json_out.status.code(), Some(2));
+    let report: Value = serde_json::from_slice(&json_out.stdout)?;
+    assert_eq!(report["decision"], "deny");
+    assert_eq!(report["policy"]["name"], "mfa.rego");
+    assert_eq!(report["policy"]["query"], "data.mfa.allow");
+    assert_eq!(report["policy"]["result"], "deny");
+    assert_eq!(report["shadow"]["agrees"], true);
+    assert_eq!(report["codes"], json!(["allowed_by_rule", "policy_denied"]));
+    let text = String::from_utf8(run("text")?.stdout)?;
+    assert!(
+        text.contains("policy:    mfa.rego (data.mfa.allow): deny"),
+        "{text}"
+    );
+    Ok(())
+}
