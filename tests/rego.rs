@@ -787,3 +787,84 @@ fn explain_names_the_policy_and_what_it_answered() -> Result<()> {
     );
     Ok(())
 }
+
+/// Writes `text` to `path` through a rename, as an editor or a deployment would.
+fn replace(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn policy_and_data_files_reload_on_change_and_a_broken_policy_keeps_the_old_one() -> Result<()>
+{
+    let pki = Pki::new()?;
+    let policy = "package gate\nimport rego.v1\ndefault allow := false\nallow if input.spiffe_id in data.gate.callers\n";
+    std::fs::write(pki.path("gate.rego"), policy)?;
+    std::fs::create_dir(pki.path("data"))?;
+    std::fs::write(
+        pki.path("data/gate.json"),
+        json!({ "gate": { "callers": [SPIFFE_WEB] } }).to_string(),
+    )?;
+    let (upstream, _stop) = echo_upstream().await?;
+    let text = base_config("", &pki.path("decisions.log"))
+        + &format!(
+            "\n[policy]\ndata = [\"data/*.json\"]\n\n[[route]]\nname = \"gate\"\nhost = \"localhost\"\nupstream = \"http://{upstream}\"\nlogin = \"none\"\npolicy = \"gate.rego\"\n"
+        );
+    let config = pki.path("vigil.toml");
+    std::fs::write(&config, text)?;
+    let running = vigil::start_file(&config).await?;
+    let web = client_config(Some(&pki.workload(SPIFFE_WEB)?), pki.ca.cert_pem(), &[])?;
+    let batch = client_config(Some(&pki.workload(SPIFFE_BATCH)?), pki.ca.cert_pem(), &[])?;
+    let status = |c: &rustls::ClientConfig| {
+        let c = c.clone();
+        let addr = running.addr;
+        async move { get(addr, c, "/x", "").await.map(|r| r.status).unwrap_or(0) }
+    };
+    assert_eq!(status(&web).await, 200);
+    assert_eq!(status(&batch).await, 403);
+
+    // New data: the batch job may call too.
+    let generation = running.shared.snapshot.load().generation;
+    replace(
+        &pki.path("data/gate.json"),
+        &json!({ "gate": { "callers": [SPIFFE_WEB, SPIFFE_BATCH] } }).to_string(),
+    )?;
+    let reloaded = eventually(Duration::from_secs(10), || async {
+        running.shared.snapshot.load().generation > generation
+    })
+    .await;
+    assert!(reloaded, "a data change did not reload");
+    assert_eq!(status(&batch).await, 200);
+
+    // A new policy: nobody but the web frontend.
+    let generation = running.shared.snapshot.load().generation;
+    replace(
+        &pki.path("gate.rego"),
+        &format!(
+            "package gate\nimport rego.v1\ndefault allow := false\nallow if input.spiffe_id == \"{SPIFFE_WEB}\"\n"
+        ),
+    )?;
+    let reloaded = eventually(Duration::from_secs(10), || async {
+        running.shared.snapshot.load().generation > generation
+    })
+    .await;
+    assert!(reloaded, "a policy change did not reload");
+    assert_eq!(status(&batch).await, 403);
+    assert_eq!(status(&web).await, 200);
+
+    // A policy that does not compile: refused, the last one keeps serving.
+    let failures = metric(&running, "vigil_config_reload_failures_total").await?;
+    replace(&pki.path("gate.rego"), "package gate\nallow if {\n")?;
+    let refused = eventually(Duration::from_secs(10), || async {
+        metric(&running, "vigil_config_reload_failures_total")
+            .await
+            .is_ok_and(|n| n > failures)
+    })
+    .await;
+    assert!(refused, "a broken policy was not refused");
+    assert_eq!(status(&web).await, 200);
+    assert_eq!(status(&batch).await, 403);
+    Ok(())
+}
