@@ -868,3 +868,35 @@ async fn policy_and_data_files_reload_on_change_and_a_broken_policy_keeps_the_ol
     assert_eq!(status(&batch).await, 403);
     Ok(())
 }
+
+#[test]
+fn a_policy_sees_the_time_of_the_decision() -> Result<()> {
+    let pki = Pki::new()?;
+    // 1795426200 is Monday 23 November 2026, 09:30 UTC: 10:30 in Paris.
+    let policy = r#"package clock
+import rego.v1
+default allow := false
+allow if {
+    time.weekday(input.time_ns) == "Monday"
+    [hour, _, _] := time.clock([input.time_ns, "Europe/Paris"])
+    hour >= 10
+}
+"#;
+    let routes = r#"
+[[route]]
+name = "clock"
+host = "localhost"
+upstream = "http://127.0.0.1:1"
+login = "none"
+policy = "clock.rego"
+"#;
+    let snapshot = load(&pki, &[("clock.rego", policy)], routes)?;
+    let mut doc = facts("clock", "d", None);
+    let d = decide(&snapshot, &doc)?;
+    assert_eq!(d.outcome, Outcome::Allow, "{}", texts(&d));
+    // An hour earlier it is 09:30 in Paris.
+    doc["time"] = json!(1_795_426_200 - 3600);
+    let d = decide(&snapshot, &doc)?;
+    assert_eq!(d.outcome, Outcome::Deny, "{}", texts(&d));
+    Ok(())
+}
