@@ -605,7 +605,7 @@ impl Builder {
     }
 
     fn set(&mut self, key: &str, value: impl Into<Value>) -> &mut Self {
-        self.0.insert(Value::from(key), value.into());
+        self.0.insert(key_value(key), value.into());
         self
     }
 
@@ -616,6 +616,169 @@ impl Builder {
     fn done(&mut self) -> Value {
         Value::from(std::mem::take(&mut self.0))
     }
+}
+
+/// The input's field names, made once: a key is then a reference count, not an allocation.
+struct Keys {
+    acr: Value,
+    amr: Value,
+    auth_time: Value,
+    certificate: Value,
+    claims: Value,
+    common_name: Value,
+    compliant: Value,
+    country: Value,
+    device: Value,
+    device_id: Value,
+    dns: Value,
+    email: Value,
+    emails: Value,
+    fingerprint: Value,
+    groups: Value,
+    headers: Value,
+    host: Value,
+    issuer: Value,
+    jwt: Value,
+    last_check_in: Value,
+    level: Value,
+    managed: Value,
+    method: Value,
+    mfa: Value,
+    name: Value,
+    network: Value,
+    not_after: Value,
+    not_before: Value,
+    owner: Value,
+    parsed_path: Value,
+    path: Value,
+    person: Value,
+    request: Value,
+    route: Value,
+    score: Value,
+    serial: Value,
+    signals: Value,
+    source: Value,
+    source_address: Value,
+    spiffe_id: Value,
+    sub: Value,
+    subject: Value,
+    time: Value,
+    time_ns: Value,
+    uris: Value,
+    verified_at: Value,
+    version: Value,
+    risk: Value,
+    os: Value,
+}
+
+static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
+
+fn key_value(name: &str) -> Value {
+    let keys = KEYS.get_or_init(|| Keys {
+        acr: Value::from("acr"),
+        amr: Value::from("amr"),
+        auth_time: Value::from("auth_time"),
+        certificate: Value::from("certificate"),
+        claims: Value::from("claims"),
+        common_name: Value::from("common_name"),
+        compliant: Value::from("compliant"),
+        country: Value::from("country"),
+        device: Value::from("device"),
+        device_id: Value::from("device_id"),
+        dns: Value::from("dns"),
+        email: Value::from("email"),
+        emails: Value::from("emails"),
+        fingerprint: Value::from("fingerprint"),
+        groups: Value::from("groups"),
+        headers: Value::from("headers"),
+        host: Value::from("host"),
+        issuer: Value::from("issuer"),
+        jwt: Value::from("jwt"),
+        last_check_in: Value::from("last_check_in"),
+        level: Value::from("level"),
+        managed: Value::from("managed"),
+        method: Value::from("method"),
+        mfa: Value::from("mfa"),
+        name: Value::from("name"),
+        network: Value::from("network"),
+        not_after: Value::from("not_after"),
+        not_before: Value::from("not_before"),
+        owner: Value::from("owner"),
+        parsed_path: Value::from("parsed_path"),
+        path: Value::from("path"),
+        person: Value::from("person"),
+        request: Value::from("request"),
+        route: Value::from("route"),
+        score: Value::from("score"),
+        serial: Value::from("serial"),
+        signals: Value::from("signals"),
+        source: Value::from("source"),
+        source_address: Value::from("source_address"),
+        spiffe_id: Value::from("spiffe_id"),
+        sub: Value::from("sub"),
+        subject: Value::from("subject"),
+        time: Value::from("time"),
+        time_ns: Value::from("time_ns"),
+        uris: Value::from("uris"),
+        verified_at: Value::from("verified_at"),
+        version: Value::from("version"),
+        risk: Value::from("risk"),
+        os: Value::from("os"),
+    });
+    let key = match name {
+        "acr" => &keys.acr,
+        "amr" => &keys.amr,
+        "auth_time" => &keys.auth_time,
+        "certificate" => &keys.certificate,
+        "claims" => &keys.claims,
+        "common_name" => &keys.common_name,
+        "compliant" => &keys.compliant,
+        "country" => &keys.country,
+        "device" => &keys.device,
+        "device_id" => &keys.device_id,
+        "dns" => &keys.dns,
+        "email" => &keys.email,
+        "emails" => &keys.emails,
+        "fingerprint" => &keys.fingerprint,
+        "groups" => &keys.groups,
+        "headers" => &keys.headers,
+        "host" => &keys.host,
+        "issuer" => &keys.issuer,
+        "jwt" => &keys.jwt,
+        "last_check_in" => &keys.last_check_in,
+        "level" => &keys.level,
+        "managed" => &keys.managed,
+        "method" => &keys.method,
+        "mfa" => &keys.mfa,
+        "name" => &keys.name,
+        "network" => &keys.network,
+        "not_after" => &keys.not_after,
+        "not_before" => &keys.not_before,
+        "owner" => &keys.owner,
+        "parsed_path" => &keys.parsed_path,
+        "path" => &keys.path,
+        "person" => &keys.person,
+        "request" => &keys.request,
+        "route" => &keys.route,
+        "score" => &keys.score,
+        "serial" => &keys.serial,
+        "signals" => &keys.signals,
+        "source" => &keys.source,
+        "source_address" => &keys.source_address,
+        "spiffe_id" => &keys.spiffe_id,
+        "sub" => &keys.sub,
+        "subject" => &keys.subject,
+        "time" => &keys.time,
+        "time_ns" => &keys.time_ns,
+        "uris" => &keys.uris,
+        "verified_at" => &keys.verified_at,
+        "version" => &keys.version,
+        "risk" => &keys.risk,
+        "os" => &keys.os,
+        // A claim's name, from the token.
+        other => return Value::from(other),
+    };
+    key.clone()
 }
 
 fn strs<'a>(items: impl IntoIterator<Item = &'a String>) -> Value {
@@ -632,6 +795,8 @@ fn strs<'a>(items: impl IntoIterator<Item = &'a String>) -> Value {
 /// `method`, `path`, `parsed_path`, `host`, `headers`, `source_address`, `time_ns`).
 pub fn input(facts: &Facts<'_>, device_key: Option<Key>) -> Value {
     let cert = facts.certificate;
+    let (certificate, device_id) = certificate_parts(cert, device_key);
+    let source = Value::from(facts.network.source.to_string());
     let request = &facts.request;
     let headers = headers_value(&request.headers);
     let mut req = Builder::new();
@@ -645,24 +810,28 @@ pub fn input(facts: &Facts<'_>, device_key: Option<Key>) -> Value {
         .set("time", facts.time)
         .set("time_ns", i128::from(facts.time) * 1_000_000_000)
         .set("request", req.done())
-        .set("certificate", certificate_value(cert))
+        .set("certificate", certificate.clone())
         .set("person", facts.person.map_or(Value::Null, person_value))
         .set("jwt", facts.person.map_or(Value::Null, claims_value))
         .set("device", facts.device.map_or(Value::Null, device_value))
-        .set("device_id", device_id(cert, device_key))
+        .set("device_id", device_id)
         .set(
             "spiffe_id",
-            cert.spiffe_id.as_deref().map_or(Value::Null, Value::from),
+            certificate
+                .as_object()
+                .ok()
+                .and_then(|c| c.get(&key_value("spiffe_id")).cloned())
+                .unwrap_or(Value::Null),
         )
         .set("method", request.method)
         .set("path", request.path)
         .set("parsed_path", parsed_path(request.path))
         .set("host", request.host)
         .set("headers", first_values(&headers))
-        .set("source_address", facts.network.source.to_string())
+        .set("source_address", source.clone())
         .set("network", {
             let mut n = Builder::new();
-            n.set("source", facts.network.source.to_string())
+            n.set("source", source)
                 .opt("country", facts.network.country);
             n.done()
         })
@@ -677,6 +846,37 @@ pub fn input(facts: &Facts<'_>, device_key: Option<Key>) -> Value {
             }),
         );
     input.done()
+}
+
+/// Certificates whose input parts were built last on this thread: a connection's requests
+/// share one certificate, whose parts are then built once.
+const CERTIFICATES_PER_THREAD: usize = 64;
+
+type CertificateParts = (crate::tls::PeerCert, Option<Key>, Value, Value);
+
+thread_local! {
+    static CERTIFICATES: RefCell<Vec<CertificateParts>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `input.certificate` and `input.device_id` of `cert`: made once per certificate and thread,
+/// found again by the whole certificate (not its fingerprint alone: a facts document may pair
+/// any fields).
+fn certificate_parts(cert: &crate::tls::PeerCert, key: Option<Key>) -> (Value, Value) {
+    CERTIFICATES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((_, _, c, d)) = cache
+            .iter()
+            .find(|(p, k, _, _)| p.fingerprint == cert.fingerprint && *k == key && p == cert)
+        {
+            return (c.clone(), d.clone());
+        }
+        let parts = (certificate_value(cert), device_id(cert, key));
+        if cache.len() >= CERTIFICATES_PER_THREAD {
+            cache.remove(0);
+        }
+        cache.push((cert.clone(), key, parts.0.clone(), parts.1.clone()));
+        parts
+    })
 }
 
 fn certificate_value(cert: &crate::tls::PeerCert) -> Value {

@@ -6,7 +6,7 @@ use x509_parser::prelude::*;
 /// Identity facts of a verified client certificate. Computed once per connection, shared by
 /// every request on it. Its JSON form (the `certificate` of a facts document) writes the
 /// serial and the fingerprint in lower-case hex.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(into = "CertificateJson", try_from = "CertificateJson")]
 pub struct PeerCert {
     /// Subject distinguished name, RFC 4514 style.
