@@ -51,7 +51,7 @@ pub struct Sessions {
 }
 
 /// How an identity was established.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum Source {
     /// A browser session (OIDC login).
@@ -76,7 +76,7 @@ impl Default for Source {
 
 /// The person or service behind a request, as policy and upstreams see it (the `person` of a
 /// facts document).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
     pub subject: String,

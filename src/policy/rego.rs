@@ -797,6 +797,9 @@ pub fn input(facts: &Facts<'_>, device_key: Option<Key>) -> Value {
     let cert = facts.certificate;
     let (certificate, device_id) = certificate_parts(cert, device_key);
     let source = Value::from(facts.network.source.to_string());
+    let (person, jwt) = facts
+        .person
+        .map_or((Value::Null, Value::Null), person_parts);
     let request = &facts.request;
     let headers = headers_value(&request.headers);
     let mut req = Builder::new();
@@ -811,8 +814,8 @@ pub fn input(facts: &Facts<'_>, device_key: Option<Key>) -> Value {
         .set("time_ns", i128::from(facts.time) * 1_000_000_000)
         .set("request", req.done())
         .set("certificate", certificate.clone())
-        .set("person", facts.person.map_or(Value::Null, person_value))
-        .set("jwt", facts.person.map_or(Value::Null, claims_value))
+        .set("person", person)
+        .set("jwt", jwt)
         .set("device", facts.device.map_or(Value::Null, device_value))
         .set("device_id", device_id)
         .set(
@@ -893,6 +896,32 @@ fn certificate_value(cert: &crate::tls::PeerCert) -> Value {
         .set("not_before", cert.not_before)
         .set("not_after", cert.not_after);
     o.done()
+}
+
+type PersonParts = (crate::identity::Identity, Value, Value);
+
+thread_local! {
+    static PEOPLE: RefCell<Vec<PersonParts>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `input.person` and `input.jwt`: made once per identity and thread (a session's requests
+/// bring the same identity), found again by the whole identity.
+fn person_parts(p: &crate::identity::Identity) -> (Value, Value) {
+    PEOPLE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((_, person, jwt)) = cache
+            .iter()
+            .find(|(q, _, _)| q.subject == p.subject && q == p)
+        {
+            return (person.clone(), jwt.clone());
+        }
+        let parts = (person_value(p), claims_value(p));
+        if cache.len() >= CERTIFICATES_PER_THREAD {
+            cache.remove(0);
+        }
+        cache.push((p.clone(), parts.0.clone(), parts.1.clone()));
+        parts
+    })
 }
 
 fn person_value(p: &crate::identity::Identity) -> Value {
