@@ -604,12 +604,18 @@ impl Builder {
         Self(BTreeMap::new())
     }
 
-    fn set(&mut self, key: &str, value: impl Into<Value>) -> &mut Self {
-        self.0.insert(key_value(key), value.into());
+    fn set(&mut self, key: &Value, value: impl Into<Value>) -> &mut Self {
+        self.0.insert(key.clone(), value.into());
         self
     }
 
-    fn opt(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+    /// A key that is not one of the input's own names (a claim's).
+    fn set_named(&mut self, key: &str, value: impl Into<Value>) -> &mut Self {
+        self.0.insert(Value::from(key), value.into());
+        self
+    }
+
+    fn opt(&mut self, key: &Value, value: Option<&str>) -> &mut Self {
         self.set(key, value.map_or(Value::Null, Value::from))
     }
 
@@ -673,8 +679,8 @@ struct Keys {
 
 static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
 
-fn key_value(name: &str) -> Value {
-    let keys = KEYS.get_or_init(|| Keys {
+fn keys() -> &'static Keys {
+    KEYS.get_or_init(|| Keys {
         acr: Value::from("acr"),
         amr: Value::from("amr"),
         auth_time: Value::from("auth_time"),
@@ -724,61 +730,7 @@ fn key_value(name: &str) -> Value {
         version: Value::from("version"),
         risk: Value::from("risk"),
         os: Value::from("os"),
-    });
-    let key = match name {
-        "acr" => &keys.acr,
-        "amr" => &keys.amr,
-        "auth_time" => &keys.auth_time,
-        "certificate" => &keys.certificate,
-        "claims" => &keys.claims,
-        "common_name" => &keys.common_name,
-        "compliant" => &keys.compliant,
-        "country" => &keys.country,
-        "device" => &keys.device,
-        "device_id" => &keys.device_id,
-        "dns" => &keys.dns,
-        "email" => &keys.email,
-        "emails" => &keys.emails,
-        "fingerprint" => &keys.fingerprint,
-        "groups" => &keys.groups,
-        "headers" => &keys.headers,
-        "host" => &keys.host,
-        "issuer" => &keys.issuer,
-        "jwt" => &keys.jwt,
-        "last_check_in" => &keys.last_check_in,
-        "level" => &keys.level,
-        "managed" => &keys.managed,
-        "method" => &keys.method,
-        "mfa" => &keys.mfa,
-        "name" => &keys.name,
-        "network" => &keys.network,
-        "not_after" => &keys.not_after,
-        "not_before" => &keys.not_before,
-        "owner" => &keys.owner,
-        "parsed_path" => &keys.parsed_path,
-        "path" => &keys.path,
-        "person" => &keys.person,
-        "request" => &keys.request,
-        "route" => &keys.route,
-        "score" => &keys.score,
-        "serial" => &keys.serial,
-        "signals" => &keys.signals,
-        "source" => &keys.source,
-        "source_address" => &keys.source_address,
-        "spiffe_id" => &keys.spiffe_id,
-        "sub" => &keys.sub,
-        "subject" => &keys.subject,
-        "time" => &keys.time,
-        "time_ns" => &keys.time_ns,
-        "uris" => &keys.uris,
-        "verified_at" => &keys.verified_at,
-        "version" => &keys.version,
-        "risk" => &keys.risk,
-        "os" => &keys.os,
-        // A claim's name, from the token.
-        other => return Value::from(other),
-    };
-    key.clone()
+    })
 }
 
 fn strs<'a>(items: impl IntoIterator<Item = &'a String>) -> Value {
@@ -794,6 +746,7 @@ fn strs<'a>(items: impl IntoIterator<Item = &'a String>) -> Value {
 /// writes them, and beside them the names OPA policies use (`jwt`, `device_id`, `spiffe_id`,
 /// `method`, `path`, `parsed_path`, `host`, `headers`, `source_address`, `time_ns`).
 pub fn input(facts: &Facts<'_>, device_key: Option<Key>) -> Value {
+    let k = keys();
     let cert = facts.certificate;
     let (certificate, device_id) = certificate_parts(cert, device_key);
     let source = Value::from(facts.network.source.to_string());
@@ -803,48 +756,48 @@ pub fn input(facts: &Facts<'_>, device_key: Option<Key>) -> Value {
     let request = &facts.request;
     let headers = headers_value(&request.headers);
     let mut req = Builder::new();
-    req.opt("route", request.route)
-        .set("host", request.host)
-        .set("method", request.method)
-        .set("path", request.path)
-        .set("headers", headers.clone());
+    req.opt(&k.route, request.route)
+        .set(&k.host, request.host)
+        .set(&k.method, request.method)
+        .set(&k.path, request.path)
+        .set(&k.headers, headers.clone());
     let mut input = Builder::new();
     input
-        .set("time", facts.time)
-        .set("time_ns", i128::from(facts.time) * 1_000_000_000)
-        .set("request", req.done())
-        .set("certificate", certificate.clone())
-        .set("person", person)
-        .set("jwt", jwt)
-        .set("device", facts.device.map_or(Value::Null, device_value))
-        .set("device_id", device_id)
+        .set(&k.time, facts.time)
+        .set(&k.time_ns, i128::from(facts.time) * 1_000_000_000)
+        .set(&k.request, req.done())
+        .set(&k.certificate, certificate.clone())
+        .set(&k.person, person)
+        .set(&k.jwt, jwt)
+        .set(&k.device, facts.device.map_or(Value::Null, device_value))
+        .set(&k.device_id, device_id)
         .set(
-            "spiffe_id",
+            &k.spiffe_id,
             certificate
                 .as_object()
                 .ok()
-                .and_then(|c| c.get(&key_value("spiffe_id")).cloned())
+                .and_then(|c| c.get(&k.spiffe_id).cloned())
                 .unwrap_or(Value::Null),
         )
-        .set("method", request.method)
-        .set("path", request.path)
-        .set("parsed_path", parsed_path(request.path))
-        .set("host", request.host)
-        .set("headers", first_values(&headers))
-        .set("source_address", source.clone())
-        .set("network", {
+        .set(&k.method, request.method)
+        .set(&k.path, request.path)
+        .set(&k.parsed_path, parsed_path(request.path))
+        .set(&k.host, request.host)
+        .set(&k.headers, first_values(&headers))
+        .set(&k.source_address, source.clone())
+        .set(&k.network, {
             let mut n = Builder::new();
-            n.set("source", source)
-                .opt("country", facts.network.country);
+            n.set(&k.source, source)
+                .opt(&k.country, facts.network.country);
             n.done()
         })
         .set(
-            "risk",
+            &k.risk,
             facts.risk.map_or(Value::Null, |r| {
                 let mut o = Builder::new();
-                o.set("level", r.level.as_str())
-                    .set("score", u64::from(r.score))
-                    .set("signals", strs(&r.signals));
+                o.set(&k.level, r.level.as_str())
+                    .set(&k.score, u64::from(r.score))
+                    .set(&k.signals, strs(&r.signals));
                 o.done()
             }),
         );
@@ -883,18 +836,19 @@ fn certificate_parts(cert: &crate::tls::PeerCert, key: Option<Key>) -> (Value, V
 }
 
 fn certificate_value(cert: &crate::tls::PeerCert) -> Value {
+    let k = keys();
     let mut o = Builder::new();
-    o.set("subject", cert.subject.as_str())
-        .opt("common_name", cert.common_name.as_deref())
-        .set("issuer", cert.issuer.as_str())
-        .set("dns", strs(&cert.dns))
-        .set("emails", strs(&cert.emails))
-        .set("uris", strs(&cert.uris))
-        .opt("spiffe_id", cert.spiffe_id.as_deref())
-        .set("serial", crate::hex::encode(&cert.serial))
-        .set("fingerprint", cert.fingerprint_hex.as_str())
-        .set("not_before", cert.not_before)
-        .set("not_after", cert.not_after);
+    o.set(&k.subject, cert.subject.as_str())
+        .opt(&k.common_name, cert.common_name.as_deref())
+        .set(&k.issuer, cert.issuer.as_str())
+        .set(&k.dns, strs(&cert.dns))
+        .set(&k.emails, strs(&cert.emails))
+        .set(&k.uris, strs(&cert.uris))
+        .opt(&k.spiffe_id, cert.spiffe_id.as_deref())
+        .set(&k.serial, crate::hex::encode(&cert.serial))
+        .set(&k.fingerprint, cert.fingerprint_hex.as_str())
+        .set(&k.not_before, cert.not_before)
+        .set(&k.not_after, cert.not_after);
     o.done()
 }
 
@@ -925,41 +879,43 @@ fn person_parts(p: &crate::identity::Identity) -> (Value, Value) {
 }
 
 fn person_value(p: &crate::identity::Identity) -> Value {
+    let k = keys();
     let mut o = Builder::new();
-    o.set("subject", p.subject.as_str())
-        .opt("email", p.email.as_deref())
-        .opt("name", p.name.as_deref())
-        .set("groups", strs(&p.groups))
-        .set("amr", strs(&p.amr))
-        .set("mfa", p.mfa)
-        .opt("acr", p.acr.as_deref())
-        .set("auth_time", p.auth_time.map_or(Value::Null, Value::from))
-        .set("verified_at", p.verified_at)
-        .set("claims", json_object(&p.claims));
+    o.set(&k.subject, p.subject.as_str())
+        .opt(&k.email, p.email.as_deref())
+        .opt(&k.name, p.name.as_deref())
+        .set(&k.groups, strs(&p.groups))
+        .set(&k.amr, strs(&p.amr))
+        .set(&k.mfa, p.mfa)
+        .opt(&k.acr, p.acr.as_deref())
+        .set(&k.auth_time, p.auth_time.map_or(Value::Null, Value::from))
+        .set(&k.verified_at, p.verified_at)
+        .set(&k.claims, json_object(&p.claims));
     o.done()
 }
 
 /// The verified claims, as a token's payload would hold them: the extra claims, then the
 /// standard ones Vigil read.
 fn claims_value(p: &crate::identity::Identity) -> Value {
+    let k = keys();
     let mut o = Builder::new();
-    for (k, v) in &p.claims {
-        o.set(k, Value::from(v.clone()));
+    for (name, v) in &p.claims {
+        o.set_named(name, Value::from(v.clone()));
     }
-    o.set("sub", p.subject.as_str())
-        .set("groups", strs(&p.groups))
-        .set("amr", strs(&p.amr));
+    o.set(&k.sub, p.subject.as_str())
+        .set(&k.groups, strs(&p.groups))
+        .set(&k.amr, strs(&p.amr));
     if let Some(email) = &p.email {
-        o.set("email", email.as_str());
+        o.set(&k.email, email.as_str());
     }
     if let Some(name) = &p.name {
-        o.set("name", name.as_str());
+        o.set(&k.name, name.as_str());
     }
     if let Some(acr) = &p.acr {
-        o.set("acr", acr.as_str());
+        o.set(&k.acr, acr.as_str());
     }
     if let Some(t) = p.auth_time {
-        o.set("auth_time", t);
+        o.set(&k.auth_time, t);
     }
     o.done()
 }
@@ -967,29 +923,30 @@ fn claims_value(p: &crate::identity::Identity) -> Value {
 fn json_object(map: &BTreeMap<String, serde_json::Value>) -> Value {
     let mut o = Builder::new();
     for (k, v) in map {
-        o.set(k, Value::from(v.clone()));
+        o.set_named(k, Value::from(v.clone()));
     }
     o.done()
 }
 
 fn device_value(d: &crate::posture::inventory::Device) -> Value {
+    let k = keys();
     let mut o = Builder::new();
-    o.opt("fingerprint", d.fingerprint.as_deref())
-        .opt("serial", d.serial.as_deref())
-        .opt("subject", d.subject.as_deref())
-        .set("compliant", d.compliant)
-        .set("managed", d.managed)
-        .opt("owner", d.owner.as_deref())
+    o.opt(&k.fingerprint, d.fingerprint.as_deref())
+        .opt(&k.serial, d.serial.as_deref())
+        .opt(&k.subject, d.subject.as_deref())
+        .set(&k.compliant, d.compliant)
+        .set(&k.managed, d.managed)
+        .opt(&k.owner, d.owner.as_deref())
         .set(
-            "os",
+            &k.os,
             d.os.as_ref().map_or(Value::Null, |os| {
                 let mut o = Builder::new();
-                o.set("name", os.name.as_str())
-                    .set("version", os.version.as_str());
+                o.set(&k.name, os.name.as_str())
+                    .set(&k.version, os.version.as_str());
                 o.done()
             }),
         )
-        .opt("last_check_in", d.last_check_in.as_deref());
+        .opt(&k.last_check_in, d.last_check_in.as_deref());
     o.done()
 }
 
@@ -1005,7 +962,7 @@ fn device_id(cert: &crate::tls::PeerCert, key: Option<Key>) -> Value {
 fn devices_value(inventory: &Inventory) -> Value {
     let mut o = Builder::new();
     inventory.each_record(|id, device| {
-        o.set(id, device_value(device));
+        o.set_named(id, device_value(device));
     });
     o.done()
 }
