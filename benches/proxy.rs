@@ -1,14 +1,18 @@
-//! `cargo bench --bench proxy` (or `scripts/bench`): Vigil against nginx as an mTLS reverse proxy
-//! and against the upstream itself, in one run.
+//! `cargo bench --bench proxy` (or `scripts/bench`): Vigil against nginx as an mTLS reverse proxy,
+//! against the floor and against the upstream itself, in one run. The floor (`floor.rs`, built
+//! as the `floor` example) is a minimal hyper and rustls reverse proxy that checks nothing: the
+//! same mTLS and forwarding over a keep-alive pool, and no routing, rules, logs, metrics or header
+//! hygiene, so Vigil's ratio to it is what everything Vigil does beyond that costs.
 //!
 //! The proxy under test runs as its own process pinned to core 0; this process (the load
 //! generator and the upstream) pins itself to core 1. On two shared cores req/s is capped by the
 //! load generator, so the numbers that matter are the proxy's own CPU time per request and per full
 //! handshake (nanoseconds on-CPU from `/proc/PID/task/*/schedstat`), latency at one connection, and
-//! memory per idle TLS connection (RSS from `/proc/PID/smaps_rollup`), reported as ratios to nginx.
+//! memory per idle TLS connection (RSS from `/proc/PID/smaps_rollup`), reported as ratios to nginx
+//! and to the floor.
 //!
-//! Every TLS connection presents a client certificate, offers TLS 1.3 only and X25519 only (both
-//! proxies then do the same key exchange), and never resumes a session, so each one is a full
+//! Every TLS connection presents a client certificate, offers TLS 1.3 only and X25519 only (every
+//! proxy then does the same key exchange), and never resumes a session, so each one is a full
 //! handshake. The direct target is plain HTTP: the upstream has no TLS.
 //!
 //! Three more groups of scenarios measure Vigil against itself, each on an instance of its own
@@ -82,8 +86,9 @@ usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
   --idle N                    idle TLS connections for the memory scenario (default 1000)
   --vigil PATH                the vigil binary (default: <target dir>/release/vigil)
   --only LIST                 run only these scenario groups (comma-separated; default: all):
-                                compare  Vigil against nginx and the upstream directly: idle
-                                         memory, keep-alive, latency, handshakes
+                                compare  Vigil against nginx, the floor proxy (benches/
+                                         floor.rs) and the upstream directly: idle memory,
+                                         keep-alive, latency, handshakes
                                 oidc     a valid session cookie on a login = \"oidc\" route
                                          against the workload-certificate route, [assertion]
                                          on and off (needs Node.js: tests/idp)
@@ -527,8 +532,8 @@ struct Ctx<'a> {
     measure: Duration,
 }
 
-/// Vigil against nginx and the upstream directly: idle memory, keep-alive, latency, handshakes.
-/// Both proxies are stopped before it returns.
+/// Vigil against nginx, the floor proxy (benches/floor.rs) and the upstream directly: idle
+/// memory, keep-alive, latency, handshakes. The proxies are stopped before it returns.
 async fn compare(
     ctx: &Ctx<'_>,
     env: &Environment,
@@ -563,6 +568,21 @@ async fn compare(
             }
         }
     };
+    let floor = match floor_binary() {
+        Ok(bin) => match start_floor(&bin, ctx.dir, ctx.upstream, ctx.pinned).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                skipped.push(format!(
+                    "floor comparison SKIPPED: the floor proxy did not start: {e:#}"
+                ));
+                None
+            }
+        },
+        Err(e) => {
+            skipped.push(format!("floor comparison SKIPPED: {e:#}"));
+            None
+        }
+    };
     for n in &skipped {
         println!("\n*** {n} ***");
     }
@@ -578,6 +598,13 @@ async fn compare(
             name: "nginx",
             ep: Endpoint::new(n.addr, Some(ctx.tls.clone())),
             proxy: Some(n),
+        });
+    }
+    if let Some(f) = &floor {
+        targets.push(Target {
+            name: "floor",
+            ep: Endpoint::new(f.addr, Some(ctx.tls.clone())),
+            proxy: Some(f),
         });
     }
     targets.push(Target {
@@ -766,20 +793,36 @@ fn cpus_allowed(pid: u32) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// `<target dir>/release`, where scripts/bench builds the binaries.
+fn release_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+        PathBuf::from,
+    );
+    target.join("release")
+}
+
 fn vigil_binary(args: &Args) -> Result<PathBuf> {
     let path = match &args.vigil {
         Some(p) => p.clone(),
-        None => {
-            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-                || Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
-                PathBuf::from,
-            );
-            target.join("release").join("vigil")
-        }
+        None => release_dir().join("vigil"),
     };
     if !path.is_file() {
         bail!(
             "{} not found: build it with `cargo build --release --bin vigil` (scripts/bench does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The floor proxy (benches/floor.rs), built as an example.
+fn floor_binary() -> Result<PathBuf> {
+    let path = release_dir().join("examples").join("floor");
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release --example floor` (scripts/bench \
+             does)",
             path.display()
         );
     }
@@ -980,7 +1023,8 @@ struct Proxy {
     _guard: ChildGuard,
     pid: u32,
     addr: SocketAddr,
-    /// nginx: the worker processes; they do all the work. Vigil: the process itself.
+    /// nginx: the worker processes; they do all the work. Vigil and the floor: the process
+    /// itself.
     workers: Vec<u32>,
 }
 
@@ -1243,6 +1287,28 @@ async fn start_nginx(
         pid,
         addr,
         workers,
+    })
+}
+
+/// Runs the floor proxy (benches/floor.rs) on the certificates in `dir`, forwarding to
+/// `upstream`, and waits until it answers a request.
+async fn start_floor(bin: &Path, dir: &Path, upstream: SocketAddr, pinned: bool) -> Result<Proxy> {
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()?);
+    let mut cmd = pinned_command(bin, pinned);
+    cmd.arg(addr.to_string()).arg(upstream.to_string()).arg(dir);
+    let mut guard = ChildGuard::spawn("floor", cmd, dir)?;
+    let ep = Endpoint::new(
+        addr,
+        Some(TlsConnector::from(Pki::load(dir)?.client_config()?)),
+    );
+    wait_ready("floor", &ep, &mut guard, dir).await?;
+    let pid = guard.pid();
+    Ok(Proxy {
+        kind: "floor",
+        _guard: guard,
+        pid,
+        addr,
+        workers: vec![pid],
     })
 }
 
@@ -2133,11 +2199,20 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 fn print_scenario(scenario: Scenario, rows: &[Row]) {
-    print_table(&scenario.title(), rows, ("vigil", "nginx"));
+    print_table_with(
+        &scenario.title(),
+        rows,
+        &[("vigil", "nginx"), ("vigil", "floor")],
+    );
 }
 
 /// One scenario's rows in the common table, then `a/b` ratios when both rows are there.
-fn print_table(title: &str, rows: &[Row], (a, b): (&str, &str)) {
+fn print_table(title: &str, rows: &[Row], pair: (&str, &str)) {
+    print_table_with(title, rows, &[pair]);
+}
+
+/// As [`print_table`], with the ratios of each pair in `pairs`.
+fn print_table_with(title: &str, rows: &[Row], pairs: &[(&str, &str)]) {
     println!("\n== {title} ==");
     let w = rows
         .iter()
@@ -2178,14 +2253,16 @@ fn print_table(title: &str, rows: &[Row], (a, b): (&str, &str)) {
         );
     }
     let find = |name: &str| rows.iter().find(|r| r.target == name);
-    if let (Some(x), Some(y)) = (find(a), find(b)) {
-        println!(
-            "{a}/{b}: proxy CPU {}x   p50 {}x   p99 {}x   req/s {}x",
-            opt(ratio(x.proxy_cpu_ns, y.proxy_cpu_ns), 2),
-            opt(ratio(x.p50_us, y.p50_us), 2),
-            opt(ratio(x.p99_us, y.p99_us), 2),
-            opt(ratio(Some(x.req_per_s()), Some(y.req_per_s())), 2),
-        );
+    for &(a, b) in pairs {
+        if let (Some(x), Some(y)) = (find(a), find(b)) {
+            println!(
+                "{a}/{b}: proxy CPU {}x   p50 {}x   p99 {}x   req/s {}x",
+                opt(ratio(x.proxy_cpu_ns, y.proxy_cpu_ns), 2),
+                opt(ratio(x.p50_us, y.p50_us), 2),
+                opt(ratio(x.p99_us, y.p99_us), 2),
+                opt(ratio(Some(x.req_per_s()), Some(y.req_per_s())), 2),
+            );
+        }
     }
     for r in rows {
         let proxied = r.target != "direct";
@@ -2229,11 +2306,13 @@ fn print_idle(rows: &[IdleRow], n: usize) {
     }
     println!("(nginx: the worker process; its master holds no connections)");
     let find = |name: &str| rows.iter().find(|r| r.target == name);
-    if let (Some(v), Some(n)) = (find("vigil"), find("nginx")) {
-        println!(
-            "vigil/nginx: KiB per idle connection {}x",
-            opt(ratio(v.rss_kib_per_conn(), n.rss_kib_per_conn()), 2)
-        );
+    for other in ["nginx", "floor"] {
+        if let (Some(v), Some(n)) = (find("vigil"), find(other)) {
+            println!(
+                "vigil/{other}: KiB per idle connection {}x",
+                opt(ratio(v.rss_kib_per_conn(), n.rss_kib_per_conn()), 2)
+            );
+        }
     }
     for r in rows {
         if r.errors > 0 {
@@ -2252,6 +2331,18 @@ struct Summary {
     latency_p99: Option<f64>,
     idle_kib_vigil: Option<f64>,
     idle_ratio: Option<f64>,
+    /// The same ratios to the floor proxy (benches/floor.rs).
+    floor: FloorRatios,
+}
+
+/// Vigil as a ratio to the floor proxy: what Vigil's checks and bookkeeping cost over a proxy
+/// that does nothing but mTLS and forwarding.
+struct FloorRatios {
+    keepalive_cpu: Option<f64>,
+    handshake_cpu: Option<f64>,
+    latency_p50: Option<f64>,
+    latency_p99: Option<f64>,
+    idle_kib: Option<f64>,
 }
 
 fn verdict(value: Option<f64>, aim: f64) -> &'static str {
@@ -2282,6 +2373,22 @@ fn summarise(report: &Report, notes: &mut Vec<String>) -> Summary {
             idle("vigil").and_then(IdleRow::rss_kib_per_conn),
             idle("nginx").and_then(IdleRow::rss_kib_per_conn),
         ),
+        floor: FloorRatios {
+            keepalive_cpu: ratio(cpu("keep_alive", "vigil"), cpu("keep_alive", "floor")),
+            handshake_cpu: ratio(cpu("handshake", "vigil"), cpu("handshake", "floor")),
+            latency_p50: ratio(
+                lat("vigil").and_then(|r| r.p50_us),
+                lat("floor").and_then(|r| r.p50_us),
+            ),
+            latency_p99: ratio(
+                lat("vigil").and_then(|r| r.p99_us),
+                lat("floor").and_then(|r| r.p99_us),
+            ),
+            idle_kib: ratio(
+                idle("vigil").and_then(IdleRow::rss_kib_per_conn),
+                idle("floor").and_then(IdleRow::rss_kib_per_conn),
+            ),
+        },
     };
     if !report.scenarios.is_empty() {
         println!("\n== summary: Vigil as a ratio to nginx ==");
@@ -2306,6 +2413,22 @@ fn summarise(report: &Report, notes: &mut Vec<String>) -> Summary {
             verdict(s.idle_kib_vigil, AIM_IDLE_KIB),
             opt(s.idle_ratio, 2)
         );
+        let f = &s.floor;
+        println!("\n== summary: Vigil as a ratio to the floor (mTLS and forwarding, no checks) ==");
+        println!(
+            "CPU per keep-alive request   {:>6}x",
+            opt(f.keepalive_cpu, 2)
+        );
+        println!(
+            "CPU per full handshake       {:>6}x",
+            opt(f.handshake_cpu, 2)
+        );
+        println!(
+            "latency at 1 connection      p50 {}x   p99 {}x",
+            opt(f.latency_p50, 2),
+            opt(f.latency_p99, 2)
+        );
+        println!("memory per idle TLS conn     {:>6}x", opt(f.idle_kib, 2));
     }
     if let Some(o) = &report.oidc {
         o.print_summary();
@@ -2439,6 +2562,13 @@ fn report_json(
             "latency_p50": s.latency_p50,
             "latency_p99": s.latency_p99,
             "kib_per_idle_connection": s.idle_ratio,
+        },
+        "ratios_vigil_to_floor": {
+            "cpu_per_keep_alive_request": s.floor.keepalive_cpu,
+            "cpu_per_full_handshake": s.floor.handshake_cpu,
+            "latency_p50": s.floor.latency_p50,
+            "latency_p99": s.floor.latency_p99,
+            "kib_per_idle_connection": s.floor.idle_kib,
         },
         "aims": {
             "cpu_per_keep_alive_request": AIM_KEEPALIVE_CPU,
