@@ -133,14 +133,8 @@ impl RouteTable {
     pub fn policy_series(&self) -> Vec<(Arc<str>, Arc<str>, &'static str)> {
         let mut series = Vec::new();
         for route in self.iter() {
-            let policies = [
-                (route.policy.rego.as_ref(), "enforced"),
-                (route.policy.shadow.as_ref(), "shadow"),
-            ];
-            for (rego, role) in policies {
-                if let Some(rego) = rego {
-                    series.push((route.label.clone(), rego.label.clone(), role));
-                }
+            for (rego, role) in route.policy.policies() {
+                series.push((route.label.clone(), rego.label.clone(), role));
             }
         }
         series

@@ -17,7 +17,7 @@ use crate::forward::{self, ForwardError, Outbound};
 use crate::identity::{self, Identity};
 use crate::metrics::{RouteLabel, UpstreamErrorLabels};
 use crate::policy::facts::Headers;
-use crate::policy::{Decision, Kept, Outcome};
+use crate::policy::{Decision, KeptHeaders, Outcome};
 use crate::posture;
 use crate::reason::{Code, Reason};
 use crate::routing::Route;
@@ -58,9 +58,9 @@ pub async fn forward(
         assessed.device.as_ref(),
     ));
     let kept_headers = match route.policy.header_names() {
-        Kept::Named(names) if names.is_empty() => Vec::new(),
-        Kept::Named(names) => Headers::Map(req.headers()).keep(&names),
-        Kept::All => Headers::Map(req.headers()).all(),
+        KeptHeaders::Named(names) if names.is_empty() => Vec::new(),
+        KeptHeaders::Named(names) => Headers::Map(req.headers()).keep(&names),
+        KeptHeaders::All => Headers::Map(req.headers()).all(),
     };
     let (parts, incoming) = req.into_parts();
     let (incoming, read_deadline) = body::with_read_deadline(incoming, snapshot.body_read_timeout);

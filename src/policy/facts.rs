@@ -314,10 +314,7 @@ impl Serialize for KeptRequest<'_> {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 let mut map = serializer.serialize_map(None)?;
                 // A policy may look at any header: its route keeps them all, reduced alike.
-                if self
-                    .1
-                    .is_some_and(|route| route.rego.is_some() || route.shadow.is_some())
-                {
+                if self.1.is_some_and(super::RoutePolicy::has_policy) {
                     let mut by_name: std::collections::BTreeMap<String, Vec<String>> =
                         Default::default();
                     self.0.each(|name, v| {
@@ -434,11 +431,7 @@ impl Serialize for KeptPerson<'_> {
                 let mut map = serializer.serialize_map(None)?;
                 let claims = &self.0.person.claims;
                 // A policy may look at any claim (`input.jwt`): its route keeps them all.
-                if self
-                    .0
-                    .route
-                    .is_some_and(|route| route.rego.is_some() || route.shadow.is_some())
-                {
+                if self.0.route.is_some_and(super::RoutePolicy::has_policy) {
                     for (name, value) in claims {
                         map.serialize_entry(name, value)?;
                     }

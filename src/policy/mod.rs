@@ -139,7 +139,7 @@ pub struct RoutePolicy {
 
 /// The request headers an open stream keeps to be decided again.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Kept<'a> {
+pub enum KeptHeaders<'a> {
     /// The ones the rules name.
     Named(Vec<&'a str>),
     /// All of them: a policy may look at any.
@@ -147,11 +147,27 @@ pub enum Kept<'a> {
 }
 
 impl RoutePolicy {
+    /// True when a Rego policy (enforced or shadow) decides on the route: it may read any
+    /// header or claim of the request.
+    pub fn has_policy(&self) -> bool {
+        self.rego.is_some() || self.shadow.is_some()
+    }
+
+    /// The route's policies with their role, `enforced` or `shadow`.
+    pub fn policies(&self) -> impl Iterator<Item = (&Arc<rego::Rego>, &'static str)> {
+        [
+            (self.rego.as_ref(), "enforced"),
+            (self.shadow.as_ref(), "shadow"),
+        ]
+        .into_iter()
+        .filter_map(|(rego, role)| Some((rego?, role)))
+    }
+
     /// What an open stream keeps of its request's headers to be decided again: the ones the
     /// route's rules look at, each once, or all of them on a route with a policy.
-    pub fn header_names(&self) -> Kept<'_> {
-        if self.rego.is_some() || self.shadow.is_some() {
-            return Kept::All;
+    pub fn header_names(&self) -> KeptHeaders<'_> {
+        if self.has_policy() {
+            return KeptHeaders::All;
         }
         let mut names: Vec<&str> = Vec::new();
         for (name, _) in self.rules.iter().flat_map(|r| &r.headers) {
@@ -159,7 +175,7 @@ impl RoutePolicy {
                 names.push(name);
             }
         }
-        Kept::Named(names)
+        KeptHeaders::Named(names)
     }
 
     /// A route that identifies with the certificate alone, with `rules` and the default risk
@@ -306,17 +322,22 @@ pub enum RiskAction {
 }
 
 impl Decision {
-    pub fn deny(reason: Reason) -> Self {
+    /// `outcome` for `reasons`, by `rule` when one decided; nothing else said yet.
+    fn new(outcome: Outcome, rule: Option<usize>, reasons: Vec<Reason>) -> Self {
         Self {
-            outcome: Outcome::Deny,
+            outcome,
             read_only: false,
-            rule: None,
+            rule,
             risk_action: None,
-            reasons: vec![reason],
+            reasons,
             policy: None,
             headers: Vec::new(),
             shadow: None,
         }
+    }
+
+    pub fn deny(reason: Reason) -> Self {
+        Self::new(Outcome::Deny, None, vec![reason])
     }
 
     /// True when the request goes through (allowed, or let through in audit mode).
@@ -387,16 +408,7 @@ fn decide_with(
     facts: &Facts<'_>,
 ) -> Decision {
     let mut decision = match rego {
-        Some(_) if route.rules.is_empty() => Decision {
-            outcome: Outcome::Allow,
-            read_only: false,
-            rule: None,
-            risk_action: None,
-            reasons: Vec::new(),
-            policy: None,
-            headers: Vec::new(),
-            shadow: None,
-        },
+        Some(_) if route.rules.is_empty() => Decision::new(Outcome::Allow, None, Vec::new()),
         _ => evaluate(route, facts),
     };
     if decision.outcome == Outcome::Allow
@@ -493,30 +505,16 @@ fn evaluate(route: &RoutePolicy, facts: &Facts<'_>) -> Decision {
     for (i, rule) in route.rules.iter().enumerate() {
         match rule.check(facts) {
             Ok(()) => {
-                return Decision {
-                    outcome: Outcome::Allow,
-                    read_only: false,
-                    rule: Some(i),
-                    risk_action: None,
-                    reasons: vec![Reason::new(Code::AllowedByRule, allowed_by(i))],
-                    policy: None,
-                    headers: Vec::new(),
-                    shadow: None,
-                };
+                return Decision::new(
+                    Outcome::Allow,
+                    Some(i),
+                    vec![Reason::new(Code::AllowedByRule, allowed_by(i))],
+                );
             }
             Err(why) => reasons.push(Reason::new(why.code, format!("rule {}: {why}", i + 1))),
         }
     }
-    Decision {
-        outcome: Outcome::Deny,
-        read_only: false,
-        rule: None,
-        risk_action: None,
-        reasons,
-        policy: None,
-        headers: Vec::new(),
-        shadow: None,
-    }
+    Decision::new(Outcome::Deny, None, reasons)
 }
 
 /// `allowed by rule N` (N from 1); the common ones without formatting, since every allowed
