@@ -71,15 +71,8 @@ pub fn run(paths: &[PathBuf]) -> Result<Report, LoadError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| LoadError(format!("{shown}: {}", crate::error::file_error(&e))))?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| LoadError(format!("{shown}: not JSON: {e}")))?;
-        if !value.is_object() {
-            return Err(LoadError(format!(
-                "{shown}: a data document must be an object"
-            )));
-        }
-        rego::merge(&mut merged, regorus::Value::from(value), "data")
-            .map_err(|e| LoadError(format!("{shown}: {e}")))?;
+        let value = rego::data_document(&text).map_err(|e| LoadError(format!("{shown}: {e}")))?;
+        rego::merge(&mut merged, value, "data").map_err(|e| LoadError(format!("{shown}: {e}")))?;
     }
     engine
         .add_data(merged)

@@ -68,14 +68,10 @@ impl Compiler<'_> {
                         continue;
                     }
                 };
-                let value = match serde_json::from_str::<serde_json::Value>(&text) {
-                    Ok(v @ serde_json::Value::Object(_)) => Value::from(v),
-                    Ok(_) => {
-                        self.problem(&key, format!("{shown}: a data document must be an object"));
-                        continue;
-                    }
+                let value = match rego::data_document(&text) {
+                    Ok(v) => v,
                     Err(e) => {
-                        self.problem(&key, format!("{shown}: not JSON: {e}"));
+                        self.problem(&key, format!("{shown}: {e}"));
                         continue;
                     }
                 };

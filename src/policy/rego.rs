@@ -68,9 +68,8 @@ pub struct Rego {
     /// Tells this compilation apart from every other in the process (the workers' machines
     /// are kept by it).
     id: u64,
-    /// The policy file, as the configuration names it.
-    pub name: String,
-    /// `name`, shared by every decision and metric that names it.
+    /// The policy file, as the configuration names it; shared by every decision and metric
+    /// that names it.
     pub label: Arc<str>,
     /// The rule whose value decides, like `data.zero_trust.api.allow`.
     pub query: String,
@@ -91,7 +90,7 @@ pub struct Rego {
 impl std::fmt::Debug for Rego {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Rego")
-            .field("name", &self.name)
+            .field("label", &self.label)
             .field("query", &self.query)
             .field("bytecode", &self.program.is_some())
             .finish_non_exhaustive()
@@ -206,7 +205,6 @@ impl Rego {
         let inventory = setting.inventory;
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            name: source.name.clone(),
             label: Arc::from(source.name.as_str()),
             query,
             program,
@@ -243,17 +241,12 @@ impl Rego {
         let version = self.inventory.as_ref().map_or(0, |i| i.version());
         let result = MACHINES.with(|machines| {
             let mut machines = machines.borrow_mut();
-            let at = match machines.iter().position(|m| m.policy == self.id) {
-                Some(at) => at,
-                None => {
-                    if machines.len() >= MACHINES_PER_THREAD {
-                        machines.remove(0);
-                    }
-                    machines.push(Machine::new(self.id, program, self.limits));
-                    machines.len() - 1
-                }
-            };
-            let machine = &mut machines[at];
+            let machine = remembered(
+                &mut machines,
+                MACHINES_PER_THREAD,
+                |m| m.policy == self.id,
+                || Machine::new(self.id, program, self.limits),
+            );
             if machine.data_version != Some(version) {
                 machine
                     .vm
@@ -348,6 +341,27 @@ impl Machine {
 
 thread_local! {
     static MACHINES: RefCell<Vec<Machine>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The entry of a thread's small cache that `same` finds, or a new one `make` makes, the
+/// oldest dropped once `limit` are kept.
+fn remembered<T>(
+    entries: &mut Vec<T>,
+    limit: usize,
+    same: impl Fn(&T) -> bool,
+    make: impl FnOnce() -> T,
+) -> &mut T {
+    let at = match entries.iter().position(same) {
+        Some(at) => at,
+        None => {
+            if entries.len() >= limit {
+                entries.remove(0);
+            }
+            entries.push(make());
+            entries.len() - 1
+        }
+    };
+    &mut entries[at]
 }
 
 /// An engine as every policy is compiled in: Rego v1, errors from builtins reported, and the
@@ -567,6 +581,15 @@ fn compile_error(name: &str, error: &anyhow::Error) -> CompileError {
             None => format!("{name}: {what}"),
         },
         snippet,
+    }
+}
+
+/// A data document's text as a value: JSON, and an object (it is merged under `data`).
+pub fn data_document(text: &str) -> Result<Value, String> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(Value::from(v)),
+        Ok(_) => Err("a data document must be an object".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
     }
 }
 
@@ -804,9 +827,10 @@ pub fn input(facts: &Facts<'_>, device_key: Option<Key>) -> Value {
     input.done()
 }
 
-/// Certificates whose input parts were built last on this thread: a connection's requests
-/// share one certificate, whose parts are then built once.
-const CERTIFICATES_PER_THREAD: usize = 64;
+/// Certificates (and identities) whose input parts were built last on this thread: a
+/// connection's requests share one certificate, a session's one identity, whose parts are
+/// then built once.
+const PARTS_PER_THREAD: usize = 64;
 
 type CertificateParts = (crate::tls::PeerCert, Option<Key>, Value, Value);
 
@@ -820,18 +844,20 @@ thread_local! {
 fn certificate_parts(cert: &crate::tls::PeerCert, key: Option<Key>) -> (Value, Value) {
     CERTIFICATES.with(|cache| {
         let mut cache = cache.borrow_mut();
-        if let Some((_, _, c, d)) = cache
-            .iter()
-            .find(|(p, k, _, _)| p.fingerprint == cert.fingerprint && *k == key && p == cert)
-        {
-            return (c.clone(), d.clone());
-        }
-        let parts = (certificate_value(cert), device_id(cert, key));
-        if cache.len() >= CERTIFICATES_PER_THREAD {
-            cache.remove(0);
-        }
-        cache.push((cert.clone(), key, parts.0.clone(), parts.1.clone()));
-        parts
+        let (_, _, certificate, device_id) = remembered(
+            &mut cache,
+            PARTS_PER_THREAD,
+            |(p, k, _, _)| p.fingerprint == cert.fingerprint && *k == key && p == cert,
+            || {
+                (
+                    cert.clone(),
+                    key,
+                    certificate_value(cert),
+                    device_id(cert, key),
+                )
+            },
+        );
+        (certificate.clone(), device_id.clone())
     })
 }
 
@@ -863,18 +889,13 @@ thread_local! {
 fn person_parts(p: &crate::identity::Identity) -> (Value, Value) {
     PEOPLE.with(|cache| {
         let mut cache = cache.borrow_mut();
-        if let Some((_, person, jwt)) = cache
-            .iter()
-            .find(|(q, _, _)| q.subject == p.subject && q == p)
-        {
-            return (person.clone(), jwt.clone());
-        }
-        let parts = (person_value(p), claims_value(p));
-        if cache.len() >= CERTIFICATES_PER_THREAD {
-            cache.remove(0);
-        }
-        cache.push((p.clone(), parts.0.clone(), parts.1.clone()));
-        parts
+        let (_, person, jwt) = remembered(
+            &mut cache,
+            PARTS_PER_THREAD,
+            |(q, _, _)| q.subject == p.subject && q == p,
+            || (p.clone(), person_value(p), claims_value(p)),
+        );
+        (person.clone(), jwt.clone())
     })
 }
 
