@@ -20,6 +20,16 @@ pub struct Assessed {
     pub risk: Option<Assessment>,
 }
 
+/// Assesses an identified request as the pipeline does: its identity and risk are told to
+/// the context for the decision line. Returns the moment of the decision with what it found.
+pub fn identified(cx: &mut super::Context<'_>, identity: Option<&Identity>) -> (i64, Assessed) {
+    cx.identity = identity.cloned();
+    let now = crate::identity::now();
+    let assessed = assess(cx.shared, cx.snapshot, cx.conn, identity, now, true);
+    cx.risk.clone_from(&assessed.risk);
+    (now, assessed)
+}
+
 /// Assesses a request (or an open stream) from `conn` by `identity` at `now`. `remember` notes
 /// the device as seen for the user: a request does; a `whoami` look and the verifier do not.
 pub fn assess(

@@ -18,7 +18,6 @@ use crate::canonical::{X_REQUEST_ID, header_safe, host_without_port};
 use crate::config::{Authz, Snapshot};
 use crate::connection::{Activity, Connection};
 use crate::error::Refusal;
-use crate::identity;
 use crate::policy::facts;
 use crate::reason::{Code, Reason};
 use crate::state::Shared;
@@ -180,17 +179,7 @@ async fn decide_for(
         Ok(identified) => identified,
         Err(answer) => return answer,
     };
-    cx.identity.clone_from(&identified.identity);
-    let now = identity::now();
-    let assessed = assess::assess(
-        cx.shared,
-        cx.snapshot,
-        cx.conn,
-        identified.identity.as_ref(),
-        now,
-        true,
-    );
-    cx.risk.clone_from(&assessed.risk);
+    let (now, assessed) = assess::identified(cx, identified.identity.as_ref());
     let request = facts::Request {
         route: Some(&route.name),
         host: &target.host,

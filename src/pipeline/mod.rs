@@ -28,7 +28,6 @@ pub use context::Context;
 use crate::body::Body;
 use crate::config::Snapshot;
 use crate::connection::Connection;
-use crate::identity;
 use crate::policy::facts;
 use crate::state::Shared;
 use http::header::HeaderValue;
@@ -116,17 +115,7 @@ async fn answer(
         Ok(identified) => identified,
         Err(answer) => return answer,
     };
-    cx.identity.clone_from(&identified.identity);
-    let now = identity::now();
-    let assessed = assess::assess(
-        shared,
-        snapshot,
-        conn,
-        identified.identity.as_ref(),
-        now,
-        true,
-    );
-    cx.risk.clone_from(&assessed.risk);
+    let (now, assessed) = assess::identified(&mut cx, identified.identity.as_ref());
     let request = facts::Request {
         route: Some(&route.name),
         host: &target.host,
