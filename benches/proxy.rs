@@ -109,6 +109,29 @@ usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
   --keep-temp                 keep the temp dir (configs, logs, certificates) and print its path
   --help                      this text";
 
+/// `scenario` on each of `targets` twice, taking turns, half the measured time each: drift on
+/// the shared machine falls on all of them alike.
+async fn alternately(
+    ctx: &Ctx<'_>,
+    group: &str,
+    targets: &[Target<'_>],
+    scenario: Scenario,
+) -> Result<Vec<Row>> {
+    let half = ctx.measure / 2;
+    let mut rows: Vec<Row> = Vec::new();
+    for round in 0..2 {
+        for t in targets {
+            eprintln!("... {group}: {} (round {})", t.name, round + 1);
+            let row = ctx.bench.scenario(t, scenario, ctx.warmup, half).await?;
+            match rows.iter_mut().find(|r| r.target == t.name) {
+                Some(r) => r.absorb(row),
+                None => rows.push(row),
+            }
+        }
+    }
+    Ok(rows)
+}
+
 /// The policy of the `rego` scenario: what the built-in rule says (the load generator's SPIFFE
 /// ID), with the allowed paths in data, as a policy written for it would.
 const BENCH_POLICY: &str = r#"package bench
@@ -164,19 +187,8 @@ async fn rego_cost(ctx: &Ctx<'_>) -> Result<Vec<Row>> {
             proxy: Some(proxy),
         })
         .collect();
-    let half = ctx.measure / 2;
     let scenario = Scenario::KeepAlive(ctx.args.connections);
-    let mut rows: Vec<Row> = Vec::new();
-    for round in 0..2 {
-        for t in &targets {
-            eprintln!("... rego: {} (round {})", t.name, round + 1);
-            let row = ctx.bench.scenario(t, scenario, ctx.warmup, half).await?;
-            match rows.iter_mut().find(|r| r.target == t.name) {
-                Some(r) => r.absorb(row),
-                None => rows.push(row),
-            }
-        }
-    }
+    let rows = alternately(ctx, "rego", &targets, scenario).await?;
     print_table(
         &format!(
             "rego: {}; the route decided by a Rego policy, or by a built-in rule",
@@ -698,19 +710,8 @@ async fn key_exchange(ctx: &Ctx<'_>, pki: &Pki) -> Result<Vec<Row>> {
         let (_, info) = timeout(CONNECT_TIMEOUT, connect(&t.ep)).await?;
         println!("kx {:<15} {}", t.name, info.unwrap_or_default());
     }
-    let half = ctx.measure / 2;
     let scenario = Scenario::Handshake(args.handshake_connections);
-    let mut rows: Vec<Row> = Vec::new();
-    for round in 0..2 {
-        for t in &targets {
-            eprintln!("... kx: {} (round {})", t.name, round + 1);
-            let row = ctx.bench.scenario(t, scenario, ctx.warmup, half).await?;
-            match rows.iter_mut().find(|r| r.target == t.name) {
-                Some(r) => r.absorb(row),
-                None => rows.push(row),
-            }
-        }
-    }
+    let rows = alternately(ctx, "kx", &targets, scenario).await?;
     print_table(
         &format!(
             "key exchange: {}; the client offers X25519MLKEM768 only, or X25519 only",
