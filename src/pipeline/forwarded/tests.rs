@@ -120,9 +120,18 @@ fn envoy_names_the_request_by_its_own_path_and_xfcc() {
     );
 }
 
+/// Each of `cases` is refused with its code and a reason that says so.
+fn refused(cases: Vec<(Pairs, Code, &str)>) {
+    for (pairs, code, text) in cases {
+        let why = read_pairs(&pairs, None).expect_err("refused");
+        assert_eq!(why.code, code, "{why:?} for {pairs:?}");
+        assert!(why.text.contains(text), "{why:?} should say {text:?}");
+    }
+}
+
 #[test]
-fn every_bad_input_is_refused_with_its_reason() {
-    let cases: Vec<(Pairs, Code, &str)> = vec![
+fn every_bad_forwarded_fact_is_refused_with_its_reason() {
+    refused(vec![
         (
             nginx(&[("x-original-uri", "")]),
             Code::AuthzForwardedInvalid,
@@ -193,6 +202,12 @@ fn every_bad_input_is_refused_with_its_reason() {
             Code::AuthzForwardedInvalid,
             "not an IP address",
         ),
+    ]);
+}
+
+#[test]
+fn every_bad_forwarded_certificate_is_refused_with_its_reason() {
+    refused(vec![
         (
             nginx(&[("x-ssl-client-cert", "")]),
             Code::AuthzCertificateMissing,
@@ -216,12 +231,7 @@ fn every_bad_input_is_refused_with_its_reason() {
             Code::AuthzCertificateInvalid,
             "not a PEM certificate",
         ),
-    ];
-    for (pairs, code, text) in cases {
-        let why = read_pairs(&pairs, None).expect_err("refused");
-        assert_eq!(why.code, code, "{why:?} for {pairs:?}");
-        assert!(why.text.contains(text), "{why:?} should say {text:?}");
-    }
+    ]);
 }
 
 #[test]
