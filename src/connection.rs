@@ -87,6 +87,9 @@ pub struct Connection {
     pub assertion: Mutex<Option<CachedAssertion>>,
     /// Responses streaming and tunnels open on this connection, with what allowed them.
     pub streams: Mutex<Vec<Stream>>,
+    /// The grants its requests were allowed by and the people who used it: when a grant ends
+    /// or a person is blocked, the connection is cut.
+    pub standing: Mutex<Standing>,
     /// Where this connection is listed, to leave it when dropped.
     pub(crate) registry: Weak<Registry>,
     pub metrics: Arc<Metrics>,
@@ -99,6 +102,49 @@ pub struct Connection {
     /// Counted in `vigil_connections_open` (and uncounted when dropped): false for the end
     /// client an enforcement point asks about, which is no connection of Vigil's.
     pub(crate) counted: bool,
+}
+
+/// What a connection's requests rested on, beyond its certificate.
+#[derive(Debug, Default)]
+pub struct Standing {
+    /// Ids of the grants that allowed requests on it.
+    pub grants: Vec<String>,
+    /// Subjects (and emails) of the people whose requests it carried.
+    pub people: Vec<String>,
+}
+
+/// Grants and people a connection remembers at most; the oldest make room.
+const STANDING_KEPT: usize = 8;
+
+impl Standing {
+    fn note(list: &mut Vec<String>, item: &str) {
+        if list.iter().any(|have| have == item) {
+            return;
+        }
+        if list.len() >= STANDING_KEPT {
+            list.remove(0);
+        }
+        list.push(item.to_owned());
+    }
+}
+
+impl Connection {
+    /// Notes that a request on this connection was allowed by grant `id`.
+    pub fn note_grant(&self, id: &str) {
+        if let Ok(mut s) = self.standing.lock() {
+            Standing::note(&mut s.grants, id);
+        }
+    }
+
+    /// Notes a person whose request this connection carried.
+    pub fn note_person(&self, subject: &str, email: Option<&str>) {
+        if let Ok(mut s) = self.standing.lock() {
+            Standing::note(&mut s.people, subject);
+            if let Some(email) = email {
+                Standing::note(&mut s.people, &email.to_ascii_lowercase());
+            }
+        }
+    }
 }
 
 /// A TLS version as logs name it: `TLSv1.3`, `TLSv1.2`; `None` before a handshake ends.

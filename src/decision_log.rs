@@ -101,6 +101,9 @@ pub struct Entry<'a> {
     /// What the route's shadow policy would have decided, when it disagrees.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shadow: Option<&'a crate::policy::Shadow>,
+    /// The just-in-time grant the allow rested on, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<&'a str>,
     /// The `[authz]` enforcement point the decision was made for; absent on requests Vigil
     /// answered for itself.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -405,6 +408,7 @@ mod tests {
                 upstream: line.upstream.as_deref(),
                 policy: None,
                 shadow: None,
+                grant: None,
                 enforcement_point: line.enforcement_point.as_deref(),
                 status: line.status,
                 latency_ms: line.latency_ms,
@@ -455,6 +459,7 @@ mod tests {
             upstream: Some("10.0.0.12:8080"),
             policy: None,
             shadow: None,
+            grant: None,
             enforcement_point: None,
             status: 200,
             latency_ms: 1.514,

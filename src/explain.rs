@@ -97,6 +97,8 @@ impl Described<'_> {
                 country: None,
             },
             risk: None,
+            grants: Vec::new(),
+            block: None,
         })
     }
 }

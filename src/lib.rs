@@ -66,7 +66,9 @@
 //! - [`certs`]: a development PKI with rcgen (`vigil certs`); [`demo`]: everything on
 //!   built-in defaults (`vigil demo`).
 
+pub mod access;
 pub mod admin;
+pub mod anomaly;
 pub mod body;
 pub mod canonical;
 pub mod certs;

@@ -256,7 +256,8 @@ pub fn redecide(
         .unwrap_or_default();
     let from_session = session.map(|s| Identity::from_session(s, mfa_amr));
     let identity = from_session.as_ref().or(origin.bearer.as_deref());
-    let assessed = assess::assess(shared, snapshot, conn, identity, now, false);
+    let name = route.map(|r| r.name.as_str());
+    let assessed = assess::assess(shared, snapshot, conn, identity, name, now, false);
     let request = facts::Request {
         route: route.map(|r| r.name.as_str()),
         host: &origin.host,

@@ -119,6 +119,14 @@ codes! {
     PolicyBudget = "policy_budget",
     /// The policy allows reading only, and the method is not GET, HEAD or OPTIONS.
     PolicyReadOnly = "policy_read_only",
+    /// The subject (user, device, workload or source address) is blocked, by a detector or an
+    /// operator: denied before any rule, in audit mode too.
+    Blocked = "blocked",
+    /// A rule with `grant = true` and no just-in-time grant in force for the subject on the
+    /// route.
+    GrantMissing = "grant_missing",
+    /// The allow rests on a just-in-time grant (the text names it).
+    AllowedByGrant = "allowed_by_grant",
     /// A rule asks about the device and the inventory does not know it.
     DeviceUnknown = "device_unknown",
     /// A rule needs a compliant device.

@@ -29,6 +29,8 @@ pub struct Route {
     pub strip: Vec<String>,
     /// Upgrade protocols a request may switch to (lower-case names); others are removed.
     pub upgrades: Vec<String>,
+    /// Just-in-time access on this route, when it offers it.
+    pub grants: Option<crate::access::GrantSettings>,
 }
 
 impl Route {

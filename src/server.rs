@@ -401,6 +401,7 @@ fn open(
         chain,
         verified_generation: AtomicU64::new(snapshot.generation),
         streams: std::sync::Mutex::new(Vec::new()),
+        standing: Default::default(),
         assertion: std::sync::Mutex::new(None),
         registry: Arc::downgrade(&shared.live),
         metrics: shared.metrics.clone(),

@@ -30,6 +30,10 @@ pub struct Shared {
     pub revocations: crate::revocation::Revocations,
     /// The risk engine's memory: recent denials, devices seen per user.
     pub posture: crate::posture::Memory,
+    /// Just-in-time grants and access requests.
+    pub access: crate::access::Access,
+    /// Subjects blocked by detectors or operators.
+    pub blocks: crate::anomaly::blocks::Blocks,
     next_connection: AtomicU64,
 }
 
@@ -58,6 +62,8 @@ impl Shared {
             live: Default::default(),
             revocations: Default::default(),
             posture: Default::default(),
+            access: Default::default(),
+            blocks: Default::default(),
             next_connection: AtomicU64::new(1),
         })
     }

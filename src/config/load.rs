@@ -768,6 +768,7 @@ policy = "app.rego"
 policy_query = "data.app.allow"
 shadow_policy = "app-next.rego"
 shadow_policy_query = "data.app.allow"
+grants = { max = "4h", default = "1h", approvers = { groups = ["sec-oncall"], users = ["alice@example.org"] } }
 
 [[route.allow]]
 spiffe = ["spiffe://example.org/ns/*/sa/*"]
@@ -789,6 +790,7 @@ headers = { authorization = ["Bearer *"] }
 hours = "08:00-19:00"
 days = ["mon"]
 timezone = "Europe/Paris"
+grant = true
 "#;
 
     /// A key the schema has is never reported unknown, and the suggestions know every key

@@ -118,6 +118,7 @@ impl Compiler<'_> {
             );
         }
         let upgrades = self.upgrades(at, r);
+        let grants = self.grants(at, r, &rules);
         let upstream = self.upstream(at, r, raw, pools);
         if self.reported() > before {
             return None;
@@ -143,6 +144,69 @@ impl Compiler<'_> {
             headers,
             strip,
             upgrades,
+            grants,
+        })
+    }
+
+    /// `grants = { max, default, approvers }`, and the rules that use grants.
+    fn grants(
+        &mut self,
+        at: &str,
+        r: &RouteSection,
+        rules: &[Rule],
+    ) -> Option<crate::access::GrantSettings> {
+        let uses = rules.iter().any(|rule| rule.grant);
+        let Some(g) = &r.grants else {
+            if uses {
+                self.problem_help(
+                    &format!("{at}.allow"),
+                    "a rule needs a grant (grant = true) but the route grants nothing",
+                    "add grants = { max = \"4h\", approvers = { groups = [\"sec-oncall\"] } }",
+                );
+            }
+            return None;
+        };
+        let key = format!("{at}.grants");
+        let max = g.max.0.as_secs();
+        if max == 0 {
+            self.problem(&format!("{key}.max"), "max must be longer than zero");
+        }
+        let default = g.default.map_or(max.min(3600), |d| d.0.as_secs());
+        if default == 0 || default > max {
+            self.problem(
+                &format!("{key}.default"),
+                "default must be longer than zero and at most max",
+            );
+        }
+        let approvers = &g.approvers;
+        if approvers.groups.is_empty() && approvers.users.is_empty() {
+            self.problem_help(
+                &format!("{key}.approvers"),
+                "nobody can approve access requests",
+                "name approvers = { groups = [\"sec-oncall\"] } or users",
+            );
+        }
+        if !uses && r.policy.is_none() {
+            self.warning(
+                &key,
+                "no rule has grant = true and there is no policy: grants on this route allow nothing",
+            );
+        }
+        Some(crate::access::GrantSettings {
+            max,
+            default,
+            approver_groups: approvers.groups.clone(),
+            approver_users: approvers
+                .users
+                .iter()
+                .map(|u| {
+                    if u.contains('@') {
+                        u.to_ascii_lowercase()
+                    } else {
+                        u.clone()
+                    }
+                })
+                .collect(),
         })
     }
 

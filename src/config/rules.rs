@@ -40,6 +40,7 @@ impl Compiler<'_> {
         self.identity_rule(at, r, &mut rule);
         rule.headers = self.header_conditions(at, r);
         rule.window = self.window(at, r);
+        rule.grant = r.grant.unwrap_or(false);
         rule
     }
 

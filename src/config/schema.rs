@@ -833,6 +833,9 @@ pub struct RouteSection {
     /// disagreements are logged and counted.
     #[serde(default)]
     pub shadow_policy: Option<String>,
+    /// Just-in-time access on this route: the longest grant and who approves requests.
+    #[serde(default)]
+    pub grants: Option<GrantsSection>,
     /// The shadow policy's rule. Default `data.<package>.allow`.
     #[serde(default)]
     pub shadow_policy_query: Option<String>,
@@ -899,4 +902,30 @@ pub struct RuleSection {
     /// IANA time zone of `hours` and `days`, like "Europe/Paris". Default "UTC".
     #[serde(default)]
     pub timezone: Option<String>,
+    /// A just-in-time grant for the subject on the route must be in force.
+    #[serde(default)]
+    pub grant: Option<bool>,
+}
+
+/// A route's `grants = { max = "4h", approvers = { groups = ["sec-oncall"] } }`: just-in-time
+/// access may be granted on it, for at most `max`, approved by the approvers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GrantsSection {
+    /// The longest a grant may last.
+    pub max: HumanDuration,
+    /// What the request form offers first. Default: the shorter of one hour and `max`.
+    #[serde(default)]
+    pub default: Option<HumanDuration>,
+    #[serde(default)]
+    pub approvers: ApproversSection,
+}
+
+/// Who may approve access requests: people in any of `groups`, or named in `users` (email or
+/// subject).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ApproversSection {
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub users: Vec<String>,
 }

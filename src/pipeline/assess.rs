@@ -2,6 +2,7 @@
 //! the risk level with the signals behind it. The live verifier assesses what stays open the
 //! same way.
 
+use crate::access::Who;
 use crate::config::Snapshot;
 use crate::connection::Connection;
 use crate::identity::Identity;
@@ -18,6 +19,10 @@ pub struct Assessed {
     pub country: Option<String>,
     /// `None` when `[risk]` is not configured.
     pub risk: Option<Assessment>,
+    /// The grants in force for the subject on the route.
+    pub grants: Vec<crate::access::Grant>,
+    /// The block in force on the subject, if one is.
+    pub block: Option<crate::anomaly::blocks::Block>,
 }
 
 /// Assesses an identified request as the pipeline does: its identity and risk are told to
@@ -25,18 +30,33 @@ pub struct Assessed {
 pub fn identified(cx: &mut super::Context<'_>, identity: Option<&Identity>) -> (i64, Assessed) {
     cx.identity = identity.cloned();
     let now = crate::identity::now();
-    let assessed = assess(cx.shared, cx.snapshot, cx.conn, identity, now, true);
+    let route = cx.route.as_ref().map(|r| r.name.as_str());
+    let assessed = assess(cx.shared, cx.snapshot, cx.conn, identity, route, now, true);
     cx.risk.clone_from(&assessed.risk);
     (now, assessed)
 }
 
-/// Assesses a request (or an open stream) from `conn` by `identity` at `now`. `remember` notes
-/// the device as seen for the user: a request does; a `whoami` look and the verifier do not.
+/// Who `identity` on `conn` is, for grants and blocks.
+pub fn who<'a>(conn: &'a Connection, identity: Option<&'a Identity>) -> Who<'a> {
+    Who {
+        user: identity.map(|i| i.subject.as_str()),
+        email: identity.and_then(|i| i.email.as_deref()),
+        groups: identity.map_or(&[], |i| i.groups.as_slice()),
+        spiffe: conn.peer.spiffe_id.as_deref(),
+        device: &conn.peer.fingerprint_hex,
+        address: Some(conn.remote.ip()),
+    }
+}
+
+/// Assesses a request (or an open stream) from `conn` by `identity` for `route` at `now`.
+/// `remember` notes the device as seen for the user: a request does; a `whoami` look and the
+/// verifier do not.
 pub fn assess(
     shared: &Shared,
     snapshot: &Snapshot,
     conn: &Connection,
     identity: Option<&Identity>,
+    route: Option<&str>,
     now: i64,
     remember: bool,
 ) -> Assessed {
@@ -44,9 +64,14 @@ pub fn assess(
         .devices
         .as_ref()
         .and_then(|inventory| inventory.lookup(&conn.peer));
+    let who = who(conn, identity);
+    let grants = route.map_or_else(Vec::new, |r| shared.access.active(r, &who, now));
+    let block = shared.blocks.find(&who, now);
     let Some(settings) = snapshot.risk.as_ref() else {
         return Assessed {
             device,
+            grants,
+            block,
             ..Assessed::default()
         };
     };
@@ -76,5 +101,7 @@ pub fn assess(
         device,
         country,
         risk: Some(risk),
+        grants,
+        block,
     }
 }

@@ -145,6 +145,7 @@ fn end_client(
         verified_generation: AtomicU64::new(snapshot.generation),
         assertion: std::sync::Mutex::new(None),
         streams: std::sync::Mutex::new(Vec::new()),
+        standing: Default::default(),
         registry: std::sync::Weak::new(),
         metrics: shared.metrics.clone(),
         framing: crate::framing::Findings::new(),

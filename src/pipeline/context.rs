@@ -53,6 +53,8 @@ pub struct Decided {
     /// The facts decided on, serialised as the line's `facts` object (a facts document) while
     /// the request's headers are at hand; `None` with `[log] decision_facts = false`.
     pub facts: Option<Vec<u8>>,
+    /// The grant the allow rests on.
+    pub grant: Option<String>,
 }
 
 impl<'a> Context<'a> {

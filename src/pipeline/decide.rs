@@ -33,6 +33,8 @@ pub fn facts<'a>(
             country: assessed.country.as_deref(),
         },
         risk: assessed.risk.as_ref(),
+        grants: &assessed.grants,
+        block: assessed.block.as_ref(),
     }
 }
 
@@ -60,7 +62,17 @@ pub fn decide(
             .decision_facts
             .then(|| kept(facts, &route.policy))
             .flatten(),
+        grant: decision.grant.clone(),
     });
+    if let Some(person) = facts.person {
+        cx.conn
+            .note_person(&person.subject, person.email.as_deref());
+    }
+    if decision.passes()
+        && let Some(grant) = &decision.grant
+    {
+        cx.conn.note_grant(grant);
+    }
     match decision.outcome {
         Outcome::Allow | Outcome::Audit => Ok(decision),
         Outcome::StepUp => Err(Box::new(cx.step_up(req, target, route.policy.login))),

@@ -118,6 +118,7 @@ fn whoami(record: &mut Record<'_>, req: &Request<Incoming>) -> Response<Body> {
         record.snapshot,
         record.conn,
         user.as_ref(),
+        record.route.as_ref().map(|r| r.name.as_str()),
         identity::now(),
         false,
     );

@@ -139,6 +139,7 @@ impl Context<'_> {
             upstream,
             policy: self.policy.as_ref(),
             shadow: self.shadow.as_ref(),
+            grant: decided.and_then(|d| d.grant.as_deref()),
             mode: if self
                 .snapshot
                 .policy

@@ -5,6 +5,8 @@
 //! documented field by field in `docs/facts.md`, with a JSON Schema beside it; every field here
 //! has already been verified or normalised: nothing comes straight from client-controlled text.
 
+use crate::access::Grant;
+use crate::anomaly::blocks::Block;
 use crate::identity::Identity;
 use crate::posture::Assessment;
 use crate::posture::inventory::Device;
@@ -30,6 +32,13 @@ pub struct Facts<'a> {
     pub network: Network<'a>,
     /// The risk level and the signals behind it; `None` when `[risk]` is not configured.
     pub risk: Option<&'a Assessment>,
+    /// The just-in-time grants in force for this subject on this route, the longest-lasting
+    /// first.
+    #[serde(skip_serializing_if = "<[Grant]>::is_empty")]
+    pub grants: &'a [Grant],
+    /// The block in force on this subject, if there is one: the request is denied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block: Option<&'a Block>,
 }
 
 /// The request, canonical: the same host and path that are forwarded.
@@ -142,6 +151,15 @@ pub struct Network<'a> {
     pub country: Option<&'a str>,
 }
 
+/// The grant in force on the facts' route at their time that lasts longest, if there is one.
+pub fn grant_in_force<'a>(f: &Facts<'a>) -> Option<&'a Grant> {
+    let route = f.request.route?;
+    f.grants
+        .iter()
+        .filter(|g| g.route == route && g.expires_at > f.time)
+        .max_by_key(|g| g.expires_at)
+}
+
 /// A facts document as read from JSON: owns what [`Facts`] borrows.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,6 +176,10 @@ pub struct Document {
     pub network: NetworkDocument,
     #[serde(default)]
     pub risk: Option<Assessment>,
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+    #[serde(default)]
+    pub block: Option<Block>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +255,8 @@ impl Document {
                 country: self.network.country.as_deref(),
             },
             risk: self.risk.as_ref(),
+            grants: &self.grants,
+            block: self.block.as_ref(),
         }
     }
 }
@@ -270,7 +294,7 @@ impl Serialize for Kept<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let f = &self.facts;
-        let mut doc = serializer.serialize_struct("Facts", 7)?;
+        let mut doc = serializer.serialize_struct("Facts", 9)?;
         doc.serialize_field("time", &f.time)?;
         doc.serialize_field(
             "request",
@@ -290,6 +314,16 @@ impl Serialize for Kept<'_> {
         doc.serialize_field("device", &f.device.map(KeptDevice))?;
         doc.serialize_field("network", &f.network)?;
         doc.serialize_field("risk", &f.risk)?;
+        // Absent when none, as a document may leave them out: most lines have neither.
+        if f.grants.is_empty() {
+            doc.skip_field("grants")?;
+        } else {
+            doc.serialize_field("grants", f.grants)?;
+        }
+        match f.block {
+            Some(block) => doc.serialize_field("block", block)?,
+            None => doc.skip_field("block")?,
+        }
         doc.end()
     }
 }
@@ -622,6 +656,8 @@ mod tests {
                 country: Some("FR"),
             },
             risk: None,
+            grants: &[],
+            block: None,
         };
         let text = serde_json::to_string(&facts.kept(Some(&route))).unwrap();
         for secret in [

@@ -78,6 +78,8 @@ pub struct Rule {
     pub headers: Vec<(String, Vec<Pattern>)>,
     /// The hours and days the rule allows, in its time zone.
     pub window: Option<window::Window>,
+    /// A just-in-time grant for the subject on the route must be in force.
+    pub grant: bool,
 }
 
 /// `device = "compliant" | "managed" | "known" | "any"`.
@@ -270,6 +272,8 @@ pub struct Decision {
     pub headers: Vec<(String, String)>,
     /// What the route's shadow policy would have decided, when the route has one.
     pub shadow: Option<Shadow>,
+    /// The just-in-time grant the allow rests on: a rule with `grant = true` allowed.
+    pub grant: Option<String>,
 }
 
 /// One evaluation of a Rego policy, as a decision reports it.
@@ -333,6 +337,7 @@ impl Decision {
             policy: None,
             headers: Vec::new(),
             shadow: None,
+            grant: None,
         }
     }
 
@@ -368,6 +373,12 @@ pub fn decide_on(policy: &Policy, route: Option<&RoutePolicy>, facts: &Facts<'_>
     let Some(route) = route else {
         return Decision::deny(Reason::new(Code::NoRoute, NO_ROUTE));
     };
+    // A blocked subject is refused before anything else is looked at, in audit mode too.
+    if let Some(block) = facts.block
+        && block.until > facts.time
+    {
+        return Decision::deny(Reason::new(Code::Blocked, blocked(block)));
+    }
     // A login route without its person is never decided by its rules, in audit mode neither:
     // a request gets there only signed in (or with a verified token).
     match route.login {
@@ -397,6 +408,18 @@ pub fn decide_on(policy: &Policy, route: Option<&RoutePolicy>, facts: &Facts<'_>
         decision.outcome = Outcome::Audit;
     }
     decision
+}
+
+/// `blocked by <detector> until <time>: <reason>`.
+fn blocked(block: &crate::anomaly::blocks::Block) -> String {
+    let until = jiff::Timestamp::from_second(block.until)
+        .map_or_else(|_| block.until.to_string(), |t| t.to_string());
+    format!(
+        "{} blocked by {} until {until}: {}",
+        block.subject.kind(),
+        block.by,
+        block.reason
+    )
 }
 
 /// The route's rules, then `rego` when they allow (or alone when there are none), then the
@@ -505,11 +528,26 @@ fn evaluate(route: &RoutePolicy, facts: &Facts<'_>) -> Decision {
     for (i, rule) in route.rules.iter().enumerate() {
         match rule.check(facts) {
             Ok(()) => {
-                return Decision::new(
+                let mut decision = Decision::new(
                     Outcome::Allow,
                     Some(i),
                     vec![Reason::new(Code::AllowedByRule, allowed_by(i))],
                 );
+                if rule.grant
+                    && let Some(grant) = facts::grant_in_force(facts)
+                {
+                    decision.reasons.push(Reason::new(
+                        Code::AllowedByGrant,
+                        format!(
+                            "grant {} for {} approved by {}",
+                            grant.id,
+                            grant.subject.key(),
+                            grant.approved_by
+                        ),
+                    ));
+                    decision.grant = Some(grant.id.clone());
+                }
+                return decision;
             }
             Err(why) => reasons.push(Reason::new(why.code, format!("rule {}: {why}", i + 1))),
         }
@@ -679,6 +717,12 @@ impl Rule {
         }
         if let Some(window) = &self.window {
             window.check(f.time)?;
+        }
+        if self.grant && facts::grant_in_force(f).is_none() {
+            return Err(Reason::new(
+                Code::GrantMissing,
+                "no just-in-time grant in force for this route",
+            ));
         }
         if self.needs_inventory() {
             self.check_device(f.device, f.time)?;
@@ -882,6 +926,8 @@ mod tests {
                 country: None,
             },
             risk: None,
+            grants: &[],
+            block: None,
         }
     }
 
@@ -1342,6 +1388,75 @@ mod tests {
         assert_eq!(d.reasons, ["route has no allow rules"]);
         let d = super::decide(&Policy::default(), &facts(&p, "GET", "/", local, None));
         assert_eq!(d.reasons, [NO_ROUTE]);
+    }
+
+    #[test]
+    fn grants_allow_what_their_rules_let_them_and_blocks_deny_first() {
+        use crate::access::{Grant, Subject};
+        use crate::anomaly::blocks::Block;
+        let p = peer(Some("spiffe://example.org/ns/a/sa/b"), "x");
+        let local = "127.0.0.1".parse().unwrap();
+        let policy = one_route(vec![rule(|r| r.grant = true)]);
+        let mut f = facts(&p, "GET", "/", local, None);
+        let d = super::decide(&policy, &f);
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert_eq!(d.reasons[0].code, Code::GrantMissing);
+        let grant = |route: &str, expires_at| Grant {
+            id: "g1".into(),
+            subject: Subject::Spiffe("spiffe://example.org/ns/a/sa/b".into()),
+            route: route.into(),
+            reason: "incident".into(),
+            requested_by: "ops".into(),
+            approved_by: "admin".into(),
+            created_at: 0,
+            expires_at,
+            request: None,
+        };
+        // A grant for another route, or expired at the facts' time, does not hold.
+        let others = [grant("elsewhere", 2_000_000), grant("r", 1_000_000)];
+        f.grants = &others;
+        assert_eq!(super::decide(&policy, &f).outcome, Outcome::Deny);
+        let good = [grant("r", 1_000_001)];
+        f.grants = &good;
+        let d = super::decide(&policy, &f);
+        assert_eq!(d.outcome, Outcome::Allow);
+        assert_eq!(d.grant.as_deref(), Some("g1"));
+        assert_eq!(d.reasons[1].code, Code::AllowedByGrant);
+        // A block denies before the rules, in audit mode too.
+        let block = Block {
+            subject: Subject::Spiffe("spiffe://example.org/ns/a/sa/b".into()),
+            reason: "11 denials in 1h".into(),
+            by: "denials".into(),
+            since: 0,
+            until: 1_000_060,
+        };
+        f.block = Some(&block);
+        let audited = Policy::new(
+            [Arc::new(RoutePolicy::new(
+                "r",
+                vec![rule(|r| r.grant = true)],
+            ))],
+            true,
+            300,
+        );
+        for policy in [&policy, &audited] {
+            let d = super::decide(policy, &f);
+            assert_eq!(d.outcome, Outcome::Deny);
+            assert_eq!(d.reasons[0].code, Code::Blocked);
+            assert!(
+                d.reasons[0]
+                    .text
+                    .starts_with("spiffe blocked by denials until"),
+                "{d:?}"
+            );
+        }
+        f.time = 1_000_060;
+        f.block = Some(&block);
+        f.grants = &[];
+        assert_eq!(
+            super::decide(&policy, &f).reasons[0].code,
+            Code::GrantMissing
+        );
     }
 
     fn person(subject: &str, email: Option<&str>) -> Identity {

@@ -698,6 +698,8 @@ struct Keys {
     version: Value,
     risk: Value,
     os: Value,
+    grants: Value,
+    block: Value,
 }
 
 static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
@@ -753,6 +755,8 @@ fn keys() -> &'static Keys {
         version: Value::from("version"),
         risk: Value::from("risk"),
         os: Value::from("os"),
+        grants: Value::from("grants"),
+        block: Value::from("block"),
     })
 }
 
@@ -823,8 +827,26 @@ pub fn input(facts: &Facts<'_>, device_key: Option<Key>) -> Value {
                     .set(&k.signals, strs(&r.signals));
                 o.done()
             }),
-        );
+        )
+        .set(
+            &k.grants,
+            if facts.grants.is_empty() {
+                Value::new_array()
+            } else {
+                serialised(facts.grants)
+            },
+        )
+        .set(&k.block, facts.block.map_or(Value::Null, serialised));
     input.done()
+}
+
+/// `value` as the facts document writes it. Only grants and blocks go this way: rare, small,
+/// and never on the fast path (no grant in force is an empty array made without serde).
+fn serialised<T: serde::Serialize + ?Sized>(value: &T) -> Value {
+    match serde_json::to_string(value).map(|json| Value::from_json_str(&json)) {
+        Ok(Ok(v)) => v,
+        _ => Value::Null,
+    }
 }
 
 /// Certificates (and identities) whose input parts were built last on this thread: a

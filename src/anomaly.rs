@@ -1,0 +1,3 @@
+//! Automatic response: blocks of subjects, ordered by detectors or operators.
+
+pub mod blocks;
