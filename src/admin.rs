@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod gate;
+pub mod grants;
 pub mod limits;
 pub mod ready;
 
@@ -400,6 +401,21 @@ async fn route(
             StatusCode::OK,
             serde_json::to_value(shared.revocations.listing()).unwrap_or_default(),
         ),
+        (&Method::GET | &Method::HEAD, "/grants") => grants::list(shared),
+        (&Method::POST, "/grants" | "/grants/revoke") => {
+            let creating = req.uri().path() == "/grants";
+            let body = match read_json(req, body_timeout).await {
+                Ok(body) => body,
+                Err(refused) => return body_refused(&refused, body_timeout),
+            };
+            if creating {
+                grants::create(shared, conn, caller, body)
+            } else {
+                grants::revoke(shared, conn, caller, body)
+            }
+        }
+        (_, "/grants/revoke") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (_, "/grants") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST\n"),
         (_, "/revoke" | "/restore") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         (_, "/revocations") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
         (&Method::GET | &Method::HEAD, "/metrics") => render_metrics(shared, req.headers()),

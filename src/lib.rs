@@ -83,6 +83,7 @@ pub mod framing;
 pub mod health;
 pub mod hex;
 pub mod identity;
+pub mod jit;
 pub mod live;
 pub mod log_format;
 pub mod metrics;
@@ -257,6 +258,7 @@ async fn launch(
         reloader
     });
     tokio::spawn(live::verifier(shared.clone(), admin_stop.clone()));
+    tokio::spawn(jit::expiry(shared.clone(), admin_stop.clone()));
     let current = shared.clone();
     tokio::spawn(tls::lifecycle::recheck(
         move || current.snapshot.load().certificates.clone(),

@@ -62,6 +62,8 @@ pub async fn sweep(shared: &Arc<Shared>) {
             Some("certificate_expired")
         } else if shared.revocations.device(&conn.peer.fingerprint_hex) {
             Some("device_revoked")
+        } else if let Some(reason) = rested_on(shared, &conn, now) {
+            Some(reason)
         } else if conn.verified_generation() != snapshot.generation {
             // The CAs or CRLs may have changed since this connection was verified.
             match crate::tls::verify_again(snapshot.client_verifier.as_ref(), &conn.chain, unix_now)
@@ -86,6 +88,33 @@ pub async fn sweep(shared: &Arc<Shared>) {
     for conn in standing {
         check_streams(shared, &snapshot, &conn, now, ordered);
     }
+}
+
+/// Why what the connection's requests rested on no longer stands: a grant that allowed one
+/// ended (`grant_ended`), or its certificate, source address or a person it carried is
+/// blocked (`blocked`).
+fn rested_on(shared: &Shared, conn: &Connection, now: i64) -> Option<&'static str> {
+    let Ok(standing) = conn.standing.lock() else {
+        return None;
+    };
+    if standing
+        .grants
+        .iter()
+        .any(|id| !shared.access.holds(id, now))
+    {
+        return Some("grant_ended");
+    }
+    let mut who = assess::who(conn, None);
+    if shared.blocks.find(&who, now).is_some() {
+        return Some("blocked");
+    }
+    for person in &standing.people {
+        who.user = Some(person);
+        if shared.blocks.find(&who, now).is_some() {
+            return Some("blocked");
+        }
+    }
+    None
 }
 
 /// Time from a revocation order to a connection it affects being cut.
@@ -177,8 +206,10 @@ fn verdict(
         });
     }
     let decision = redecide(shared, snapshot, conn, origin, session.as_ref(), now)?;
+    let has = |code| decision.reasons.iter().any(|r| r.code == code);
     match decision.outcome {
         Outcome::Allow | Outcome::Audit => None,
+        _ if has(crate::reason::Code::Blocked) => Some("blocked"),
         _ if decision.reasons.first().map(|r| r.code) == Some(crate::reason::Code::NoRoute) => {
             Some("route_removed")
         }

@@ -50,6 +50,11 @@ pub struct RouteOnly {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct Event {
+    pub event: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct Reason {
     pub reason: &'static str,
 }
@@ -158,6 +163,17 @@ pub mod labels {
         "route_removed",
         "risk",
         "policy",
+        "grant_ended",
+        "blocked",
+    ];
+    /// `vigil_access_events_total{event}` (`jit`).
+    pub const ACCESS_EVENTS: &[&str] = &[
+        "grant_created",
+        "grant_revoked",
+        "grant_expired",
+        "access_requested",
+        "access_approved",
+        "access_refused",
     ];
     /// `vigil_revocations_total{reason}`: the kinds of revocation.
     pub const REVOCATIONS: &[&str] = &["session", "user", "device", "backchannel", "logout"];
@@ -209,6 +225,12 @@ pub struct Metrics {
     pub authz_decisions: Family<AuthzLabels, Counter>,
     pub decision_log_dropped: Counter,
     pub config_generation: Gauge,
+    /// Just-in-time grants in force.
+    pub grants_active: Gauge,
+    /// Access requests waiting for an approver.
+    pub access_requests_pending: Gauge,
+    /// Changes to grants and access requests, by `event`.
+    pub access_events: Family<Event, Counter>,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
     pub config_last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -349,6 +371,17 @@ impl Metrics {
                 "config_generation",
                 "Generation of the configuration snapshot in use",
             ),
+            grants_active: metric(r, "grants_active", "Just-in-time grants in force"),
+            access_requests_pending: metric(
+                r,
+                "access_requests_pending",
+                "Just-in-time access requests waiting for an approver",
+            ),
+            access_events: metric(
+                r,
+                "access_events",
+                "Changes to just-in-time grants and access requests, by event (grant_created, grant_revoked, grant_expired, access_requested, access_approved, access_refused)",
+            ),
             config_reloads: metric(r, "config_reloads", "Configuration reloads applied"),
             config_reload_failures: metric(
                 r,
@@ -405,6 +438,9 @@ impl Metrics {
         }
         for reason in labels::ADMIN_REFUSALS {
             let _ = self.admin_refusals.get_or_create(&Reason { reason });
+        }
+        for event in labels::ACCESS_EVENTS {
+            let _ = self.access_events.get_or_create(&Event { event });
         }
         for limit in labels::LIMITS {
             let _ = self.limits_hit.get_or_create(&Limit { limit });
@@ -705,6 +741,7 @@ mod tests {
             .into_iter()
             .chain(literals_in(live, "fn verdict("))
             .chain(literals_in(live, "fn session_now("))
+            .chain(literals_in(live, "fn rested_on("))
             .collect();
         let mut all_cuts: Vec<&str> = labels::CUTS
             .iter()

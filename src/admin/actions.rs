@@ -72,7 +72,7 @@ pub struct Line<'a> {
 }
 
 /// Who made the call, as the line names them: (`actor`, `via`).
-fn actor<'a>(conn: &gate::Conn, caller: &'a gate::Caller) -> (&'a str, &'static str) {
+pub fn actor<'a>(conn: &gate::Conn, caller: &'a gate::Caller) -> (&'a str, &'static str) {
     match (&caller.token, &caller.spiffe) {
         (Some(token), _) => (token, "token"),
         (None, Some(spiffe)) => (spiffe, "certificate"),
