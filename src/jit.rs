@@ -119,15 +119,18 @@ fn audit(
     shared.admin_actions.record(&line);
     shared
         .metrics
-        .access_events
-        .get_or_create(&crate::metrics::Event { event })
+        .access
+        .events
+        .get_or_create(&crate::metrics::access::Event { event })
         .inc();
     tracing::info!(
         event,
         actor = actor.map(|a| a.name),
         grant = grant.map(|g| g.id.as_str()),
         subject = grant.map(|g| g.subject.key()),
-        route = grant.map(|g| g.route.as_str()).or(request.map(|r| r.route.as_str())),
+        route = grant
+            .map(|g| g.route.as_str())
+            .or(request.map(|r| r.route.as_str())),
         "just-in-time access changed"
     );
 }
@@ -244,7 +247,13 @@ pub fn ask(
         via: "session",
         client,
     };
-    audit(shared, "access_requested", Some(actor), None, Some(&request));
+    audit(
+        shared,
+        "access_requested",
+        Some(actor),
+        None,
+        Some(&request),
+    );
     observe(shared, now);
     Ok(request)
 }
@@ -271,20 +280,21 @@ pub fn settle(
     }
     let now = crate::identity::now();
     let approver = who.name().to_owned();
-    let (request, grant) = shared
-        .access
-        .settle(id, (who.subject, who.name()), approve, now, |r| Grant {
-            id: new_id(),
-            subject: Subject::User(r.subject.clone()),
-            route: r.route.clone(),
-            reason: r.reason.clone(),
-            requested_by: r.requester.clone(),
-            approved_by: approver,
-            created_at: now,
-            // Never beyond the route's maximum in force now.
-            expires_at: now.saturating_add(r.duration.min(settings.max) as i64),
-            request: Some(r.id.clone()),
-        })?;
+    let (request, grant) =
+        shared
+            .access
+            .settle(id, (who.subject, who.name()), approve, now, |r| Grant {
+                id: new_id(),
+                subject: Subject::User(r.subject.clone()),
+                route: r.route.clone(),
+                reason: r.reason.clone(),
+                requested_by: r.requester.clone(),
+                approved_by: approver,
+                created_at: now,
+                // Never beyond the route's maximum in force now.
+                expires_at: now.saturating_add(r.duration.min(settings.max) as i64),
+                request: Some(r.id.clone()),
+            })?;
     let actor = Actor {
         name: who.name(),
         via: "session",
@@ -303,14 +313,17 @@ pub fn settle(
 /// Grants in force and requests pending, in the metrics.
 pub fn observe(shared: &Shared, now: i64) {
     let metrics = &shared.metrics;
-    metrics.grants_active.set(shared.access.list(now).len() as i64);
+    metrics
+        .access
+        .grants_active
+        .set(shared.access.list(now).len() as i64);
     let pending = shared
         .access
         .requests()
         .iter()
         .filter(|r| r.state == RequestState::Pending)
         .count();
-    metrics.access_requests_pending.set(pending as i64);
+    metrics.access.requests_pending.set(pending as i64);
 }
 
 /// Ends grants as they expire, until `stop`: each is written as an event and announced, and

@@ -7,6 +7,7 @@
 //! values are listed once, in [`labels`]; tests beside this module check that the code
 //! emits no value the lists lack.
 
+pub mod access;
 pub mod policy;
 pub mod process;
 
@@ -47,11 +48,6 @@ pub struct FaultLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RouteOnly {
     pub route: RouteLabel,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct Event {
-    pub event: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -225,18 +221,13 @@ pub struct Metrics {
     pub authz_decisions: Family<AuthzLabels, Counter>,
     pub decision_log_dropped: Counter,
     pub config_generation: Gauge,
-    /// Just-in-time grants in force.
-    pub grants_active: Gauge,
-    /// Access requests waiting for an approver.
-    pub access_requests_pending: Gauge,
-    /// Changes to grants and access requests, by `event`.
-    pub access_events: Family<Event, Counter>,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
     pub config_last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub tls_dates: TlsDates,
     pub components: Components,
     pub policies: policy::Policies,
+    pub access: access::Access,
     /// The standard `process_*` families, without the prefix.
     process: Registry,
 }
@@ -371,17 +362,7 @@ impl Metrics {
                 "config_generation",
                 "Generation of the configuration snapshot in use",
             ),
-            grants_active: metric(r, "grants_active", "Just-in-time grants in force"),
-            access_requests_pending: metric(
-                r,
-                "access_requests_pending",
-                "Just-in-time access requests waiting for an approver",
-            ),
-            access_events: metric(
-                r,
-                "access_events",
-                "Changes to just-in-time grants and access requests, by event (grant_created, grant_revoked, grant_expired, access_requested, access_approved, access_refused)",
-            ),
+
             config_reloads: metric(r, "config_reloads", "Configuration reloads applied"),
             config_reload_failures: metric(
                 r,
@@ -396,6 +377,7 @@ impl Metrics {
             tls_dates: TlsDates::register(r),
             components: Components::register(r),
             policies: policy::Policies::register(r),
+            access: access::Access::register(r),
             process: process_registry(),
             registry,
         }
@@ -440,7 +422,7 @@ impl Metrics {
             let _ = self.admin_refusals.get_or_create(&Reason { reason });
         }
         for event in labels::ACCESS_EVENTS {
-            let _ = self.access_events.get_or_create(&Event { event });
+            let _ = self.access.events.get_or_create(&access::Event { event });
         }
         for limit in labels::LIMITS {
             let _ = self.limits_hit.get_or_create(&Limit { limit });

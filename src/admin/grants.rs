@@ -116,24 +116,29 @@ pub fn revoke(
     body: Option<serde_json::Value>,
 ) -> Response<Body> {
     let Some(id) = body.as_ref().and_then(|b| b["id"].as_str()) else {
-        return refused(StatusCode::BAD_REQUEST, "send a JSON object with the grant's id");
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "send a JSON object with the grant's id",
+        );
     };
     match jit::revoke(shared, id, actor(conn, caller)) {
         Some(grant) => json(
             StatusCode::OK,
             serde_json::json!({ "ok": true, "revoked": *grant }),
         ),
-        None => refused(
-            StatusCode::NOT_FOUND,
-            format!("no grant {id:?} in force"),
-        ),
+        None => refused(StatusCode::NOT_FOUND, format!("no grant {id:?} in force")),
     }
 }
 
 /// `GET /grants`: the grants in force and the access requests kept.
 pub fn list(shared: &Shared) -> Response<Body> {
     let now = crate::identity::now();
-    let grants: Vec<_> = shared.access.list(now).iter().map(|g| (**g).clone()).collect();
+    let grants: Vec<_> = shared
+        .access
+        .list(now)
+        .iter()
+        .map(|g| (**g).clone())
+        .collect();
     json(
         StatusCode::OK,
         serde_json::json!({ "grants": grants, "requests": shared.access.requests() }),
