@@ -127,6 +127,19 @@ codes! {
     GrantMissing = "grant_missing",
     /// The allow rests on a just-in-time grant (the text names it).
     AllowedByGrant = "allowed_by_grant",
+    /// `POST /.vigil/access/request`: a person asked for access to a route.
+    AccessRequested = "access_requested",
+    /// `POST /.vigil/access/decide`: an approver approved a request; a grant was made.
+    AccessApproved = "access_approved",
+    /// `POST /.vigil/access/decide`: an approver refused a request.
+    AccessDeclined = "access_declined",
+    /// An access request or decision that was not taken: not an approver, one's own request,
+    /// already decided, a duration over the route's maximum, no reason, and the like.
+    AccessActionRefused = "access_action_refused",
+    /// A state-changing access form posted from another site (`Origin`, `Sec-Fetch-Site`).
+    AccessCrossSite = "access_cross_site",
+    /// An access form without its session's CSRF token.
+    AccessTokenInvalid = "access_token_invalid",
     /// A rule asks about the device and the inventory does not know it.
     DeviceUnknown = "device_unknown",
     /// A rule needs a compliant device.

@@ -94,9 +94,18 @@ pub fn decide(
             if !told.is_empty() {
                 public = format!("{public}: {}", told.join("; "));
             }
-            Err(Box::new(
-                cx.refuse(Refusal::Forbidden(public), Some(&decision)),
-            ))
+            let mut response = cx.refuse(Refusal::Forbidden(public.clone()), Some(&decision));
+            // A person a route could grant access to is offered to ask for it (not when
+            // blocked: a block is not lifted by asking).
+            if cx.html
+                && facts.block.is_none()
+                && let Some(who) = facts.person
+                && let Some(form) = super::access::request_form(cx, route, who)
+            {
+                let id = cx.request_id.to_str().unwrap_or("");
+                *response.body_mut() = super::access::denied_page(&public, id, &form);
+            }
+            Err(Box::new(response))
         }
     }
 }

@@ -33,6 +33,9 @@ pub async fn handle(
         (Method::GET, "logout") => logout_page(record, &req),
         (Method::POST, "logout") => logout(record, host, req).await,
         (Method::POST, "backchannel") => backchannel(record, req).await,
+        (Method::GET, "access") => super::access::overview(record, host, &req),
+        (Method::POST, "access/request") => super::access::ask(record, host, req).await,
+        (Method::POST, "access/decide") => super::access::decide(record, host, req).await,
         (Method::GET, "logged-out") => {
             let mut r = html(StatusCode::OK, "Signed out", "You are signed out.", record);
             record.log(
@@ -49,13 +52,19 @@ pub async fn handle(
         }
         (
             _,
-            "whoami" | "jwks.json" | "login" | "callback" | "logged-out" | "logout" | "backchannel",
+            "whoami" | "jwks.json" | "login" | "callback" | "logged-out" | "logout" | "backchannel"
+            | "access" | "access/request" | "access/decide",
         ) => record.refuse(Refusal::MethodNotAllowed, None),
         _ => record.refuse(Refusal::NoRoute, None),
     }
 }
 
-fn html(status: StatusCode, title: &str, message: &str, record: &Record<'_>) -> Response<Body> {
+pub(super) fn html(
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    record: &Record<'_>,
+) -> Response<Body> {
     let mut response = Response::new(body::full(page(
         title,
         message,
@@ -87,7 +96,7 @@ fn json(status: StatusCode, value: serde_json::Value, record: &Record<'_>) -> Re
 /// The session of this request as [`identify_session`] sees it, unless it was revoked (by an
 /// operator, the provider, or its own logout): a logged-out copy of the cookie is not shown
 /// as signed in, and cannot log out again.
-fn signed_in(
+pub(super) fn signed_in(
     record: &Record<'_>,
     headers: &http::HeaderMap,
 ) -> Option<(Identity, Vec<HeaderValue>)> {
@@ -471,7 +480,7 @@ fn end_session(
 
 /// The form body of one of Vigil's own POST endpoints: at most `limit` bytes (413), received
 /// whole within `[server] body_read_timeout` (408), like a body forwarded upstream.
-async fn read_form(
+pub(super) async fn read_form(
     record: &Record<'_>,
     body: Incoming,
     limit: usize,

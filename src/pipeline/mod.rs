@@ -10,6 +10,7 @@
 //! Every phase reads the one configuration snapshot taken when the request arrived, so a
 //! request never sees half of a reload.
 
+pub mod access;
 pub mod assess;
 pub mod authz;
 pub mod canonicalize;
