@@ -17,6 +17,25 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::fmt::Write as _;
 
+/// Answers `/.vigil/<rest>` when it is an access page; gives the request back otherwise.
+pub async fn handle(
+    record: &mut Record<'_>,
+    rest: &str,
+    host: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Request<Incoming>> {
+    use http::Method;
+    Ok(match (req.method(), rest) {
+        (&Method::GET | &Method::HEAD, "access") => overview(record, host, &req),
+        (&Method::POST, "access/request") => ask(record, host, req).await,
+        (&Method::POST, "access/decide") => decide(record, host, req).await,
+        (_, "access" | "access/request" | "access/decide") => {
+            record.refuse(Refusal::MethodNotAllowed, None)
+        }
+        _ => return Err(req),
+    })
+}
+
 /// The durations a request form offers, within the route's `max`.
 const CHOICES: [u64; 8] = [
     900,

@@ -33,9 +33,6 @@ pub async fn handle(
         (Method::GET, "logout") => logout_page(record, &req),
         (Method::POST, "logout") => logout(record, host, req).await,
         (Method::POST, "backchannel") => backchannel(record, req).await,
-        (Method::GET, "access") => super::access::overview(record, host, &req),
-        (Method::POST, "access/request") => super::access::ask(record, host, req).await,
-        (Method::POST, "access/decide") => super::access::decide(record, host, req).await,
         (Method::GET, "logged-out") => {
             let mut r = html(StatusCode::OK, "Signed out", "You are signed out.", record);
             record.log(
@@ -52,8 +49,7 @@ pub async fn handle(
         }
         (
             _,
-            "whoami" | "jwks.json" | "login" | "callback" | "logged-out" | "logout" | "backchannel"
-            | "access" | "access/request" | "access/decide",
+            "whoami" | "jwks.json" | "login" | "callback" | "logged-out" | "logout" | "backchannel",
         ) => record.refuse(Refusal::MethodNotAllowed, None),
         _ => record.refuse(Refusal::NoRoute, None),
     }

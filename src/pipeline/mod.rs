@@ -108,7 +108,10 @@ async fn answer(
         Ok(Routed::Route(route)) => route,
         Ok(Routed::Endpoint(rest)) => {
             let host = target.host.clone();
-            return endpoints::handle(&mut cx, &rest, &host, req).await;
+            return match access::handle(&mut cx, &rest, &host, req).await {
+                Ok(answer) => answer,
+                Err(req) => endpoints::handle(&mut cx, &rest, &host, req).await,
+            };
         }
         Err(answer) => return *answer,
     };
