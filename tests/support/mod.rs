@@ -151,6 +151,57 @@ pub async fn ws_echo_upstream() -> Result<SocketAddr> {
     Ok(addr)
 }
 
+/// An upstream for people's pages and their WebSockets: a WebSocket upgrade is echoed like
+/// [`ws_echo_upstream`]; any other request is answered with a small HTML page naming the
+/// path and the identity headers Vigil sent (`x-vigil-*`), and the connection closed.
+pub async fn page_and_ws_upstream() -> Result<SocketAddr> {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 8192];
+                let Ok(Ok(n)) = tokio::time::timeout(STEP, stream.peek(&mut head)).await else {
+                    return;
+                };
+                let text = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+                if text.contains("upgrade: websocket") {
+                    let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = socket.next().await {
+                        if msg.is_text() || msg.is_binary() {
+                            let _ = socket.send(msg).await;
+                        }
+                    }
+                    return;
+                }
+                let mut read = vec![0u8; n];
+                let _ = stream.read_exact(&mut read).await;
+                let request = String::from_utf8_lossy(&read).into_owned();
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let vigil: Vec<&str> = request
+                    .lines()
+                    .filter(|l| l.to_ascii_lowercase().starts_with("x-vigil-"))
+                    .filter(|l| !l.to_ascii_lowercase().starts_with("x-vigil-assertion"))
+                    .collect();
+                let body = format!(
+                    "<!doctype html><html><head><title>upstream</title></head><body><h1>upstream {path}</h1><pre>{}</pre></body></html>",
+                    vigil.join("\n").replace('<', "&lt;")
+                );
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
 /// An address nothing listens on. On 127.0.0.2, where no test binds anything, so that the
 /// port, once released, cannot be handed to another test's listener on 127.0.0.1:0 running
 /// at the same time (which would answer in its place).

@@ -90,7 +90,8 @@ pub async fn world_opts(session: &str, backchannel: bool) -> Result<World> {
 }
 
 /// A world with more `[oidc]` keys (`oidc`) and more routes (`routes`, where `UPSTREAM` stands
-/// for the echo upstream's address), listed before the world's own.
+/// for the echo upstream's address and `PAGES_UPSTREAM` for [`page_and_ws_upstream`]'s),
+/// listed before the world's own.
 pub async fn world_full(
     session: &str,
     backchannel: bool,
@@ -130,6 +131,7 @@ pub async fn world_full(
     .await?;
     let (upstream, stop) = echo_upstream().await?;
     let ws = ws_echo_upstream().await?;
+    let pages = page_and_ws_upstream().await?;
     let decisions = pki.path("decisions.log");
     let config_text = format!(
         r#"
@@ -173,7 +175,10 @@ issuer = "https://vigil.test"
             // test changes the provider's risk claim.
             "[risk]\ntrusted_networks = [\"127.0.0.0/8\"]\n"
         },
-        more_routes.replace("UPSTREAM", &upstream.to_string()) + &routes(upstream, ws)
+        more_routes
+            .replace("PAGES_UPSTREAM", &pages.to_string())
+            .replace("UPSTREAM", &upstream.to_string())
+            + &routes(upstream, ws)
     );
     let config = pki.path("vigil.toml");
     std::fs::write(&config, &config_text)?;
