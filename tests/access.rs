@@ -144,8 +144,7 @@ async fn an_admin_grant_opens_a_route_to_a_workload_and_its_revocation_cuts_the_
     );
     let denied = lines
         .iter()
-        .filter(|l| l["kind"] == "decision" && l["decision"] == "deny")
-        .last()
+        .rfind(|l| l["kind"] == "decision" && l["decision"] == "deny")
         .context("a denial")?;
     assert!(
         denied["codes"].to_string().contains("grant_missing"),
