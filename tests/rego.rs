@@ -900,3 +900,39 @@ policy = "clock.rego"
     assert_eq!(d.outcome, Outcome::Deny, "{}", texts(&d));
     Ok(())
 }
+
+#[test]
+fn a_policy_sees_the_grants_in_force_and_the_block() -> Result<()> {
+    let pki = Pki::new()?;
+    let policy = r#"package jit
+import rego.v1
+default allow := false
+allow if {
+    some g in input.grants
+    g.route == input.request.route
+    g.subject.spiffe == input.certificate.spiffe_id
+    input.block == null
+}
+"#;
+    let snapshot = load(
+        &pki,
+        &[("jit.rego", policy)],
+        "[[route]]\nname = \"r\"\nhost = \"localhost\"\nupstream = \"http://127.0.0.1:9\"\nlogin = \"none\"\npolicy = \"jit.rego\"\ngrants = { max = \"1h\", approvers = { groups = [\"ops\"] } }\n",
+    )?;
+    let mut doc = facts("r", "job", None);
+    doc["certificate"]["spiffe_id"] = json!("spiffe://example.org/ns/batch/sa/job");
+    assert_eq!(decide(&snapshot, &doc)?.outcome, Outcome::Deny);
+    doc["grants"] = json!([{
+        "id": "g1", "subject": {"spiffe": "spiffe://example.org/ns/batch/sa/job"},
+        "route": "r", "reason": "backfill", "requested_by": "ticket", "approved_by": "ops",
+        "created_at": 1_795_426_000, "expires_at": 1_795_429_800
+    }]);
+    assert_eq!(decide(&snapshot, &doc)?.outcome, Outcome::Allow);
+    doc["block"] = json!({
+        "subject": {"address": "127.0.0.1"}, "reason": "11 denials in 1h", "by": "denials",
+        "since": 1_795_426_000, "until": 1_795_429_800
+    });
+    let blocked = decide(&snapshot, &doc)?;
+    assert_eq!(codes(&blocked), ["blocked"]);
+    Ok(())
+}
