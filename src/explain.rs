@@ -203,6 +203,7 @@ pub fn explain(snapshot: &Snapshot, mut doc: Document, now: i64) -> Explained {
         "decision": decision.outcome.as_str(),
         "status": status,
         "rule": decision.rule.map(|i| i + 1),
+        "grant": decision.grant,
         "policy": decision.policy.as_ref().map(|run| json!({
             "name": run.name,
             "query": route.and_then(|r| r.rego.as_ref()).map(|r| r.query.as_str()),
@@ -268,6 +269,9 @@ pub fn text(report: &Value) -> String {
         None => "none".to_owned(),
     };
     let _ = writeln!(out, "rule:      {rule}");
+    if let Some(grant) = report["grant"].as_str() {
+        let _ = writeln!(out, "grant:     {grant}");
+    }
     if let Some(policy) = report["policy"].as_object() {
         let _ = writeln!(
             out,
