@@ -3,6 +3,9 @@
 //! the upstream page showing who it is, is refused a `mfa = true` route with a readable page,
 //! and logs out through Vigil and the provider.
 //!
+//! `tests/browser/access.mjs` does the same for just-in-time access: bob asks, alice approves,
+//! the grant expires (see `a_person_asks_for_access_an_approver_grants_it_and_it_ends_by_itself`).
+//!
 //! Needs `/usr/bin/chromium` (`scripts/test` installs it with `apt-get install -y chromium`) and
 //! Node.js; `npm ci` runs in `tests/browser` once per lock file.
 

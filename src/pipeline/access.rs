@@ -4,7 +4,7 @@
 //! bound to the session, and a state-changing request from another site is refused.
 
 use super::context::Context as Record;
-use super::endpoints::{html, read_form, signed_in};
+use super::endpoints::{html, read_form, signed_in, start_login};
 use crate::access::{AccessRequest, GrantSettings, RequestState};
 use crate::body::{self, Body};
 use crate::error::{Refusal, escape, redirect};
@@ -295,25 +295,8 @@ fn own_requests(out: &mut String, requests: &[AccessRequest], who: &Identity) {
 }
 
 fn sign_in_first(record: &Record<'_>, host: &str) -> Response<Body> {
-    let (Some(provider), Some(sessions)) = (&record.snapshot.oidc, &record.snapshot.sessions)
-    else {
-        return record.refuse(Refusal::NoRoute, None);
-    };
-    match provider.begin(&sessions.ring, host, "/.vigil/access", false) {
-        Ok(start) => {
-            let mut response = redirect(StatusCode::FOUND, &start.location);
-            response
-                .headers_mut()
-                .append(header::SET_COOKIE, start.cookie);
-            record.log(
-                "deny",
-                &[Reason::new(Code::SignInRequired, "sign-in required")],
-                StatusCode::FOUND,
-            );
-            response
-        }
-        Err(e) => record.refuse_login(&e),
-    }
+    let required = Reason::new(Code::SignInRequired, "sign-in required");
+    start_login(record, host, "/.vigil/access", false, ("deny", required))
 }
 
 /// What a state-changing access form sent, once its origin, session and token are checked.

@@ -186,24 +186,36 @@ fn jwks(record: &Record<'_>) -> Response<Body> {
 
 /// `/.vigil/login?rd=/path`: starts a login by hand, returning to `rd` on this host.
 fn login(record: &Record<'_>, host: &str, req: &Request<Incoming>) -> Response<Body> {
+    if record.snapshot.oidc.is_none() || record.snapshot.sessions.is_none() {
+        return record.refuse(Refusal::NoRoute, None);
+    }
+    let rd = query_param(req, "rd").unwrap_or_default();
+    let return_to = identity::safe_return(&rd);
+    let step_up = query_param(req, "step_up").is_some_and(|v| v == "1");
+    let started = Reason::new(Code::SignInStarted, "sign-in started");
+    start_login(record, host, &return_to, step_up, ("allow", started))
+}
+
+/// Sends the browser to the provider to sign in, back to `return_to` on `host` after; logs
+/// the answer as `logged` (decision and reason).
+pub(super) fn start_login(
+    record: &Record<'_>,
+    host: &str,
+    return_to: &str,
+    step_up: bool,
+    logged: (&'static str, Reason),
+) -> Response<Body> {
     let (Some(provider), Some(sessions)) = (&record.snapshot.oidc, &record.snapshot.sessions)
     else {
         return record.refuse(Refusal::NoRoute, None);
     };
-    let rd = query_param(req, "rd").unwrap_or_default();
-    let return_to = identity::safe_return(&rd);
-    let step_up = query_param(req, "step_up").is_some_and(|v| v == "1");
-    match provider.begin(&sessions.ring, host, &return_to, step_up) {
+    match provider.begin(&sessions.ring, host, return_to, step_up) {
         Ok(start) => {
             let mut response = redirect(StatusCode::FOUND, &start.location);
             response
                 .headers_mut()
                 .append(header::SET_COOKIE, start.cookie);
-            record.log(
-                "allow",
-                &[Reason::new(Code::SignInStarted, "sign-in started")],
-                StatusCode::FOUND,
-            );
+            record.log(logged.0, &[logged.1], StatusCode::FOUND);
             response
         }
         Err(e) => record.refuse_login(&e),
