@@ -83,6 +83,23 @@ impl Subject {
         }
     }
 
+    /// Why the subject cannot be one of a grant, if it cannot: what each kind must look like.
+    pub fn invalid_for_grant(&self) -> Option<&'static str> {
+        match self {
+            Subject::User(v) | Subject::Group(v) if v.trim().is_empty() => {
+                Some("a user or group subject is not empty")
+            }
+            Subject::Spiffe(id) if !id.starts_with("spiffe://") || id.len() <= 9 => {
+                Some("a spiffe subject is a SPIFFE ID like spiffe://example.org/ns/a/sa/b")
+            }
+            Subject::Device(fp) if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some("a device subject is a SHA-256 certificate fingerprint in hex")
+            }
+            Subject::Address(_) => Some("a grant cannot be for a source address"),
+            _ => None,
+        }
+    }
+
     /// True when the subject names `who`.
     pub fn matches(&self, who: &Who<'_>) -> bool {
         match self {
@@ -274,9 +291,14 @@ impl Access {
         found
     }
 
-    /// Records a person's request for `route`. A pending request of the same person for the
-    /// same route is updated instead (reason and duration), so asking twice makes one request.
-    pub fn ask(&self, mut request: AccessRequest, now: i64) -> Result<AccessRequest, AccessError> {
+    /// Records a person's request for `route`, and whether it is new. A pending request of the
+    /// same person for the same route is updated instead (reason and duration), so asking
+    /// twice makes one request.
+    pub fn ask(
+        &self,
+        mut request: AccessRequest,
+        now: i64,
+    ) -> Result<(AccessRequest, bool), AccessError> {
         let mut requests = self.requests.write().unwrap_or_else(|e| e.into_inner());
         requests.retain(|r| {
             r.state == RequestState::Pending || decided_at(r) + DECIDED_KEPT_SECONDS > now
@@ -288,7 +310,7 @@ impl Access {
         }) {
             existing.reason = request.reason;
             existing.duration = request.duration;
-            return Ok(existing.clone());
+            return Ok((existing.clone(), false));
         }
         let pending = |r: &&AccessRequest| r.state == RequestState::Pending;
         if requests
@@ -314,7 +336,7 @@ impl Access {
         }
         request.state = RequestState::Pending;
         requests.push_back(request.clone());
-        Ok(request)
+        Ok((request, true))
     }
 
     /// The request `id`, as it stands.
@@ -447,8 +469,9 @@ mod tests {
         let access = Access::default();
         access.ask(request("r1", "bob"), 0).unwrap();
         // Asking again updates the pending request.
-        let again = access.ask(request("r2", "bob"), 0).unwrap();
+        let (again, new) = access.ask(request("r2", "bob"), 0).unwrap();
         assert_eq!(again.id, "r1");
+        assert!(!new);
         let make = |r: &AccessRequest| grant("g", Subject::User(r.subject.clone()), 60);
         assert_eq!(
             access.settle("r1", ("bob", "bob"), true, 1, make),

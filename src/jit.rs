@@ -41,8 +41,8 @@ pub enum Refused {
     NoReason,
     #[error("{0} is not an approver of route {1:?}")]
     NotApprover(String, String),
-    #[error("a grant cannot be for a source address")]
-    AddressSubject,
+    #[error("{0}")]
+    Subject(&'static str),
     #[error(transparent)]
     Access(#[from] AccessError),
 }
@@ -104,6 +104,7 @@ fn audit(
     actor: Option<Actor<'_>>,
     grant: Option<&Grant>,
     request: Option<&AccessRequest>,
+    announce: bool,
 ) {
     let line = Event {
         v: decision_log::SCHEMA,
@@ -133,6 +134,7 @@ fn audit(
             .or(request.map(|r| r.route.as_str())),
         "just-in-time access changed"
     );
+    let _ = announce;
 }
 
 /// The route's grant settings, if it has a route by that name that grants access.
@@ -167,8 +169,9 @@ fn check_duration(route: &str, max: u64, asked: u64) -> Result<(), Refused> {
 pub fn create(shared: &Shared, new: NewGrant, actor: Actor<'_>) -> Result<Arc<Grant>, Refused> {
     let settings = settings(shared, &new.route)?;
     check_duration(&new.route, settings.max, new.duration)?;
-    if matches!(new.subject, Subject::Address(_)) {
-        return Err(Refused::AddressSubject);
+    let subject = new.subject.normalised();
+    if let Some(why) = subject.invalid_for_grant() {
+        return Err(Refused::Subject(why));
     }
     if new.reason.trim().is_empty() {
         return Err(Refused::NoReason);
@@ -176,7 +179,7 @@ pub fn create(shared: &Shared, new: NewGrant, actor: Actor<'_>) -> Result<Arc<Gr
     let now = crate::identity::now();
     let grant = shared.access.grant(Grant {
         id: new_id(),
-        subject: new.subject.normalised(),
+        subject,
         route: new.route,
         reason: bounded(new.reason.trim(), MAX_REASON),
         requested_by: new.requested_by,
@@ -185,7 +188,14 @@ pub fn create(shared: &Shared, new: NewGrant, actor: Actor<'_>) -> Result<Arc<Gr
         expires_at: now.saturating_add(new.duration as i64),
         request: None,
     })?;
-    audit(shared, "grant_created", Some(actor), Some(&grant), None);
+    audit(
+        shared,
+        "grant_created",
+        Some(actor),
+        Some(&grant),
+        None,
+        true,
+    );
     observe(shared, now);
     Ok(grant)
 }
@@ -193,7 +203,14 @@ pub fn create(shared: &Shared, new: NewGrant, actor: Actor<'_>) -> Result<Arc<Gr
 /// Ends grant `id` now, and what it allowed.
 pub fn revoke(shared: &Shared, id: &str, actor: Actor<'_>) -> Option<Arc<Grant>> {
     let ended = shared.access.revoke(id)?;
-    audit(shared, "grant_revoked", Some(actor), Some(&ended), None);
+    audit(
+        shared,
+        "grant_revoked",
+        Some(actor),
+        Some(&ended),
+        None,
+        true,
+    );
     observe(shared, crate::identity::now());
     shared.live.recheck_now();
     Some(ended)
@@ -229,7 +246,7 @@ pub fn ask(
         return Err(Refused::NoReason);
     }
     let now = crate::identity::now();
-    let request = shared.access.ask(
+    let (request, new) = shared.access.ask(
         AccessRequest {
             id: new_id(),
             route: route.to_owned(),
@@ -247,12 +264,14 @@ pub fn ask(
         via: "session",
         client,
     };
+    // Asking again updates the request: written down, not announced again.
     audit(
         shared,
         "access_requested",
         Some(actor),
         None,
         Some(&request),
+        new,
     );
     observe(shared, now);
     Ok(request)
@@ -305,7 +324,14 @@ pub fn settle(
     } else {
         "access_refused"
     };
-    audit(shared, event, Some(actor), grant.as_deref(), Some(&request));
+    audit(
+        shared,
+        event,
+        Some(actor),
+        grant.as_deref(),
+        Some(&request),
+        true,
+    );
     observe(shared, now);
     Ok((request, grant))
 }
@@ -332,7 +358,7 @@ pub async fn expiry(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         let now = crate::identity::now();
         for ended in shared.access.expire(now) {
-            audit(&shared, "grant_expired", None, Some(&ended), None);
+            audit(&shared, "grant_expired", None, Some(&ended), None, true);
             shared.live.recheck_now();
         }
         observe(&shared, now);

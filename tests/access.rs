@@ -199,27 +199,27 @@ async fn the_grants_api_refuses_what_it_cannot_grant_and_says_why() -> Result<()
     let (running, _log) = proxy(&pki).await?;
     let cases: &[(&str, u16, &str)] = &[
         (
-            r#"{"subject": {"spiffe": "spiffe://x"}, "route": "nope", "duration": "1h", "reason": "r"}"#,
+            r#"{"subject": {"spiffe": "spiffe://example.org/x"}, "route": "nope", "duration": "1h", "reason": "r"}"#,
             404,
             "no route",
         ),
         (
-            r#"{"subject": {"spiffe": "spiffe://x"}, "route": "plain", "duration": "1h", "reason": "r"}"#,
+            r#"{"subject": {"spiffe": "spiffe://example.org/x"}, "route": "plain", "duration": "1h", "reason": "r"}"#,
             422,
             "does not grant",
         ),
         (
-            r#"{"subject": {"spiffe": "spiffe://x"}, "route": "orders", "duration": "2h", "reason": "r"}"#,
+            r#"{"subject": {"spiffe": "spiffe://example.org/x"}, "route": "orders", "duration": "2h", "reason": "r"}"#,
             422,
             "at most 3600s",
         ),
         (
-            r#"{"subject": {"spiffe": "spiffe://x"}, "route": "orders", "duration": "0s", "reason": "r"}"#,
+            r#"{"subject": {"spiffe": "spiffe://example.org/x"}, "route": "orders", "duration": "0s", "reason": "r"}"#,
             422,
             "longer than zero",
         ),
         (
-            r#"{"subject": {"spiffe": "spiffe://x"}, "route": "orders", "duration": "1h", "reason": "  "}"#,
+            r#"{"subject": {"spiffe": "spiffe://example.org/x"}, "route": "orders", "duration": "1h", "reason": "  "}"#,
             422,
             "reason is required",
         ),
@@ -229,7 +229,7 @@ async fn the_grants_api_refuses_what_it_cannot_grant_and_says_why() -> Result<()
             "source address",
         ),
         (
-            r#"{"subject": {"spiffe": "spiffe://x"}, "route": "orders", "duration": "soon", "reason": "r"}"#,
+            r#"{"subject": {"spiffe": "spiffe://example.org/x"}, "route": "orders", "duration": "soon", "reason": "r"}"#,
             400,
             "duration",
         ),
@@ -239,7 +239,7 @@ async fn the_grants_api_refuses_what_it_cannot_grant_and_says_why() -> Result<()
             "unknown variant",
         ),
         (
-            r#"{"subject": {"spiffe": "spiffe://x"}, "route": "orders", "duration": "1h", "reason": "r", "extra": 1}"#,
+            r#"{"subject": {"spiffe": "spiffe://example.org/x"}, "route": "orders", "duration": "1h", "reason": "r", "extra": 1}"#,
             400,
             "unknown field",
         ),
