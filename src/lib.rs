@@ -33,6 +33,8 @@
 //!   component), revocation; the admin listener's
 //!   gate (own Host, own origin, JSON bodies, tokens), its own limits, and the audit trail of
 //!   the actions ordered there.
+//! - [`alerts`]: events for operators (blocks, detectors, grants), logged and delivered off
+//!   the request path to a signed webhook with bounded retries and a bounded queue.
 //! - [`state`]: what every connection shares: the snapshot in force and the run-time state
 //!   beside it. [`connection`]: one connection after its handshake, the registry of open
 //!   ones, and the streams open on each.
@@ -68,6 +70,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod alerts;
 pub mod anomaly;
 pub mod body;
 pub mod canonical;
@@ -259,6 +262,7 @@ async fn launch(
     });
     tokio::spawn(live::verifier(shared.clone(), admin_stop.clone()));
     tokio::spawn(jit::expiry(shared.clone(), admin_stop.clone()));
+    tokio::spawn(alerts::deliver(shared.alerts.clone(), admin_stop.clone()));
     let current = shared.clone();
     tokio::spawn(tls::lifecycle::recheck(
         move || current.snapshot.load().certificates.clone(),
