@@ -340,7 +340,8 @@ enum Attempt {
     Refused(http::StatusCode),
 }
 
-/// Empties the queue until `stop` is cancelled, then for at most [`FLUSH`] more.
+/// Empties the queue until `stop` is cancelled; then, for at most [`FLUSH`] more, finishes
+/// the alert in flight and what is still queued. What is left then is dropped and counted.
 pub async fn deliver(alerts: Arc<Alerts>, stop: CancellationToken) {
     loop {
         let Some(alert) = alerts.pop() else {
@@ -349,21 +350,41 @@ pub async fn deliver(alerts: Arc<Alerts>, stop: CancellationToken) {
                 () = stop.cancelled() => break,
             }
         };
+        let kind = alert.kind;
+        let delivery = deliver_one(&alerts, alert);
+        tokio::pin!(delivery);
         tokio::select! {
-            () = deliver_one(&alerts, alert) => {}
-            () = stop.cancelled() => break,
+            () = &mut delivery => continue,
+            () = stop.cancelled() => {}
+        }
+        let deadline = tokio::time::Instant::now() + FLUSH;
+        if tokio::time::timeout_at(deadline, delivery).await.is_err() {
+            alerts.count(kind, "dropped");
+        }
+        return flush(&alerts, deadline).await;
+    }
+    flush(&alerts, tokio::time::Instant::now() + FLUSH).await;
+}
+
+/// Delivers what is queued until `deadline`, then drops (and counts) the rest.
+async fn flush(alerts: &Alerts, deadline: tokio::time::Instant) {
+    let mut left = 0;
+    while let Some(alert) = alerts.pop() {
+        let kind = alert.kind;
+        if tokio::time::Instant::now() >= deadline
+            || tokio::time::timeout_at(deadline, deliver_one(alerts, alert))
+                .await
+                .is_err()
+        {
+            alerts.count(kind, "dropped");
+            left += 1;
         }
     }
-    let flush = async {
-        while let Some(alert) = alerts.pop() {
-            deliver_one(&alerts, alert).await;
-        }
-    };
-    if tokio::time::timeout(FLUSH, flush).await.is_err() {
+    if left > 0 {
         tracing::warn!(
             target: "vigil::alert",
-            left = alerts.queued(),
-            "alerts still queued at shutdown were not delivered"
+            left,
+            "alerts not delivered by the end of shutdown were dropped"
         );
     }
 }

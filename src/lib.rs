@@ -126,6 +126,8 @@ pub struct Running {
     admin_stop: CancellationToken,
     proxy: JoinHandle<()>,
     admin_task: Option<JoinHandle<()>>,
+    /// The alert sender: after the drain it has `alerts::FLUSH` to empty its queue.
+    alerts_task: JoinHandle<()>,
 }
 
 impl Running {
@@ -139,6 +141,7 @@ impl Running {
         if let Some(admin) = self.admin_task {
             let _ = admin.await;
         }
+        let _ = self.alerts_task.await;
         // Last, so that what the drain and the admin listener logged is written too.
         let (decisions, actions) = (
             self.shared.decisions.clone(),
@@ -262,7 +265,7 @@ async fn launch(
     });
     tokio::spawn(live::verifier(shared.clone(), admin_stop.clone()));
     tokio::spawn(jit::expiry(shared.clone(), admin_stop.clone()));
-    tokio::spawn(alerts::deliver(shared.alerts.clone(), admin_stop.clone()));
+    let alerts_task = tokio::spawn(alerts::deliver(shared.alerts.clone(), admin_stop.clone()));
     let current = shared.clone();
     tokio::spawn(tls::lifecycle::recheck(
         move || current.snapshot.load().certificates.clone(),
@@ -292,5 +295,6 @@ async fn launch(
         admin_stop,
         proxy,
         admin_task,
+        alerts_task,
     })
 }
