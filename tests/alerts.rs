@@ -366,3 +366,83 @@ fn configuration_mistakes_are_reported() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn vigil_check_names_the_webhook_mistake_at_its_line() -> Result<()> {
+    let pki = Pki::new()?;
+    let path = pki.path("vigil.toml");
+    let text = config(
+        &pki,
+        "\n[alerts]\nwebhook = \"http://127.0.0.1:9/hook\"\nsecret_file = \"alerts.secret\"\n",
+    )?;
+    std::fs::write(&path, &text)?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("webhook"))
+        .map(|i| i + 1)
+        .unwrap();
+    assert!(
+        said.contains(&format!(":{line}:")) && said.contains("is not an https:// URL"),
+        "{said}"
+    );
+    Ok(())
+}
+
+/// A count read from the registry itself, for after the admin listener has stopped.
+fn counter(shared: &vigil::state::Shared, kind: &'static str, result: &'static str) -> u64 {
+    shared
+        .metrics
+        .alerts
+        .total
+        .get_or_create(&vigil::metrics::alerts::Labels { kind, result })
+        .get()
+}
+
+#[tokio::test]
+async fn shutdown_delivers_what_is_queued() -> Result<()> {
+    let pki = Pki::new()?;
+    let receiver = Receiver::start(&pki, &[]).await?;
+    let url = format!("https://127.0.0.1:{}/hook", receiver.addr.port());
+    let running = spawn(&pki, &config(&pki, &alerts_section(&url, ""))?).await?;
+    let shared = running.shared.clone();
+    for n in 0..3 {
+        shared.alerts.send(block(&format!("user:s{n}")));
+    }
+    tokio::time::timeout(STEP, running.shutdown()).await?;
+    let sent = counter(&shared, "block", "sent");
+    assert_eq!(sent, 3);
+    assert_eq!(receiver.got().len(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_on_a_dead_receiver_in_bounded_time() -> Result<()> {
+    let pki = Pki::new()?;
+    let dead = dead_address().await?;
+    let url = format!("https://{dead}/hook");
+    let slow = "retries = 100\nbackoff_max = \"1s\"";
+    let text = config(
+        &pki,
+        &alerts_section(&url, slow).replace("backoff_max = \"40ms\"\n", ""),
+    )?;
+    let running = spawn(&pki, &text).await?;
+    running.shared.alerts.send(block("user:late"));
+    running.shared.alerts.send(block("user:later"));
+    let shared = running.shared.clone();
+    assert_eq!(counter(&shared, "block", "failed"), 0);
+    tokio::time::timeout(STEP, running.shutdown()).await?;
+    let dropped = counter(&shared, "block", "dropped");
+    assert_eq!(dropped, 2);
+    assert_eq!(shared.alerts.queued(), 0);
+    Ok(())
+}
