@@ -33,6 +33,8 @@
 //!   component), revocation; the admin listener's
 //!   gate (own Host, own origin, JSON bodies, tokens), its own limits, and the audit trail of
 //!   the actions ordered there.
+//! - [`alerts`]: events for operators (blocks, detectors, grants), logged and delivered off
+//!   the request path to a signed webhook with bounded retries and a bounded queue.
 //! - [`state`]: what every connection shares: the snapshot in force and the run-time state
 //!   beside it. [`connection`]: one connection after its handshake, the registry of open
 //!   ones, and the streams open on each.
@@ -68,6 +70,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod alerts;
 pub mod anomaly;
 pub mod body;
 pub mod canonical;
@@ -123,6 +126,8 @@ pub struct Running {
     admin_stop: CancellationToken,
     proxy: JoinHandle<()>,
     admin_task: Option<JoinHandle<()>>,
+    /// The alert sender: after the drain it has `alerts::FLUSH` to empty its queue.
+    alerts_task: JoinHandle<()>,
 }
 
 impl Running {
@@ -136,6 +141,7 @@ impl Running {
         if let Some(admin) = self.admin_task {
             let _ = admin.await;
         }
+        let _ = self.alerts_task.await;
         // Last, so that what the drain and the admin listener logged is written too.
         let (decisions, actions) = (
             self.shared.decisions.clone(),
@@ -259,6 +265,7 @@ async fn launch(
     });
     tokio::spawn(live::verifier(shared.clone(), admin_stop.clone()));
     tokio::spawn(jit::expiry(shared.clone(), admin_stop.clone()));
+    let alerts_task = tokio::spawn(alerts::deliver(shared.alerts.clone(), admin_stop.clone()));
     let current = shared.clone();
     tokio::spawn(tls::lifecycle::recheck(
         move || current.snapshot.load().certificates.clone(),
@@ -288,5 +295,6 @@ async fn launch(
         admin_stop,
         proxy,
         admin_task,
+        alerts_task,
     })
 }

@@ -8,6 +8,7 @@
 //! emits no value the lists lack.
 
 pub mod access;
+pub mod alerts;
 pub mod policy;
 pub mod process;
 
@@ -171,6 +172,20 @@ pub mod labels {
         "access_approved",
         "access_refused",
     ];
+    /// `vigil_alerts_total{kind}`: `crate::alerts::Kind`.
+    pub const ALERT_KINDS: &[&str] = &[
+        "block",
+        "block_lifted",
+        "detector_fired",
+        "grant_requested",
+        "grant_approved",
+        "grant_refused",
+        "grant_expired",
+        "grant_revoked",
+        "grant_created",
+    ];
+    /// `vigil_alerts_total{result}`: what became of an alert at the webhook.
+    pub const ALERT_RESULTS: &[&str] = &["sent", "failed", "dropped"];
     /// `vigil_revocations_total{reason}`: the kinds of revocation.
     pub const REVOCATIONS: &[&str] = &["session", "user", "device", "backchannel", "logout"];
     /// `vigil_admin_refusals_total{reason}` (`admin::gate::Refusal`, `admin::limits`).
@@ -228,6 +243,7 @@ pub struct Metrics {
     pub components: Components,
     pub policies: policy::Policies,
     pub access: access::Access,
+    pub alerts: alerts::Alerts,
     /// The standard `process_*` families, without the prefix.
     process: Registry,
 }
@@ -378,6 +394,7 @@ impl Metrics {
             components: Components::register(r),
             policies: policy::Policies::register(r),
             access: access::Access::register(r),
+            alerts: alerts::Alerts::register(r),
             process: process_registry(),
             registry,
         }
@@ -427,6 +444,7 @@ impl Metrics {
         for limit in labels::LIMITS {
             let _ = self.limits_hit.get_or_create(&Limit { limit });
         }
+        self.alerts.precreate();
     }
 
     /// Counts a decision made for the enforcement point `point` (`(none)`: a caller that is

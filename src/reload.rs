@@ -120,6 +120,7 @@ impl Reloader {
         crate::tls::lifecycle::Status::now(&snapshot.certificates).log(trigger);
         metrics.precreate_routes(snapshot.routes.iter().map(|r| &r.label));
         metrics.policies.precreate(snapshot.routes.policy_series());
+        self.shared.alerts.configure(snapshot.alerts.clone());
         self.shared.snapshot.store(Arc::new(snapshot));
         // Open connections are re-checked against the new CAs and CRLs now.
         self.shared.live.recheck_now();

@@ -34,6 +34,8 @@ pub struct Shared {
     pub access: crate::access::Access,
     /// Subjects blocked by detectors or operators.
     pub blocks: crate::anomaly::blocks::Blocks,
+    /// Alerts for operators: logged, and queued for `[alerts] webhook`.
+    pub alerts: Arc<crate::alerts::Alerts>,
     next_connection: AtomicU64,
 }
 
@@ -51,12 +53,15 @@ impl Shared {
         metrics.precreate_routes(snapshot.routes.iter().map(|r| &r.label));
         metrics.policies.precreate(snapshot.routes.policy_series());
         metrics.precreate_no_route(&no_route_label);
+        let instance_id = crate::hex::encode(&random);
+        let alerts =
+            crate::alerts::Alerts::new(&instance_id, metrics.clone(), snapshot.alerts.clone());
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             decisions,
             admin_actions,
-            instance_id: crate::hex::encode(&random),
+            instance_id,
             no_route_label,
             reverifier: Default::default(),
             live: Default::default(),
@@ -64,6 +69,7 @@ impl Shared {
             posture: Default::default(),
             access: Default::default(),
             blocks: Default::default(),
+            alerts: Arc::new(alerts),
             next_connection: AtomicU64::new(1),
         })
     }

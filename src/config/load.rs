@@ -98,6 +98,7 @@ pub struct RawConfig {
     pub risk: Option<RiskSection>,
     pub policy: PolicySection,
     pub authz: Option<AuthzSection>,
+    pub alerts: Option<AlertsSection>,
     /// Routes in file order; `None` where a route could not be read.
     pub routes: Vec<Option<RouteSection>>,
     /// Sections written in the file that could not be read (their problems are reported):
@@ -117,6 +118,7 @@ impl RawConfig {
             "devices" => self.devices.is_none(),
             "risk" => self.risk.is_none(),
             "authz" => self.authz.is_none(),
+            "alerts" => self.alerts.is_none(),
             _ => false,
         };
         absent && !self.unreadable.iter().any(|u| u == name)
@@ -198,6 +200,9 @@ const SECTIONS: &[(&str, Read)] = &[
     }),
     ("authz", |raw, e| {
         e.read().map(|v| raw.authz = Some(v)).is_some()
+    }),
+    ("alerts", |raw, e| {
+        e.read().map(|v| raw.alerts = Some(v)).is_some()
     }),
     ("route", |raw, e| {
         raw.routes = e.read_routes();
@@ -745,6 +750,16 @@ timeout = "5ms"
 path = "/.vigil/authz"
 enforcement_points = [{ name = "nginx", spiffe = "spiffe://example.org/ingress", fingerprint = "00" }]
 
+[alerts]
+webhook = "https://alerts.example.org/vigil"
+ca = "alerts-ca.pem"
+secret_file = "alerts.secret"
+queue = 100
+retries = 3
+timeout = "5s"
+backoff = "200ms"
+backoff_max = "30s"
+
 [[route]]
 name = "app"
 host = "app.example.org"
@@ -814,6 +829,7 @@ grant = true
             ("risk", Keys::walk::<RiskSection>()),
             ("policy", Keys::walk::<PolicySection>()),
             ("authz", Keys::walk::<AuthzSection>()),
+            ("alerts", Keys::walk::<AlertsSection>()),
             ("route.0", Keys::walk::<RouteSection>()),
         ];
         let names: Vec<&str> = SECTIONS.iter().map(|(name, _)| *name).collect();

@@ -5,6 +5,7 @@
 //! so whatever is swapped in is known to work.
 
 pub mod admin;
+mod alerts;
 mod assertion;
 pub mod authz;
 mod certificates;
@@ -69,6 +70,9 @@ pub struct Snapshot {
     pub verify: crate::identity::verify::Settings,
     /// The decision endpoint for other enforcement points, when `[authz]` is configured.
     pub authz: Option<Arc<Authz>>,
+    /// Where alerts are delivered, when `[alerts] webhook` is configured; otherwise they are
+    /// only logged.
+    pub alerts: Option<Arc<crate::alerts::Webhook>>,
     /// Signs `X-Vigil-Assertion`, when `[assertion]` is configured.
     pub signer: Option<Arc<Signer>>,
     /// The verifier inside `tls`, to re-check certificates of resumed sessions.
@@ -218,6 +222,7 @@ impl Compiler<'_> {
         let risk = self.risk(raw.risk.as_ref());
         let admin = self.admin(raw);
         let authz = self.authz(raw.authz.as_ref());
+        let alerts = self.alerts(raw.alerts.as_ref());
         let (server, tls, routes) = (server?, tls?, routes?);
         let policy = crate::policy::Policy::new(
             routes.table.iter().map(|r| r.policy.clone()),
@@ -238,6 +243,7 @@ impl Compiler<'_> {
             sessions,
             signer,
             authz,
+            alerts,
             devices,
             risk,
             verify,

@@ -726,6 +726,55 @@ pub struct RiskActionsSection {
     pub high: Option<String>,
 }
 
+/// `[alerts]`: where alert events go besides the log. Absent, or without `webhook`: alerts
+/// are only logged (target `vigil::alert`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AlertsSection {
+    /// An `https://` URL each alert is POSTed to as a signed JSON document.
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// A PEM file of the CAs the webhook's certificate must chain to; default: the system's.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// A file holding the HMAC-SHA256 key (at least 16 bytes once trimmed); required with
+    /// `webhook`.
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    /// Alerts waiting for delivery at most; beyond it the oldest is dropped.
+    #[serde(default = "AlertsSection::default_queue")]
+    pub queue: usize,
+    /// Attempts after the first, on connection errors, timeouts, 5xx and 429.
+    #[serde(default = "AlertsSection::default_retries")]
+    pub retries: u32,
+    /// Each attempt's limit, connecting included.
+    #[serde(default = "AlertsSection::default_timeout")]
+    pub timeout: HumanDuration,
+    /// The wait before the first retry, doubled for each next one.
+    #[serde(default = "AlertsSection::default_backoff")]
+    pub backoff: HumanDuration,
+    /// The longest wait between two attempts.
+    #[serde(default = "AlertsSection::default_backoff_max")]
+    pub backoff_max: HumanDuration,
+}
+
+impl AlertsSection {
+    fn default_queue() -> usize {
+        1000
+    }
+    fn default_retries() -> u32 {
+        5
+    }
+    fn default_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(5))
+    }
+    fn default_backoff() -> HumanDuration {
+        HumanDuration(Duration::from_millis(200))
+    }
+    fn default_backoff_max() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+}
+
 /// `[authz]`: Vigil's decision offered as a service to other enforcement points (nginx
 /// `auth_request`, Envoy's ext_authz HTTP service, Traefik's forwardAuth), on the proxy
 /// listener. Absent: no such endpoint, and the path is an ordinary `/.vigil/` path.
