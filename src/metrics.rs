@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod alerts;
+pub mod detectors;
 pub mod policy;
 pub mod process;
 
@@ -184,6 +185,17 @@ pub mod labels {
         "grant_revoked",
         "grant_created",
     ];
+    /// `vigil_detector_fired_total{detector}` and `vigil_detector_evictions_total{detector}`:
+    /// the detectors of `[detectors]`.
+    pub const DETECTORS: &[&str] = &[
+        "denials",
+        "failed_logins",
+        "addresses",
+        "countries",
+        "revoked",
+    ];
+    /// `vigil_detector_fired_total{action}`.
+    pub const DETECTOR_ACTIONS: &[&str] = &["block", "raise_risk"];
     /// `vigil_alerts_total{result}`: what became of an alert at the webhook.
     pub const ALERT_RESULTS: &[&str] = &["sent", "failed", "dropped"];
     /// `vigil_revocations_total{reason}`: the kinds of revocation.
@@ -244,6 +256,7 @@ pub struct Metrics {
     pub policies: policy::Policies,
     pub access: access::Access,
     pub alerts: alerts::Alerts,
+    pub detectors: detectors::Detectors,
     /// The standard `process_*` families, without the prefix.
     process: Registry,
 }
@@ -395,6 +408,7 @@ impl Metrics {
             policies: policy::Policies::register(r),
             access: access::Access::register(r),
             alerts: alerts::Alerts::register(r),
+            detectors: detectors::Detectors::register(r),
             process: process_registry(),
             registry,
         }
@@ -445,6 +459,7 @@ impl Metrics {
             let _ = self.limits_hit.get_or_create(&Limit { limit });
         }
         self.alerts.precreate();
+        self.detectors.precreate();
     }
 
     /// Counts a decision made for the enforcement point `point` (`(none)`: a caller that is
