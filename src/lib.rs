@@ -265,6 +265,7 @@ async fn launch(
     });
     tokio::spawn(live::verifier(shared.clone(), admin_stop.clone()));
     tokio::spawn(jit::expiry(shared.clone(), admin_stop.clone()));
+    tokio::spawn(admin::blocks::expiry(shared.clone(), admin_stop.clone()));
     let alerts_task = tokio::spawn(alerts::deliver(shared.alerts.clone(), admin_stop.clone()));
     let current = shared.clone();
     tokio::spawn(tls::lifecycle::recheck(
