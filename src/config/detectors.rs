@@ -172,7 +172,7 @@ impl Compiler<'_> {
                 return None;
             }
         };
-        (self.reported() == before).then(|| Detector {
+        (self.reported() == before).then_some(Detector {
             name: d.name,
             threshold,
             window,
