@@ -391,7 +391,6 @@ impl Metrics {
                 "config_generation",
                 "Generation of the configuration snapshot in use",
             ),
-
             config_reloads: metric(r, "config_reloads", "Configuration reloads applied"),
             config_reload_failures: metric(
                 r,
