@@ -24,8 +24,10 @@
 //! re-verification intervals, and an operator's revocation) with the cost of re-verifying 10k
 //! live sessions, as a ratio to the same run without (`support/revocation.rs`). One more, `kx`,
 //! measures the CPU of a full handshake with the hybrid post-quantum key exchange
-//! (X25519MLKEM768) against X25519 alone, on one Vigil instance, as a ratio. `--only` and
-//! `--skip` choose the groups; a default run has all five.
+//! (X25519MLKEM768) against X25519 alone, on one Vigil instance, as a ratio; `rego` and
+//! `detectors` measure CPU per keep-alive request through a Rego route against a built-in rule,
+//! and with every `[detectors]` detector on against none. `--only` and `--skip` choose the
+//! groups; a default run has them all.
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
@@ -103,6 +105,10 @@ usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
                                 rego     keep-alive through a route decided by a Rego policy
                                          against the same route with a built-in rule; CPU
                                          per request as a ratio and a difference
+                                detectors
+                                         keep-alive with every [detectors] detector on
+                                         (nothing firing) against the same route without
+                                         them; CPU per request as a ratio and a difference
   --skip LIST                 leave these scenario groups out
   --reload-every MS           reload interval of the reload scenario (default 100)
   --no-nginx                  skip the nginx comparison
@@ -205,6 +211,66 @@ async fn rego_cost(ctx: &Ctx<'_>) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// `[detectors]` with every detector that needs no GeoIP database, at its defaults but
+/// per device only (the load generator is one client on one address: per address it would be
+/// the same key).
+const BENCH_DETECTORS: &str = "\n[detectors]\n[detectors.denials]\nper = [\"device\"]\n[detectors.failed_logins]\nper = [\"device\"]\n[detectors.revoked]\nper = [\"device\"]\n[detectors.addresses]\n";
+
+/// Keep-alive requests through a workload route with every detector on against the same
+/// route without `[detectors]`: two Vigil instances on the proxy core, measured alternately.
+async fn detectors_cost(ctx: &Ctx<'_>) -> Result<Vec<Row>> {
+    let mut instances = Vec::new();
+    for name in ["detectors-on", "detectors-off"] {
+        let dir = support::instance_dir(ctx.dir, name)?;
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()?);
+        let detectors = if name == "detectors-on" {
+            BENCH_DETECTORS
+        } else {
+            ""
+        };
+        let decisions = logs_dir(&dir)?.join("vigil-decisions.log");
+        let path = dir.join("vigil.toml");
+        let text = vigil_base_config(addr, None, &decisions)
+            + detectors
+            + &workload_route("bench", "*", None, ctx.upstream);
+        std::fs::write(&path, text)?;
+        let ep = Endpoint::new(addr, Some(ctx.tls.clone()));
+        let label = if name == "detectors-on" {
+            "vigil-detectors-on"
+        } else {
+            "vigil-detectors-off"
+        };
+        instances.push((
+            name,
+            spawn_vigil(ctx.vigil_bin, label, &path, ep, ctx.pinned).await?,
+        ));
+    }
+    let targets: Vec<Target> = instances
+        .iter()
+        .map(|(name, proxy)| Target {
+            name,
+            ep: Endpoint::new(proxy.addr, Some(ctx.tls.clone())),
+            proxy: Some(proxy),
+        })
+        .collect();
+    let scenario = Scenario::KeepAlive(ctx.args.connections);
+    let rows = alternately(ctx, "detectors", &targets, scenario).await?;
+    print_table(
+        &format!(
+            "detectors: {}; every detector on, or none",
+            scenario.title()
+        ),
+        &rows,
+        ("detectors-on", "detectors-off"),
+    );
+    for (name, proxy) in &instances {
+        if let Some(msg) = proxy.exited() {
+            bail!("vigil ({name}) {msg} during the detectors scenario");
+        }
+    }
+    Ok(rows)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Arguments
 
@@ -230,16 +296,18 @@ enum Part {
     Revocation,
     Kx,
     Rego,
+    Detectors,
 }
 
 impl Part {
-    const ALL: [Part; 6] = [
+    const ALL: [Part; 7] = [
         Part::Compare,
         Part::Oidc,
         Part::Reload,
         Part::Revocation,
         Part::Kx,
         Part::Rego,
+        Part::Detectors,
     ];
 
     fn name(self) -> &'static str {
@@ -250,6 +318,7 @@ impl Part {
             Part::Revocation => "revocation",
             Part::Kx => "kx",
             Part::Rego => "rego",
+            Part::Detectors => "detectors",
         }
     }
 
@@ -501,6 +570,17 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
             Ok(rows) => report.rego = rows,
             Err(e) => {
                 let msg = format!("rego scenario FAILED: {e:#}");
+                println!("\n!!! {msg}");
+                failed.push(msg);
+            }
+        }
+    }
+
+    if args.runs(Part::Detectors) {
+        match detectors_cost(&ctx).await {
+            Ok(rows) => report.detectors = rows,
+            Err(e) => {
+                let msg = format!("detectors scenario FAILED: {e:#}");
                 println!("\n!!! {msg}");
                 failed.push(msg);
             }
@@ -2129,6 +2209,8 @@ struct Report {
     kx: Vec<Row>,
     /// The Rego scenario: the route with a policy, then with a built-in rule.
     rego: Vec<Row>,
+    /// The detectors scenario: every detector on, then none.
+    detectors: Vec<Row>,
 }
 
 impl Report {
@@ -2146,6 +2228,20 @@ impl Report {
             + self.revocation.as_ref().map_or(0, |r| r.errors())
             + self.kx.iter().map(|r| r.errors).sum::<u64>()
             + self.rego.iter().map(|r| r.errors).sum::<u64>()
+            + self.detectors.iter().map(|r| r.errors).sum::<u64>()
+    }
+
+    /// Proxy CPU per keep-alive request with the detectors on: the ratio to the same route
+    /// without them, and the difference in µs.
+    fn detectors_cost(&self) -> (Option<f64>, Option<f64>) {
+        let cpu = |name: &str| {
+            self.detectors
+                .iter()
+                .find(|r| r.target == name)
+                .and_then(|r| r.proxy_cpu_ns)
+        };
+        let (on, off) = (cpu("detectors-on"), cpu("detectors-off"));
+        (ratio(on, off), on.zip(off).map(|(a, b)| (a - b) / 1000.0))
     }
 
     /// Proxy CPU per keep-alive request through the Rego route: the ratio to the built-in
@@ -2458,6 +2554,15 @@ fn summarise(report: &Report, notes: &mut Vec<String>) -> Summary {
             opt(extra, 2)
         );
     }
+    if !report.detectors.is_empty() {
+        let (ratio, extra) = report.detectors_cost();
+        println!("\n== summary: every detector on against none ==");
+        println!(
+            "proxy CPU per keep-alive request {:>6}x   ({} µs more per request)",
+            opt(ratio, 3),
+            opt(extra, 2)
+        );
+    }
     let errors = report.total_errors();
     if errors > 0 {
         notes.push(format!("{errors} ERRORS during the run"));
@@ -2599,6 +2704,18 @@ fn report_json(
                     with a built-in rule; two Vigil instances, measured alternately",
                 "targets": report.rego.iter().map(row_json).collect::<Vec<_>>(),
                 "ratio_proxy_cpu_per_request_rego_to_rules": ratio,
+                "extra_proxy_cpu_us_per_request": extra,
+            })
+        }),
+        "detectors": (!report.detectors.is_empty()).then(|| {
+            let (ratio, extra) = report.detectors_cost();
+            json!({
+                "description": "keep-alive requests on a workload route with every detector of \
+                    [detectors] on (denials, failed sign-ins, revoked credentials, distinct \
+                    addresses; nothing firing), against the same route without [detectors]; two \
+                    Vigil instances, measured alternately",
+                "targets": report.detectors.iter().map(row_json).collect::<Vec<_>>(),
+                "ratio_proxy_cpu_per_request_detectors_on_to_off": ratio,
                 "extra_proxy_cpu_us_per_request": extra,
             })
         }),
