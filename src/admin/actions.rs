@@ -1,5 +1,5 @@
-//! The audit trail of admin actions: every revocation, device restore and reload ordered on
-//! the admin listener, as one JSON line with who ordered it, what it named, and how it ended.
+//! The audit trail of admin actions: every revocation, device restore, reload and block (made
+//! or lifted) ordered on the admin listener, as one JSON line with who ordered it, what it named, and how it ended.
 //!
 //! The lines go where `[log] admin_actions` says: by default into the decision log's own
 //! destination (in order among the decision lines, with `"kind":"admin_action"`), so the
@@ -248,6 +248,8 @@ mod tests {
                     "revoke" => Action::Revoke,
                     "restore" => Action::Restore,
                     "reload" => Action::Reload,
+                    "block" => Action::Block,
+                    "lift_block" => Action::LiftBlock,
                     other => panic!("unknown action {other}"),
                 },
                 actor: &read.actor,
@@ -257,7 +259,12 @@ mod tests {
                 target: read
                     .target
                     .iter()
-                    .map(|(k, v)| (known(k, &["session", "user", "device"]), v.clone()))
+                    .map(|(k, v)| {
+                        (
+                            known(k, &["session", "user", "device", "subject"]),
+                            v.clone(),
+                        )
+                    })
                     .collect(),
                 outcome: known(&read.outcome, &["ok", "refused"]),
                 status: read.status,
