@@ -433,3 +433,80 @@ async fn vigil_check_names_the_detector_mistakes() -> Result<()> {
     }
     Ok(())
 }
+
+/// The SHA-256 fingerprint of an issued certificate, hex.
+fn fingerprint(issued: &vigil::certs::Issued) -> Result<String> {
+    let der = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+        .next()
+        .context("no certificate")??;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+    Ok(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[tokio::test]
+async fn a_revoked_device_that_keeps_trying_is_blocked() -> Result<()> {
+    let pki = Pki::new()?;
+    let (upstream, _) = counting_upstream().await?;
+    let extra = "\n[detectors]\n[detectors.revoked]\nper = [\"device\"]\n";
+    let running = spawn(&pki, &config(&pki, upstream, extra, "")).await?;
+    let billing = pki.workload(WORKLOAD)?;
+    let client = || client_config(Some(&billing), pki.ca.cert_pem(), &[b"http/1.1"]);
+    let fp = fingerprint(&billing)?;
+    let revoked = admin_json(&running, "/revoke", &format!("{{\"device\": \"{fp}\"}}")).await?;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    let fired = "vigil_detector_fired_total{detector=\"revoked\",action=\"block\"}";
+    for _ in 0..3 {
+        let _ = get(running.addr, client()?, "/ok/", "").await;
+    }
+    assert_eq!(metric(&running, fired).await?, 0.0);
+    let _ = get(running.addr, client()?, "/ok/", "").await;
+    assert_eq!(metric(&running, fired).await?, 1.0);
+    let listed = admin(&running, "GET", "/blocks").await?.json();
+    assert_eq!(
+        listed["blocks"][0]["subject"]["device"],
+        fp.as_str(),
+        "{listed}"
+    );
+    assert_eq!(listed["blocks"][0]["by"], "revoked");
+    running.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_counts_and_applies_the_new_threshold() -> Result<()> {
+    let pki = Pki::new()?;
+    let (upstream, _) = counting_upstream().await?;
+    let with = |threshold: u32| {
+        let extra = format!(
+            "\n[detectors]\n[detectors.denials]\nper = [\"device\"]\nthreshold = {threshold}\n"
+        );
+        config(&pki, upstream, &extra, "")
+    };
+    std::fs::write(pki.path("vigil.toml"), with(10))?;
+    let running = vigil::start_file(&pki.path("vigil.toml")).await?;
+    let billing = pki.workload(WORKLOAD)?;
+    let client = || client_config(Some(&billing), pki.ca.cert_pem(), &[b"http/1.1"]);
+    for _ in 0..6 {
+        assert_eq!(
+            get(running.addr, client()?, "/secret", "").await?.status,
+            403
+        );
+    }
+    std::fs::write(pki.path("vigil.toml"), with(7))?;
+    let reloaded = admin(&running, "POST", "/reload").await?;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.body);
+    assert_eq!(get(running.addr, client()?, "/ok/", "").await?.status, 200);
+    // The seventh denial is not more than seven; the eighth is.
+    assert_eq!(
+        get(running.addr, client()?, "/secret", "").await?.status,
+        403
+    );
+    assert_eq!(get(running.addr, client()?, "/ok/", "").await?.status, 200);
+    assert_eq!(
+        get(running.addr, client()?, "/secret", "").await?.status,
+        403
+    );
+    assert_eq!(get(running.addr, client()?, "/ok/", "").await?.status, 403);
+    running.shutdown().await;
+    Ok(())
+}
