@@ -510,3 +510,39 @@ async fn a_reload_keeps_the_counts_and_applies_the_new_threshold() -> Result<()>
     running.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn failed_sign_ins_at_the_callback_block_the_device() -> Result<()> {
+    let pki = Pki::new()?;
+    let (upstream, _) = counting_upstream().await?;
+    std::fs::write(
+        pki.path("session.keys"),
+        vigil::identity::seal::KeyRing::generate_line().map_err(anyhow::Error::msg)? + "\n",
+    )?;
+    std::fs::write(pki.path("oidc.secret"), "an-oidc-client-secret\n")?;
+    // The provider is never asked: a callback without its sign-in cookie fails before.
+    let idp = dead_address().await?;
+    let extra = format!(
+        "\n[oidc]\nissuer = \"http://{idp}\"\nclient_id = \"vigil\"\nclient_secret_file = \"oidc.secret\"\n\n[session]\nkeys_file = \"session.keys\"\n\n[detectors]\n[detectors.failed_logins]\nper = [\"device\"]\n"
+    );
+    let running = spawn(&pki, &config(&pki, upstream, &extra, "")).await?;
+    let billing = pki.workload(WORKLOAD)?;
+    let client = || client_config(Some(&billing), pki.ca.cert_pem(), &[b"http/1.1"]);
+    let callback = "/.vigil/callback?state=forged&code=guessed";
+    for _ in 0..5 {
+        assert_eq!(
+            get(running.addr, client()?, callback, "").await?.status,
+            400
+        );
+    }
+    assert_eq!(get(running.addr, client()?, "/ok/", "").await?.status, 200);
+    assert_eq!(
+        get(running.addr, client()?, callback, "").await?.status,
+        400
+    );
+    let fired = "vigil_detector_fired_total{detector=\"failed_logins\",action=\"block\"}";
+    assert_eq!(metric(&running, fired).await?, 1.0);
+    assert_eq!(get(running.addr, client()?, "/ok/", "").await?.status, 403);
+    running.shutdown().await;
+    Ok(())
+}
