@@ -397,3 +397,82 @@ pub fn expire(acting: &Acting<'_>, now: i64) -> usize {
     observe_blocks(acting);
     ended.len()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detector(name: &'static str, per: Vec<Per>, action: Action) -> Detector {
+        Detector {
+            name,
+            threshold: 2,
+            window: Duration::from_secs(3600),
+            per,
+            action,
+        }
+    }
+
+    fn who<'a>(user: Option<&'a str>, device: &'a str, address: &str) -> Who<'a> {
+        Who {
+            user,
+            email: None,
+            groups: &[],
+            spiffe: None,
+            device,
+            address: address.parse().ok(),
+        }
+    }
+
+    #[test]
+    fn each_key_of_per_fires_once_and_acts() {
+        let metrics = Metrics::new();
+        let (tables, blocks) = (Tables::new(&metrics), Blocks::default());
+        let alerts = Alerts::new("test", metrics.clone(), None);
+        let live = Registry::default();
+        let acting = Acting {
+            tables: &tables,
+            blocks: &blocks,
+            alerts: &alerts,
+            metrics: &metrics,
+            live: &live,
+        };
+        let raise = Action::RaiseRisk {
+            weight: 25,
+            duration: Duration::from_secs(60),
+        };
+        let block = Action::Block {
+            duration: Duration::from_secs(60),
+        };
+        let settings = Settings {
+            table_size: 1000,
+            denials: Some(detector("denials", vec![Per::User, Per::Address], raise)),
+            failed_logins: None,
+            addresses: None,
+            countries: None,
+            revoked: Some(detector("revoked", vec![Per::Device], block)),
+        };
+        let alice = who(Some("alice"), "d1", "10.0.0.1");
+        let fired: Vec<bool> = (0..5)
+            .map(|_| settings.observe(&acting, Seen::Denial, &alice, 100))
+            .collect();
+        assert_eq!(fired, [false, false, true, false, false]);
+        // The user and the address both crossed: one signal per detector.
+        assert_eq!(tables.raised(&alice, 100), [("denials", 25)]);
+        assert_eq!(tables.raised(&alice, 160), []);
+        let bob = who(Some("bob"), "d2", "10.0.0.1");
+        assert_eq!(tables.raised(&bob, 100), [("denials", 25)], "same address");
+        assert!(blocks.is_empty());
+        // Detectors that do not run count nothing.
+        assert!(!settings.observe(&acting, Seen::FailedLogin, &alice, 100));
+        for _ in 0..3 {
+            settings.observe(&acting, Seen::Revoked, &bob, 100);
+        }
+        let found = blocks.find(&bob, 100).expect("bob's device blocked");
+        assert_eq!(found.subject, Subject::Device("d2".into()));
+        assert_eq!(found.by, "revoked");
+        assert!(blocks.find(&alice, 100).is_none());
+        assert_eq!(metrics.detectors.blocks_active.get(), 1);
+        assert_eq!(expire(&acting, 160), 1);
+        assert_eq!(metrics.detectors.blocks_active.get(), 0);
+    }
+}
