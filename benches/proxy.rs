@@ -24,8 +24,10 @@
 //! re-verification intervals, and an operator's revocation) with the cost of re-verifying 10k
 //! live sessions, as a ratio to the same run without (`support/revocation.rs`). One more, `kx`,
 //! measures the CPU of a full handshake with the hybrid post-quantum key exchange
-//! (X25519MLKEM768) against X25519 alone, on one Vigil instance, as a ratio. `--only` and
-//! `--skip` choose the groups; a default run has all five.
+//! (X25519MLKEM768) against X25519 alone, on one Vigil instance, as a ratio; `rego` a route
+//! decided by a Rego policy against a built-in rule; `alerts` keep-alive requests while alerts
+//! are raised and posted to a webhook that never answers, against no webhook
+//! (`support/alerts.rs`). `--only` and `--skip` choose the groups; a default run has them all.
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
@@ -103,6 +105,9 @@ usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
                                 rego     keep-alive through a route decided by a Rego policy
                                          against the same route with a built-in rule; CPU
                                          per request as a ratio and a difference
+                                alerts   keep-alive while alerts are raised, posted to a
+                                         webhook that never answers, against no webhook;
+                                         CPU per request and latency as ratios
   --skip LIST                 leave these scenario groups out
   --reload-every MS           reload interval of the reload scenario (default 100)
   --no-nginx                  skip the nginx comparison
@@ -230,16 +235,18 @@ enum Part {
     Revocation,
     Kx,
     Rego,
+    Alerts,
 }
 
 impl Part {
-    const ALL: [Part; 6] = [
+    const ALL: [Part; 7] = [
         Part::Compare,
         Part::Oidc,
         Part::Reload,
         Part::Revocation,
         Part::Kx,
         Part::Rego,
+        Part::Alerts,
     ];
 
     fn name(self) -> &'static str {
@@ -250,6 +257,7 @@ impl Part {
             Part::Revocation => "revocation",
             Part::Kx => "kx",
             Part::Rego => "rego",
+            Part::Alerts => "alerts",
         }
     }
 
@@ -501,6 +509,17 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
             Ok(rows) => report.rego = rows,
             Err(e) => {
                 let msg = format!("rego scenario FAILED: {e:#}");
+                println!("\n!!! {msg}");
+                failed.push(msg);
+            }
+        }
+    }
+
+    if args.runs(Part::Alerts) {
+        match support::alerts::alerts_cost(&ctx).await {
+            Ok(alerts) => report.alerts = Some(alerts),
+            Err(e) => {
+                let msg = format!("alerts scenario FAILED: {e:#}");
                 println!("\n!!! {msg}");
                 failed.push(msg);
             }
@@ -2129,6 +2148,8 @@ struct Report {
     kx: Vec<Row>,
     /// The Rego scenario: the route with a policy, then with a built-in rule.
     rego: Vec<Row>,
+    /// The alerts scenario: a dead webhook, then none.
+    alerts: Option<support::alerts::AlertsReport>,
 }
 
 impl Report {
@@ -2146,6 +2167,22 @@ impl Report {
             + self.revocation.as_ref().map_or(0, |r| r.errors())
             + self.kx.iter().map(|r| r.errors).sum::<u64>()
             + self.rego.iter().map(|r| r.errors).sum::<u64>()
+            + self
+                .alerts
+                .as_ref()
+                .map_or(0, |a| a.rows.iter().map(|r| r.errors).sum::<u64>())
+    }
+
+    /// Dead webhook over none: proxy CPU per request, latency p50 and p99.
+    fn alerts_ratios(&self) -> [Option<f64>; 3] {
+        let Some(a) = &self.alerts else {
+            return [None; 3];
+        };
+        let row = |name: &str| a.rows.iter().find(|r| r.target == name);
+        let of = |pick: fn(&Row) -> Option<f64>| {
+            ratio(row("dead").and_then(pick), row("off").and_then(pick))
+        };
+        [of(|r| r.proxy_cpu_ns), of(|r| r.p50_us), of(|r| r.p99_us)]
     }
 
     /// Proxy CPU per keep-alive request through the Rego route: the ratio to the built-in
@@ -2458,6 +2495,19 @@ fn summarise(report: &Report, notes: &mut Vec<String>) -> Summary {
             opt(extra, 2)
         );
     }
+    if let Some(a) = &report.alerts {
+        let [cpu, p50, p99] = report.alerts_ratios();
+        println!("\n== summary: alerts to a dead webhook, as a ratio to no webhook ==");
+        println!(
+            "proxy CPU per keep-alive request {:>6}x   latency p50 {}x   p99 {}x   ({} alerts raised; dead webhook: {} dropped, {} failed)",
+            opt(cpu, 3),
+            opt(p50, 3),
+            opt(p99, 3),
+            a.raised,
+            a.dead_counts.0,
+            a.dead_counts.1
+        );
+    }
     let errors = report.total_errors();
     if errors > 0 {
         notes.push(format!("{errors} ERRORS during the run"));
@@ -2600,6 +2650,22 @@ fn report_json(
                 "targets": report.rego.iter().map(row_json).collect::<Vec<_>>(),
                 "ratio_proxy_cpu_per_request_rego_to_rules": ratio,
                 "extra_proxy_cpu_us_per_request": extra,
+            })
+        }),
+        "alerts": report.alerts.as_ref().map(|a| {
+            let [cpu, p50, p99] = report.alerts_ratios();
+            json!({
+                "description": "keep-alive requests while grants are made on the admin listener \
+                    at a fixed rate, each raising an alert: posted to a webhook that accepts \
+                    connections and never answers (dead), or with no webhook (off)",
+                "alerts_per_second_each": support::alerts::ALERTS_PER_SECOND,
+                "alerts_raised": a.raised,
+                "dead_webhook_dropped": a.dead_counts.0,
+                "dead_webhook_failed": a.dead_counts.1,
+                "targets": a.rows.iter().map(row_json).collect::<Vec<_>>(),
+                "ratio_proxy_cpu_per_request_dead_to_off": cpu,
+                "ratio_latency_p50_dead_to_off": p50,
+                "ratio_latency_p99_dead_to_off": p99,
             })
         }),
         "total_errors": report.total_errors(),
