@@ -24,10 +24,11 @@
 //! re-verification intervals, and an operator's revocation) with the cost of re-verifying 10k
 //! live sessions, as a ratio to the same run without (`support/revocation.rs`). One more, `kx`,
 //! measures the CPU of a full handshake with the hybrid post-quantum key exchange
-//! (X25519MLKEM768) against X25519 alone, on one Vigil instance, as a ratio; `rego` and
-//! `detectors` measure CPU per keep-alive request through a Rego route against a built-in rule,
-//! and with every `[detectors]` detector on against none. `--only` and `--skip` choose the
-//! groups; a default run has them all.
+//! (X25519MLKEM768) against X25519 alone, on one Vigil instance, as a ratio; `rego` a route
+//! decided by a Rego policy against a built-in rule; `alerts` keep-alive requests while alerts
+//! are raised and posted to a webhook that never answers, against no webhook
+//! (`support/alerts.rs`); `detectors` keep-alive requests with every `[detectors]` detector on,
+//! against none. `--only` and `--skip` choose the groups; a default run has them all.
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
@@ -105,6 +106,9 @@ usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
                                 rego     keep-alive through a route decided by a Rego policy
                                          against the same route with a built-in rule; CPU
                                          per request as a ratio and a difference
+                                alerts   keep-alive while alerts are raised, posted to a
+                                         webhook that never answers, against no webhook;
+                                         CPU per request and latency as ratios
                                 detectors
                                          keep-alive with every [detectors] detector on
                                          (nothing firing) against the same route without
@@ -296,17 +300,19 @@ enum Part {
     Revocation,
     Kx,
     Rego,
+    Alerts,
     Detectors,
 }
 
 impl Part {
-    const ALL: [Part; 7] = [
+    const ALL: [Part; 8] = [
         Part::Compare,
         Part::Oidc,
         Part::Reload,
         Part::Revocation,
         Part::Kx,
         Part::Rego,
+        Part::Alerts,
         Part::Detectors,
     ];
 
@@ -318,6 +324,7 @@ impl Part {
             Part::Revocation => "revocation",
             Part::Kx => "kx",
             Part::Rego => "rego",
+            Part::Alerts => "alerts",
             Part::Detectors => "detectors",
         }
     }
@@ -570,6 +577,17 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
             Ok(rows) => report.rego = rows,
             Err(e) => {
                 let msg = format!("rego scenario FAILED: {e:#}");
+                println!("\n!!! {msg}");
+                failed.push(msg);
+            }
+        }
+    }
+
+    if args.runs(Part::Alerts) {
+        match support::alerts::alerts_cost(&ctx).await {
+            Ok(alerts) => report.alerts = Some(alerts),
+            Err(e) => {
+                let msg = format!("alerts scenario FAILED: {e:#}");
                 println!("\n!!! {msg}");
                 failed.push(msg);
             }
@@ -2209,6 +2227,8 @@ struct Report {
     kx: Vec<Row>,
     /// The Rego scenario: the route with a policy, then with a built-in rule.
     rego: Vec<Row>,
+    /// The alerts scenario: a dead webhook, then none.
+    alerts: Option<support::alerts::AlertsReport>,
     /// The detectors scenario: every detector on, then none.
     detectors: Vec<Row>,
 }
@@ -2228,6 +2248,10 @@ impl Report {
             + self.revocation.as_ref().map_or(0, |r| r.errors())
             + self.kx.iter().map(|r| r.errors).sum::<u64>()
             + self.rego.iter().map(|r| r.errors).sum::<u64>()
+            + self
+                .alerts
+                .as_ref()
+                .map_or(0, |a| a.rows.iter().map(|r| r.errors).sum::<u64>())
             + self.detectors.iter().map(|r| r.errors).sum::<u64>()
     }
 
@@ -2242,6 +2266,18 @@ impl Report {
         };
         let (on, off) = (cpu("detectors-on"), cpu("detectors-off"));
         (ratio(on, off), on.zip(off).map(|(a, b)| (a - b) / 1000.0))
+    }
+
+    /// Dead webhook over none: proxy CPU per request, latency p50 and p99.
+    fn alerts_ratios(&self) -> [Option<f64>; 3] {
+        let Some(a) = &self.alerts else {
+            return [None; 3];
+        };
+        let row = |name: &str| a.rows.iter().find(|r| r.target == name);
+        let of = |pick: fn(&Row) -> Option<f64>| {
+            ratio(row("dead").and_then(pick), row("off").and_then(pick))
+        };
+        [of(|r| r.proxy_cpu_ns), of(|r| r.p50_us), of(|r| r.p99_us)]
     }
 
     /// Proxy CPU per keep-alive request through the Rego route: the ratio to the built-in
@@ -2554,6 +2590,19 @@ fn summarise(report: &Report, notes: &mut Vec<String>) -> Summary {
             opt(extra, 2)
         );
     }
+    if let Some(a) = &report.alerts {
+        let [cpu, p50, p99] = report.alerts_ratios();
+        println!("\n== summary: alerts to a dead webhook, as a ratio to no webhook ==");
+        println!(
+            "proxy CPU per keep-alive request {:>6}x   latency p50 {}x   p99 {}x   ({} alerts raised; dead webhook: {} dropped, {} failed)",
+            opt(cpu, 3),
+            opt(p50, 3),
+            opt(p99, 3),
+            a.raised,
+            a.dead_counts.0,
+            a.dead_counts.1
+        );
+    }
     if !report.detectors.is_empty() {
         let (ratio, extra) = report.detectors_cost();
         println!("\n== summary: every detector on against none ==");
@@ -2705,6 +2754,22 @@ fn report_json(
                 "targets": report.rego.iter().map(row_json).collect::<Vec<_>>(),
                 "ratio_proxy_cpu_per_request_rego_to_rules": ratio,
                 "extra_proxy_cpu_us_per_request": extra,
+            })
+        }),
+        "alerts": report.alerts.as_ref().map(|a| {
+            let [cpu, p50, p99] = report.alerts_ratios();
+            json!({
+                "description": "keep-alive requests while grants are made on the admin listener \
+                    at a fixed rate, each raising an alert: posted to a webhook that accepts \
+                    connections and never answers (dead), or with no webhook (off)",
+                "alerts_per_second_each": support::alerts::ALERTS_PER_SECOND,
+                "alerts_raised": a.raised,
+                "dead_webhook_dropped": a.dead_counts.0,
+                "dead_webhook_failed": a.dead_counts.1,
+                "targets": a.rows.iter().map(row_json).collect::<Vec<_>>(),
+                "ratio_proxy_cpu_per_request_dead_to_off": cpu,
+                "ratio_latency_p50_dead_to_off": p50,
+                "ratio_latency_p99_dead_to_off": p99,
             })
         }),
         "detectors": (!report.detectors.is_empty()).then(|| {

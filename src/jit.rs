@@ -134,7 +134,40 @@ fn audit(
             .or(request.map(|r| r.route.as_str())),
         "just-in-time access changed"
     );
-    let _ = announce;
+    if announce {
+        alert(shared, event, grant, request);
+    }
+}
+
+/// Announces a change as an alert (the log, and the webhook when there is one), with the
+/// grant and the request as its `detail`.
+fn alert(
+    shared: &Shared,
+    event: &'static str,
+    grant: Option<&Grant>,
+    request: Option<&AccessRequest>,
+) {
+    use crate::alerts::{Event, Kind};
+    let kind = match event {
+        "grant_created" => Kind::GrantCreated,
+        "grant_revoked" => Kind::GrantRevoked,
+        "grant_expired" => Kind::GrantExpired,
+        "access_requested" => Kind::GrantRequested,
+        "access_approved" => Kind::GrantApproved,
+        _ => Kind::GrantRefused,
+    };
+    let subject = grant
+        .map(|g| g.subject.key())
+        .or(request.map(|r| format!("user:{}", r.requester)));
+    let route = grant
+        .map(|g| g.route.clone())
+        .or(request.map(|r| r.route.clone()));
+    shared.alerts.send(Event {
+        kind,
+        subject,
+        route,
+        detail: serde_json::json!({ "grant": grant, "request": request }),
+    });
 }
 
 /// The route's grant settings, if it has a route by that name that grants access.

@@ -293,3 +293,53 @@ fn grant_settings_mistakes_are_reported_where_they_are() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn grant_changes_are_announced_on_the_alert_webhook_signed() -> Result<()> {
+    let pki = Pki::new()?;
+    let receiver = support::receiver::Receiver::start(&pki, &[]).await?;
+    let secret = "a-secret-for-grant-alerts-32-byt";
+    std::fs::write(pki.path("alerts.secret"), secret)?;
+    let (upstream, stop) = echo_upstream().await?;
+    std::mem::forget(stop);
+    let alerts = format!(
+        "\n[alerts]\nwebhook = \"https://localhost:{}/hook\"\nca = \"ca.pem\"\nsecret_file = \"alerts.secret\"\n",
+        receiver.addr.port()
+    );
+    let text = base_config("", &pki.path("d.log"))
+        + &alerts
+        + &ROUTES.replace("UPSTREAM", &upstream.to_string());
+    let running = spawn(&pki, &text).await?;
+    let made = post(
+        &running,
+        "/grants",
+        &format!(r#"{{"subject": {{"spiffe": "{SPIFFE_WEB}"}}, "route": "orders", "duration": "10m", "reason": "CHG-78"}}"#),
+    )
+    .await?;
+    assert_eq!(made.status, 201, "{made:?}");
+    let id = serde_json::from_str::<serde_json::Value>(&made.body)?["grant"]["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let revoked = post(&running, "/grants/revoke", &format!(r#"{{"id": "{id}"}}"#)).await?;
+    assert_eq!(revoked.status, 200);
+    let both = eventually(STEP, || async { receiver.got().len() >= 2 }).await;
+    assert!(both, "the receiver got {:?}", receiver.got());
+    let got = receiver.got();
+    let kinds: Vec<String> = got
+        .iter()
+        .map(|r| {
+            assert!(
+                support::receiver::verifies(secret.as_bytes(), r),
+                "unsigned: {r:?}"
+            );
+            let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(doc["subject"], format!("spiffe:{SPIFFE_WEB}"));
+            assert_eq!(doc["route"], "orders");
+            assert_eq!(doc["detail"]["grant"]["id"], id.as_str());
+            doc["kind"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["grant_created", "grant_revoked"]);
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //! session cookie kept current like a browser keeps it, plain-HTTP calls to Vigil's admin
 //! listener, and files for a Vigil instance of their own.
 
+pub mod alerts;
 /// The test OpenID Provider (`tests/idp/server.mjs`) and a programmatic login through it: the
 /// integration tests' harness, used as it is.
 #[path = "../../tests/support/idp.rs"]
@@ -125,6 +126,20 @@ impl SessionCookie {
 
 /// One plain-HTTP/1.1 request to an admin listener on a new connection: status and body.
 pub async fn admin_call(addr: SocketAddr, method: &str, path: &str) -> Result<(StatusCode, Bytes)> {
+    admin_send(addr, method, path, "").await
+}
+
+/// `POST path` with a JSON `body` to an admin listener: status and body.
+pub async fn admin_post(addr: SocketAddr, path: &str, body: &str) -> Result<(StatusCode, Bytes)> {
+    admin_send(addr, "POST", path, body).await
+}
+
+async fn admin_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(StatusCode, Bytes)> {
     let exchange = async {
         let tcp = TcpStream::connect(addr)
             .await
@@ -138,7 +153,7 @@ pub async fn admin_call(addr: SocketAddr, method: &str, path: &str) -> Result<(S
             .uri(path)
             .header(HOST, addr.to_string())
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::new()))?;
+            .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))?;
         let response = sender.send_request(req).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();

@@ -5,6 +5,7 @@
 
 pub mod idp;
 pub mod mmdb;
+pub mod receiver;
 pub mod world;
 
 use anyhow::{Context as _, Result};
