@@ -144,6 +144,8 @@ impl Service<Request<Body>> for EndpointService {
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let this = self.clone();
+        // Taken by an endpoint: no longer waiting (see `stack::Admission`).
+        req.extensions_mut().remove::<super::stack::Waiting>();
         Box::pin(async move {
             let endpoint = &this.endpoint;
             if req.uri().authority() != Some(&endpoint.authority) {

@@ -3,8 +3,9 @@
 //! - `Timeout`: the response head must come within `response_timeout` (all attempts
 //!   together), or 504.
 //! - `Retry`: another attempt only where it is safe (see [`RetryPolicy`]), within a budget.
-//! - `LoadShed` over `Buffer`: at most `max_pending` requests wait for an endpoint to take
-//!   them; one more is refused at once (503 with `Retry-After`) without contacting any.
+//! - `LoadShed` over [`Admission`] over `Buffer`: at most `max_pending` requests wait for
+//!   an endpoint to take them; one more is refused at once (503 with `Retry-After`) without
+//!   contacting any.
 //! - the balancer: power of two choices on requests in flight, or round robin, over the
 //!   endpoints the route's controller says are usable (`discover`).
 //! - per endpoint, `ConcurrencyLimit` at `max_connections` and the endpoint's own pool
@@ -51,7 +52,7 @@ type Buffered = Buffer<
     Request<Body>,
     Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>,
 >;
-type Layers = Timeout<Retry<RetryPolicy, LoadShed<Buffered>>>;
+type Layers = Timeout<Retry<RetryPolicy, LoadShed<Admission<Buffered>>>>;
 
 /// The upstream side of one route.
 pub struct Stack {
@@ -83,8 +84,15 @@ impl Stack {
             budget: budget.clone(),
             route: route.clone(),
         };
+        let admission = Admission {
+            waiting: tokio_util::sync::PollSemaphore::new(Arc::new(tokio::sync::Semaphore::new(
+                limits.max_pending,
+            ))),
+            permit: None,
+            inner: buffer,
+        };
         let service = Timeout::new(
-            Retry::new(policy, LoadShed::new(buffer)),
+            Retry::new(policy, LoadShed::new(admission)),
             limits.response_timeout,
         );
         let stop = CancellationToken::new();
@@ -137,6 +145,57 @@ impl Stack {
 
 /// A request on its way through a stack.
 pub type Sending = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+/// Counts requests waiting for an endpoint: ready while fewer than `max_pending` wait (and
+/// so, under `LoadShed`, refusing the one too many at once). The place a request holds
+/// travels with it and is given up when an endpoint takes it (or the request ends).
+struct Admission<S> {
+    waiting: tokio_util::sync::PollSemaphore,
+    permit: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    inner: S,
+}
+
+/// A clone has a place of its own to get.
+impl<S: Clone> Clone for Admission<S> {
+    fn clone(&self) -> Self {
+        Self {
+            waiting: self.waiting.clone(),
+            permit: None,
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// A waiting request's place under `max_pending`.
+#[derive(Clone)]
+pub struct Waiting(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
+
+impl<S> tower::Service<Request<Body>> for Admission<S>
+where
+    S: tower::Service<Request<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.permit.is_none() {
+            match self.waiting.poll_acquire(cx) {
+                Poll::Ready(Some(permit)) => self.permit = Some(Arc::new(permit)),
+                // Closed: never (the semaphore is never closed).
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        if let Some(permit) = self.permit.take() {
+            req.extensions_mut().insert(Waiting(permit));
+        }
+        self.inner.call(req)
+    }
+}
 
 fn balancer(balancing: Balancing, changes: Changes) -> Balanced {
     match balancing {
