@@ -770,8 +770,7 @@ pub struct EnforcementPointSection {
 }
 
 /// A route's `upstream`: one URL or a list.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum UpstreamUrls {
     One(String),
     Many(Vec<UpstreamUrl>),
@@ -782,32 +781,84 @@ impl UpstreamUrls {
     pub fn list(&self) -> Vec<(&str, u32)> {
         match self {
             UpstreamUrls::One(url) => vec![(url.as_str(), 1)],
-            UpstreamUrls::Many(urls) => urls
-                .iter()
-                .map(|u| match u {
-                    UpstreamUrl::Url(url) => (url.as_str(), 1),
-                    UpstreamUrl::Weighted { url, weight } => (url.as_str(), *weight),
-                })
-                .collect(),
+            UpstreamUrls::Many(urls) => urls.iter().map(|u| (u.url.as_str(), u.weight)).collect(),
         }
     }
 }
 
-/// One URL of a route's upstream list: `"http://..."` or `{ url = "http://...", weight = 2 }`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum UpstreamUrl {
-    Url(String),
-    Weighted {
-        url: String,
-        #[serde(default = "one")]
-        weight: u32,
-    },
+/// Read as a sequence (what the schema's key walk needs to see), taking a lone string too.
+impl<'de> Deserialize<'de> for UpstreamUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Urls;
+        impl<'de> serde::de::Visitor<'de> for Urls {
+            type Value = UpstreamUrls;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an upstream URL or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(UpstreamUrls::One(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut urls = Vec::new();
+                while let Some(url) = seq.next_element()? {
+                    urls.push(url);
+                }
+                Ok(UpstreamUrls::Many(urls))
+            }
+        }
+        d.deserialize_seq(Urls)
+    }
 }
 
-fn one() -> u32 {
-    1
+/// One URL of a route's upstream list: `"http://..."` or `{ url = "http://...", weight = 2 }`
+/// (weight 1 to 100, default 1: an endpoint of weight 2 gets about twice the requests).
+#[derive(Debug, Clone)]
+pub struct UpstreamUrl {
+    pub url: String,
+    pub weight: u32,
 }
+
+/// Read as a table (what the schema's key walk needs to see), taking a lone string too.
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Url;
+        impl<'de> serde::de::Visitor<'de> for Url {
+            type Value = UpstreamUrl;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an upstream URL or { url = \"...\", weight = N }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(UpstreamUrl {
+                    url: v.to_owned(),
+                    weight: 1,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let (mut url, mut weight) = (None, 1);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "url" => url = Some(map.next_value::<String>()?),
+                        "weight" => weight = map.next_value::<u32>()?,
+                        other => {
+                            return Err(serde::de::Error::unknown_field(other, URL_FIELDS));
+                        }
+                    }
+                }
+                let url = url.ok_or_else(|| serde::de::Error::missing_field("url"))?;
+                Ok(UpstreamUrl { url, weight })
+            }
+        }
+        d.deserialize_struct("UpstreamUrl", URL_FIELDS, Url)
+    }
+}
+
+const URL_FIELDS: &[&str] = &["url", "weight"];
 
 /// A route's `health = { path, interval, unhealthy, healthy }`.
 #[derive(Debug, Clone, Deserialize)]

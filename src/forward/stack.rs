@@ -52,6 +52,8 @@ type Buffered = Buffer<
     Request<Body>,
     Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>,
 >;
+/// The balancer's worker: it owns the balancer and takes the buffered requests.
+type Worker = Pin<Box<dyn Future<Output = ()> + Send>>;
 type Layers = Timeout<Retry<RetryPolicy, LoadShed<Admission<Buffered>>>>;
 
 /// The upstream side of one route.
@@ -60,7 +62,7 @@ pub struct Stack {
     budget: Arc<TpsBudget>,
     route: Arc<RouteState>,
     /// The balancer's worker and the controller, until something runs them.
-    idle: Mutex<Option<(Pin<Box<dyn Future<Output = ()> + Send>>, Controller)>>,
+    idle: Mutex<Option<(Worker, Controller)>>,
     started: AtomicBool,
     stop: CancellationToken,
     _stop_with_the_stack: DropGuard,
@@ -362,7 +364,7 @@ impl http_body::Body for Replay {
     fn size_hint(&self) -> http_body::SizeHint {
         match &self.body {
             Some(body) => body.size_hint(),
-            None => self.state.hint.clone(),
+            None => self.state.hint,
         }
     }
 }
