@@ -73,7 +73,7 @@ pub struct EndpointLabels {
 /// `forward::Upstream::attach`), which creates its endpoints' series and keeps them current.
 #[derive(Clone, Default)]
 pub struct UpstreamFamilies {
-    /// `vigil_upstream_endpoint_healthy{route,endpoint}`: 1 while the balancer may pick it.
+    /// `vigil_upstream_endpoint_healthy{route,endpoint}`: 1 while neither unhealthy nor ejected.
     pub healthy: Family<EndpointLabels, Gauge>,
     /// `vigil_upstream_endpoint_ejections_total{route,endpoint}`.
     pub ejections: Family<EndpointLabels, Counter>,
@@ -89,7 +89,7 @@ impl UpstreamFamilies {
             healthy: metric(
                 r,
                 "upstream_endpoint_healthy",
-                "1 while the route's balancer may send to the endpoint (healthy, not ejected; or every endpoint is unhealthy), 0 otherwise",
+                "1 while the endpoint is neither unhealthy by its health checks nor ejected, 0 otherwise",
             ),
             ejections: metric(
                 r,
