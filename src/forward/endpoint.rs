@@ -362,3 +362,83 @@ impl hyper::rt::Write for Counted {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUTLIER: Outlier = Outlier {
+        failures: 3,
+        base: Duration::from_secs(10),
+        max: Duration::from_secs(60),
+    };
+
+    #[test]
+    fn consecutive_failures_eject_for_a_doubling_time_and_a_success_resets_the_count() {
+        let health = Health::default();
+        assert!(health.usable(Instant::now()));
+        assert_eq!(health.observed(true, &OUTLIER), None);
+        assert_eq!(health.observed(true, &OUTLIER), None);
+        // A success in between: the count starts again.
+        assert_eq!(health.observed(false, &OUTLIER), None);
+        assert_eq!(health.observed(true, &OUTLIER), None);
+        assert_eq!(health.observed(true, &OUTLIER), None);
+        assert_eq!(
+            health.observed(true, &OUTLIER),
+            Some(Duration::from_secs(10))
+        );
+        assert!(!health.usable(Instant::now()));
+        assert!(health.usable(Instant::now() + Duration::from_secs(11)));
+        // Failures while ejected do not eject it again.
+        for _ in 0..5 {
+            assert_eq!(health.observed(true, &OUTLIER), None);
+        }
+    }
+
+    #[test]
+    fn an_ejection_soon_after_the_last_one_is_twice_as_long_up_to_the_max() {
+        let health = Health::default();
+        let eject = || {
+            // Pretend the last ejection just ended.
+            if let Ok(mut e) = health.ejection.lock() {
+                e.until = e.until.map(|_| Instant::now());
+            }
+            (0..3).find_map(|_| health.observed(true, &OUTLIER))
+        };
+        let lengths: Vec<u64> = (0..5)
+            .filter_map(|_| eject())
+            .map(|d| d.as_secs())
+            .collect();
+        assert_eq!(lengths, [10, 20, 40, 60, 60]);
+    }
+
+    #[test]
+    fn checks_take_an_endpoint_out_and_back_after_their_streaks() {
+        let health = Health::default();
+        assert!(!health.checked(false, 3, 2));
+        assert!(!health.checked(false, 3, 2));
+        // A pass breaks the streak.
+        assert!(!health.checked(true, 3, 2));
+        assert!(!health.checked(false, 3, 2));
+        assert!(!health.checked(false, 3, 2));
+        assert!(health.checked(false, 3, 2));
+        assert!(!health.checked_ok());
+        assert!(!health.usable(Instant::now()));
+        assert!(!health.checked(true, 3, 2));
+        assert!(health.checked(true, 3, 2));
+        assert!(health.usable(Instant::now()));
+    }
+
+    #[test]
+    fn zero_failures_turns_ejection_off() {
+        let health = Health::default();
+        let off = Outlier {
+            failures: 0,
+            ..OUTLIER
+        };
+        for _ in 0..100 {
+            assert_eq!(health.observed(true, &off), None);
+        }
+        assert!(health.usable(Instant::now()));
+    }
+}
