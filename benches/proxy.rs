@@ -24,8 +24,10 @@
 //! re-verification intervals, and an operator's revocation) with the cost of re-verifying 10k
 //! live sessions, as a ratio to the same run without (`support/revocation.rs`). One more, `kx`,
 //! measures the CPU of a full handshake with the hybrid post-quantum key exchange
-//! (X25519MLKEM768) against X25519 alone, on one Vigil instance, as a ratio. `--only` and
-//! `--skip` choose the groups; a default run has all five.
+//! (X25519MLKEM768) against X25519 alone, on one Vigil instance, as a ratio. `upstreams`
+//! measures CPU per keep-alive request through a route's upstream stack against the direct
+//! pool of a build before it, and requests/s spread across two endpoints
+//! (`support/upstreams.rs`). `--only` and `--skip` choose the groups.
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
@@ -103,6 +105,11 @@ usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
                                 rego     keep-alive through a route decided by a Rego policy
                                          against the same route with a built-in rule; CPU
                                          per request as a ratio and a difference
+                                upstreams
+                                         keep-alive through the upstream stack against the
+                                         direct pool of an older build (VIGIL_BENCH_BASELINE
+                                         =path of its vigil binary), and two endpoints: req/s
+                                         and the share each served
   --skip LIST                 leave these scenario groups out
   --reload-every MS           reload interval of the reload scenario (default 100)
   --no-nginx                  skip the nginx comparison
@@ -230,16 +237,18 @@ enum Part {
     Revocation,
     Kx,
     Rego,
+    Upstreams,
 }
 
 impl Part {
-    const ALL: [Part; 6] = [
+    const ALL: [Part; 7] = [
         Part::Compare,
         Part::Oidc,
         Part::Reload,
         Part::Revocation,
         Part::Kx,
         Part::Rego,
+        Part::Upstreams,
     ];
 
     fn name(self) -> &'static str {
@@ -250,6 +259,7 @@ impl Part {
             Part::Revocation => "revocation",
             Part::Kx => "kx",
             Part::Rego => "rego",
+            Part::Upstreams => "upstreams",
         }
     }
 
@@ -501,6 +511,17 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
             Ok(rows) => report.rego = rows,
             Err(e) => {
                 let msg = format!("rego scenario FAILED: {e:#}");
+                println!("\n!!! {msg}");
+                failed.push(msg);
+            }
+        }
+    }
+
+    if args.runs(Part::Upstreams) {
+        match support::upstreams::run(&ctx).await {
+            Ok(r) => report.upstreams = Some(r),
+            Err(e) => {
+                let msg = format!("upstreams scenario FAILED: {e:#}");
                 println!("\n!!! {msg}");
                 failed.push(msg);
             }
@@ -2129,6 +2150,7 @@ struct Report {
     kx: Vec<Row>,
     /// The Rego scenario: the route with a policy, then with a built-in rule.
     rego: Vec<Row>,
+    upstreams: Option<support::upstreams::UpstreamsReport>,
 }
 
 impl Report {
@@ -2146,6 +2168,10 @@ impl Report {
             + self.revocation.as_ref().map_or(0, |r| r.errors())
             + self.kx.iter().map(|r| r.errors).sum::<u64>()
             + self.rego.iter().map(|r| r.errors).sum::<u64>()
+            + self
+                .upstreams
+                .as_ref()
+                .map_or(0, |u| u.rows.iter().map(|r| r.errors).sum::<u64>())
     }
 
     /// Proxy CPU per keep-alive request through the Rego route: the ratio to the built-in
@@ -2602,6 +2628,7 @@ fn report_json(
                 "extra_proxy_cpu_us_per_request": extra,
             })
         }),
+        "upstreams": report.upstreams.as_ref().map(support::upstreams::UpstreamsReport::json),
         "total_errors": report.total_errors(),
         "notes": notes,
     })
