@@ -456,3 +456,31 @@ async fn a_reload_adding_an_endpoint_keeps_the_warm_connections() -> Result<()> 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_host_name_is_resolved_to_its_endpoints() -> Result<()> {
+    let pki = Pki::new()?;
+    let up = Upstream::start(0).await?;
+    let decisions = pki.path("decisions.log");
+    let text = config(&decisions, &[up.addr], r#"resolve_interval = "1s""#).replace(
+        &format!("\"http://{}\"", up.addr),
+        &format!("\"http://localhost:{}\"", up.addr.port()),
+    );
+    // `resolve_interval` belongs to [upstream]: put it there.
+    let text =
+        text.replace("resolve_interval = \"1s\"", "") + "\n[upstream]\nresolve_interval = \"1s\"\n";
+    let running = spawn(&pki, &text).await?;
+    let web = client_config(Some(&pki.workload(SPIFFE_WEB)?), pki.ca.cert_pem(), &[])?;
+    let reply = get(running.addr, web, "/x", "").await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let id = reply.header("x-request-id").unwrap_or_default();
+    let line = decision_for(&decisions, &id)
+        .await
+        .context("decision line")?;
+    assert_eq!(line["endpoint"], up.addr.to_string().as_str(), "{line}");
+    assert_eq!(
+        line["upstream"],
+        format!("localhost:{}", up.addr.port()).as_str()
+    );
+    Ok(())
+}

@@ -67,9 +67,9 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<UpstreamsReport> {
             bin.clone(),
             workload_route("bench", "*", None, ctx.upstream),
         )),
-        None => println!(
-            "\n*** upstreams: VIGIL_BENCH_BASELINE not set: no direct-pool comparison ***"
-        ),
+        None => {
+            println!("\n*** upstreams: VIGIL_BENCH_BASELINE not set: no direct-pool comparison ***")
+        }
     }
     let two = workload_route("bench", "*", None, ctx.upstream).replace(
         &format!("upstream = \"http://{}\"", ctx.upstream),
@@ -118,7 +118,10 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<UpstreamsReport> {
         proxy: Some(two_proxy),
     };
     let first = ctx.bench.served.clone();
-    let before = (first.load(Ordering::Relaxed), second.served.load(Ordering::Relaxed));
+    let before = (
+        first.load(Ordering::Relaxed),
+        second.served.load(Ordering::Relaxed),
+    );
     rows.extend(alternately(ctx, "upstreams", &[two_target], scenario).await?);
     let spread = (
         first.load(Ordering::Relaxed) - before.0,

@@ -145,7 +145,7 @@ impl Service<Request<Body>> for EndpointService {
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let this = self.clone();
         // Taken by an endpoint: no longer waiting (see `stack::Admission`).
-        req.extensions_mut().remove::<super::stack::Waiting>();
+        req.extensions_mut().remove::<super::endpoint::Waiting>();
         Box::pin(async move {
             let endpoint = &this.endpoint;
             if req.uri().authority() != Some(&endpoint.authority) {

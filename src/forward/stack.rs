@@ -12,6 +12,7 @@
 //!   (`endpoint`).
 
 use super::discover::{Changes, Controller, Endpoints, Plan, RoundRobin, RouteState};
+use super::endpoint::Waiting;
 use crate::body::{Body, BoxError};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
@@ -167,10 +168,6 @@ impl<S: Clone> Clone for Admission<S> {
         }
     }
 }
-
-/// A waiting request's place under `max_pending`.
-#[derive(Clone)]
-pub struct Waiting(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
 
 impl<S> tower::Service<Request<Body>> for Admission<S>
 where
