@@ -107,7 +107,7 @@ usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
                                          per request as a ratio and a difference
                                 upstreams
                                          keep-alive through the upstream stack against the
-                                         direct pool of an older build (VIGIL_BENCH_BASELINE
+                                         pool of a build before it (VIGIL_BENCH_BASELINE
                                          =path of its vigil binary), and two endpoints: req/s
                                          and the share each served
   --skip LIST                 leave these scenario groups out

@@ -3,7 +3,7 @@
 //!
 //! - `stack`: this Vigil, a route with one upstream endpoint: every request goes through the
 //!   stack.
-//! - `direct`: the same route on a Vigil built from a commit before the stack, which sent to
+//! - `pool`: the same route on a Vigil built from a commit before the stack, which sent to
 //!   one pooled client directly; given by `VIGIL_BENCH_BASELINE=/path/to/vigil` (build it with
 //!   `git worktree add --detach ../base <commit> && cargo build --release --bin vigil` there).
 //!   Without it the ratio is not measured.
@@ -39,14 +39,14 @@ impl UpstreamsReport {
                 .find(|r| r.target == name)
                 .and_then(|r| r.proxy_cpu_ns)
         };
-        crate::ratio(cpu("stack"), cpu("direct"))
+        crate::ratio(cpu("stack"), cpu("pool"))
     }
 
     pub fn json(&self) -> Value {
         let total = (self.spread.0 + self.spread.1).max(1) as f64;
         json!({
             "targets": self.rows.iter().map(row_json).collect::<Vec<_>>(),
-            "ratio_proxy_cpu_per_request_stack_to_direct": self.ratio(),
+            "ratio_proxy_cpu_per_request_stack_to_pool": self.ratio(),
             "two_endpoints_served": [self.spread.0, self.spread.1],
             "two_endpoints_share_first": self.spread.0 as f64 / total,
         })
@@ -63,12 +63,14 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<UpstreamsReport> {
     )];
     match &baseline {
         Some(bin) => plan.push((
-            "direct",
+            "pool",
             bin.clone(),
             workload_route("bench", "*", None, ctx.upstream),
         )),
         None => {
-            println!("\n*** upstreams: VIGIL_BENCH_BASELINE not set: no direct-pool comparison ***")
+            println!(
+                "\n*** upstreams: VIGIL_BENCH_BASELINE not set: no comparison with the pool before the stack ***"
+            )
         }
     }
     let two = workload_route("bench", "*", None, ctx.upstream).replace(
@@ -90,7 +92,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<UpstreamsReport> {
         let ep = Endpoint::new(addr, Some(ctx.tls.clone()));
         let label = match name {
             "stack" => "vigil-stack",
-            "direct" => "vigil-direct",
+            "pool" => "vigil-pool",
             _ => "vigil-two",
         };
         let proxy = spawn_vigil(&bin, label, &path, ep, ctx.pinned).await?;
@@ -130,11 +132,11 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<UpstreamsReport> {
 
     print_table(
         &format!(
-            "upstreams: {}; one endpoint through the stack, the direct pool before it, two endpoints",
+            "upstreams: {}; one endpoint through the stack, the pool before it, two endpoints",
             scenario.title()
         ),
         &rows,
-        ("stack", "direct"),
+        ("stack", "pool"),
     );
     let total = (spread.0 + spread.1).max(1) as f64;
     println!(

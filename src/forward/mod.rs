@@ -22,6 +22,7 @@ use std::time::Duration;
 pub mod assertion;
 pub mod discover;
 pub mod endpoint;
+pub mod shared;
 pub mod stack;
 
 pub use discover::Served;

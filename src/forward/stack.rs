@@ -3,9 +3,9 @@
 //! - `Timeout`: the response head must come within `response_timeout` (all attempts
 //!   together), or 504.
 //! - `Retry`: another attempt only where it is safe (see [`RetryPolicy`]), within a budget.
-//! - `LoadShed` over [`Admission`] over `Buffer`: at most `max_pending` requests wait for
-//!   an endpoint to take them; one more is refused at once (503 with `Retry-After`) without
-//!   contacting any.
+//! - `LoadShed` over [`Admission`]: at most `max_pending` requests wait for an endpoint to
+//!   take them; one more is refused at once (503 with `Retry-After`) without contacting any.
+//! - the balancer shared by the route's requests (`shared`).
 //! - the balancer: power of two choices on requests in flight, or round robin, over the
 //!   endpoints the route's controller says are usable (`discover`).
 //! - per endpoint, `ConcurrencyLimit` at `max_connections` and the endpoint's own pool
@@ -13,6 +13,7 @@
 
 use super::discover::{Changes, Controller, Endpoints, Plan, RoundRobin, RouteState};
 use super::endpoint::Waiting;
+use super::shared::{Balanced, Shared};
 use crate::body::{Body, BoxError};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
@@ -25,12 +26,10 @@ use std::time::Duration;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::ServiceExt;
 use tower::balance::p2c::Balance;
-use tower::buffer::Buffer;
 use tower::load_shed::LoadShed;
 use tower::retry::Retry;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::timeout::Timeout;
-use tower::util::BoxService;
 
 /// How a route picks among its endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,22 +47,15 @@ pub struct Limits {
     pub response_timeout: Duration,
 }
 
-type Balanced = BoxService<Request<Body>, Response<Incoming>, BoxError>;
-type Buffered = Buffer<
-    Request<Body>,
-    Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>,
->;
-/// The balancer's worker: it owns the balancer and takes the buffered requests.
-type Worker = Pin<Box<dyn Future<Output = ()> + Send>>;
-type Layers = Timeout<Retry<RetryPolicy, LoadShed<Admission<Buffered>>>>;
+type Layers = Timeout<Retry<RetryPolicy, LoadShed<Admission<Shared>>>>;
 
 /// The upstream side of one route.
 pub struct Stack {
     service: Layers,
     budget: Arc<TpsBudget>,
     route: Arc<RouteState>,
-    /// The balancer's worker and the controller, until something runs them.
-    idle: Mutex<Option<(Worker, Controller)>>,
+    /// The route's controller, until something runs it.
+    idle: Mutex<Option<Controller>>,
     started: AtomicBool,
     stop: CancellationToken,
     _stop_with_the_stack: DropGuard,
@@ -78,7 +70,7 @@ impl Stack {
     ) -> Self {
         let (controller, changes) = Controller::new(plan, endpoints, route.clone());
         let balanced = balancer(limits.balancing, changes);
-        let (buffer, worker) = Buffer::pair(balanced, limits.max_pending.max(1));
+        let shared = Shared::new(balanced);
         // Ten seconds of history; ten retries a second whatever the traffic, and a fifth of
         // the requests beyond that.
         let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
@@ -92,7 +84,7 @@ impl Stack {
                 limits.max_pending,
             ))),
             permit: None,
-            inner: buffer,
+            inner: shared,
         };
         let service = Timeout::new(
             Retry::new(policy, LoadShed::new(admission)),
@@ -103,7 +95,7 @@ impl Stack {
             service,
             budget,
             route,
-            idle: Mutex::new(Some((Box::pin(worker), controller))),
+            idle: Mutex::new(Some(controller)),
             started: AtomicBool::new(false),
             _stop_with_the_stack: stop.clone().drop_guard(),
             stop,
@@ -115,15 +107,14 @@ impl Stack {
         stack
     }
 
-    /// Starts the balancer's worker and the route's controller, once.
+    /// Starts the route's controller, once.
     fn start(&self) {
         if self.started.swap(true, Ordering::AcqRel) {
             return;
         }
-        let Some((worker, controller)) = self.idle.lock().ok().and_then(|mut i| i.take()) else {
+        let Some(controller) = self.idle.lock().ok().and_then(|mut i| i.take()) else {
             return;
         };
-        tokio::spawn(worker);
         tokio::spawn(controller.run(self.stop.clone()));
     }
 
@@ -198,8 +189,8 @@ where
 
 fn balancer(balancing: Balancing, changes: Changes) -> Balanced {
     match balancing {
-        Balancing::P2c => BoxService::new(Balance::new(changes)),
-        Balancing::RoundRobin => BoxService::new(RoundRobin::new(changes)),
+        Balancing::P2c => Balanced::new(Balance::new(changes)),
+        Balancing::RoundRobin => Balanced::new(RoundRobin::new(changes)),
     }
 }
 
