@@ -31,7 +31,7 @@ pub struct UpstreamsReport {
 }
 
 impl UpstreamsReport {
-    /// Proxy CPU per request through the stack as a ratio to the direct pool.
+    /// Proxy CPU per request through the stack as a ratio to the pool before it.
     pub fn ratio(&self) -> Option<f64> {
         let cpu = |name: &str| {
             self.rows
