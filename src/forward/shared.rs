@@ -131,3 +131,47 @@ impl Wake for FanOut {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_wake_reaches_every_waiting_request_once_and_none_is_lost_in_between() {
+        let fan_out = Arc::new(FanOut::default());
+        let waker = Waker::from(fan_out.clone());
+        let counts: Vec<Arc<Count>> = (0..3)
+            .map(|_| Arc::new(Count(AtomicUsize::new(0))))
+            .collect();
+        let generation = fan_out.generation.load(Ordering::Acquire);
+        for count in &counts {
+            let w = Waker::from(count.clone());
+            assert!(fan_out.wait(generation, &w));
+            // The same request registered twice is woken once.
+            assert!(fan_out.wait(generation, &w));
+        }
+        waker.wake_by_ref();
+        for count in &counts {
+            assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        }
+        // A request that polled before that wake must not go to sleep: it polls again.
+        let late = Waker::from(counts[0].clone());
+        assert!(!fan_out.wait(generation, &late));
+        assert!(
+            fan_out
+                .waiting
+                .lock()
+                .map(|w| w.is_empty())
+                .unwrap_or(false)
+        );
+    }
+}
