@@ -27,7 +27,9 @@
 //! (X25519MLKEM768) against X25519 alone, on one Vigil instance, as a ratio; `rego` a route
 //! decided by a Rego policy against a built-in rule; `alerts` keep-alive requests while alerts
 //! are raised and posted to a webhook that never answers, against no webhook
-//! (`support/alerts.rs`). `--only` and `--skip` choose the groups; a default run has them all.
+//! (`support/alerts.rs`). `upstreams` measures CPU per keep-alive request through a route's
+//! upstream stack against the direct pool of a build before it, and requests/s spread across
+//! two endpoints (`support/upstreams.rs`). `--only` and `--skip` choose the groups.
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
@@ -108,6 +110,11 @@ usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
                                 alerts   keep-alive while alerts are raised, posted to a
                                          webhook that never answers, against no webhook;
                                          CPU per request and latency as ratios
+                                upstreams
+                                         keep-alive through the upstream stack against the
+                                         pool of a build before it (VIGIL_BENCH_BASELINE
+                                         =path of its vigil binary), and two endpoints: req/s
+                                         and the share each served
   --skip LIST                 leave these scenario groups out
   --reload-every MS           reload interval of the reload scenario (default 100)
   --no-nginx                  skip the nginx comparison
@@ -236,10 +243,11 @@ enum Part {
     Kx,
     Rego,
     Alerts,
+    Upstreams,
 }
 
 impl Part {
-    const ALL: [Part; 7] = [
+    const ALL: [Part; 8] = [
         Part::Compare,
         Part::Oidc,
         Part::Reload,
@@ -247,6 +255,7 @@ impl Part {
         Part::Kx,
         Part::Rego,
         Part::Alerts,
+        Part::Upstreams,
     ];
 
     fn name(self) -> &'static str {
@@ -258,6 +267,7 @@ impl Part {
             Part::Kx => "kx",
             Part::Rego => "rego",
             Part::Alerts => "alerts",
+            Part::Upstreams => "upstreams",
         }
     }
 
@@ -520,6 +530,17 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
             Ok(alerts) => report.alerts = Some(alerts),
             Err(e) => {
                 let msg = format!("alerts scenario FAILED: {e:#}");
+                println!("\n!!! {msg}");
+                failed.push(msg);
+            }
+        }
+    }
+
+    if args.runs(Part::Upstreams) {
+        match support::upstreams::run(&ctx).await {
+            Ok(r) => report.upstreams = Some(r),
+            Err(e) => {
+                let msg = format!("upstreams scenario FAILED: {e:#}");
                 println!("\n!!! {msg}");
                 failed.push(msg);
             }
@@ -2150,6 +2171,7 @@ struct Report {
     rego: Vec<Row>,
     /// The alerts scenario: a dead webhook, then none.
     alerts: Option<support::alerts::AlertsReport>,
+    upstreams: Option<support::upstreams::UpstreamsReport>,
 }
 
 impl Report {
@@ -2171,6 +2193,10 @@ impl Report {
                 .alerts
                 .as_ref()
                 .map_or(0, |a| a.rows.iter().map(|r| r.errors).sum::<u64>())
+            + self
+                .upstreams
+                .as_ref()
+                .map_or(0, |u| u.rows.iter().map(|r| r.errors).sum::<u64>())
     }
 
     /// Dead webhook over none: proxy CPU per request, latency p50 and p99.
@@ -2668,6 +2694,7 @@ fn report_json(
                 "ratio_latency_p99_dead_to_off": p99,
             })
         }),
+        "upstreams": report.upstreams.as_ref().map(support::upstreams::UpstreamsReport::json),
         "total_errors": report.total_errors(),
         "notes": notes,
     })
