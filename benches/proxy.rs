@@ -27,8 +27,10 @@
 //! (X25519MLKEM768) against X25519 alone, on one Vigil instance, as a ratio; `rego` a route
 //! decided by a Rego policy against a built-in rule; `alerts` keep-alive requests while alerts
 //! are raised and posted to a webhook that never answers, against no webhook
-//! (`support/alerts.rs`); `detectors` keep-alive requests with every `[detectors]` detector on,
-//! against none. `--only` and `--skip` choose the groups; a default run has them all.
+//! (`support/alerts.rs`). `upstreams` measures CPU per keep-alive request through a route's
+//! upstream stack against the direct pool of a build before it, and requests/s spread across
+//! two endpoints (`support/upstreams.rs`). `detectors` measures CPU per keep-alive request with
+//! every `[detectors]` detector on, against none. `--only` and `--skip` choose the groups.
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
@@ -109,6 +111,11 @@ usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
                                 alerts   keep-alive while alerts are raised, posted to a
                                          webhook that never answers, against no webhook;
                                          CPU per request and latency as ratios
+                                upstreams
+                                         keep-alive through the upstream stack against the
+                                         pool of a build before it (VIGIL_BENCH_BASELINE
+                                         =path of its vigil binary), and two endpoints: req/s
+                                         and the share each served
                                 detectors
                                          keep-alive with every [detectors] detector on
                                          (nothing firing) against the same route without
@@ -301,11 +308,12 @@ enum Part {
     Kx,
     Rego,
     Alerts,
+    Upstreams,
     Detectors,
 }
 
 impl Part {
-    const ALL: [Part; 8] = [
+    const ALL: [Part; 9] = [
         Part::Compare,
         Part::Oidc,
         Part::Reload,
@@ -313,6 +321,7 @@ impl Part {
         Part::Kx,
         Part::Rego,
         Part::Alerts,
+        Part::Upstreams,
         Part::Detectors,
     ];
 
@@ -325,6 +334,7 @@ impl Part {
             Part::Kx => "kx",
             Part::Rego => "rego",
             Part::Alerts => "alerts",
+            Part::Upstreams => "upstreams",
             Part::Detectors => "detectors",
         }
     }
@@ -588,6 +598,17 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
             Ok(alerts) => report.alerts = Some(alerts),
             Err(e) => {
                 let msg = format!("alerts scenario FAILED: {e:#}");
+                println!("\n!!! {msg}");
+                failed.push(msg);
+            }
+        }
+    }
+
+    if args.runs(Part::Upstreams) {
+        match support::upstreams::run(&ctx).await {
+            Ok(r) => report.upstreams = Some(r),
+            Err(e) => {
+                let msg = format!("upstreams scenario FAILED: {e:#}");
                 println!("\n!!! {msg}");
                 failed.push(msg);
             }
@@ -2229,6 +2250,7 @@ struct Report {
     rego: Vec<Row>,
     /// The alerts scenario: a dead webhook, then none.
     alerts: Option<support::alerts::AlertsReport>,
+    upstreams: Option<support::upstreams::UpstreamsReport>,
     /// The detectors scenario: every detector on, then none.
     detectors: Vec<Row>,
 }
@@ -2252,6 +2274,10 @@ impl Report {
                 .alerts
                 .as_ref()
                 .map_or(0, |a| a.rows.iter().map(|r| r.errors).sum::<u64>())
+            + self
+                .upstreams
+                .as_ref()
+                .map_or(0, |u| u.rows.iter().map(|r| r.errors).sum::<u64>())
             + self.detectors.iter().map(|r| r.errors).sum::<u64>()
     }
 
@@ -2772,6 +2798,7 @@ fn report_json(
                 "ratio_latency_p99_dead_to_off": p99,
             })
         }),
+        "upstreams": report.upstreams.as_ref().map(support::upstreams::UpstreamsReport::json),
         "detectors": (!report.detectors.is_empty()).then(|| {
             let (ratio, extra) = report.detectors_cost();
             json!({

@@ -95,6 +95,9 @@ pub struct Entry<'a> {
     /// The route's upstream (`host:port`), when the request was sent there; absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<&'a str>,
+    /// The upstream endpoint (`ip:port`) that answered, when one did; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<&'a str>,
     /// The route's Rego policy and what it answered, when it was evaluated.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<&'a crate::policy::PolicyRun>,
@@ -323,6 +326,7 @@ mod tests {
         mode: String,
         risk: Option<crate::posture::Assessment>,
         upstream: Option<String>,
+        endpoint: Option<String>,
         enforcement_point: Option<String>,
         status: u16,
         latency_ms: f64,
@@ -406,6 +410,7 @@ mod tests {
                 mode: &line.mode,
                 risk: line.risk.as_ref(),
                 upstream: line.upstream.as_deref(),
+                endpoint: line.endpoint.as_deref(),
                 policy: None,
                 shadow: None,
                 grant: None,
@@ -457,6 +462,7 @@ mod tests {
             mode: "enforce",
             risk: facts.risk,
             upstream: Some("10.0.0.12:8080"),
+            endpoint: Some("10.0.0.12:8080"),
             policy: None,
             shadow: None,
             grant: None,

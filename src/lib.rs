@@ -46,8 +46,9 @@
 //! - [`routing`]: host and path-prefix matching, most specific first.
 //! - [`policy`]: the decision point: rules, linear-time patterns, the facts document
 //!   ([`policy::Facts`]) and the pure `decide(&Policy, &Facts) -> Decision`.
-//! - [`forward`]: upstream connection pools, header hygiene, the upgrades a route allows,
-//!   response bodies registered for re-decision, the signed assertion.
+//! - [`forward`]: the upstream stack (endpoints with their pools, balancing, health checks,
+//!   outlier ejection, limits, retries, timeouts), header hygiene, the upgrades a route
+//!   allows, response bodies registered for re-decision, the signed assertion.
 //! - [`identity`]: OIDC login, sealed sessions, bearer tokens, re-verification with the
 //!   provider. [`revocation`]: revocations by session, user, device and logout.
 //! - [`posture`]: the device inventory, GeoIP, and the risk engine.

@@ -63,6 +63,56 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+/// One endpoint of one route's upstream. Bounded by the configuration: the addresses its
+/// upstream URLs name or resolve to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub route: RouteLabel,
+    /// `ip:port`.
+    pub endpoint: String,
+}
+
+/// The families of the upstream stacks, handed to each route's stack (see
+/// `forward::Upstream::attach`), which creates its endpoints' series and keeps them current.
+#[derive(Clone, Default)]
+pub struct UpstreamFamilies {
+    /// `vigil_upstream_endpoint_healthy{route,endpoint}`: 1 while neither unhealthy nor ejected.
+    pub healthy: Family<EndpointLabels, Gauge>,
+    /// `vigil_upstream_endpoint_ejections_total{route,endpoint}`.
+    pub ejections: Family<EndpointLabels, Counter>,
+    /// `vigil_upstream_endpoint_in_flight{route,endpoint}`: requests awaiting its answer.
+    pub in_flight: Family<EndpointLabels, Gauge>,
+    /// `vigil_upstream_retries_total{route}`.
+    pub retries: Family<RouteOnly, Counter>,
+}
+
+impl UpstreamFamilies {
+    fn register(r: &mut Registry) -> Self {
+        Self {
+            healthy: metric(
+                r,
+                "upstream_endpoint_healthy",
+                "1 while the endpoint is neither unhealthy by its health checks nor ejected, 0 otherwise",
+            ),
+            ejections: metric(
+                r,
+                "upstream_endpoint_ejections",
+                "Times the endpoint was ejected for consecutive connect failures or 5xx answers",
+            ),
+            in_flight: metric(
+                r,
+                "upstream_endpoint_in_flight",
+                "Requests sent to the endpoint that await its response head",
+            ),
+            retries: metric(
+                r,
+                "upstream_retries",
+                "Requests sent again after a failed attempt, by route",
+            ),
+        }
+    }
+}
+
 /// A decision made for an `[authz]` enforcement point. Bounded: one per enforcement point
 /// the configuration names, and `(none)` for callers that are none of them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -225,7 +275,7 @@ pub mod labels {
     /// `vigil_refusals_total{route,fault}` (`error::Fault`).
     pub const FAULTS: &[&str] = &["client", "policy", "upstream", "internal"];
     /// `vigil_upstream_errors_total{route,kind}`.
-    pub const UPSTREAM_ERRORS: &[&str] = &["connect", "exchange", "timeout"];
+    pub const UPSTREAM_ERRORS: &[&str] = &["connect", "exchange", "timeout", "shed"];
 }
 
 /// Every metric Vigil exports.
@@ -245,6 +295,7 @@ pub struct Metrics {
     pub tunnels_open: Gauge,
     pub limits_hit: Family<Limit, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub upstreams: UpstreamFamilies,
     pub authz_decisions: Family<AuthzLabels, Counter>,
     pub decision_log_dropped: Counter,
     pub config_generation: Gauge,
@@ -313,8 +364,7 @@ impl Metrics {
 
     /// Every family, registered in the order of the exposition.
     fn register() -> Self {
-        let mut registry = Registry::with_prefix("vigil");
-        let r = &mut registry;
+        let r = &mut Registry::with_prefix("vigil");
         Self {
             requests: metric(
                 r,
@@ -376,6 +426,7 @@ impl Metrics {
                 "upstream_errors",
                 "Failed upstream exchanges, by route and kind",
             ),
+            upstreams: UpstreamFamilies::register(r),
             authz_decisions: metric(
                 r,
                 "authz_decisions",
@@ -409,7 +460,7 @@ impl Metrics {
             alerts: alerts::Alerts::register(r),
             detectors: detectors::Detectors::register(r),
             process: process_registry(),
-            registry,
+            registry: std::mem::take(r),
         }
     }
 

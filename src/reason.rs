@@ -258,6 +258,9 @@ codes! {
     UpstreamFailed = "upstream_failed",
     /// The upstream sent no response head in time.
     UpstreamTimeout = "upstream_timeout",
+    /// More requests than the route's `max_pending` were waiting for an endpoint: refused
+    /// without contacting one.
+    UpstreamOverloaded = "upstream_overloaded",
     /// The request asked for an upgrade (WebSocket) the route does not allow, and was
     /// forwarded without it.
     UpgradeRemoved = "upgrade_removed",

@@ -119,6 +119,7 @@ impl Reloader {
             .publish(Some(&current.certificates), metrics);
         crate::tls::lifecycle::Status::now(&snapshot.certificates).log(trigger);
         metrics.precreate_routes(snapshot.routes.iter().map(|r| &r.label));
+        snapshot.attach_upstreams(&metrics.upstreams);
         metrics.policies.precreate(snapshot.routes.policy_series());
         self.shared.alerts.configure(snapshot.alerts.clone());
         self.shared.snapshot.store(Arc::new(snapshot));

@@ -53,6 +53,7 @@ impl Shared {
         metrics.config_generation.set(snapshot.generation as i64);
         let no_route_label: Arc<str> = Arc::from("(none)");
         metrics.precreate_routes(snapshot.routes.iter().map(|r| &r.label));
+        snapshot.attach_upstreams(&metrics.upstreams);
         metrics.policies.precreate(snapshot.routes.policy_series());
         metrics.precreate_no_route(&no_route_label);
         let instance_id = crate::hex::encode(&random);

@@ -66,6 +66,72 @@ fn check_accepts_a_good_config() -> Result<()> {
 }
 
 #[test]
+fn check_refuses_broken_upstream_lists_and_limits() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    let with = |upstream: &str, extra: &str| {
+        GOOD.replace(
+            "upstream = \"http://127.0.0.1:9\"",
+            &format!("upstream = {upstream}\n{extra}"),
+        )
+    };
+    let good = with(
+        r#"["http://127.0.0.1:9", { url = "http://127.0.0.1:10", weight = 3 }]"#,
+        r#"balance = "round_robin"
+health = { path = "/healthz", interval = "1s" }
+max_connections = 10
+max_pending = 5
+max_requests_per_connection = 100"#,
+    );
+    let (ok, out) = check(dir.path(), &good)?;
+    assert!(ok, "{out}");
+    let cases = [
+        (
+            with(r#"["http://127.0.0.1:9", "https://127.0.0.1:10"]"#, ""),
+            "the upstream URLs mix http:// and https://",
+        ),
+        (
+            with(r#"["http://127.0.0.1:9/a", "http://127.0.0.1:10/b"]"#, ""),
+            "the upstream URLs have different paths",
+        ),
+        (with("[]", ""), "upstream lists no URL"),
+        (
+            with(r#"[{ url = "http://127.0.0.1:9", weight = 0 }]"#, ""),
+            "has weight 0: it must be 1 to 100",
+        ),
+        (
+            with(r#""http://127.0.0.1:9""#, r#"balance = "random""#),
+            "unknown balance \"random\"",
+        ),
+        (
+            with(r#""http://127.0.0.1:9""#, "max_pending = 0"),
+            "max_pending must be at least 1",
+        ),
+        (
+            with(
+                r#""http://127.0.0.1:9""#,
+                r#"health = { path = "healthz" }"#,
+            ),
+            "must be a path starting with /",
+        ),
+        (
+            with(
+                r#""http://127.0.0.1:9""#,
+                r#"outlier = { base_ejection = "1m", max_ejection = "10s" }"#,
+            ),
+            "max_ejection at least as long",
+        ),
+    ];
+    for (text, expected) in cases {
+        let (ok, out) = check(dir.path(), &text)?;
+        assert!(!ok, "accepted:\n{text}");
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+        assert!(out.contains("vigil.toml:"), "no location in:\n{out}");
+    }
+    Ok(())
+}
+
+#[test]
 fn check_reports_every_problem_with_its_location() -> Result<()> {
     let dir = tempfile::tempdir()?;
     certs_init(dir.path())?;

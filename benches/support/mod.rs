@@ -11,6 +11,7 @@ pub mod idp;
 pub mod oidc;
 pub mod reload;
 pub mod revocation;
+pub mod upstreams;
 
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;

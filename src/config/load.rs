@@ -686,6 +686,7 @@ connect_timeout = "5s"
 response_timeout = "60s"
 pool_idle_timeout = "90s"
 pool_max_idle_per_host = 64
+resolve_interval = "30s"
 
 [oidc]
 issuer = "https://idp.example.org"
@@ -817,7 +818,14 @@ raise_for = "1h"
 name = "app"
 host = "app.example.org"
 path = "/"
-upstream = "https://10.0.0.12:8443"
+upstream = [{ url = "https://10.0.0.12:8443", weight = 2 }]
+balance = "round_robin"
+health = { path = "/healthz", interval = "5s", unhealthy = 3, healthy = 2 }
+outlier = { consecutive_failures = 5, base_ejection = "10s", max_ejection = "5m" }
+max_connections = 100
+max_pending = 1024
+max_requests_per_connection = 1000
+retries = 2
 login = "bearer"
 bearer_audience = "api"
 bearer_scopes = ["read"]

@@ -118,6 +118,15 @@ pub struct Snapshot {
     clients: upstream::Pools,
 }
 
+impl Snapshot {
+    /// Gives every route's upstream stack its metric series (at start and after a reload).
+    pub fn attach_upstreams(&self, families: &crate::metrics::UpstreamFamilies) {
+        for route in self.routes.iter() {
+            route.upstream.attach(families);
+        }
+    }
+}
+
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot")

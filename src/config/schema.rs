@@ -397,9 +397,12 @@ pub struct UpstreamSection {
     /// Pooled idle upstream connections are closed after this long.
     #[serde(default = "UpstreamSection::default_pool_idle_timeout")]
     pub pool_idle_timeout: HumanDuration,
-    /// Idle pooled connections kept per upstream.
+    /// Idle pooled connections kept per upstream endpoint.
     #[serde(default = "UpstreamSection::default_pool_max_idle")]
     pub pool_max_idle_per_host: usize,
+    /// Upstream host names are resolved again this often; every address is an endpoint.
+    #[serde(default = "UpstreamSection::default_resolve_interval")]
+    pub resolve_interval: HumanDuration,
 }
 
 impl UpstreamSection {
@@ -415,6 +418,9 @@ impl UpstreamSection {
     fn default_pool_max_idle() -> usize {
         64
     }
+    fn default_resolve_interval() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
 }
 
 impl Default for UpstreamSection {
@@ -424,6 +430,7 @@ impl Default for UpstreamSection {
             response_timeout: Self::default_response_timeout(),
             pool_idle_timeout: Self::default_pool_idle_timeout(),
             pool_max_idle_per_host: Self::default_pool_max_idle(),
+            resolve_interval: Self::default_resolve_interval(),
         }
     }
 }
@@ -868,6 +875,163 @@ pub struct EnforcementPointSection {
     pub fingerprint: Option<String>,
 }
 
+/// A route's `upstream`: one URL or a list.
+#[derive(Debug, Clone)]
+pub enum UpstreamUrls {
+    One(String),
+    Many(Vec<UpstreamUrl>),
+}
+
+impl UpstreamUrls {
+    /// Every URL with its weight.
+    pub fn list(&self) -> Vec<(&str, u32)> {
+        match self {
+            UpstreamUrls::One(url) => vec![(url.as_str(), 1)],
+            UpstreamUrls::Many(urls) => urls.iter().map(|u| (u.url.as_str(), u.weight)).collect(),
+        }
+    }
+}
+
+/// Read as a sequence (what the schema's key walk needs to see), taking a lone string too.
+impl<'de> Deserialize<'de> for UpstreamUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Urls;
+        impl<'de> serde::de::Visitor<'de> for Urls {
+            type Value = UpstreamUrls;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an upstream URL or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(UpstreamUrls::One(v.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut urls = Vec::new();
+                while let Some(url) = seq.next_element()? {
+                    urls.push(url);
+                }
+                Ok(UpstreamUrls::Many(urls))
+            }
+        }
+        d.deserialize_seq(Urls)
+    }
+}
+
+/// One URL of a route's upstream list: `"http://..."` or `{ url = "http://...", weight = 2 }`
+/// (weight 1 to 100, default 1: an endpoint of weight 2 gets about twice the requests).
+#[derive(Debug, Clone)]
+pub struct UpstreamUrl {
+    pub url: String,
+    pub weight: u32,
+}
+
+/// Read as a table (what the schema's key walk needs to see), taking a lone string too.
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Url;
+        impl<'de> serde::de::Visitor<'de> for Url {
+            type Value = UpstreamUrl;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an upstream URL or { url = \"...\", weight = N }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(UpstreamUrl {
+                    url: v.to_owned(),
+                    weight: 1,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let (mut url, mut weight) = (None, 1);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "url" => url = Some(map.next_value::<String>()?),
+                        "weight" => weight = map.next_value::<u32>()?,
+                        other => {
+                            return Err(serde::de::Error::unknown_field(other, URL_FIELDS));
+                        }
+                    }
+                }
+                let url = url.ok_or_else(|| serde::de::Error::missing_field("url"))?;
+                Ok(UpstreamUrl { url, weight })
+            }
+        }
+        d.deserialize_struct("UpstreamUrl", URL_FIELDS, Url)
+    }
+}
+
+const URL_FIELDS: &[&str] = &["url", "weight"];
+
+/// A route's `health = { path, interval, unhealthy, healthy }`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HealthSection {
+    /// Path checked with a GET; 2xx and 3xx pass.
+    pub path: String,
+    /// Default 5s; a check that takes longer fails.
+    #[serde(default = "HealthSection::default_interval")]
+    pub interval: HumanDuration,
+    /// Failed checks in a row that take an endpoint out. Default 3.
+    #[serde(default = "HealthSection::default_unhealthy")]
+    pub unhealthy: u32,
+    /// Passed checks in a row that bring it back. Default 2.
+    #[serde(default = "HealthSection::default_healthy")]
+    pub healthy: u32,
+}
+
+impl HealthSection {
+    fn default_interval() -> HumanDuration {
+        HumanDuration(Duration::from_secs(5))
+    }
+    fn default_unhealthy() -> u32 {
+        3
+    }
+    fn default_healthy() -> u32 {
+        2
+    }
+}
+
+/// A route's `outlier = { consecutive_failures, base_ejection, max_ejection }`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutlierSection {
+    /// Connect failures or 5xx answers in a row that eject an endpoint; 0 turns ejection
+    /// off. Default 5.
+    #[serde(default = "OutlierSection::default_failures")]
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each one that follows within `max_ejection` is twice as
+    /// long. Default 10s.
+    #[serde(default = "OutlierSection::default_base")]
+    pub base_ejection: HumanDuration,
+    /// The longest ejection. Default 5m.
+    #[serde(default = "OutlierSection::default_max")]
+    pub max_ejection: HumanDuration,
+}
+
+impl OutlierSection {
+    fn default_failures() -> u32 {
+        5
+    }
+    fn default_base() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
+    }
+    fn default_max() -> HumanDuration {
+        HumanDuration(Duration::from_secs(300))
+    }
+}
+
+impl Default for OutlierSection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: Self::default_failures(),
+            base_ejection: Self::default_base(),
+            max_ejection: Self::default_max(),
+        }
+    }
+}
+
 /// One `[[route]]`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RouteSection {
@@ -877,8 +1041,30 @@ pub struct RouteSection {
     /// Path prefix, matched on whole segments. Default "/".
     #[serde(default)]
     pub path: Option<String>,
-    /// `http://host:port` or `https://host:port`, optionally with a base path.
-    pub upstream: String,
+    /// `http://host:port` or `https://host:port`, optionally with a base path; or a list of
+    /// them (each a URL or `{ url, weight }`), all with the same scheme and path.
+    pub upstream: UpstreamUrls,
+    /// "p2c" (default): the less loaded of two endpoints picked at random; "round_robin".
+    #[serde(default)]
+    pub balance: Option<String>,
+    /// Active health checks of the route's endpoints; none by default.
+    #[serde(default)]
+    pub health: Option<HealthSection>,
+    /// Passive outlier ejection; on by default (see [`OutlierSection`]).
+    #[serde(default)]
+    pub outlier: Option<OutlierSection>,
+    /// Connections (and so HTTP/1.1 requests in flight) per endpoint; default unbounded.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Requests waiting for an endpoint to take them; beyond it, 503. Default 1024.
+    #[serde(default)]
+    pub max_pending: Option<usize>,
+    /// Requests one upstream connection carries before it is closed; default unbounded.
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
+    /// Further attempts a request may get where that is safe; default 2, 0 turns it off.
+    #[serde(default)]
+    pub retries: Option<u32>,
     /// "none": the client certificate is the identity; "oidc": people log in with the provider
     /// (on top of their device certificate); "bearer": services present an access token from
     /// the provider (on top of their workload certificate).

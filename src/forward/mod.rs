@@ -1,6 +1,7 @@
-//! Sending an authorised request upstream: a pooled client per upstream TLS setting, header
-//! hygiene, identity headers, timeouts, the upgrades a route allows, and response streams
-//! registered for the live verifier.
+//! Sending an authorised request upstream: header hygiene, identity headers, the upgrades a
+//! route allows, and response streams registered for the live verifier. The sending itself
+//! goes through the route's stack (`stack`): balancing across endpoints (`discover`),
+//! limits, retries and timeouts, each endpoint with its own pool (`endpoint`).
 
 use crate::body::{Body, BoxError};
 use crate::canonical::{
@@ -11,10 +12,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,8 +20,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub mod assertion;
+pub mod discover;
+pub mod endpoint;
+pub mod shared;
+pub mod stack;
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub use discover::Served;
 
 pub static X_VIGIL_WORKLOAD: HeaderName = HeaderName::from_static("x-vigil-workload");
 pub static X_VIGIL_DEVICE: HeaderName = HeaderName::from_static("x-vigil-device");
@@ -32,43 +34,31 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Where a route's traffic goes and how.
-#[derive(Debug)]
 pub struct Upstream {
     pub scheme: Scheme,
+    /// The first URL's authority: what the decision log names as the upstream.
     pub authority: Authority,
     /// Prepended to the forwarded path; empty or `/base` without trailing slash.
     pub base_path: String,
     pub preserve_host: bool,
     pub response_timeout: Duration,
-    pub client: HttpClient,
+    pub stack: stack::Stack,
 }
 
-/// How to reach upstreams with one TLS setting; one pool each.
-pub struct ClientSettings {
-    pub tls: rustls::ClientConfig,
-    pub connect_timeout: Duration,
-    pub pool_idle_timeout: Duration,
-    pub pool_max_idle_per_host: usize,
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("scheme", &self.scheme)
+            .field("authority", &self.authority)
+            .field("base_path", &self.base_path)
+            .finish_non_exhaustive()
+    }
 }
 
-impl ClientSettings {
-    pub fn build(self) -> HttpClient {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(self.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(self.tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(self.pool_idle_timeout)
-            .pool_max_idle_per_host(self.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https)
+impl Upstream {
+    /// Gives the route's stack its metric series.
+    pub fn attach(&self, families: &crate::metrics::UpstreamFamilies) {
+        self.stack.attach(families);
     }
 }
 
@@ -100,6 +90,11 @@ pub enum ForwardError {
     /// abandoned.
     #[error("request body not received within {0:?}")]
     BodyTimeout(Duration),
+    /// More requests than the route's `max_pending` were waiting for an endpoint to take
+    /// them: this one was refused without contacting any. An upstream too slow or too small
+    /// for its traffic (or a flood of requests).
+    #[error("upstream overloaded: more than max_pending requests waiting")]
+    Overloaded,
 }
 
 /// What the pipeline decided about a request that forwarding needs to know.
@@ -279,18 +274,18 @@ fn add_forwarding_headers(
     }
 }
 
-/// Sends the request and waits, up to the route's `response_timeout`, for the response head.
+/// Sends the request through the route's stack and waits, up to its `response_timeout`, for
+/// the response head.
 async fn send(
     upstream: &Upstream,
     request: Request<Body>,
     max_body_bytes: Option<u64>,
 ) -> Result<Response<hyper::body::Incoming>, ForwardError> {
-    let sent = tokio::time::timeout(upstream.response_timeout, upstream.client.request(request));
-    match sent.await {
-        Err(_) => Err(ForwardError::Timeout(upstream.response_timeout)),
-        Ok(Err(e)) => Err(classify(&e, max_body_bytes)),
-        Ok(Ok(r)) => Ok(r),
-    }
+    upstream
+        .stack
+        .send(request)
+        .await
+        .map_err(|e| classify(e.as_ref(), upstream.response_timeout, max_body_bytes))
 }
 
 /// Whether the upstream's 101 switched to the protocol Vigil asked for (`upgrade`), and for a
@@ -411,7 +406,17 @@ impl Upstream {
     }
 }
 
-fn classify(err: &hyper_util::client::legacy::Error, limit: Option<u64>) -> ForwardError {
+fn classify(
+    err: &(dyn std::error::Error + Send + Sync + 'static),
+    timeout: Duration,
+    limit: Option<u64>,
+) -> ForwardError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        return ForwardError::Timeout(timeout);
+    }
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        return ForwardError::Overloaded;
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
         if e.is::<http_body_util::LengthLimitError>() {
@@ -422,7 +427,7 @@ fn classify(err: &hyper_util::client::legacy::Error, limit: Option<u64>) -> Forw
         }
         source = e.source();
     }
-    if err.is_connect() {
+    if stack::is_connect(err) {
         ForwardError::Connect(crate::error::chain(err))
     } else {
         ForwardError::Upstream(crate::error::chain(err))

@@ -35,6 +35,8 @@ pub struct Context<'a> {
     pub user_agent: Option<String>,
     /// The request was sent upstream (whatever came of it): its line names the upstream.
     pub forwarded: bool,
+    /// The upstream endpoint that answered, for the line.
+    pub endpoint: Option<std::net::SocketAddr>,
     /// What the route's Rego policy answered, for the line.
     pub policy: Option<crate::policy::PolicyRun>,
     /// A shadow policy's disagreeing decision, for the line.
@@ -82,6 +84,7 @@ impl<'a> Context<'a> {
                 decision_log::bounded(&text, decision_log::MAX_USER_AGENT)
             }),
             forwarded: false,
+            endpoint: None,
             policy: None,
             shadow: None,
             decided: None,

@@ -100,7 +100,7 @@ pub async fn forward(
 /// The upstream's answer, with the request id and the session cookies to set, marked as
 /// relayed for the finish phase.
 fn answered(
-    cx: &Context<'_>,
+    cx: &mut Context<'_>,
     mut response: Response<Body>,
     cookies: Vec<HeaderValue>,
     decision: &Decision,
@@ -109,6 +109,10 @@ fn answered(
         .extensions_mut()
         .remove::<forward::UpgradeRemoved>();
     response.extensions_mut().insert(Relayed);
+    cx.endpoint = response
+        .extensions()
+        .get::<forward::Served>()
+        .map(|served| served.0);
     let headers = response.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), cx.request_id.clone());
     for cookie in cookies {
@@ -137,6 +141,11 @@ fn failed(
         ForwardError::Connect(_) => (Refusal::BadGateway, "connect", Code::UpstreamUnreachable),
         ForwardError::Upstream(_) => (Refusal::BadGateway, "exchange", Code::UpstreamFailed),
         ForwardError::Timeout(_) => (Refusal::GatewayTimeout, "timeout", Code::UpstreamTimeout),
+        ForwardError::Overloaded => (
+            Refusal::Unavailable("upstream overloaded".into()),
+            "shed",
+            Code::UpstreamOverloaded,
+        ),
         ForwardError::BodyTooLarge(_) => (
             Refusal::PayloadTooLarge,
             "body_too_large",

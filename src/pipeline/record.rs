@@ -112,6 +112,7 @@ impl Context<'_> {
             Some(route) if self.forwarded => Some(route.upstream.authority.as_str()),
             _ => None,
         };
+        let endpoint = self.endpoint.map(|addr| addr.to_string());
         let decided = self.decided.as_ref();
         let entry = Entry {
             v: decision_log::SCHEMA,
@@ -137,6 +138,7 @@ impl Context<'_> {
             fault: fault.map(Fault::as_str),
             risk: self.risk.as_ref(),
             upstream,
+            endpoint: endpoint.as_deref(),
             policy: self.policy.as_ref(),
             shadow: self.shadow.as_ref(),
             grant: decided.and_then(|d| d.grant.as_deref()),
