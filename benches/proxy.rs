@@ -29,7 +29,8 @@
 //! are raised and posted to a webhook that never answers, against no webhook
 //! (`support/alerts.rs`). `upstreams` measures CPU per keep-alive request through a route's
 //! upstream stack against the direct pool of a build before it, and requests/s spread across
-//! two endpoints (`support/upstreams.rs`). `--only` and `--skip` choose the groups.
+//! two endpoints (`support/upstreams.rs`). `detectors` measures CPU per keep-alive request with
+//! every `[detectors]` detector on, against none. `--only` and `--skip` choose the groups.
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
@@ -115,6 +116,10 @@ usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
                                          pool of a build before it (VIGIL_BENCH_BASELINE
                                          =path of its vigil binary), and two endpoints: req/s
                                          and the share each served
+                                detectors
+                                         keep-alive with every [detectors] detector on
+                                         (nothing firing) against the same route without
+                                         them; CPU per request as a ratio and a difference
   --skip LIST                 leave these scenario groups out
   --reload-every MS           reload interval of the reload scenario (default 100)
   --no-nginx                  skip the nginx comparison
@@ -217,6 +222,66 @@ async fn rego_cost(ctx: &Ctx<'_>) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// `[detectors]` with every detector that needs no GeoIP database, at its defaults but
+/// per device only (the load generator is one client on one address: per address it would be
+/// the same key).
+const BENCH_DETECTORS: &str = "\n[detectors]\n[detectors.denials]\nper = [\"device\"]\n[detectors.failed_logins]\nper = [\"device\"]\n[detectors.revoked]\nper = [\"device\"]\n[detectors.addresses]\n";
+
+/// Keep-alive requests through a workload route with every detector on against the same
+/// route without `[detectors]`: two Vigil instances on the proxy core, measured alternately.
+async fn detectors_cost(ctx: &Ctx<'_>) -> Result<Vec<Row>> {
+    let mut instances = Vec::new();
+    for name in ["detectors-on", "detectors-off"] {
+        let dir = support::instance_dir(ctx.dir, name)?;
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()?);
+        let detectors = if name == "detectors-on" {
+            BENCH_DETECTORS
+        } else {
+            ""
+        };
+        let decisions = logs_dir(&dir)?.join("vigil-decisions.log");
+        let path = dir.join("vigil.toml");
+        let text = vigil_base_config(addr, None, &decisions)
+            + detectors
+            + &workload_route("bench", "*", None, ctx.upstream);
+        std::fs::write(&path, text)?;
+        let ep = Endpoint::new(addr, Some(ctx.tls.clone()));
+        let label = if name == "detectors-on" {
+            "vigil-detectors-on"
+        } else {
+            "vigil-detectors-off"
+        };
+        instances.push((
+            name,
+            spawn_vigil(ctx.vigil_bin, label, &path, ep, ctx.pinned).await?,
+        ));
+    }
+    let targets: Vec<Target> = instances
+        .iter()
+        .map(|(name, proxy)| Target {
+            name,
+            ep: Endpoint::new(proxy.addr, Some(ctx.tls.clone())),
+            proxy: Some(proxy),
+        })
+        .collect();
+    let scenario = Scenario::KeepAlive(ctx.args.connections);
+    let rows = alternately(ctx, "detectors", &targets, scenario).await?;
+    print_table(
+        &format!(
+            "detectors: {}; every detector on, or none",
+            scenario.title()
+        ),
+        &rows,
+        ("detectors-on", "detectors-off"),
+    );
+    for (name, proxy) in &instances {
+        if let Some(msg) = proxy.exited() {
+            bail!("vigil ({name}) {msg} during the detectors scenario");
+        }
+    }
+    Ok(rows)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Arguments
 
@@ -244,10 +309,11 @@ enum Part {
     Rego,
     Alerts,
     Upstreams,
+    Detectors,
 }
 
 impl Part {
-    const ALL: [Part; 8] = [
+    const ALL: [Part; 9] = [
         Part::Compare,
         Part::Oidc,
         Part::Reload,
@@ -256,6 +322,7 @@ impl Part {
         Part::Rego,
         Part::Alerts,
         Part::Upstreams,
+        Part::Detectors,
     ];
 
     fn name(self) -> &'static str {
@@ -268,6 +335,7 @@ impl Part {
             Part::Rego => "rego",
             Part::Alerts => "alerts",
             Part::Upstreams => "upstreams",
+            Part::Detectors => "detectors",
         }
     }
 
@@ -541,6 +609,17 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
             Ok(r) => report.upstreams = Some(r),
             Err(e) => {
                 let msg = format!("upstreams scenario FAILED: {e:#}");
+                println!("\n!!! {msg}");
+                failed.push(msg);
+            }
+        }
+    }
+
+    if args.runs(Part::Detectors) {
+        match detectors_cost(&ctx).await {
+            Ok(rows) => report.detectors = rows,
+            Err(e) => {
+                let msg = format!("detectors scenario FAILED: {e:#}");
                 println!("\n!!! {msg}");
                 failed.push(msg);
             }
@@ -2172,6 +2251,8 @@ struct Report {
     /// The alerts scenario: a dead webhook, then none.
     alerts: Option<support::alerts::AlertsReport>,
     upstreams: Option<support::upstreams::UpstreamsReport>,
+    /// The detectors scenario: every detector on, then none.
+    detectors: Vec<Row>,
 }
 
 impl Report {
@@ -2197,6 +2278,20 @@ impl Report {
                 .upstreams
                 .as_ref()
                 .map_or(0, |u| u.rows.iter().map(|r| r.errors).sum::<u64>())
+            + self.detectors.iter().map(|r| r.errors).sum::<u64>()
+    }
+
+    /// Proxy CPU per keep-alive request with the detectors on: the ratio to the same route
+    /// without them, and the difference in µs.
+    fn detectors_cost(&self) -> (Option<f64>, Option<f64>) {
+        let cpu = |name: &str| {
+            self.detectors
+                .iter()
+                .find(|r| r.target == name)
+                .and_then(|r| r.proxy_cpu_ns)
+        };
+        let (on, off) = (cpu("detectors-on"), cpu("detectors-off"));
+        (ratio(on, off), on.zip(off).map(|(a, b)| (a - b) / 1000.0))
     }
 
     /// Dead webhook over none: proxy CPU per request, latency p50 and p99.
@@ -2534,6 +2629,15 @@ fn summarise(report: &Report, notes: &mut Vec<String>) -> Summary {
             a.dead_counts.1
         );
     }
+    if !report.detectors.is_empty() {
+        let (ratio, extra) = report.detectors_cost();
+        println!("\n== summary: every detector on against none ==");
+        println!(
+            "proxy CPU per keep-alive request {:>6}x   ({} µs more per request)",
+            opt(ratio, 3),
+            opt(extra, 2)
+        );
+    }
     let errors = report.total_errors();
     if errors > 0 {
         notes.push(format!("{errors} ERRORS during the run"));
@@ -2695,6 +2799,18 @@ fn report_json(
             })
         }),
         "upstreams": report.upstreams.as_ref().map(support::upstreams::UpstreamsReport::json),
+        "detectors": (!report.detectors.is_empty()).then(|| {
+            let (ratio, extra) = report.detectors_cost();
+            json!({
+                "description": "keep-alive requests on a workload route with every detector of \
+                    [detectors] on (denials, failed sign-ins, revoked credentials, distinct \
+                    addresses; nothing firing), against the same route without [detectors]; two \
+                    Vigil instances, measured alternately",
+                "targets": report.detectors.iter().map(row_json).collect::<Vec<_>>(),
+                "ratio_proxy_cpu_per_request_detectors_on_to_off": ratio,
+                "extra_proxy_cpu_us_per_request": extra,
+            })
+        }),
         "total_errors": report.total_errors(),
         "notes": notes,
     })

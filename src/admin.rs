@@ -2,6 +2,7 @@
 //! HTTP on loopback or TLS with client certificates. Every request passes [`gate`] first.
 
 pub mod actions;
+pub mod blocks;
 pub mod gate;
 pub mod grants;
 pub mod limits;
@@ -414,6 +415,16 @@ async fn route(
                 grants::revoke(shared, conn, caller, body)
             }
         }
+        (&Method::GET | &Method::HEAD, "/blocks") => blocks::list(shared),
+        (&Method::POST, "/blocks" | "/blocks/lift") => {
+            let creating = req.uri().path() == "/blocks";
+            match read_json(req, body_timeout).await {
+                Ok(body) => blocks::change(shared, conn, caller, creating, body),
+                Err(refused) => body_refused(&refused, body_timeout),
+            }
+        }
+        (_, "/blocks/lift") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
+        (_, "/blocks") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST\n"),
         (_, "/grants/revoke") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),
         (_, "/grants") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST\n"),
         (_, "/revoke" | "/restore") => text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n"),

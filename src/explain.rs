@@ -342,6 +342,7 @@ fn assess(
             idp_risk: doc.person.as_ref().and_then(|p| p.risk.as_deref()),
             recent_denials: 0,
             first_seen_device: false,
+            detectors: &[],
         },
     )
 }

@@ -30,9 +30,12 @@
 //!   health checks.
 //! - [`reload`]: the configuration and every file it names, reloaded and swapped whole.
 //! - [`admin`]: Prometheus metrics, health and readiness (per route, with the state of each
-//!   component), revocation; the admin listener's
+//!   component), revocation, blocks; the admin listener's
 //!   gate (own Host, own origin, JSON bodies, tokens), its own limits, and the audit trail of
 //!   the actions ordered there.
+//! - [`anomaly`]: detectors counting denials, failed sign-ins, refusals for revoked
+//!   credentials and distinct addresses and countries in bounded sliding windows, and the
+//!   blocks they (or operators) put on subjects.
 //! - [`alerts`]: events for operators (blocks, detectors, grants), logged and delivered off
 //!   the request path to a signed webhook with bounded retries and a bounded queue.
 //! - [`state`]: what every connection shares: the snapshot in force and the run-time state
@@ -266,6 +269,7 @@ async fn launch(
     });
     tokio::spawn(live::verifier(shared.clone(), admin_stop.clone()));
     tokio::spawn(jit::expiry(shared.clone(), admin_stop.clone()));
+    tokio::spawn(admin::blocks::expiry(shared.clone(), admin_stop.clone()));
     let alerts_task = tokio::spawn(alerts::deliver(shared.alerts.clone(), admin_stop.clone()));
     let current = shared.clone();
     tokio::spawn(tls::lifecycle::recheck(

@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod alerts;
+pub mod detectors;
 pub mod policy;
 pub mod process;
 
@@ -234,6 +235,17 @@ pub mod labels {
         "grant_revoked",
         "grant_created",
     ];
+    /// `vigil_detector_fired_total{detector}` and `vigil_detector_evictions_total{detector}`:
+    /// the detectors of `[detectors]`.
+    pub const DETECTORS: &[&str] = &[
+        "denials",
+        "failed_logins",
+        "addresses",
+        "countries",
+        "revoked",
+    ];
+    /// `vigil_detector_fired_total{action}`.
+    pub const DETECTOR_ACTIONS: &[&str] = &["block", "raise_risk"];
     /// `vigil_alerts_total{result}`: what became of an alert at the webhook.
     pub const ALERT_RESULTS: &[&str] = &["sent", "failed", "dropped"];
     /// `vigil_revocations_total{reason}`: the kinds of revocation.
@@ -295,6 +307,7 @@ pub struct Metrics {
     pub policies: policy::Policies,
     pub access: access::Access,
     pub alerts: alerts::Alerts,
+    pub detectors: detectors::Detectors,
     /// The standard `process_*` families, without the prefix.
     process: Registry,
 }
@@ -351,8 +364,7 @@ impl Metrics {
 
     /// Every family, registered in the order of the exposition.
     fn register() -> Self {
-        let mut registry = Registry::with_prefix("vigil");
-        let r = &mut registry;
+        let r = &mut Registry::with_prefix("vigil");
         Self {
             requests: metric(
                 r,
@@ -430,7 +442,6 @@ impl Metrics {
                 "config_generation",
                 "Generation of the configuration snapshot in use",
             ),
-
             config_reloads: metric(r, "config_reloads", "Configuration reloads applied"),
             config_reload_failures: metric(
                 r,
@@ -447,8 +458,9 @@ impl Metrics {
             policies: policy::Policies::register(r),
             access: access::Access::register(r),
             alerts: alerts::Alerts::register(r),
+            detectors: detectors::Detectors::register(r),
             process: process_registry(),
-            registry,
+            registry: std::mem::take(r),
         }
     }
 
@@ -497,6 +509,7 @@ impl Metrics {
             let _ = self.limits_hit.get_or_create(&Limit { limit });
         }
         self.alerts.precreate();
+        self.detectors.precreate();
     }
 
     /// Counts a decision made for the enforcement point `point` (`(none)`: a caller that is

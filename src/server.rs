@@ -257,7 +257,7 @@ async fn connection(
         return;
     };
     let (_, session) = tls.get_ref();
-    let peer = match check_client(&shared, &snapshot, session) {
+    let peer = match check_client(&shared, &snapshot, session, remote) {
         Ok(peer) => peer,
         Err((reason, e)) => {
             handshake_failed::<()>(&shared, remote, reason, &e);
@@ -340,6 +340,7 @@ fn check_client(
     shared: &Shared,
     snapshot: &Snapshot,
     session: &rustls::ServerConnection,
+    remote: SocketAddr,
 ) -> Result<Arc<PeerCert>, (&'static str, io::Error)> {
     let chain = session.peer_certificates().unwrap_or_default();
     let Some(leaf) = chain.first() else {
@@ -362,10 +363,25 @@ fn check_client(
         }
     };
     if shared.revocations.device(&peer.fingerprint_hex) {
+        revoked_device(shared, snapshot, &peer, remote);
         let e = io::Error::other("device certificate revoked by an operator");
         return Err(("device_revoked", e));
     }
     Ok(peer)
+}
+
+/// Tells the detectors that a revoked device certificate tried to connect.
+fn revoked_device(shared: &Shared, snapshot: &Snapshot, peer: &PeerCert, remote: SocketAddr) {
+    let who = crate::access::Who {
+        user: None,
+        email: None,
+        groups: &[],
+        spiffe: peer.spiffe_id.as_deref(),
+        device: &peer.fingerprint_hex,
+        address: Some(remote.ip()),
+    };
+    let seen = crate::anomaly::detect::Seen::Revoked;
+    shared.detect(snapshot, seen, &who, crate::identity::now());
 }
 
 /// The record of a connection that passed its handshake, registered with the live

@@ -34,6 +34,8 @@ pub struct Shared {
     pub access: crate::access::Access,
     /// Subjects blocked by detectors or operators.
     pub blocks: crate::anomaly::blocks::Blocks,
+    /// The detectors' counts; their settings are in the snapshot.
+    pub detectors: crate::anomaly::detect::Tables,
     /// Alerts for operators: logged, and queued for `[alerts] webhook`.
     pub alerts: Arc<crate::alerts::Alerts>,
     next_connection: AtomicU64,
@@ -57,6 +59,7 @@ impl Shared {
         let instance_id = crate::hex::encode(&random);
         let alerts =
             crate::alerts::Alerts::new(&instance_id, metrics.clone(), snapshot.alerts.clone());
+        let detectors = crate::anomaly::detect::Tables::new(&metrics);
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -70,6 +73,7 @@ impl Shared {
             posture: Default::default(),
             access: Default::default(),
             blocks: Default::default(),
+            detectors,
             alerts: Arc::new(alerts),
             next_connection: AtomicU64::new(1),
         })
@@ -77,6 +81,32 @@ impl Shared {
 }
 
 impl Shared {
+    /// What a detector firing acts on.
+    pub fn acting(&self) -> crate::anomaly::detect::Acting<'_> {
+        crate::anomaly::detect::Acting {
+            tables: &self.detectors,
+            blocks: &self.blocks,
+            alerts: &self.alerts,
+            metrics: &self.metrics,
+            live: &self.live,
+        }
+    }
+
+    /// Tells the detectors of `snapshot` (if any run) that `seen` happened to `who` at `now`;
+    /// true when one fired.
+    pub fn detect(
+        &self,
+        snapshot: &Snapshot,
+        seen: crate::anomaly::detect::Seen<'_>,
+        who: &crate::access::Who<'_>,
+        now: i64,
+    ) -> bool {
+        snapshot
+            .detectors
+            .as_ref()
+            .is_some_and(|d| d.observe(&self.acting(), seen, who, now))
+    }
+
     /// A new connection id, unique for the life of the process.
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed)

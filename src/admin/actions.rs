@@ -1,5 +1,5 @@
-//! The audit trail of admin actions: every revocation, device restore and reload ordered on
-//! the admin listener, as one JSON line with who ordered it, what it named, and how it ended.
+//! The audit trail of admin actions: every revocation, device restore, reload and block (made
+//! or lifted) ordered on the admin listener, as one JSON line with who ordered it, what it named, and how it ended.
 //!
 //! The lines go where `[log] admin_actions` says: by default into the decision log's own
 //! destination (in order among the decision lines, with `"kind":"admin_action"`), so the
@@ -31,6 +31,10 @@ pub enum Action {
     Restore,
     /// `POST /reload`.
     Reload,
+    /// `POST /blocks`.
+    Block,
+    /// `POST /blocks/lift`.
+    LiftBlock,
 }
 
 /// One admin action, as written. Field names are part of the operator contract
@@ -52,7 +56,8 @@ pub struct Line<'a> {
     pub certificate: Option<&'a str>,
     /// The caller's IP address.
     pub client: IpAddr,
-    /// What a revocation or restore named (`session`, `user`, `device`), as sent.
+    /// What a revocation or restore named (`session`, `user`, `device`), as sent; what a
+    /// block or its lifting named (`subject`, as `kind:value`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub target: BTreeMap<&'static str, String>,
     /// `ok`: done. `refused`: nothing changed (a malformed request, nothing to restore, a
@@ -128,6 +133,28 @@ pub fn revocation(
         if let Some(value) = body.and_then(|b| b[key].as_str()) {
             line.target.insert(key, bounded(value, MAX_TARGET));
         }
+    }
+    shared.admin_actions.record(&line);
+}
+
+/// Records a `POST /blocks` (`blocking`) or `POST /blocks/lift` with the subject it named
+/// (when it could be read) and the status it was answered with.
+pub fn block(
+    shared: &Shared,
+    conn: &gate::Conn,
+    caller: &gate::Caller,
+    blocking: bool,
+    (subject, status): (Option<&crate::access::Subject>, StatusCode),
+) {
+    let action = if blocking {
+        Action::Block
+    } else {
+        Action::LiftBlock
+    };
+    let mut line = line(action, conn, caller, status);
+    if let Some(subject) = subject {
+        line.target
+            .insert("subject", bounded(&subject.key(), MAX_TARGET));
     }
     shared.admin_actions.record(&line);
 }
@@ -221,6 +248,8 @@ mod tests {
                     "revoke" => Action::Revoke,
                     "restore" => Action::Restore,
                     "reload" => Action::Reload,
+                    "block" => Action::Block,
+                    "lift_block" => Action::LiftBlock,
                     other => panic!("unknown action {other}"),
                 },
                 actor: &read.actor,
@@ -230,7 +259,12 @@ mod tests {
                 target: read
                     .target
                     .iter()
-                    .map(|(k, v)| (known(k, &["session", "user", "device"]), v.clone()))
+                    .map(|(k, v)| {
+                        (
+                            known(k, &["session", "user", "device", "subject"]),
+                            v.clone(),
+                        )
+                    })
                     .collect(),
                 outcome: known(&read.outcome, &["ok", "refused"]),
                 status: read.status,

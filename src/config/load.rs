@@ -99,6 +99,7 @@ pub struct RawConfig {
     pub policy: PolicySection,
     pub authz: Option<AuthzSection>,
     pub alerts: Option<AlertsSection>,
+    pub detectors: Option<DetectorsSection>,
     /// Routes in file order; `None` where a route could not be read.
     pub routes: Vec<Option<RouteSection>>,
     /// Sections written in the file that could not be read (their problems are reported):
@@ -119,6 +120,7 @@ impl RawConfig {
             "risk" => self.risk.is_none(),
             "authz" => self.authz.is_none(),
             "alerts" => self.alerts.is_none(),
+            "detectors" => self.detectors.is_none(),
             _ => false,
         };
         absent && !self.unreadable.iter().any(|u| u == name)
@@ -203,6 +205,9 @@ const SECTIONS: &[(&str, Read)] = &[
     }),
     ("alerts", |raw, e| {
         e.read().map(|v| raw.alerts = Some(v)).is_some()
+    }),
+    ("detectors", |raw, e| {
+        e.read().map(|v| raw.detectors = Some(v)).is_some()
     }),
     ("route", |raw, e| {
         raw.routes = e.read_routes();
@@ -761,6 +766,54 @@ timeout = "5s"
 backoff = "200ms"
 backoff_max = "30s"
 
+[detectors]
+table_size = 100000
+
+[detectors.denials]
+threshold = 10
+window = "1h"
+per = ["user", "device", "address"]
+action = "block"
+block_for = "15m"
+weight = 30
+raise_for = "1h"
+
+[detectors.failed_logins]
+threshold = 5
+window = "1h"
+per = ["user"]
+action = "raise_risk"
+block_for = "15m"
+weight = 30
+raise_for = "1h"
+
+[detectors.addresses]
+threshold = 5
+window = "1h"
+per = ["user"]
+action = "raise_risk"
+block_for = "15m"
+weight = 30
+raise_for = "1h"
+
+[detectors.countries]
+threshold = 5
+window = "1h"
+per = ["user"]
+action = "raise_risk"
+block_for = "15m"
+weight = 30
+raise_for = "1h"
+
+[detectors.revoked]
+threshold = 5
+window = "1h"
+per = ["user"]
+action = "raise_risk"
+block_for = "15m"
+weight = 30
+raise_for = "1h"
+
 [[route]]
 name = "app"
 host = "app.example.org"
@@ -838,6 +891,7 @@ grant = true
             ("policy", Keys::walk::<PolicySection>()),
             ("authz", Keys::walk::<AuthzSection>()),
             ("alerts", Keys::walk::<AlertsSection>()),
+            ("detectors", Keys::walk::<DetectorsSection>()),
             ("route.0", Keys::walk::<RouteSection>()),
         ];
         let names: Vec<&str> = SECTIONS.iter().map(|(name, _)| *name).collect();

@@ -10,6 +10,7 @@ mod assertion;
 pub mod authz;
 mod certificates;
 mod compiler;
+mod detectors;
 mod devices;
 pub mod diagnostics;
 mod hsts;
@@ -73,6 +74,9 @@ pub struct Snapshot {
     /// Where alerts are delivered, when `[alerts] webhook` is configured; otherwise they are
     /// only logged.
     pub alerts: Option<Arc<crate::alerts::Webhook>>,
+    /// The detectors that run, when `[detectors]` is configured; their counts live in
+    /// `state::Shared`, so a reload keeps them.
+    pub detectors: Option<Arc<crate::anomaly::detect::Settings>>,
     /// Signs `X-Vigil-Assertion`, when `[assertion]` is configured.
     pub signer: Option<Arc<Signer>>,
     /// The verifier inside `tls`, to re-check certificates of resumed sessions.
@@ -232,6 +236,7 @@ impl Compiler<'_> {
         let admin = self.admin(raw);
         let authz = self.authz(raw.authz.as_ref());
         let alerts = self.alerts(raw.alerts.as_ref());
+        let detectors = self.detectors(raw.detectors.as_ref(), risk.as_ref());
         let (server, tls, routes) = (server?, tls?, routes?);
         let policy = crate::policy::Policy::new(
             routes.table.iter().map(|r| r.policy.clone()),
@@ -253,6 +258,7 @@ impl Compiler<'_> {
             signer,
             authz,
             alerts,
+            detectors,
             devices,
             risk,
             verify,

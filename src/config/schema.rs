@@ -782,6 +782,63 @@ impl AlertsSection {
     }
 }
 
+/// `[detectors]`: sliding-window detectors and what they do when they fire. A detector runs
+/// when its table is written (`[detectors.denials]`, ...); every key of it has a default.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DetectorsSection {
+    /// Keys (users, devices, addresses) each detector's table holds at most; a full table
+    /// drops its least recently seen half. Default 100000.
+    #[serde(default = "DetectorsSection::default_table_size")]
+    pub table_size: usize,
+    /// Denials by policy per user, device and address.
+    #[serde(default)]
+    pub denials: Option<DetectorSection>,
+    /// Failed sign-ins (bad callbacks) per address and device.
+    #[serde(default)]
+    pub failed_logins: Option<DetectorSection>,
+    /// Distinct source addresses per person (else per client certificate).
+    #[serde(default)]
+    pub addresses: Option<DetectorSection>,
+    /// Distinct countries per person (else per client certificate); needs `[risk]
+    /// geoip_database`.
+    #[serde(default)]
+    pub countries: Option<DetectorSection>,
+    /// Requests refused for a revoked session, user, device or token subject.
+    #[serde(default)]
+    pub revoked: Option<DetectorSection>,
+}
+
+impl DetectorsSection {
+    fn default_table_size() -> usize {
+        100_000
+    }
+}
+
+/// One detector; each default depends on the detector (see docs/configuration.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DetectorSection {
+    /// The detector fires when a count in `window` goes over this.
+    #[serde(default)]
+    pub threshold: Option<u32>,
+    #[serde(default)]
+    pub window: Option<HumanDuration>,
+    /// Whom events are counted for: `user`, `device`, `address`.
+    #[serde(default)]
+    pub per: Option<Vec<String>>,
+    /// `block` or `raise_risk`.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// How long a block lasts.
+    #[serde(default)]
+    pub block_for: Option<HumanDuration>,
+    /// What `raise_risk` adds to the risk score.
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// How long a raised risk lasts.
+    #[serde(default)]
+    pub raise_for: Option<HumanDuration>,
+}
+
 /// `[authz]`: Vigil's decision offered as a service to other enforcement points (nginx
 /// `auth_request`, Envoy's ext_authz HTTP service, Traefik's forwardAuth), on the proxy
 /// listener. Absent: no such endpoint, and the path is an ordinary `/.vigil/` path.

@@ -3,6 +3,7 @@
 //! same way.
 
 use crate::access::Who;
+use crate::anomaly::detect::Seen;
 use crate::config::Snapshot;
 use crate::connection::Connection;
 use crate::identity::Identity;
@@ -31,7 +32,17 @@ pub fn identified(cx: &mut super::Context<'_>, identity: Option<&Identity>) -> (
     cx.identity = identity.cloned();
     let now = crate::identity::now();
     let route = cx.route.as_ref().map(|r| r.name.as_str());
-    let assessed = assess(cx.shared, cx.snapshot, cx.conn, identity, route, now, true);
+    let mut assessed = assess(cx.shared, cx.snapshot, cx.conn, identity, route, now, true);
+    let seen = Seen::Request {
+        country: assessed.country.as_deref(),
+    };
+    if cx
+        .shared
+        .detect(cx.snapshot, seen, &who(cx.conn, identity), now)
+    {
+        // A detector fired on this very request: its block or risk signal applies to it.
+        assessed = assess(cx.shared, cx.snapshot, cx.conn, identity, route, now, false);
+    }
     cx.risk.clone_from(&assessed.risk);
     (now, assessed)
 }
@@ -75,6 +86,7 @@ pub fn assess(
             ..Assessed::default()
         };
     };
+    let raised = shared.detectors.raised(&who, now);
     let source = conn.remote.ip();
     let country = settings.geoip.as_ref().and_then(|g| g.country(source));
     let who = identity.map_or(conn.peer.fingerprint_hex.as_str(), |i| i.subject.as_str());
@@ -95,6 +107,7 @@ pub fn assess(
                     .posture
                     .first_seen(&i.subject, &conn.peer.fingerprint_hex, remember)
             }),
+            detectors: &raised,
         },
     );
     Assessed {

@@ -83,6 +83,9 @@ pub fn decide(
                     i.subject.as_str()
                 });
             cx.shared.posture.record_denial(who, facts.time);
+            let seen = crate::anomaly::detect::Seen::Denial;
+            let asking = super::assess::who(cx.conn, facts.person);
+            cx.shared.detect(cx.snapshot, seen, &asking, facts.time);
             let mut public = format!("access denied by route '{}'", route.name);
             // A policy's own reasons are written for the people it refuses.
             let told: Vec<&str> = decision

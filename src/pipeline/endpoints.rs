@@ -272,6 +272,14 @@ async fn callback(record: &mut Record<'_>, host: &str, req: &Request<Incoming>) 
         Err(e) => {
             tracing::info!(request_id = record.request_id.to_str().unwrap_or(""), error = %e, "sign-in failed");
             let status = e.status();
+            // The client's doing (not the provider's): a failed sign-in for the detectors.
+            if status.is_client_error() {
+                let who = super::assess::who(record.conn, None);
+                let seen = crate::anomaly::detect::Seen::FailedLogin;
+                record
+                    .shared
+                    .detect(record.snapshot, seen, &who, identity::now());
+            }
             let mut response = html(status, "Sign-in failed", &e.to_string(), record);
             response
                 .headers_mut()

@@ -53,15 +53,25 @@ pub async fn identify(
                 bearer: None,
                 cookies,
             }),
-            Err(why) => Err(cx.login_required(&why, req, target)),
+            Err(why) => {
+                if matches!(why, SessionRefusal::Revoked(_)) {
+                    revoked(cx, None);
+                }
+                Err(cx.login_required(&why, req, target))
+            }
         },
         Login::Bearer => match identify_bearer(snapshot, route, req.headers()).await {
             Ok((identity, token)) => match bearer_standing(shared, &identity, identity::now()) {
-                Some(why) => Err(cx.refuse_with(
-                    Code::BearerTokenRequired,
-                    Refusal::Unauthorized("a valid bearer token is required".into()),
-                    why,
-                )),
+                Some(why) => Err({
+                    if why.code == Code::BearerSubjectRevoked {
+                        revoked(cx, Some(&identity));
+                    }
+                    cx.refuse_with(
+                        Code::BearerTokenRequired,
+                        Refusal::Unauthorized("a valid bearer token is required".into()),
+                        why,
+                    )
+                }),
                 None => Ok(Identified {
                     bearer: Some((Arc::new(identity.clone()), token)),
                     identity: Some(identity),
@@ -81,6 +91,13 @@ pub async fn identify(
             )),
         },
     }
+}
+
+/// Tells the detectors that this request was refused for a revoked credential.
+fn revoked(cx: &Context<'_>, identity: Option<&Identity>) {
+    let who = super::assess::who(cx.conn, identity);
+    let seen = crate::anomaly::detect::Seen::Revoked;
+    cx.shared.detect(cx.snapshot, seen, &who, identity::now());
 }
 
 /// A session revoked by an operator, a logout or the provider's back-channel.

@@ -141,6 +141,8 @@ pub struct RiskFacts<'a> {
     pub first_seen_device: bool,
     /// The source's country, when a database is configured and knows it.
     pub country: Option<&'a str>,
+    /// Risk signals `[detectors]` raised on the subject: (detector, weight).
+    pub detectors: &'a [(&'static str, u32)],
 }
 
 /// Turns signals into a score and a level. Pure.
@@ -204,6 +206,9 @@ pub fn assess(s: &RiskSettings, f: &RiskFacts<'_>) -> Assessment {
             ),
             None => add(s.country_unknown, "source country unknown".into()),
         }
+    }
+    for (detector, weight) in f.detectors {
+        add(*weight, format!("detector {detector} fired"));
     }
     let level = if score >= s.high {
         Level::High
@@ -363,6 +368,7 @@ mod tests {
                     recent_denials: *denials,
                     first_seen_device: *first,
                     country: None,
+                    detectors: &[],
                 },
             );
             assert_eq!(a.level, *want, "case {i}: {a:?}");
