@@ -343,3 +343,38 @@ async fn grant_changes_are_announced_on_the_alert_webhook_signed() -> Result<()>
     assert_eq!(kinds, ["grant_created", "grant_revoked"]);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_operator_block_cuts_the_open_connection_of_the_blocked_workload() -> Result<()> {
+    let pki = Pki::new()?;
+    let (running, _log) = proxy(&pki).await?;
+    let batch = pki.workload(SPIFFE_BATCH)?;
+    let (mut sender, connection) = h2(&running, &pki, &batch).await?;
+    assert_eq!(sender.send_request(request()?).await?.status(), 200);
+    let blocked = post(
+        &running,
+        "/blocks",
+        &format!(
+            r#"{{"subject": {{"spiffe": "{SPIFFE_BATCH}"}}, "duration": "10m", "reason": "INC-9"}}"#
+        ),
+    )
+    .await?;
+    assert_eq!(blocked.status, 201, "{blocked:?}");
+    let closed = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(
+        closed.is_ok(),
+        "the blocked workload's connection stayed open"
+    );
+    assert!(metric(&running, "vigil_connections_cut_total{reason=\"blocked\"}").await? >= 1.0);
+    let (mut again, _conn) = h2(&running, &pki, &batch).await?;
+    assert_eq!(again.send_request(request()?).await?.status(), 403);
+    let lifted = post(
+        &running,
+        "/blocks/lift",
+        &format!(r#"{{"subject": {{"spiffe": "{SPIFFE_BATCH}"}}}}"#),
+    )
+    .await?;
+    assert_eq!(lifted.status, 200, "{lifted:?}");
+    assert_eq!(again.send_request(request()?).await?.status(), 200);
+    Ok(())
+}
