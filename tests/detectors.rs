@@ -8,15 +8,16 @@ mod support;
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::receiver::Receiver;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket};
@@ -50,88 +51,9 @@ async fn counting_upstream() -> Result<(SocketAddr, Arc<AtomicUsize>)> {
     Ok((addr, hits))
 }
 
-/// A webhook receiver over TLS keeping each alert whose signature verifies with [`SECRET`]
-/// (and counting those that do not).
-struct Receiver {
-    addr: SocketAddr,
-    verified: Arc<Mutex<Vec<serde_json::Value>>>,
-    forged: Arc<AtomicUsize>,
-}
-
-impl Receiver {
-    async fn start(pki: &Pki) -> Result<Self> {
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(pki.path("server.pem"))?.collect::<Result<_, _>>()?;
-        let key = PrivateKeyDer::from_pem_file(pki.path("server.key"))?;
-        let tls = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let verified = Arc::new(Mutex::new(Vec::new()));
-        let forged = Arc::new(AtomicUsize::new(0));
-        let (keep, bad) = (verified.clone(), forged.clone());
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, keep, bad) = (acceptor.clone(), keep.clone(), bad.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (keep, bad) = (keep.clone(), bad.clone());
-                        async move {
-                            let header = |name: &str| {
-                                req.headers()
-                                    .get(name)
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or_default()
-                                    .to_owned()
-                            };
-                            let (stamp, signature) =
-                                (header("x-vigil-timestamp"), header("x-vigil-signature"));
-                            let body = req.into_body().collect().await?.to_bytes();
-                            if signed(&stamp, &body, &signature) {
-                                let doc = serde_json::from_slice(&body).unwrap_or_default();
-                                keep.lock().unwrap().push(doc);
-                            } else {
-                                bad.fetch_add(1, Ordering::SeqCst);
-                            }
-                            Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::new())))
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
-        Ok(Self {
-            addr,
-            verified,
-            forged,
-        })
-    }
-
-    fn kinds(&self, kind: &str) -> Vec<serde_json::Value> {
-        let got = self.verified.lock().unwrap();
-        got.iter().filter(|d| d["kind"] == kind).cloned().collect()
-    }
-}
-
-/// The receiver's check: HMAC-SHA256 over `<timestamp>.<body>`, compared in constant time.
-fn signed(stamp: &str, body: &[u8], signature: &str) -> bool {
-    let Some(hex) = signature.strip_prefix("sha256=") else {
-        return false;
-    };
-    let tag: Option<Vec<u8>> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect();
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, SECRET.as_bytes());
-    let message = [stamp.as_bytes(), b".", body].concat();
-    tag.is_some_and(|t| aws_lc_rs::hmac::verify(&key, &message, &t).is_ok())
+/// The signed alerts of `kind` the receiver got.
+fn kinds(receiver: &Receiver, kind: &str) -> Vec<serde_json::Value> {
+    receiver.signed_of_kind(SECRET.as_bytes(), kind)
 }
 
 /// `GET path` over a fresh connection from source address `from`.
@@ -182,7 +104,7 @@ fn has_code(line: &serde_json::Value, code: &str) -> bool {
 async fn eleven_denials_block_the_workload_until_the_block_is_lifted() -> Result<()> {
     let pki = Pki::new()?;
     std::fs::write(pki.path("alerts.secret"), SECRET)?;
-    let receiver = Receiver::start(&pki).await?;
+    let receiver = Receiver::start(&pki, &[]).await?;
     let (upstream, hits) = counting_upstream().await?;
     let extra = format!(
         "\n[alerts]\nwebhook = \"https://127.0.0.1:{}/hook\"\nca = \"ca.pem\"\nsecret_file = \"alerts.secret\"\n\n[detectors]\n[detectors.denials]\nper = [\"device\"]\nblock_for = \"10m\"\n",
@@ -240,22 +162,22 @@ async fn eleven_denials_block_the_workload_until_the_block_is_lifted() -> Result
 
     assert!(
         eventually(WAIT, || async {
-            !receiver.kinds("block").is_empty() && !receiver.kinds("detector_fired").is_empty()
+            !kinds(&receiver, "block").is_empty() && !kinds(&receiver, "detector_fired").is_empty()
         })
         .await,
         "the alerts did not arrive"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let fired_alerts = receiver.kinds("detector_fired");
+    let fired_alerts = kinds(&receiver, "detector_fired");
     assert_eq!(fired_alerts.len(), 1, "{fired_alerts:?}");
     assert_eq!(fired_alerts[0]["detail"]["detector"], "denials");
     assert_eq!(fired_alerts[0]["detail"]["count"], 11);
-    assert_eq!(receiver.kinds("block").len(), 1);
+    assert_eq!(kinds(&receiver, "block").len(), 1);
     assert_eq!(
-        receiver.kinds("block")[0]["subject"],
+        kinds(&receiver, "block")[0]["subject"],
         format!("device:{device}")
     );
-    assert_eq!(receiver.forged.load(Ordering::SeqCst), 0);
+    assert_eq!(receiver.forged(SECRET.as_bytes()), 0);
 
     let body = format!("{{\"subject\": {{\"device\": \"{device}\"}}}}");
     assert_eq!(
@@ -268,7 +190,12 @@ async fn eleven_denials_block_the_workload_until_the_block_is_lifted() -> Result
         404
     );
     assert_eq!(metric(&running, "vigil_blocks_active").await?, 0.0);
-    assert!(eventually(WAIT, || async { receiver.kinds("block_lifted").len() == 1 }).await);
+    assert!(
+        eventually(WAIT, || async {
+            kinds(&receiver, "block_lifted").len() == 1
+        })
+        .await
+    );
     let lifts = || {
         decisions(&pki.path("d.log"))
             .into_iter()

@@ -92,6 +92,21 @@ impl Receiver {
     pub fn got(&self) -> Vec<Received> {
         self.got.lock().unwrap().clone()
     }
+
+    /// The documents of `kind` whose signature verifies with `secret`.
+    pub fn signed_of_kind(&self, secret: &[u8], kind: &str) -> Vec<serde_json::Value> {
+        self.got()
+            .iter()
+            .filter(|r| verifies(secret, r))
+            .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+            .filter(|d| d["kind"] == kind)
+            .collect()
+    }
+
+    /// How many requests carried a signature that does not verify with `secret`.
+    pub fn forged(&self, secret: &[u8]) -> usize {
+        self.got().iter().filter(|r| !verifies(secret, r)).count()
+    }
 }
 
 /// What a receiver does: recompute the HMAC over `<timestamp>.<body>` and compare in
