@@ -2,7 +2,7 @@
 //! a route for a bounded time, for a reason, approved by someone; and the access requests
 //! people make themselves, waiting for an approver.
 //!
-//! Grants are facts of the decision ([`crate::policy::Facts::grants`]): a rule with
+//! Grants are facts of the decision (the facts document's `grants`): a rule with
 //! `grant = true` or a Rego policy may require them. They end on their own at `expires_at`, or
 //! when revoked; what they allowed is then cut off by the live verifier. Kept in memory, per
 //! replica, bounded in number.

@@ -223,7 +223,7 @@ pub mod labels {
         "access_approved",
         "access_refused",
     ];
-    /// `vigil_alerts_total{kind}`: `crate::alerts::Kind`.
+    /// `vigil_alerts_total{kind}`: the alert kinds, as alerts name them.
     pub const ALERT_KINDS: &[&str] = &[
         "block",
         "block_lifted",

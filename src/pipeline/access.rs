@@ -161,63 +161,35 @@ pub fn overview(record: &mut Record<'_>, host: &str, req: &Request<Incoming>) ->
     };
     let token = token(record, &who).unwrap_or_default();
     let now = identity::now();
-    let snapshot = record.snapshot;
-    let approves = |route: &str| {
-        snapshot
-            .routes
-            .iter()
-            .find(|r| r.name == route)
-            .and_then(|r| r.grants.as_ref())
-            .is_some_and(|g: &GrantSettings| {
+    // The routes whose requests this person decides.
+    let approves: Vec<&str> = record
+        .snapshot
+        .routes
+        .iter()
+        .filter(|r| {
+            r.grants.as_ref().is_some_and(|g: &GrantSettings| {
                 g.approves(&who.subject, who.email.as_deref(), &who.groups)
             })
-    };
+        })
+        .map(|r| r.name.as_str())
+        .collect();
     let requests = record.shared.access.requests();
     let mut out = format!(
         "<p>Signed in as <strong>{}</strong>.</p>",
         escape(person(&who).name())
     );
-    let waiting: Vec<&AccessRequest> = requests
-        .iter()
-        .filter(|r| r.state == RequestState::Pending && approves(&r.route))
-        .collect();
-    if !waiting.is_empty()
-        || snapshot.routes.iter().any(|r| {
-            r.grants
-                .as_ref()
-                .is_some_and(|g| g.approves(&who.subject, who.email.as_deref(), &who.groups))
-        })
-    {
+    if !approves.is_empty() {
+        let waiting: Vec<&AccessRequest> = requests
+            .iter()
+            .filter(|r| r.state == RequestState::Pending && approves.contains(&r.route.as_str()))
+            .collect();
         out.push_str("<h2>Waiting for your approval</h2>");
         approvals(&mut out, &waiting, &who, &token);
     }
     out.push_str("<h2>Your requests</h2>");
     own_requests(&mut out, &requests, &who);
     out.push_str("<h2>Your grants</h2>");
-    let mut listed = false;
-    for route in snapshot.routes.iter() {
-        let who_now = crate::access::Who {
-            user: Some(&who.subject),
-            email: who.email.as_deref(),
-            groups: &who.groups,
-            spiffe: record.conn.peer.spiffe_id.as_deref(),
-            device: &record.conn.peer.fingerprint_hex,
-            address: None,
-        };
-        for g in record.shared.access.active(&route.name, &who_now, now) {
-            listed = true;
-            let _ = write!(
-                out,
-                "<p class=\"grant\">{} until {} (approved by {})</p>",
-                escape(&g.route),
-                escape(&when(g.expires_at)),
-                escape(&g.approved_by)
-            );
-        }
-    }
-    if !listed {
-        out.push_str("<p>None in force.</p>");
-    }
+    own_grants(&mut out, record, &who, now);
     let mut response = page("Access requests", &out);
     for c in cookies {
         response.headers_mut().append(header::SET_COOKIE, c);
@@ -229,6 +201,28 @@ pub fn overview(record: &mut Record<'_>, host: &str, req: &Request<Incoming>) ->
         StatusCode::OK,
     );
     response
+}
+
+/// The grants in force for the person (and for this device and workload certificate).
+fn own_grants(out: &mut String, record: &Record<'_>, who: &Identity, now: i64) {
+    let asking = super::assess::who(record.conn, Some(who));
+    let mut listed = false;
+    for g in record.shared.access.list(now) {
+        if !g.subject.matches(&asking) {
+            continue;
+        }
+        listed = true;
+        let _ = write!(
+            out,
+            "<p class=\"grant\">{} until {} (approved by {})</p>",
+            escape(&g.route),
+            escape(&when(g.expires_at)),
+            escape(&g.approved_by)
+        );
+    }
+    if !listed {
+        out.push_str("<p>None in force.</p>");
+    }
 }
 
 fn approvals(out: &mut String, waiting: &[&AccessRequest], who: &Identity, token: &str) {
