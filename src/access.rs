@@ -150,7 +150,7 @@ pub struct Grant {
 }
 
 /// What an access request is waiting for, or how it ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum RequestState {
     Pending,
@@ -159,7 +159,7 @@ pub enum RequestState {
 }
 
 /// A person asking for a route for some time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessRequest {
     pub id: String,
     pub route: String,
@@ -207,6 +207,9 @@ pub struct Access {
     requests: RwLock<VecDeque<AccessRequest>>,
     /// Woken when a grant is made or ends, so the expiry task sleeps until the next expiry.
     pub changed: Notify,
+    /// Held while a change that lets someone in (a grant, an approval) is checked, written
+    /// to the shared state and applied, so two of them never decide on the same request.
+    pub writing: tokio::sync::Mutex<()>,
 }
 
 /// A random id: 16 hex digits.
@@ -337,6 +340,101 @@ impl Access {
         request.state = RequestState::Pending;
         requests.push_back(request.clone());
         Ok((request, true))
+    }
+
+    /// Puts `grant` in force as it is, replacing one with the same id: a grant made on
+    /// another replica, or read back from the shared state. An expired one is ignored.
+    pub fn put_grant(&self, grant: Grant, now: i64) {
+        if grant.expires_at <= now {
+            return;
+        }
+        let mut grants = self.grants.write().unwrap_or_else(|e| e.into_inner());
+        grants.retain(|g| g.id != grant.id);
+        if grants.len() < MAX_GRANTS {
+            grants.push(Arc::new(grant));
+            self.any.store(true, Ordering::Release);
+        }
+        drop(grants);
+        self.changed.notify_one();
+    }
+
+    /// Puts `request` in as it stands, replacing one with the same id.
+    pub fn put_request(&self, request: AccessRequest, now: i64) {
+        let mut requests = self.requests.write().unwrap_or_else(|e| e.into_inner());
+        requests.retain(|r| {
+            r.id != request.id
+                && (r.state == RequestState::Pending || decided_at(r) + DECIDED_KEPT_SECONDS > now)
+        });
+        if requests.len() >= MAX_REQUESTS {
+            requests.pop_front();
+        }
+        requests.push_back(request);
+    }
+
+    /// Replaces every grant and request with `grants` and `requests` (the shared state as
+    /// read back whole after a reconnect).
+    pub fn replace(&self, grants: Vec<Grant>, mut requests: Vec<AccessRequest>, now: i64) {
+        let mut kept: Vec<Arc<Grant>> = grants
+            .into_iter()
+            .filter(|g| g.expires_at > now)
+            .map(Arc::new)
+            .collect();
+        kept.truncate(MAX_GRANTS);
+        requests.sort_by_key(|r| r.created_at);
+        if !kept.is_empty() {
+            self.any.store(true, Ordering::Release);
+        }
+        *self.grants.write().unwrap_or_else(|e| e.into_inner()) = kept;
+        let mut list = self.requests.write().unwrap_or_else(|e| e.into_inner());
+        *list = requests.into_iter().collect();
+        while list.len() > MAX_REQUESTS {
+            list.pop_front();
+        }
+        drop(list);
+        self.changed.notify_one();
+    }
+
+    /// What asking would record, without recording it: the person's pending request for the
+    /// route updated, or `request` as a new one, and whether it is new.
+    pub fn plan_ask(
+        &self,
+        mut request: AccessRequest,
+        now: i64,
+    ) -> Result<(AccessRequest, bool), AccessError> {
+        let requests = self.requests.read().unwrap_or_else(|e| e.into_inner());
+        let pending = |r: &&AccessRequest| r.state == RequestState::Pending;
+        if let Some(existing) = requests
+            .iter()
+            .filter(pending)
+            .find(|r| r.subject == request.subject && r.route == request.route)
+        {
+            let mut updated = existing.clone();
+            updated.reason = request.reason;
+            updated.duration = request.duration;
+            return Ok((updated, false));
+        }
+        let mine = requests
+            .iter()
+            .filter(pending)
+            .filter(|r| r.subject == request.subject)
+            .count();
+        if mine >= MAX_PENDING_PER_PERSON {
+            return Err(AccessError::TooManyRequests(MAX_PENDING_PER_PERSON));
+        }
+        let open = requests
+            .iter()
+            .filter(|r| r.state == RequestState::Pending || decided_at(r) + DECIDED_KEPT_SECONDS > now)
+            .count();
+        if open >= MAX_REQUESTS && requests.iter().all(|r| r.state == RequestState::Pending) {
+            return Err(AccessError::TooManyRequests(open));
+        }
+        request.state = RequestState::Pending;
+        Ok((request, true))
+    }
+
+    /// How many grants are kept (some may have just expired).
+    pub fn grant_count(&self) -> usize {
+        self.grants.read().map(|g| g.len()).unwrap_or(0)
     }
 
     /// The request `id`, as it stands.

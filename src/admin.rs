@@ -11,7 +11,7 @@ pub mod ready;
 use crate::body::{self, Body};
 use crate::config::admin::AdminLimits;
 use crate::reload::Reloader;
-use crate::state::Shared;
+use crate::state::{Change, Shared, changes};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -392,7 +392,7 @@ async fn route(
             let response = if revoking {
                 revoke(shared, conn, caller, body.clone())
             } else {
-                restore(shared, conn, caller, body.clone())
+                restore(shared, conn, caller, body.clone()).await
             };
             let done = (body.as_ref(), response.status());
             actions::revocation(shared, conn, caller, revoking, done);
@@ -410,7 +410,7 @@ async fn route(
                 Err(refused) => return body_refused(&refused, body_timeout),
             };
             if creating {
-                grants::create(shared, conn, caller, body)
+                grants::create(shared, conn, caller, body).await
             } else {
                 grants::revoke(shared, conn, caller, body)
             }
@@ -419,7 +419,7 @@ async fn route(
         (&Method::POST, "/blocks" | "/blocks/lift") => {
             let creating = req.uri().path() == "/blocks";
             match read_json(req, body_timeout).await {
-                Ok(body) => blocks::change(shared, conn, caller, creating, body),
+                Ok(body) => blocks::change(shared, conn, caller, creating, body).await,
                 Err(refused) => body_refused(&refused, body_timeout),
             }
         }
@@ -557,15 +557,18 @@ fn revoke(
     };
     let mut done = Vec::new();
     if let Some(sid) = body["session"].as_str() {
-        shared.revocations.revoke_session(sid);
+        let sid = sid.to_owned();
+        changes::announce(shared, Change::RevokeSession { sid });
         done.push("session");
     }
     if let Some(sub) = body["user"].as_str() {
-        shared.revocations.revoke_user(sub, now);
+        let sub = sub.to_owned();
+        changes::announce(shared, Change::RevokeUser { sub, at: now });
         done.push("user");
     }
     if let Some(fp) = device {
-        shared.revocations.revoke_device(&fp, now);
+        let fingerprint = fp.to_ascii_lowercase();
+        changes::announce(shared, Change::RevokeDevice { fingerprint, at: now });
         done.push("device");
     }
     if done.is_empty() {
@@ -589,28 +592,34 @@ fn revoke(
     )
 }
 
-/// `POST /restore` with `{"device": FINGERPRINT}` lifts a device block.
-fn restore(
+/// `POST /restore` with `{"device": FINGERPRINT}` lifts a device block: written to the shared
+/// state first (503 when it cannot be), so no replica lets the device in alone.
+async fn restore(
     shared: &Shared,
     conn: &gate::Conn,
     caller: &gate::Caller,
     body: Option<serde_json::Value>,
 ) -> Response<Body> {
-    let device = body.and_then(|body| body["device"].as_str().map(|fp| fp.replace(':', "")));
-    let restored = device
-        .as_deref()
-        .is_some_and(|fp| shared.revocations.restore_device(fp));
-    if let (true, Some(device)) = (restored, &device) {
-        tracing::warn!(device = %device, by = %caller, remote = %conn.remote, "device revocation lifted by an operator");
+    let device = body.and_then(|body| {
+        body["device"]
+            .as_str()
+            .map(|fp| fp.replace(':', "").to_ascii_lowercase())
+    });
+    let blocked = device.as_deref().is_some_and(|fp| shared.revocations.device(fp));
+    let (Some(fingerprint), true) = (device, blocked) else {
+        return json(StatusCode::NOT_FOUND, serde_json::json!({ "ok": false }));
+    };
+    let change = Change::RestoreDevice {
+        fingerprint: fingerprint.clone(),
+    };
+    if let Err(e) = changes::commit(shared, &[change], None).await {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "ok": false, "error": e.to_string() }),
+        );
     }
-    json(
-        if restored {
-            StatusCode::OK
-        } else {
-            StatusCode::NOT_FOUND
-        },
-        serde_json::json!({ "ok": restored }),
-    )
+    tracing::warn!(device = %fingerprint, by = %caller, remote = %conn.remote, "device revocation lifted by an operator");
+    json(StatusCode::OK, serde_json::json!({ "ok": true }))
 }
 
 /// Longest body an admin endpoint reads.

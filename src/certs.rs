@@ -1040,9 +1040,9 @@ fn exact_ttl_text(d: Duration) -> String {
     let secs = d.as_secs();
     match secs {
         0 => humantime::format_duration(d).to_string(),
-        _ if secs % 86_400 == 0 => format!("{}d", secs / 86_400),
-        _ if secs % 3_600 == 0 => format!("{}h", secs / 3_600),
-        _ if secs % 60 == 0 => format!("{}m", secs / 60),
+        _ if secs.is_multiple_of(86_400) => format!("{}d", secs / 86_400),
+        _ if secs.is_multiple_of(3_600) => format!("{}h", secs / 3_600),
+        _ if secs.is_multiple_of(60) => format!("{}m", secs / 60),
         _ => format!("{secs}s"),
     }
 }

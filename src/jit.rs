@@ -5,7 +5,7 @@
 
 use crate::access::{AccessError, AccessRequest, Grant, RequestState, Subject, new_id};
 use crate::decision_log::{self, bounded};
-use crate::state::Shared;
+use crate::state::{Change, Shared, changes};
 use serde::Serialize;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,20 @@ pub enum Refused {
     Subject(&'static str),
     #[error(transparent)]
     Access(#[from] AccessError),
+    /// The shared state could not be written: nothing was granted.
+    #[error(transparent)]
+    State(crate::fleet::Refused),
+}
+
+impl From<crate::fleet::Refused> for Refused {
+    fn from(e: crate::fleet::Refused) -> Self {
+        match e {
+            crate::fleet::Refused::Conflict => {
+                Refused::State(crate::fleet::Refused::Conflict)
+            }
+            other => Refused::State(other),
+        }
+    }
 }
 
 impl Refused {
@@ -57,7 +71,9 @@ impl Refused {
             Refused::NotApprover(..) | Refused::Access(AccessError::OwnRequest) => {
                 StatusCode::FORBIDDEN
             }
-            Refused::Access(AccessError::AlreadyDecided(_)) => StatusCode::CONFLICT,
+            Refused::Access(AccessError::AlreadyDecided(_))
+            | Refused::State(crate::fleet::Refused::Conflict) => StatusCode::CONFLICT,
+            Refused::State(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refused::Access(AccessError::TooManyGrants(_) | AccessError::TooManyRequests(_)) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -198,8 +214,13 @@ fn check_duration(route: &str, max: u64, asked: u64) -> Result<(), Refused> {
     Ok(())
 }
 
-/// Makes a grant (the admin API's `POST /grants`).
-pub fn create(shared: &Shared, new: NewGrant, actor: Actor<'_>) -> Result<Arc<Grant>, Refused> {
+/// Makes a grant (the admin API's `POST /grants`): written to the shared state first, so a
+/// grant that other replicas would not know is never made.
+pub async fn create(
+    shared: &Shared,
+    new: NewGrant,
+    actor: Actor<'_>,
+) -> Result<Arc<Grant>, Refused> {
     let settings = settings(shared, &new.route)?;
     check_duration(&new.route, settings.max, new.duration)?;
     let subject = new.subject.normalised();
@@ -210,7 +231,7 @@ pub fn create(shared: &Shared, new: NewGrant, actor: Actor<'_>) -> Result<Arc<Gr
         return Err(Refused::NoReason);
     }
     let now = crate::identity::now();
-    let grant = shared.access.grant(Grant {
+    let grant = Grant {
         id: new_id(),
         subject,
         route: new.route,
@@ -220,7 +241,14 @@ pub fn create(shared: &Shared, new: NewGrant, actor: Actor<'_>) -> Result<Arc<Gr
         created_at: now,
         expires_at: now.saturating_add(new.duration as i64),
         request: None,
-    })?;
+    };
+    let _writing = shared.access.writing.lock().await;
+    let count = shared.access.grant_count();
+    if count >= crate::access::MAX_GRANTS {
+        return Err(AccessError::TooManyGrants(count).into());
+    }
+    changes::commit(shared, &[Change::Grant { grant: grant.clone() }], None).await?;
+    let grant = Arc::new(grant);
     audit(
         shared,
         "grant_created",
@@ -236,6 +264,7 @@ pub fn create(shared: &Shared, new: NewGrant, actor: Actor<'_>) -> Result<Arc<Gr
 /// Ends grant `id` now, and what it allowed.
 pub fn revoke(shared: &Shared, id: &str, actor: Actor<'_>) -> Option<Arc<Grant>> {
     let ended = shared.access.revoke(id)?;
+    shared.fleet.announce(Change::EndGrant { id: id.to_owned() }.entry());
     audit(
         shared,
         "grant_revoked",
@@ -265,7 +294,7 @@ impl Person<'_> {
 }
 
 /// A person asks for `route` for `duration` seconds.
-pub fn ask(
+pub async fn ask(
     shared: &Shared,
     who: Person<'_>,
     route: &str,
@@ -279,7 +308,8 @@ pub fn ask(
         return Err(Refused::NoReason);
     }
     let now = crate::identity::now();
-    let (request, new) = shared.access.ask(
+    let _writing = shared.access.writing.lock().await;
+    let (request, new) = shared.access.plan_ask(
         AccessRequest {
             id: new_id(),
             route: route.to_owned(),
@@ -292,6 +322,10 @@ pub fn ask(
         },
         now,
     )?;
+    let change = Change::Request {
+        request: request.clone(),
+    };
+    changes::commit(shared, std::slice::from_ref(&change), None).await?;
     let actor = Actor {
         name: who.name(),
         via: "session",
@@ -311,14 +345,17 @@ pub fn ask(
 }
 
 /// An approver approves (`approve`) or refuses request `id`. Nobody decides their own request,
-/// and only the route's approvers decide its requests.
-pub fn settle(
+/// and only the route's approvers decide its requests. The decision is written to the shared
+/// state only while the request is still pending there, so two approvers on two replicas never
+/// both decide it.
+pub async fn settle(
     shared: &Shared,
     who: Person<'_>,
     id: &str,
     approve: bool,
     client: std::net::IpAddr,
 ) -> Result<(AccessRequest, Option<Arc<Grant>>), Refused> {
+    let _writing = shared.access.writing.lock().await;
     let pending = shared
         .access
         .request(id)
@@ -330,23 +367,29 @@ pub fn settle(
             pending.route.clone(),
         ));
     }
+    if pending.state != RequestState::Pending {
+        return Err(AccessError::AlreadyDecided(id.to_owned()).into());
+    }
+    if pending.subject == who.subject {
+        return Err(AccessError::OwnRequest.into());
+    }
     let now = crate::identity::now();
-    let approver = who.name().to_owned();
-    let (request, grant) =
-        shared
-            .access
-            .settle(id, (who.subject, who.name()), approve, now, |r| Grant {
-                id: new_id(),
-                subject: Subject::User(r.subject.clone()),
-                route: r.route.clone(),
-                reason: r.reason.clone(),
-                requested_by: r.requester.clone(),
-                approved_by: approver,
-                created_at: now,
-                // Never beyond the route's maximum in force now.
-                expires_at: now.saturating_add(r.duration.min(settings.max) as i64),
-                request: Some(r.id.clone()),
-            })?;
+    let (request, grant) = decided(&pending, who, approve, settings.max, now);
+    let mut made = vec![Change::Request {
+        request: request.clone(),
+    }];
+    if let Some(grant) = &grant {
+        let count = shared.access.grant_count();
+        if count >= crate::access::MAX_GRANTS {
+            return Err(AccessError::TooManyGrants(count).into());
+        }
+        made.push(Change::Grant {
+            grant: grant.clone(),
+        });
+    }
+    let was = Change::Request { request: pending };
+    changes::commit(shared, &made, Some((&was, Some(&was)))).await?;
+    let grant = grant.map(Arc::new);
     let actor = Actor {
         name: who.name(),
         via: "session",
@@ -367,6 +410,40 @@ pub fn settle(
     );
     observe(shared, now);
     Ok((request, grant))
+}
+
+/// The request decided by `who`, and the grant an approval makes (never beyond the route's
+/// `max` in force now).
+fn decided(
+    pending: &AccessRequest,
+    who: Person<'_>,
+    approve: bool,
+    max: u64,
+    now: i64,
+) -> (AccessRequest, Option<Grant>) {
+    let by = who.name().to_owned();
+    let mut request = pending.clone();
+    if !approve {
+        request.state = RequestState::Refused { by, at: now };
+        return (request, None);
+    }
+    let grant = Grant {
+        id: new_id(),
+        subject: Subject::User(pending.subject.clone()),
+        route: pending.route.clone(),
+        reason: pending.reason.clone(),
+        requested_by: pending.requester.clone(),
+        approved_by: by.clone(),
+        created_at: now,
+        expires_at: now.saturating_add(pending.duration.min(max) as i64),
+        request: Some(pending.id.clone()),
+    };
+    request.state = RequestState::Approved {
+        by,
+        at: now,
+        grant: grant.id.clone(),
+    };
+    (request, Some(grant))
 }
 
 /// Grants in force and requests pending, in the metrics.
@@ -391,8 +468,12 @@ pub async fn expiry(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         let now = crate::identity::now();
         for ended in shared.access.expire(now) {
-            audit(&shared, "grant_expired", None, Some(&ended), None, true);
             shared.live.recheck_now();
+            // Every replica ends the grant; one writes and announces it.
+            let what = format!("grant_expired:{}", ended.id);
+            if shared.fleet.once(&what, 24 * 3600).await {
+                audit(&shared, "grant_expired", None, Some(&ended), None, true);
+            }
         }
         observe(&shared, now);
         // Wake at the next expiry (a second after it starts), or when grants change.

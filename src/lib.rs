@@ -85,6 +85,7 @@ pub mod decision_log;
 pub mod demo;
 pub mod error;
 pub mod explain;
+pub mod fleet;
 pub mod forward;
 pub mod framing;
 pub mod health;
@@ -268,6 +269,7 @@ async fn launch(
         reloader
     });
     tokio::spawn(live::verifier(shared.clone(), admin_stop.clone()));
+    state::changes::start(&shared, admin_stop.clone());
     tokio::spawn(jit::expiry(shared.clone(), admin_stop.clone()));
     tokio::spawn(admin::blocks::expiry(shared.clone(), admin_stop.clone()));
     let alerts_task = tokio::spawn(alerts::deliver(shared.alerts.clone(), admin_stop.clone()));

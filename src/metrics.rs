@@ -8,6 +8,7 @@
 //! emits no value the lists lack.
 
 pub mod access;
+pub mod fleet;
 pub mod alerts;
 pub mod detectors;
 pub mod policy;
@@ -308,6 +309,7 @@ pub struct Metrics {
     pub access: access::Access,
     pub alerts: alerts::Alerts,
     pub detectors: detectors::Detectors,
+    pub fleet: fleet::Fleet,
     /// The standard `process_*` families, without the prefix.
     process: Registry,
 }
@@ -459,6 +461,7 @@ impl Metrics {
             access: access::Access::register(r),
             alerts: alerts::Alerts::register(r),
             detectors: detectors::Detectors::register(r),
+            fleet: fleet::Fleet::register(r),
             process: process_registry(),
             registry: std::mem::take(r),
         }

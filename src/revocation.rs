@@ -171,6 +171,24 @@ impl Revocations {
             .unwrap_or(false)
     }
 
+    /// Replaces every revocation with `listing` (the shared state as read back whole); the
+    /// sign-in states used here are kept.
+    pub fn replace(&self, listing: Listing) {
+        let any = listing.sessions.len()
+            + listing.logged_out.len()
+            + listing.users.len()
+            + listing.devices.len()
+            + listing.provider_sessions.len()
+            + listing.provider_logouts.len()
+            > 0;
+        if let Ok(mut l) = self.inner.write() {
+            *l = listing;
+        }
+        if any {
+            self.any.store(true, Ordering::Release);
+        }
+    }
+
     pub fn listing(&self) -> Listing {
         self.inner.read().map(|l| l.clone()).unwrap_or_default()
     }

@@ -7,6 +7,9 @@ use crate::connection::Registry;
 use crate::decision_log::DecisionLog;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
+
+pub mod changes;
+pub use changes::Change;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,6 +41,8 @@ pub struct Shared {
     pub detectors: crate::anomaly::detect::Tables,
     /// Alerts for operators: logged, and queued for `[alerts] webhook`.
     pub alerts: Arc<crate::alerts::Alerts>,
+    /// Where the state above is shared with the other replicas (`[state]`).
+    pub fleet: crate::fleet::Fleet,
     next_connection: AtomicU64,
 }
 
@@ -60,7 +65,8 @@ impl Shared {
         let alerts =
             crate::alerts::Alerts::new(&instance_id, metrics.clone(), snapshot.alerts.clone());
         let detectors = crate::anomaly::detect::Tables::new(&metrics);
-        Arc::new(Self {
+        let fleet = crate::fleet::Fleet::new(snapshot.state.as_deref(), &instance_id, &metrics);
+        let shared = Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             decisions,
@@ -75,8 +81,18 @@ impl Shared {
             blocks: Default::default(),
             detectors,
             alerts: Arc::new(alerts),
+            fleet,
             next_connection: AtomicU64::new(1),
-        })
+        });
+        let weak = Arc::downgrade(&shared);
+        let keys: crate::fleet::refresh::Keys = Box::new(move || {
+            weak.upgrade()
+                .and_then(|s| s.snapshot.load().sessions.clone())
+        });
+        if let Some(refreshes) = shared.fleet.refreshes(keys) {
+            let _ = shared.reverifier.fleet.set(refreshes);
+        }
+        shared
     }
 }
 
@@ -89,6 +105,7 @@ impl Shared {
             alerts: &self.alerts,
             metrics: &self.metrics,
             live: &self.live,
+            fleet: &self.fleet,
         }
     }
 
@@ -105,6 +122,46 @@ impl Shared {
             .detectors
             .as_ref()
             .is_some_and(|d| d.observe(&self.acting(), seen, who, now))
+    }
+
+    /// Denials of `who` within `window` of `now`: this replica's, or the fleet's when more.
+    pub fn recent_denials(&self, who: &str, now: i64, window: std::time::Duration) -> u32 {
+        let here = self.posture.recent_denials(who, now, window);
+        let fleet = self.fleet.total(&format!("risk_denials|{who}"), now, window);
+        here.max(fleet.unwrap_or(0))
+    }
+
+    /// Counts a denial of `who` for the risk engine, here and across the fleet.
+    pub fn record_denial(&self, who: &str, now: i64) {
+        self.posture.record_denial(who, now);
+        let window = self
+            .snapshot
+            .load()
+            .risk
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(300), |r| r.denial_window);
+        self.fleet.count(crate::fleet::Count {
+            key: format!("risk_denials|{who}"),
+            member: None,
+            window,
+            at: now,
+            fire: None,
+        });
+    }
+
+    /// True when `user` was never seen on `device` (by any replica); with `remember`, it is
+    /// from now on, on every replica.
+    pub fn first_seen(&self, user: &str, device: &str, remember: bool) -> bool {
+        let first = self.posture.first_seen(user, device, remember);
+        if first && remember {
+            let change = Change::Seen {
+                user: user.to_owned(),
+                device: device.to_owned(),
+                at: crate::identity::now(),
+            };
+            self.fleet.announce(change.entry());
+        }
+        first
     }
 
     /// A new connection id, unique for the life of the process.

@@ -8,7 +8,7 @@ use crate::access::Subject;
 use crate::anomaly::blocks::Block;
 use crate::anomaly::detect;
 use crate::body::Body;
-use crate::state::Shared;
+use crate::state::{Change, Shared, changes};
 use http::{Response, StatusCode};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -61,7 +61,7 @@ fn subject(subject: Subject) -> Result<Subject, &'static str> {
 
 /// `POST /blocks` (`creating`) or `POST /blocks/lift` with its JSON body: the answer, written
 /// as an admin action.
-pub fn change(
+pub async fn change(
     shared: &Shared,
     conn: &gate::Conn,
     caller: &gate::Caller,
@@ -71,7 +71,7 @@ pub fn change(
     let (response, named) = if creating {
         create(shared, conn, caller, body)
     } else {
-        lift(shared, conn, caller, body)
+        lift(shared, conn, caller, body).await
     };
     actions::block(
         shared,
@@ -140,7 +140,7 @@ fn create(
     (response, Some(subject))
 }
 
-fn lift(
+async fn lift(
     shared: &Shared,
     conn: &gate::Conn,
     caller: &gate::Caller,
@@ -158,10 +158,18 @@ fn lift(
         Ok(s) => s,
         Err(why) => return (refused(StatusCode::BAD_REQUEST, why), None),
     };
-    let Some(block) = shared.blocks.lift(&subject) else {
+    let now = crate::identity::now();
+    let Some(block) = shared.blocks.list(now).into_iter().find(|b| b.subject == subject) else {
         let why = format!("{} is not blocked", subject.key());
         return (refused(StatusCode::NOT_FOUND, why), Some(subject));
     };
+    // Written to the shared state first: no replica lets the subject in alone.
+    let change = Change::Lift {
+        subject: subject.clone(),
+    };
+    if let Err(e) = changes::commit(shared, &[change], None).await {
+        return (refused(StatusCode::SERVICE_UNAVAILABLE, e), Some(subject));
+    }
     let (actor, _) = actions::actor(conn, caller);
     detect::lifted(&shared.acting(), &block, actor);
     let response = json(
@@ -188,6 +196,14 @@ pub async fn expiry(shared: Arc<Shared>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        detect::expire(&shared.acting(), crate::identity::now());
+        let now = crate::identity::now();
+        for block in shared.blocks.expire(now) {
+            // Every replica ends the block; one announces it.
+            let what = format!("block_lifted:{}:{}", block.subject.key(), block.until);
+            if shared.fleet.once(&what, 24 * 3600).await {
+                detect::lifted(&shared.acting(), &block, "expired");
+            }
+        }
+        detect::observe_blocks(&shared.acting());
     }
 }

@@ -54,7 +54,7 @@ fn name(given: Option<String>, default: &str) -> Result<String, &'static str> {
 }
 
 /// `POST /grants`: 201 with the grant made.
-pub fn create(
+pub async fn create(
     shared: &Shared,
     conn: &gate::Conn,
     caller: &gate::Caller,
@@ -98,7 +98,7 @@ pub fn create(
         requested_by,
         approved_by,
     };
-    match jit::create(shared, new, actor) {
+    match jit::create(shared, new, actor).await {
         Ok(grant) => json(
             StatusCode::CREATED,
             serde_json::json!({ "ok": true, "grant": *grant }),

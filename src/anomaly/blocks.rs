@@ -24,6 +24,17 @@ pub struct Block {
     pub until: i64,
 }
 
+/// `block` as the shared state stores and announces it (a `block` change: see
+/// `state::changes`).
+pub fn entry(block: &Block) -> crate::fleet::Entry {
+    let json = serde_json::json!({ "change": "block", "block": block }).to_string();
+    crate::fleet::Entry::put(
+        format!("block:{}", block.subject.key()),
+        json,
+        Some(block.until),
+    )
+}
+
 /// Blocks kept at most; beyond, the one ending soonest makes room.
 pub const MAX_BLOCKS: usize = 100_000;
 
@@ -120,6 +131,20 @@ impl Blocks {
             .map(|(s, _)| s.clone())
             .collect();
         ended.iter().filter_map(|s| inner.remove(s)).collect()
+    }
+
+    /// Replaces every block with `blocks` (the shared state as read back whole).
+    pub fn replace(&self, blocks: Vec<Block>, now: i64) {
+        let kept: HashMap<Subject, Block> = blocks
+            .into_iter()
+            .filter(|b| b.until > now)
+            .take(MAX_BLOCKS)
+            .map(|b| (b.subject.clone(), b))
+            .collect();
+        if !kept.is_empty() {
+            self.any.store(true, Ordering::Release);
+        }
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = kept;
     }
 
     /// How many blocks are kept (some may have just ended).

@@ -176,6 +176,8 @@ pub struct Acting<'a> {
     pub alerts: &'a Alerts,
     pub metrics: &'a Metrics,
     pub live: &'a Registry,
+    /// The other replicas: blocks are announced to them, and counts made across them.
+    pub fleet: &'a crate::fleet::Fleet,
 }
 
 impl Settings {
@@ -233,6 +235,9 @@ impl Settings {
                 continue;
             };
             let crossing = table.add(&subject, now, d.window, d.threshold, self.table_size);
+            if counted_by_fleet(acting, d, &subject, None, now) {
+                continue;
+            }
             if crossing.crossed {
                 fire(acting, d, subject, crossing, now, self.table_size);
                 fired = true;
@@ -258,11 +263,76 @@ impl Settings {
             return false;
         };
         let crossing = table.add(&subject, value, now, d.window, d.threshold, self.table_size);
+        if counted_by_fleet(acting, d, &subject, Some(value), now) {
+            return false;
+        }
         if crossing.crossed {
             fire(acting, d, subject, crossing, now, self.table_size);
         }
         crossing.crossed
     }
+}
+
+impl Settings {
+    fn named(&self, name: &str) -> Option<&Detector> {
+        [
+            &self.denials,
+            &self.failed_logins,
+            &self.revoked,
+            &self.addresses,
+            &self.countries,
+        ]
+        .into_iter()
+        .flatten()
+        .find(|d| d.name == name)
+    }
+
+    /// Fires detector `name` for `subject`, whose count across the fleet is `total`: this
+    /// replica was the one to claim the crossing.
+    pub fn fire_for_fleet(
+        &self,
+        acting: &Acting<'_>,
+        name: &str,
+        subject: Subject,
+        total: u32,
+        now: i64,
+    ) {
+        if let Some(d) = self.named(name) {
+            let crossing = Crossing {
+                count: total,
+                crossed: true,
+            };
+            fire(acting, d, subject, crossing, now, self.table_size);
+        }
+    }
+}
+
+/// With a shared state, counts the event across the fleet too; true when the fleet's count
+/// decides (Redis is current), so this replica's own count does not fire.
+fn counted_by_fleet(
+    acting: &Acting<'_>,
+    d: &Detector,
+    subject: &Subject,
+    member: Option<&str>,
+    now: i64,
+) -> bool {
+    let Some(standing) = acting.fleet.standing() else {
+        return false;
+    };
+    let key = subject.key();
+    acting.fleet.count(crate::fleet::Count {
+        key: format!("{}|{key}", d.name),
+        member: member.map(str::to_owned),
+        window: d.window,
+        at: now,
+        fire: Some(crate::fleet::Fire {
+            detector: d.name,
+            subject: serde_json::to_string(subject).unwrap_or_default(),
+            key,
+            threshold: d.threshold,
+        }),
+    });
+    !standing.stale
 }
 
 /// What a detector counts, as its messages say it.
@@ -338,6 +408,7 @@ fn fire(acting: &Acting<'_>, d: &Detector, subject: Subject, c: Crossing, now: i
 /// the subject was not blocked before.
 pub fn blocked(acting: &Acting<'_>, block: &Block) -> bool {
     let new = acting.blocks.block(block.clone());
+    acting.fleet.announce(super::blocks::entry(block));
     tracing::warn!(
         subject = %block.subject.key(),
         by = %block.by,
@@ -429,12 +500,14 @@ mod tests {
         let (tables, blocks) = (Tables::new(&metrics), Blocks::default());
         let alerts = Alerts::new("test", metrics.clone(), None);
         let live = Registry::default();
+        let fleet = crate::fleet::Fleet::new(None, "test", &metrics);
         let acting = Acting {
             tables: &tables,
             blocks: &blocks,
             alerts: &alerts,
             metrics: &metrics,
             live: &live,
+            fleet: &fleet,
         };
         let raise = Action::RaiseRisk {
             weight: 25,

@@ -100,6 +100,7 @@ pub struct RawConfig {
     pub authz: Option<AuthzSection>,
     pub alerts: Option<AlertsSection>,
     pub detectors: Option<DetectorsSection>,
+    pub state: Option<StateSection>,
     /// Routes in file order; `None` where a route could not be read.
     pub routes: Vec<Option<RouteSection>>,
     /// Sections written in the file that could not be read (their problems are reported):
@@ -121,6 +122,7 @@ impl RawConfig {
             "authz" => self.authz.is_none(),
             "alerts" => self.alerts.is_none(),
             "detectors" => self.detectors.is_none(),
+            "state" => self.state.is_none(),
             _ => false,
         };
         absent && !self.unreadable.iter().any(|u| u == name)
@@ -208,6 +210,9 @@ const SECTIONS: &[(&str, Read)] = &[
     }),
     ("detectors", |raw, e| {
         e.read().map(|v| raw.detectors = Some(v)).is_some()
+    }),
+    ("state", |raw, e| {
+        e.read().map(|v| raw.state = Some(v)).is_some()
     }),
     ("route", |raw, e| {
         raw.routes = e.read_routes();
@@ -814,6 +819,16 @@ block_for = "15m"
 weight = 30
 raise_for = "1h"
 
+[state]
+backend = "redis"
+url = "rediss://redis.example.org:6379/0"
+username = "vigil"
+password_file = "redis.password"
+ca = "redis-ca.pem"
+prefix = "vigil"
+max_stale = "10s"
+timeout = "500ms"
+
 [[route]]
 name = "app"
 host = "app.example.org"
@@ -845,6 +860,7 @@ policy_query = "data.app.allow"
 shadow_policy = "app-next.rego"
 shadow_policy_query = "data.app.allow"
 grants = { max = "4h", default = "1h", approvers = { groups = ["sec-oncall"], users = ["alice@example.org"] } }
+require_shared_state = true
 
 [[route.allow]]
 spiffe = ["spiffe://example.org/ns/*/sa/*"]
@@ -892,6 +908,7 @@ grant = true
             ("authz", Keys::walk::<AuthzSection>()),
             ("alerts", Keys::walk::<AlertsSection>()),
             ("detectors", Keys::walk::<DetectorsSection>()),
+            ("state", Keys::walk::<StateSection>()),
             ("route.0", Keys::walk::<RouteSection>()),
         ];
         let names: Vec<&str> = SECTIONS.iter().map(|(name, _)| *name).collect();

@@ -6,6 +6,7 @@
 
 pub mod admin;
 mod alerts;
+mod state;
 mod assertion;
 pub mod authz;
 mod certificates;
@@ -77,6 +78,8 @@ pub struct Snapshot {
     /// The detectors that run, when `[detectors]` is configured; their counts live in
     /// `state::Shared`, so a reload keeps them.
     pub detectors: Option<Arc<crate::anomaly::detect::Settings>>,
+    /// Where the state replicas share is kept: `None` in memory (`[state]`, bound at start).
+    pub state: Option<Arc<crate::fleet::Settings>>,
     /// Signs `X-Vigil-Assertion`, when `[assertion]` is configured.
     pub signer: Option<Arc<Signer>>,
     /// The verifier inside `tls`, to re-check certificates of resumed sessions.
@@ -237,6 +240,7 @@ impl Compiler<'_> {
         let authz = self.authz(raw.authz.as_ref());
         let alerts = self.alerts(raw.alerts.as_ref());
         let detectors = self.detectors(raw.detectors.as_ref(), risk.as_ref());
+        let state = self.state(raw);
         let (server, tls, routes) = (server?, tls?, routes?);
         let policy = crate::policy::Policy::new(
             routes.table.iter().map(|r| r.policy.clone()),
@@ -259,6 +263,7 @@ impl Compiler<'_> {
             authz,
             alerts,
             detectors,
+            state,
             devices,
             risk,
             verify,

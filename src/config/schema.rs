@@ -782,6 +782,53 @@ impl AlertsSection {
     }
 }
 
+/// `[state]`: where the run-time state that replicas share is kept (revocations, logouts,
+/// grants and access requests, blocks, detector counts, the risk engine's memory).
+#[derive(Debug, Clone, Deserialize)]
+pub struct StateSection {
+    /// `"memory"` (one replica, the default) or `"redis"`.
+    #[serde(default = "StateSection::default_backend")]
+    pub backend: String,
+    /// `redis://` or `rediss://` (TLS) `HOST:PORT/DB`; `redis+sentinel://H1:P1,H2:P2/MASTER`
+    /// asks Sentinels for the master; `redis+cluster://H1:P1,H2:P2` talks to a Cluster.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The ACL user.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A file whose first line is the password.
+    #[serde(default)]
+    pub password_file: Option<String>,
+    /// A PEM file of the CAs Redis's certificate must chain to (`rediss://`); default: the
+    /// system's.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Prefix of every key, so that several fleets can share one Redis.
+    #[serde(default = "StateSection::default_prefix")]
+    pub prefix: String,
+    /// How long decisions may rest on the last known state while Redis cannot be reached.
+    #[serde(default = "StateSection::default_max_stale")]
+    pub max_stale: HumanDuration,
+    /// The longest a request or an admin call waits for Redis.
+    #[serde(default = "StateSection::default_timeout")]
+    pub timeout: HumanDuration,
+}
+
+impl StateSection {
+    fn default_backend() -> String {
+        "memory".into()
+    }
+    fn default_prefix() -> String {
+        "vigil".into()
+    }
+    fn default_max_stale() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
+    }
+    fn default_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_millis(500))
+    }
+}
+
 /// `[detectors]`: sliding-window detectors and what they do when they fire. A detector runs
 /// when its table is written (`[detectors.denials]`, ...); every key of it has a default.
 #[derive(Debug, Clone, Deserialize)]
@@ -1131,6 +1178,11 @@ pub struct RouteSection {
     /// The shadow policy's rule. Default `data.<package>.allow`.
     #[serde(default)]
     pub shadow_policy_query: Option<String>,
+    /// With `[state] backend = "redis"`: refuse this route's requests once the shared state
+    /// is older than `[state] max_stale` (Redis unreachable), rather than decide them on what
+    /// this replica knew last.
+    #[serde(default)]
+    pub require_shared_state: bool,
 }
 
 /// One entry of a route's `allow` list: every condition given must hold (AND); the list is OR.

@@ -20,6 +20,8 @@ const KEY_ID_LEN: usize = 4;
 pub enum Purpose {
     Session,
     Login,
+    /// The outcome of a session's refresh, left in the shared state for the other replicas.
+    Refresh,
 }
 
 impl Purpose {
@@ -27,6 +29,7 @@ impl Purpose {
         match self {
             Purpose::Session => b"vigil session v1",
             Purpose::Login => b"vigil pending login v1",
+            Purpose::Refresh => b"vigil shared refresh v1",
         }
     }
 }

@@ -59,6 +59,36 @@ type Flight = watch::Receiver<Option<(Outcome, Instant)>>;
 #[derive(Default)]
 pub struct Reverifier {
     flights: Mutex<HashMap<(String, i64), Entry>>,
+    /// With a shared state, what makes one refresh per session across the fleet.
+    pub fleet: std::sync::OnceLock<Arc<dyn Coordinator>>,
+}
+
+/// What the shared state says about a session's refresh (see [`Coordinator`]).
+pub enum Claim {
+    /// This replica refreshes, and tells the others how it went.
+    Mine,
+    /// Another replica refreshed: the refreshed session, or why the provider ended it.
+    Done(Result<Box<Session>, String>),
+    /// The shared state could not say: this replica refreshes alone.
+    Unknown,
+}
+
+/// Refreshes of one session across replicas: only one replica may spend a refresh token,
+/// since a rotated one is spent once.
+pub trait Coordinator: Send + Sync {
+    /// Claims the refresh of `session` (as last verified), or waits for the replica that
+    /// claimed it.
+    fn claim(
+        &self,
+        session: &Session,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Claim> + Send + '_>>;
+
+    /// Tells the other replicas how the refresh this replica claimed went.
+    fn publish(
+        &self,
+        session: &Session,
+        outcome: Result<Session, String>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }
 
 /// One refresh in flight or remembered.
@@ -218,14 +248,18 @@ impl Reverifier {
                     Some((Outcome::Unreachable(_), at)) => at.elapsed() < REMEMBER_UNREACHABLE,
                     Some((_, at)) => at.elapsed() < REMEMBER,
                 });
+                let fleet = self.fleet.get().cloned();
                 let entry = flights.entry(key).or_insert_with(|| Entry {
                     started: Instant::now(),
-                    flight: start(provider, session),
+                    flight: start(provider, session, fleet),
                     watched: false,
                 });
                 (entry.flight.clone(), entry.started)
             }
-            Err(_) => (start(provider, session), Instant::now()),
+            Err(_) => (
+                start(provider, session, self.fleet.get().cloned()),
+                Instant::now(),
+            ),
         }
     }
 
@@ -325,22 +359,45 @@ fn deadline(session: &Session, settings: Settings) -> SystemTime {
 }
 
 /// Refreshes `session` in a task of its own, so that it runs to its end (bounded by the
-/// provider client's timeouts) whoever stops waiting for it.
-fn start(provider: &Arc<Provider>, session: &Session) -> Flight {
+/// provider client's timeouts) whoever stops waiting for it. With `fleet`, the refresh is
+/// claimed first: a session another replica refreshes takes that replica's outcome.
+fn start(
+    provider: &Arc<Provider>,
+    session: &Session,
+    fleet: Option<Arc<dyn Coordinator>>,
+) -> Flight {
     let (done, flight) = watch::channel(None);
     let provider = provider.clone();
     let session = session.clone();
     tokio::spawn(async move {
-        let outcome = match provider.refresh(&session, super::now()).await {
-            Ok(fresh) => Outcome::Refreshed(Box::new(fresh)),
-            Err(LoginError::Unreachable(e)) => Outcome::Unreachable(e),
-            Err(LoginError::NotReady) => {
-                Outcome::Unreachable("identity provider not discovered".into())
-            }
-            Err(e @ LoginError::Down { .. }) => Outcome::Unreachable(e.to_string()),
-            Err(e) => Outcome::Ended(e.to_string()),
+        let claim = match &fleet {
+            Some(fleet) => fleet.claim(&session).await,
+            None => Claim::Unknown,
         };
+        let mine = matches!(claim, Claim::Mine);
+        let outcome = match claim {
+            Claim::Done(Ok(fresh)) => Outcome::Refreshed(fresh),
+            Claim::Done(Err(why)) => Outcome::Ended(why),
+            Claim::Mine | Claim::Unknown => refresh(&provider, &session).await,
+        };
+        if let (true, Some(fleet)) = (mine, &fleet) {
+            match &outcome {
+                Outcome::Refreshed(fresh) => fleet.publish(&session, Ok((**fresh).clone())).await,
+                Outcome::Ended(why) => fleet.publish(&session, Err(why.clone())).await,
+                Outcome::Unreachable(_) => {}
+            }
+        }
         let _ = done.send(Some((outcome, Instant::now())));
     });
     flight
+}
+
+async fn refresh(provider: &Provider, session: &Session) -> Outcome {
+    match provider.refresh(session, super::now()).await {
+        Ok(fresh) => Outcome::Refreshed(Box::new(fresh)),
+        Err(LoginError::Unreachable(e)) => Outcome::Unreachable(e),
+        Err(LoginError::NotReady) => Outcome::Unreachable("identity provider not discovered".into()),
+        Err(e @ LoginError::Down { .. }) => Outcome::Unreachable(e.to_string()),
+        Err(e) => Outcome::Ended(e.to_string()),
+    }
 }

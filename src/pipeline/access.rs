@@ -375,7 +375,9 @@ pub async fn ask(record: &mut Record<'_>, host: &str, req: Request<Incoming>) ->
         duration,
         posted.field("reason"),
         client,
-    ) {
+    )
+    .await
+    {
         Ok(request) => {
             record.log(
                 "allow",
@@ -417,7 +419,9 @@ pub async fn decide(record: &mut Record<'_>, host: &str, req: Request<Incoming>)
         posted.field("id"),
         approve,
         client,
-    ) {
+    )
+    .await
+    {
         Ok((request, grant)) => {
             let reason = match grant {
                 Some(g) => Reason::new(

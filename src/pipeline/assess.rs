@@ -99,13 +99,9 @@ pub fn assess(
             client_ip: source,
             country: country.as_deref(),
             idp_risk: identity.and_then(|i| i.risk.as_deref()),
-            recent_denials: shared
-                .posture
-                .recent_denials(who, now, settings.denial_window),
+            recent_denials: shared.recent_denials(who, now, settings.denial_window),
             first_seen_device: identity.is_some_and(|i| {
-                shared
-                    .posture
-                    .first_seen(&i.subject, &conn.peer.fingerprint_hex, remember)
+                shared.first_seen(&i.subject, &conn.peer.fingerprint_hex, remember)
             }),
             detectors: &raised,
         },

@@ -82,7 +82,7 @@ pub fn decide(
                 .map_or(cx.conn.peer.fingerprint_hex.as_str(), |i| {
                     i.subject.as_str()
                 });
-            cx.shared.posture.record_denial(who, facts.time);
+            cx.shared.record_denial(who, facts.time);
             let seen = crate::anomaly::detect::Seen::Denial;
             let asking = super::assess::who(cx.conn, facts.person);
             cx.shared.detect(cx.snapshot, seen, &asking, facts.time);

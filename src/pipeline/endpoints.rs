@@ -9,6 +9,7 @@ use crate::error::{Refusal, escape, page, redirect};
 use crate::identity::session;
 use crate::identity::{self, Identity};
 use crate::reason::{Code, Reason};
+use crate::state::{Change, changes};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -463,10 +464,11 @@ fn end_session(
     let Ok(session) = session::read(headers, ring) else {
         return;
     };
-    record
-        .shared
-        .revocations
-        .log_out_session(&session.sid, session.expires_at, identity::now());
+    let change = Change::LogOut {
+        sid: session.sid.clone(),
+        until: session.expires_at,
+    };
+    changes::announce(record.shared, change);
     record
         .shared
         .metrics
@@ -532,14 +534,19 @@ async fn backchannel(record: &mut Record<'_>, req: Request<Incoming>) -> Respons
         .unwrap_or_default();
     match provider.verify_logout_token(&token).await {
         Ok((sub, sid)) => {
-            let revocations = &record.shared.revocations;
+            let at = identity::now();
             if sid.is_none() {
                 // No provider session named: every session of the user ends.
-                if let Some(sub) = &sub {
-                    revocations.revoke_user(sub, identity::now());
+                if let Some(sub) = sub.clone() {
+                    changes::announce(record.shared, Change::RevokeUser { sub, at });
                 }
             } else {
-                revocations.provider_logout(sid.as_deref(), sub.as_deref(), identity::now());
+                let change = Change::ProviderLogout {
+                    sid: sid.clone(),
+                    sub: sub.clone(),
+                    at,
+                };
+                changes::announce(record.shared, change);
             }
             record
                 .shared

@@ -1,0 +1,171 @@
+//! Counts across the fleet: the detectors' events and distinct values per subject, and the
+//! risk engine's recent denials, kept in Redis as counters and sets per slice of their
+//! window, each expiring with its slice. A request never waits for them: they are queued, and
+//! a task writes them in batches, reads back the fleet's totals and fires a detector whose
+//! total crossed its threshold on exactly one replica.
+
+use super::Sink;
+use super::redis::Remote;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Counts waiting to be written at most; beyond, new ones are dropped and counted.
+const QUEUE: usize = 10_000;
+/// Slices per window.
+const SLICES: i64 = 6;
+/// Totals remembered at most (the risk engine's).
+const TOTALS: usize = 100_000;
+
+/// One event to count across the fleet.
+#[derive(Debug, Clone)]
+pub struct Count {
+    /// What is counted, for whom: `denials|user:bob`.
+    pub key: String,
+    /// For distinct counts, the value seen (an address, a country); `None` counts events.
+    pub member: Option<String>,
+    pub window: Duration,
+    pub at: i64,
+    /// The detector to fire when the fleet's total goes over its threshold; `None` for a
+    /// total the risk engine reads.
+    pub fire: Option<Fire>,
+}
+
+/// A detector to fire for a subject.
+#[derive(Debug, Clone)]
+pub struct Fire {
+    pub detector: &'static str,
+    /// The subject, as the state module writes it (JSON).
+    pub subject: String,
+    /// `kind:value`, naming it in Redis keys.
+    pub key: String,
+    pub threshold: u32,
+}
+
+pub struct Counts {
+    tx: mpsc::Sender<Count>,
+    rx: Mutex<Option<mpsc::Receiver<Count>>>,
+    /// The fleet's totals as last read, for the risk engine.
+    totals: Mutex<HashMap<String, (u32, i64)>>,
+}
+
+impl Counts {
+    pub fn new() -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Self {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            totals: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn send(&self, count: Count) {
+        if self.tx.try_send(count).is_err() {
+            tracing::debug!("shared state: a count was dropped, the queue is full");
+        }
+    }
+
+    /// The total last read for `key`, if it was read within `window` of `now`.
+    pub fn total(&self, key: &str, now: i64, window: Duration) -> Option<u32> {
+        let (total, at) = *self.totals.lock().ok()?.get(key)?;
+        (now - at <= window.as_secs() as i64).then_some(total)
+    }
+
+    fn remember(&self, key: &str, total: u32, at: i64) {
+        if let Ok(mut totals) = self.totals.lock() {
+            if totals.len() >= TOTALS && !totals.contains_key(key) {
+                totals.clear();
+            }
+            totals.insert(key.to_owned(), (total, at));
+        }
+    }
+}
+
+fn width(window: Duration) -> i64 {
+    (window.as_secs() as i64 / SLICES).max(1)
+}
+
+/// Writes counts as they come, in batches, until `stop`.
+pub async fn flush(remote: Arc<Remote>, sink: Arc<dyn Sink>, stop: CancellationToken) {
+    let Some(mut rx) = remote.counts.rx.lock().ok().and_then(|mut r| r.take()) else {
+        return;
+    };
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
+        }
+        let attempt = tokio::time::timeout(remote.settings.timeout, write(&remote, &batch));
+        match attempt.await {
+            Ok(Ok(totals)) => {
+                for (count, total) in batch.iter().zip(totals) {
+                    crossed(&remote, sink.as_ref(), count, total).await;
+                }
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "shared state: counts not written"),
+            Err(_) => tracing::debug!("shared state: counts not written in time"),
+        }
+        batch.clear();
+    }
+}
+
+/// Writes `batch` in one pipeline; the fleet's total in each count's window.
+async fn write(remote: &Remote, batch: &[Count]) -> redis::RedisResult<Vec<u32>> {
+    let mut pipe = redis::pipe();
+    for count in batch {
+        let width = width(count.window);
+        let slice = count.at.div_euclid(width);
+        let slot = |s: i64| remote.keys.of(&format!("n:{}:{s}", count.key));
+        let ttl = count.window.as_secs() as i64 + 2 * width;
+        match &count.member {
+            Some(member) => pipe.sadd(slot(slice), member).ignore(),
+            None => pipe.incr(slot(slice), 1).ignore(),
+        };
+        pipe.expire(slot(slice), ttl).ignore();
+        let slots: Vec<String> = (0..=SLICES).map(|back| slot(slice - back)).collect();
+        match &count.member {
+            Some(_) => pipe.sunion(slots),
+            None => pipe.mget(slots),
+        };
+    }
+    let mut conn = remote.conn().await?;
+    let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+    Ok(batch
+        .iter()
+        .zip(replies)
+        .map(|(count, reply)| total(count, reply))
+        .collect())
+}
+
+fn total(count: &Count, reply: redis::Value) -> u32 {
+    let items = match reply {
+        redis::Value::Array(items) | redis::Value::Set(items) => items,
+        _ => return 0,
+    };
+    match count.member {
+        Some(_) => items.len() as u32,
+        None => items
+            .iter()
+            .filter_map(|v| redis::from_redis_value_ref::<Option<u32>>(v).ok().flatten())
+            .sum(),
+    }
+}
+
+/// After a count: remembers the total, and fires its detector when the total is over the
+/// threshold and no replica fired for this subject in this window yet.
+async fn crossed(remote: &Remote, sink: &dyn Sink, count: &Count, total: u32) {
+    remote.counts.remember(&count.key, total, count.at);
+    let Some(fire) = &count.fire else {
+        return;
+    };
+    if total <= fire.threshold {
+        return;
+    }
+    let what = format!("fired:{}:{}", fire.detector, fire.key);
+    if remote.once(&what, count.window.as_secs()).await {
+        sink.fire(fire, total, count.at);
+    }
+}
