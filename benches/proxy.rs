@@ -789,10 +789,10 @@ async fn compare(
     }
 
     for t in &targets {
-        if let Some(p) = t.proxy {
-            if let Some(msg) = p.exited() {
-                notes.push(format!("{} {msg} during the run", t.name));
-            }
+        if let Some(p) = t.proxy
+            && let Some(msg) = p.exited()
+        {
+            notes.push(format!("{} {msg} during the run", t.name));
         }
     }
     Ok(())
@@ -1022,13 +1022,12 @@ fn print_environment(env: &Environment, args: &Args) {
         .split_whitespace()
         .next()
         .and_then(|v| v.parse::<f64>().ok())
+        && one > 0.5
     {
-        if one > 0.5 {
-            println!(
-                "note: the machine is already busy (1-min load {one}): req/s and latency will be \
+        println!(
+            "note: the machine is already busy (1-min load {one}): req/s and latency will be \
                  noisy; CPU per request much less so"
-            );
-        }
+        );
     }
     println!(
         "proxy pinned to core {PROXY_CORE}; load generator and upstream pinned to core \
@@ -1858,10 +1857,10 @@ fn read_cpu(pids: &[u32]) -> Result<Cpu> {
                 continue;
             };
             // A thread may exit between listing and reading; it then simply is not counted.
-            if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
-                if let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse().ok()) {
-                    cpu.threads.insert(tid, ns);
-                }
+            if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat"))
+                && let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse().ok())
+            {
+                cpu.threads.insert(tid, ns);
             }
         }
     }
@@ -1897,13 +1896,13 @@ fn read_mem(pid: u32) -> Result<Mem> {
             .find_map(|l| l.strip_prefix(key))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
     };
-    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
-        if let Some(rss) = kib(&text, "Rss:") {
-            return Ok(Mem {
-                rss_kib: rss,
-                pss_kib: kib(&text, "Pss:"),
-            });
-        }
+    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        && let Some(rss) = kib(&text, "Rss:")
+    {
+        return Ok(Mem {
+            rss_kib: rss,
+            pss_kib: kib(&text, "Pss:"),
+        });
     }
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;

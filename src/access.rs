@@ -423,7 +423,9 @@ impl Access {
         }
         let open = requests
             .iter()
-            .filter(|r| r.state == RequestState::Pending || decided_at(r) + DECIDED_KEPT_SECONDS > now)
+            .filter(|r| {
+                r.state == RequestState::Pending || decided_at(r) + DECIDED_KEPT_SECONDS > now
+            })
             .count();
         if open >= MAX_REQUESTS && requests.iter().all(|r| r.state == RequestState::Pending) {
             return Err(AccessError::TooManyRequests(open));

@@ -568,7 +568,13 @@ fn revoke(
     }
     if let Some(fp) = device {
         let fingerprint = fp.to_ascii_lowercase();
-        changes::announce(shared, Change::RevokeDevice { fingerprint, at: now });
+        changes::announce(
+            shared,
+            Change::RevokeDevice {
+                fingerprint,
+                at: now,
+            },
+        );
         done.push("device");
     }
     if done.is_empty() {
@@ -605,7 +611,9 @@ async fn restore(
             .as_str()
             .map(|fp| fp.replace(':', "").to_ascii_lowercase())
     });
-    let blocked = device.as_deref().is_some_and(|fp| shared.revocations.device(fp));
+    let blocked = device
+        .as_deref()
+        .is_some_and(|fp| shared.revocations.device(fp));
     let (Some(fingerprint), true) = (device, blocked) else {
         return json(StatusCode::NOT_FOUND, serde_json::json!({ "ok": false }));
     };

@@ -53,9 +53,7 @@ pub enum Refused {
 impl From<crate::fleet::Refused> for Refused {
     fn from(e: crate::fleet::Refused) -> Self {
         match e {
-            crate::fleet::Refused::Conflict => {
-                Refused::State(crate::fleet::Refused::Conflict)
-            }
+            crate::fleet::Refused::Conflict => Refused::State(crate::fleet::Refused::Conflict),
             other => Refused::State(other),
         }
     }
@@ -247,7 +245,14 @@ pub async fn create(
     if count >= crate::access::MAX_GRANTS {
         return Err(AccessError::TooManyGrants(count).into());
     }
-    changes::commit(shared, &[Change::Grant { grant: grant.clone() }], None).await?;
+    changes::commit(
+        shared,
+        &[Change::Grant {
+            grant: grant.clone(),
+        }],
+        None,
+    )
+    .await?;
     let grant = Arc::new(grant);
     audit(
         shared,
@@ -264,7 +269,9 @@ pub async fn create(
 /// Ends grant `id` now, and what it allowed.
 pub fn revoke(shared: &Shared, id: &str, actor: Actor<'_>) -> Option<Arc<Grant>> {
     let ended = shared.access.revoke(id)?;
-    shared.fleet.announce(Change::EndGrant { id: id.to_owned() }.entry());
+    shared
+        .fleet
+        .announce(Change::EndGrant { id: id.to_owned() }.entry());
     audit(
         shared,
         "grant_revoked",

@@ -8,9 +8,9 @@
 //! emits no value the lists lack.
 
 pub mod access;
-pub mod fleet;
 pub mod alerts;
 pub mod detectors;
+pub mod fleet;
 pub mod policy;
 pub mod process;
 

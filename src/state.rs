@@ -127,7 +127,9 @@ impl Shared {
     /// Denials of `who` within `window` of `now`: this replica's, or the fleet's when more.
     pub fn recent_denials(&self, who: &str, now: i64, window: std::time::Duration) -> u32 {
         let here = self.posture.recent_denials(who, now, window);
-        let fleet = self.fleet.total(&format!("risk_denials|{who}"), now, window);
+        let fleet = self
+            .fleet
+            .total(&format!("risk_denials|{who}"), now, window);
         here.max(fleet.unwrap_or(0))
     }
 

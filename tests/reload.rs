@@ -153,7 +153,7 @@ async fn hundred_reloads_under_load_fail_no_request() -> Result<()> {
                 };
                 for _ in 0..50 {
                     i += 1;
-                    let path = if i % 2 == 0 {
+                    let path = if i.is_multiple_of(2) {
                         "/public/x"
                     } else {
                         "/private/x"

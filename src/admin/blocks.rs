@@ -159,7 +159,12 @@ async fn lift(
         Err(why) => return (refused(StatusCode::BAD_REQUEST, why), None),
     };
     let now = crate::identity::now();
-    let Some(block) = shared.blocks.list(now).into_iter().find(|b| b.subject == subject) else {
+    let Some(block) = shared
+        .blocks
+        .list(now)
+        .into_iter()
+        .find(|b| b.subject == subject)
+    else {
         let why = format!("{} is not blocked", subject.key());
         return (refused(StatusCode::NOT_FOUND, why), Some(subject));
     };

@@ -6,7 +6,6 @@
 
 pub mod admin;
 mod alerts;
-mod state;
 mod assertion;
 pub mod authz;
 mod certificates;
@@ -25,6 +24,7 @@ mod routes;
 mod rules;
 pub mod schema;
 mod server;
+mod state;
 mod tls;
 mod upstream;
 

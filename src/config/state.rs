@@ -38,8 +38,14 @@ impl Compiler<'_> {
             ("state.max_stale", s.max_stale.0),
             ("state.timeout", s.timeout.0),
         ]);
-        if s.prefix.is_empty() || s.prefix.contains(['{', '}']) || s.prefix.contains(char::is_whitespace) {
-            self.problem("state.prefix", "must be a non-empty word without braces or spaces");
+        if s.prefix.is_empty()
+            || s.prefix.contains(['{', '}'])
+            || s.prefix.contains(char::is_whitespace)
+        {
+            self.problem(
+                "state.prefix",
+                "must be a non-empty word without braces or spaces",
+            );
         }
         let before = self.reported();
         let target = self.state_target(s.url.as_deref());
@@ -63,7 +69,10 @@ impl Compiler<'_> {
             self.problem("state.ca", "holds no PEM certificate");
         }
         let tls = matches!(&target, Some(Target::Single { url }) if url.starts_with("rediss://"))
-            || matches!(&target, Some(Target::Sentinel { tls: true, .. } | Target::Cluster { tls: true, .. }));
+            || matches!(
+                &target,
+                Some(Target::Sentinel { tls: true, .. } | Target::Cluster { tls: true, .. })
+            );
         if ca.is_some() && !tls {
             self.warning("state.ca", "has no effect without TLS (rediss://)");
         }
@@ -112,7 +121,9 @@ impl Compiler<'_> {
                 .collect()
         };
         let target = match scheme {
-            "redis" | "rediss" => redis::parse_redis_url(url).map(|_| Target::Single { url: url.to_owned() }),
+            "redis" | "rediss" => redis::parse_redis_url(url).map(|_| Target::Single {
+                url: url.to_owned(),
+            }),
             "redis+sentinel" | "rediss+sentinel" => {
                 let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
                 let (master, db) = path.split_once('/').unwrap_or((path, "0"));

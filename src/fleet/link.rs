@@ -66,7 +66,10 @@ fn with_credentials(mut info: redis::ConnectionInfo, s: &Settings) -> redis::Con
 pub async fn connect(s: &Settings, answer: Duration) -> RedisResult<Conn> {
     match &s.target {
         Target::Single { url } => {
-            let info = with_credentials(redis::IntoConnectionInfo::into_connection_info(url.as_str())?, s);
+            let info = with_credentials(
+                redis::IntoConnectionInfo::into_connection_info(url.as_str())?,
+                s,
+            );
             let client = if url.starts_with("rediss://") {
                 redis::Client::build_with_tls(info, certificates(s))?
             } else {
@@ -94,9 +97,7 @@ pub async fn connect(s: &Settings, answer: Duration) -> RedisResult<Conn> {
                 builder = builder.password(password.clone());
             }
             if *tls {
-                builder = builder
-                    .tls(redis::TlsMode::Secure)
-                    .certs(certificates(s));
+                builder = builder.tls(redis::TlsMode::Secure).certs(certificates(s));
             }
             let client = builder.build()?;
             Ok(Conn::Cluster(client.get_async_connection().await?))

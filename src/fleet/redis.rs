@@ -317,7 +317,9 @@ fn apply_entry(remote: &Remote, sink: &dyn Sink, map: &HashMap<String, Value>) {
 async fn resync(remote: &Remote, sink: &dyn Sink, conn: &mut Conn) -> RedisResult<String> {
     // The id is read first: a change announced after it is read from the stream, and one
     // announced before it was written to the hash before, so it is in what is read next.
-    let newest: StreamRangeReply = conn.xrevrange_count(&remote.keys.events, "+", "-", 1).await?;
+    let newest: StreamRangeReply = conn
+        .xrevrange_count(&remote.keys.events, "+", "-", 1)
+        .await?;
     let last = newest
         .ids
         .first()
@@ -329,7 +331,10 @@ async fn resync(remote: &Remote, sink: &dyn Sink, conn: &mut Conn) -> RedisResul
     remote.health.synced.store(true, Ordering::Release);
     remote.metrics.fleet.resyncs.inc();
     remote.observe();
-    tracing::info!(entries = values.len(), "shared state: read whole from Redis");
+    tracing::info!(
+        entries = values.len(),
+        "shared state: read whole from Redis"
+    );
     Ok(last)
 }
 

@@ -58,7 +58,9 @@ impl Refreshes {
             Ok(session) => Outcome::Refreshed(Box::new(session)),
             Err(why) => Outcome::Ended(why),
         };
-        sessions.ring.seal(Purpose::Refresh, &serde_json::to_vec(&outcome).ok()?)
+        sessions
+            .ring
+            .seal(Purpose::Refresh, &serde_json::to_vec(&outcome).ok()?)
             .ok()
     }
 
@@ -67,7 +69,8 @@ impl Refreshes {
         let mut conn = self.remote.conn().await?;
         let deadline = tokio::time::Instant::now() + LOCK;
         loop {
-            let outcome: Option<String> = redis::cmd("GET").arg(&done).query_async(&mut conn).await?;
+            let outcome: Option<String> =
+                redis::cmd("GET").arg(&done).query_async(&mut conn).await?;
             if let Some(outcome) = outcome.and_then(|sealed| self.open(&sealed)) {
                 return Ok(Claim::Done(outcome));
             }

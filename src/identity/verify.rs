@@ -396,7 +396,9 @@ async fn refresh(provider: &Provider, session: &Session) -> Outcome {
     match provider.refresh(session, super::now()).await {
         Ok(fresh) => Outcome::Refreshed(Box::new(fresh)),
         Err(LoginError::Unreachable(e)) => Outcome::Unreachable(e),
-        Err(LoginError::NotReady) => Outcome::Unreachable("identity provider not discovered".into()),
+        Err(LoginError::NotReady) => {
+            Outcome::Unreachable("identity provider not discovered".into())
+        }
         Err(e @ LoginError::Down { .. }) => Outcome::Unreachable(e.to_string()),
         Err(e) => Outcome::Ended(e.to_string()),
     }

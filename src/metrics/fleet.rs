@@ -29,14 +29,46 @@ pub struct Fleet {
 impl Fleet {
     pub(super) fn register(r: &mut Registry) -> Self {
         Self {
-            synced: metric(r, "state_synced", "1 once this replica has read the shared state from Redis"),
-            age: metric(r, "state_age_seconds", "Seconds since Redis last answered this replica"),
-            stale: metric(r, "state_stale", "1 while this replica's copy of the shared state is older than [state] max_stale"),
-            reconnects: metric(r, "state_reconnects", "Times the connection to Redis was lost"),
-            resyncs: metric(r, "state_resyncs", "Times the whole shared state was read from Redis"),
-            applied: metric(r, "state_changes_applied", "Changes made on other replicas applied here"),
-            written: metric(r, "state_changes_written", "This replica's changes written to Redis"),
-            queued: metric(r, "state_changes_queued", "This replica's changes waiting for Redis"),
+            synced: metric(
+                r,
+                "state_synced",
+                "1 once this replica has read the shared state from Redis",
+            ),
+            age: metric(
+                r,
+                "state_age_seconds",
+                "Seconds since Redis last answered this replica",
+            ),
+            stale: metric(
+                r,
+                "state_stale",
+                "1 while this replica's copy of the shared state is older than [state] max_stale",
+            ),
+            reconnects: metric(
+                r,
+                "state_reconnects",
+                "Times the connection to Redis was lost",
+            ),
+            resyncs: metric(
+                r,
+                "state_resyncs",
+                "Times the whole shared state was read from Redis",
+            ),
+            applied: metric(
+                r,
+                "state_changes_applied",
+                "Changes made on other replicas applied here",
+            ),
+            written: metric(
+                r,
+                "state_changes_written",
+                "This replica's changes written to Redis",
+            ),
+            queued: metric(
+                r,
+                "state_changes_queued",
+                "This replica's changes waiting for Redis",
+            ),
         }
     }
 

@@ -105,10 +105,9 @@ impl Change {
                 };
                 put(format!("request:{}", request.id), Some(kept))
             }
-            Change::Block { block } => put(
-                format!("block:{}", block.subject.key()),
-                Some(block.until),
-            ),
+            Change::Block { block } => {
+                put(format!("block:{}", block.subject.key()), Some(block.until))
+            }
             Change::Lift { subject } => Slot::Remove {
                 field: format!("block:{}", subject.key()),
             },
@@ -164,9 +163,12 @@ pub async fn commit(
 ) -> Result<(), Refused> {
     let entries: Vec<Entry> = changes.iter().map(Change::entry).collect();
     let expect = expect.map(|(of, holds)| (of.entry().field, holds.map(|c| c.entry())));
-    let expect_ref = expect
-        .as_ref()
-        .map(|(field, holds)| (field.as_str(), holds.as_ref().and_then(|e| e.value.as_deref())));
+    let expect_ref = expect.as_ref().map(|(field, holds)| {
+        (
+            field.as_str(),
+            holds.as_ref().and_then(|e| e.value.as_deref()),
+        )
+    });
     shared.fleet.commit(&entries, expect_ref).await?;
     let now = crate::identity::now();
     for change in changes {
