@@ -442,7 +442,12 @@ async fn route(
 fn report_ready(state: &State) -> Response<Body> {
     let snapshot = state.shared.snapshot.load();
     let reload = state.reloader.as_ref().map(|r| (*r.status()).clone());
-    let report = ready::report(&snapshot, state.readiness.get(), reload);
+    let report = ready::report(
+        &snapshot,
+        state.readiness.get(),
+        reload,
+        state.shared.fleet.standing(),
+    );
     let status = if report.ready {
         StatusCode::OK
     } else {

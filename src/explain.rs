@@ -99,6 +99,7 @@ impl Described<'_> {
             risk: None,
             grants: Vec::new(),
             block: None,
+            shared_state: None,
         })
     }
 }

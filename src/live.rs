@@ -210,6 +210,11 @@ fn verdict(
     match decision.outcome {
         Outcome::Allow | Outcome::Audit => None,
         _ if has(crate::reason::Code::Blocked) => Some("blocked"),
+        _ if has(crate::reason::Code::SharedStateUnavailable)
+            || has(crate::reason::Code::SharedStateStale) =>
+        {
+            Some("shared_state")
+        }
         _ if decision.reasons.first().map(|r| r.code) == Some(crate::reason::Code::NoRoute) => {
             Some("route_removed")
         }

@@ -214,6 +214,7 @@ pub mod labels {
         "policy",
         "grant_ended",
         "blocked",
+        "shared_state",
     ];
     /// `vigil_access_events_total{event}` (`jit`).
     pub const ACCESS_EVENTS: &[&str] = &[

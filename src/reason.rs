@@ -122,6 +122,13 @@ codes! {
     /// The subject (user, device, workload or source address) is blocked, by a detector or an
     /// operator: denied before any rule, in audit mode too.
     Blocked = "blocked",
+    /// The replica has not yet read the fleet's shared state from Redis (since it started):
+    /// a revocation or block made elsewhere could be missing. Denied on every route, in audit
+    /// mode too.
+    SharedStateUnavailable = "shared_state_unavailable",
+    /// The replica's copy of the shared state is older than `[state] max_stale` and the route
+    /// has `require_shared_state = true`. Denied in audit mode too.
+    SharedStateStale = "shared_state_stale",
     /// A rule with `grant = true` and no just-in-time grant in force for the subject on the
     /// route.
     GrantMissing = "grant_missing",

@@ -253,6 +253,9 @@ struct Bound {
     admin_actions: String,
     format: String,
     level: String,
+    /// `[state]`: where the fleet's shared state is, as written (the password shown as set),
+    /// with the password and the CA themselves beside.
+    state: Option<(String, Option<String>, Option<Vec<u8>>)>,
 }
 
 impl Bound {
@@ -265,6 +268,10 @@ impl Bound {
             admin_actions: s.log.admin_actions.clone(),
             format: s.log.format.clone(),
             level: s.log.level.clone(),
+            state: s
+                .state
+                .as_ref()
+                .map(|st| (format!("{st:?}"), st.password.clone(), st.ca.clone())),
         }
     }
 
@@ -303,6 +310,11 @@ impl Bound {
         }
         if self.format != new.format || self.level != new.level {
             changed.push("log.format / log.level".to_owned());
+        }
+        if self.state != new.state {
+            changed.push(
+                "state (the shared state's backend, address, credentials or timing)".to_owned(),
+            );
         }
         changed
     }

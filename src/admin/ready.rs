@@ -7,11 +7,16 @@
 //! ready while serving and while at least one route can serve, so a provider outage takes the
 //! login routes out (they answer 503 with `Retry-After`), not the certificate-only ones.
 //!
+//! With a shared state in Redis, the instance is not ready before it has read the state once
+//! (every route refuses until then), and a route with `require_shared_state` is not ready while
+//! the copy is stale.
+//!
 //! Each component is one field of [`Report`], built by [`report`] from what it reads: adding
 //! one is a field, a line in `report`, and, if it can make the instance unready, a line in
 //! [`Report::verdict`].
 
 use crate::config::Snapshot;
+use crate::fleet::Standing;
 use crate::identity::oidc::{self, Provider};
 use crate::posture::inventory;
 use crate::reload::ReloadStatus;
@@ -34,6 +39,8 @@ pub struct Report {
     /// The TLS material in force, judged now: an expired server certificate, or an enforced
     /// CRL past its `nextUpdate`, leaves no route able to serve.
     pub certificates: lifecycle::Status,
+    /// How current the replica's copy of the fleet's shared state is; `null` in memory.
+    pub shared_state: Option<Standing>,
 }
 
 /// One route's readiness.
@@ -47,13 +54,18 @@ pub struct RouteReadiness {
 }
 
 /// What `/readyz` reads: the snapshot in force, whether the process is serving (false while
-/// starting and draining), and the outcome of the last reload.
-pub fn report(snapshot: &Snapshot, serving: bool, reload: Option<ReloadStatus>) -> Report {
+/// starting and draining), the outcome of the last reload, and the shared state's standing.
+pub fn report(
+    snapshot: &Snapshot,
+    serving: bool,
+    reload: Option<ReloadStatus>,
+    shared_state: Option<Standing>,
+) -> Report {
     let provider = snapshot.oidc.as_ref().map(|p| p.status());
     let routes = snapshot
         .routes
         .iter()
-        .map(|route| route_readiness(route, snapshot.oidc.as_deref()))
+        .map(|route| route_readiness(route, snapshot.oidc.as_deref(), shared_state))
         .collect();
     let mut report = Report {
         ready: false,
@@ -64,6 +76,7 @@ pub fn report(snapshot: &Snapshot, serving: bool, reload: Option<ReloadStatus>) 
         device_inventory: snapshot.devices.as_ref().map(|d| d.status()),
         reload,
         certificates: lifecycle::Status::now(&snapshot.certificates),
+        shared_state,
     };
     report.reason = report.verdict(serving);
     report.ready = report.reason.is_none();
@@ -82,6 +95,9 @@ impl Report {
         if !self.certificates.serving() {
             return Some(self.certificates.reason().to_owned());
         }
+        if self.shared_state.is_some_and(|s| !s.synced) {
+            return Some("the shared state has not been read from Redis yet".to_owned());
+        }
         if self.routes.iter().any(|r| r.ready) {
             return None;
         }
@@ -94,10 +110,21 @@ impl Report {
     }
 }
 
-/// Whether `route` can serve now, given the provider it may need.
-fn route_readiness(route: &Route, provider: Option<&Provider>) -> RouteReadiness {
+/// Whether `route` can serve now, given the provider and the shared state it may need.
+fn route_readiness(
+    route: &Route,
+    provider: Option<&Provider>,
+    shared_state: Option<Standing>,
+) -> RouteReadiness {
     let login = route.policy.login;
+    let stale = shared_state.filter(|s| s.stale && route.policy.require_shared_state);
     let reason = match (login, provider) {
+        _ if stale.is_some() => stale.map(|s| {
+            format!(
+                "needs a current shared state, last heard from Redis {:.1}s ago",
+                s.age
+            )
+        }),
         (Login::None, _) => None,
         (Login::Oidc | Login::Bearer, None) => {
             Some("needs the identity provider, which is not configured".to_owned())

@@ -136,6 +136,7 @@ impl Compiler<'_> {
                 audit: r.audit,
                 rego,
                 shadow,
+                require_shared_state: r.require_shared_state,
             }),
             upstream: upstream?,
             max_body_bytes: r.max_body_bytes.map(|n| if n == 0 { u64::MAX } else { n }),

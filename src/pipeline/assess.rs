@@ -24,6 +24,8 @@ pub struct Assessed {
     pub grants: Vec<crate::access::Grant>,
     /// The block in force on the subject, if one is.
     pub block: Option<crate::anomaly::blocks::Block>,
+    /// How current the replica's copy of the shared state is; `None` in memory.
+    pub shared_state: Option<crate::fleet::Standing>,
 }
 
 /// Assesses an identified request as the pipeline does: its identity and risk are told to
@@ -78,11 +80,13 @@ pub fn assess(
     let who = who(conn, identity);
     let grants = route.map_or_else(Vec::new, |r| shared.access.active(r, &who, now));
     let block = shared.blocks.find(&who, now);
+    let shared_state = shared.fleet.standing();
     let Some(settings) = snapshot.risk.as_ref() else {
         return Assessed {
             device,
             grants,
             block,
+            shared_state,
             ..Assessed::default()
         };
     };
@@ -112,5 +116,6 @@ pub fn assess(
         risk: Some(risk),
         grants,
         block,
+        shared_state,
     }
 }

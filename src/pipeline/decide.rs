@@ -35,6 +35,7 @@ pub fn facts<'a>(
         risk: assessed.risk.as_ref(),
         grants: &assessed.grants,
         block: assessed.block.as_ref(),
+        shared_state: assessed.shared_state,
     }
 }
 

@@ -7,6 +7,7 @@
 
 use crate::access::Grant;
 use crate::anomaly::blocks::Block;
+use crate::fleet::Standing;
 use crate::identity::Identity;
 use crate::posture::Assessment;
 use crate::posture::inventory::Device;
@@ -39,6 +40,10 @@ pub struct Facts<'a> {
     /// The block in force on this subject, if there is one: the request is denied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block: Option<&'a Block>,
+    /// How current this replica's copy of the fleet's shared state is; `None` when the state
+    /// is kept in memory (`[state] backend = "memory"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_state: Option<Standing>,
 }
 
 /// The request, canonical: the same host and path that are forwarded.
@@ -180,6 +185,8 @@ pub struct Document {
     pub grants: Vec<Grant>,
     #[serde(default)]
     pub block: Option<Block>,
+    #[serde(default)]
+    pub shared_state: Option<Standing>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -257,6 +264,7 @@ impl Document {
             risk: self.risk.as_ref(),
             grants: &self.grants,
             block: self.block.as_ref(),
+            shared_state: self.shared_state,
         }
     }
 }
@@ -658,6 +666,7 @@ mod tests {
             risk: None,
             grants: &[],
             block: None,
+            shared_state: None,
         };
         let text = serde_json::to_string(&facts.kept(Some(&route))).unwrap();
         for secret in [

@@ -137,6 +137,9 @@ pub struct RoutePolicy {
     /// A policy evaluated beside the enforced one, whose answer is only compared and logged
     /// (`shadow_policy`).
     pub shadow: Option<Arc<rego::Rego>>,
+    /// Refuse the route while the replica's copy of the shared state is older than
+    /// `[state] max_stale` (`require_shared_state`).
+    pub require_shared_state: bool,
 }
 
 /// The request headers an open stream keeps to be decided again.
@@ -191,6 +194,7 @@ impl RoutePolicy {
             audit: None,
             rego: None,
             shadow: None,
+            require_shared_state: false,
         }
     }
 }
@@ -378,6 +382,25 @@ pub fn decide_on(policy: &Policy, route: Option<&RoutePolicy>, facts: &Facts<'_>
         && block.until > facts.time
     {
         return Decision::deny(Reason::new(Code::Blocked, blocked(block)));
+    }
+    // Without a current copy of the fleet's state, a revocation or block made on another
+    // replica may be missing here: refused, in audit mode too.
+    if let Some(state) = facts.shared_state {
+        if !state.synced {
+            return Decision::deny(Reason::new(
+                Code::SharedStateUnavailable,
+                "the shared state has not been read from Redis yet",
+            ));
+        }
+        if state.stale && route.require_shared_state {
+            return Decision::deny(Reason::new(
+                Code::SharedStateStale,
+                format!(
+                    "the shared state was last heard from Redis {:.1}s ago, over max_stale, and the route requires it",
+                    state.age
+                ),
+            ));
+        }
     }
     // A login route without its person is never decided by its rules, in audit mode neither:
     // a request gets there only signed in (or with a verified token).
@@ -928,6 +951,7 @@ mod tests {
             risk: None,
             grants: &[],
             block: None,
+            shared_state: None,
         }
     }
 
@@ -1457,6 +1481,54 @@ mod tests {
             super::decide(&policy, &f).reasons[0].code,
             Code::GrantMissing
         );
+    }
+
+    #[test]
+    fn without_a_current_shared_state_the_fleet_fails_closed() {
+        use crate::fleet::Standing;
+        let p = peer(None, "x");
+        let local = "127.0.0.1".parse().unwrap();
+        let route = |require: bool, audit: Option<bool>| {
+            let mut r = RoutePolicy::new("r", vec![Rule::default()]);
+            r.require_shared_state = require;
+            r.audit = audit;
+            Policy::new([Arc::new(r)], false, 300)
+        };
+        let mut f = facts(&p, "GET", "/", local, None);
+        let standing = |synced, stale| Standing {
+            synced,
+            age: if stale { 12.0 } else { 0.2 },
+            stale,
+        };
+        // In memory, and with a current copy: the rules decide.
+        for state in [None, Some(standing(true, false))] {
+            f.shared_state = state;
+            for require in [false, true] {
+                assert_eq!(
+                    super::decide(&route(require, None), &f).outcome,
+                    Outcome::Allow
+                );
+            }
+        }
+        // Never read since the start: every route refuses, in audit mode too.
+        f.shared_state = Some(standing(false, true));
+        for (require, audit) in [(false, None), (true, None), (false, Some(true))] {
+            let d = super::decide(&route(require, audit), &f);
+            assert_eq!(d.outcome, Outcome::Deny);
+            assert_eq!(d.reasons[0].code, Code::SharedStateUnavailable);
+        }
+        // Read once and gone stale: only the routes that require it refuse.
+        f.shared_state = Some(standing(true, true));
+        assert_eq!(
+            super::decide(&route(false, None), &f).outcome,
+            Outcome::Allow
+        );
+        for audit in [None, Some(true)] {
+            let d = super::decide(&route(true, audit), &f);
+            assert_eq!(d.outcome, Outcome::Deny);
+            assert_eq!(d.reasons[0].code, Code::SharedStateStale);
+            assert!(d.reasons[0].text.contains("12.0s"), "{d:?}");
+        }
     }
 
     fn person(subject: &str, email: Option<&str>) -> Identity {

@@ -700,6 +700,10 @@ struct Keys {
     os: Value,
     grants: Value,
     block: Value,
+    shared_state: Value,
+    synced: Value,
+    age: Value,
+    stale: Value,
 }
 
 static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
@@ -757,6 +761,10 @@ fn keys() -> &'static Keys {
         os: Value::from("os"),
         grants: Value::from("grants"),
         block: Value::from("block"),
+        shared_state: Value::from("shared_state"),
+        synced: Value::from("synced"),
+        age: Value::from("age"),
+        stale: Value::from("stale"),
     })
 }
 
@@ -836,7 +844,17 @@ pub fn input(facts: &Facts<'_>, device_key: Option<Key>) -> Value {
                 serialised(facts.grants)
             },
         )
-        .set(&k.block, facts.block.map_or(Value::Null, serialised));
+        .set(&k.block, facts.block.map_or(Value::Null, serialised))
+        .set(
+            &k.shared_state,
+            facts.shared_state.map_or(Value::Null, |s| {
+                let mut o = Builder::new();
+                o.set(&k.synced, s.synced)
+                    .set(&k.age, s.age)
+                    .set(&k.stale, s.stale);
+                o.done()
+            }),
+        );
     input.done()
 }
 
