@@ -92,6 +92,9 @@ pub struct Remote {
     queue: Mutex<VecDeque<Entry>>,
     queued: Notify,
     writer: tokio::sync::Mutex<Option<Conn>>,
+    /// The mark of the Redis data set this replica last read (`{prefix}:born`): a Redis that
+    /// comes back without it, or with another, lost the state.
+    born: Mutex<Option<String>>,
     commit: Script,
     prune: Script,
 }
@@ -108,6 +111,7 @@ impl Remote {
             queue: Mutex::new(VecDeque::new()),
             queued: Notify::new(),
             writer: tokio::sync::Mutex::new(None),
+            born: Mutex::new(None),
             commit: Script::new(COMMIT),
             prune: Script::new(PRUNE),
         }
@@ -324,6 +328,34 @@ async fn resync(remote: &Remote, sink: &dyn Sink, conn: &mut Conn) -> RedisResul
         .ids
         .first()
         .map_or_else(|| "0-0".to_owned(), |e| e.id.clone());
+    let born = remote.keys.of("born");
+    let _: Option<String> = redis::cmd("SET")
+        .arg(&born)
+        .arg(format!("{}@{}", remote.instance, super::now_ms()))
+        .arg("NX")
+        .query_async(conn)
+        .await?;
+    let mark: Option<String> = conn.get(&born).await?;
+    let known = remote
+        .born
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(mark.clone().unwrap_or_default());
+    if let Some(known) = known
+        && Some(&known) != mark.as_ref()
+    {
+        // Redis came back without the data set this replica read (restarted without
+        // persistence, flushed, failed over to an empty replica): what takes access away is
+        // written back from here rather than forgotten.
+        let entries = sink.restrictive();
+        tracing::error!(
+            entries = entries.len(),
+            "shared state: Redis lost the shared state; writing back this replica's revocations and blocks"
+        );
+        for entry in entries {
+            remote.enqueue(entry);
+        }
+    }
     let all: HashMap<String, String> = conn.hgetall(&remote.keys.state).await?;
     let values: Vec<String> = all.into_values().collect();
     sink.replace(&values, &remote.pending());

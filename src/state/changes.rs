@@ -246,6 +246,59 @@ fn replace(shared: &Shared, changes: &[Change], pending: &[Change], now: i64) {
     shared.live.recheck_now();
 }
 
+/// Every change in force here that takes access away: what a Redis that lost the state is
+/// given back.
+fn restrictive(shared: &Shared, now: i64) -> Vec<Change> {
+    let l = shared.revocations.listing();
+    let mut changes: Vec<Change> = Vec::new();
+    changes.extend(
+        l.sessions
+            .into_iter()
+            .map(|sid| Change::RevokeSession { sid }),
+    );
+    changes.extend(
+        l.logged_out
+            .into_iter()
+            .map(|(sid, until)| Change::LogOut { sid, until }),
+    );
+    changes.extend(
+        l.users
+            .into_iter()
+            .map(|(sub, at)| Change::RevokeUser { sub, at }),
+    );
+    changes.extend(
+        l.devices
+            .into_iter()
+            .map(|(fingerprint, at)| Change::RevokeDevice { fingerprint, at }),
+    );
+    changes.extend(
+        l.provider_sessions
+            .into_iter()
+            .map(|sid| Change::ProviderLogout {
+                sid: Some(sid),
+                sub: None,
+                at: now,
+            }),
+    );
+    changes.extend(
+        l.provider_logouts
+            .into_iter()
+            .map(|(sub, at)| Change::ProviderLogout {
+                sid: None,
+                sub: Some(sub),
+                at,
+            }),
+    );
+    changes.extend(
+        shared
+            .blocks
+            .list(now)
+            .into_iter()
+            .map(|block| Change::Block { block }),
+    );
+    changes
+}
+
 /// This replica, as the shared state acts on it.
 pub struct Replica(pub Weak<Shared>);
 
@@ -273,6 +326,16 @@ impl fleet::Sink for Replica {
         if let (Some(shared), Some(change)) = (self.0.upgrade(), read(event)) {
             apply(&shared, &change, crate::identity::now());
         }
+    }
+
+    fn restrictive(&self) -> Vec<Entry> {
+        let Some(shared) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        restrictive(&shared, crate::identity::now())
+            .iter()
+            .map(Change::entry)
+            .collect()
     }
 
     fn fire(&self, fire: &fleet::Fire, total: u32, at: i64) {
