@@ -499,6 +499,7 @@ fn render_metrics(shared: &Shared, headers: &http::HeaderMap) -> Response<Body> 
 fn observe_components(shared: &Shared) {
     let snapshot = shared.snapshot.load();
     let metrics = &shared.metrics;
+    shared.fleet.observe();
     if let Some(devices) = &snapshot.devices {
         let status = devices.status();
         metrics

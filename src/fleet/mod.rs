@@ -213,6 +213,13 @@ impl Fleet {
             .and_then(|r| r.counts.total(key, now, window))
     }
 
+    /// Brings the shared state's metrics up to date (its age grows as time passes).
+    pub fn observe(&self) {
+        if let Some(remote) = &self.remote {
+            remote.observe();
+        }
+    }
+
     /// `None` in memory; else how current this replica's copy is.
     pub fn standing(&self) -> Option<Standing> {
         self.remote.as_ref().map(|r| r.health.standing())

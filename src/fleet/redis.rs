@@ -136,7 +136,7 @@ impl Remote {
         self.queued.notify_one();
     }
 
-    fn observe(&self) {
+    pub fn observe(&self) {
         let s = self.health.standing();
         self.metrics.fleet.observe(s.synced, s.age, s.stale);
         let queued = self.queue.lock().map_or(0, |q| q.len());

@@ -6,6 +6,7 @@
 pub mod idp;
 pub mod mmdb;
 pub mod receiver;
+pub mod redis;
 pub mod world;
 
 use anyhow::{Context as _, Result};

@@ -1,0 +1,833 @@
+//! A fleet: three `vigil run` processes on loopback sharing their run-time state through a
+//! real `redis-server` (`[state] backend = "redis"`). A device revoked on one replica is
+//! refused on the others within a second and an open WebSocket is cut; a grant made on one is
+//! used on another; denials spread across the three add up to one block; Redis killed,
+//! restarted, emptied, slowed and stalled; a replica restarted while changes were made; Redis
+//! over TLS with an ACL user. Sign-ins, logouts and session refreshes across replicas, with a
+//! real OpenID Provider, are at the end.
+
+mod support;
+
+use anyhow::Result;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::redis::{Latency, Redis, RedisOptions};
+use support::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use vigil::certs::Issued;
+
+/// A change made on one replica is in force on the others within this.
+const PROPAGATION: Duration = Duration::from_secs(1);
+const WORKLOAD: &str = "spiffe://example.org/ns/apps/sa/billing";
+
+/// One replica: a `vigil run` process with its own listener, admin listener and decision log.
+struct Replica {
+    name: String,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    config: PathBuf,
+    decisions: PathBuf,
+    child: Option<Child>,
+}
+
+impl Replica {
+    /// Writes the replica's configuration (the fleet's `common` text with its own ports and
+    /// log) and starts it; waits until its admin listener answers.
+    async fn start(pki: &Pki, name: &str, common: &str) -> Result<Self> {
+        let port = world::free_port().await?;
+        let admin_port = world::free_port().await?;
+        let decisions = pki.path(&format!("{name}.decisions.log"));
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = [\"ca.pem\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[log]\ndecisions = \"{}\"\n{common}",
+            decisions.display()
+        );
+        let config = pki.path(&format!("{name}.toml"));
+        std::fs::write(&config, text)?;
+        let mut replica = Self {
+            name: name.to_owned(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            config,
+            decisions,
+            child: None,
+        };
+        replica.launch().await?;
+        Ok(replica)
+    }
+
+    async fn launch(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.config.with_extension("log"))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.admin_call("GET", "/healthz", "").await.is_err() {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            anyhow::ensure!(
+                exited.is_none() && Instant::now() < deadline,
+                "{} never started: {}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Ok(())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A call to the admin listener (from loopback, which may change things).
+    async fn admin_call(&self, method: &str, path: &str, body: &str) -> Result<Reply> {
+        let mut tcp = tokio::time::timeout(STEP, TcpStream::connect(self.admin)).await??;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.admin,
+            body.len()
+        );
+        tcp.write_all(request.as_bytes()).await?;
+        tokio::time::timeout(STEP, read_reply(&mut tcp)).await?
+    }
+
+    async fn ready(&self) -> Result<serde_json::Value> {
+        Ok(self.admin_call("GET", "/readyz", "").await?.json())
+    }
+
+    async fn metric(&self, series: &str) -> Result<f64> {
+        let text = self.admin_call("GET", "/metrics", "").await?.body;
+        Ok(text
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0))
+    }
+
+    /// Waits until this replica has read the shared state.
+    async fn synced(&self) -> Result<()> {
+        let synced = eventually(Duration::from_secs(20), || async {
+            self.ready()
+                .await
+                .is_ok_and(|r| r["shared_state"]["synced"] == true)
+        })
+        .await;
+        anyhow::ensure!(
+            synced,
+            "{} never read the shared state: {}",
+            self.name,
+            self.log()
+        );
+        Ok(())
+    }
+
+    /// `GET path` as `client`: the status, or `None` when the handshake was refused.
+    async fn status(&self, pki: &Pki, client: &Issued, path: &str) -> Option<u16> {
+        let config = client_config(Some(client), pki.ca.cert_pem(), &[b"http/1.1"]).ok()?;
+        get(self.addr, config, path, "")
+            .await
+            .ok()
+            .map(|r| r.status)
+    }
+
+    /// `GET path` as `client`: the whole reply.
+    async fn get(&self, pki: &Pki, client: &Issued, path: &str) -> Result<Reply> {
+        get(
+            self.addr,
+            client_config(Some(client), pki.ca.cert_pem(), &[b"http/1.1"])?,
+            path,
+            "",
+        )
+        .await
+    }
+
+    /// The reason codes of the decision line of `reply`.
+    async fn codes(&self, reply: &Reply) -> Vec<String> {
+        let id = reply.header("x-request-id").unwrap_or_default();
+        decision_for(&self.decisions, &id)
+            .await
+            .and_then(|line| {
+                line["codes"].as_array().map(|codes| {
+                    codes
+                        .iter()
+                        .filter_map(|c| c.as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The routes and sections every replica of a test shares, reaching Redis at `redis_addr`.
+fn common(
+    redis: &Redis,
+    redis_addr: SocketAddr,
+    upstream: SocketAddr,
+    ws: SocketAddr,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+{state}
+[detectors]
+[detectors.denials]
+per = ["device"]
+threshold = 10
+window = "1h"
+block_for = "10m"
+{extra}
+
+[[route]]
+name = "chat"
+host = "localhost"
+path = "/chat"
+upstream = "http://{ws}"
+login = "none"
+allow = [{{ spiffe = ["spiffe://example.org/**"] }}]
+
+[[route]]
+name = "jit"
+host = "localhost"
+path = "/jit"
+upstream = "http://{upstream}"
+login = "none"
+allow = [{{ grant = true }}]
+grants = {{ max = "1h", approvers = {{ users = ["ops@example.com"] }} }}
+
+[[route]]
+name = "strict"
+host = "localhost"
+path = "/strict"
+upstream = "http://{upstream}"
+login = "none"
+require_shared_state = true
+allow = [{{ spiffe = ["spiffe://example.org/**"] }}]
+
+[[route]]
+name = "app"
+host = "localhost"
+upstream = "http://{upstream}"
+login = "none"
+allow = [{{ spiffe = ["spiffe://example.org/**"], paths = ["/ok/**"] }}]
+"#,
+        state = redis.state_config(redis_addr, "max_stale = \"2s\"\ntimeout = \"300ms\"\n"),
+    )
+}
+
+struct Fleet {
+    pki: Pki,
+    redis: Redis,
+    replicas: Vec<Replica>,
+    common: String,
+    _upstream: tokio_util::sync::CancellationToken,
+}
+
+impl Fleet {
+    /// Redis with `options`, and `n` replicas, each synced.
+    async fn start(n: usize, options: RedisOptions, extra: &str) -> Result<Self> {
+        let pki = Pki::new()?;
+        let redis = Redis::start(&pki, options).await?;
+        let (upstream, stop) = echo_upstream().await?;
+        let ws = ws_echo_upstream().await?;
+        let common = common(&redis, redis.addr(), upstream, ws, extra);
+        let mut replicas = Vec::new();
+        for name in ["a", "b", "c"].into_iter().take(n) {
+            replicas.push(Replica::start(&pki, name, &common).await?);
+        }
+        for r in &replicas {
+            r.synced().await?;
+        }
+        Ok(Self {
+            pki,
+            redis,
+            replicas,
+            common,
+            _upstream: stop,
+        })
+    }
+
+    fn workload(&self) -> Result<Issued> {
+        self.pki.workload(WORKLOAD)
+    }
+}
+
+fn fingerprint(issued: &Issued) -> Result<String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())?;
+    Ok(vigil::tls::PeerCert::from_der(der.as_ref())
+        .map_err(anyhow::Error::msg)?
+        .fingerprint_hex)
+}
+
+/// Waits until `check` holds, polling every 10 ms, for at most `limit`; how long it took.
+async fn within<F, Fut>(limit: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() >= limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Opens a WebSocket to `replica`'s `/chat` and checks that it echoes.
+async fn open_chat(
+    pki: &Pki,
+    replica: &Replica,
+    client: &Issued,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let tls = connect(
+        replica.addr,
+        client_config(Some(client), pki.ca.cert_pem(), &[b"http/1.1"])?,
+        "localhost",
+    )
+    .await?;
+    let (mut socket, response) = tokio::time::timeout(
+        STEP,
+        tokio_tungstenite::client_async("wss://localhost/chat", tls),
+    )
+    .await??;
+    anyhow::ensure!(response.status() == 101, "{response:?}");
+    socket.send(Message::text("hi")).await?;
+    let echoed = tokio::time::timeout(STEP, socket.next())
+        .await?
+        .transpose()?;
+    anyhow::ensure!(echoed == Some(Message::text("hi")), "{echoed:?}");
+    Ok(socket)
+}
+
+/// Waits (at most `limit`) for the peer to end the WebSocket.
+async fn ends_within<S>(socket: &mut S, limit: Duration) -> bool
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    tokio::time::timeout(limit, async {
+        loop {
+            match socket.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn a_device_revoked_on_one_replica_is_refused_by_all_and_its_tunnel_cut() -> Result<()> {
+    let f = Fleet::start(3, RedisOptions::default(), "").await?;
+    let [a, b, c] = &f.replicas[..] else {
+        unreachable!()
+    };
+    let laptop = f.workload()?;
+    let other = f.pki.workload("spiffe://example.org/ns/apps/sa/other")?;
+    for r in &f.replicas {
+        assert_eq!(
+            r.status(&f.pki, &laptop, "/ok/x").await,
+            Some(200),
+            "{}",
+            r.name
+        );
+    }
+    let mut chat = open_chat(&f.pki, c, &laptop).await?;
+
+    let revoke = format!(r#"{{"device":"{}"}}"#, fingerprint(&laptop)?);
+    let reply = a.admin_call("POST", "/revoke", &revoke).await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let revoked = Instant::now();
+    for r in [b, c] {
+        let took = within(PROPAGATION, || async {
+            r.status(&f.pki, &laptop, "/ok/x").await != Some(200)
+        })
+        .await;
+        assert!(took.is_some(), "{} still serves the revoked device", r.name);
+        // Refused at the handshake, as on the replica where it was revoked.
+        assert_eq!(r.status(&f.pki, &laptop, "/ok/x").await, None);
+        // Nobody else is affected.
+        assert_eq!(r.status(&f.pki, &other, "/ok/x").await, Some(200));
+    }
+    assert!(
+        ends_within(
+            &mut chat,
+            PROPAGATION.saturating_sub(revoked.elapsed()) + Duration::from_millis(500)
+        )
+        .await,
+        "the tunnel on c outlived the revocation on a"
+    );
+    eprintln!(
+        "device revoked on a: refused on b and c, tunnel on c cut, {:?}",
+        revoked.elapsed()
+    );
+    let cut = "vigil_connections_cut_total{reason=\"device_revoked\"}";
+    assert!(c.metric(cut).await? >= 1.0);
+    // Every replica lists it, and a restore on b lets it back in everywhere.
+    for r in &f.replicas {
+        let listed = r.admin_call("GET", "/revocations", "").await?.body;
+        assert!(
+            listed.contains(&fingerprint(&laptop)?),
+            "{}: {listed}",
+            r.name
+        );
+    }
+    let reply = b.admin_call("POST", "/restore", &revoke).await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    for r in &f.replicas {
+        let back = within(PROPAGATION, || async {
+            r.status(&f.pki, &laptop, "/ok/x").await == Some(200)
+        })
+        .await;
+        assert!(
+            back.is_some(),
+            "{} still refuses the restored device",
+            r.name
+        );
+    }
+    assert!(a.metric("vigil_state_changes_applied_total").await? >= 1.0);
+    assert!(a.metric("vigil_state_changes_written_total").await? >= 1.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_grant_made_on_one_replica_is_used_on_another_and_ended_everywhere() -> Result<()> {
+    let f = Fleet::start(3, RedisOptions::default(), "").await?;
+    let [a, b, c] = &f.replicas[..] else {
+        unreachable!()
+    };
+    let laptop = f.workload()?;
+    assert_eq!(c.status(&f.pki, &laptop, "/jit/x").await, Some(403));
+    let body = format!(
+        r#"{{"subject":{{"spiffe":"{WORKLOAD}"}},"route":"jit","duration":"10m","reason":"INC-1"}}"#
+    );
+    let made = b.admin_call("POST", "/grants", &body).await?;
+    assert_eq!(made.status, 201, "{made:?}");
+    let id = made.json()["grant"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for r in [a, c] {
+        let took = within(PROPAGATION, || async {
+            r.status(&f.pki, &laptop, "/jit/x").await == Some(200)
+        })
+        .await;
+        assert!(
+            took.is_some(),
+            "{} does not know the grant made on b",
+            r.name
+        );
+    }
+    let listed = a.admin_call("GET", "/grants", "").await?.json();
+    assert_eq!(listed["grants"][0]["id"], id.as_str(), "{listed}");
+    let ended = c
+        .admin_call("POST", "/grants/revoke", &format!(r#"{{"id":"{id}"}}"#))
+        .await?;
+    assert_eq!(ended.status, 200, "{ended:?}");
+    for r in [a, b] {
+        let took = within(PROPAGATION, || async {
+            r.status(&f.pki, &laptop, "/jit/x").await == Some(403)
+        })
+        .await;
+        assert!(
+            took.is_some(),
+            "{} still honours the grant ended on c",
+            r.name
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn denials_spread_across_the_replicas_add_up_to_one_block() -> Result<()> {
+    let f = Fleet::start(3, RedisOptions::default(), "").await?;
+    let laptop = f.workload()?;
+    // Four denials on each replica: none of them alone sees more than ten.
+    for r in &f.replicas {
+        for i in 0..4 {
+            let reply = r.get(&f.pki, &laptop, &format!("/denied/{i}")).await?;
+            assert_eq!(reply.status, 403, "{}", r.name);
+        }
+    }
+    for r in &f.replicas {
+        let took = within(Duration::from_secs(5), || async {
+            let Ok(reply) = r.get(&f.pki, &laptop, "/ok/x").await else {
+                return false;
+            };
+            reply.status == 403 && r.codes(&reply).await.iter().any(|c| c == "blocked")
+        })
+        .await;
+        assert!(
+            took.is_some(),
+            "{} does not refuse the blocked device",
+            r.name
+        );
+    }
+    // One block, made once for the fleet.
+    let fired = "vigil_detector_fired_total{detector=\"denials\",action=\"block\"}";
+    let mut total = 0.0;
+    for r in &f.replicas {
+        total += r.metric(fired).await?;
+    }
+    assert_eq!(total, 1.0, "the block fired {total} times");
+    let blocks = f.replicas[2].admin_call("GET", "/blocks", "").await?.json();
+    assert_eq!(
+        blocks["blocks"].as_array().map(Vec::len),
+        Some(1),
+        "{blocks}"
+    );
+    // Lifted on one, lifted on all.
+    let subject = blocks["blocks"][0]["subject"].clone();
+    let lift = serde_json::json!({ "subject": subject }).to_string();
+    let reply = f.replicas[1]
+        .admin_call("POST", "/blocks/lift", &lift)
+        .await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    for r in &f.replicas {
+        let back = within(PROPAGATION, || async {
+            r.status(&f.pki, &laptop, "/ok/x").await == Some(200)
+        })
+        .await;
+        assert!(back.is_some(), "{} still blocks", r.name);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_fails_closed_and_resyncs() -> Result<()> {
+    let mut f = Fleet::start(2, RedisOptions::default(), "").await?;
+    let laptop = f.workload()?;
+    let other = f.pki.workload("spiffe://example.org/ns/apps/sa/other")?;
+    f.redis.kill();
+    // Within max_stale requests are decided on the last state read; after it, the routes that
+    // require the shared state refuse, the others still serve.
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
+    assert_eq!(b.status(&f.pki, &laptop, "/strict/x").await, Some(200));
+    let stale = within(Duration::from_secs(6), || async {
+        b.ready()
+            .await
+            .is_ok_and(|r| r["shared_state"]["stale"] == true)
+    })
+    .await;
+    assert!(stale.is_some(), "b never judged its copy stale");
+    let refused = b.get(&f.pki, &laptop, "/strict/x").await?;
+    assert_eq!(refused.status, 403);
+    assert!(
+        b.codes(&refused)
+            .await
+            .iter()
+            .any(|c| c == "shared_state_stale")
+    );
+    assert_eq!(b.status(&f.pki, &laptop, "/ok/x").await, Some(200));
+    let ready = b.ready().await?;
+    let strict = ready["routes"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "strict"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(strict["ready"], false, "{ready}");
+    assert_eq!(b.metric("vigil_state_stale").await?, 1.0);
+    // What lets someone in is refused while Redis is away; what takes access away is in force
+    // at once where it was made, and queued for the others.
+    let grant = format!(
+        r#"{{"subject":{{"spiffe":"{WORKLOAD}"}},"route":"jit","duration":"10m","reason":"INC-2"}}"#
+    );
+    let started = Instant::now();
+    let refused = a.admin_call("POST", "/grants", &grant).await?;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let revoke = format!(r#"{{"device":"{}"}}"#, fingerprint(&other)?);
+    assert_eq!(a.admin_call("POST", "/revoke", &revoke).await?.status, 200);
+    assert_eq!(a.status(&f.pki, &other, "/ok/x").await, None);
+    assert_eq!(b.status(&f.pki, &other, "/ok/x").await, Some(200));
+    assert!(a.metric("vigil_state_changes_queued").await? >= 1.0);
+
+    // Redis comes back empty (no persistence): the queued revocation reaches b, and b's copy
+    // is current again. No restart of either replica.
+    f.redis.restart(&f.pki).await?;
+    let took = within(Duration::from_secs(10), || async {
+        b.status(&f.pki, &other, "/ok/x").await.is_none()
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "the revocation made while Redis was down never reached b"
+    );
+    let current = within(Duration::from_secs(10), || async {
+        b.ready()
+            .await
+            .is_ok_and(|r| r["shared_state"]["stale"] == false)
+    })
+    .await;
+    assert!(current.is_some());
+    assert_eq!(b.status(&f.pki, &laptop, "/strict/x").await, Some(200));
+    assert!(b.metric("vigil_state_resyncs_total").await? >= 2.0);
+    assert!(b.metric("vigil_state_reconnects_total").await? >= 1.0);
+    assert_eq!(a.admin_call("POST", "/grants", &grant).await?.status, 201);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_redis_that_lost_its_data_is_given_back_the_revocations() -> Result<()> {
+    let mut f = Fleet::start(2, RedisOptions::default(), "").await?;
+    let laptop = f.workload()?;
+    let revoke = format!(r#"{{"device":"{}"}}"#, fingerprint(&laptop)?);
+    assert_eq!(
+        f.replicas[0]
+            .admin_call("POST", "/revoke", &revoke)
+            .await?
+            .status,
+        200
+    );
+    let b = &f.replicas[1];
+    assert!(
+        within(PROPAGATION, || async {
+            b.status(&f.pki, &laptop, "/ok/x").await.is_none()
+        })
+        .await
+        .is_some()
+    );
+    // Redis restarts without persistence: its data set is gone.
+    f.redis.restart(&f.pki).await?;
+    assert!(
+        within(Duration::from_secs(10), || async {
+            f.redis
+                .cli(&f.pki, &["HLEN", "{vigil}:state"])
+                .is_ok_and(|n| n != "0")
+        })
+        .await
+        .is_some(),
+        "no replica wrote the state back"
+    );
+    // A replica started now reads the revocation; the others never let the device back.
+    let c = Replica::start(&f.pki, "c", &f.common).await?;
+    c.synced().await?;
+    assert_eq!(c.status(&f.pki, &laptop, "/ok/x").await, None);
+    assert_eq!(b.status(&f.pki, &laptop, "/ok/x").await, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_that_never_read_the_state_refuses_everything() -> Result<()> {
+    let pki = Pki::new()?;
+    let mut redis = Redis::start(&pki, RedisOptions::default()).await?;
+    let (upstream, _stop) = echo_upstream().await?;
+    let ws = ws_echo_upstream().await?;
+    let common = common(&redis, redis.addr(), upstream, ws, "");
+    redis.kill();
+    let a = Replica::start(&pki, "a", &common).await?;
+    let laptop = pki.workload(WORKLOAD)?;
+    let ready = a.admin_call("GET", "/readyz", "").await?;
+    assert_eq!(ready.status, 503, "{ready:?}");
+    assert_eq!(
+        ready.json()["reason"],
+        "the shared state has not been read from Redis yet"
+    );
+    let refused = a.get(&pki, &laptop, "/ok/x").await?;
+    assert_eq!(refused.status, 403);
+    assert!(
+        a.codes(&refused)
+            .await
+            .iter()
+            .any(|c| c == "shared_state_unavailable")
+    );
+    redis.restart(&pki).await?;
+    a.synced().await?;
+    assert_eq!(a.status(&pki, &laptop, "/ok/x").await, Some(200));
+    assert_eq!(a.admin_call("GET", "/readyz", "").await?.status, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slow_or_stalled_redis_never_holds_up_requests() -> Result<()> {
+    let pki = Pki::new()?;
+    let redis = Redis::start(&pki, RedisOptions::default()).await?;
+    let latency = Latency::start(redis.addr()).await?;
+    let (upstream, _stop) = echo_upstream().await?;
+    let ws = ws_echo_upstream().await?;
+    let common = common(&redis, latency.addr, upstream, ws, "");
+    let a = Replica::start(&pki, "a", &common).await?;
+    let b = Replica::start(&pki, "b", &common).await?;
+    a.synced().await?;
+    b.synced().await?;
+    let laptop = pki.workload(WORKLOAD)?;
+    // Slow: every exchange with Redis takes 200 ms more; requests do not wait for it.
+    latency.set_delay(Duration::from_millis(200));
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(a.status(&pki, &laptop, "/ok/x").await, Some(200));
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // Stalled: requests still go, a grant is refused within [state] timeout, and the copy goes
+    // stale after max_stale.
+    latency.set_stalled(true);
+    let started = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(a.status(&pki, &laptop, "/ok/x").await, Some(200));
+        assert_eq!(a.status(&pki, &laptop, "/denied").await, Some(403));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let grant = format!(
+        r#"{{"subject":{{"spiffe":"{WORKLOAD}"}},"route":"jit","duration":"10m","reason":"INC-3"}}"#
+    );
+    let started = Instant::now();
+    let refused = a.admin_call("POST", "/grants", &grant).await?;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let stale = within(Duration::from_secs(8), || async {
+        a.ready()
+            .await
+            .is_ok_and(|r| r["shared_state"]["stale"] == true)
+    })
+    .await;
+    assert!(stale.is_some());
+    assert_eq!(a.status(&pki, &laptop, "/strict").await, Some(403));
+    latency.set_stalled(false);
+    latency.set_delay(Duration::ZERO);
+    let current = within(Duration::from_secs(10), || async {
+        a.ready()
+            .await
+            .is_ok_and(|r| r["shared_state"]["stale"] == false)
+    })
+    .await;
+    assert!(current.is_some(), "a never caught up after the stall");
+    assert_eq!(a.status(&pki, &laptop, "/strict").await, Some(200));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_restarted_catches_up() -> Result<()> {
+    let mut f = Fleet::start(3, RedisOptions::default(), "").await?;
+    let laptop = f.workload()?;
+    let other = f.pki.workload("spiffe://example.org/ns/apps/sa/other")?;
+    f.replicas[2].stop();
+    let revoke = format!(r#"{{"device":"{}"}}"#, fingerprint(&laptop)?);
+    assert_eq!(
+        f.replicas[0]
+            .admin_call("POST", "/revoke", &revoke)
+            .await?
+            .status,
+        200
+    );
+    let body = format!(
+        r#"{{"subject":{{"spiffe":"spiffe://example.org/ns/apps/sa/other"}},"route":"jit","duration":"10m","reason":"INC-4"}}"#
+    );
+    assert_eq!(
+        f.replicas[1]
+            .admin_call("POST", "/grants", &body)
+            .await?
+            .status,
+        201
+    );
+    f.replicas[2].launch().await?;
+    let c = &f.replicas[2];
+    c.synced().await?;
+    assert_eq!(c.status(&f.pki, &laptop, "/ok/x").await, None);
+    assert_eq!(c.status(&f.pki, &other, "/jit/x").await, Some(200));
+    Ok(())
+}
+
+#[tokio::test]
+async fn redis_over_tls_with_an_acl_user() -> Result<()> {
+    let options = RedisOptions {
+        tls: true,
+        acl_password: Some("fleet-secret-0123456789".into()),
+        appendonly: true,
+    };
+    let f = Fleet::start(2, options, "").await?;
+    let laptop = f.workload()?;
+    let revoke = format!(r#"{{"device":"{}"}}"#, fingerprint(&laptop)?);
+    assert_eq!(
+        f.replicas[0]
+            .admin_call("POST", "/revoke", &revoke)
+            .await?
+            .status,
+        200
+    );
+    let b = &f.replicas[1];
+    assert!(
+        within(PROPAGATION, || async {
+            b.status(&f.pki, &laptop, "/ok/x").await.is_none()
+        })
+        .await
+        .is_some()
+    );
+    let body = format!(
+        r#"{{"subject":{{"spiffe":"spiffe://example.org/ns/apps/sa/other"}},"route":"jit","duration":"10m","reason":"INC-5"}}"#
+    );
+    assert_eq!(b.admin_call("POST", "/grants", &body).await?.status, 201);
+    // The state is in Redis under the fleet's own keys, which the ACL user is limited to.
+    let fields = f.redis.cli(&f.pki, &["HKEYS", "{vigil}:state"])?;
+    assert!(fields.contains("device:"), "{fields}");
+    assert!(fields.contains("grant:"), "{fields}");
+
+    // A wrong password: never synced, refuses everything, and says why in its log.
+    std::fs::write(f.pki.path("wrong.password"), "not-the-password\n")?;
+    let wrong = f.common.replace("redis.password", "wrong.password");
+    let c = Replica::start(&f.pki, "c", &wrong).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.admin_call("GET", "/readyz", "").await?.status, 503);
+    assert_eq!(
+        c.status(&f.pki, &f.pki.workload("spiffe://example.org/x")?, "/ok/x")
+            .await,
+        Some(403)
+    );
+    Ok(())
+}
