@@ -831,3 +831,217 @@ async fn redis_over_tls_with_an_acl_user() -> Result<()> {
     );
     Ok(())
 }
+
+/// People across replicas: replica a is the world's own (with the provider), b is started in
+/// this process from the same configuration with its own ports, both on one Redis.
+struct People {
+    w: world::World,
+    b: vigil::Running,
+    b_decisions: PathBuf,
+    _redis: Redis,
+    _redis_pki: Pki,
+}
+
+async fn people(rotating: bool) -> Result<People> {
+    let redis_pki = Pki::new()?;
+    let redis = Redis::start(&redis_pki, RedisOptions::default()).await?;
+    let extra = format!(
+        "\n[verify]\ninterval = \"1s\"\nmax_stale = \"30s\"\n\n{}",
+        redis.state_config(redis.addr(), "")
+    );
+    let w = if rotating {
+        world::world_rotating(&extra).await?
+    } else {
+        world::world_with(&extra).await?
+    };
+    let (b, b_decisions) = second_replica(&w, "b", "session.keys").await?;
+    Ok(People {
+        w,
+        b,
+        b_decisions,
+        _redis: redis,
+        _redis_pki: redis_pki,
+    })
+}
+
+/// Another replica of `w`'s configuration, with its own ports, decision log and session keys
+/// file `keys`.
+async fn second_replica(
+    w: &world::World,
+    name: &str,
+    keys: &str,
+) -> Result<(vigil::Running, PathBuf)> {
+    let port = world::free_port().await?;
+    let decisions = w.pki.path(&format!("{name}.decisions.log"));
+    let text = w
+        .config_text
+        .replace(
+            &format!("listen = \"127.0.0.1:{}\"", w.port),
+            &format!("listen = \"127.0.0.1:{port}\""),
+        )
+        .replace(
+            &w.decisions.display().to_string(),
+            &decisions.display().to_string(),
+        )
+        .replace(
+            "keys_file = \"session.keys\"",
+            &format!("keys_file = \"{keys}\""),
+        );
+    let config = w.pki.path(&format!("{name}.toml"));
+    std::fs::write(&config, text)?;
+    let running = vigil::start_file(&config).await?;
+    let ready = eventually(Duration::from_secs(20), || async {
+        admin(&running, "GET", "/readyz").await.is_ok_and(|r| {
+            let r = r.json();
+            r["identity_provider"]["ready"] == true && r["shared_state"]["synced"] == true
+        })
+    })
+    .await;
+    anyhow::ensure!(ready, "replica {name} never became ready");
+    Ok((running, decisions))
+}
+
+/// A browser request to `running` with the Host the load balancer passes on (the world's).
+async fn visit_at(
+    w: &world::World,
+    running: &vigil::Running,
+    device: &Issued,
+    path: &str,
+    cookies: &str,
+) -> Result<Reply> {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost:{}\r\nAccept: text/html\r\nCookie: {cookies}\r\nConnection: close\r\n\r\n",
+        w.port
+    );
+    raw(running.addr, w.browser(device), "localhost", &request).await
+}
+
+fn open_session(w: &world::World, cookies: &str) -> Result<vigil::identity::session::Session> {
+    let keys = std::fs::read_to_string(w.pki.path("session.keys"))?;
+    let ring = vigil::identity::seal::KeyRing::parse(&keys).map_err(anyhow::Error::msg)?;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::COOKIE, cookies.parse()?);
+    vigil::identity::session::read(&headers, &ring).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+#[tokio::test]
+async fn a_logout_on_one_replica_refuses_the_copied_cookie_on_another() -> Result<()> {
+    let p = people(false).await?;
+    let w = &p.w;
+    let (session, _) = w.sign_in(&w.alice_laptop, "/", support::idp::ALICE).await?;
+    let copy = session.clone();
+    assert_eq!(
+        visit_at(w, &p.b, &w.alice_laptop, "/hello", &copy)
+            .await?
+            .status,
+        200
+    );
+    // Both replicas publish the same assertion keys.
+    let jwks = |running: &vigil::Running| {
+        let running = running.addr;
+        async move {
+            let request = format!(
+                "GET /.vigil/jwks.json HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n",
+                w.port
+            );
+            raw(running, w.browser(&w.alice_laptop), "localhost", &request)
+                .await
+                .map(|r| r.body)
+        }
+    };
+    assert_eq!(jwks(&w.running).await?, jwks(&p.b).await?);
+
+    let token = w
+        .visit(&w.alice_laptop, "/.vigil/whoami", &session)
+        .await?
+        .json()["logout_csrf"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let body = format!("csrf={token}");
+    let request = format!(
+        "POST /.vigil/logout HTTP/1.1\r\nHost: localhost:{}\r\nCookie: {session}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        w.port,
+        body.len()
+    );
+    let out = raw(
+        w.running.addr,
+        w.browser(&w.alice_laptop),
+        "localhost",
+        &request,
+    )
+    .await?;
+    assert_eq!(out.status, 303, "{out:?}");
+    let refused = within(PROPAGATION, || async {
+        visit_at(w, &p.b, &w.alice_laptop, "/hello", &copy)
+            .await
+            .is_ok_and(|r| r.status == 302)
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "b still takes the cookie logged out on a"
+    );
+    let reply = visit_at(w, &p.b, &w.alice_laptop, "/hello", &copy).await?;
+    let id = reply.header("x-request-id").unwrap_or_default();
+    let line = decision_for(&p.b_decisions, &id).await.unwrap_or_default();
+    assert!(
+        line["reasons"]
+            .to_string()
+            .contains("session ended by logout"),
+        "{line}"
+    );
+
+    // A replica given other session keys opens none of the fleet's sessions, and says so.
+    std::fs::write(
+        w.pki.path("other.keys"),
+        vigil::identity::seal::KeyRing::generate_line().map_err(anyhow::Error::msg)? + "\n",
+    )?;
+    let (c, _) = second_replica(w, "c", "other.keys").await?;
+    let differ = eventually(Duration::from_secs(5), || async {
+        metric(&c, "vigil_state_keys_differ")
+            .await
+            .is_ok_and(|n| n >= 1.0)
+    })
+    .await;
+    assert!(differ, "c does not see that its keys differ");
+    assert_eq!(metric(&p.b, "vigil_state_keys_differ").await?, 0.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_replicas_refreshing_one_session_make_one_refresh_at_the_provider() -> Result<()> {
+    let p = people(true).await?;
+    let w = &p.w;
+    let (mut session, _) = w.sign_in(&w.alice_laptop, "/", support::idp::ALICE).await?;
+    for round in 0..3 {
+        let before = open_session(w, &session)?;
+        let spent = before.refresh_token.clone().unwrap_or_default();
+        // Past [verify] interval: the next request of the session on any replica refreshes it.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let (on_a, on_b) = tokio::join!(
+            visit_at(w, &w.running, &w.alice_laptop, "/hello", &session),
+            visit_at(w, &p.b, &w.alice_laptop, "/hello", &session),
+        );
+        let (on_a, on_b) = (on_a?, on_b?);
+        assert_eq!(
+            (on_a.status, on_b.status),
+            (200, 200),
+            "round {round}: {on_a:?} {on_b:?}"
+        );
+        let from_a = open_session(w, &world::cookie_pairs(&on_a))?;
+        let from_b = open_session(w, &world::cookie_pairs(&on_b))?;
+        let token = from_a.refresh_token.clone().unwrap_or_default();
+        assert_ne!(token, spent, "round {round}: not refreshed");
+        assert_eq!(
+            from_b.refresh_token.as_deref(),
+            Some(token.as_str()),
+            "round {round}"
+        );
+        // Spending the rotated token twice would have revoked the grant: it is alive.
+        let live = w.idp.introspect("vigil", world::SECRET, &token).await?;
+        assert_eq!(live["active"], true, "round {round}: {live}");
+        session = world::cookie_pairs(&on_b);
+    }
+    Ok(())
+}

@@ -111,6 +111,9 @@ pub trait Sink: Send + Sync {
     fn apply(&self, event: &str);
     /// A fleet-wide count went over its detector's threshold, and this replica fires it.
     fn fire(&self, fire: &Fire, total: u32, at: i64);
+    /// The ids of the keys this replica seals sessions and signs assertions with (public
+    /// values): every replica of a fleet must hold the same.
+    fn keys(&self) -> String;
     /// What this replica holds that takes access away (revocations, logouts, blocks), as
     /// entries: written back to a Redis that lost the state.
     fn restrictive(&self) -> Vec<Entry>;

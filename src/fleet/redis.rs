@@ -120,7 +120,12 @@ impl Remote {
     pub fn spawn(remote: Arc<Self>, sink: Arc<dyn Sink>, stop: CancellationToken) {
         tokio::spawn(read(remote.clone(), sink.clone(), stop.clone()));
         tokio::spawn(write(remote.clone(), stop.clone()));
-        tokio::spawn(super::counts::flush(remote.clone(), sink, stop.clone()));
+        tokio::spawn(super::counts::flush(
+            remote.clone(),
+            sink.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(compare_keys(remote.clone(), sink, stop.clone()));
         tokio::spawn(prune(remote, stop));
     }
 
@@ -430,6 +435,59 @@ async fn prune(remote: Arc<Remote>, stop: CancellationToken) {
             && dropped > 0
         {
             tracing::debug!(dropped, "shared state: expired entries dropped");
+        }
+    }
+}
+
+/// How often a replica tells the others its key ids, and how long the word holds.
+const KEYS_EVERY: Duration = Duration::from_secs(10);
+const KEYS_HELD: Duration = Duration::from_secs(35);
+
+/// Tells the other replicas this one's key ids (`{prefix}:keys`, one field per replica, with
+/// the time the word stops holding) and compares with theirs: a replica whose keys differ
+/// opens none of the sessions another sealed, and its assertions fail where the others' keys
+/// are trusted. Logged when it starts or stops, and in `vigil_state_keys_differ`.
+async fn compare_keys(remote: Arc<Remote>, sink: Arc<dyn Sink>, stop: CancellationToken) {
+    let key = remote.keys.of("keys");
+    let mut differed = 0usize;
+    loop {
+        let mine = sink.keys();
+        let attempt = async {
+            let mut conn = remote.conn().await?;
+            let now = super::now_ms();
+            let word = format!("{} {mine}", now + KEYS_HELD.as_millis() as i64);
+            let () = conn.hset(&key, &remote.instance, word).await?;
+            let all: HashMap<String, String> = conn.hgetall(&key).await?;
+            let mut gone = Vec::new();
+            let mut differ = 0usize;
+            for (instance, word) in &all {
+                let (until, keys) = word.split_once(' ').unwrap_or(("0", ""));
+                if until.parse::<i64>().unwrap_or(0) < now {
+                    gone.push(instance.clone());
+                } else if instance != &remote.instance && keys != mine {
+                    differ += 1;
+                }
+            }
+            if !gone.is_empty() {
+                let _: i64 = conn.hdel(&key, gone).await?;
+            }
+            RedisResult::Ok(differ)
+        };
+        if let Ok(Ok(differ)) = tokio::time::timeout(remote.settings.timeout, attempt).await {
+            if differ > 0 && differed == 0 {
+                tracing::error!(
+                    replicas = differ,
+                    "shared state: other replicas hold other session or assertion keys; give every replica the same [session] and [assertion] keys_file"
+                );
+            } else if differ == 0 && differed > 0 {
+                tracing::info!("shared state: every replica holds the same keys again");
+            }
+            differed = differ;
+            remote.metrics.fleet.keys_differ.set(differ as i64);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(KEYS_EVERY) => {}
         }
     }
 }

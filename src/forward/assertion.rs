@@ -101,6 +101,11 @@ impl Signer {
     }
 
     /// The public keys, as a JWK Set.
+    /// The key ids (`kid`) of the published keys, in order.
+    pub fn kids(&self) -> Vec<&str> {
+        self.keys.iter().map(|k| k.kid.as_str()).collect()
+    }
+
     pub fn jwks(&self) -> serde_json::Value {
         serde_json::json!({ "keys": self.keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() })
     }

@@ -110,6 +110,15 @@ impl KeyRing {
         Ok(Key { id, aead, mac })
     }
 
+    /// The ids of the ring's keys, in order, hex: public (every sealed value names its key),
+    /// so replicas compare them to tell whether they hold the same keys.
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .map(|k| crate::hex::encode(&k.id))
+            .collect()
+    }
+
     /// A new random key, base64-encoded, for `vigil keys` and the demo.
     pub fn generate_line() -> Result<String, String> {
         let mut bytes = [0u8; 32];

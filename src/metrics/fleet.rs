@@ -24,6 +24,8 @@ pub struct Fleet {
     pub written: Counter,
     /// This replica's changes waiting for Redis.
     pub queued: Gauge,
+    /// Other replicas whose session or assertion keys differ from this one's.
+    pub keys_differ: Gauge,
 }
 
 impl Fleet {
@@ -68,6 +70,11 @@ impl Fleet {
                 r,
                 "state_changes_queued",
                 "This replica's changes waiting for Redis",
+            ),
+            keys_differ: metric(
+                r,
+                "state_keys_differ",
+                "Other replicas whose session or assertion key ids differ from this replica's",
             ),
         }
     }

@@ -328,6 +328,24 @@ impl fleet::Sink for Replica {
         }
     }
 
+    fn keys(&self) -> String {
+        let Some(shared) = self.0.upgrade() else {
+            return String::new();
+        };
+        let snapshot = shared.snapshot.load();
+        let sessions = snapshot
+            .sessions
+            .as_ref()
+            .map(|s| s.ring.key_ids().join(","))
+            .unwrap_or_default();
+        let assertion = snapshot
+            .signer
+            .as_ref()
+            .map(|s| s.kids().join(","))
+            .unwrap_or_default();
+        format!("session={sessions} assertion={assertion}")
+    }
+
     fn restrictive(&self) -> Vec<Entry> {
         let Some(shared) = self.0.upgrade() else {
             return Vec::new();

@@ -98,6 +98,22 @@ pub async fn world_full(
     oidc: &str,
     more_routes: &str,
 ) -> Result<World> {
+    world_build(session, backchannel, oidc, more_routes, false).await
+}
+
+/// A world whose provider rotates refresh tokens: a refresh token works once, and spending it
+/// again revokes the whole grant.
+pub async fn world_rotating(session: &str) -> Result<World> {
+    world_build(session, false, "", "", true).await
+}
+
+async fn world_build(
+    session: &str,
+    backchannel: bool,
+    oidc: &str,
+    more_routes: &str,
+    rotate_refresh_tokens: bool,
+) -> Result<World> {
     let pki = Pki::new()?;
     std::fs::write(
         pki.path("session.keys"),
@@ -126,6 +142,7 @@ pub async fn world_full(
         backchannel_logout_uri: backchannel
             .then(|| format!("https://localhost:{port}/.vigil/backchannel")),
         backchannel_tls,
+        rotate_refresh_tokens,
         ..IdpOptions::new(SECRET, &format!("https://localhost:{port}/.vigil/callback"))
     })
     .await?;
