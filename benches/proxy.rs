@@ -120,6 +120,10 @@ usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
                                          keep-alive with every [detectors] detector on
                                          (nothing firing) against the same route without
                                          them; CPU per request as a ratio and a difference
+                                fleet    keep-alive with [state] in Redis against memory
+                                         (CPU per request as a ratio), and revocation
+                                         propagation across three replicas (p50/p99/max
+                                         over 100 revocations); needs redis-server
   --skip LIST                 leave these scenario groups out
   --reload-every MS           reload interval of the reload scenario (default 100)
   --no-nginx                  skip the nginx comparison
@@ -310,10 +314,11 @@ enum Part {
     Alerts,
     Upstreams,
     Detectors,
+    Fleet,
 }
 
 impl Part {
-    const ALL: [Part; 9] = [
+    const ALL: [Part; 10] = [
         Part::Compare,
         Part::Oidc,
         Part::Reload,
@@ -323,6 +328,7 @@ impl Part {
         Part::Alerts,
         Part::Upstreams,
         Part::Detectors,
+        Part::Fleet,
     ];
 
     fn name(self) -> &'static str {
@@ -336,6 +342,7 @@ impl Part {
             Part::Alerts => "alerts",
             Part::Upstreams => "upstreams",
             Part::Detectors => "detectors",
+            Part::Fleet => "fleet",
         }
     }
 
@@ -620,6 +627,22 @@ async fn run(args: Args, pinned: bool, nproc: String) -> Result<()> {
             Ok(rows) => report.detectors = rows,
             Err(e) => {
                 let msg = format!("detectors scenario FAILED: {e:#}");
+                println!("\n!!! {msg}");
+                failed.push(msg);
+            }
+        }
+    }
+
+    if args.runs(Part::Fleet) {
+        match support::fleet::run(&ctx).await {
+            Ok(r) => report.fleet = Some(r),
+            Err(e) if support::fleet::is_missing_redis(&e) => {
+                let msg = format!("fleet scenario SKIPPED: {e:#}");
+                println!("\n*** {msg} ***");
+                notes.push(msg);
+            }
+            Err(e) => {
+                let msg = format!("fleet scenario FAILED: {e:#}");
                 println!("\n!!! {msg}");
                 failed.push(msg);
             }
@@ -2252,6 +2275,7 @@ struct Report {
     upstreams: Option<support::upstreams::UpstreamsReport>,
     /// The detectors scenario: every detector on, then none.
     detectors: Vec<Row>,
+    fleet: Option<support::fleet::FleetReport>,
 }
 
 impl Report {
@@ -2278,6 +2302,7 @@ impl Report {
                 .as_ref()
                 .map_or(0, |u| u.rows.iter().map(|r| r.errors).sum::<u64>())
             + self.detectors.iter().map(|r| r.errors).sum::<u64>()
+            + self.fleet.as_ref().map_or(0, |f| f.errors())
     }
 
     /// Proxy CPU per keep-alive request with the detectors on: the ratio to the same route
@@ -2637,6 +2662,19 @@ fn summarise(report: &Report, notes: &mut Vec<String>) -> Summary {
             opt(extra, 2)
         );
     }
+    if let Some(f) = &report.fleet {
+        let [p50, p99, max] = f.propagation();
+        println!("\n== summary: the shared state in Redis against memory ==");
+        println!(
+            "proxy CPU per keep-alive request {:>6}x   revocation reaches the other replicas in p50 {} ms, p99 {} ms, max {} ms ({} samples, {} missed)",
+            opt(f.cost(), 3),
+            opt(p50, 1),
+            opt(p99, 1),
+            opt(max, 1),
+            f.propagation_ns.len(),
+            f.missed
+        );
+    }
     let errors = report.total_errors();
     if errors > 0 {
         notes.push(format!("{errors} ERRORS during the run"));
@@ -2810,6 +2848,7 @@ fn report_json(
                 "extra_proxy_cpu_us_per_request": extra,
             })
         }),
+        "fleet": report.fleet.as_ref().map(support::fleet::FleetReport::json),
         "total_errors": report.total_errors(),
         "notes": notes,
     })

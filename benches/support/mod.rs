@@ -4,6 +4,7 @@
 //! listener, and files for a Vigil instance of their own.
 
 pub mod alerts;
+pub mod fleet;
 /// The test OpenID Provider (`tests/idp/server.mjs`) and a programmatic login through it: the
 /// integration tests' harness, used as it is.
 #[path = "../../tests/support/idp.rs"]
