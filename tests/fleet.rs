@@ -1045,3 +1045,74 @@ async fn two_replicas_refreshing_one_session_make_one_refresh_at_the_provider() 
     }
     Ok(())
 }
+
+/// `GET path` as `client` over a connection from source address `from` (127.0.0.x).
+async fn status_from(
+    replica: &Replica,
+    pki: &Pki,
+    client: &Issued,
+    from: &str,
+    path: &str,
+) -> Result<u16> {
+    use tokio::net::TcpSocket;
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from.parse()?, 0))?;
+    let tcp = socket.connect(replica.addr).await?;
+    let config = client_config(Some(client), pki.ca.cert_pem(), &[b"http/1.1"])?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let mut tls = tokio::time::timeout(
+        STEP,
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
+    )
+    .await??;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await?;
+    Ok(read_reply(&mut tls).await?.status)
+}
+
+#[tokio::test]
+async fn distinct_addresses_seen_by_different_replicas_add_up() -> Result<()> {
+    let f = Fleet::start(
+        2,
+        RedisOptions::default(),
+        "\n[detectors.addresses]\nthreshold = 2\nblock_for = \"10m\"\n",
+    )
+    .await?;
+    let laptop = f.workload()?;
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
+    // Two addresses on a, many times each: two distinct values, not over the threshold.
+    for _ in 0..3 {
+        for from in ["127.0.0.1", "127.0.0.2"] {
+            assert_eq!(
+                status_from(a, &f.pki, &laptop, from, "/ok/x").await?,
+                200,
+                "{from}"
+            );
+        }
+    }
+    // The same two on b add nothing; a third one, on b, makes three across the fleet.
+    assert_eq!(
+        status_from(b, &f.pki, &laptop, "127.0.0.2", "/ok/x").await?,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        status_from(b, &f.pki, &laptop, "127.0.0.1", "/ok/x").await?,
+        200
+    );
+    status_from(b, &f.pki, &laptop, "127.0.0.3", "/ok/x").await?;
+    for r in &f.replicas {
+        let blocked = within(Duration::from_secs(5), || async {
+            r.status(&f.pki, &laptop, "/ok/x").await == Some(403)
+        })
+        .await;
+        assert!(
+            blocked.is_some(),
+            "{} does not block after three addresses across the fleet",
+            r.name
+        );
+    }
+    let fired = "vigil_detector_fired_total{detector=\"addresses\",action=\"block\"}";
+    assert_eq!(a.metric(fired).await? + b.metric(fired).await?, 1.0);
+    Ok(())
+}

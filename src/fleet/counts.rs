@@ -47,6 +47,10 @@ pub struct Fire {
 pub struct Counts {
     tx: mpsc::Sender<Count>,
     rx: Mutex<Option<mpsc::Receiver<Count>>>,
+    /// The distinct values this replica already added to their key's current slice: adding
+    /// one again changes nothing in Redis, so it is not sent (a client's address, on every
+    /// request).
+    added: Mutex<HashMap<(String, String), i64>>,
     /// The fleet's totals as last read, for the risk engine.
     totals: Mutex<HashMap<String, (u32, i64)>>,
 }
@@ -57,11 +61,25 @@ impl Counts {
         Self {
             tx,
             rx: Mutex::new(Some(rx)),
+            added: Mutex::new(HashMap::new()),
             totals: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn send(&self, count: Count) {
+        if let Some(member) = &count.member {
+            let slice = count.at.div_euclid(width(count.window));
+            let Ok(mut added) = self.added.lock() else {
+                return;
+            };
+            if added.len() >= TOTALS {
+                added.clear();
+            }
+            let before = added.insert((count.key.clone(), member.clone()), slice);
+            if before == Some(slice) {
+                return;
+            }
+        }
         if self.tx.try_send(count).is_err() {
             tracing::debug!("shared state: a count was dropped, the queue is full");
         }
@@ -71,6 +89,13 @@ impl Counts {
     pub fn total(&self, key: &str, now: i64, window: Duration) -> Option<u32> {
         let (total, at) = *self.totals.lock().ok()?.get(key)?;
         (now - at <= window.as_secs() as i64).then_some(total)
+    }
+
+    /// Values whose writes may not have reached Redis are sent again.
+    fn forget_added(&self) {
+        if let Ok(mut added) = self.added.lock() {
+            added.clear();
+        }
     }
 
     fn remember(&self, key: &str, total: u32, at: i64) {
@@ -98,31 +123,60 @@ pub async fn flush(remote: Arc<Remote>, sink: Arc<dyn Sink>, stop: CancellationT
             () = stop.cancelled() => return,
             n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
         }
-        let attempt = tokio::time::timeout(remote.settings.timeout, write(&remote, &batch));
+        let batch_of = coalesce(&mut batch);
+        let attempt = tokio::time::timeout(remote.settings.timeout, write(&remote, &batch_of));
         match attempt.await {
             Ok(Ok(totals)) => {
-                for (count, total) in batch.iter().zip(totals) {
+                for ((count, _), total) in batch_of.iter().zip(totals) {
                     crossed(&remote, sink.as_ref(), count, total).await;
                 }
             }
-            Ok(Err(e)) => tracing::debug!(error = %e, "shared state: counts not written"),
-            Err(_) => tracing::debug!("shared state: counts not written in time"),
+            Ok(Err(e)) => {
+                remote.counts.forget_added();
+                tracing::debug!(error = %e, "shared state: counts not written");
+            }
+            Err(_) => {
+                remote.counts.forget_added();
+                tracing::debug!("shared state: counts not written in time");
+            }
         }
         batch.clear();
     }
 }
 
+/// The counts of `batch` with the same key, value and slice made one, with how many events
+/// it stands for (the latest keeps its time and detector). Empties `batch`.
+fn coalesce(batch: &mut Vec<Count>) -> Vec<(Count, i64)> {
+    let mut index: HashMap<(String, Option<String>, i64), usize> = HashMap::new();
+    let mut out: Vec<(Count, i64)> = Vec::with_capacity(batch.len());
+    for count in batch.drain(..) {
+        let slice = count.at.div_euclid(width(count.window));
+        let id = (count.key.clone(), count.member.clone(), slice);
+        match index.get(&id) {
+            Some(&i) => {
+                out[i].1 += 1;
+                out[i].0 = count;
+            }
+            None => {
+                index.insert(id, out.len());
+                out.push((count, 1));
+            }
+        }
+    }
+    out
+}
+
 /// Writes `batch` in one pipeline; the fleet's total in each count's window.
-async fn write(remote: &Remote, batch: &[Count]) -> redis::RedisResult<Vec<u32>> {
+async fn write(remote: &Remote, batch: &[(Count, i64)]) -> redis::RedisResult<Vec<u32>> {
     let mut pipe = redis::pipe();
-    for count in batch {
+    for (count, events) in batch {
         let width = width(count.window);
         let slice = count.at.div_euclid(width);
         let slot = |s: i64| remote.keys.of(&format!("n:{}:{s}", count.key));
         let ttl = count.window.as_secs() as i64 + 2 * width;
         match &count.member {
             Some(member) => pipe.sadd(slot(slice), member).ignore(),
-            None => pipe.incr(slot(slice), 1).ignore(),
+            None => pipe.incr(slot(slice), *events).ignore(),
         };
         pipe.expire(slot(slice), ttl).ignore();
         let slots: Vec<String> = (0..=SLICES).map(|back| slot(slice - back)).collect();
@@ -136,7 +190,7 @@ async fn write(remote: &Remote, batch: &[Count]) -> redis::RedisResult<Vec<u32>>
     Ok(batch
         .iter()
         .zip(replies)
-        .map(|(count, reply)| total(count, reply))
+        .map(|((count, _), reply)| total(count, reply))
         .collect())
 }
 
