@@ -843,6 +843,10 @@ struct People {
 }
 
 async fn people(rotating: bool) -> Result<People> {
+    people_with(rotating, "").await
+}
+
+async fn people_with(rotating: bool, routes: &str) -> Result<People> {
     let redis_pki = Pki::new()?;
     let redis = Redis::start(&redis_pki, RedisOptions::default()).await?;
     let extra = format!(
@@ -852,7 +856,7 @@ async fn people(rotating: bool) -> Result<People> {
     let w = if rotating {
         world::world_rotating(&extra).await?
     } else {
-        world::world_with(&extra).await?
+        world::world_full(&extra, false, "", routes).await?
     };
     let (b, b_decisions) = second_replica(&w, "b", "session.keys").await?;
     Ok(People {
@@ -1114,5 +1118,112 @@ async fn distinct_addresses_seen_by_different_replicas_add_up() -> Result<()> {
     }
     let fired = "vigil_detector_fired_total{detector=\"addresses\",action=\"block\"}";
     assert_eq!(a.metric(fired).await? + b.metric(fired).await?, 1.0);
+    Ok(())
+}
+
+/// A form posted by a browser of the world's own site to `running`.
+async fn post_form(
+    w: &world::World,
+    running: &vigil::Running,
+    device: &Issued,
+    path: &str,
+    cookies: &str,
+    fields: &[(&str, &str)],
+) -> Result<Reply> {
+    let body = support::idp::form_encode(fields);
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost:{port}\r\nOrigin: https://localhost:{port}\r\nSec-Fetch-Site: same-origin\r\nCookie: {cookies}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len(),
+        port = w.port,
+    );
+    raw(running.addr, w.browser(device), "localhost", &request).await
+}
+
+/// The value of the first `name="NAME" value="..."` in `html` after `after`.
+fn field(html: &str, after: &str, name: &str) -> Option<String> {
+    let rest = &html[html.find(after)?..];
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = rest.find(&marker)? + marker.len();
+    Some(rest[start..].split('"').next()?.to_owned())
+}
+
+#[tokio::test]
+async fn access_asked_on_one_replica_approved_on_another_is_used_on_a_third() -> Result<()> {
+    let db = "\n[[route]]\nname = \"db\"\nhost = \"localhost\"\npath = \"/db\"\nupstream = \"http://UPSTREAM\"\nlogin = \"oidc\"\nallow = [{ grant = true }]\ngrants = { max = \"1h\", approvers = { groups = [\"admins\"] } }\n";
+    let p = people_with(false, db).await?;
+    let w = &p.w;
+    let (c, _) = second_replica(w, "c", "session.keys").await?;
+    let (bob, _) = w.sign_in(&w.bob_laptop, "/", support::idp::BOB).await?;
+    // Bob is denied /db on a and asks from the denial page.
+    let denied = w.visit(&w.bob_laptop, "/db", &bob).await?;
+    assert_eq!(denied.status, 403, "{denied:?}");
+    let csrf = field(&denied.body, "/.vigil/access/request", "csrf").unwrap_or_default();
+    let asked = post_form(
+        w,
+        &w.running,
+        &w.bob_laptop,
+        "/.vigil/access/request",
+        &bob,
+        &[
+            ("csrf", &csrf),
+            ("route", "db"),
+            ("reason", "INC-9: orders"),
+            ("duration", "600s"),
+        ],
+    )
+    .await?;
+    assert!(matches!(asked.status, 200 | 303), "{asked:?}");
+    // Alice sees it on b, and approves it there.
+    let (alice, _) = w.sign_in(&w.alice_laptop, "/", support::idp::ALICE).await?;
+    let started = Instant::now();
+    let page = loop {
+        let page = visit_at(w, &p.b, &w.alice_laptop, "/.vigil/access", &alice)
+            .await?
+            .body;
+        if page.contains("access/decide") {
+            break page;
+        }
+        assert!(
+            started.elapsed() < PROPAGATION,
+            "b does not list the request asked on a: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let id = field(&page, "access/decide", "id").unwrap_or_default();
+    let token = field(&page, "access/decide", "csrf").unwrap_or_default();
+    let decided = post_form(
+        w,
+        &p.b,
+        &w.alice_laptop,
+        "/.vigil/access/decide",
+        &alice,
+        &[("csrf", &token), ("id", &id), ("decision", "approve")],
+    )
+    .await?;
+    assert!(matches!(decided.status, 200 | 303), "{decided:?}");
+    // Bob's grant holds on c, and on a.
+    for running in [&c, &w.running] {
+        let allowed = within(PROPAGATION, || async {
+            visit_at(w, running, &w.bob_laptop, "/db", &bob)
+                .await
+                .is_ok_and(|r| r.status == 200)
+        })
+        .await;
+        assert!(
+            allowed.is_some(),
+            "the grant approved on b does not hold on another replica"
+        );
+    }
+    // Deciding again on a: already decided there too.
+    let again = post_form(
+        w,
+        &w.running,
+        &w.alice_laptop,
+        "/.vigil/access/decide",
+        &alice,
+        &[("csrf", &token), ("id", &id), ("decision", "refuse")],
+    )
+    .await?;
+    assert!(again.status >= 400, "{again:?}");
     Ok(())
 }
