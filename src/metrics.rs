@@ -300,10 +300,7 @@ pub struct Metrics {
     pub upstreams: UpstreamFamilies,
     pub authz_decisions: Family<AuthzLabels, Counter>,
     pub decision_log_dropped: Counter,
-    pub config_generation: Gauge,
-    pub config_reloads: Counter,
-    pub config_reload_failures: Counter,
-    pub config_last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub config: ConfigFamilies,
     pub tls_dates: TlsDates,
     pub components: Components,
     pub policies: policy::Policies,
@@ -440,22 +437,7 @@ impl Metrics {
                 "decision_log_dropped",
                 "Decision log lines dropped because the writer fell behind",
             ),
-            config_generation: metric(
-                r,
-                "config_generation",
-                "Generation of the configuration snapshot in use",
-            ),
-            config_reloads: metric(r, "config_reloads", "Configuration reloads applied"),
-            config_reload_failures: metric(
-                r,
-                "config_reload_failures",
-                "Configuration reloads refused because the new configuration was invalid",
-            ),
-            config_last_reload_success: metric(
-                r,
-                "config_last_reload_success_timestamp_seconds",
-                "Unix time of the last configuration load that was applied",
-            ),
+            config: ConfigFamilies::register(r),
             tls_dates: TlsDates::register(r),
             components: Components::register(r),
             policies: policy::Policies::register(r),
@@ -574,6 +556,37 @@ impl Metrics {
         match format {
             Exposition::OpenMetrics => out,
             Exposition::Prometheus => prometheus_text(&out),
+        }
+    }
+}
+
+/// The configuration in force and its reloads (`reload`).
+pub struct ConfigFamilies {
+    pub generation: Gauge,
+    pub reloads: Counter,
+    pub reload_failures: Counter,
+    pub last_reload_success: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl ConfigFamilies {
+    fn register(r: &mut Registry) -> Self {
+        Self {
+            generation: metric(
+                r,
+                "config_generation",
+                "Generation of the configuration snapshot in use",
+            ),
+            reloads: metric(r, "config_reloads", "Configuration reloads applied"),
+            reload_failures: metric(
+                r,
+                "config_reload_failures",
+                "Configuration reloads refused because the new configuration was invalid",
+            ),
+            last_reload_success: metric(
+                r,
+                "config_last_reload_success_timestamp_seconds",
+                "Unix time of the last configuration load that was applied",
+            ),
         }
     }
 }

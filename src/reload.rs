@@ -54,7 +54,8 @@ impl Reloader {
         let bound = Bound::of(&first);
         shared
             .metrics
-            .config_last_reload_success
+            .config
+            .last_reload_success
             .set(unix_now() as f64);
         Arc::new(Self {
             path: path.to_path_buf(),
@@ -125,10 +126,10 @@ impl Reloader {
         self.shared.snapshot.store(Arc::new(snapshot));
         // Open connections are re-checked against the new CAs and CRLs now.
         self.shared.live.recheck_now();
-        metrics.config_generation.set(generation as i64);
-        metrics.config_reloads.inc();
+        metrics.config.generation.set(generation as i64);
+        metrics.config.reloads.inc();
         let now = unix_now();
-        metrics.config_last_reload_success.set(now as f64);
+        metrics.config.last_reload_success.set(now as f64);
         self.status.store(Arc::new(ReloadStatus {
             generation,
             last_success: Some(now),
@@ -143,7 +144,7 @@ impl Reloader {
     }
 
     fn refused(&self, summary: Vec<String>) -> Vec<String> {
-        self.shared.metrics.config_reload_failures.inc();
+        self.shared.metrics.config.reload_failures.inc();
         let mut status = (*self.status.load_full()).clone();
         status.last_error = Some(summary.clone());
         self.status.store(Arc::new(status));

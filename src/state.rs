@@ -55,7 +55,7 @@ impl Shared {
     ) -> Arc<Self> {
         let mut random = [0u8; 6];
         let _ = aws_lc_rs::rand::fill(&mut random);
-        metrics.config_generation.set(snapshot.generation as i64);
+        metrics.config.generation.set(snapshot.generation as i64);
         let no_route_label: Arc<str> = Arc::from("(none)");
         metrics.precreate_routes(snapshot.routes.iter().map(|r| &r.label));
         snapshot.attach_upstreams(&metrics.upstreams);
