@@ -3,7 +3,9 @@
 //! already used at the callback, which no second callback may use. Checked on every request and by the live
 //! connection verifier, so they take effect at once, not at the next interval.
 //!
-//! Kept in memory, per replica. A revocation of a user ends every session issued to them
+//! Kept in memory by each replica; with `[state] backend = "redis"` every change is also
+//! written to Redis and announced to the other replicas, which apply it here the same way
+//! (see `state::changes`), and a replica that (re)connects reads them all. A revocation of a user ends every session issued to them
 //! until now; a later login is new and allowed. A session ended by its person's logout is
 //! remembered only until the session's own absolute expiry (after which no copy of its cookie
 //! opens anyway), so logouts do not accumulate.

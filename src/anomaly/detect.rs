@@ -308,7 +308,8 @@ impl Settings {
 }
 
 /// With a shared state, counts the event across the fleet too; true when the fleet's count
-/// decides (Redis is current), so this replica's own count does not fire.
+/// decides (Redis answers and the copy is current), so this replica's own count does not
+/// fire. While Redis is lost, each replica fires on its own count.
 fn counted_by_fleet(
     acting: &Acting<'_>,
     d: &Detector,
@@ -316,9 +317,9 @@ fn counted_by_fleet(
     member: Option<&str>,
     now: i64,
 ) -> bool {
-    let Some(standing) = acting.fleet.standing() else {
+    if !acting.fleet.shared() {
         return false;
-    };
+    }
     let key = subject.key();
     acting.fleet.count(crate::fleet::Count {
         key: format!("{}|{key}", d.name),
@@ -332,7 +333,7 @@ fn counted_by_fleet(
             threshold: d.threshold,
         }),
     });
-    !standing.stale
+    acting.fleet.linked()
 }
 
 /// What a detector counts, as its messages say it.

@@ -38,6 +38,16 @@ impl Compiler<'_> {
             ("state.max_stale", s.max_stale.0),
             ("state.timeout", s.timeout.0),
         ]);
+        if !s.max_stale.0.is_zero() && s.max_stale.0 < fleet::MIN_STALE {
+            self.problem_help(
+                "state.max_stale",
+                format!(
+                    "must be at least {}s: a replica hears from Redis about once a second",
+                    fleet::MIN_STALE.as_secs()
+                ),
+                "write max_stale = \"5s\" (the default)",
+            );
+        }
         if s.prefix.is_empty()
             || s.prefix.contains(['{', '}'])
             || s.prefix.contains(char::is_whitespace)
@@ -111,6 +121,15 @@ impl Compiler<'_> {
             );
             return None;
         };
+        if url.contains('#') {
+            // The Redis client reads `#insecure` as "do not verify the server's certificate".
+            self.problem_help(
+                "state.url",
+                "must not carry a #fragment (such as #insecure, which turns off the verification of Redis's certificate)",
+                "give Redis's CA in state.ca instead",
+            );
+            return None;
+        }
         let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
         let tls = scheme.starts_with("rediss");
         let nodes = |hosts: &str| -> Vec<String> {

@@ -114,6 +114,8 @@ pub trait Sink: Send + Sync {
     /// The ids of the keys this replica seals sessions and signs assertions with (public
     /// values): every replica of a fleet must hold the same.
     fn keys(&self) -> String;
+    /// The copy went stale: the open connections are checked again now.
+    fn recheck(&self);
     /// What this replica holds that takes access away (revocations, logouts, blocks), as
     /// entries: written back to a Redis that lost the state.
     fn restrictive(&self) -> Vec<Entry>;
@@ -134,11 +136,16 @@ pub enum Refused {
 pub struct Standing {
     /// Whether the replica has read the whole state from Redis at least once.
     pub synced: bool,
-    /// Seconds since the replica last heard from Redis.
+    /// Seconds since the replica last heard from Redis (since it started, before it first
+    /// read the state).
     pub age: f64,
     /// Whether `age` is over `[state] max_stale` (or the state was never read).
     pub stale: bool,
 }
+
+/// The least `[state] max_stale`: a replica reading the stream hears from Redis at least once
+/// a second (the read blocks for one), so a shorter limit would call a healthy copy stale.
+pub const MIN_STALE: Duration = Duration::from_secs(2);
 
 /// This process's handle on the shared state.
 #[derive(Default)]
@@ -228,6 +235,15 @@ impl Fleet {
         self.remote.as_ref().map(|r| r.health.standing())
     }
 
+    /// Whether Redis answers now and this replica's copy is current, so that the fleet's
+    /// counts decide; `false` in memory and while Redis is lost (each replica then counts on
+    /// its own rather than not at all).
+    pub fn linked(&self) -> bool {
+        self.remote
+            .as_ref()
+            .is_some_and(|r| !r.health.down.load(Ordering::Acquire) && !r.health.standing().stale)
+    }
+
     /// Claims `what` (a one-off duty such as announcing that a grant expired) for this
     /// replica: true for exactly one replica, or for every one while Redis cannot say.
     pub async fn once(&self, what: &str, for_seconds: u64) -> bool {
@@ -256,6 +272,8 @@ struct Health {
     max_stale: Duration,
     /// Whether the last attempt to talk to Redis failed, so a recovery is logged once.
     down: AtomicBool,
+    /// Unix milliseconds when this replica started: the age of a state never read.
+    started: i64,
 }
 
 impl Health {
@@ -265,6 +283,7 @@ impl Health {
             heard: AtomicI64::new(0),
             max_stale,
             down: AtomicBool::new(false),
+            started: now_ms(),
         }
     }
 
@@ -274,14 +293,15 @@ impl Health {
 
     fn standing(&self) -> Standing {
         let synced = self.synced.load(Ordering::Acquire);
-        let age = if synced {
-            (now_ms() - self.heard.load(Ordering::Acquire)).max(0) as f64 / 1000.0
+        let since = if synced {
+            self.heard.load(Ordering::Acquire)
         } else {
-            f64::INFINITY
+            self.started
         };
+        let age = (now_ms() - since).max(0) as f64 / 1000.0;
         Standing {
             synced,
-            age: if age.is_finite() { age } else { -1.0 },
+            age,
             stale: !synced || age > self.max_stale.as_secs_f64(),
         }
     }

@@ -25,16 +25,24 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Writes changes (groups of field, value or "" to remove, expiry or 0, JSON) to the hash and
 /// the expiry index, announcing each on the stream, when ARGV[1] (a field, or "") still holds
-/// ARGV[2] ("" for absent). Answers the last stream id, or nil when the expectation failed.
+/// ARGV[2] ("" for absent). A block that ends before the one stored is not written: the later
+/// end stands. Answers the last stream id (true when nothing needed announcing), or nil when
+/// the expectation failed.
 const COMMIT: &str = r"
 if ARGV[1] ~= '' then
   local now = redis.call('HGET', KEYS[1], ARGV[1])
   if (now or '') ~= ARGV[2] then return false end
 end
-local id = false
+local id = true
 for i = 5, #ARGV, 4 do
   local field, value, expires = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  if value == '' then
+  local stored = nil
+  if value ~= '' and string.sub(field, 1, 6) == 'block:' then
+    stored = tonumber(redis.call('ZSCORE', KEYS[2], field))
+  end
+  if stored and expires > 0 and stored >= expires then
+    -- a longer block is in force
+  elseif value == '' then
     redis.call('HDEL', KEYS[1], field)
     redis.call('ZREM', KEYS[2], field)
   else
@@ -45,7 +53,9 @@ for i = 5, #ARGV, 4 do
       redis.call('ZREM', KEYS[2], field)
     end
   end
-  id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'change', ARGV[i + 3], 'from', ARGV[4])
+  if not (stored and expires > 0 and stored >= expires) then
+    id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'change', ARGV[i + 3], 'from', ARGV[4])
+  end
 end
 return id
 ";
@@ -95,6 +105,9 @@ pub struct Remote {
     /// The mark of the Redis data set this replica last read (`{prefix}:born`): a Redis that
     /// comes back without it, or with another, lost the state.
     born: Mutex<Option<String>>,
+    /// Asks the reader for a full read now (a write whose outcome is unknown, a data set that
+    /// changed under it).
+    resync: Notify,
     commit: Script,
     prune: Script,
 }
@@ -112,6 +125,7 @@ impl Remote {
             queued: Notify::new(),
             writer: tokio::sync::Mutex::new(None),
             born: Mutex::new(None),
+            resync: Notify::new(),
             commit: Script::new(COMMIT),
             prune: Script::new(PRUNE),
         }
@@ -125,7 +139,8 @@ impl Remote {
             sink.clone(),
             stop.clone(),
         ));
-        tokio::spawn(compare_keys(remote.clone(), sink, stop.clone()));
+        tokio::spawn(compare_keys(remote.clone(), sink.clone(), stop.clone()));
+        tokio::spawn(watch_staleness(remote.clone(), sink, stop.clone()));
         tokio::spawn(prune(remote, stop));
     }
 
@@ -209,11 +224,15 @@ impl Remote {
             Ok(Ok(false)) => Err(Refused::Conflict),
             Ok(Err(e)) => {
                 self.forget_conn().await;
+                // Redis may have run the script before the link failed: read the whole state
+                // again rather than miss a change of this replica's own.
+                self.resync.notify_one();
                 tracing::warn!(error = %e, "shared state: a change could not be written to Redis");
                 Err(Refused::Unavailable(e.to_string()))
             }
             Err(_) => {
                 self.forget_conn().await;
+                self.resync.notify_one();
                 tracing::warn!(timeout = ?self.settings.timeout, "shared state: Redis did not answer in time");
                 Err(Refused::Unavailable(format!(
                     "Redis did not answer within {:?}",
@@ -254,9 +273,15 @@ async fn read(remote: Arc<Remote>, sink: Arc<dyn Sink>, stop: CancellationToken)
         let failed = tokio::select! {
             () = stop.cancelled() => return,
             e = session => e,
+            // A full read now, on a new connection.
+            () = remote.resync.notified() => continue,
         };
         if !remote.health.down.swap(true, Ordering::AcqRel) {
-            tracing::error!(error = %failed, "shared state: lost Redis; deciding on the state last read");
+            if remote.health.synced.load(Ordering::Acquire) {
+                tracing::error!(error = %failed, "shared state: lost Redis; deciding on the state last read");
+            } else {
+                tracing::error!(error = %failed, "shared state: cannot read the state from Redis; refusing every request until it is read");
+            }
             backoff = BACKOFF_FIRST;
         }
         remote.metrics.fleet.reconnects.inc();
@@ -471,6 +496,12 @@ async fn compare_keys(remote: Arc<Remote>, sink: Arc<dyn Sink>, stop: Cancellati
             if !gone.is_empty() {
                 let _: i64 = conn.hdel(&key, gone).await?;
             }
+            // The data set read at the last resync is still the one there (not flushed).
+            let mark: Option<String> = conn.get(remote.keys.of("born")).await?;
+            let known = remote.born.lock().ok().and_then(|b| b.clone());
+            if known.is_some() && known != mark {
+                remote.resync.notify_one();
+            }
             RedisResult::Ok(differ)
         };
         if let Ok(Ok(differ)) = tokio::time::timeout(remote.settings.timeout, attempt).await {
@@ -489,5 +520,26 @@ async fn compare_keys(remote: Arc<Remote>, sink: Arc<dyn Sink>, stop: Cancellati
             () = stop.cancelled() => return,
             () = tokio::time::sleep(KEYS_EVERY) => {}
         }
+    }
+}
+
+/// Re-checks the open connections, streams and tunnels the moment the copy goes stale, so
+/// that those of routes that require a current state are cut then, not at the next sweep.
+async fn watch_staleness(remote: Arc<Remote>, sink: Arc<dyn Sink>, stop: CancellationToken) {
+    let mut was_stale = remote.health.standing().stale;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        let stale = remote.health.standing().stale;
+        if stale && !was_stale {
+            tracing::warn!(
+                max_stale = ?remote.settings.max_stale,
+                "shared state: the copy is stale; routes that require the shared state are refused"
+            );
+            sink.recheck();
+        }
+        was_stale = stale;
     }
 }

@@ -19,6 +19,13 @@ const LOCK: Duration = Duration::from_secs(20);
 const KEPT: Duration = Duration::from_secs(60);
 /// How often a waiting replica looks for the outcome.
 const POLL: Duration = Duration::from_millis(50);
+/// Removes the claim KEYS[1] when ARGV[1] (this replica) still holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
 
 /// The session keys in force.
 pub type Keys = Box<dyn Fn() -> Option<Arc<crate::identity::Sessions>> + Send + Sync>;
@@ -134,6 +141,23 @@ impl Coordinator for Refreshes {
             };
             if let Ok(Err(e)) = tokio::time::timeout(self.remote.settings.timeout, attempt).await {
                 tracing::warn!(error = %e, "shared state: a refresh's outcome could not be shared");
+            }
+        })
+    }
+
+    fn release(&self, session: &Session) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let (lock, _) = self.keys(session);
+        Box::pin(async move {
+            let attempt = async {
+                let mut conn = self.remote.conn().await?;
+                redis::Script::new(RELEASE)
+                    .key(&lock)
+                    .arg(&self.remote.instance)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            };
+            if let Ok(Err(e)) = tokio::time::timeout(self.remote.settings.timeout, attempt).await {
+                tracing::warn!(error = %e, "shared state: a refresh's claim could not be given up");
             }
         })
     }

@@ -89,6 +89,13 @@ pub trait Coordinator: Send + Sync {
         session: &Session,
         outcome: Result<Session, String>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
+
+    /// Gives up the claim on a refresh that did not happen (the provider could not be
+    /// reached), so that another replica tries at once rather than wait for the claim to end.
+    fn release(
+        &self,
+        session: &Session,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }
 
 /// One refresh in flight or remembered.
@@ -384,7 +391,7 @@ fn start(
             match &outcome {
                 Outcome::Refreshed(fresh) => fleet.publish(&session, Ok((**fresh).clone())).await,
                 Outcome::Ended(why) => fleet.publish(&session, Err(why.clone())).await,
-                Outcome::Unreachable(_) => {}
+                Outcome::Unreachable(_) => fleet.release(&session).await,
             }
         }
         let _ = done.send(Some((outcome, Instant::now())));

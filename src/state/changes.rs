@@ -328,6 +328,12 @@ impl fleet::Sink for Replica {
         }
     }
 
+    fn recheck(&self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.live.recheck_now();
+        }
+    }
+
     fn keys(&self) -> String {
         let Some(shared) = self.0.upgrade() else {
             return String::new();
