@@ -104,6 +104,11 @@ impl Builder {
             None => self.docs.push(node),
             Some(Frame::Seq(items)) => items.push(node),
             Some(Frame::Map(entries, key)) => match key.take() {
+                // As kubectl has it: a key given twice is an error, not one value or the other
+                // (two documents without `---` between them read as one map).
+                Some(k) if entries.iter().any(|(e, _)| *e == k) => {
+                    self.error = Some(format!("the key {k} is given twice in one map"));
+                }
                 Some(k) => entries.push((k, node)),
                 None => match node {
                     Node::Scalar { text, .. } => *key = Some(text),
