@@ -937,7 +937,8 @@ fn run_serves_and_drains_on_sigterm() -> Result<()> {
     Ok(())
 }
 
-/// A directory with the files the shipped examples refer to under `tls/`.
+/// A directory with the files the shipped examples refer to under `tls/`, `admin/` and
+/// `redis/`.
 fn example_pki() -> Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
     let tls = dir.path().join("tls");
@@ -952,6 +953,17 @@ fn example_pki() -> Result<tempfile::TempDir> {
     std::fs::write(
         dir.path().join("admin/tokens"),
         "ops 0123456789abcdef0123456789abcdef\n",
+    )?;
+    // The Kubernetes example's shared state: the password of Redis's ACL user, and the CA of
+    // Redis's certificate, a CA of its own as the example's comments make it (a Secret mounted
+    // at redis/).
+    let redis = dir.path().join("redis");
+    certs_init(&dir.path().join("redis-pki"))?;
+    std::fs::create_dir(&redis)?;
+    std::fs::copy(dir.path().join("redis-pki/ca.pem"), redis.join("ca.pem"))?;
+    std::fs::write(
+        redis.join("password"),
+        "8f1c0e5a9b7d3f2e6a4c1b0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f\n",
     )?;
     let keys = vigil()
         .args(["keys", "session"])
@@ -1019,25 +1031,37 @@ fn embedded_config(manifest: &kubernetes::Manifest) -> Result<String> {
         .to_owned())
 }
 
-/// The keys of each Secret that the manifest's opening comments say to create, from the
-/// `kubectl create secret generic NAME --from-file=KEY ...` commands there.
-fn documented_secrets(text: &str) -> BTreeMap<String, Vec<String>> {
-    let comments: Vec<&str> = text
-        .lines()
-        .take_while(|l| l.starts_with('#'))
-        .map(|l| l.trim_start_matches('#').trim())
-        .collect();
-    let mut secrets = BTreeMap::new();
-    let mut lines = comments.iter();
-    while let Some(line) = lines.next() {
-        if !line.contains("create secret generic") {
-            continue;
+/// The lines of the manifest's opening comments, a command continued with `\` joined into
+/// one line.
+fn documented_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut continued = false;
+    for line in text.lines().take_while(|l| l.starts_with('#')) {
+        let line = line.trim_start_matches('#').trim();
+        let (line, continues) = match line.strip_suffix('\\') {
+            Some(start) => (start.trim_end(), true),
+            None => (line, false),
+        };
+        match lines.last_mut() {
+            Some(last) if continued => {
+                last.push(' ');
+                last.push_str(line);
+            }
+            _ => lines.push(line.to_owned()),
         }
-        let mut command = line.to_string();
-        while command.ends_with('\\') {
-            command.pop();
-            command.push(' ');
-            command.push_str(lines.next().unwrap_or(&""));
+        continued = continues;
+    }
+    lines
+}
+
+/// The keys of each Secret that the manifest's opening comments say to create, from the
+/// `kubectl create secret generic NAME --from-file=[KEY=]FILE ...` commands there: as kubectl
+/// names them, KEY, else the file's name.
+fn documented_secrets(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut secrets = BTreeMap::new();
+    for command in documented_lines(text) {
+        if !command.contains("create secret generic") {
+            continue;
         }
         let words: Vec<&str> = command.split_whitespace().collect();
         let Some(at) = words.iter().position(|w| *w == "generic") else {
@@ -1046,7 +1070,10 @@ fn documented_secrets(text: &str) -> BTreeMap<String, Vec<String>> {
         let keys = words
             .iter()
             .filter_map(|w| w.strip_prefix("--from-file="))
-            .map(|f| f.split('=').next().unwrap_or(f).to_owned())
+            .map(|f| match f.split_once('=') {
+                Some((key, _)) => key.to_owned(),
+                None => f.rsplit('/').next().unwrap_or(f).to_owned(),
+            })
             .collect();
         secrets.insert(words.get(at + 1).unwrap_or(&"").to_string(), keys);
     }
@@ -1191,6 +1218,8 @@ fn kubernetes_example_reads_its_files_as_its_user() -> Result<()> {
     let keys = [
         "/etc/vigil/tls/server.key",
         "/etc/vigil/admin/tokens",
+        "/etc/vigil/redis/password",
+        "/etc/vigil/redis/ca.pem",
         "/etc/vigil/vigil.toml",
     ];
     for key in keys {
