@@ -988,10 +988,41 @@ fn shipped_examples_pass_check() -> Result<()> {
         embedded.contains("[[route]]"),
         "no config found in the Kubernetes example"
     );
-    for (name, text) in [("deployment", deployment), ("kubernetes", embedded)] {
+    for (name, text) in [("deployment", &deployment), ("kubernetes", &embedded)] {
         let dir = example_pki()?;
-        let (ok, out) = check(dir.path(), &text)?;
+        let (ok, out) = check(dir.path(), text)?;
         assert!(ok, "examples/{name}: {out}");
+    }
+    // The Kubernetes example reaches Redis over TLS with a password: `check` warns about
+    // neither (it warns only that the development server certificate does not name the
+    // example's hosts), and would warn about both.
+    let warnings = |text: &str| -> Result<Vec<String>> {
+        let dir = example_pki()?;
+        let (ok, out) = check(dir.path(), text)?;
+        assert!(ok, "{out}");
+        Ok(out
+            .lines()
+            .filter(|l| l.starts_with("warning:"))
+            .map(str::to_owned)
+            .collect())
+    };
+    let shipped = warnings(&embedded)?;
+    assert!(
+        shipped
+            .iter()
+            .all(|w| w.contains("the server certificate (tls/server.pem) does not name")),
+        "{shipped:#?}"
+    );
+    let bare = embedded
+        .replace("url = \"rediss://", "url = \"redis://")
+        .replace("password_file = \"redis/password\"\n", "");
+    assert_ne!(bare, embedded);
+    let bare = warnings(&bare)?;
+    for expected in [
+        "Redis is used without a password",
+        "Redis is reached without TLS",
+    ] {
+        assert!(bare.iter().any(|w| w.contains(expected)), "{bare:#?}");
     }
     // The policy example, with its policy and data beside it.
     let policies = root.join("examples/policies");
