@@ -1428,13 +1428,22 @@ fn kubernetes_example_segments_its_network() -> Result<()> {
         assert!(source.get("ipBlock").is_none());
     }
 
-    // Vigil's own egress: DNS, the upstreams, the OpenID Provider; nothing else.
+    // Vigil's own egress: DNS, Redis, the upstreams, the OpenID Provider; nothing else.
     let dns = Peer::Pod("kube-system", &[("k8s-app", "kube-dns")]);
+    let redis_peer = Peer::Pod("vigil", &[("app", "redis")]);
     let upstream = Peer::Pod("internal", &[("app", "wiki")]);
     let provider = Peer::Outside("198.51.100.20".parse()?);
     for (to, port, expected) in [
         (&dns, udp(53), true),
         (&dns, tcp(53), true),
+        (&redis_peer, tcp(6379), true),
+        (&redis_peer, tcp(26379), false),
+        (&Peer::Pod("vigil", &[("app", "other")]), tcp(6379), false),
+        (
+            &Peer::Pod("internal", &[("app", "redis")]),
+            tcp(6379),
+            false,
+        ),
         (&upstream, tcp(8080), true),
         (&upstream, tcp(8443), true),
         (&provider, tcp(443), true),
@@ -1455,6 +1464,60 @@ fn kubernetes_example_segments_its_network() -> Result<()> {
     assert!(allows(&manifest, "Egress", wiki, &dns, udp(53))?);
     assert!(!allows(&manifest, "Egress", wiki, &provider, tcp(443))?);
     assert!(!allows(&manifest, "Egress", wiki, &vigil_peer, tcp(8443))?);
+
+    // Only Vigil's pods reach Redis, and only its port.
+    let redis = ("vigil", &[("app", "redis")][..]);
+    for (from, port, expected) in [
+        (&vigil_peer, tcp(6379), true),
+        (&vigil_peer, tcp(26379), false),
+        (&vigil_peer, tcp(22), false),
+        (&Peer::Pod("vigil", &[("app", "other")]), tcp(6379), false),
+        (&Peer::Pod("vigil", &[("app", "redis")]), tcp(6379), false),
+        (
+            &Peer::Pod("internal", &[("app", "vigil")]),
+            tcp(6379),
+            false,
+        ),
+        (&Peer::Pod("internal", &[("app", "wiki")]), tcp(6379), false),
+        (&prometheus, tcp(6379), false),
+        (&client, tcp(6379), false),
+    ] {
+        let got = allows(&manifest, "Ingress", redis, from, port)?;
+        assert_eq!(
+            got, expected,
+            "ingress to redis:{} from {from:?}",
+            port.number
+        );
+    }
+    // ... by every rule that opens the port: pods labelled app=vigil, of Redis's namespace
+    // (a podSelector alone), and no address block.
+    let sources = kubernetes::ingress_sources(&manifest, redis, tcp(6379))?;
+    assert!(!sources.is_empty());
+    for source in sources {
+        let source = source.context("Redis is open to anyone")?;
+        let pods = source
+            .at(&["podSelector", "matchLabels"])
+            .map(Node::labels)
+            .transpose()?;
+        assert_eq!(
+            pods,
+            Some(BTreeMap::from([("app".to_owned(), "vigil".to_owned())])),
+            "Redis reached from {source:?}"
+        );
+        assert!(source.get("namespaceSelector").is_none(), "{source:?}");
+        assert!(source.get("ipBlock").is_none(), "{source:?}");
+    }
+    // Redis opens no connection, not even to DNS.
+    for (to, port) in [
+        (&dns, udp(53)),
+        (&vigil_peer, tcp(8443)),
+        (&upstream, tcp(8080)),
+        (&provider, tcp(443)),
+        (&redis_peer, tcp(6379)),
+    ] {
+        let got = allows(&manifest, "Egress", redis, to, port)?;
+        assert!(!got, "egress from redis to {to:?}:{}", port.number);
+    }
     Ok(())
 }
 
