@@ -1116,6 +1116,42 @@ fn running_as_root() -> Result<bool> {
     Ok(String::from_utf8_lossy(&out.stdout).trim() == "0")
 }
 
+/// What each of the pod's volumes holds: a ConfigMap's data from the manifest, and a Secret
+/// made as the comments say, each of its keys read by `secret` (the mount and the key).
+fn volume_data(
+    manifest: &kubernetes::Manifest,
+    pod: &kubernetes::Pod,
+    text: &str,
+    secret: impl Fn(&kubernetes::Mount, &str) -> Result<Vec<u8>>,
+) -> Result<BTreeMap<kubernetes::Source, BTreeMap<String, Vec<u8>>>> {
+    use kubernetes::{Node, Source};
+    let documented = documented_secrets(text);
+    let mut data = BTreeMap::new();
+    for mount in &pod.mounts {
+        let contents: BTreeMap<String, Vec<u8>> = match &mount.source {
+            Source::ConfigMap(name) => match manifest.object("ConfigMap", name)?.get("data") {
+                Some(Node::Map(entries)) => entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.str().unwrap_or_default().as_bytes().to_vec()))
+                    .collect(),
+                _ => BTreeMap::new(),
+            },
+            Source::Secret(name) => {
+                let keys = documented
+                    .get(name)
+                    .with_context(|| format!("no command in the comments creates Secret {name}"))?;
+                keys.iter()
+                    .map(|k| Ok((k.clone(), secret(mount, k)?)))
+                    .collect::<Result<_>>()?
+            }
+            // A claim starts empty: the kubelet lays out no files in it.
+            Source::Claim(_) => continue,
+        };
+        data.insert(mount.source.clone(), contents);
+    }
+    Ok(data)
+}
+
 /// Whether the Kubernetes example's pod can read every file its configuration names: by the
 /// mode bits of the files as the kubelet lays them out (`model`), and, when the test runs as
 /// root, for real (`real`): the files written with those owners and modes, and `vigil check`
@@ -1127,7 +1163,6 @@ struct PodReads {
 }
 
 fn kubernetes_example_reads(text: &str) -> Result<PodReads> {
-    use kubernetes::{Node, Source};
     let manifest = kubernetes::Manifest::parse(text)?;
     let pod = kubernetes::Pod::of(manifest.object("Deployment", "vigil")?)?;
     let config_path = PathBuf::from(pod.arg("--config").context("no --config in args")?);
@@ -1153,30 +1188,11 @@ fn kubernetes_example_reads(text: &str) -> Result<PodReads> {
         files.push(base.join(relative));
     }
 
-    // What each volume holds: the ConfigMap's data, and each Secret made as the comments say.
-    let documented = documented_secrets(text);
-    let mut data = BTreeMap::new();
-    for mount in &pod.mounts {
-        let contents: BTreeMap<String, Vec<u8>> = match &mount.source {
-            Source::ConfigMap(name) => match manifest.object("ConfigMap", name)?.get("data") {
-                Some(Node::Map(entries)) => entries
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.str().unwrap_or_default().as_bytes().to_vec()))
-                    .collect(),
-                _ => BTreeMap::new(),
-            },
-            Source::Secret(name) => {
-                let keys = documented
-                    .get(name)
-                    .with_context(|| format!("no command in the comments creates Secret {name}"))?;
-                let dir = pki.path().join(mount.path.strip_prefix(&base)?);
-                keys.iter()
-                    .map(|k| Ok((k.clone(), std::fs::read(dir.join(k))?)))
-                    .collect::<Result<_>>()?
-            }
-        };
-        data.insert(mount.source.clone(), contents);
-    }
+    // Each Secret holds the PKI's files of the directory it is mounted on.
+    let data = volume_data(&manifest, &pod, text, |mount, key| {
+        let dir = pki.path().join(mount.path.strip_prefix(&base)?);
+        Ok(std::fs::read(dir.join(key))?)
+    })?;
     let entries = kubernetes::kubelet_layout(&pod, &data)?;
 
     let problems: Vec<String> = files
@@ -1197,35 +1213,50 @@ fn kubernetes_example_reads(text: &str) -> Result<PodReads> {
     Ok(PodReads { files, model, real })
 }
 
-/// `vigil check` on the layout written under a temporary root, run as the pod's user and
-/// groups (with `setpriv`, which drops every capability with root's uid).
-fn check_as_pod_user(
-    entries: &[kubernetes::Entry],
-    pod: &kubernetes::Pod,
-    config: &Path,
-) -> Result<Result<(), String>> {
+/// `entries` written under `root` in a temporary directory that any user can reach (needs
+/// root).
+fn written_layout(entries: &[kubernetes::Entry]) -> Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir()?;
-    // The pod's user must reach the files and the binary.
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
-    let root = tmp.path().join("root");
-    kubernetes::write_layout(entries, &root)?;
-    let bin = tmp.path().join("vigil");
-    if std::fs::hard_link(env!("CARGO_BIN_EXE_vigil"), &bin).is_err() {
-        std::fs::copy(env!("CARGO_BIN_EXE_vigil"), &bin)?;
-    }
+    kubernetes::write_layout(entries, &tmp.path().join("root"))?;
+    Ok(tmp)
+}
+
+/// `program` run as the pod's user and groups (with `setpriv`, which drops every capability
+/// with root's uid).
+fn as_pod_user(pod: &kubernetes::Pod, program: &Path) -> Command {
     let groups = if pod.groups.is_empty() {
         "--clear-groups".to_owned()
     } else {
         let list: Vec<String> = pod.groups.iter().map(u32::to_string).collect();
         format!("--groups={}", list.join(","))
     };
-    let out = Command::new("setpriv")
+    let mut command = Command::new("setpriv");
+    command
         .arg(format!("--reuid={}", pod.uid))
         .arg(format!("--regid={}", pod.gid))
         .arg(groups)
         .arg("--")
-        .arg(&bin)
+        .arg(program);
+    command
+}
+
+/// `vigil check` on the layout written under a temporary root, run as the pod's user and
+/// groups.
+fn check_as_pod_user(
+    entries: &[kubernetes::Entry],
+    pod: &kubernetes::Pod,
+    config: &Path,
+) -> Result<Result<(), String>> {
+    let tmp = written_layout(entries)?;
+    let root = tmp.path().join("root");
+    // The pod's user must reach the binary too.
+    let bin = tmp.path().join("vigil");
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_vigil"), &bin).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_vigil"), &bin)?;
+    }
+    let out = as_pod_user(pod, &bin)
         .args(["check", "--config"])
         .arg(root.join(config.strip_prefix("/")?))
         .output()
@@ -1617,6 +1648,261 @@ fn kubernetes_example_agrees_with_its_image_and_config() -> Result<()> {
         .int(),
         None
     );
+    Ok(())
+}
+
+/// The directives of the Kubernetes example's redis.conf, in order, names in lower case.
+fn redis_conf(manifest: &kubernetes::Manifest) -> Result<Vec<(String, String)>> {
+    let text = manifest
+        .object("ConfigMap", "redis-config")?
+        .at(&["data", "redis.conf"])
+        .and_then(kubernetes::Node::str)
+        .context("no data.redis.conf in ConfigMap redis-config")?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, value) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
+            (name.to_ascii_lowercase(), value.trim().to_owned())
+        })
+        .collect())
+}
+
+/// The last value redis.conf gives `name` (a later line overrides an earlier one).
+fn directive<'a>(conf: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    conf.iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn kubernetes_example_keeps_the_shared_state_in_a_persistent_tls_only_redis() -> Result<()> {
+    use kubernetes::{Node, Source, namespace_of};
+    let manifest = kubernetes::Manifest::parse(&kubernetes_example()?)?;
+    let statefulset = manifest.object("StatefulSet", "redis")?;
+    let pod = kubernetes::Pod::of(statefulset)?;
+    let conf = redis_conf(&manifest)?;
+    let value = |name: &str| directive(&conf, name);
+    let spec = statefulset.get("spec").context("no spec")?;
+    assert_eq!(spec.get("replicas").and_then(Node::int), Some(1));
+    assert_eq!(pod.args.first().map(String::as_str), Some("redis-server"));
+    let config = Path::new(pod.args.get(1).context("no redis.conf in args")?);
+    let holder = pod
+        .mounts
+        .iter()
+        .rev()
+        .find(|m| config.starts_with(&m.path));
+    assert_eq!(
+        holder.map(|m| &m.source),
+        Some(&Source::ConfigMap("redis-config".to_owned()))
+    );
+
+    // Every write appended to a file in `dir`, the pod's own claim (which outlives the pod);
+    // no key evicted to make room.
+    assert_eq!(value("appendonly"), Some("yes"));
+    assert_eq!(value("maxmemory-policy"), Some("noeviction"));
+    let dir = Path::new(value("dir").context("no dir")?);
+    let data = pod
+        .mounts
+        .iter()
+        .find(|m| m.path == dir)
+        .with_context(|| format!("{} is not a mount", dir.display()))?;
+    let Source::Claim(claim) = &data.source else {
+        anyhow::bail!("{} is not a claim: {data:?}", dir.display());
+    };
+    let template = spec
+        .get("volumeClaimTemplates")
+        .map(Node::items)
+        .unwrap_or_default()
+        .iter()
+        .find(|t| t.at(&["metadata", "name"]).and_then(Node::str) == Some(claim.as_str()))
+        .context("no volumeClaimTemplate")?;
+    assert!(
+        template
+            .at(&["spec", "resources", "requests", "storage"])
+            .is_some()
+    );
+
+    // TLS only, on the port the Service and Vigil's URL name; the users from an ACL file in
+    // a Secret, none in redis.conf.
+    assert_eq!(value("port"), Some("0"));
+    assert_eq!(value("tls-port"), Some("6379"));
+    assert_eq!(pod.ports.get("redis"), Some(&6379));
+    for name in ["tls-cert-file", "tls-key-file", "aclfile"] {
+        let file = Path::new(value(name).with_context(|| format!("no {name}"))?);
+        let holder = pod.mounts.iter().rev().find(|m| file.starts_with(&m.path));
+        assert_eq!(
+            holder.map(|m| &m.source),
+            Some(&Source::Secret("redis".to_owned())),
+            "{name}"
+        );
+    }
+    assert_eq!(value("user"), None);
+    assert_eq!(value("requirepass"), None);
+
+    // Ready once it accepts connections on that port.
+    let container = &spec
+        .at(&["template", "spec", "containers"])
+        .map(Node::items)
+        .unwrap_or_default()[0];
+    let probe = container
+        .at(&["readinessProbe", "tcpSocket", "port"])
+        .context("no tcpSocket readinessProbe")?;
+    let probed = probe.int().or_else(|| {
+        probe
+            .str()
+            .and_then(|n| pod.ports.get(n))
+            .map(|p| i64::from(*p))
+    });
+    assert_eq!(probed, Some(6379));
+
+    // Not root, with nothing to write outside its claim.
+    assert_ne!(pod.uid, 0);
+    assert_ne!(pod.gid, 0);
+    let sc = |key: &str| container.at(&["securityContext", key]).and_then(Node::str);
+    assert_eq!(sc("readOnlyRootFilesystem"), Some("true"));
+    assert_eq!(sc("allowPrivilegeEscalation"), Some("false"));
+    assert_eq!(
+        spec.at(&["template", "spec", "securityContext", "runAsNonRoot"])
+            .and_then(Node::str),
+        Some("true")
+    );
+    assert!(container.get("resources").is_some());
+
+    // The headless Service that governs the StatefulSet selects its pod.
+    let service = manifest.object("Service", "redis")?;
+    assert_eq!(spec.get("serviceName").and_then(Node::str), Some("redis"));
+    assert_eq!(
+        service.at(&["spec", "clusterIP"]).and_then(Node::str),
+        Some("None")
+    );
+    assert_eq!(namespace_of(service), namespace_of(statefulset));
+    let labels = spec
+        .at(&["template", "metadata", "labels"])
+        .context("pod labels")?
+        .labels()?;
+    let selected = service
+        .at(&["spec", "selector"])
+        .context("no selector")?
+        .labels()?;
+    assert!(!selected.is_empty());
+    assert!(selected.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    Ok(())
+}
+
+/// Whether the Kubernetes example's Redis pod can read what its redis.conf names and write
+/// in its `dir`: by the model, and, as root, by the kernel (`test -r`, `test -w` as the pod's
+/// user). The model checks owners and modes, so each Secret key holds a stand-in.
+struct RedisAccess {
+    model: Result<(), String>,
+    real: Option<Result<(), String>>,
+}
+
+fn kubernetes_redis_access(text: &str) -> Result<RedisAccess> {
+    let manifest = kubernetes::Manifest::parse(text)?;
+    let pod = kubernetes::Pod::of(manifest.object("StatefulSet", "redis")?)?;
+    let conf = redis_conf(&manifest)?;
+    let mut reads = vec![PathBuf::from(
+        pod.args.get(1).context("no redis.conf in args")?,
+    )];
+    for name in [
+        "tls-cert-file",
+        "tls-key-file",
+        "tls-ca-cert-file",
+        "aclfile",
+        "include",
+    ] {
+        reads.extend(
+            conf.iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| PathBuf::from(v)),
+        );
+    }
+    let dir = PathBuf::from(directive(&conf, "dir").context("no dir")?);
+    let data = volume_data(&manifest, &pod, text, |_, key| {
+        Ok(format!("{key}\n").into_bytes())
+    })?;
+    let entries = kubernetes::kubelet_layout(&pod, &data)?;
+
+    let mut problems: Vec<String> = reads
+        .iter()
+        .filter_map(|f| kubernetes::check_readable(&entries, &pod, f).err())
+        .map(|e| e.to_string())
+        .collect();
+    problems.extend(
+        kubernetes::check_writable(&entries, &pod, &dir)
+            .err()
+            .map(|e| e.to_string()),
+    );
+    let model = if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    };
+    if !running_as_root()? {
+        return Ok(RedisAccess { model, real: None });
+    }
+    let tmp = written_layout(&entries)?;
+    let root = tmp.path().join("root");
+    let mut denied = Vec::new();
+    let tests = reads
+        .iter()
+        .map(|f| ("-r", f))
+        .chain([("-w", &dir), ("-x", &dir)]);
+    for (flag, path) in tests {
+        let status = as_pod_user(&pod, Path::new("test"))
+            .arg(flag)
+            .arg(root.join(path.strip_prefix("/")?))
+            .status()
+            .context("setpriv (util-linux) is needed to run as the pod's user")?;
+        if !status.success() {
+            denied.push(format!("test {flag} {}", path.display()));
+        }
+    }
+    let real = if denied.is_empty() {
+        Ok(())
+    } else {
+        Err(denied.join("\n"))
+    };
+    Ok(RedisAccess {
+        model,
+        real: Some(real),
+    })
+}
+
+#[test]
+fn kubernetes_example_redis_reads_its_files_and_writes_its_data_as_its_user() -> Result<()> {
+    let text = kubernetes_example()?;
+    let access = kubernetes_redis_access(&text)?;
+    if let Err(e) = access.model {
+        panic!("Redis's pod cannot reach its files:\n{e}");
+    }
+    if let Some(Err(e)) = access.real {
+        panic!("as Redis's user:\n{e}");
+    }
+
+    // Without fsGroup, the key (root's, 0440) and the claim's directory (root's, 0755) are out
+    // of Redis's reach.
+    let without = text.replace("        fsGroup: 999\n", "");
+    assert_ne!(without, text);
+    let access = kubernetes_redis_access(&without)?;
+    let model = access.model.expect_err("no fsGroup passed the model");
+    for expected in [
+        "/etc/redis/secret/redis.key: uid 999 (groups [999]) cannot read it (0:0 440)",
+        "/data: uid 999 (groups [999]) cannot write in it (0:0 755)",
+    ] {
+        assert!(model.contains(expected), "{model}");
+    }
+    if let Some(real) = access.real {
+        let real = real.expect_err("no fsGroup passed test -r and -w");
+        assert!(
+            real.contains("test -r /etc/redis/secret/redis.key"),
+            "{real}"
+        );
+        assert!(real.contains("test -w /data"), "{real}");
+    }
     Ok(())
 }
 
