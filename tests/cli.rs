@@ -1651,6 +1651,151 @@ fn kubernetes_example_agrees_with_its_image_and_config() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn kubernetes_example_runs_a_fleet_on_one_shared_state() -> Result<()> {
+    use kubernetes::{Node, Source, namespace_of};
+    let text = kubernetes_example()?;
+    let manifest = kubernetes::Manifest::parse(&text)?;
+    let int = |node: &Node, keys: &[&str]| node.at(keys).and_then(Node::int);
+
+    // Three replicas; an update starts a new pod before it stops an old one, and a voluntary
+    // disruption (a node drain) leaves at least two of them.
+    let deployment = manifest.object("Deployment", "vigil")?;
+    assert_eq!(int(deployment, &["spec", "replicas"]), Some(3));
+    let strategy = deployment.at(&["spec", "strategy"]).context("strategy")?;
+    assert_eq!(
+        strategy.get("type").and_then(Node::str),
+        Some("RollingUpdate")
+    );
+    assert_eq!(int(strategy, &["rollingUpdate", "maxUnavailable"]), Some(0));
+    assert_eq!(int(strategy, &["rollingUpdate", "maxSurge"]), Some(1));
+    let budget = manifest.object("PodDisruptionBudget", "vigil")?;
+    assert_eq!(int(budget, &["spec", "minAvailable"]), Some(2));
+    assert_eq!(namespace_of(budget), namespace_of(deployment));
+    let labels = deployment
+        .at(&["spec", "template", "metadata", "labels"])
+        .context("pod labels")?
+        .labels()?;
+    let selected = budget
+        .at(&["spec", "selector", "matchLabels"])
+        .context("the budget's selector")?
+        .labels()?;
+    // Not empty: an empty selector would count Redis's pod too.
+    assert!(!selected.is_empty());
+    assert!(
+        selected.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "{selected:?}"
+    );
+
+    // The replicas share their state through Redis, over TLS, as the ACL user that
+    // tests/fleet.rs gives a real redis-server, with a password and the CA of Redis's
+    // certificate from the Secret vigil-redis.
+    let config: toml::Value = toml::from_str(&embedded_config(&manifest)?)?;
+    let state = config.get("state").context("no [state]")?;
+    let get = |key: &str| state.get(key).and_then(toml::Value::as_str);
+    assert_eq!(get("backend"), Some("redis"));
+    assert_eq!(get("username"), Some(support::redis::USER));
+    let url = get("url").context("no state.url")?;
+    let rest = url
+        .strip_prefix("rediss://")
+        .with_context(|| format!("{url} is not TLS"))?;
+    let pod = kubernetes::Pod::of(deployment)?;
+    let base = Path::new(pod.arg("--config").context("no --config")?)
+        .parent()
+        .context("the config's directory")?;
+    for key in ["password_file", "ca"] {
+        let file = base.join(get(key).with_context(|| format!("no state.{key}"))?);
+        // Mounts are sorted outer first: the last that holds the file is the one it is in.
+        let mount = pod.mounts.iter().rev().find(|m| file.starts_with(&m.path));
+        assert_eq!(
+            mount.map(|m| &m.source),
+            Some(&Source::Secret("vigil-redis".to_owned())),
+            "state.{key}"
+        );
+    }
+    let secrets = documented_secrets(&text);
+    assert_eq!(
+        secrets.get("vigil-redis").map(Vec::as_slice),
+        Some(&["password".to_owned(), "ca.pem".to_owned()][..])
+    );
+    // The ACL user reaches the keys under the prefix's hash tag.
+    let prefix = get("prefix").unwrap_or("vigil");
+    assert!(
+        support::redis::ACL_RULES.starts_with(&format!("~{{{prefix}}}* ")),
+        "{}",
+        support::redis::ACL_RULES
+    );
+
+    // The URL names Redis's Service in the namespace, on its port, which is the name Redis's
+    // certificate is issued for in the comments.
+    let (address, _db) = rest.split_once('/').unwrap_or((rest, ""));
+    let (host, port) = address.rsplit_once(':').context("no port in state.url")?;
+    let service = manifest.object("Service", "redis")?;
+    assert_eq!(
+        host,
+        format!("redis.{}.svc.cluster.local", namespace_of(service))
+    );
+    let ports = service.at(&["spec", "ports"]).map(Node::items);
+    assert!(
+        ports
+            .unwrap_or_default()
+            .iter()
+            .any(|p| p.get("port").and_then(Node::int) == port.parse().ok()),
+        "{ports:?}"
+    );
+    let documented = documented_lines(&text);
+    let issued = documented.iter().any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words.starts_with(&["vigil", "certs", "issue"])
+            && words.windows(2).any(|w| w == ["--dns", host])
+    });
+    assert!(issued, "no certificate for {host} in {documented:#?}");
+
+    // The ACL file the comments make: the default user off, and `vigil` with the rules the
+    // fleet tests prove, authenticated by the SHA-256 of the password as Vigil sends it (the
+    // file's first line, without its newline).
+    assert!(
+        documented.contains(&r#"echo "user default off" > users.acl"#.to_owned()),
+        "{documented:#?}"
+    );
+    let acl = format!(
+        r#"echo "user {} on #$hash {}" >> users.acl"#,
+        support::redis::USER,
+        support::redis::ACL_RULES
+    );
+    assert!(documented.contains(&acl), "no `{acl}` in {documented:#?}");
+    let dir = tempfile::tempdir()?;
+    let password = "8f1c0e5a9b7d3f2e6a4c1b0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f";
+    std::fs::write(dir.path().join("password"), format!("{password}\n"))?;
+    let script: Vec<&str> = documented
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.starts_with("hash=") || l.starts_with("echo \"user "))
+        .collect();
+    assert_eq!(script.len(), 3, "{script:?}");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script.join("\n"))
+        .current_dir(dir.path())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, password.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("users.acl"))?,
+        format!(
+            "user default off\nuser {} on #{hex} {}\n",
+            support::redis::USER,
+            support::redis::ACL_RULES
+        )
+    );
+    Ok(())
+}
+
 /// The directives of the Kubernetes example's redis.conf, in order, names in lower case.
 fn redis_conf(manifest: &kubernetes::Manifest) -> Result<Vec<(String, String)>> {
     let text = manifest
