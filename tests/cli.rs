@@ -937,7 +937,8 @@ fn run_serves_and_drains_on_sigterm() -> Result<()> {
     Ok(())
 }
 
-/// A directory with the files the shipped examples refer to under `tls/`.
+/// A directory with the files the shipped examples refer to under `tls/`, `admin/` and
+/// `redis/`.
 fn example_pki() -> Result<tempfile::TempDir> {
     let dir = tempfile::tempdir()?;
     let tls = dir.path().join("tls");
@@ -952,6 +953,17 @@ fn example_pki() -> Result<tempfile::TempDir> {
     std::fs::write(
         dir.path().join("admin/tokens"),
         "ops 0123456789abcdef0123456789abcdef\n",
+    )?;
+    // The Kubernetes example's shared state: the password of Redis's ACL user, and the CA of
+    // Redis's certificate, a CA of its own as the example's comments make it (a Secret mounted
+    // at redis/).
+    let redis = dir.path().join("redis");
+    certs_init(&dir.path().join("redis-pki"))?;
+    std::fs::create_dir(&redis)?;
+    std::fs::copy(dir.path().join("redis-pki/ca.pem"), redis.join("ca.pem"))?;
+    std::fs::write(
+        redis.join("password"),
+        "8f1c0e5a9b7d3f2e6a4c1b0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f\n",
     )?;
     let keys = vigil()
         .args(["keys", "session"])
@@ -976,10 +988,41 @@ fn shipped_examples_pass_check() -> Result<()> {
         embedded.contains("[[route]]"),
         "no config found in the Kubernetes example"
     );
-    for (name, text) in [("deployment", deployment), ("kubernetes", embedded)] {
+    for (name, text) in [("deployment", &deployment), ("kubernetes", &embedded)] {
         let dir = example_pki()?;
-        let (ok, out) = check(dir.path(), &text)?;
+        let (ok, out) = check(dir.path(), text)?;
         assert!(ok, "examples/{name}: {out}");
+    }
+    // The Kubernetes example reaches Redis over TLS with a password: `check` warns about
+    // neither (it warns only that the development server certificate does not name the
+    // example's hosts), and would warn about both.
+    let warnings = |text: &str| -> Result<Vec<String>> {
+        let dir = example_pki()?;
+        let (ok, out) = check(dir.path(), text)?;
+        assert!(ok, "{out}");
+        Ok(out
+            .lines()
+            .filter(|l| l.starts_with("warning:"))
+            .map(str::to_owned)
+            .collect())
+    };
+    let shipped = warnings(&embedded)?;
+    assert!(
+        shipped
+            .iter()
+            .all(|w| w.contains("the server certificate (tls/server.pem) does not name")),
+        "{shipped:#?}"
+    );
+    let bare = embedded
+        .replace("url = \"rediss://", "url = \"redis://")
+        .replace("password_file = \"redis/password\"\n", "");
+    assert_ne!(bare, embedded);
+    let bare = warnings(&bare)?;
+    for expected in [
+        "Redis is used without a password",
+        "Redis is reached without TLS",
+    ] {
+        assert!(bare.iter().any(|w| w.contains(expected)), "{bare:#?}");
     }
     // The policy example, with its policy and data beside it.
     let policies = root.join("examples/policies");
@@ -1019,25 +1062,37 @@ fn embedded_config(manifest: &kubernetes::Manifest) -> Result<String> {
         .to_owned())
 }
 
-/// The keys of each Secret that the manifest's opening comments say to create, from the
-/// `kubectl create secret generic NAME --from-file=KEY ...` commands there.
-fn documented_secrets(text: &str) -> BTreeMap<String, Vec<String>> {
-    let comments: Vec<&str> = text
-        .lines()
-        .take_while(|l| l.starts_with('#'))
-        .map(|l| l.trim_start_matches('#').trim())
-        .collect();
-    let mut secrets = BTreeMap::new();
-    let mut lines = comments.iter();
-    while let Some(line) = lines.next() {
-        if !line.contains("create secret generic") {
-            continue;
+/// The lines of the manifest's opening comments, a command continued with `\` joined into
+/// one line.
+fn documented_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut continued = false;
+    for line in text.lines().take_while(|l| l.starts_with('#')) {
+        let line = line.trim_start_matches('#').trim();
+        let (line, continues) = match line.strip_suffix('\\') {
+            Some(start) => (start.trim_end(), true),
+            None => (line, false),
+        };
+        match lines.last_mut() {
+            Some(last) if continued => {
+                last.push(' ');
+                last.push_str(line);
+            }
+            _ => lines.push(line.to_owned()),
         }
-        let mut command = line.to_string();
-        while command.ends_with('\\') {
-            command.pop();
-            command.push(' ');
-            command.push_str(lines.next().unwrap_or(&""));
+        continued = continues;
+    }
+    lines
+}
+
+/// The keys of each Secret that the manifest's opening comments say to create, from the
+/// `kubectl create secret generic NAME --from-file=[KEY=]FILE ...` commands there: as kubectl
+/// names them, KEY, else the file's name.
+fn documented_secrets(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut secrets = BTreeMap::new();
+    for command in documented_lines(text) {
+        if !command.contains("create secret generic") {
+            continue;
         }
         let words: Vec<&str> = command.split_whitespace().collect();
         let Some(at) = words.iter().position(|w| *w == "generic") else {
@@ -1046,7 +1101,10 @@ fn documented_secrets(text: &str) -> BTreeMap<String, Vec<String>> {
         let keys = words
             .iter()
             .filter_map(|w| w.strip_prefix("--from-file="))
-            .map(|f| f.split('=').next().unwrap_or(f).to_owned())
+            .map(|f| match f.split_once('=') {
+                Some((key, _)) => key.to_owned(),
+                None => f.rsplit('/').next().unwrap_or(f).to_owned(),
+            })
             .collect();
         secrets.insert(words.get(at + 1).unwrap_or(&"").to_string(), keys);
     }
@@ -1056,6 +1114,42 @@ fn documented_secrets(text: &str) -> BTreeMap<String, Vec<String>> {
 fn running_as_root() -> Result<bool> {
     let out = Command::new("id").arg("-u").output()?;
     Ok(String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// What each of the pod's volumes holds: a ConfigMap's data from the manifest, and a Secret
+/// made as the comments say, each of its keys read by `secret` (the mount and the key).
+fn volume_data(
+    manifest: &kubernetes::Manifest,
+    pod: &kubernetes::Pod,
+    text: &str,
+    secret: impl Fn(&kubernetes::Mount, &str) -> Result<Vec<u8>>,
+) -> Result<BTreeMap<kubernetes::Source, BTreeMap<String, Vec<u8>>>> {
+    use kubernetes::{Node, Source};
+    let documented = documented_secrets(text);
+    let mut data = BTreeMap::new();
+    for mount in &pod.mounts {
+        let contents: BTreeMap<String, Vec<u8>> = match &mount.source {
+            Source::ConfigMap(name) => match manifest.object("ConfigMap", name)?.get("data") {
+                Some(Node::Map(entries)) => entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.str().unwrap_or_default().as_bytes().to_vec()))
+                    .collect(),
+                _ => BTreeMap::new(),
+            },
+            Source::Secret(name) => {
+                let keys = documented
+                    .get(name)
+                    .with_context(|| format!("no command in the comments creates Secret {name}"))?;
+                keys.iter()
+                    .map(|k| Ok((k.clone(), secret(mount, k)?)))
+                    .collect::<Result<_>>()?
+            }
+            // A claim starts empty: the kubelet lays out no files in it.
+            Source::Claim(_) => continue,
+        };
+        data.insert(mount.source.clone(), contents);
+    }
+    Ok(data)
 }
 
 /// Whether the Kubernetes example's pod can read every file its configuration names: by the
@@ -1069,7 +1163,6 @@ struct PodReads {
 }
 
 fn kubernetes_example_reads(text: &str) -> Result<PodReads> {
-    use kubernetes::{Node, Source};
     let manifest = kubernetes::Manifest::parse(text)?;
     let pod = kubernetes::Pod::of(manifest.object("Deployment", "vigil")?)?;
     let config_path = PathBuf::from(pod.arg("--config").context("no --config in args")?);
@@ -1095,30 +1188,11 @@ fn kubernetes_example_reads(text: &str) -> Result<PodReads> {
         files.push(base.join(relative));
     }
 
-    // What each volume holds: the ConfigMap's data, and each Secret made as the comments say.
-    let documented = documented_secrets(text);
-    let mut data = BTreeMap::new();
-    for mount in &pod.mounts {
-        let contents: BTreeMap<String, Vec<u8>> = match &mount.source {
-            Source::ConfigMap(name) => match manifest.object("ConfigMap", name)?.get("data") {
-                Some(Node::Map(entries)) => entries
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.str().unwrap_or_default().as_bytes().to_vec()))
-                    .collect(),
-                _ => BTreeMap::new(),
-            },
-            Source::Secret(name) => {
-                let keys = documented
-                    .get(name)
-                    .with_context(|| format!("no command in the comments creates Secret {name}"))?;
-                let dir = pki.path().join(mount.path.strip_prefix(&base)?);
-                keys.iter()
-                    .map(|k| Ok((k.clone(), std::fs::read(dir.join(k))?)))
-                    .collect::<Result<_>>()?
-            }
-        };
-        data.insert(mount.source.clone(), contents);
-    }
+    // Each Secret holds the PKI's files of the directory it is mounted on.
+    let data = volume_data(&manifest, &pod, text, |mount, key| {
+        let dir = pki.path().join(mount.path.strip_prefix(&base)?);
+        Ok(std::fs::read(dir.join(key))?)
+    })?;
     let entries = kubernetes::kubelet_layout(&pod, &data)?;
 
     let problems: Vec<String> = files
@@ -1139,35 +1213,50 @@ fn kubernetes_example_reads(text: &str) -> Result<PodReads> {
     Ok(PodReads { files, model, real })
 }
 
-/// `vigil check` on the layout written under a temporary root, run as the pod's user and
-/// groups (with `setpriv`, which drops every capability with root's uid).
-fn check_as_pod_user(
-    entries: &[kubernetes::Entry],
-    pod: &kubernetes::Pod,
-    config: &Path,
-) -> Result<Result<(), String>> {
+/// `entries` written under `root` in a temporary directory that any user can reach (needs
+/// root).
+fn written_layout(entries: &[kubernetes::Entry]) -> Result<tempfile::TempDir> {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir()?;
-    // The pod's user must reach the files and the binary.
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
-    let root = tmp.path().join("root");
-    kubernetes::write_layout(entries, &root)?;
-    let bin = tmp.path().join("vigil");
-    if std::fs::hard_link(env!("CARGO_BIN_EXE_vigil"), &bin).is_err() {
-        std::fs::copy(env!("CARGO_BIN_EXE_vigil"), &bin)?;
-    }
+    kubernetes::write_layout(entries, &tmp.path().join("root"))?;
+    Ok(tmp)
+}
+
+/// `program` run as the pod's user and groups (with `setpriv`, which drops every capability
+/// with root's uid).
+fn as_pod_user(pod: &kubernetes::Pod, program: &Path) -> Command {
     let groups = if pod.groups.is_empty() {
         "--clear-groups".to_owned()
     } else {
         let list: Vec<String> = pod.groups.iter().map(u32::to_string).collect();
         format!("--groups={}", list.join(","))
     };
-    let out = Command::new("setpriv")
+    let mut command = Command::new("setpriv");
+    command
         .arg(format!("--reuid={}", pod.uid))
         .arg(format!("--regid={}", pod.gid))
         .arg(groups)
         .arg("--")
-        .arg(&bin)
+        .arg(program);
+    command
+}
+
+/// `vigil check` on the layout written under a temporary root, run as the pod's user and
+/// groups.
+fn check_as_pod_user(
+    entries: &[kubernetes::Entry],
+    pod: &kubernetes::Pod,
+    config: &Path,
+) -> Result<Result<(), String>> {
+    let tmp = written_layout(entries)?;
+    let root = tmp.path().join("root");
+    // The pod's user must reach the binary too.
+    let bin = tmp.path().join("vigil");
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_vigil"), &bin).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_vigil"), &bin)?;
+    }
+    let out = as_pod_user(pod, &bin)
         .args(["check", "--config"])
         .arg(root.join(config.strip_prefix("/")?))
         .output()
@@ -1191,6 +1280,8 @@ fn kubernetes_example_reads_its_files_as_its_user() -> Result<()> {
     let keys = [
         "/etc/vigil/tls/server.key",
         "/etc/vigil/admin/tokens",
+        "/etc/vigil/redis/password",
+        "/etc/vigil/redis/ca.pem",
         "/etc/vigil/vigil.toml",
     ];
     for key in keys {
@@ -1368,13 +1459,22 @@ fn kubernetes_example_segments_its_network() -> Result<()> {
         assert!(source.get("ipBlock").is_none());
     }
 
-    // Vigil's own egress: DNS, the upstreams, the OpenID Provider; nothing else.
+    // Vigil's own egress: DNS, Redis, the upstreams, the OpenID Provider; nothing else.
     let dns = Peer::Pod("kube-system", &[("k8s-app", "kube-dns")]);
+    let redis_peer = Peer::Pod("vigil", &[("app", "redis")]);
     let upstream = Peer::Pod("internal", &[("app", "wiki")]);
     let provider = Peer::Outside("198.51.100.20".parse()?);
     for (to, port, expected) in [
         (&dns, udp(53), true),
         (&dns, tcp(53), true),
+        (&redis_peer, tcp(6379), true),
+        (&redis_peer, tcp(26379), false),
+        (&Peer::Pod("vigil", &[("app", "other")]), tcp(6379), false),
+        (
+            &Peer::Pod("internal", &[("app", "redis")]),
+            tcp(6379),
+            false,
+        ),
         (&upstream, tcp(8080), true),
         (&upstream, tcp(8443), true),
         (&provider, tcp(443), true),
@@ -1395,6 +1495,60 @@ fn kubernetes_example_segments_its_network() -> Result<()> {
     assert!(allows(&manifest, "Egress", wiki, &dns, udp(53))?);
     assert!(!allows(&manifest, "Egress", wiki, &provider, tcp(443))?);
     assert!(!allows(&manifest, "Egress", wiki, &vigil_peer, tcp(8443))?);
+
+    // Only Vigil's pods reach Redis, and only its port.
+    let redis = ("vigil", &[("app", "redis")][..]);
+    for (from, port, expected) in [
+        (&vigil_peer, tcp(6379), true),
+        (&vigil_peer, tcp(26379), false),
+        (&vigil_peer, tcp(22), false),
+        (&Peer::Pod("vigil", &[("app", "other")]), tcp(6379), false),
+        (&Peer::Pod("vigil", &[("app", "redis")]), tcp(6379), false),
+        (
+            &Peer::Pod("internal", &[("app", "vigil")]),
+            tcp(6379),
+            false,
+        ),
+        (&Peer::Pod("internal", &[("app", "wiki")]), tcp(6379), false),
+        (&prometheus, tcp(6379), false),
+        (&client, tcp(6379), false),
+    ] {
+        let got = allows(&manifest, "Ingress", redis, from, port)?;
+        assert_eq!(
+            got, expected,
+            "ingress to redis:{} from {from:?}",
+            port.number
+        );
+    }
+    // ... by every rule that opens the port: pods labelled app=vigil, of Redis's namespace
+    // (a podSelector alone), and no address block.
+    let sources = kubernetes::ingress_sources(&manifest, redis, tcp(6379))?;
+    assert!(!sources.is_empty());
+    for source in sources {
+        let source = source.context("Redis is open to anyone")?;
+        let pods = source
+            .at(&["podSelector", "matchLabels"])
+            .map(Node::labels)
+            .transpose()?;
+        assert_eq!(
+            pods,
+            Some(BTreeMap::from([("app".to_owned(), "vigil".to_owned())])),
+            "Redis reached from {source:?}"
+        );
+        assert!(source.get("namespaceSelector").is_none(), "{source:?}");
+        assert!(source.get("ipBlock").is_none(), "{source:?}");
+    }
+    // Redis opens no connection, not even to DNS.
+    for (to, port) in [
+        (&dns, udp(53)),
+        (&vigil_peer, tcp(8443)),
+        (&upstream, tcp(8080)),
+        (&provider, tcp(443)),
+        (&redis_peer, tcp(6379)),
+    ] {
+        let got = allows(&manifest, "Egress", redis, to, port)?;
+        assert!(!got, "egress from redis to {to:?}:{}", port.number);
+    }
     Ok(())
 }
 
@@ -1494,6 +1648,406 @@ fn kubernetes_example_agrees_with_its_image_and_config() -> Result<()> {
         .int(),
         None
     );
+    Ok(())
+}
+
+#[test]
+fn kubernetes_example_runs_a_fleet_on_one_shared_state() -> Result<()> {
+    use kubernetes::{Node, Source, namespace_of};
+    let text = kubernetes_example()?;
+    let manifest = kubernetes::Manifest::parse(&text)?;
+    let int = |node: &Node, keys: &[&str]| node.at(keys).and_then(Node::int);
+
+    // Three replicas; an update starts a new pod before it stops an old one, and a voluntary
+    // disruption (a node drain) leaves at least two of them.
+    let deployment = manifest.object("Deployment", "vigil")?;
+    assert_eq!(int(deployment, &["spec", "replicas"]), Some(3));
+    let strategy = deployment.at(&["spec", "strategy"]).context("strategy")?;
+    assert_eq!(
+        strategy.get("type").and_then(Node::str),
+        Some("RollingUpdate")
+    );
+    assert_eq!(int(strategy, &["rollingUpdate", "maxUnavailable"]), Some(0));
+    assert_eq!(int(strategy, &["rollingUpdate", "maxSurge"]), Some(1));
+    let budget = manifest.object("PodDisruptionBudget", "vigil")?;
+    assert_eq!(int(budget, &["spec", "minAvailable"]), Some(2));
+    assert_eq!(namespace_of(budget), namespace_of(deployment));
+    let labels = deployment
+        .at(&["spec", "template", "metadata", "labels"])
+        .context("pod labels")?
+        .labels()?;
+    let selected = budget
+        .at(&["spec", "selector", "matchLabels"])
+        .context("the budget's selector")?
+        .labels()?;
+    // Not empty: an empty selector would count Redis's pod too.
+    assert!(!selected.is_empty());
+    assert!(
+        selected.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "{selected:?}"
+    );
+
+    // The replicas share their state through Redis, over TLS, as the ACL user that
+    // tests/fleet.rs gives a real redis-server, with a password and the CA of Redis's
+    // certificate from the Secret vigil-redis.
+    let config: toml::Value = toml::from_str(&embedded_config(&manifest)?)?;
+    let state = config.get("state").context("no [state]")?;
+    let get = |key: &str| state.get(key).and_then(toml::Value::as_str);
+    assert_eq!(get("backend"), Some("redis"));
+    assert_eq!(get("username"), Some(support::redis::USER));
+    let url = get("url").context("no state.url")?;
+    let rest = url
+        .strip_prefix("rediss://")
+        .with_context(|| format!("{url} is not TLS"))?;
+    let pod = kubernetes::Pod::of(deployment)?;
+    let base = Path::new(pod.arg("--config").context("no --config")?)
+        .parent()
+        .context("the config's directory")?;
+    for key in ["password_file", "ca"] {
+        let file = base.join(get(key).with_context(|| format!("no state.{key}"))?);
+        // Mounts are sorted outer first: the last that holds the file is the one it is in.
+        let mount = pod.mounts.iter().rev().find(|m| file.starts_with(&m.path));
+        assert_eq!(
+            mount.map(|m| &m.source),
+            Some(&Source::Secret("vigil-redis".to_owned())),
+            "state.{key}"
+        );
+    }
+    let secrets = documented_secrets(&text);
+    assert_eq!(
+        secrets.get("vigil-redis").map(Vec::as_slice),
+        Some(&["password".to_owned(), "ca.pem".to_owned()][..])
+    );
+    // The ACL user reaches the keys under the prefix's hash tag.
+    let prefix = get("prefix").unwrap_or("vigil");
+    assert!(
+        support::redis::ACL_RULES.starts_with(&format!("~{{{prefix}}}* ")),
+        "{}",
+        support::redis::ACL_RULES
+    );
+
+    // The URL names Redis's Service in the namespace, on its port, which is the name Redis's
+    // certificate is issued for in the comments.
+    let (address, _db) = rest.split_once('/').unwrap_or((rest, ""));
+    let (host, port) = address.rsplit_once(':').context("no port in state.url")?;
+    let service = manifest.object("Service", "redis")?;
+    assert_eq!(
+        host,
+        format!("redis.{}.svc.cluster.local", namespace_of(service))
+    );
+    let ports = service.at(&["spec", "ports"]).map(Node::items);
+    assert!(
+        ports
+            .unwrap_or_default()
+            .iter()
+            .any(|p| p.get("port").and_then(Node::int) == port.parse().ok()),
+        "{ports:?}"
+    );
+    let documented = documented_lines(&text);
+    let issued = documented.iter().any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words.starts_with(&["vigil", "certs", "issue"])
+            && words.windows(2).any(|w| w == ["--dns", host])
+    });
+    assert!(issued, "no certificate for {host} in {documented:#?}");
+
+    // The ACL file the comments make: the default user off, and `vigil` with the rules the
+    // fleet tests prove, authenticated by the SHA-256 of the password as Vigil sends it (the
+    // file's first line, without its newline).
+    assert!(
+        documented.contains(&r#"echo "user default off" > users.acl"#.to_owned()),
+        "{documented:#?}"
+    );
+    let acl = format!(
+        r#"echo "user {} on #$hash {}" >> users.acl"#,
+        support::redis::USER,
+        support::redis::ACL_RULES
+    );
+    assert!(documented.contains(&acl), "no `{acl}` in {documented:#?}");
+    let dir = tempfile::tempdir()?;
+    let password = "8f1c0e5a9b7d3f2e6a4c1b0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f";
+    std::fs::write(dir.path().join("password"), format!("{password}\n"))?;
+    let script: Vec<&str> = documented
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.starts_with("hash=") || l.starts_with("echo \"user "))
+        .collect();
+    assert_eq!(script.len(), 3, "{script:?}");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script.join("\n"))
+        .current_dir(dir.path())
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, password.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("users.acl"))?,
+        format!(
+            "user default off\nuser {} on #{hex} {}\n",
+            support::redis::USER,
+            support::redis::ACL_RULES
+        )
+    );
+    Ok(())
+}
+
+/// The directives of the Kubernetes example's redis.conf, in order, names in lower case.
+fn redis_conf(manifest: &kubernetes::Manifest) -> Result<Vec<(String, String)>> {
+    let text = manifest
+        .object("ConfigMap", "redis-config")?
+        .at(&["data", "redis.conf"])
+        .and_then(kubernetes::Node::str)
+        .context("no data.redis.conf in ConfigMap redis-config")?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, value) = l.split_once(char::is_whitespace).unwrap_or((l, ""));
+            (name.to_ascii_lowercase(), value.trim().to_owned())
+        })
+        .collect())
+}
+
+/// The last value redis.conf gives `name` (a later line overrides an earlier one).
+fn directive<'a>(conf: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    conf.iter()
+        .rev()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn kubernetes_example_keeps_the_shared_state_in_a_persistent_tls_only_redis() -> Result<()> {
+    use kubernetes::{Node, Source, namespace_of};
+    let manifest = kubernetes::Manifest::parse(&kubernetes_example()?)?;
+    let statefulset = manifest.object("StatefulSet", "redis")?;
+    let pod = kubernetes::Pod::of(statefulset)?;
+    let conf = redis_conf(&manifest)?;
+    let value = |name: &str| directive(&conf, name);
+    let spec = statefulset.get("spec").context("no spec")?;
+    assert_eq!(spec.get("replicas").and_then(Node::int), Some(1));
+    assert_eq!(pod.args.first().map(String::as_str), Some("redis-server"));
+    let config = Path::new(pod.args.get(1).context("no redis.conf in args")?);
+    let holder = pod
+        .mounts
+        .iter()
+        .rev()
+        .find(|m| config.starts_with(&m.path));
+    assert_eq!(
+        holder.map(|m| &m.source),
+        Some(&Source::ConfigMap("redis-config".to_owned()))
+    );
+
+    // Every write appended to a file in `dir`, the pod's own claim (which outlives the pod);
+    // no key evicted to make room.
+    assert_eq!(value("appendonly"), Some("yes"));
+    assert_eq!(value("maxmemory-policy"), Some("noeviction"));
+    let dir = Path::new(value("dir").context("no dir")?);
+    let data = pod
+        .mounts
+        .iter()
+        .find(|m| m.path == dir)
+        .with_context(|| format!("{} is not a mount", dir.display()))?;
+    let Source::Claim(claim) = &data.source else {
+        anyhow::bail!("{} is not a claim: {data:?}", dir.display());
+    };
+    let template = spec
+        .get("volumeClaimTemplates")
+        .map(Node::items)
+        .unwrap_or_default()
+        .iter()
+        .find(|t| t.at(&["metadata", "name"]).and_then(Node::str) == Some(claim.as_str()))
+        .context("no volumeClaimTemplate")?;
+    assert!(
+        template
+            .at(&["spec", "resources", "requests", "storage"])
+            .is_some()
+    );
+
+    // TLS only, on the port the Service and Vigil's URL name; the users from an ACL file in
+    // a Secret, none in redis.conf.
+    assert_eq!(value("port"), Some("0"));
+    assert_eq!(value("tls-port"), Some("6379"));
+    assert_eq!(pod.ports.get("redis"), Some(&6379));
+    for name in ["tls-cert-file", "tls-key-file", "aclfile"] {
+        let file = Path::new(value(name).with_context(|| format!("no {name}"))?);
+        let holder = pod.mounts.iter().rev().find(|m| file.starts_with(&m.path));
+        assert_eq!(
+            holder.map(|m| &m.source),
+            Some(&Source::Secret("redis".to_owned())),
+            "{name}"
+        );
+    }
+    assert_eq!(value("user"), None);
+    assert_eq!(value("requirepass"), None);
+
+    // Ready once it accepts connections on that port.
+    let container = &spec
+        .at(&["template", "spec", "containers"])
+        .map(Node::items)
+        .unwrap_or_default()[0];
+    let probe = container
+        .at(&["readinessProbe", "tcpSocket", "port"])
+        .context("no tcpSocket readinessProbe")?;
+    let probed = probe.int().or_else(|| {
+        probe
+            .str()
+            .and_then(|n| pod.ports.get(n))
+            .map(|p| i64::from(*p))
+    });
+    assert_eq!(probed, Some(6379));
+
+    // Not root, with nothing to write outside its claim.
+    assert_ne!(pod.uid, 0);
+    assert_ne!(pod.gid, 0);
+    let sc = |key: &str| container.at(&["securityContext", key]).and_then(Node::str);
+    assert_eq!(sc("readOnlyRootFilesystem"), Some("true"));
+    assert_eq!(sc("allowPrivilegeEscalation"), Some("false"));
+    assert_eq!(
+        spec.at(&["template", "spec", "securityContext", "runAsNonRoot"])
+            .and_then(Node::str),
+        Some("true")
+    );
+    assert!(container.get("resources").is_some());
+
+    // The headless Service that governs the StatefulSet selects its pod.
+    let service = manifest.object("Service", "redis")?;
+    assert_eq!(spec.get("serviceName").and_then(Node::str), Some("redis"));
+    assert_eq!(
+        service.at(&["spec", "clusterIP"]).and_then(Node::str),
+        Some("None")
+    );
+    assert_eq!(namespace_of(service), namespace_of(statefulset));
+    let labels = spec
+        .at(&["template", "metadata", "labels"])
+        .context("pod labels")?
+        .labels()?;
+    let selected = service
+        .at(&["spec", "selector"])
+        .context("no selector")?
+        .labels()?;
+    assert!(!selected.is_empty());
+    assert!(selected.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    Ok(())
+}
+
+/// Whether the Kubernetes example's Redis pod can read what its redis.conf names and write
+/// in its `dir`: by the model, and, as root, by the kernel (`test -r`, `test -w` as the pod's
+/// user). The model checks owners and modes, so each Secret key holds a stand-in.
+struct RedisAccess {
+    model: Result<(), String>,
+    real: Option<Result<(), String>>,
+}
+
+fn kubernetes_redis_access(text: &str) -> Result<RedisAccess> {
+    let manifest = kubernetes::Manifest::parse(text)?;
+    let pod = kubernetes::Pod::of(manifest.object("StatefulSet", "redis")?)?;
+    let conf = redis_conf(&manifest)?;
+    let mut reads = vec![PathBuf::from(
+        pod.args.get(1).context("no redis.conf in args")?,
+    )];
+    for name in [
+        "tls-cert-file",
+        "tls-key-file",
+        "tls-ca-cert-file",
+        "aclfile",
+        "include",
+    ] {
+        reads.extend(
+            conf.iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| PathBuf::from(v)),
+        );
+    }
+    let dir = PathBuf::from(directive(&conf, "dir").context("no dir")?);
+    let data = volume_data(&manifest, &pod, text, |_, key| {
+        Ok(format!("{key}\n").into_bytes())
+    })?;
+    let entries = kubernetes::kubelet_layout(&pod, &data)?;
+
+    let mut problems: Vec<String> = reads
+        .iter()
+        .filter_map(|f| kubernetes::check_readable(&entries, &pod, f).err())
+        .map(|e| e.to_string())
+        .collect();
+    problems.extend(
+        kubernetes::check_writable(&entries, &pod, &dir)
+            .err()
+            .map(|e| e.to_string()),
+    );
+    let model = if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    };
+    if !running_as_root()? {
+        return Ok(RedisAccess { model, real: None });
+    }
+    let tmp = written_layout(&entries)?;
+    let root = tmp.path().join("root");
+    let mut denied = Vec::new();
+    let tests = reads
+        .iter()
+        .map(|f| ("-r", f))
+        .chain([("-w", &dir), ("-x", &dir)]);
+    for (flag, path) in tests {
+        let status = as_pod_user(&pod, Path::new("test"))
+            .arg(flag)
+            .arg(root.join(path.strip_prefix("/")?))
+            .status()
+            .context("setpriv (util-linux) is needed to run as the pod's user")?;
+        if !status.success() {
+            denied.push(format!("test {flag} {}", path.display()));
+        }
+    }
+    let real = if denied.is_empty() {
+        Ok(())
+    } else {
+        Err(denied.join("\n"))
+    };
+    Ok(RedisAccess {
+        model,
+        real: Some(real),
+    })
+}
+
+#[test]
+fn kubernetes_example_redis_reads_its_files_and_writes_its_data_as_its_user() -> Result<()> {
+    let text = kubernetes_example()?;
+    let access = kubernetes_redis_access(&text)?;
+    if let Err(e) = access.model {
+        panic!("Redis's pod cannot reach its files:\n{e}");
+    }
+    if let Some(Err(e)) = access.real {
+        panic!("as Redis's user:\n{e}");
+    }
+
+    // Without fsGroup, the key (root's, 0440) and the claim's directory (root's, 0755) are out
+    // of Redis's reach.
+    let without = text.replace("        fsGroup: 999\n", "");
+    assert_ne!(without, text);
+    let access = kubernetes_redis_access(&without)?;
+    let model = access.model.expect_err("no fsGroup passed the model");
+    for expected in [
+        "/etc/redis/secret/redis.key: uid 999 (groups [999]) cannot read it (0:0 440)",
+        "/data: uid 999 (groups [999]) cannot write in it (0:0 755)",
+    ] {
+        assert!(model.contains(expected), "{model}");
+    }
+    if let Some(real) = access.real {
+        let real = real.expect_err("no fsGroup passed test -r and -w");
+        assert!(
+            real.contains("test -r /etc/redis/secret/redis.key"),
+            "{real}"
+        );
+        assert!(real.contains("test -w /data"), "{real}");
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! A Kubernetes manifest read the way the API server, the kubelet and the network plugin read
-//! it: its YAML documents; a pod's user, groups and volumes, laid out as files with the
-//! kubelet's owners and modes; and what its NetworkPolicies let through.
+//! it: its YAML documents; a pod's user, groups and volumes (a StatefulSet's claims among
+//! them), laid out as files with the kubelet's owners and modes; and what its NetworkPolicies
+//! let through.
 //!
 //! Only what the shipped example uses is modelled. Anything else (a volume's `items`, a
 //! `subPath`, `matchExpressions`, ...) is an error rather than a guess, so the model never
@@ -104,6 +105,11 @@ impl Builder {
             None => self.docs.push(node),
             Some(Frame::Seq(items)) => items.push(node),
             Some(Frame::Map(entries, key)) => match key.take() {
+                // As kubectl has it: a key given twice is an error, not one value or the other
+                // (two documents without `---` between them read as one map).
+                Some(k) if entries.iter().any(|(e, _)| *e == k) => {
+                    self.error = Some(format!("the key {k} is given twice in one map"));
+                }
                 Some(k) => entries.push((k, node)),
                 None => match node {
                     Node::Scalar { text, .. } => *key = Some(text),
@@ -188,13 +194,16 @@ pub fn namespace_of(object: &Node) -> &str {
 pub enum Source {
     ConfigMap(String),
     Secret(String),
+    /// A StatefulSet's `volumeClaimTemplates` entry: each pod's own PersistentVolumeClaim.
+    Claim(String),
 }
 
 #[derive(Debug, Clone)]
 pub struct Mount {
     pub path: PathBuf,
     pub source: Source,
-    /// The volume's `defaultMode`, or Kubernetes' default, 0644.
+    /// The volume's `defaultMode`, or Kubernetes' default, 0644; for a claim, the mode of its
+    /// file system's root as `mkfs` leaves it, 0755.
     pub mode: u32,
 }
 
@@ -223,7 +232,7 @@ fn id(node: Option<&Node>, what: &str) -> Result<Option<u32>> {
 }
 
 impl Pod {
-    /// The pod of a Deployment (or anything with `spec.template`).
+    /// The pod of a Deployment or a StatefulSet (anything with `spec.template`).
     pub fn of(workload: &Node) -> Result<Self> {
         let spec = workload
             .at(&["spec", "template", "spec"])
@@ -266,7 +275,11 @@ impl Pod {
                 ports.insert(name.to_owned(), number);
             }
         }
-        let mounts = mounts(spec, container)?;
+        let claims = workload
+            .at(&["spec", "volumeClaimTemplates"])
+            .map(Node::items)
+            .unwrap_or_default();
+        let mounts = mounts(spec, claims, container)?;
         Ok(Self {
             uid,
             gid,
@@ -285,7 +298,9 @@ impl Pod {
     }
 }
 
-fn mounts(spec: &Node, container: &Node) -> Result<Vec<Mount>> {
+/// The container's mounts, of the pod's `volumes` or, as a StatefulSet's controller adds them,
+/// of its `claims`.
+fn mounts(spec: &Node, claims: &[Node], container: &Node) -> Result<Vec<Mount>> {
     let volumes = spec.get("volumes").map(Node::items).unwrap_or_default();
     let mut mounts = Vec::new();
     for m in container
@@ -307,8 +322,22 @@ fn mounts(spec: &Node, container: &Node) -> Result<Vec<Mount>> {
             .context("mountPath")?;
         let volume = volumes
             .iter()
-            .find(|v| v.get("name").and_then(Node::str) == Some(name))
-            .with_context(|| format!("no volume {name}"))?;
+            .find(|v| v.get("name").and_then(Node::str) == Some(name));
+        let claim = claims
+            .iter()
+            .any(|c| c.at(&["metadata", "name"]).and_then(Node::str) == Some(name));
+        let volume = match (volume, claim) {
+            (Some(_), true) => bail!("{name} is both a volume and a claim template"),
+            (None, true) => {
+                mounts.push(Mount {
+                    path: PathBuf::from(path),
+                    source: Source::Claim(name.to_owned()),
+                    mode: 0o755,
+                });
+                continue;
+            }
+            (volume, false) => volume.with_context(|| format!("no volume {name}"))?,
+        };
         let (source, body) = if let Some(cm) = volume.get("configMap") {
             let n = cm
                 .get("name")
@@ -375,6 +404,10 @@ const TIMESTAMPED: &str = "..2026_01_01_00_00_00.000000000";
 /// volume's mode. With an `fsGroup`, every file and directory gets that group, and the kubelet
 /// adds group read to files (0440: these volumes are read-only) and set-group-ID to
 /// directories. `data` holds each source's files by key.
+///
+/// A claim is a new, empty file system: its root directory, root's. With an `fsGroup` the
+/// kubelet gives it that group, group read, write and search, and set-group-ID (on storage
+/// that supports ownership management, as block storage does; NFS, for one, does not).
 pub fn kubelet_layout(
     pod: &Pod,
     data: &BTreeMap<Source, BTreeMap<String, Vec<u8>>>,
@@ -387,13 +420,24 @@ pub fn kubelet_layout(
     };
     let mut entries = Vec::new();
     for mount in &pod.mounts {
-        let files = data
-            .get(&mount.source)
-            .with_context(|| format!("no data for {:?}", mount.source))?;
         let root_mode = match mount.source {
             Source::Secret(_) => 0o1777,
             Source::ConfigMap(_) => 0o777,
+            Source::Claim(_) => {
+                let group_bits = if pod.fs_group.is_some() { 0o2070 } else { 0 };
+                entries.push(Entry {
+                    path: mount.path.clone(),
+                    kind: Kind::Dir,
+                    uid: 0,
+                    gid,
+                    mode: mount.mode | group_bits,
+                });
+                continue;
+            }
         };
+        let files = data
+            .get(&mount.source)
+            .with_context(|| format!("no data for {:?}", mount.source))?;
         let dir = |path: PathBuf, mode: u32| Entry {
             path,
             kind: Kind::Dir,
@@ -470,50 +514,95 @@ fn resolve(entries: &[Entry], path: &Path, depth: usize) -> Result<PathBuf> {
     Ok(real)
 }
 
-fn permits(entry: &Entry, uid: u32, gids: &[u32], bit: u32) -> bool {
-    let shift = if entry.uid == uid {
-        6
-    } else if gids.contains(&entry.gid) {
-        3
-    } else {
-        0
-    };
-    uid == 0 || (entry.mode >> shift) & bit != 0
+/// The pod's process as the kernel sees it: its uid and every group it holds.
+struct Process {
+    uid: u32,
+    gids: Vec<u32>,
+}
+
+impl Process {
+    fn of(pod: &Pod) -> Self {
+        let gids = std::iter::once(pod.gid)
+            .chain(pod.groups.iter().copied())
+            .collect();
+        Self { uid: pod.uid, gids }
+    }
+
+    /// Whether the process has every one of `bits` (read 4, write 2, search 1) on `entry`.
+    fn permits(&self, entry: &Entry, bits: u32) -> bool {
+        let shift = if entry.uid == self.uid {
+            6
+        } else if self.gids.contains(&entry.gid) {
+            3
+        } else {
+            0
+        };
+        self.uid == 0 || (entry.mode >> shift) & bits == bits
+    }
+
+    fn who(&self) -> String {
+        format!("uid {} (groups {:?})", self.uid, self.gids)
+    }
+
+    /// The entry `path` leads to, once the process has searched every directory on the way.
+    /// Directories outside the volumes (`/`, `/etc`) are the image's, root's and 0755.
+    fn reach<'a>(&self, entries: &'a [Entry], path: &Path) -> Result<&'a Entry> {
+        let real = resolve(entries, path, 0)?;
+        for dir in real.ancestors().skip(1) {
+            if let Some(entry) = find(entries, dir) {
+                ensure!(
+                    self.permits(entry, 0o1),
+                    "{}: {} cannot enter {} ({}:{} {:o})",
+                    path.display(),
+                    self.who(),
+                    dir.display(),
+                    entry.uid,
+                    entry.gid,
+                    entry.mode
+                );
+            }
+        }
+        find(entries, &real).with_context(|| format!("{}: no such file", path.display()))
+    }
 }
 
 /// Whether the pod's process may read `path` under `entries`, as the kernel decides: search
-/// permission on every directory on the way, read permission on the file. Directories outside
-/// the volumes (`/`, `/etc`) are the image's, root's and 0755.
+/// permission on every directory on the way, read permission on the file.
 pub fn check_readable(entries: &[Entry], pod: &Pod, path: &Path) -> Result<()> {
-    let real = resolve(entries, path, 0)?;
-    let gids: Vec<u32> = std::iter::once(pod.gid)
-        .chain(pod.groups.iter().copied())
-        .collect();
-    let who = format!("uid {} (groups {gids:?})", pod.uid);
-    for dir in real.ancestors().skip(1) {
-        if let Some(entry) = find(entries, dir) {
-            ensure!(
-                permits(entry, pod.uid, &gids, 0o1),
-                "{}: {who} cannot enter {} ({}:{} {:o})",
-                path.display(),
-                dir.display(),
-                entry.uid,
-                entry.gid,
-                entry.mode
-            );
-        }
-    }
-    let entry =
-        find(entries, &real).with_context(|| format!("{}: no such file", path.display()))?;
+    let process = Process::of(pod);
+    let entry = process.reach(entries, path)?;
     ensure!(
         matches!(entry.kind, Kind::File(_)),
         "{}: not a file",
         path.display()
     );
     ensure!(
-        permits(entry, pod.uid, &gids, 0o4),
-        "{}: {who} cannot read it ({}:{} {:o})",
+        process.permits(entry, 0o4),
+        "{}: {} cannot read it ({}:{} {:o})",
         path.display(),
+        process.who(),
+        entry.uid,
+        entry.gid,
+        entry.mode
+    );
+    Ok(())
+}
+
+/// Whether the pod's process may create files in the directory `path`: search permission on
+/// every directory on the way, write and search permission on the directory itself.
+pub fn check_writable(entries: &[Entry], pod: &Pod, path: &Path) -> Result<()> {
+    let process = Process::of(pod);
+    let entry = process.reach(entries, path)?;
+    ensure!(
+        matches!(entry.kind, Kind::Dir),
+        "{}: not a directory",
+        path.display()
+    );
+    ensure!(
+        process.permits(entry, 0o3),
+        "{}: {} cannot write in it ({}:{} {:o})",
+        path.display(),
+        process.who(),
         entry.uid,
         entry.gid,
         entry.mode
