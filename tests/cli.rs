@@ -131,6 +131,95 @@ max_requests_per_connection = 100"#,
     Ok(())
 }
 
+/// `[state]`: a Redis URL it can use, verified TLS, a stale limit above the stream's one-second
+/// read, a prefix that keeps the fleet on one hash tag, and a password that is there.
+#[test]
+fn check_refuses_a_shared_state_it_cannot_use_safely() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    certs_init(dir.path())?;
+    std::fs::write(dir.path().join("redis.password"), "s3cret\n")?;
+    std::fs::write(dir.path().join("empty.password"), "\n")?;
+    std::fs::write(dir.path().join("not-a-ca.pem"), "hello\n")?;
+    let with = |state: &str| format!("{GOOD}\n[state]\n{state}\n");
+    let good = with(
+        r#"backend = "redis"
+url = "rediss://127.0.0.1:6380/0"
+username = "vigil"
+password_file = "redis.password"
+ca = "ca.pem"
+max_stale = "2s""#,
+    );
+    let (ok, out) = check(dir.path(), &good)?;
+    assert!(ok, "{out}");
+    assert!(
+        !out.contains("state."),
+        "a warning about a sound [state]:\n{out}"
+    );
+    let (ok, out) = check(
+        dir.path(),
+        &with("backend = \"redis\"\nurl = \"redis://127.0.0.1:6379\""),
+    )?;
+    assert!(ok, "{out}");
+    assert!(out.contains("Redis is reached without TLS"), "{out}");
+    assert!(out.contains("Redis is used without a password"), "{out}");
+    let (ok, out) = check(
+        dir.path(),
+        &with("backend = \"memory\"\nurl = \"rediss://127.0.0.1:6380\""),
+    )?;
+    assert!(ok, "{out}");
+    assert!(out.contains("has no effect with state.backend"), "{out}");
+    let redis = |extra: &str| {
+        with(&format!(
+            "backend = \"redis\"\npassword_file = \"redis.password\"\n{extra}"
+        ))
+    };
+    let cases = [
+        (with("backend = \"etcd\""), "\"etcd\" is not a backend"),
+        (redis(""), "the redis backend needs state.url"),
+        (
+            redis("url = \"http://127.0.0.1:6379\""),
+            "is not a Redis URL",
+        ),
+        (
+            redis("url = \"rediss://127.0.0.1:6380/0#insecure\""),
+            "must not carry a #fragment",
+        ),
+        (
+            redis("url = \"rediss://127.0.0.1:6380\"\nmax_stale = \"1s\""),
+            "must be at least 2s",
+        ),
+        (
+            redis("url = \"rediss://127.0.0.1:6380\"\nmax_stale = \"1500ms\""),
+            "must be at least 2s",
+        ),
+        (
+            redis("url = \"rediss://127.0.0.1:6380\"\ntimeout = \"0s\""),
+            "must be longer than zero",
+        ),
+        (
+            redis("url = \"rediss://127.0.0.1:6380\"\nprefix = \"{vigil}\""),
+            "must be a non-empty word without braces or spaces",
+        ),
+        (
+            with(
+                "backend = \"redis\"\nurl = \"rediss://127.0.0.1:6380\"\npassword_file = \"empty.password\"",
+            ),
+            "the file's first line is empty",
+        ),
+        (
+            redis("url = \"rediss://127.0.0.1:6380\"\nca = \"not-a-ca.pem\""),
+            "holds no PEM certificate",
+        ),
+    ];
+    for (text, expected) in cases {
+        let (ok, out) = check(dir.path(), &text)?;
+        assert!(!ok, "accepted:\n{text}");
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+        assert!(out.contains("vigil.toml:"), "no location in:\n{out}");
+    }
+    Ok(())
+}
+
 #[test]
 fn check_reports_every_problem_with_its_location() -> Result<()> {
     let dir = tempfile::tempdir()?;

@@ -183,6 +183,9 @@ impl Drop for Replica {
     }
 }
 
+/// The `[state]` timing of most tests: stale 2 s after Redis last answered.
+const STATE: &str = "max_stale = \"2s\"\ntimeout = \"300ms\"\n";
+
 /// The routes and sections every replica of a test shares, reaching Redis at `redis_addr`.
 fn common(
     redis: &Redis,
@@ -190,6 +193,7 @@ fn common(
     upstream: SocketAddr,
     ws: SocketAddr,
     extra: &str,
+    state: &str,
 ) -> String {
     format!(
         r#"
@@ -211,7 +215,17 @@ login = "none"
 allow = [{{ spiffe = ["spiffe://example.org/**"] }}]
 
 [[route]]
+name = "live"
+host = "localhost"
+path = "/live"
+upstream = "http://{ws}"
+login = "none"
+require_shared_state = true
+allow = [{{ spiffe = ["spiffe://example.org/**"] }}]
+
+[[route]]
 name = "jit"
+
 host = "localhost"
 path = "/jit"
 upstream = "http://{upstream}"
@@ -235,7 +249,7 @@ upstream = "http://{upstream}"
 login = "none"
 allow = [{{ spiffe = ["spiffe://example.org/**"], paths = ["/ok/**"] }}]
 "#,
-        state = redis.state_config(redis_addr, "max_stale = \"2s\"\ntimeout = \"300ms\"\n"),
+        state = redis.state_config(redis_addr, state),
     )
 }
 
@@ -250,11 +264,16 @@ struct Fleet {
 impl Fleet {
     /// Redis with `options`, and `n` replicas, each synced.
     async fn start(n: usize, options: RedisOptions, extra: &str) -> Result<Self> {
+        Self::start_with(n, options, extra, STATE).await
+    }
+
+    /// The same, with `state` as the `[state]` timing.
+    async fn start_with(n: usize, options: RedisOptions, extra: &str, state: &str) -> Result<Self> {
         let pki = Pki::new()?;
         let redis = Redis::start(&pki, options).await?;
         let (upstream, stop) = echo_upstream().await?;
         let ws = ws_echo_upstream().await?;
-        let common = common(&redis, redis.addr(), upstream, ws, extra);
+        let common = common(&redis, redis.addr(), upstream, ws, extra, state);
         let mut replicas = Vec::new();
         for name in ["a", "b", "c"].into_iter().take(n) {
             replicas.push(Replica::start(&pki, name, &common).await?);
@@ -303,14 +322,16 @@ where
     }
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
 /// Opens a WebSocket to `replica`'s `/chat` and checks that it echoes.
-async fn open_chat(
-    pki: &Pki,
-    replica: &Replica,
-    client: &Issued,
-) -> Result<
-    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-> {
+async fn open_chat(pki: &Pki, replica: &Replica, client: &Issued) -> Result<Socket> {
+    open_socket(pki, replica, client, "/chat").await
+}
+
+/// Opens a WebSocket to `replica`'s `path` and checks that it echoes.
+async fn open_socket(pki: &Pki, replica: &Replica, client: &Issued, path: &str) -> Result<Socket> {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let tls = connect(
@@ -321,7 +342,7 @@ async fn open_chat(
     .await?;
     let (mut socket, response) = tokio::time::timeout(
         STEP,
-        tokio_tungstenite::client_async("wss://localhost/chat", tls),
+        tokio_tungstenite::client_async(format!("wss://localhost{path}"), tls),
     )
     .await??;
     anyhow::ensure!(response.status() == 101, "{response:?}");
@@ -539,10 +560,12 @@ async fn redis_killed_and_restarted_fails_closed_and_resyncs() -> Result<()> {
     let mut f = Fleet::start(2, RedisOptions::default(), "").await?;
     let laptop = f.workload()?;
     let other = f.pki.workload("spiffe://example.org/ns/apps/sa/other")?;
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
+    let mut live = open_socket(&f.pki, b, &laptop, "/live").await?;
+    let mut chat = open_chat(&f.pki, b, &laptop).await?;
     f.redis.kill();
     // Within max_stale requests are decided on the last state read; after it, the routes that
     // require the shared state refuse, the others still serve.
-    let (a, b) = (&f.replicas[0], &f.replicas[1]);
     assert_eq!(b.status(&f.pki, &laptop, "/strict/x").await, Some(200));
     let stale = within(Duration::from_secs(6), || async {
         b.ready()
@@ -551,6 +574,18 @@ async fn redis_killed_and_restarted_fails_closed_and_resyncs() -> Result<()> {
     })
     .await;
     assert!(stale.is_some(), "b never judged its copy stale");
+    // The stream of the route that requires the shared state is cut as the copy goes stale
+    // (checked every 250 ms), not at the live verifier's next sweep; the other stays open.
+    assert!(
+        ends_within(&mut live, Duration::from_secs(1)).await,
+        "the /live stream outlived the stale copy"
+    );
+    assert!(!ends_within(&mut chat, Duration::from_millis(300)).await);
+    assert!(
+        b.metric("vigil_connections_cut_total{reason=\"shared_state\"}")
+            .await?
+            >= 1.0
+    );
     let refused = b.get(&f.pki, &laptop, "/strict/x").await?;
     assert_eq!(refused.status, 403);
     assert!(
@@ -612,6 +647,83 @@ async fn redis_killed_and_restarted_fails_closed_and_resyncs() -> Result<()> {
     Ok(())
 }
 
+/// While Redis is lost (before the copy is stale), a replica's detectors go by its own counts:
+/// an outage never turns a detector off.
+#[tokio::test]
+async fn detectors_fire_on_their_own_counts_while_redis_is_lost() -> Result<()> {
+    let state = "max_stale = \"60s\"\ntimeout = \"300ms\"\n";
+    let mut f = Fleet::start_with(2, RedisOptions::default(), "", state).await?;
+    let a = &f.replicas[0];
+    let noisy = f.pki.workload("spiffe://example.org/ns/apps/sa/noisy")?;
+    f.redis.kill();
+    let lost = within(Duration::from_secs(5), || async {
+        a.metric("vigil_state_reconnects_total")
+            .await
+            .is_ok_and(|n| n >= 1.0)
+    })
+    .await;
+    assert!(lost.is_some(), "a never noticed Redis was gone");
+    for i in 0..11 {
+        let status = a.status(&f.pki, &noisy, &format!("/denied/{i}")).await;
+        assert_eq!(status, Some(403));
+    }
+    let blocked = within(Duration::from_secs(5), || async {
+        let Ok(reply) = a.get(&f.pki, &noisy, "/ok/x").await else {
+            return false;
+        };
+        reply.status == 403 && a.codes(&reply).await.iter().any(|c| c == "blocked")
+    })
+    .await;
+    assert!(blocked.is_some(), "no detector fired while Redis was away");
+    // Still within max_stale: it is the lost link, not a stale copy, that let it count alone.
+    assert_eq!(a.metric("vigil_state_stale").await?, 0.0);
+    Ok(())
+}
+
+/// Two replicas blocking one subject at once, for different lengths: every replica and Redis
+/// end up with the block that ends later, whichever write came last.
+#[tokio::test]
+async fn two_blocks_of_one_subject_keep_the_later_end_everywhere() -> Result<()> {
+    let f = Fleet::start(2, RedisOptions::default(), "").await?;
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
+    let short = r#"{"subject":{"address":"127.0.0.9"},"duration":"10m"}"#;
+    let long = r#"{"subject":{"address":"127.0.0.9"},"duration":"2h"}"#;
+    let (made_a, made_b) = tokio::join!(
+        a.admin_call("POST", "/blocks", short),
+        b.admin_call("POST", "/blocks", long)
+    );
+    assert_eq!(made_a?.status, 201);
+    assert_eq!(made_b?.status, 201);
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64
+        + 3600;
+    for r in &f.replicas {
+        let kept = within(PROPAGATION, || async {
+            r.admin_call("GET", "/blocks", "").await.is_ok_and(|reply| {
+                let blocks = reply.json();
+                blocks["blocks"].as_array().is_some_and(|list| {
+                    list.len() == 1 && list[0]["until"].as_i64().is_some_and(|u| u > later)
+                })
+            })
+        })
+        .await;
+        assert!(kept.is_some(), "{} does not hold the 2h block", r.name);
+    }
+    let stored = f.redis.cli(
+        &f.pki,
+        &["ZSCORE", "{vigil}:expiry", "block:address:127.0.0.9"],
+    )?;
+    let stored: f64 = stored
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{stored:?}: {e}"))?;
+    assert!(
+        stored as i64 > later,
+        "Redis holds the block until {stored}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_redis_that_lost_its_data_is_given_back_the_revocations() -> Result<()> {
     let mut f = Fleet::start(2, RedisOptions::default(), "").await?;
@@ -653,12 +765,46 @@ async fn a_redis_that_lost_its_data_is_given_back_the_revocations() -> Result<()
 }
 
 #[tokio::test]
+async fn a_redis_flushed_under_connected_replicas_is_given_back_the_revocations() -> Result<()> {
+    let f = Fleet::start(2, RedisOptions::default(), "").await?;
+    let laptop = f.workload()?;
+    let device = fingerprint(&laptop)?;
+    let revoke = format!(r#"{{"device":"{device}"}}"#);
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
+    assert_eq!(a.admin_call("POST", "/revoke", &revoke).await?.status, 200);
+    assert!(
+        within(PROPAGATION, || async {
+            b.status(&f.pki, &laptop, "/ok/x").await.is_none()
+        })
+        .await
+        .is_some()
+    );
+    // Emptied while both stay connected: noticed within the keys loop's 10 seconds, and the
+    // revocation is written back.
+    assert_eq!(f.redis.cli(&f.pki, &["FLUSHALL"])?, "OK");
+    let field = format!("device:{device}");
+    let back = within(Duration::from_secs(15), || async {
+        f.redis
+            .cli(&f.pki, &["HEXISTS", "{vigil}:state", &field])
+            .is_ok_and(|n| n == "1")
+    })
+    .await;
+    assert!(back.is_some(), "no replica noticed the flush");
+    eprintln!("flush noticed and the revocation written back in {back:?}");
+    let c = Replica::start(&f.pki, "c", &f.common).await?;
+    c.synced().await?;
+    assert_eq!(c.status(&f.pki, &laptop, "/ok/x").await, None);
+    assert_eq!(b.status(&f.pki, &laptop, "/ok/x").await, None);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_replica_that_never_read_the_state_refuses_everything() -> Result<()> {
     let pki = Pki::new()?;
     let mut redis = Redis::start(&pki, RedisOptions::default()).await?;
     let (upstream, _stop) = echo_upstream().await?;
     let ws = ws_echo_upstream().await?;
-    let common = common(&redis, redis.addr(), upstream, ws, "");
+    let common = common(&redis, redis.addr(), upstream, ws, "", STATE);
     redis.kill();
     let a = Replica::start(&pki, "a", &common).await?;
     let laptop = pki.workload(WORKLOAD)?;
@@ -690,7 +836,7 @@ async fn a_slow_or_stalled_redis_never_holds_up_requests() -> Result<()> {
     let latency = Latency::start(redis.addr()).await?;
     let (upstream, _stop) = echo_upstream().await?;
     let ws = ws_echo_upstream().await?;
-    let common = common(&redis, latency.addr, upstream, ws, "");
+    let common = common(&redis, latency.addr, upstream, ws, "", STATE);
     let a = Replica::start(&pki, "a", &common).await?;
     let b = Replica::start(&pki, "b", &common).await?;
     a.synced().await?;
@@ -766,9 +912,8 @@ async fn a_replica_restarted_catches_up() -> Result<()> {
             .status,
         200
     );
-    let body = format!(
-        r#"{{"subject":{{"spiffe":"spiffe://example.org/ns/apps/sa/other"}},"route":"jit","duration":"10m","reason":"INC-4"}}"#
-    );
+    let body = r#"{"subject":{"spiffe":"spiffe://example.org/ns/apps/sa/other"},"route":"jit","duration":"10m","reason":"INC-4"}"#
+        .to_owned();
     assert_eq!(
         f.replicas[1]
             .admin_call("POST", "/grants", &body)
@@ -809,9 +954,8 @@ async fn redis_over_tls_with_an_acl_user() -> Result<()> {
         .await
         .is_some()
     );
-    let body = format!(
-        r#"{{"subject":{{"spiffe":"spiffe://example.org/ns/apps/sa/other"}},"route":"jit","duration":"10m","reason":"INC-5"}}"#
-    );
+    let body = r#"{"subject":{"spiffe":"spiffe://example.org/ns/apps/sa/other"},"route":"jit","duration":"10m","reason":"INC-5"}"#
+        .to_owned();
     assert_eq!(b.admin_call("POST", "/grants", &body).await?.status, 201);
     // The state is in Redis under the fleet's own keys, which the ACL user is limited to.
     let fields = f.redis.cli(&f.pki, &["HKEYS", "{vigil}:state"])?;

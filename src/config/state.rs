@@ -4,6 +4,7 @@
 
 use super::compiler::Compiler;
 use super::load::RawConfig;
+use super::schema::StateSection;
 use crate::fleet::{self, Target};
 use std::sync::Arc;
 
@@ -34,29 +35,7 @@ impl Compiler<'_> {
                 return None;
             }
         }
-        self.longer_than_zero(&[
-            ("state.max_stale", s.max_stale.0),
-            ("state.timeout", s.timeout.0),
-        ]);
-        if !s.max_stale.0.is_zero() && s.max_stale.0 < fleet::MIN_STALE {
-            self.problem_help(
-                "state.max_stale",
-                format!(
-                    "must be at least {}s: a replica hears from Redis about once a second",
-                    fleet::MIN_STALE.as_secs()
-                ),
-                "write max_stale = \"5s\" (the default)",
-            );
-        }
-        if s.prefix.is_empty()
-            || s.prefix.contains(['{', '}'])
-            || s.prefix.contains(char::is_whitespace)
-        {
-            self.problem(
-                "state.prefix",
-                "must be a non-empty word without braces or spaces",
-            );
-        }
+        self.state_limits(s);
         let before = self.reported();
         let target = self.state_target(s.url.as_deref());
         let password = self
@@ -110,6 +89,33 @@ impl Compiler<'_> {
             max_stale: s.max_stale.0,
             timeout: s.timeout.0,
         }))
+    }
+
+    /// `max_stale`, `timeout` and `prefix`.
+    fn state_limits(&mut self, s: &StateSection) {
+        self.longer_than_zero(&[
+            ("state.max_stale", s.max_stale.0),
+            ("state.timeout", s.timeout.0),
+        ]);
+        if !s.max_stale.0.is_zero() && s.max_stale.0 < fleet::MIN_STALE {
+            self.problem_help(
+                "state.max_stale",
+                format!(
+                    "must be at least {}s: a replica hears from Redis about once a second",
+                    fleet::MIN_STALE.as_secs()
+                ),
+                "write max_stale = \"10s\" (the default)",
+            );
+        }
+        if s.prefix.is_empty()
+            || s.prefix.contains(['{', '}'])
+            || s.prefix.contains(char::is_whitespace)
+        {
+            self.problem(
+                "state.prefix",
+                "must be a non-empty word without braces or spaces",
+            );
+        }
     }
 
     fn state_target(&mut self, url: Option<&str>) -> Option<Target> {

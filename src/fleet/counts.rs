@@ -1,21 +1,17 @@
 //! Counts across the fleet: the detectors' events and distinct values per subject, and the
 //! risk engine's recent denials, kept in Redis as counters and sets per slice of their
-//! window, each expiring with its slice. A request never waits for them: they are queued, and
-//! a task writes them in batches, reads back the fleet's totals and fires a detector whose
-//! total crossed its threshold on exactly one replica.
+//! window, each expiring with its slice. A request never waits for them: they are queued here,
+//! and written by `tally`.
 
-use super::Sink;
-use super::redis::Remote;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Counts waiting to be written at most; beyond, new ones are dropped and counted.
 const QUEUE: usize = 10_000;
 /// Slices per window.
-const SLICES: i64 = 6;
+pub(super) const SLICES: i64 = 6;
 /// Totals remembered at most (the risk engine's).
 const TOTALS: usize = 100_000;
 
@@ -46,7 +42,7 @@ pub struct Fire {
 
 pub struct Counts {
     tx: mpsc::Sender<Count>,
-    rx: Mutex<Option<mpsc::Receiver<Count>>>,
+    pub(super) rx: Mutex<Option<mpsc::Receiver<Count>>>,
     /// The distinct values this replica already added to their key's current slice: adding
     /// one again changes nothing in Redis, so it is not sent (a client's address, on every
     /// request).
@@ -92,13 +88,13 @@ impl Counts {
     }
 
     /// Values whose writes may not have reached Redis are sent again.
-    fn forget_added(&self) {
+    pub(super) fn forget_added(&self) {
         if let Ok(mut added) = self.added.lock() {
             added.clear();
         }
     }
 
-    fn remember(&self, key: &str, total: u32, at: i64) {
+    pub(super) fn remember(&self, key: &str, total: u32, at: i64) {
         if let Ok(mut totals) = self.totals.lock() {
             if totals.len() >= TOTALS && !totals.contains_key(key) {
                 totals.clear();
@@ -108,45 +104,13 @@ impl Counts {
     }
 }
 
-fn width(window: Duration) -> i64 {
+pub(super) fn width(window: Duration) -> i64 {
     (window.as_secs() as i64 / SLICES).max(1)
-}
-
-/// Writes counts as they come, in batches, until `stop`.
-pub async fn flush(remote: Arc<Remote>, sink: Arc<dyn Sink>, stop: CancellationToken) {
-    let Some(mut rx) = remote.counts.rx.lock().ok().and_then(|mut r| r.take()) else {
-        return;
-    };
-    let mut batch = Vec::with_capacity(256);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
-        }
-        let batch_of = coalesce(&mut batch);
-        let attempt = tokio::time::timeout(remote.settings.timeout, write(&remote, &batch_of));
-        match attempt.await {
-            Ok(Ok(totals)) => {
-                for ((count, _), total) in batch_of.iter().zip(totals) {
-                    crossed(&remote, sink.as_ref(), count, total).await;
-                }
-            }
-            Ok(Err(e)) => {
-                remote.counts.forget_added();
-                tracing::debug!(error = %e, "shared state: counts not written");
-            }
-            Err(_) => {
-                remote.counts.forget_added();
-                tracing::debug!("shared state: counts not written in time");
-            }
-        }
-        batch.clear();
-    }
 }
 
 /// The counts of `batch` with the same key, value and slice made one, with how many events
 /// it stands for (the latest keeps its time and detector). Empties `batch`.
-fn coalesce(batch: &mut Vec<Count>) -> Vec<(Count, i64)> {
+pub(super) fn coalesce(batch: &mut Vec<Count>) -> Vec<(Count, i64)> {
     let mut index: HashMap<(String, Option<String>, i64), usize> = HashMap::new();
     let mut out: Vec<(Count, i64)> = Vec::with_capacity(batch.len());
     for count in batch.drain(..) {
@@ -164,62 +128,4 @@ fn coalesce(batch: &mut Vec<Count>) -> Vec<(Count, i64)> {
         }
     }
     out
-}
-
-/// Writes `batch` in one pipeline; the fleet's total in each count's window.
-async fn write(remote: &Remote, batch: &[(Count, i64)]) -> redis::RedisResult<Vec<u32>> {
-    let mut pipe = redis::pipe();
-    for (count, events) in batch {
-        let width = width(count.window);
-        let slice = count.at.div_euclid(width);
-        let slot = |s: i64| remote.keys.of(&format!("n:{}:{s}", count.key));
-        let ttl = count.window.as_secs() as i64 + 2 * width;
-        match &count.member {
-            Some(member) => pipe.sadd(slot(slice), member).ignore(),
-            None => pipe.incr(slot(slice), *events).ignore(),
-        };
-        pipe.expire(slot(slice), ttl).ignore();
-        let slots: Vec<String> = (0..=SLICES).map(|back| slot(slice - back)).collect();
-        match &count.member {
-            Some(_) => pipe.sunion(slots),
-            None => pipe.mget(slots),
-        };
-    }
-    let mut conn = remote.conn().await?;
-    let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-    Ok(batch
-        .iter()
-        .zip(replies)
-        .map(|((count, _), reply)| total(count, reply))
-        .collect())
-}
-
-fn total(count: &Count, reply: redis::Value) -> u32 {
-    let items = match reply {
-        redis::Value::Array(items) | redis::Value::Set(items) => items,
-        _ => return 0,
-    };
-    match count.member {
-        Some(_) => items.len() as u32,
-        None => items
-            .iter()
-            .filter_map(|v| redis::from_redis_value_ref::<Option<u32>>(v).ok().flatten())
-            .sum(),
-    }
-}
-
-/// After a count: remembers the total, and fires its detector when the total is over the
-/// threshold and no replica fired for this subject in this window yet.
-async fn crossed(remote: &Remote, sink: &dyn Sink, count: &Count, total: u32) {
-    remote.counts.remember(&count.key, total, count.at);
-    let Some(fire) = &count.fire else {
-        return;
-    };
-    if total <= fire.threshold {
-        return;
-    }
-    let what = format!("fired:{}:{}", fire.detector, fire.key);
-    if remote.once(&what, count.window.as_secs()).await {
-        sink.fire(fire, total, count.at);
-    }
 }

@@ -21,6 +21,7 @@ mod counts;
 mod link;
 mod redis;
 pub mod refresh;
+mod tally;
 
 pub use counts::{Count, Fire};
 
@@ -182,7 +183,8 @@ impl Fleet {
     /// Starts reading and writing Redis for `sink`, until `stop`.
     pub fn start(&self, sink: Arc<dyn Sink>, stop: tokio_util::sync::CancellationToken) {
         if let Some(remote) = &self.remote {
-            redis::Remote::spawn(remote.clone(), sink, stop);
+            redis::Remote::spawn(remote.clone(), sink.clone(), stop.clone());
+            tokio::spawn(tally::flush(remote.clone(), sink, stop));
         }
     }
 

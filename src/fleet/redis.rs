@@ -134,11 +134,6 @@ impl Remote {
     pub fn spawn(remote: Arc<Self>, sink: Arc<dyn Sink>, stop: CancellationToken) {
         tokio::spawn(read(remote.clone(), sink.clone(), stop.clone()));
         tokio::spawn(write(remote.clone(), stop.clone()));
-        tokio::spawn(super::counts::flush(
-            remote.clone(),
-            sink.clone(),
-            stop.clone(),
-        ));
         tokio::spawn(compare_keys(remote.clone(), sink.clone(), stop.clone()));
         tokio::spawn(watch_staleness(remote.clone(), sink, stop.clone()));
         tokio::spawn(prune(remote, stop));
