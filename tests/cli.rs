@@ -36,6 +36,17 @@ fn check(dir: &Path, text: &str) -> Result<(bool, String)> {
     Ok((out.status.success(), text))
 }
 
+/// `vigil check` refuses each text, saying what is expected of it, at a line.
+fn refused_at_a_line(dir: &Path, cases: &[(String, &str)]) -> Result<()> {
+    for (text, expected) in cases {
+        let (ok, out) = check(dir, text)?;
+        assert!(!ok, "accepted:\n{text}");
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+        assert!(out.contains("vigil.toml:"), "no location in:\n{out}");
+    }
+    Ok(())
+}
+
 const GOOD: &str = r#"
 [server]
 listen = "127.0.0.1:0"
@@ -122,13 +133,7 @@ max_requests_per_connection = 100"#,
             "max_ejection at least as long",
         ),
     ];
-    for (text, expected) in cases {
-        let (ok, out) = check(dir.path(), &text)?;
-        assert!(!ok, "accepted:\n{text}");
-        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
-        assert!(out.contains("vigil.toml:"), "no location in:\n{out}");
-    }
-    Ok(())
+    refused_at_a_line(dir.path(), &cases)
 }
 
 /// `[state]`: a Redis URL it can use, verified TLS, a stale limit above the stream's one-second
@@ -211,13 +216,7 @@ max_stale = "2s""#,
             "holds no PEM certificate",
         ),
     ];
-    for (text, expected) in cases {
-        let (ok, out) = check(dir.path(), &text)?;
-        assert!(!ok, "accepted:\n{text}");
-        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
-        assert!(out.contains("vigil.toml:"), "no location in:\n{out}");
-    }
-    Ok(())
+    refused_at_a_line(dir.path(), &cases)
 }
 
 #[test]

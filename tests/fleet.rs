@@ -114,13 +114,7 @@ impl Replica {
 
     async fn metric(&self, series: &str) -> Result<f64> {
         let text = self.admin_call("GET", "/metrics", "").await?.body;
-        Ok(text
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                (name == series).then(|| value.parse().ok()).flatten()
-            })
-            .unwrap_or(0.0))
+        Ok(support::metric_in(&text, series))
     }
 
     /// Waits until this replica has read the shared state.
@@ -292,6 +286,24 @@ impl Fleet {
 
     fn workload(&self) -> Result<Issued> {
         self.pki.workload(WORKLOAD)
+    }
+
+    /// Revokes `device` on the first replica and waits until the second refuses it; its
+    /// fingerprint.
+    async fn revoke_on_a_seen_on_b(&self, device: &Issued) -> Result<String> {
+        let fingerprint = fingerprint(device)?;
+        let revoke = format!(r#"{{"device":"{fingerprint}"}}"#);
+        let reply = self.replicas[0]
+            .admin_call("POST", "/revoke", &revoke)
+            .await?;
+        anyhow::ensure!(reply.status == 200, "{reply:?}");
+        let b = &self.replicas[1];
+        let seen = within(PROPAGATION, || async {
+            b.status(&self.pki, device, "/ok/x").await.is_none()
+        })
+        .await;
+        anyhow::ensure!(seen.is_some(), "b never refused the device revoked on a");
+        Ok(fingerprint)
     }
 }
 
@@ -728,22 +740,8 @@ async fn two_blocks_of_one_subject_keep_the_later_end_everywhere() -> Result<()>
 async fn a_redis_that_lost_its_data_is_given_back_the_revocations() -> Result<()> {
     let mut f = Fleet::start(2, RedisOptions::default(), "").await?;
     let laptop = f.workload()?;
-    let revoke = format!(r#"{{"device":"{}"}}"#, fingerprint(&laptop)?);
-    assert_eq!(
-        f.replicas[0]
-            .admin_call("POST", "/revoke", &revoke)
-            .await?
-            .status,
-        200
-    );
+    f.revoke_on_a_seen_on_b(&laptop).await?;
     let b = &f.replicas[1];
-    assert!(
-        within(PROPAGATION, || async {
-            b.status(&f.pki, &laptop, "/ok/x").await.is_none()
-        })
-        .await
-        .is_some()
-    );
     // Redis restarts without persistence: its data set is gone.
     f.redis.restart(&f.pki).await?;
     assert!(
@@ -768,17 +766,8 @@ async fn a_redis_that_lost_its_data_is_given_back_the_revocations() -> Result<()
 async fn a_redis_flushed_under_connected_replicas_is_given_back_the_revocations() -> Result<()> {
     let f = Fleet::start(2, RedisOptions::default(), "").await?;
     let laptop = f.workload()?;
-    let device = fingerprint(&laptop)?;
-    let revoke = format!(r#"{{"device":"{device}"}}"#);
-    let (a, b) = (&f.replicas[0], &f.replicas[1]);
-    assert_eq!(a.admin_call("POST", "/revoke", &revoke).await?.status, 200);
-    assert!(
-        within(PROPAGATION, || async {
-            b.status(&f.pki, &laptop, "/ok/x").await.is_none()
-        })
-        .await
-        .is_some()
-    );
+    let device = f.revoke_on_a_seen_on_b(&laptop).await?;
+    let b = &f.replicas[1];
     // Emptied while both stay connected: noticed within the keys loop's 10 seconds, and the
     // revocation is written back.
     assert_eq!(f.redis.cli(&f.pki, &["FLUSHALL"])?, "OK");
@@ -938,22 +927,8 @@ async fn redis_over_tls_with_an_acl_user() -> Result<()> {
     };
     let f = Fleet::start(2, options, "").await?;
     let laptop = f.workload()?;
-    let revoke = format!(r#"{{"device":"{}"}}"#, fingerprint(&laptop)?);
-    assert_eq!(
-        f.replicas[0]
-            .admin_call("POST", "/revoke", &revoke)
-            .await?
-            .status,
-        200
-    );
+    f.revoke_on_a_seen_on_b(&laptop).await?;
     let b = &f.replicas[1];
-    assert!(
-        within(PROPAGATION, || async {
-            b.status(&f.pki, &laptop, "/ok/x").await.is_none()
-        })
-        .await
-        .is_some()
-    );
     let body = r#"{"subject":{"spiffe":"spiffe://example.org/ns/apps/sa/other"},"route":"jit","duration":"10m","reason":"INC-5"}"#
         .to_owned();
     assert_eq!(b.admin_call("POST", "/grants", &body).await?.status, 201);
@@ -1099,26 +1074,7 @@ async fn a_logout_on_one_replica_refuses_the_copied_cookie_on_another() -> Resul
     };
     assert_eq!(jwks(&w.running).await?, jwks(&p.b).await?);
 
-    let token = w
-        .visit(&w.alice_laptop, "/.vigil/whoami", &session)
-        .await?
-        .json()["logout_csrf"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let body = format!("csrf={token}");
-    let request = format!(
-        "POST /.vigil/logout HTTP/1.1\r\nHost: localhost:{}\r\nCookie: {session}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        w.port,
-        body.len()
-    );
-    let out = raw(
-        w.running.addr,
-        w.browser(&w.alice_laptop),
-        "localhost",
-        &request,
-    )
-    .await?;
+    let out = w.log_out(&w.alice_laptop, &session).await?;
     assert_eq!(out.status, 303, "{out:?}");
     let refused = within(PROPAGATION, || async {
         visit_at(w, &p.b, &w.alice_laptop, "/hello", &copy)

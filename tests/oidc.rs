@@ -691,21 +691,6 @@ fn open_session(w: &World, cookies: &str) -> Result<vigil::identity::session::Se
     vigil::identity::session::read(&headers, &ring).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// `POST /.vigil/logout` from `device` with the session's CSRF token.
-async fn log_out(w: &World, device: &vigil::certs::Issued, session: &str) -> Result<Reply> {
-    let token = w.visit(device, "/.vigil/whoami", session).await?.json()["logout_csrf"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let body = format!("csrf={token}");
-    let request = format!(
-        "POST /.vigil/logout HTTP/1.1\r\nHost: localhost:{}\r\nCookie: {session}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        w.port,
-        body.len()
-    );
-    raw(w.running.addr, w.browser(device), "localhost", &request).await
-}
-
 #[tokio::test]
 async fn logout_refuses_every_copy_of_the_session_and_revokes_its_refresh_token() -> Result<()> {
     let w = world().await?;
@@ -719,7 +704,7 @@ async fn logout_refuses_every_copy_of_the_session_and_revokes_its_refresh_token(
     assert_eq!(before["active"], true, "{before}");
     assert_eq!(w.visit(&w.alice_laptop, "/hello", &copy).await?.status, 200);
 
-    let out = log_out(&w, &w.alice_laptop, &session).await?;
+    let out = w.log_out(&w.alice_laptop, &session).await?;
     assert_eq!(out.status, 303, "{out:?}");
 
     // The copy is refused from the same device certificate, with the reason in the log.

@@ -468,14 +468,17 @@ pub async fn metrics(running: &vigil::Running) -> Result<String> {
 
 /// The value of one metric line (exact name with labels), or 0.
 pub async fn metric(running: &vigil::Running, series: &str) -> Result<f64> {
-    let text = metrics(running).await?;
-    Ok(text
-        .lines()
+    Ok(metric_in(&metrics(running).await?, series))
+}
+
+/// The value of one metric line (exact name with labels) in a scrape `text`, or 0.
+pub fn metric_in(text: &str, series: &str) -> f64 {
+    text.lines()
         .find_map(|l| {
             let (name, value) = l.rsplit_once(' ')?;
             (name == series).then(|| value.parse().ok()).flatten()
         })
-        .unwrap_or(0.0))
+        .unwrap_or(0.0)
 }
 
 /// Waits until `check` holds, polling, for at most `limit`.

@@ -226,6 +226,27 @@ pub async fn world() -> Result<World> {
 }
 
 impl World {
+    /// `POST /.vigil/logout` from `device` with the session's CSRF token.
+    pub async fn log_out(&self, device: &Issued, session: &str) -> Result<Reply> {
+        let token = self.visit(device, "/.vigil/whoami", session).await?.json()["logout_csrf"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let body = format!("csrf={token}");
+        let request = format!(
+            "POST /.vigil/logout HTTP/1.1\r\nHost: localhost:{}\r\nCookie: {session}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.port,
+            body.len()
+        );
+        raw(
+            self.running.addr,
+            self.browser(device),
+            "localhost",
+            &request,
+        )
+        .await
+    }
+
     pub fn browser(&self, device: &Issued) -> rustls::ClientConfig {
         client_config(Some(device), self.pki.ca.cert_pem(), &[b"http/1.1"]).expect("client config")
     }
