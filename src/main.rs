@@ -522,6 +522,13 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
                 snapshot.routes.len(),
                 if snapshot.routes.len() == 1 { "" } else { "s" }
             );
+            if snapshot.state.is_some() {
+                // Key files cannot be compared from here: the line is for comparing replicas.
+                println!(
+                    "every replica sharing this state must hold the same keys: {}",
+                    snapshot.key_ids()
+                );
+            }
             Ok(())
         }
         Err(problems) => {

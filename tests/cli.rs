@@ -160,6 +160,9 @@ max_stale = "2s""#,
         !out.contains("state."),
         "a warning about a sound [state]:\n{out}"
     );
+    // The key ids to compare across replicas (no [session] or [assertion] here).
+    let ids = "every replica sharing this state must hold the same keys: session= assertion=";
+    assert!(out.contains(ids), "{out}");
     let (ok, out) = check(
         dir.path(),
         &with("backend = \"redis\"\nurl = \"redis://127.0.0.1:6379\""),

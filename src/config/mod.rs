@@ -128,6 +128,22 @@ impl Snapshot {
             route.upstream.attach(families);
         }
     }
+
+    /// The ids of the keys this configuration seals sessions and signs assertions with, in
+    /// the order of their files (public values): every replica of a fleet must hold the same.
+    pub fn key_ids(&self) -> String {
+        let sessions = self
+            .sessions
+            .as_ref()
+            .map(|s| s.ring.key_ids().join(","))
+            .unwrap_or_default();
+        let assertion = self
+            .signer
+            .as_ref()
+            .map(|s| s.kids().join(","))
+            .unwrap_or_default();
+        format!("session={sessions} assertion={assertion}")
+    }
 }
 
 impl std::fmt::Debug for Snapshot {

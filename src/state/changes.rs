@@ -338,18 +338,7 @@ impl fleet::Sink for Replica {
         let Some(shared) = self.0.upgrade() else {
             return String::new();
         };
-        let snapshot = shared.snapshot.load();
-        let sessions = snapshot
-            .sessions
-            .as_ref()
-            .map(|s| s.ring.key_ids().join(","))
-            .unwrap_or_default();
-        let assertion = snapshot
-            .signer
-            .as_ref()
-            .map(|s| s.kids().join(","))
-            .unwrap_or_default();
-        format!("session={sessions} assertion={assertion}")
+        shared.snapshot.load().key_ids()
     }
 
     fn restrictive(&self) -> Vec<Entry> {
