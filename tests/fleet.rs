@@ -957,8 +957,8 @@ struct People {
     w: world::World,
     b: vigil::Running,
     b_decisions: PathBuf,
-    _redis: Redis,
-    _redis_pki: Pki,
+    redis: Redis,
+    redis_pki: Pki,
 }
 
 async fn people(rotating: bool) -> Result<People> {
@@ -982,8 +982,8 @@ async fn people_with(rotating: bool, routes: &str) -> Result<People> {
         w,
         b,
         b_decisions,
-        _redis: redis,
-        _redis_pki: redis_pki,
+        redis,
+        redis_pki,
     })
 }
 
@@ -1147,6 +1147,41 @@ async fn two_replicas_refreshing_one_session_make_one_refresh_at_the_provider() 
         assert_eq!(live["active"], true, "round {round}: {live}");
         session = world::cookie_pairs(&on_b);
     }
+    Ok(())
+}
+
+/// A replica whose refresh cannot reach the provider gives up its claim at once, so the next
+/// replica that needs the session refreshes it without waiting for the claim to lapse.
+#[tokio::test]
+async fn a_refresh_that_could_not_reach_the_provider_gives_up_its_claim() -> Result<()> {
+    let p = people(true).await?;
+    let w = &p.w;
+    let (session, _) = w.sign_in(&w.alice_laptop, "/", support::idp::ALICE).await?;
+    let spent = open_session(w, &session)?.refresh_token.unwrap_or_default();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    w.idp.fault("/token", Some("reset")).await?;
+    // Within [verify] max_stale the last verification holds: served, not refreshed.
+    let on_a = visit_at(w, &w.running, &w.alice_laptop, "/hello", &session).await?;
+    assert_eq!(on_a.status, 200, "{on_a:?}");
+    let claims = p.redis.cli(&p.redis_pki, &["KEYS", "{vigil}:refresh:*"])?;
+    assert_eq!(claims, "", "a claim outlived a refresh that never happened");
+    w.idp.fault("/token", None).await?;
+    // The next replica to need it refreshes now (a failed attempt is remembered 10 s on a,
+    // not on b).
+    let started = Instant::now();
+    let on_b = visit_at(w, &p.b, &w.alice_laptop, "/hello", &session).await?;
+    assert_eq!(on_b.status, 200, "{on_b:?}");
+    let fresh = open_session(w, &world::cookie_pairs(&on_b))?;
+    assert_ne!(
+        fresh.refresh_token.unwrap_or_default(),
+        spent,
+        "b did not refresh"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     Ok(())
 }
 
