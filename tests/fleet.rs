@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::redis::{Latency, Redis, RedisOptions};
+use support::redis::{Latency, Redis, RedisOptions, Sentinel};
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -918,12 +918,109 @@ async fn a_replica_restarted_catches_up() -> Result<()> {
     Ok(())
 }
 
+/// Through Sentinel: the replicas find the master by asking it, and when the master dies and
+/// Sentinel promotes its replica, they follow without a restart, with the state intact.
+#[tokio::test]
+async fn the_fleet_follows_a_sentinel_failover() -> Result<()> {
+    let pki = Pki::new()?;
+    let master = Redis::start(&pki, RedisOptions::default()).await?;
+    let options = RedisOptions {
+        replica_of: Some(master.port),
+        ..RedisOptions::default()
+    };
+    let standby = Redis::start(&pki, options).await?;
+    let linked = within(Duration::from_secs(10), || async {
+        standby
+            .cli(&pki, &["INFO", "replication"])
+            .is_ok_and(|info| info.contains("master_link_status:up"))
+    })
+    .await;
+    assert!(linked.is_some(), "the standby never replicated the master");
+    let sentinel = Sentinel::start(&pki, master.port).await?;
+    let (upstream, stop) = echo_upstream().await?;
+    let ws = ws_echo_upstream().await?;
+    let direct = format!("url = \"redis://{}/0\"", master.addr());
+    let through = format!(
+        "url = \"redis+sentinel://127.0.0.1:{}/{}\"",
+        sentinel.port,
+        Sentinel::MASTER
+    );
+    let common = common(&master, master.addr(), upstream, ws, "", STATE).replace(&direct, &through);
+    assert!(common.contains("redis+sentinel://"), "{common}");
+    let mut replicas = Vec::new();
+    for name in ["a", "b"] {
+        replicas.push(Replica::start(&pki, name, &common).await?);
+    }
+    for r in &replicas {
+        r.synced().await?;
+    }
+    let mut f = Fleet {
+        pki,
+        redis: master,
+        replicas,
+        common,
+        _upstream: stop,
+    };
+    let laptop = f.workload()?;
+    let device = f.revoke_on_a_seen_on_b(&laptop).await?;
+    let field = format!("device:{device}");
+    let copied = within(Duration::from_secs(5), || async {
+        standby
+            .cli(&f.pki, &["HEXISTS", "{vigil}:state", &field])
+            .is_ok_and(|n| n == "1")
+    })
+    .await;
+    assert!(copied.is_some(), "the revocation never reached the standby");
+
+    f.redis.kill();
+    let promoted = within(Duration::from_secs(20), || async {
+        sentinel.master() == Some(standby.port.to_string())
+    })
+    .await;
+    assert!(promoted.is_some(), "Sentinel never promoted the standby");
+    eprintln!("standby promoted {promoted:?} after the master was killed");
+    // A change that lets someone in is written to the new master; a revocation made on one
+    // replica reaches the other; the revocation from before the failover holds everywhere.
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
+    let grant = format!(
+        r#"{{"subject":{{"spiffe":"{WORKLOAD}"}},"route":"jit","duration":"10m","reason":"INC-6"}}"#
+    );
+    let granted = within(Duration::from_secs(15), || async {
+        a.admin_call("POST", "/grants", &grant)
+            .await
+            .is_ok_and(|r| r.status == 201)
+    })
+    .await;
+    assert!(
+        granted.is_some(),
+        "no grant could be written after the failover"
+    );
+    let other = f.pki.workload("spiffe://example.org/ns/apps/sa/other")?;
+    let revoke = format!(r#"{{"device":"{}"}}"#, fingerprint(&other)?);
+    assert_eq!(b.admin_call("POST", "/revoke", &revoke).await?.status, 200);
+    let seen = within(Duration::from_secs(5), || async {
+        a.status(&f.pki, &other, "/ok/x").await.is_none()
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "a revocation made after the failover never reached a"
+    );
+    for r in &f.replicas {
+        assert_eq!(r.status(&f.pki, &laptop, "/ok/x").await, None, "{}", r.name);
+        let ready = r.ready().await?;
+        assert_eq!(ready["shared_state"]["synced"], true, "{ready}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn redis_over_tls_with_an_acl_user() -> Result<()> {
     let options = RedisOptions {
         tls: true,
         acl_password: Some("fleet-secret-0123456789".into()),
         appendonly: true,
+        ..RedisOptions::default()
     };
     let f = Fleet::start(2, options, "").await?;
     let laptop = f.workload()?;

@@ -1,7 +1,8 @@
 //! A real `redis-server` for the fleet tests (installed by `scripts/test`), on a loopback port
 //! of its own, with its data in a temporary directory: optionally over TLS (a certificate of
-//! the test CA) and with an ACL user instead of the default one. [`Latency`] sits between
-//! Vigil and Redis to slow or stall the link.
+//! the test CA) and with an ACL user instead of the default one, or as a replica of another;
+//! a [`Sentinel`] watching one. [`Latency`] sits between Vigil and Redis to slow or stall the
+//! link.
 
 use super::Pki;
 use anyhow::{Context as _, Result, bail};
@@ -29,6 +30,8 @@ pub struct RedisOptions {
     pub acl_password: Option<String>,
     /// Keeps the data across a restart (append-only file).
     pub appendonly: bool,
+    /// A replica of the server on this loopback port.
+    pub replica_of: Option<u16>,
 }
 
 pub struct Redis {
@@ -102,6 +105,9 @@ impl Redis {
             );
         } else {
             args.extend(["--port".into(), self.port.to_string()]);
+        }
+        if let Some(master) = self.options.replica_of {
+            args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
         }
         if let Some(password) = &self.options.acl_password {
             args.extend(["--user".into(), "default".into(), "off".into()]);
@@ -209,6 +215,71 @@ impl Redis {
         }
         let out = command.args(args).output()?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+/// A Redis Sentinel (`redis-server --sentinel`) watching the master on `master`'s port, under
+/// the name [`Sentinel::MASTER`], quorum 1, judging it down after one second.
+pub struct Sentinel {
+    pub port: u16,
+    child: Child,
+}
+
+impl Sentinel {
+    pub const MASTER: &str = "vigil-master";
+
+    pub async fn start(pki: &Pki, master: u16) -> Result<Self> {
+        let port = super::world::free_port().await?;
+        let dir = pki.path(&format!("sentinel-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let name = Self::MASTER;
+        // Sentinel rewrites its configuration file: it must be its own and writable.
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+                 sentinel monitor {name} 127.0.0.1 {master} 1\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 3000\n",
+                dir = dir.display()
+            ),
+        )?;
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("redis-server --sentinel (scripts/test installs redis-server)")?;
+        let sentinel = Self { port, child };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while sentinel.master().as_deref() != Some(&master.to_string()) {
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the sentinel on port {port} never named the master");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(sentinel)
+    }
+
+    /// The port of the master it names now.
+    pub fn master(&self) -> Option<String> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["SENTINEL", "get-master-addr-by-name", Self::MASTER])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().nth(1).map(|l| l.trim().to_owned())
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
