@@ -1014,6 +1014,57 @@ async fn the_fleet_follows_a_sentinel_failover() -> Result<()> {
     Ok(())
 }
 
+/// A Redis Cluster (one node holding every slot: the fleet's keys share one hash tag, so one
+/// slot): the replicas share the state through the cluster client.
+#[tokio::test]
+async fn a_fleet_on_a_redis_cluster() -> Result<()> {
+    let pki = Pki::new()?;
+    let options = RedisOptions {
+        cluster: true,
+        ..RedisOptions::default()
+    };
+    let redis = Redis::start(&pki, options).await?;
+    redis.claim_every_slot(&pki).await?;
+    let (upstream, stop) = echo_upstream().await?;
+    let ws = ws_echo_upstream().await?;
+    let direct = format!("url = \"redis://{}/0\"", redis.addr());
+    let through = format!("url = \"redis+cluster://{}\"", redis.addr());
+    let common = common(&redis, redis.addr(), upstream, ws, "", STATE).replace(&direct, &through);
+    assert!(common.contains("redis+cluster://"), "{common}");
+    let mut replicas = Vec::new();
+    for name in ["a", "b"] {
+        replicas.push(Replica::start(&pki, name, &common).await?);
+    }
+    for r in &replicas {
+        r.synced().await?;
+    }
+    let f = Fleet {
+        pki,
+        redis,
+        replicas,
+        common,
+        _upstream: stop,
+    };
+    let laptop = f.workload()?;
+    f.revoke_on_a_seen_on_b(&laptop).await?;
+    let grant = format!(
+        r#"{{"subject":{{"spiffe":"{WORKLOAD}"}},"route":"jit","duration":"10m","reason":"INC-7"}}"#
+    );
+    let (a, b) = (&f.replicas[0], &f.replicas[1]);
+    assert_eq!(b.admin_call("POST", "/grants", &grant).await?.status, 201);
+    // A new certificate of the same workload (the revoked one is refused at the handshake).
+    let renewed = f.pki.workload(WORKLOAD)?;
+    let used = within(PROPAGATION, || async {
+        a.status(&f.pki, &renewed, "/jit/x").await == Some(200)
+    })
+    .await;
+    assert!(used.is_some(), "the grant made on b is not honoured on a");
+    // Quiet for longer than max_stale: the blocking stream read keeps the copy current.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(a.metric("vigil_state_stale").await?, 0.0);
+    Ok(())
+}
+
 #[tokio::test]
 async fn redis_over_tls_with_an_acl_user() -> Result<()> {
     let options = RedisOptions {

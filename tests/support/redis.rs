@@ -32,6 +32,8 @@ pub struct RedisOptions {
     pub appendonly: bool,
     /// A replica of the server on this loopback port.
     pub replica_of: Option<u16>,
+    /// A Redis Cluster of this one node, holding every slot.
+    pub cluster: bool,
 }
 
 pub struct Redis {
@@ -106,6 +108,17 @@ impl Redis {
         } else {
             args.extend(["--port".into(), self.port.to_string()]);
         }
+        if self.options.cluster {
+            args.extend(
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &self.dir.join("nodes.conf").display().to_string(),
+                ]
+                .map(String::from),
+            );
+        }
         if let Some(master) = self.options.replica_of {
             args.extend(["--replicaof".into(), "127.0.0.1".into(), master.to_string()]);
         }
@@ -146,6 +159,24 @@ impl Redis {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// With [`RedisOptions::cluster`]: gives this node every slot and waits until the
+    /// cluster says it is ok.
+    pub async fn claim_every_slot(&self, pki: &Pki) -> Result<()> {
+        let answer = self.cli(pki, &["CLUSTER", "ADDSLOTSRANGE", "0", "16383"])?;
+        anyhow::ensure!(answer == "OK", "CLUSTER ADDSLOTSRANGE: {answer}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !self
+            .cli(pki, &["CLUSTER", "INFO"])?
+            .contains("cluster_state:ok")
+        {
+            if tokio::time::Instant::now() >= deadline {
+                bail!("the one-node cluster never became ok");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
     }
 
     /// `PING` over plain TCP (with `AUTH` when there is an ACL user).
