@@ -180,15 +180,9 @@ impl Drop for Replica {
 /// The `[state]` timing of most tests: stale 2 s after Redis last answered.
 const STATE: &str = "max_stale = \"2s\"\ntimeout = \"300ms\"\n";
 
-/// The routes and sections every replica of a test shares, reaching Redis at `redis_addr`.
-fn common(
-    redis: &Redis,
-    redis_addr: SocketAddr,
-    upstream: SocketAddr,
-    ws: SocketAddr,
-    extra: &str,
-    state: &str,
-) -> String {
+/// The routes and sections every replica of a test shares, with `state` as its `[state]`
+/// section.
+fn common(state: &str, upstream: SocketAddr, ws: SocketAddr, extra: &str) -> String {
     format!(
         r#"
 {state}
@@ -219,7 +213,6 @@ allow = [{{ spiffe = ["spiffe://example.org/**"] }}]
 
 [[route]]
 name = "jit"
-
 host = "localhost"
 path = "/jit"
 upstream = "http://{upstream}"
@@ -243,7 +236,6 @@ upstream = "http://{upstream}"
 login = "none"
 allow = [{{ spiffe = ["spiffe://example.org/**"], paths = ["/ok/**"] }}]
 "#,
-        state = redis.state_config(redis_addr, state),
     )
 }
 
@@ -265,9 +257,16 @@ impl Fleet {
     async fn start_with(n: usize, options: RedisOptions, extra: &str, state: &str) -> Result<Self> {
         let pki = Pki::new()?;
         let redis = Redis::start(&pki, options).await?;
+        let section = redis.state_config(redis.addr(), state);
+        Self::launch(pki, redis, n, &section, extra).await
+    }
+
+    /// `n` replicas, each synced, with `section` as their `[state]` (reaching `redis`, or a
+    /// Sentinel or Cluster in front of it).
+    async fn launch(pki: Pki, redis: Redis, n: usize, section: &str, extra: &str) -> Result<Self> {
         let (upstream, stop) = echo_upstream().await?;
         let ws = ws_echo_upstream().await?;
-        let common = common(&redis, redis.addr(), upstream, ws, extra, state);
+        let common = common(section, upstream, ws, extra);
         let mut replicas = Vec::new();
         for name in ["a", "b", "c"].into_iter().take(n) {
             replicas.push(Replica::start(&pki, name, &common).await?);
@@ -793,7 +792,7 @@ async fn a_replica_that_never_read_the_state_refuses_everything() -> Result<()> 
     let mut redis = Redis::start(&pki, RedisOptions::default()).await?;
     let (upstream, _stop) = echo_upstream().await?;
     let ws = ws_echo_upstream().await?;
-    let common = common(&redis, redis.addr(), upstream, ws, "", STATE);
+    let common = common(&redis.state_config(redis.addr(), STATE), upstream, ws, "");
     redis.kill();
     let a = Replica::start(&pki, "a", &common).await?;
     let laptop = pki.workload(WORKLOAD)?;
@@ -825,7 +824,7 @@ async fn a_slow_or_stalled_redis_never_holds_up_requests() -> Result<()> {
     let latency = Latency::start(redis.addr()).await?;
     let (upstream, _stop) = echo_upstream().await?;
     let ws = ws_echo_upstream().await?;
-    let common = common(&redis, latency.addr, upstream, ws, "", STATE);
+    let common = common(&redis.state_config(latency.addr, STATE), upstream, ws, "");
     let a = Replica::start(&pki, "a", &common).await?;
     let b = Replica::start(&pki, "b", &common).await?;
     a.synced().await?;
@@ -937,30 +936,13 @@ async fn the_fleet_follows_a_sentinel_failover() -> Result<()> {
     .await;
     assert!(linked.is_some(), "the standby never replicated the master");
     let sentinel = Sentinel::start(&pki, master.port).await?;
-    let (upstream, stop) = echo_upstream().await?;
-    let ws = ws_echo_upstream().await?;
-    let direct = format!("url = \"redis://{}/0\"", master.addr());
-    let through = format!(
-        "url = \"redis+sentinel://127.0.0.1:{}/{}\"",
+    let url = format!(
+        "redis+sentinel://127.0.0.1:{}/{}",
         sentinel.port,
         Sentinel::MASTER
     );
-    let common = common(&master, master.addr(), upstream, ws, "", STATE).replace(&direct, &through);
-    assert!(common.contains("redis+sentinel://"), "{common}");
-    let mut replicas = Vec::new();
-    for name in ["a", "b"] {
-        replicas.push(Replica::start(&pki, name, &common).await?);
-    }
-    for r in &replicas {
-        r.synced().await?;
-    }
-    let mut f = Fleet {
-        pki,
-        redis: master,
-        replicas,
-        common,
-        _upstream: stop,
-    };
+    let section = master.state_config_at(&url, STATE);
+    let mut f = Fleet::launch(pki, master, 2, &section, "").await?;
     let laptop = f.workload()?;
     let device = f.revoke_on_a_seen_on_b(&laptop).await?;
     let field = format!("device:{device}");
@@ -1025,26 +1007,8 @@ async fn a_fleet_on_a_redis_cluster() -> Result<()> {
     };
     let redis = Redis::start(&pki, options).await?;
     redis.claim_every_slot(&pki).await?;
-    let (upstream, stop) = echo_upstream().await?;
-    let ws = ws_echo_upstream().await?;
-    let direct = format!("url = \"redis://{}/0\"", redis.addr());
-    let through = format!("url = \"redis+cluster://{}\"", redis.addr());
-    let common = common(&redis, redis.addr(), upstream, ws, "", STATE).replace(&direct, &through);
-    assert!(common.contains("redis+cluster://"), "{common}");
-    let mut replicas = Vec::new();
-    for name in ["a", "b"] {
-        replicas.push(Replica::start(&pki, name, &common).await?);
-    }
-    for r in &replicas {
-        r.synced().await?;
-    }
-    let f = Fleet {
-        pki,
-        redis,
-        replicas,
-        common,
-        _upstream: stop,
-    };
+    let section = redis.state_config_at(&format!("redis+cluster://{}", redis.addr()), STATE);
+    let f = Fleet::launch(pki, redis, 2, &section, "").await?;
     let laptop = f.workload()?;
     f.revoke_on_a_seen_on_b(&laptop).await?;
     let grant = format!(

@@ -203,7 +203,13 @@ impl Redis {
     /// [`Latency`] in front of it).
     pub fn state_config(&self, addr: SocketAddr, extra: &str) -> String {
         let scheme = if self.options.tls { "rediss" } else { "redis" };
-        let mut text = format!("[state]\nbackend = \"redis\"\nurl = \"{scheme}://{addr}/0\"\n");
+        self.state_config_at(&format!("{scheme}://{addr}/0"), extra)
+    }
+
+    /// The `[state]` section for Vigil, reaching Redis through `url` (a Sentinel's or a
+    /// Cluster's), with this server's TLS and credentials.
+    pub fn state_config_at(&self, url: &str, extra: &str) -> String {
+        let mut text = format!("[state]\nbackend = \"redis\"\nurl = \"{url}\"\n");
         if self.options.tls {
             text.push_str("ca = \"ca.pem\"\n");
         }
