@@ -153,6 +153,38 @@ async fn alternately(
     Ok(rows)
 }
 
+/// Keep-alive on each of two Vigil `instances` (named as in `pair`), taken in turns: the rows,
+/// printed under `what`; an error when either instance exited meanwhile.
+async fn keep_alive_pair(
+    ctx: &Ctx<'_>,
+    group: &str,
+    instances: &[(&'static str, Proxy)],
+    what: &str,
+    pair: (&str, &str),
+) -> Result<Vec<Row>> {
+    let targets: Vec<Target> = instances
+        .iter()
+        .map(|(name, proxy)| Target {
+            name,
+            ep: Endpoint::new(proxy.addr, Some(ctx.tls.clone())),
+            proxy: Some(proxy),
+        })
+        .collect();
+    let scenario = Scenario::KeepAlive(ctx.args.connections);
+    let rows = alternately(ctx, group, &targets, scenario).await?;
+    print_table(
+        &format!("{group}: {}; {what}", scenario.title()),
+        &rows,
+        pair,
+    );
+    for (name, proxy) in instances {
+        if let Some(msg) = proxy.exited() {
+            bail!("vigil ({name}) {msg} during the {group} scenario");
+        }
+    }
+    Ok(rows)
+}
+
 /// The policy of the `rego` scenario: what the built-in rule says (the load generator's SPIFFE
 /// ID), with the allowed paths in data, as a policy written for it would.
 const BENCH_POLICY: &str = r#"package bench
@@ -200,30 +232,14 @@ async fn rego_cost(ctx: &Ctx<'_>) -> Result<Vec<Row>> {
             spawn_vigil(ctx.vigil_bin, label, &path, ep, ctx.pinned).await?,
         ));
     }
-    let targets: Vec<Target> = instances
-        .iter()
-        .map(|(name, proxy)| Target {
-            name,
-            ep: Endpoint::new(proxy.addr, Some(ctx.tls.clone())),
-            proxy: Some(proxy),
-        })
-        .collect();
-    let scenario = Scenario::KeepAlive(ctx.args.connections);
-    let rows = alternately(ctx, "rego", &targets, scenario).await?;
-    print_table(
-        &format!(
-            "rego: {}; the route decided by a Rego policy, or by a built-in rule",
-            scenario.title()
-        ),
-        &rows,
+    keep_alive_pair(
+        ctx,
+        "rego",
+        &instances,
+        "the route decided by a Rego policy, or by a built-in rule",
         ("rego", "rules"),
-    );
-    for (name, proxy) in &instances {
-        if let Some(msg) = proxy.exited() {
-            bail!("vigil ({name}) {msg} during the rego scenario");
-        }
-    }
-    Ok(rows)
+    )
+    .await
 }
 
 /// `[detectors]` with every detector that needs no GeoIP database, at its defaults but
@@ -260,30 +276,14 @@ async fn detectors_cost(ctx: &Ctx<'_>) -> Result<Vec<Row>> {
             spawn_vigil(ctx.vigil_bin, label, &path, ep, ctx.pinned).await?,
         ));
     }
-    let targets: Vec<Target> = instances
-        .iter()
-        .map(|(name, proxy)| Target {
-            name,
-            ep: Endpoint::new(proxy.addr, Some(ctx.tls.clone())),
-            proxy: Some(proxy),
-        })
-        .collect();
-    let scenario = Scenario::KeepAlive(ctx.args.connections);
-    let rows = alternately(ctx, "detectors", &targets, scenario).await?;
-    print_table(
-        &format!(
-            "detectors: {}; every detector on, or none",
-            scenario.title()
-        ),
-        &rows,
+    keep_alive_pair(
+        ctx,
+        "detectors",
+        &instances,
+        "every detector on, or none",
         ("detectors-on", "detectors-off"),
-    );
-    for (name, proxy) in &instances {
-        if let Some(msg) = proxy.exited() {
-            bail!("vigil ({name}) {msg} during the detectors scenario");
-        }
-    }
-    Ok(rows)
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@
 
 use super::{admin_call, admin_post, free_addr, instance_dir, percentile_ms};
 use crate::{
-    BENCH_DETECTORS, ChildGuard, Ctx, Endpoint, Proxy, Row, Scenario, Target, alternately, connect,
-    free_port, logs_dir, print_table, request, spawn_vigil, vigil_base_config, workload_route,
+    BENCH_DETECTORS, ChildGuard, Ctx, Endpoint, Proxy, Row, connect, free_port, keep_alive_pair,
+    logs_dir, request, spawn_vigil, vigil_base_config, workload_route,
 };
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
@@ -170,30 +170,14 @@ async fn cost(ctx: &Ctx<'_>, redis: SocketAddr) -> Result<Vec<Row>> {
             spawn_vigil(ctx.vigil_bin, label, &path, ep, ctx.pinned).await?,
         ));
     }
-    let targets: Vec<Target> = instances
-        .iter()
-        .map(|(name, proxy)| Target {
-            name,
-            ep: Endpoint::new(proxy.addr, Some(ctx.tls.clone())),
-            proxy: Some(proxy),
-        })
-        .collect();
-    let scenario = Scenario::KeepAlive(ctx.args.connections);
-    let rows = alternately(ctx, "fleet", &targets, scenario).await?;
-    print_table(
-        &format!(
-            "fleet: {}; the shared state in Redis, or in memory (detectors on in both)",
-            scenario.title()
-        ),
-        &rows,
+    keep_alive_pair(
+        ctx,
+        "fleet",
+        &instances,
+        "the shared state in Redis, or in memory (detectors on in both)",
         ("redis", "memory"),
-    );
-    for (name, proxy) in &instances {
-        if let Some(msg) = proxy.exited() {
-            bail!("vigil ({name}) {msg} during the fleet scenario");
-        }
-    }
-    Ok(rows)
+    )
+    .await
 }
 
 /// Whether a new connection to `addr` as the load generator gets its 200.
