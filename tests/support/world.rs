@@ -238,11 +238,16 @@ impl World {
             self.port,
             body.len()
         );
+        self.send(device, &request).await
+    }
+
+    /// Sends `request` (a whole HTTP/1.1 request) from `device`, as a browser would.
+    pub async fn send(&self, device: &Issued, request: &str) -> Result<Reply> {
         raw(
             self.running.addr,
             self.browser(device),
             "localhost",
-            &request,
+            request,
         )
         .await
     }
@@ -262,13 +267,7 @@ impl World {
             "GET {path} HTTP/1.1\r\nHost: localhost:{}\r\nAccept: text/html\r\n{cookie}Connection: close\r\n\r\n",
             self.port
         );
-        raw(
-            self.running.addr,
-            self.browser(device),
-            "localhost",
-            &request,
-        )
-        .await
+        self.send(device, &request).await
     }
 
     /// Signs `user` in from `device`, starting at `path`; returns the session cookie pairs and
