@@ -612,6 +612,10 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+}
+
 fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
@@ -663,8 +667,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     for name in &named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    // Most messages carry none of them: look for them among the few names there are rather
+    // than hash every one of the list.
+    if headers.keys().any(is_hop_by_hop) {
+        let present: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| is_hop_by_hop(n))
+            .cloned()
+            .collect();
+        for name in present {
+            headers.remove(name);
+        }
     }
     upgrade
 }

@@ -69,6 +69,12 @@ pub struct Connection {
     pub peer: Arc<PeerCert>,
     /// `peer.fingerprint_hex` as a header value, computed once.
     pub peer_fingerprint: HeaderValue,
+    /// The client's address as text (the decision log's `client`) and as the
+    /// `X-Forwarded-For` value, and the SPIFFE ID as the `X-Vigil-Workload` value: written
+    /// once for the connection's requests.
+    pub client_ip: Box<str>,
+    pub forwarded_for: HeaderValue,
+    pub workload_header: Option<HeaderValue>,
     /// The TLS server name the client asked for, lower-case.
     pub sni: Option<String>,
     /// The TLS version negotiated, as [`tls_version`] names it (the decision log's `tls`).

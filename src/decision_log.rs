@@ -11,7 +11,6 @@ use crate::metrics::Metrics;
 use crate::reason::Reason;
 use serde::Serialize;
 use std::io::Write;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -62,7 +61,8 @@ pub struct Entry<'a> {
     pub path: &'a str,
     /// The `User-Agent` header, at most [`MAX_USER_AGENT`] bytes; `null` when absent.
     pub user_agent: Option<&'a str>,
-    pub client: IpAddr,
+    /// The client's address.
+    pub client: &'a str,
     /// The TLS version of the connection, `TLSv1.3` or `TLSv1.2`.
     pub tls: Option<&'a str>,
     /// SHA-256 fingerprint of the client certificate.
@@ -210,18 +210,21 @@ impl DecisionLog {
     /// decision was made) as its last field.
     pub fn record_with_facts<T: Serialize>(&self, entry: &T, facts: Option<&[u8]>) {
         let Some(queue) = &self.queue else { return };
-        let Some(line) = encode(entry, facts) else {
-            return;
-        };
         let Ok(mut pending) = queue.pending.lock() else {
             return;
         };
-        if pending.buffer.len() + line.len() > LIMIT {
+        // Written in place: the writer thread takes the lock only to swap buffers.
+        let start = pending.buffer.len();
+        if !encode(&mut pending.buffer, entry, facts) {
+            pending.buffer.truncate(start);
+            return;
+        }
+        if pending.buffer.len() > LIMIT {
+            pending.buffer.truncate(start);
             drop(pending);
             self.metrics.decision_log_dropped.inc();
             return;
         }
-        pending.buffer.extend_from_slice(&line);
         if pending.buffer.len() >= FLUSH_AT {
             queue.ready.notify_one();
         }
@@ -241,27 +244,28 @@ impl DecisionLog {
     }
 }
 
-/// One line: `entry` as a JSON object, with `facts` spliced in as its last field, and the
-/// newline. `None` when the entry cannot be serialised (logged).
-fn encode<T: Serialize>(entry: &T, facts: Option<&[u8]>) -> Option<Vec<u8>> {
-    let mut line = Vec::with_capacity(512 + facts.map_or(0, <[u8]>::len));
-    if let Err(e) = serde_json::to_writer(&mut line, entry) {
+/// Appends one line to `out`: `entry` as a JSON object, with `facts` spliced in as its last
+/// field, and the newline. False when the entry cannot be serialised (logged); what was
+/// appended is then the caller's to take back.
+fn encode<T: Serialize>(out: &mut Vec<u8>, entry: &T, facts: Option<&[u8]>) -> bool {
+    let start = out.len();
+    if let Err(e) = serde_json::to_writer(&mut *out, entry) {
         tracing::error!(error = %e, "decision log entry not serialisable");
-        return None;
+        return false;
     }
     if let Some(facts) = facts
-        && line.last() == Some(&b'}')
+        && out.last() == Some(&b'}')
     {
-        line.pop();
-        if line.len() > 1 {
-            line.push(b',');
+        out.pop();
+        if out.len() > start + 1 {
+            out.push(b',');
         }
-        line.extend_from_slice(b"\"facts\":");
-        line.extend_from_slice(facts);
-        line.push(b'}');
+        out.extend_from_slice(b"\"facts\":");
+        out.extend_from_slice(facts);
+        out.push(b'}');
     }
-    line.push(b'\n');
-    Some(line)
+    out.push(b'\n');
+    true
 }
 
 /// Longest `user_agent` written, in bytes; a longer one is cut and ends in `…`.
@@ -297,6 +301,7 @@ pub fn now_rfc3339() -> String {
 mod tests {
     use super::*;
     use crate::reason::Code;
+    use std::net::IpAddr;
 
     /// A decision line read back, to write it again as [`Entry`].
     #[derive(serde::Deserialize)]
@@ -395,7 +400,7 @@ mod tests {
                 method: &line.method,
                 path: &line.path,
                 user_agent: line.user_agent.as_deref(),
-                client: line.client,
+                client: &line.client.to_string(),
                 tls: line.tls.as_deref(),
                 device: &line.device,
                 subject: &line.subject,
@@ -419,7 +424,8 @@ mod tests {
                 latency_ms: line.latency_ms,
             };
             let facts = line.facts.as_ref().map(kept);
-            let written = encode(&entry, facts.as_deref()).unwrap();
+            let mut written = Vec::new();
+            assert!(encode(&mut written, &entry, facts.as_deref()));
             assert_eq!(String::from_utf8_lossy(&written), format!("{text}\n"));
         }
     }
@@ -447,7 +453,7 @@ mod tests {
             method: "GET",
             path: "/pages/onboarding",
             user_agent: Some("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5)"),
-            client: "192.0.2.10".parse().unwrap(),
+            client: "192.0.2.10",
             tls: Some("TLSv1.3"),
             device: &facts.certificate.fingerprint_hex,
             subject: &facts.certificate.subject,
@@ -489,7 +495,9 @@ mod tests {
                     serde_json::to_writer(&mut out, &facts.kept(Some(&route))).unwrap();
                     out
                 });
-                bytes += encode(&entry, kept.as_deref()).unwrap().len();
+                let mut line = Vec::new();
+                assert!(encode(&mut line, &entry, kept.as_deref()));
+                bytes += line.len();
             }
             (started.elapsed().as_nanos() as f64 / n as f64, bytes / n)
         };

@@ -1,12 +1,14 @@
 //! Hex as Vigil shows and reads it: fingerprints, serials and request id prefixes.
 
+/// The lower-case hex digits.
+pub const LOWER: &[u8; 16] = b"0123456789abcdef";
+
 /// Lower-case hex without separators; the form serials are shown and logged in.
 pub fn encode(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
     let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{b:02x}");
+    for &b in bytes {
+        out.push(char::from(LOWER[usize::from(b >> 4)]));
+        out.push(char::from(LOWER[usize::from(b & 0x0f)]));
     }
     out
 }

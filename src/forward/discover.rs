@@ -32,9 +32,9 @@ pub type Key = (usize, SocketAddr, u32);
 /// What the balancer holds for one entry.
 pub type Slot = PendingRequests<ConcurrencyLimit<EndpointService>, CompleteOnResponse>;
 
-/// Set on a response: the endpoint that answered, for the decision log.
-#[derive(Debug, Clone, Copy)]
-pub struct Served(pub SocketAddr);
+/// Set on a response: the endpoint that answered, as the decision log writes it.
+#[derive(Debug, Clone)]
+pub struct Served(pub Arc<str>);
 
 /// The endpoints of one TLS setting, by URL authority and address; kept by the snapshot's
 /// pools, so an endpoint lives while some route of some snapshot still uses it.
@@ -174,7 +174,9 @@ impl Service<Request<Body>> for EndpointService {
             }
             match result {
                 Ok(mut response) => {
-                    response.extensions_mut().insert(Served(endpoint.addr));
+                    response
+                        .extensions_mut()
+                        .insert(Served(endpoint.text.clone()));
                     Ok(response)
                 }
                 Err(error) => Err(Box::new(Failed {

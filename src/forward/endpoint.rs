@@ -53,6 +53,8 @@ pub type Pool = Client<Connector, Body>;
 /// One address of a route's upstream.
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// `addr` as text, written once: the decision log names it on every line.
+    pub text: Arc<str>,
     /// The authority of the URL it came from: the request's URI (and so its `Host` and TLS
     /// server name) names it; the connection goes to `addr`.
     pub authority: Authority,
@@ -93,6 +95,7 @@ impl Endpoint {
             .min(Semaphore::MAX_PERMITS);
         Self {
             addr,
+            text: addr.to_string().into(),
             authority,
             client,
             slots: Arc::new(Semaphore::new(slots)),

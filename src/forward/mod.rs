@@ -254,15 +254,12 @@ fn add_forwarding_headers(
     } else {
         headers.remove(header::HOST);
     }
-    headers.insert(
-        X_FORWARDED_FOR.clone(),
-        header_safe(&conn.remote.ip().to_string()),
-    );
+    headers.insert(X_FORWARDED_FOR.clone(), conn.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
     headers.insert(X_FORWARDED_HOST.clone(), header_safe(host));
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    if let Some(id) = &conn.peer.spiffe_id {
-        headers.insert(X_VIGIL_WORKLOAD.clone(), header_safe(id));
+    if let Some(id) = &conn.workload_header {
+        headers.insert(X_VIGIL_WORKLOAD.clone(), id.clone());
     }
     headers.insert(X_VIGIL_DEVICE.clone(), conn.peer_fingerprint.clone());
     for (name, value) in identity {

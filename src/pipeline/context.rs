@@ -36,7 +36,7 @@ pub struct Context<'a> {
     /// The request was sent upstream (whatever came of it): its line names the upstream.
     pub forwarded: bool,
     /// The upstream endpoint that answered, for the line.
-    pub endpoint: Option<std::net::SocketAddr>,
+    pub endpoint: Option<std::sync::Arc<str>>,
     /// What the route's Rego policy answered, for the line.
     pub policy: Option<crate::policy::PolicyRun>,
     /// A shadow policy's disagreeing decision, for the line.

@@ -112,7 +112,7 @@ fn answered(
     cx.endpoint = response
         .extensions()
         .get::<forward::Served>()
-        .map(|served| served.0);
+        .map(|served| served.0.clone());
     let headers = response.headers_mut();
     headers.insert(X_REQUEST_ID.clone(), cx.request_id.clone());
     for cookie in cookies {

@@ -40,10 +40,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// A request id unique across restarts and replicas: a random per-process prefix and a counter.
+/// A request id unique across restarts and replicas: a random per-process prefix and a counter
+/// (`{prefix}-{n:08x}`, written by hand: this runs on every request).
 fn next_request_id(prefix: &str) -> HeaderValue {
     let n = REQUEST_SEQ.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::try_from(format!("{prefix}-{n:08x}"))
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(8) as usize;
+    let mut id = bytes::BytesMut::with_capacity(prefix.len() + 1 + digits);
+    id.extend_from_slice(prefix.as_bytes());
+    id.extend_from_slice(b"-");
+    for i in (0..digits).rev() {
+        id.extend_from_slice(&[crate::hex::LOWER[((n >> (i * 4)) & 0xf) as usize]]);
+    }
+    HeaderValue::from_maybe_shared(id.freeze())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 

@@ -112,7 +112,6 @@ impl Context<'_> {
             Some(route) if self.forwarded => Some(route.upstream.authority.as_str()),
             _ => None,
         };
-        let endpoint = self.endpoint.map(|addr| addr.to_string());
         let decided = self.decided.as_ref();
         let entry = Entry {
             v: decision_log::SCHEMA,
@@ -124,7 +123,7 @@ impl Context<'_> {
             method: self.method.as_str(),
             path: &self.path,
             user_agent: self.user_agent.as_deref(),
-            client: self.conn.remote.ip(),
+            client: &self.conn.client_ip,
             tls: self.conn.tls_version,
             device: &peer.fingerprint_hex,
             subject: &peer.subject,
@@ -138,7 +137,7 @@ impl Context<'_> {
             fault: fault.map(Fault::as_str),
             risk: self.risk.as_ref(),
             upstream,
-            endpoint: endpoint.as_deref(),
+            endpoint: self.endpoint.as_deref(),
             policy: self.policy.as_ref(),
             shadow: self.shadow.as_ref(),
             grant: decided.and_then(|d| d.grant.as_deref()),

@@ -423,22 +423,28 @@ pub fn kept_value<'v>(name: &str, value: &'v str) -> std::borrow::Cow<'v, str> {
 
 /// Every field a document has for a certificate: all of them are what rules and the device
 /// inventory match on, and none is secret.
+/// The certificate, as JSON written once per certificate (its connection's every line shows
+/// the same): kept facts are only ever written by serde_json, which copies it as it is.
 struct KeptCertificate<'a>(&'a PeerCert);
 
 impl Serialize for KeptCertificate<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let c = self.0;
+        match c
+            .written
+            .get_or_write(|| serde_json::value::to_raw_value(&CertificateFields(c)))
+        {
+            Some(raw) => raw.serialize(serializer),
+            None => CertificateFields(c).serialize(serializer),
+        }
+    }
+}
+
+struct CertificateFields<'a>(&'a PeerCert);
+
+impl Serialize for CertificateFields<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        struct Hex<'a>(&'a [u8]);
-        impl std::fmt::Display for Hex<'_> {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-            }
-        }
-        impl Serialize for Hex<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_str(self)
-            }
-        }
         let c = self.0;
         let mut out = serializer.serialize_struct("Certificate", 11)?;
         out.serialize_field("subject", &c.subject)?;
@@ -448,7 +454,7 @@ impl Serialize for KeptCertificate<'_> {
         out.serialize_field("emails", &c.emails)?;
         out.serialize_field("uris", &c.uris)?;
         out.serialize_field("spiffe_id", &c.spiffe_id)?;
-        out.serialize_field("serial", &Hex(&c.serial))?;
+        out.serialize_field("serial", &crate::hex::encode(&c.serial))?;
         out.serialize_field("fingerprint", &c.fingerprint_hex)?;
         out.serialize_field("not_before", &c.not_before)?;
         out.serialize_field("not_after", &c.not_after)?;
@@ -569,6 +575,7 @@ mod tests {
             fingerprint_hex: crate::hex::encode(&[7; 32]),
             not_before: 1_700_000_000,
             not_after: 1_800_000_000,
+            written: Default::default(),
         }
     }
 

@@ -969,6 +969,7 @@ mod tests {
             fingerprint_hex: "07".repeat(32),
             not_before: 0,
             not_after: i64::MAX,
+            written: Default::default(),
         }
     }
 

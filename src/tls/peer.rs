@@ -27,7 +27,44 @@ pub struct PeerCert {
     /// Validity bounds, Unix seconds.
     pub not_before: i64,
     pub not_after: i64,
+    /// The certificate as a decision line's facts show it, written once for every line of
+    /// the connection (`policy::facts`).
+    pub written: Written,
 }
+
+/// JSON written once and reused; not part of the value (equal whatever it holds, and a clone
+/// starts empty, so a changed copy never shows the original's).
+#[derive(Debug, Default)]
+pub struct Written(std::sync::OnceLock<Box<serde_json::value::RawValue>>);
+
+impl Clone for Written {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl Written {
+    /// What was written, writing it with `write` the first time.
+    pub fn get_or_write(
+        &self,
+        write: impl FnOnce() -> serde_json::Result<Box<serde_json::value::RawValue>>,
+    ) -> Option<&serde_json::value::RawValue> {
+        if self.0.get().is_none()
+            && let Ok(raw) = write()
+        {
+            let _ = self.0.set(raw);
+        }
+        self.0.get().map(|raw| &**raw)
+    }
+}
+
+impl PartialEq for Written {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Written {}
 
 impl PeerCert {
     /// Reads the leaf the TLS layer already verified. Fails only on a certificate x509-parser
@@ -78,6 +115,7 @@ impl PeerCert {
             fingerprint,
             not_before: cert.validity().not_before.timestamp(),
             not_after: cert.validity().not_after.timestamp(),
+            written: Written::default(),
         })
     }
 
@@ -161,6 +199,7 @@ impl TryFrom<CertificateJson> for PeerCert {
             spiffe_id: c.spiffe_id,
             not_before: c.not_before,
             not_after: c.not_after,
+            written: Written::default(),
         })
     }
 }
