@@ -81,6 +81,11 @@ const IDLE_OPEN_CONCURRENCY: usize = 8;
 const AIM_KEEPALIVE_CPU: f64 = 0.65;
 const AIM_HANDSHAKE_CPU: f64 = 0.30;
 const AIM_IDLE_KIB: f64 = 16.0;
+/// Aims against the floor: CPU per keep-alive request, memory per idle connection; and CPU per
+/// full handshake against rustls's server handshake alone.
+const AIM_FLOOR_KEEPALIVE_CPU: f64 = 1.15;
+const AIM_FLOOR_IDLE: f64 = 1.0;
+const AIM_HANDSHAKE_ALONE: f64 = 1.3;
 
 const USAGE: &str = "\
 usage: cargo bench --bench proxy -- [options]      (or scripts/bench [options])
@@ -818,7 +823,82 @@ async fn compare(
             notes.push(format!("{} {msg} during the run", t.name));
         }
     }
+    let pki = Pki::load(ctx.dir)?;
+    let alone = rustls_handshake_alone(ctx.dir, &pki, 400)?;
+    println!(
+        "\n== handshake: rustls's server side alone, in memory (the same certificates, TLS 1.3, X25519, client certificate verified), median of 400 =="
+    );
+    println!("{alone:.1} µs per handshake");
+    report.handshake_alone_us = Some(alone);
     Ok(())
+}
+
+/// The CPU a rustls server spends on one full TLS 1.3 handshake with a client certificate,
+/// without sockets, HTTP or anything of a proxy: a client and a server connection in this
+/// process trading their records in memory, only the server's part timed (this thread is
+/// pinned to its core). The median of `rounds`, in microseconds: what a proxy's handshake
+/// cannot go below.
+fn rustls_handshake_alone(dir: &Path, pki: &Pki, rounds: usize) -> Result<f64> {
+    use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
+    let mut provider = default_provider();
+    provider.kx_groups = vec![kx_group::X25519];
+    let provider = Arc::new(provider);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.clone())?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()?;
+    let chain =
+        CertificateDer::pem_file_iter(dir.join("server.pem"))?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key"))?;
+    let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    server_config.send_tls13_tickets = 0;
+    let server_config = Arc::new(server_config);
+    let client_config = pki.client_config()?;
+    let name = ServerName::try_from("localhost")?;
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let mut client = rustls::ClientConnection::new(client_config.clone(), name.clone())?;
+        let started = Instant::now();
+        let mut server = rustls::ServerConnection::new(server_config.clone())?;
+        let mut spent = started.elapsed();
+        for _ in 0..8 {
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire)?;
+            }
+            let started = Instant::now();
+            let mut rd = &wire[..];
+            while !rd.is_empty() {
+                server.read_tls(&mut rd)?;
+                server.process_new_packets()?;
+            }
+            let mut back = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut back)?;
+            }
+            spent += started.elapsed();
+            let mut rd = &back[..];
+            while !rd.is_empty() {
+                client.read_tls(&mut rd)?;
+                client.process_new_packets()?;
+            }
+        }
+        if client.is_handshaking() || server.is_handshaking() {
+            bail!("the in-memory handshake did not complete");
+        }
+        times.push(spent);
+    }
+    times.sort();
+    Ok(times[times.len() / 2].as_secs_f64() * 1e6)
 }
 
 /// Full handshakes with the hybrid post-quantum key exchange against X25519 alone, on one Vigil
@@ -1287,8 +1367,25 @@ async fn start_vigil(bin: &Path, dir: &Path, upstream: SocketAddr, pinned: bool)
     // Logs go to their own directory: Vigil watches the directories of its configuration files
     // for changes, and a log written beside them would wake that watcher on every request.
     let decisions = logs_dir(dir)?.join("vigil-decisions.log");
-    let config =
-        vigil_base_config(addr, None, &decisions) + &workload_route("bench", "*", None, upstream);
+    // Every check on: the route's rule, the decision log with its facts, metrics, and the
+    // signed assertion on every forwarded request.
+    let keys = dir.join("assertion.pem");
+    if !keys.exists() {
+        let out = Command::new(bin)
+            .args(["keys", "assertion"])
+            .arg(&keys)
+            .output()
+            .context("running vigil keys assertion")?;
+        if !out.status.success() {
+            bail!(
+                "vigil keys assertion failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let config = vigil_base_config(addr, None, &decisions)
+        + "\n[assertion]\nkeys_file = \"assertion.pem\"\n"
+        + &workload_route("bench", "*", None, upstream);
     let path = dir.join("vigil.toml");
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
     let tls = TlsConnector::from(Pki::load(dir)?.client_config()?);
@@ -2266,6 +2363,8 @@ struct Report {
     oidc: Option<support::oidc::OidcReport>,
     reload: Option<support::reload::ReloadReport>,
     revocation: Option<support::revocation::RevocationReport>,
+    /// rustls's server handshake alone, in memory: microseconds (median).
+    handshake_alone_us: Option<f64>,
     /// The key exchange scenario: X25519MLKEM768, then X25519.
     kx: Vec<Row>,
     /// The Rego scenario: the route with a policy, then with a built-in rule.
@@ -2599,8 +2698,9 @@ fn summarise(report: &Report, notes: &mut Vec<String>) -> Summary {
         let f = &s.floor;
         println!("\n== summary: Vigil as a ratio to the floor (mTLS and forwarding, no checks) ==");
         println!(
-            "CPU per keep-alive request   {:>6}x",
-            opt(f.keepalive_cpu, 2)
+            "CPU per keep-alive request   {:>6}x   (aim <= {AIM_FLOOR_KEEPALIVE_CPU}: {})",
+            opt(f.keepalive_cpu, 2),
+            verdict(f.keepalive_cpu, AIM_FLOOR_KEEPALIVE_CPU)
         );
         println!(
             "CPU per full handshake       {:>6}x",
@@ -2611,7 +2711,21 @@ fn summarise(report: &Report, notes: &mut Vec<String>) -> Summary {
             opt(f.latency_p50, 2),
             opt(f.latency_p99, 2)
         );
-        println!("memory per idle TLS conn     {:>6}x", opt(f.idle_kib, 2));
+        println!(
+            "memory per idle TLS conn     {:>6}x   (aim <= {AIM_FLOOR_IDLE}: {})",
+            opt(f.idle_kib, 2),
+            verdict(f.idle_kib, AIM_FLOOR_IDLE)
+        );
+        let handshake = cpu("handshake", "vigil").map(|ns| ns / 1000.0);
+        println!(
+            "CPU per full handshake       {:>6}x rustls's server handshake alone, in memory ({} µs; aim <= {AIM_HANDSHAKE_ALONE}: {})",
+            opt(ratio(handshake, report.handshake_alone_us), 2),
+            opt(report.handshake_alone_us, 1),
+            verdict(
+                ratio(handshake, report.handshake_alone_us),
+                AIM_HANDSHAKE_ALONE
+            )
+        );
     }
     if let Some(o) = &report.oidc {
         o.print_summary();
@@ -2774,6 +2888,7 @@ fn report_json(
         },
         "scenarios": scenarios,
         "idle_memory": idle,
+        "rustls_server_handshake_alone_us": report.handshake_alone_us,
         "ratios_vigil_to_nginx": {
             "cpu_per_keep_alive_request": s.keepalive_cpu,
             "cpu_per_full_handshake": s.handshake_cpu,
