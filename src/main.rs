@@ -247,11 +247,6 @@ struct IssueArgs {
     force: bool,
 }
 
-/// A request allocates and frees some fifty small blocks; mimalloc does that in a fraction of
-/// glibc's instructions, and keeps an idle connection's memory as small.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
