@@ -62,6 +62,25 @@ pub struct CachedAssertion {
     pub value: HeaderValue,
 }
 
+/// The client's address as text (the decision log's `client`) and as the `X-Forwarded-For`
+/// value, and the SPIFFE ID as the `X-Vigil-Workload` value.
+pub struct Shown {
+    pub client_ip: Box<str>,
+    pub forwarded_for: HeaderValue,
+    pub workload: Option<HeaderValue>,
+}
+
+impl Shown {
+    pub fn new(client: std::net::IpAddr, peer: &PeerCert) -> Self {
+        let client_ip: Box<str> = client.to_string().into();
+        Self {
+            forwarded_for: crate::canonical::header_safe(&client_ip),
+            client_ip,
+            workload: peer.spiffe_id.as_deref().map(crate::canonical::header_safe),
+        }
+    }
+}
+
 /// One downstream connection after its handshake: who it is and how to stop it.
 pub struct Connection {
     pub id: u64,
@@ -69,12 +88,8 @@ pub struct Connection {
     pub peer: Arc<PeerCert>,
     /// `peer.fingerprint_hex` as a header value, computed once.
     pub peer_fingerprint: HeaderValue,
-    /// The client's address as text (the decision log's `client`) and as the
-    /// `X-Forwarded-For` value, and the SPIFFE ID as the `X-Vigil-Workload` value: written
-    /// once for the connection's requests.
-    pub client_ip: Box<str>,
-    pub forwarded_for: HeaderValue,
-    pub workload_header: Option<HeaderValue>,
+    /// What its requests show of the connection, written once for all of them.
+    pub shown: Shown,
     /// The TLS server name the client asked for, lower-case.
     pub sni: Option<String>,
     /// The TLS version negotiated, as [`tls_version`] names it (the decision log's `tls`).

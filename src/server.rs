@@ -1,7 +1,6 @@
 //! Accepting connections: limits, the TLS handshake, one HTTP connection task each, and a
 //! graceful drain on shutdown.
 
-use crate::canonical::header_safe;
 use crate::config::Snapshot;
 use crate::connection::{Activity, Connection};
 use crate::framing::{Findings, Watch};
@@ -403,16 +402,12 @@ fn open(
     let sni = session.server_name().map(str::to_ascii_lowercase);
     let id = shared.next_connection_id();
     shared.metrics.connections_open.inc();
-    let client_ip: Box<str> = remote.ip().to_string().into();
-    let forwarded_for = header_safe(&client_ip);
     let conn = Arc::new(Connection {
         id,
         remote,
         peer_fingerprint: HeaderValue::from_str(&peer.fingerprint_hex)
             .unwrap_or_else(|_| HeaderValue::from_static("")),
-        client_ip,
-        forwarded_for,
-        workload_header: peer.spiffe_id.as_deref().map(header_safe),
+        shown: crate::connection::Shown::new(remote.ip(), &peer),
         peer,
         sni,
         tls_version: crate::connection::tls_version(session.protocol_version()),

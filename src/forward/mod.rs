@@ -254,11 +254,11 @@ fn add_forwarding_headers(
     } else {
         headers.remove(header::HOST);
     }
-    headers.insert(X_FORWARDED_FOR.clone(), conn.forwarded_for.clone());
+    headers.insert(X_FORWARDED_FOR.clone(), conn.shown.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
     headers.insert(X_FORWARDED_HOST.clone(), header_safe(host));
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    if let Some(id) = &conn.workload_header {
+    if let Some(id) = &conn.shown.workload {
         headers.insert(X_VIGIL_WORKLOAD.clone(), id.clone());
     }
     headers.insert(X_VIGIL_DEVICE.clone(), conn.peer_fingerprint.clone());

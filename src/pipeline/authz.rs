@@ -130,14 +130,11 @@ fn end_client(
     if shared.revocations.device(&peer.fingerprint_hex) {
         return Err(refused("device revoked"));
     }
-    let client_ip: Box<str> = asked.client.to_string().into();
     Ok(Arc::new(Connection {
         id: shared.next_connection_id(),
         remote: SocketAddr::new(asked.client, 0),
         peer_fingerprint: header_safe(&peer.fingerprint_hex),
-        forwarded_for: header_safe(&client_ip),
-        client_ip,
-        workload_header: peer.spiffe_id.as_deref().map(header_safe),
+        shown: crate::connection::Shown::new(asked.client, &peer),
         peer: Arc::new(peer),
         sni: None,
         tls_version: None,

@@ -49,7 +49,7 @@ fn next_request_id(prefix: &str) -> HeaderValue {
     id.extend_from_slice(prefix.as_bytes());
     id.extend_from_slice(b"-");
     for i in (0..digits).rev() {
-        id.extend_from_slice(&[crate::hex::LOWER[((n >> (i * 4)) & 0xf) as usize]]);
+        bytes::BufMut::put_u8(&mut id, crate::hex::LOWER[((n >> (i * 4)) & 0xf) as usize]);
     }
     HeaderValue::from_maybe_shared(id.freeze())
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))

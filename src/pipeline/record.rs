@@ -123,7 +123,7 @@ impl Context<'_> {
             method: self.method.as_str(),
             path: &self.path,
             user_agent: self.user_agent.as_deref(),
-            client: &self.conn.client_ip,
+            client: &self.conn.shown.client_ip,
             tls: self.conn.tls_version,
             device: &peer.fingerprint_hex,
             subject: &peer.subject,

@@ -421,8 +421,6 @@ pub fn kept_value<'v>(name: &str, value: &'v str) -> std::borrow::Cow<'v, str> {
     }
 }
 
-/// Every field a document has for a certificate: all of them are what rules and the device
-/// inventory match on, and none is secret.
 /// The certificate, as JSON written once per certificate (its connection's every line shows
 /// the same): kept facts are only ever written by serde_json, which copies it as it is.
 struct KeptCertificate<'a>(&'a PeerCert);
@@ -440,6 +438,8 @@ impl Serialize for KeptCertificate<'_> {
     }
 }
 
+/// Every field a document has for a certificate: all of them are what rules and the device
+/// inventory match on, and none is secret.
 struct CertificateFields<'a>(&'a PeerCert);
 
 impl Serialize for CertificateFields<'_> {
@@ -454,7 +454,7 @@ impl Serialize for CertificateFields<'_> {
         out.serialize_field("emails", &c.emails)?;
         out.serialize_field("uris", &c.uris)?;
         out.serialize_field("spiffe_id", &c.spiffe_id)?;
-        out.serialize_field("serial", &crate::hex::encode(&c.serial))?;
+        out.serialize_field("serial", &c.serial_hex())?;
         out.serialize_field("fingerprint", &c.fingerprint_hex)?;
         out.serialize_field("not_before", &c.not_before)?;
         out.serialize_field("not_after", &c.not_after)?;
