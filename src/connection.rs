@@ -317,6 +317,10 @@ impl Drop for Registration {
             && let Some(at) = streams.iter().position(|s| s.id == self.id)
         {
             streams.swap_remove(at);
+            if streams.is_empty() {
+                // An idle keep-alive connection keeps no room for streams it no longer has.
+                *streams = Vec::new();
+            }
         }
     }
 }

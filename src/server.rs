@@ -277,18 +277,18 @@ async fn connection(
     let service = {
         let shared = shared.clone();
         let conn = conn.clone();
-        service_fn(move |req| {
+        service_fn(move |req| -> Answering {
             let shared = shared.clone();
             let conn = conn.clone();
-            async move {
+            Box::pin(async move {
                 let h1 = req.version() <= http::Version::HTTP_11;
                 let connect = req.method() == http::Method::CONNECT;
                 let mut response = crate::pipeline::handle(&shared, &conn, req).await;
                 if h1 {
                     after_h1_answer(&conn, &mut response, connect);
                 }
-                Ok::<_, Infallible>(response)
-            }
+                Ok(response)
+            })
         })
     };
     let drain = snapshot.drain_timeout;
@@ -531,6 +531,16 @@ fn note_connection_error(shared: &Shared, id: u64, e: &(dyn std::error::Error + 
 }
 
 /// A connection being served: HTTP/1.1 (with upgrades) or HTTP/2, as ALPN chose.
+/// One request's answer. Boxed: hyper keeps room for one request's future in every
+/// connection, idle or not, and the whole pipeline's state (kilobytes) is then held only while
+/// a request is in flight.
+type Answering = Pin<
+    Box<
+        dyn std::future::Future<Output = Result<http::Response<crate::body::Body>, Infallible>>
+            + Send,
+    >,
+>;
+
 trait Serving: std::future::Future<Output = hyper::Result<()>> + Send {
     fn shut_down_gracefully(self: Pin<&mut Self>);
 }
