@@ -1325,8 +1325,9 @@ fn vigil_base_config(addr: SocketAddr, admin: Option<SocketAddr>, decisions: &Pa
 listen = "{addr}"
 header_read_timeout = "300s"
 idle_timeout = "300s"
-# The load generator is one source: no per-source share.
+# The load generator is one source: no per-source share; room for --idle 10000 and more.
 max_connections_per_source = 0
+max_connections = 50000
 drain_timeout = "1s"
 
 [tls]
@@ -2136,6 +2137,8 @@ struct IdleRow {
     messages: Vec<String>,
     closed_early: usize,
     before: Mem,
+    /// With every connection's handshake done, before any request on them.
+    handshaken: Mem,
     after: Mem,
 }
 
@@ -2143,6 +2146,12 @@ impl IdleRow {
     fn rss_kib_per_conn(&self) -> Option<f64> {
         (self.opened > 0)
             .then(|| (self.after.rss_kib as f64 - self.before.rss_kib as f64) / self.opened as f64)
+    }
+
+    fn handshaken_kib_per_conn(&self) -> Option<f64> {
+        (self.opened > 0).then(|| {
+            (self.handshaken.rss_kib as f64 - self.before.rss_kib as f64) / self.opened as f64
+        })
     }
 
     fn pss_kib_per_conn(&self) -> Option<f64> {
@@ -2307,16 +2316,33 @@ impl Bench {
             let gate = gate.clone();
             set.spawn(async move {
                 let _permit = gate.acquire_owned().await?;
-                let once = async {
-                    let (mut conn, _) = connect(&ep).await?;
-                    request(&ep, &mut conn).await?;
-                    Ok::<_, anyhow::Error>(conn)
-                };
-                timeout(CONNECT_TIMEOUT + REQUEST_TIMEOUT, once).await
+                timeout(CONNECT_TIMEOUT, connect(&ep))
+                    .await
+                    .map(|(conn, _)| conn)
             });
         }
         let mut tally = Tally::default();
         let mut open = Vec::with_capacity(n);
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok(Ok(c)) => open.push(c),
+                Ok(Err(e)) => tally.error(&e),
+                Err(e) => tally.error(&anyhow!("load task failed: {e}")),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // What a connection costs with its handshake done and no request yet, then after one.
+        let handshaken = read_mem(mem_pid)?;
+        let mut set = JoinSet::new();
+        for mut conn in open.drain(..) {
+            let ep = t.ep.clone();
+            let gate = gate.clone();
+            set.spawn(async move {
+                let _permit = gate.acquire_owned().await?;
+                timeout(REQUEST_TIMEOUT, request(&ep, &mut conn)).await?;
+                Ok::<_, anyhow::Error>(conn)
+            });
+        }
         while let Some(joined) = set.join_next().await {
             match joined {
                 Ok(Ok(c)) => open.push(c),
@@ -2341,6 +2367,7 @@ impl Bench {
             messages: tally.messages,
             closed_early,
             before,
+            handshaken,
             after,
         })
     }
@@ -2571,21 +2598,30 @@ fn print_idle(rows: &[IdleRow], n: usize) {
         "\n== idle memory: {n} TLS connections, one request each, then idle; proxy RSS growth =="
     );
     println!(
-        "{:<8} {:>7} {:>7} {:>14} {:>13} {:>12} {:>12}",
-        "target", "open", "errors", "RSS before KiB", "RSS after KiB", "KiB/conn", "PSS KiB/conn"
+        "{:<8} {:>7} {:>7} {:>14} {:>13} {:>12} {:>17} {:>12}",
+        "target",
+        "open",
+        "errors",
+        "RSS before KiB",
+        "RSS after KiB",
+        "KiB/conn",
+        "before a request",
+        "PSS KiB/conn"
     );
     for r in rows {
         println!(
-            "{:<8} {:>7} {:>7} {:>14} {:>13} {:>12} {:>12}",
+            "{:<8} {:>7} {:>7} {:>14} {:>13} {:>12} {:>17} {:>12}",
             r.target,
             r.opened,
             r.errors,
             r.before.rss_kib,
             r.after.rss_kib,
             opt(r.rss_kib_per_conn(), 1),
+            opt(r.handshaken_kib_per_conn(), 1),
             opt(r.pss_kib_per_conn(), 1),
         );
     }
+    println!("(before a request: KiB per connection with its handshake done, before its request)");
     println!("(nginx: the worker process; its master holds no connections)");
     let find = |name: &str| rows.iter().find(|r| r.target == name);
     for other in ["nginx", "floor"] {
@@ -2862,6 +2898,7 @@ fn report_json(
                 "pss_before_kib": r.before.pss_kib,
                 "pss_after_kib": r.after.pss_kib,
                 "rss_kib_per_connection": r.rss_kib_per_conn(),
+                "rss_kib_per_connection_before_a_request": r.handshaken_kib_per_conn(),
                 "pss_kib_per_connection": r.pss_kib_per_conn(),
             })
         })

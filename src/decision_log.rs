@@ -115,6 +115,157 @@ pub struct Entry<'a> {
     pub latency_ms: f64,
 }
 
+impl Entry<'_> {
+    /// Writes the line's JSON object, exactly as its `Serialize` would (a test holds the two
+    /// equal), without serde's work per field: every request writes one. The field names are
+    /// written as they are; values are escaped as JSON needs.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let mut o = Fields { out, first: true };
+        o.value("v", &self.v)?;
+        o.str("kind", self.kind);
+        o.str("time", &self.time);
+        o.str("request_id", self.request_id);
+        o.opt_str("route", self.route);
+        o.str("host", self.host);
+        o.str("method", self.method);
+        o.str("path", self.path);
+        o.opt_str("user_agent", self.user_agent);
+        o.str("client", self.client);
+        o.opt_str("tls", self.tls);
+        o.str("device", self.device);
+        o.str("subject", self.subject);
+        o.opt_str("workload", self.workload);
+        o.opt_str("user", self.user);
+        o.key("groups");
+        o.strs(self.groups.iter().map(String::as_str));
+        o.str("decision", self.decision);
+        if let Some(outcome) = self.outcome {
+            o.str("outcome", outcome);
+        }
+        o.key("reasons");
+        o.strs(self.reasons.iter().map(|r| r.text.as_ref()));
+        o.key("codes");
+        o.strs(self.codes.iter().map(|r| r.code.as_str()));
+        if let Some(fault) = self.fault {
+            o.str("fault", fault);
+        }
+        o.str("mode", self.mode);
+        if let Some(risk) = self.risk {
+            o.value("risk", risk)?;
+        }
+        if let Some(upstream) = self.upstream {
+            o.str("upstream", upstream);
+        }
+        if let Some(endpoint) = self.endpoint {
+            o.str("endpoint", endpoint);
+        }
+        if let Some(policy) = self.policy {
+            o.value("policy", policy)?;
+        }
+        if let Some(shadow) = self.shadow {
+            o.value("shadow", shadow)?;
+        }
+        if let Some(grant) = self.grant {
+            o.str("grant", grant);
+        }
+        if let Some(point) = self.enforcement_point {
+            o.str("enforcement_point", point);
+        }
+        o.value("status", &self.status)?;
+        o.value("latency_ms", &self.latency_ms)?;
+        o.out.push(b'}');
+        Ok(())
+    }
+}
+
+/// A JSON object being written: the fields so far, without the closing brace.
+struct Fields<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl Fields<'_> {
+    /// `"key":`, after a comma unless it is the first field. Keys are this file's own names:
+    /// nothing in them needs escaping.
+    fn key(&mut self, key: &str) {
+        self.out.push(if self.first { b'{' } else { b',' });
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    fn str(&mut self, key: &str, value: &str) {
+        self.key(key);
+        json_string(self.out, value);
+    }
+
+    fn opt_str(&mut self, key: &str, value: Option<&str>) {
+        match value {
+            Some(value) => self.str(key, value),
+            None => {
+                self.key(key);
+                self.out.extend_from_slice(b"null");
+            }
+        }
+    }
+
+    /// An array of strings.
+    fn strs<'s>(&mut self, values: impl Iterator<Item = &'s str>) {
+        self.out.push(b'[');
+        for (i, value) in values.enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            json_string(self.out, value);
+        }
+        self.out.push(b']');
+    }
+
+    fn value<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> serde_json::Result<()> {
+        self.key(key);
+        serde_json::to_writer(&mut *self.out, value)
+    }
+}
+
+/// `text` as a JSON string. Most texts need no escape (no control character, quote or
+/// backslash) and are copied as they are; the others are escaped by serde_json.
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    if !needs_escape(text.as_bytes()) {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut *out, text).is_err() {
+        // Writing a string into a Vec cannot fail; should it, the line stays valid JSON.
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Whether `bytes` hold a control character, a quote or a backslash: what a JSON string must
+/// escape. Eight bytes at a time (a byte below 0x20, or equal to `"` or `\\`, sets its top
+/// bit in the word's test), the rest one by one.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let zero_in = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut w = [0; 8];
+        w.copy_from_slice(word);
+        let w = u64::from_ne_bytes(w);
+        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+        if control | zero_in(w ^ (ONES * u64::from(b'"'))) | zero_in(w ^ (ONES * u64::from(b'\\')))
+            != 0
+        {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// Lines waiting to be written, and whether the log is closing.
 #[derive(Default)]
 struct Pending {
@@ -201,21 +352,29 @@ impl DecisionLog {
         })
     }
 
-    /// Queues one line: an [`Entry`], or another kind of line bound for the same destination.
-    pub fn record<T: Serialize>(&self, entry: &T) {
-        self.record_with_facts(entry, None);
+    /// Queues a line bound for the same destination as the decisions (an audit event).
+    pub fn record<T: Serialize>(&self, line: &T) {
+        self.queue_line(|out| serde_json::to_writer(out, line), None);
     }
 
     /// Queues one decision line, with `facts` (a JSON object, already serialised when the
     /// decision was made) as its last field.
-    pub fn record_with_facts<T: Serialize>(&self, entry: &T, facts: Option<&[u8]>) {
+    pub fn record_with_facts(&self, entry: &Entry<'_>, facts: Option<&[u8]>) {
+        self.queue_line(|out| entry.write_json(out), facts);
+    }
+
+    fn queue_line(
+        &self,
+        write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
+        facts: Option<&[u8]>,
+    ) {
         let Some(queue) = &self.queue else { return };
         let Ok(mut pending) = queue.pending.lock() else {
             return;
         };
         // Written in place: the writer thread takes the lock only to swap buffers.
         let start = pending.buffer.len();
-        if !encode(&mut pending.buffer, entry, facts) {
+        if !encode(&mut pending.buffer, write, facts) {
             pending.buffer.truncate(start);
             return;
         }
@@ -247,9 +406,13 @@ impl DecisionLog {
 /// Appends one line to `out`: `entry` as a JSON object, with `facts` spliced in as its last
 /// field, and the newline. False when the entry cannot be serialised (logged); what was
 /// appended is then the caller's to take back.
-fn encode<T: Serialize>(out: &mut Vec<u8>, entry: &T, facts: Option<&[u8]>) -> bool {
+fn encode(
+    out: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
+    facts: Option<&[u8]>,
+) -> bool {
     let start = out.len();
-    if let Err(e) = serde_json::to_writer(&mut *out, entry) {
+    if let Err(e) = write(out) {
         tracing::error!(error = %e, "decision log entry not serialisable");
         return false;
     }
@@ -425,8 +588,131 @@ mod tests {
             };
             let facts = line.facts.as_ref().map(kept);
             let mut written = Vec::new();
-            assert!(encode(&mut written, &entry, facts.as_deref()));
+            assert!(encode(
+                &mut written,
+                |out| entry.write_json(out),
+                facts.as_deref()
+            ));
             assert_eq!(String::from_utf8_lossy(&written), format!("{text}\n"));
+        }
+    }
+
+    #[test]
+    fn the_word_test_finds_what_json_escapes_wherever_it_is() {
+        for b in 0..=255u8 {
+            let escaped = b < 0x20 || b == b'"' || b == b'\\';
+            for at in 0..19 {
+                let mut text = vec![b'a'; 19];
+                text[at] = b;
+                assert_eq!(needs_escape(&text), escaped, "byte {b:#04x} at {at}");
+                // Beside bytes of multi-byte characters, which must not look like escapes.
+                let mut high = vec![0xc3; 19];
+                high[at] = b;
+                assert_eq!(
+                    needs_escape(&high),
+                    escaped,
+                    "byte {b:#04x} at {at} among 0xc3"
+                );
+            }
+        }
+        assert!(!needs_escape(b""));
+        assert!(!needs_escape("ünïcode ✓ and ~ plain".as_bytes()));
+    }
+
+    /// The hand-written line is the one serde would write, field for field, whatever is set,
+    /// absent or in need of escaping.
+    #[test]
+    fn an_entry_writes_what_its_serialize_would() {
+        let reasons = [
+            Reason::new(Code::AllowedByRule, "allowed by rule 1"),
+            Reason::new(
+                Code::BodyTooLarge,
+                "a \"quoted\" \\ reason\nwith a line break \u{1}",
+            ),
+        ];
+        let groups = vec![
+            "staff".to_owned(),
+            "tab\there".to_owned(),
+            "ünïcode ✓".to_owned(),
+        ];
+        let risk = crate::posture::Assessment {
+            signals: vec!["new \"device\"".to_owned()],
+            ..crate::posture::Assessment::low()
+        };
+        let policy = crate::policy::PolicyRun {
+            name: "policies/wiki.rego".into(),
+            result: "allow",
+            elapsed: Default::default(),
+        };
+        let shadow = crate::policy::Shadow {
+            policy: "policies/next.rego".into(),
+            agrees: false,
+            decision: crate::policy::Outcome::Deny,
+            reasons: reasons.to_vec(),
+            run: None,
+        };
+        let full = Entry {
+            v: SCHEMA,
+            kind: "decision",
+            time: "2026-11-23T05:04:18.280Z".into(),
+            request_id: "a86f71e67953-00000000",
+            route: Some("wiki"),
+            host: "wiki.example.com",
+            method: "GET",
+            path: "/pages/\"on\"boarding\\",
+            user_agent: Some("Mozilla/5.0 \u{7f}\u{1f}"),
+            client: "192.0.2.10",
+            tls: Some("TLSv1.3"),
+            device: "ab12",
+            subject: "CN=laptop-42",
+            workload: Some("spiffe://example.org/ns/a/sa/b"),
+            user: Some("alice@example.com"),
+            groups: &groups,
+            decision: "allow",
+            outcome: Some("audit"),
+            reasons: &reasons,
+            codes: &reasons,
+            fault: Some("client"),
+            mode: "audit",
+            risk: Some(&risk),
+            upstream: Some("10.0.0.12:8080"),
+            endpoint: Some("10.0.0.12:8080"),
+            policy: Some(&policy),
+            shadow: Some(&shadow),
+            grant: Some("grant-1"),
+            enforcement_point: Some("gateway"),
+            status: 200,
+            latency_ms: 4.351,
+        };
+        let bare = Entry {
+            time: full.time.clone(),
+            route: None,
+            user_agent: None,
+            tls: None,
+            workload: None,
+            user: None,
+            groups: &[],
+            outcome: None,
+            reasons: &[],
+            codes: &[],
+            fault: None,
+            risk: None,
+            upstream: None,
+            endpoint: None,
+            policy: None,
+            shadow: None,
+            grant: None,
+            enforcement_point: None,
+            latency_ms: 0.0,
+            ..full
+        };
+        for entry in [&full, &bare] {
+            let mut written = Vec::new();
+            entry.write_json(&mut written).unwrap();
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                serde_json::to_string(entry).unwrap()
+            );
         }
     }
 
@@ -496,7 +782,11 @@ mod tests {
                     out
                 });
                 let mut line = Vec::new();
-                assert!(encode(&mut line, &entry, kept.as_deref()));
+                assert!(encode(
+                    &mut line,
+                    |out| entry.write_json(out),
+                    kept.as_deref()
+                ));
                 bytes += line.len();
             }
             (started.elapsed().as_nanos() as f64 / n as f64, bytes / n)

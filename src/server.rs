@@ -280,7 +280,7 @@ async fn connection(
         service_fn(move |req| -> Answering {
             let shared = shared.clone();
             let conn = conn.clone();
-            Box::pin(async move {
+            boxed_in_place(move || async move {
                 let h1 = req.version() <= http::Version::HTTP_11;
                 let connect = req.method() == http::Method::CONNECT;
                 let mut response = crate::pipeline::handle(&shared, &conn, req).await;
@@ -540,6 +540,12 @@ type Answering = Pin<
             + Send,
     >,
 >;
+
+/// The future `make` returns, built in its box rather than on the stack and then copied there
+/// (kilobytes, on every request).
+fn boxed_in_place<F: std::future::Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
 
 trait Serving: std::future::Future<Output = hyper::Result<()>> + Send {
     fn shut_down_gracefully(self: Pin<&mut Self>);

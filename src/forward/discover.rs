@@ -153,6 +153,10 @@ impl Service<Request<Body>> for EndpointService {
                 parts.authority = Some(endpoint.authority.clone());
                 *req.uri_mut() = http::Uri::from_parts(parts)?;
             }
+            if !req.headers().contains_key(http::header::HOST) {
+                let host = endpoint.host_header(req.uri().scheme());
+                req.headers_mut().insert(http::header::HOST, host);
+            }
             let series = this.series();
             if let Some(s) = series {
                 s.in_flight.inc();

@@ -6,7 +6,7 @@
 
 use crate::body::{Body, BoxError};
 use http::uri::Authority;
-use http::{Request, Response, Uri};
+use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::Client;
@@ -38,6 +38,48 @@ pub struct Settings {
     pub max_requests_per_connection: Option<u32>,
 }
 
+/// The `Host` header for an authority, written once rather than for every request: what the
+/// HTTP client would write, the host with the port unless it is the scheme's default.
+struct HostHeader {
+    port: Option<u16>,
+    /// The host and its port, if the authority names one.
+    with_port: HeaderValue,
+    /// The host alone, when the authority names a port.
+    bare: Option<HeaderValue>,
+}
+
+impl HostHeader {
+    fn new(authority: &Authority) -> Self {
+        let host = authority.host();
+        let bare = HeaderValue::from_str(host).unwrap_or_else(|_| HeaderValue::from_static(""));
+        match authority.port_u16() {
+            Some(port) => Self {
+                port: Some(port),
+                with_port: HeaderValue::from_str(&format!("{host}:{port}"))
+                    .unwrap_or_else(|_| bare.clone()),
+                bare: Some(bare),
+            },
+            None => Self {
+                port: None,
+                with_port: bare,
+                bare: None,
+            },
+        }
+    }
+
+    fn for_scheme(&self, scheme: Option<&http::uri::Scheme>) -> HeaderValue {
+        let default = if scheme == Some(&http::uri::Scheme::HTTPS) {
+            443
+        } else {
+            80
+        };
+        match &self.bare {
+            Some(bare) if self.port == Some(default) => bare.clone(),
+            _ => self.with_port.clone(),
+        }
+    }
+}
+
 /// What the outlier detector ejects for: this many consecutive connect failures or 5xx
 /// answers eject an endpoint for `base`, doubled at each ejection that follows within `max`,
 /// never longer than `max`. `failures = 0`: never ejected.
@@ -58,6 +100,7 @@ pub struct Endpoint {
     /// The authority of the URL it came from: the request's URI (and so its `Host` and TLS
     /// server name) names it; the connection goes to `addr`.
     pub authority: Authority,
+    host: HostHeader,
     client: Pool,
     /// Requests in flight, up to `max_connections`; shared by the endpoint's weight slots.
     pub slots: Arc<Semaphore>,
@@ -96,12 +139,18 @@ impl Endpoint {
         Self {
             addr,
             text: addr.to_string().into(),
+            host: HostHeader::new(&authority),
             authority,
             client,
             slots: Arc::new(Semaphore::new(slots)),
             max_requests_per_connection: settings.max_requests_per_connection,
             health: Health::default(),
         }
+    }
+
+    /// The `Host` header a request to this endpoint carries when the client's is not kept.
+    pub fn host_header(&self, scheme: Option<&http::uri::Scheme>) -> HeaderValue {
+        self.host.for_scheme(scheme)
     }
 
     /// Sends `req` on one of this endpoint's connections, retiring the connection once it
@@ -381,6 +430,29 @@ mod tests {
         base: Duration::from_secs(10),
         max: Duration::from_secs(60),
     };
+
+    #[test]
+    fn the_host_header_names_the_port_unless_it_is_the_schemes_default() {
+        use http::uri::Scheme;
+        let cases = [
+            ("app.internal", Scheme::HTTP, "app.internal"),
+            ("app.internal:80", Scheme::HTTP, "app.internal"),
+            ("app.internal:443", Scheme::HTTPS, "app.internal"),
+            ("app.internal:443", Scheme::HTTP, "app.internal:443"),
+            ("app.internal:80", Scheme::HTTPS, "app.internal:80"),
+            ("10.0.0.7:8080", Scheme::HTTP, "10.0.0.7:8080"),
+            ("[::1]:8443", Scheme::HTTPS, "[::1]:8443"),
+            ("[::1]:443", Scheme::HTTPS, "[::1]"),
+        ];
+        for (authority, scheme, host) in cases {
+            let header = HostHeader::new(&authority.parse().unwrap());
+            assert_eq!(
+                header.for_scheme(Some(&scheme)),
+                host,
+                "{authority} over {scheme}"
+            );
+        }
+    }
 
     #[test]
     fn consecutive_failures_eject_for_a_doubling_time_and_a_success_resets_the_count() {

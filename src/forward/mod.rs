@@ -247,6 +247,9 @@ fn add_forwarding_headers(
     identity: Vec<(HeaderName, HeaderValue)>,
     upgrade: Option<&HeaderValue>,
 ) {
+    // Room for what is added, at once, rather than growing the map step by step; the Host
+    // header of an upstream's own is added where the endpoint is known.
+    headers.reserve(8 + identity.len() + if upgrade.is_some() { 2 } else { 0 });
     if upstream.preserve_host {
         if let Ok(host) = HeaderValue::from_str(host) {
             headers.insert(header::HOST, host);
