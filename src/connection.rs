@@ -3,8 +3,8 @@
 //! request path records and the live verifier re-checks.
 
 use crate::framing::Findings;
-use crate::identity::Identity;
 use crate::identity::session::Session;
+use crate::identity::{Identity, Sessions};
 use crate::metrics::Metrics;
 use crate::tls::PeerCert;
 use http::HeaderValue;
@@ -106,6 +106,8 @@ pub struct Connection {
     pub(crate) verified_generation: AtomicU64,
     /// The last signed assertion (see `pipeline::assertion`).
     pub assertion: Mutex<Option<CachedAssertion>>,
+    /// The last session cookie opened on this connection (see [`Connection::opened_session`]).
+    pub opened_session: Mutex<Option<OpenedSession>>,
     /// Responses streaming and tunnels open on this connection, with what allowed them.
     pub streams: Mutex<Vec<Stream>>,
     /// The grants its requests were allowed by and the people who used it: when a grant ends
@@ -178,6 +180,40 @@ pub fn tls_version(version: Option<rustls::ProtocolVersion>) -> Option<&'static 
         ProtocolVersion::TLSv1_0 => "TLSv1.0",
         _ => "other",
     })
+}
+
+/// A session cookie opened on a connection, and what it opened to.
+pub struct OpenedSession {
+    sealed: Box<str>,
+    /// The `[session]` (its key ring) it was opened with: held weakly, so it stays the same
+    /// allocation, never a later one at the same address.
+    under: Weak<Sessions>,
+    session: Session,
+}
+
+impl Connection {
+    /// The session `sealed` opens to under `sessions`' keys, when it is the cookie this
+    /// connection last opened with the same `[session]`: a browser sends the same cookie with
+    /// every request, and opening it (base64, AES-GCM, JSON) is most of what a session costs.
+    /// The same text under the same keys opens to the same session, so nothing is taken on
+    /// trust that opening would have refused; every check of the session is made after.
+    pub fn opened_session(&self, sealed: &str, sessions: &Arc<Sessions>) -> Option<Session> {
+        let opened = self.opened_session.lock().ok()?;
+        let o = opened.as_ref()?;
+        (std::ptr::eq(o.under.as_ptr(), Arc::as_ptr(sessions)) && *o.sealed == *sealed)
+            .then(|| o.session.clone())
+    }
+
+    /// Keeps `session`, opened from `sealed` under `sessions`' keys, for the next request.
+    pub fn keep_opened_session(&self, sealed: &str, sessions: &Arc<Sessions>, session: &Session) {
+        if let Ok(mut opened) = self.opened_session.lock() {
+            *opened = Some(OpenedSession {
+                sealed: sealed.into(),
+                under: Arc::downgrade(sessions),
+                session: session.clone(),
+            });
+        }
+    }
 }
 
 impl Connection {

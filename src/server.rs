@@ -420,6 +420,7 @@ fn open(
         streams: std::sync::Mutex::new(Vec::new()),
         standing: Default::default(),
         assertion: std::sync::Mutex::new(None),
+        opened_session: std::sync::Mutex::new(None),
         registry: Arc::downgrade(&shared.live),
         metrics: shared.metrics.clone(),
         framing: Findings::new(),

@@ -418,13 +418,27 @@ async fn session_keys_rotate_without_logging_anyone_out() -> Result<()> {
         w.visit(&w.alice_laptop, "/hello", &session).await?.status,
         200
     );
-    // Old key removed: the cookie is refused and the person logs in again.
+    // A connection kept open across the next reload, that has opened the cookie already
+    // (twice: the second from what the connection kept of the first).
+    let mut kept = connect(w.running.addr, w.browser(&w.alice_laptop), "localhost").await?;
+    let ask = format!(
+        "GET /hello HTTP/1.1\r\nHost: localhost:{}\r\nAccept: text/html\r\nCookie: {session}\r\n\r\n",
+        w.port
+    );
+    for _ in 0..2 {
+        tokio::io::AsyncWriteExt::write_all(&mut kept, ask.as_bytes()).await?;
+        assert_eq!(read_reply(&mut kept).await?.status, 200);
+    }
+    // Old key removed: the cookie is refused and the person logs in again, on a new
+    // connection and on the one that opened it before.
     std::fs::write(w.pki.path("session.keys"), format!("{new}\n"))?;
     assert_eq!(admin(&w.running, "POST", "/reload").await?.status, 200);
     assert_eq!(
         w.visit(&w.alice_laptop, "/hello", &session).await?.status,
         302
     );
+    tokio::io::AsyncWriteExt::write_all(&mut kept, ask.as_bytes()).await?;
+    assert_eq!(read_reply(&mut kept).await?.status, 302);
     let _ = &w.config_text;
     Ok(())
 }

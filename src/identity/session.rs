@@ -167,6 +167,11 @@ pub fn chunks_present(headers: &HeaderMap) -> usize {
 
 /// Reads and opens the session cookie (all its chunks).
 pub fn read(headers: &HeaderMap, ring: &KeyRing) -> Result<Session, SessionRefusal> {
+    open(&sealed(headers)?, ring)
+}
+
+/// The sealed session: the session cookie's chunks, joined.
+pub fn sealed(headers: &HeaderMap) -> Result<String, SessionRefusal> {
     let mut sealed = String::new();
     for i in 0..MAX_CHUNKS {
         match cookie(headers, &chunk_name(i)) {
@@ -177,8 +182,13 @@ pub fn read(headers: &HeaderMap, ring: &KeyRing) -> Result<Session, SessionRefus
     if sealed.is_empty() {
         return Err(SessionRefusal::Absent);
     }
+    Ok(sealed)
+}
+
+/// Opens a sealed session.
+pub fn open(sealed: &str, ring: &KeyRing) -> Result<Session, SessionRefusal> {
     let plain = ring
-        .open(Purpose::Session, &sealed)
+        .open(Purpose::Session, sealed)
         .map_err(SessionRefusal::Unreadable)?;
     serde_json::from_slice(&plain).map_err(|_| SessionRefusal::Invalid)
 }

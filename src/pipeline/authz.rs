@@ -145,6 +145,7 @@ fn end_client(
         chain: asked.chain.clone(),
         verified_generation: AtomicU64::new(snapshot.generation),
         assertion: std::sync::Mutex::new(None),
+        opened_session: std::sync::Mutex::new(None),
         streams: std::sync::Mutex::new(Vec::new()),
         standing: Default::default(),
         registry: std::sync::Weak::new(),

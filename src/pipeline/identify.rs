@@ -157,7 +157,15 @@ fn read_session(
     let (Some(sessions), Some(provider)) = (&snapshot.sessions, &snapshot.oidc) else {
         return Err(SessionRefusal::Absent);
     };
-    let mut session = session::read(headers, &sessions.ring)?;
+    let sealed = session::sealed(headers)?;
+    let mut session = match conn.opened_session(&sealed, sessions) {
+        Some(session) => session,
+        None => {
+            let session = session::open(&sealed, &sessions.ring)?;
+            conn.keep_opened_session(&sealed, sessions, &session);
+            session
+        }
+    };
     let now = identity::now();
     session.check(
         &conn.peer.fingerprint_hex,
