@@ -7,6 +7,7 @@
 use super::seal::{KeyRing, OpenError, Purpose};
 use http::header::{self, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Name of the session cookie; chunks after the first get `.1`, `.2`, ...
@@ -170,19 +171,40 @@ pub fn read(headers: &HeaderMap, ring: &KeyRing) -> Result<Session, SessionRefus
     open(&sealed(headers)?, ring)
 }
 
-/// The sealed session: the session cookie's chunks, joined.
-pub fn sealed(headers: &HeaderMap) -> Result<String, SessionRefusal> {
-    let mut sealed = String::new();
-    for i in 0..MAX_CHUNKS {
-        match cookie(headers, &chunk_name(i)) {
-            Some(part) => sealed.push_str(part),
-            None => break,
+/// The sealed session: the session cookie's chunks, in order up to the first one missing,
+/// joined (the first of each name counts). Read in one pass over the cookies; a session in
+/// one chunk, the usual, is not copied.
+pub fn sealed(headers: &HeaderMap) -> Result<Cow<'_, str>, SessionRefusal> {
+    let mut parts = [None; MAX_CHUNKS];
+    for (name, value) in cookies(headers) {
+        if let Some(i) = chunk_index(name)
+            && parts[i].is_none()
+        {
+            parts[i] = Some(value);
         }
     }
+    let present = parts.iter().take_while(|p| p.is_some()).count();
+    let sealed = match &parts[..present] {
+        [Some(one)] => Cow::Borrowed(*one),
+        several => Cow::Owned(several.iter().flatten().copied().collect()),
+    };
     if sealed.is_empty() {
         return Err(SessionRefusal::Absent);
     }
     Ok(sealed)
+}
+
+/// Which chunk of the session a cookie named `name` is, as [`chunk_name`] names them.
+fn chunk_index(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix(SESSION_COOKIE)?;
+    if rest.is_empty() {
+        return Some(0);
+    }
+    let digits = rest.strip_prefix('.')?;
+    if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|i| (1..MAX_CHUNKS).contains(i))
 }
 
 /// Opens a sealed session.
@@ -285,6 +307,38 @@ pub fn strip_from_response(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sealed_session_is_its_chunks_in_order_up_to_the_first_missing() {
+        let sealed = |cookie: &str| {
+            let mut headers = HeaderMap::new();
+            for value in cookie.split('|') {
+                headers.append(header::COOKIE, HeaderValue::from_str(value).unwrap());
+            }
+            sealed(&headers).map(|s| s.into_owned())
+        };
+        let s = SESSION_COOKIE;
+        assert_eq!(sealed(&format!("a=1; {s}=one; b=2")), Ok("one".into()));
+        assert_eq!(
+            sealed(&format!("{s}.2=three; {s}=one|{s}.1=two")),
+            Ok("onetwothree".into())
+        );
+        // A gap ends the session; the first cookie of a name counts.
+        assert_eq!(sealed(&format!("{s}=one; {s}.2=three")), Ok("one".into()));
+        assert_eq!(sealed(&format!("{s}=one; {s}=other")), Ok("one".into()));
+        // Names that only look like chunks are other cookies.
+        assert_eq!(
+            sealed(&format!("{s}=one; {s}.01=x; {s}.1x=y; {s}.8=z")),
+            Ok("one".into())
+        );
+        assert_eq!(sealed(&format!("{s}x=one")), Err(SessionRefusal::Absent));
+        assert_eq!(
+            sealed(&format!("{s}=; {s}.1=")),
+            Err(SessionRefusal::Absent)
+        );
+        assert_eq!(sealed("a=1"), Err(SessionRefusal::Absent));
+        assert_eq!(chunk_index(&chunk_name(7)), Some(7));
+    }
 
     fn session(groups: usize) -> Session {
         Session {

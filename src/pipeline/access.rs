@@ -194,7 +194,7 @@ pub fn overview(record: &mut Record<'_>, host: &str, req: &Request<Incoming>) ->
     for c in cookies {
         response.headers_mut().append(header::SET_COOKIE, c);
     }
-    record.identity = Some(who);
+    record.identity = Some(std::sync::Arc::new(who));
     record.log(
         "allow",
         &[Reason::new(Code::VigilEndpoint, "vigil endpoint access")],
@@ -334,7 +334,7 @@ async fn posted(
             Refusal::Unauthorized("sign in first".into()),
         ));
     };
-    record.identity = Some(who.clone());
+    record.identity = Some(std::sync::Arc::new(who.clone()));
     let (_, body) = req.into_parts();
     let form = read_form(record, body, 8 * 1024).await?;
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&form).into_owned().collect();

@@ -30,8 +30,12 @@ pub struct Assessed {
 
 /// Assesses an identified request as the pipeline does: its identity and risk are told to
 /// the context for the decision line. Returns the moment of the decision with what it found.
-pub fn identified(cx: &mut super::Context<'_>, identity: Option<&Identity>) -> (i64, Assessed) {
+pub fn identified(
+    cx: &mut super::Context<'_>,
+    identity: Option<&std::sync::Arc<Identity>>,
+) -> (i64, Assessed) {
     cx.identity = identity.cloned();
+    let identity = identity.map(|i| &**i);
     let now = crate::identity::now();
     let route = cx.route.as_ref().map(|r| r.name.as_str());
     let mut assessed = assess(cx.shared, cx.snapshot, cx.conn, identity, route, now, true);

@@ -194,7 +194,7 @@ async fn decide_for(
         now,
         request,
         cx.conn,
-        identified.identity.as_ref(),
+        identified.identity.as_deref(),
         &assessed,
     );
     let decision = match decide::decide(cx, &route, req, &target, &facts) {
@@ -233,7 +233,7 @@ fn allowed(
         cx.snapshot,
         route,
         conn,
-        identified.identity.as_ref(),
+        identified.identity.as_deref(),
         cx.risk.as_ref(),
         assessed.device.as_ref(),
     );

@@ -27,7 +27,7 @@ pub struct Context<'a> {
     pub host: String,
     pub path: String,
     pub route: Option<Arc<Route>>,
-    pub identity: Option<Identity>,
+    pub identity: Option<std::sync::Arc<Identity>>,
     pub risk: Option<Assessment>,
     /// The client is a browser that should get HTML pages.
     pub html: bool,

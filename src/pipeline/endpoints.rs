@@ -118,7 +118,7 @@ fn whoami(record: &mut Record<'_>, req: &Request<Incoming>) -> Response<Body> {
         who
     });
     let csrf = user.as_ref().and_then(|who| logout_token(record, who));
-    record.identity = user.clone();
+    record.identity = user.clone().map(std::sync::Arc::new);
     let assessed = super::assess::assess(
         record.shared,
         record.snapshot,
@@ -256,7 +256,7 @@ async fn callback(record: &mut Record<'_>, host: &str, req: &Request<Incoming>) 
                 }
             };
             let who = Identity::from_session(&done.session, &provider.settings.mfa_amr);
-            record.identity = Some(who);
+            record.identity = Some(std::sync::Arc::new(who));
             let mut response = redirect(StatusCode::SEE_OTHER, &done.return_to);
             let headers = response.headers_mut();
             headers.append(header::SET_COOKIE, done.clear_cookie);
@@ -430,13 +430,13 @@ async fn logout(record: &mut Record<'_>, host: &str, req: Request<Incoming>) -> 
         return record.refuse(Refusal::BadRequest("not a session"), None);
     };
     if !sessions.ring.verify_tag(sid.as_bytes(), &token) {
-        record.identity = Some(who);
+        record.identity = Some(std::sync::Arc::new(who));
         return record.refuse_as(
             Code::LogoutTokenInvalid,
             Refusal::Forbidden("missing or wrong logout token".into()),
         );
     }
-    record.identity = Some(who);
+    record.identity = Some(std::sync::Arc::new(who));
     end_session(record, provider, &sessions.ring, &headers);
     let mut response = redirect(StatusCode::SEE_OTHER, &provider.logout_url(host));
     for c in session::clear(present) {

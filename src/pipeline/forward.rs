@@ -53,7 +53,7 @@ pub async fn forward(
         snapshot,
         route,
         cx.conn,
-        identified.identity.as_ref(),
+        identified.identity.as_deref(),
         cx.risk.as_ref(),
         assessed.device.as_ref(),
     ));

@@ -25,7 +25,8 @@ use std::sync::Arc;
 /// Who a request was identified as.
 #[derive(Default)]
 pub struct Identified {
-    pub identity: Option<Identity>,
+    /// Shared with the decision line (no copy of the person's claims per request).
+    pub identity: Option<Arc<Identity>>,
     /// The session the request came with, as verified now (login routes).
     pub session: Option<Session>,
     /// The bearer token's identity and the `Authorization` to send upstream, rebuilt from the
@@ -48,7 +49,7 @@ pub async fn identify(
         Login::None => Ok(Identified::default()),
         Login::Oidc => match verified_session(shared, snapshot, cx.conn, req.headers()).await {
             Ok((session, identity, cookies)) => Ok(Identified {
-                identity: Some(identity),
+                identity: Some(Arc::new(identity)),
                 session: Some(session),
                 bearer: None,
                 cookies,
@@ -73,8 +74,8 @@ pub async fn identify(
                     )
                 }),
                 None => Ok(Identified {
-                    bearer: Some((Arc::new(identity.clone()), token)),
-                    identity: Some(identity),
+                    identity: Some(Arc::new(identity.clone())),
+                    bearer: Some((Arc::new(identity), token)),
                     session: None,
                     cookies: Vec::new(),
                 }),

@@ -135,7 +135,13 @@ async fn answer(
         path: &target.path,
         headers: facts::Headers::Map(req.headers()),
     };
-    let facts = decide::facts(now, request, conn, identified.identity.as_ref(), &assessed);
+    let facts = decide::facts(
+        now,
+        request,
+        conn,
+        identified.identity.as_deref(),
+        &assessed,
+    );
     let decision = match decide::decide(&mut cx, &route, &req, &target, &facts) {
         Ok(decision) => decision,
         Err(answer) => return *answer,
