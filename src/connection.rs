@@ -189,6 +189,9 @@ pub struct OpenedSession {
     /// allocation, never a later one at the same address.
     under: Weak<Sessions>,
     session: Session,
+    /// Who it says, as `Identity::from_session` made it with `mfa_amr`.
+    identity: Arc<Identity>,
+    mfa_amr: Vec<String>,
 }
 
 impl Connection {
@@ -197,20 +200,38 @@ impl Connection {
     /// every request, and opening it (base64, AES-GCM, JSON) is most of what a session costs.
     /// The same text under the same keys opens to the same session, so nothing is taken on
     /// trust that opening would have refused; every check of the session is made after.
-    pub fn opened_session(&self, sealed: &str, sessions: &Arc<Sessions>) -> Option<Session> {
+    /// With it, who it says, as it said the last time with the same `mfa_amr`.
+    pub fn opened_session(
+        &self,
+        sealed: &str,
+        sessions: &Arc<Sessions>,
+        mfa_amr: &[String],
+    ) -> Option<(Session, Arc<Identity>)> {
         let opened = self.opened_session.lock().ok()?;
         let o = opened.as_ref()?;
-        (std::ptr::eq(o.under.as_ptr(), Arc::as_ptr(sessions)) && *o.sealed == *sealed)
-            .then(|| o.session.clone())
+        (std::ptr::eq(o.under.as_ptr(), Arc::as_ptr(sessions))
+            && *o.sealed == *sealed
+            && o.mfa_amr == mfa_amr)
+            .then(|| (o.session.clone(), o.identity.clone()))
     }
 
-    /// Keeps `session`, opened from `sealed` under `sessions`' keys, for the next request.
-    pub fn keep_opened_session(&self, sealed: &str, sessions: &Arc<Sessions>, session: &Session) {
+    /// Keeps `session`, opened from `sealed` under `sessions`' keys, and its `identity` (made
+    /// with `mfa_amr`), for the next request.
+    pub fn keep_opened_session(
+        &self,
+        sealed: &str,
+        sessions: &Arc<Sessions>,
+        session: &Session,
+        identity: &Arc<Identity>,
+        mfa_amr: &[String],
+    ) {
         if let Ok(mut opened) = self.opened_session.lock() {
             *opened = Some(OpenedSession {
                 sealed: sealed.into(),
                 under: Arc::downgrade(sessions),
                 session: session.clone(),
+                identity: identity.clone(),
+                mfa_amr: mfa_amr.to_vec(),
             });
         }
     }

@@ -49,7 +49,7 @@ pub async fn identify(
         Login::None => Ok(Identified::default()),
         Login::Oidc => match verified_session(shared, snapshot, cx.conn, req.headers()).await {
             Ok((session, identity, cookies)) => Ok(Identified {
-                identity: Some(Arc::new(identity)),
+                identity: Some(identity),
                 session: Some(session),
                 bearer: None,
                 cookies,
@@ -146,7 +146,8 @@ pub fn identify_session(
     conn: &Connection,
     headers: &http::HeaderMap,
 ) -> Result<(Identity, Vec<HeaderValue>), SessionRefusal> {
-    read_session(snapshot, conn, headers).map(|(_, identity, cookies)| (identity, cookies))
+    read_session(snapshot, conn, headers)
+        .map(|(_, identity, cookies)| (Arc::unwrap_or_clone(identity), cookies))
 }
 
 /// The open session of a request, with its identity and any cookie refresh.
@@ -154,17 +155,19 @@ fn read_session(
     snapshot: &Snapshot,
     conn: &Connection,
     headers: &http::HeaderMap,
-) -> Result<(session::Session, Identity, Vec<HeaderValue>), SessionRefusal> {
+) -> Result<(session::Session, Arc<Identity>, Vec<HeaderValue>), SessionRefusal> {
     let (Some(sessions), Some(provider)) = (&snapshot.sessions, &snapshot.oidc) else {
         return Err(SessionRefusal::Absent);
     };
+    let mfa_amr = &provider.settings.mfa_amr;
     let sealed = session::sealed(headers)?;
-    let mut session = match conn.opened_session(&sealed, sessions) {
-        Some(session) => session,
+    let (mut session, identity) = match conn.opened_session(&sealed, sessions, mfa_amr) {
+        Some(opened) => opened,
         None => {
             let session = session::open(&sealed, &sessions.ring)?;
-            conn.keep_opened_session(&sealed, sessions, &session);
-            session
+            let identity = Arc::new(Identity::from_session(&session, mfa_amr));
+            conn.keep_opened_session(&sealed, sessions, &session, &identity, mfa_amr);
+            (session, identity)
         }
     };
     let now = identity::now();
@@ -173,7 +176,6 @@ fn read_session(
         now,
         sessions.idle.as_secs() as i64,
     )?;
-    let identity = Identity::from_session(&session, &provider.settings.mfa_amr);
     let mut cookies = Vec::new();
     if now - session.last_seen >= 60 {
         session.last_seen = now;
@@ -193,7 +195,7 @@ pub async fn verified_session(
     snapshot: &Snapshot,
     conn: &Connection,
     headers: &http::HeaderMap,
-) -> Result<(session::Session, Identity, Vec<HeaderValue>), SessionRefusal> {
+) -> Result<(session::Session, Arc<Identity>, Vec<HeaderValue>), SessionRefusal> {
     let (session, identity, cookies) = read_session(snapshot, conn, headers)?;
     if let Some(why) = session_revoked(shared, &session) {
         return Err(why);
@@ -212,7 +214,7 @@ pub async fn verified_session(
             fresh.last_seen = now;
             let present = session::chunks_present(headers);
             let cookies = session::write(&fresh, &sessions.ring, now, present).unwrap_or_default();
-            let identity = Identity::from_session(&fresh, &provider.settings.mfa_amr);
+            let identity = Arc::new(Identity::from_session(&fresh, &provider.settings.mfa_amr));
             Ok((*fresh, identity, cookies))
         }
     }
