@@ -195,12 +195,12 @@ pub struct OpenedSession {
 }
 
 impl Connection {
-    /// The session `sealed` opens to under `sessions`' keys, when it is the cookie this
-    /// connection last opened with the same `[session]`: a browser sends the same cookie with
-    /// every request, and opening it (base64, AES-GCM, JSON) is most of what a session costs.
-    /// The same text under the same keys opens to the same session, so nothing is taken on
-    /// trust that opening would have refused; every check of the session is made after.
-    /// With it, who it says, as it said the last time with the same `mfa_amr`.
+    /// The session `sealed` opens to under `sessions`' keys, and who it says (made with
+    /// `mfa_amr`), when it is the cookie this connection last opened with the same `[session]`
+    /// and `mfa_amr`: a browser sends the same cookie with every request, and opening it
+    /// (base64, AES-GCM, JSON) is most of what a session costs. The same text under the same
+    /// keys opens to the same session, so nothing is taken on trust that opening would have
+    /// refused; every check of the session is made after.
     pub fn opened_session(
         &self,
         sealed: &str,

@@ -531,7 +531,6 @@ fn note_connection_error(shared: &Shared, id: u64, e: &(dyn std::error::Error + 
     tracing::debug!(conn = id, error = %e, "connection ended with an error");
 }
 
-/// A connection being served: HTTP/1.1 (with upgrades) or HTTP/2, as ALPN chose.
 /// One request's answer. Boxed: hyper keeps room for one request's future in every
 /// connection, idle or not, and the whole pipeline's state (kilobytes) is then held only while
 /// a request is in flight.
@@ -548,6 +547,7 @@ fn boxed_in_place<F: std::future::Future>(make: impl FnOnce() -> F) -> Pin<Box<F
     Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
+/// A connection being served: HTTP/1.1 (with upgrades) or HTTP/2, as ALPN chose.
 trait Serving: std::future::Future<Output = hyper::Result<()>> + Send {
     fn shut_down_gracefully(self: Pin<&mut Self>);
 }
