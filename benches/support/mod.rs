@@ -168,14 +168,22 @@ async fn admin_send(
         .with_context(|| format!("{method} http://{addr}{path}"))
 }
 
-/// Waits until the admin listener's `/readyz` answers 200 (for an `[oidc]` configuration: the
-/// provider has been discovered).
+/// Waits until the admin listener's `/readyz` answers 200 with every route ready (for an
+/// `[oidc]` configuration: the provider has been discovered; the instance alone is ready as soon
+/// as one route can serve, a certificate-only one before discovery).
 pub async fn wait_readyz(addr: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + crate::READY_TIMEOUT;
     let mut last = String::from("not asked");
+    let every_route_ready = |body: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|report| {
+            report["routes"]
+                .as_array()
+                .is_some_and(|routes| routes.iter().all(|r| r["ready"] == true))
+        })
+    };
     while Instant::now() < deadline {
         match admin_call(addr, "GET", "/readyz").await {
-            Ok((StatusCode::OK, _)) => return Ok(()),
+            Ok((StatusCode::OK, body)) if every_route_ready(&body) => return Ok(()),
             Ok((status, body)) => last = format!("{status}: {}", String::from_utf8_lossy(&body)),
             Err(e) => last = format!("{e:#}"),
         }
