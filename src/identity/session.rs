@@ -161,20 +161,12 @@ fn chunk_name(i: usize) -> String {
 
 /// How many session chunks the browser sent.
 pub fn chunks_present(headers: &HeaderMap) -> usize {
-    (0..MAX_CHUNKS)
-        .take_while(|&i| cookie(headers, &chunk_name(i)).is_some())
-        .count()
+    chunks(headers).count()
 }
 
-/// Reads and opens the session cookie (all its chunks).
-pub fn read(headers: &HeaderMap, ring: &KeyRing) -> Result<Session, SessionRefusal> {
-    open(&sealed(headers)?, ring)
-}
-
-/// The sealed session: the session cookie's chunks, in order up to the first one missing,
-/// joined (the first of each name counts). Read in one pass over the cookies; a session in
-/// one chunk, the usual, is not copied.
-pub fn sealed(headers: &HeaderMap) -> Result<Cow<'_, str>, SessionRefusal> {
+/// The session cookie's chunks the browser sent, in order up to the first one missing (the
+/// first cookie of each name counts), found in one pass over the cookies.
+fn chunks(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     let mut parts = [None; MAX_CHUNKS];
     for (name, value) in cookies(headers) {
         if let Some(i) = chunk_index(name)
@@ -183,10 +175,24 @@ pub fn sealed(headers: &HeaderMap) -> Result<Cow<'_, str>, SessionRefusal> {
             parts[i] = Some(value);
         }
     }
-    let present = parts.iter().take_while(|p| p.is_some()).count();
-    let sealed = match &parts[..present] {
-        [Some(one)] => Cow::Borrowed(*one),
-        several => Cow::Owned(several.iter().flatten().copied().collect()),
+    parts.into_iter().map_while(|p| p).fuse()
+}
+
+/// Reads and opens the session cookie (all its chunks).
+pub fn read(headers: &HeaderMap, ring: &KeyRing) -> Result<Session, SessionRefusal> {
+    open(&sealed(headers)?, ring)
+}
+
+/// The sealed session: the session cookie's [`chunks`], joined; a session in one chunk, the
+/// usual, is not copied.
+pub fn sealed(headers: &HeaderMap) -> Result<Cow<'_, str>, SessionRefusal> {
+    let mut chunks = chunks(headers);
+    let sealed = match (chunks.next(), chunks.next()) {
+        (None, _) => return Err(SessionRefusal::Absent),
+        (Some(one), None) => Cow::Borrowed(one),
+        (Some(first), Some(second)) => {
+            Cow::Owned([first, second].into_iter().chain(chunks).collect())
+        }
     };
     if sealed.is_empty() {
         return Err(SessionRefusal::Absent);
