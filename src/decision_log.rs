@@ -139,38 +139,20 @@ impl Entry<'_> {
         o.key("groups");
         o.strs(self.groups.iter().map(String::as_str));
         o.str("decision", self.decision);
-        if let Some(outcome) = self.outcome {
-            o.str("outcome", outcome);
-        }
+        o.some_str("outcome", self.outcome);
         o.key("reasons");
         o.strs(self.reasons.iter().map(|r| r.text.as_ref()));
         o.key("codes");
         o.strs(self.codes.iter().map(|r| r.code.as_str()));
-        if let Some(fault) = self.fault {
-            o.str("fault", fault);
-        }
+        o.some_str("fault", self.fault);
         o.str("mode", self.mode);
-        if let Some(risk) = self.risk {
-            o.value("risk", risk)?;
-        }
-        if let Some(upstream) = self.upstream {
-            o.str("upstream", upstream);
-        }
-        if let Some(endpoint) = self.endpoint {
-            o.str("endpoint", endpoint);
-        }
-        if let Some(policy) = self.policy {
-            o.value("policy", policy)?;
-        }
-        if let Some(shadow) = self.shadow {
-            o.value("shadow", shadow)?;
-        }
-        if let Some(grant) = self.grant {
-            o.str("grant", grant);
-        }
-        if let Some(point) = self.enforcement_point {
-            o.str("enforcement_point", point);
-        }
+        o.some_value("risk", self.risk)?;
+        o.some_str("upstream", self.upstream);
+        o.some_str("endpoint", self.endpoint);
+        o.some_value("policy", self.policy)?;
+        o.some_value("shadow", self.shadow)?;
+        o.some_str("grant", self.grant);
+        o.some_str("enforcement_point", self.enforcement_point);
         o.value("status", &self.status)?;
         o.value("latency_ms", &self.latency_ms)?;
         o.out.push(b'}');
@@ -207,6 +189,21 @@ impl Fields<'_> {
                 self.key(key);
                 self.out.extend_from_slice(b"null");
             }
+        }
+    }
+
+    /// The field when there is a value; none otherwise.
+    fn some_str(&mut self, key: &str, value: Option<&str>) {
+        if let Some(value) = value {
+            self.str(key, value);
+        }
+    }
+
+    /// The field when there is a value; none otherwise.
+    fn some_value<T: Serialize>(&mut self, key: &str, value: Option<&T>) -> serde_json::Result<()> {
+        match value {
+            Some(value) => self.value(key, value),
+            None => Ok(()),
         }
     }
 
