@@ -41,11 +41,10 @@ pub struct Settings {
 /// The `Host` header for an authority, written once rather than for every request: what the
 /// HTTP client would write, the host with the port unless it is the scheme's default.
 struct HostHeader {
-    port: Option<u16>,
     /// The host and its port, if the authority names one.
-    with_port: HeaderValue,
-    /// The host alone, when the authority names a port.
-    bare: Option<HeaderValue>,
+    named: HeaderValue,
+    /// The port the authority names, with the host alone.
+    port: Option<(u16, HeaderValue)>,
 }
 
 impl HostHeader {
@@ -54,15 +53,13 @@ impl HostHeader {
         let bare = HeaderValue::from_str(host).unwrap_or_else(|_| HeaderValue::from_static(""));
         match authority.port_u16() {
             Some(port) => Self {
-                port: Some(port),
-                with_port: HeaderValue::from_str(&format!("{host}:{port}"))
+                named: HeaderValue::from_str(&format!("{host}:{port}"))
                     .unwrap_or_else(|_| bare.clone()),
-                bare: Some(bare),
+                port: Some((port, bare)),
             },
             None => Self {
+                named: bare,
                 port: None,
-                with_port: bare,
-                bare: None,
             },
         }
     }
@@ -73,9 +70,9 @@ impl HostHeader {
         } else {
             80
         };
-        match &self.bare {
-            Some(bare) if self.port == Some(default) => bare.clone(),
-            _ => self.with_port.clone(),
+        match &self.port {
+            Some((port, bare)) if *port == default => bare.clone(),
+            _ => self.named.clone(),
         }
     }
 }
