@@ -2323,13 +2323,7 @@ impl Bench {
         }
         let mut tally = Tally::default();
         let mut open = Vec::with_capacity(n);
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok(Ok(c)) => open.push(c),
-                Ok(Err(e)) => tally.error(&e),
-                Err(e) => tally.error(&anyhow!("load task failed: {e}")),
-            }
-        }
+        gather(&mut set, &mut open, &mut tally).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         // What a connection costs with its handshake done and no request yet, then after one.
         let handshaken = read_mem(mem_pid)?;
@@ -2343,13 +2337,7 @@ impl Bench {
                 Ok::<_, anyhow::Error>(conn)
             });
         }
-        while let Some(joined) = set.join_next().await {
-            match joined {
-                Ok(Ok(c)) => open.push(c),
-                Ok(Err(e)) => tally.error(&e),
-                Err(e) => tally.error(&anyhow!("load task failed: {e}")),
-            }
-        }
+        gather(&mut set, &mut open, &mut tally).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let after = read_mem(mem_pid)?;
         let closed_early = open.iter().filter(|c| c.sender.is_closed()).count();
@@ -2370,6 +2358,17 @@ impl Bench {
             handshaken,
             after,
         })
+    }
+}
+
+/// The connections `set`'s tasks end with, into `open`; their failures into `tally`.
+async fn gather<C: 'static>(set: &mut JoinSet<Result<C>>, open: &mut Vec<C>, tally: &mut Tally) {
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(Ok(c)) => open.push(c),
+            Ok(Err(e)) => tally.error(&e),
+            Err(e) => tally.error(&anyhow!("load task failed: {e}")),
+        }
     }
 }
 
