@@ -454,7 +454,50 @@ pub fn millis(elapsed: Duration) -> f64 {
 
 /// Now, as RFC 3339 with milliseconds, UTC.
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+    rfc3339_millis(std::time::SystemTime::now())
+}
+
+/// `time` as RFC 3339 with milliseconds, UTC (`2026-12-04T23:05:09.120Z`), as
+/// `humantime::format_rfc3339_millis` writes it, written by hand: this runs on every
+/// decision line. A time before 1970 or after 9999 is written as the nearest of those.
+fn rfc3339_millis(time: std::time::SystemTime) -> String {
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .min(std::time::Duration::from_millis(253_402_300_799_999));
+    let secs = since.as_secs();
+    let (days, of_day) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    let mut out = String::with_capacity(24);
+    let mut digits = |n: u64, width: u32, after: char| {
+        for i in (0..width).rev() {
+            out.push(char::from(b'0' + (n / 10u64.pow(i) % 10) as u8));
+        }
+        out.push(after);
+    };
+    digits(year, 4, '-');
+    digits(month, 2, '-');
+    digits(day, 2, 'T');
+    digits(of_day / 3600, 2, ':');
+    digits(of_day / 60 % 60, 2, ':');
+    digits(of_day % 60, 2, '.');
+    digits(u64::from(since.subsec_millis()), 3, 'Z');
+    out
+}
+
+/// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`, for days on or after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 #[cfg(test)]
@@ -462,6 +505,32 @@ mod tests {
     use super::*;
     use crate::reason::Code;
     use std::net::IpAddr;
+
+    #[test]
+    fn timestamps_are_written_as_humantime_writes_them() {
+        use std::time::{Duration, UNIX_EPOCH};
+        // Leap days, ends of months and years, the epoch and the last second written.
+        let mut secs: Vec<u64> = vec![
+            0,
+            951_782_400,
+            951_868_799,
+            1_709_164_800,
+            4_107_542_399,
+            253_402_300_799,
+        ];
+        // And a day every 37 days and a few hours, from 1970 to past 2400.
+        secs.extend((0..4_000u64).map(|i| i * (37 * 86_400 + 12_345)));
+        for s in secs {
+            for millis in [0, 7, 999] {
+                let t = UNIX_EPOCH + Duration::from_secs(s) + Duration::from_millis(millis);
+                assert_eq!(
+                    rfc3339_millis(t),
+                    humantime::format_rfc3339_millis(t).to_string(),
+                    "{s}.{millis}"
+                );
+            }
+        }
+    }
 
     /// A decision line read back, to write it again as [`Entry`].
     #[derive(serde::Deserialize)]

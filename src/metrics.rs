@@ -41,6 +41,16 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// One route's series that every request of it touches, looked up by its first request and
+/// kept with the route: the next ones bump them without hashing labels. Series are never
+/// removed (a removed route's stay), so a kept one stays the one `/metrics` shows.
+#[derive(Debug, Default)]
+pub struct RouteSeries {
+    duration: std::sync::OnceLock<Histogram>,
+    /// `vigil_requests_total` for the answer most requests get: allowed, 200.
+    allowed_ok: std::sync::OnceLock<Counter>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct FaultLabels {
     pub route: RouteLabel,
@@ -496,6 +506,47 @@ impl Metrics {
         }
         self.alerts.precreate();
         self.detectors.precreate();
+    }
+
+    /// Counts a request of `route` (`None`: of no route, labelled `no_route`) answered
+    /// `status` after `decision`, and observes its `latency`.
+    pub fn request(
+        &self,
+        route: Option<(&Arc<str>, &RouteSeries)>,
+        no_route: &Arc<str>,
+        decision: &'static str,
+        status: u16,
+        latency: f64,
+    ) {
+        let label = || RouteLabel(route.map_or(no_route, |(label, _)| label).clone());
+        let count = || {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    route: label(),
+                    decision,
+                    status,
+                })
+                .clone()
+        };
+        let observe = || {
+            self.request_duration
+                .get_or_create(&RouteOnly { route: label() })
+                .clone()
+        };
+        match route {
+            Some((_, series)) => {
+                if decision == "allow" && status == 200 {
+                    series.allowed_ok.get_or_init(count).inc();
+                } else {
+                    count().inc();
+                }
+                series.duration.get_or_init(observe).observe(latency);
+            }
+            None => {
+                count().inc();
+                observe().observe(latency);
+            }
+        }
     }
 
     /// Counts a decision made for the enforcement point `point` (`(none)`: a caller that is

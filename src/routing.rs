@@ -31,6 +31,8 @@ pub struct Route {
     pub upgrades: Vec<String>,
     /// Just-in-time access on this route, when it offers it.
     pub grants: Option<crate::access::GrantSettings>,
+    /// The route's request series, looked up once (by its first request) and kept.
+    pub series: crate::metrics::RouteSeries,
 }
 
 impl Route {

@@ -124,6 +124,7 @@ impl Compiler<'_> {
             return None;
         }
         Some(Route {
+            series: crate::metrics::RouteSeries::default(),
             label: Arc::from(r.name.as_str()),
             name: r.name.clone(),
             host: host?,

@@ -144,11 +144,11 @@ impl Service<Request<Body>> for EndpointService {
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let this = self.clone();
-        // Taken by an endpoint: no longer waiting (see `stack::Admission`).
-        req.extensions_mut().remove::<super::endpoint::Waiting>();
         Box::pin(async move {
             let endpoint = &this.endpoint;
-            if req.uri().authority() != Some(&endpoint.authority) {
+            // Compared as written (the route's URL gives both), not case-insensitively
+            // character by character: a difference of case only rewrites it the same.
+            if req.uri().authority().map(Authority::as_str) != Some(endpoint.authority.as_str()) {
                 let mut parts = std::mem::take(req.uri_mut()).into_parts();
                 parts.authority = Some(endpoint.authority.clone());
                 *req.uri_mut() = http::Uri::from_parts(parts)?;

@@ -196,12 +196,6 @@ impl Endpoint {
     }
 }
 
-/// A request's place under its route's `max_pending` while it waits for an endpoint (see
-/// `stack::Admission`): it travels with the request, and the endpoint that takes the request
-/// gives it up.
-#[derive(Clone)]
-pub struct Waiting(pub Arc<OwnedSemaphorePermit>);
-
 /// What the checks and the outlier detector know of an endpoint. It starts healthy: traffic
 /// flows at once, and a first failing check or failure streak takes it out.
 pub struct Health {

@@ -12,6 +12,7 @@
 //! generation count closes the gap between a request's poll and its registration, so no
 //! wake-up is lost.
 
+use super::discover::{Changes, RoundRobin};
 use crate::body::{Body, BoxError};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -20,30 +21,58 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::PollSemaphore;
 use tower::Service;
-use tower::util::BoxService;
+use tower::balance::p2c::Balance;
 
-pub type Balanced = BoxService<Request<Body>, Response<Incoming>, BoxError>;
-type Answer = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+/// A route's balancer: power of two choices, or round robin.
+pub type Balanced = tower::util::Either<Balance<Changes, Request<Body>>, RoundRobin>;
+type Answer = <Balanced as Service<Request<Body>>>::Future;
 
-/// The balancer and the requests waiting for it.
-#[derive(Clone)]
+/// The balancer, the requests waiting for it, and their places (`max_pending` of them).
+///
+/// Ready while a place is free: under `LoadShed`, the one request too many is refused at once.
+/// A request's place travels with it until an endpoint takes it (or the request ends).
 pub struct Shared {
-    balancer: Arc<Mutex<Balanced>>,
+    inner: Arc<Inner>,
+    places: PollSemaphore,
+    place: Option<OwnedSemaphorePermit>,
+}
+
+struct Inner {
+    balancer: Mutex<Balanced>,
     fan_out: Arc<FanOut>,
     waker: Waker,
 }
 
-impl Shared {
-    pub fn new(balancer: Balanced) -> Self {
-        let fan_out = Arc::new(FanOut::default());
+/// A clone has a place of its own to get.
+impl Clone for Shared {
+    fn clone(&self) -> Self {
         Self {
-            balancer: Arc::new(Mutex::new(balancer)),
-            waker: Waker::from(fan_out.clone()),
-            fan_out,
+            inner: self.inner.clone(),
+            places: self.places.clone(),
+            place: None,
         }
     }
+}
 
+impl Shared {
+    pub fn new(balancer: Balanced, max_pending: usize) -> Self {
+        let fan_out = Arc::new(FanOut::default());
+        Self {
+            inner: Arc::new(Inner {
+                balancer: Mutex::new(balancer),
+                waker: Waker::from(fan_out.clone()),
+                fan_out,
+            }),
+            places: PollSemaphore::new(Arc::new(Semaphore::new(max_pending))),
+            place: None,
+        }
+    }
+}
+
+impl Inner {
     fn lock(&self) -> MutexGuard<'_, Balanced> {
         // A panic under the lock leaves the balancer as it was between two picks: usable.
         self.balancer.lock().unwrap_or_else(|e| e.into_inner())
@@ -80,20 +109,56 @@ impl Shared {
 impl Service<Request<Body>> for Shared {
     type Response = Response<Incoming>;
     type Error = BoxError;
-    type Future = Answer;
+    type Future = Dispatch;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Readiness is the balancer's, checked when the request is dispatched.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The balancer's own readiness is checked when the request is dispatched.
+        if self.place.is_none() {
+            match self.places.poll_acquire(cx) {
+                Poll::Ready(Some(place)) => self.place = Some(place),
+                // Closed: never (the semaphore is never closed).
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let shared = self.clone();
-        let mut req = Some(req);
-        Box::pin(async move {
-            let answer = std::future::poll_fn(|cx| shared.poll_dispatch(cx, &mut req)).await?;
-            answer.await
-        })
+        Dispatch {
+            inner: self.inner.clone(),
+            req: Some(req),
+            place: self.place.take(),
+            answer: None,
+        }
+    }
+}
+
+/// A request on its way to an endpoint, then its answer on the way back.
+pub struct Dispatch {
+    inner: Arc<Inner>,
+    req: Option<Request<Body>>,
+    place: Option<OwnedSemaphorePermit>,
+    answer: Option<Answer>,
+}
+
+impl Future for Dispatch {
+    type Output = Result<Response<Incoming>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if this.answer.is_none() {
+            match this.inner.poll_dispatch(cx, &mut this.req) {
+                Poll::Ready(Ok(answer)) => this.answer = Some(answer),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            // Taken by an endpoint: no longer waiting.
+            this.place = None;
+        }
+        match this.answer.as_mut() {
+            Some(answer) => Pin::new(answer).poll(cx),
+            None => Poll::Ready(Err("request dispatched twice".into())),
+        }
     }
 }
 

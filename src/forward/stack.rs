@@ -3,16 +3,15 @@
 //! - `Timeout`: the response head must come within `response_timeout` (all attempts
 //!   together), or 504.
 //! - `Retry`: another attempt only where it is safe (see [`RetryPolicy`]), within a budget.
-//! - `LoadShed` over [`Admission`]: at most `max_pending` requests wait for an endpoint to
-//!   take them; one more is refused at once (503 with `Retry-After`) without contacting any.
-//! - the balancer shared by the route's requests (`shared`).
+//! - `LoadShed` over the balancer shared by the route's requests (`shared`): at most
+//!   `max_pending` requests wait for an endpoint to take them; one more is refused at once
+//!   (503 with `Retry-After`) without contacting any.
 //! - the balancer: power of two choices on requests in flight, or round robin, over the
 //!   endpoints the route's controller says are usable (`discover`).
 //! - per endpoint, `ConcurrencyLimit` at `max_connections` and the endpoint's own pool
 //!   (`endpoint`).
 
 use super::discover::{Changes, Controller, Endpoints, Plan, RoundRobin, RouteState};
-use super::endpoint::Waiting;
 use super::shared::{Balanced, Shared};
 use crate::body::{Body, BoxError};
 use http::{Method, Request, Response};
@@ -25,7 +24,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::ServiceExt;
-use tower::balance::p2c::Balance;
 use tower::load_shed::LoadShed;
 use tower::retry::Retry;
 use tower::retry::budget::{Budget, TpsBudget};
@@ -47,7 +45,7 @@ pub struct Limits {
     pub response_timeout: Duration,
 }
 
-type Layers = Timeout<Retry<RetryPolicy, LoadShed<Admission<Shared>>>>;
+type Layers = Timeout<Retry<RetryPolicy, LoadShed<Shared>>>;
 
 /// The upstream side of one route.
 pub struct Stack {
@@ -70,7 +68,7 @@ impl Stack {
     ) -> Self {
         let (controller, changes) = Controller::new(plan, endpoints, route.clone());
         let balanced = balancer(limits.balancing, changes);
-        let shared = Shared::new(balanced);
+        let shared = Shared::new(balanced, limits.max_pending);
         // Ten seconds of history; ten retries a second whatever the traffic, and a fifth of
         // the requests beyond that.
         let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
@@ -79,15 +77,8 @@ impl Stack {
             budget: budget.clone(),
             route: route.clone(),
         };
-        let admission = Admission {
-            waiting: tokio_util::sync::PollSemaphore::new(Arc::new(tokio::sync::Semaphore::new(
-                limits.max_pending,
-            ))),
-            permit: None,
-            inner: shared,
-        };
         let service = Timeout::new(
-            Retry::new(policy, LoadShed::new(admission)),
+            Retry::new(policy, LoadShed::new(shared)),
             limits.response_timeout,
         );
         let stop = CancellationToken::new();
@@ -140,57 +131,10 @@ impl Stack {
 /// A request on its way through a stack.
 pub type Sending = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
 
-/// Counts requests waiting for an endpoint: ready while fewer than `max_pending` wait (and
-/// so, under `LoadShed`, refusing the one too many at once). The place a request holds
-/// travels with it and is given up when an endpoint takes it (or the request ends).
-struct Admission<S> {
-    waiting: tokio_util::sync::PollSemaphore,
-    permit: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
-    inner: S,
-}
-
-/// A clone has a place of its own to get.
-impl<S: Clone> Clone for Admission<S> {
-    fn clone(&self) -> Self {
-        Self {
-            waiting: self.waiting.clone(),
-            permit: None,
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<S> tower::Service<Request<Body>> for Admission<S>
-where
-    S: tower::Service<Request<Body>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.permit.is_none() {
-            match self.waiting.poll_acquire(cx) {
-                Poll::Ready(Some(permit)) => self.permit = Some(Arc::new(permit)),
-                // Closed: never (the semaphore is never closed).
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-            }
-        }
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        if let Some(permit) = self.permit.take() {
-            req.extensions_mut().insert(Waiting(permit));
-        }
-        self.inner.call(req)
-    }
-}
-
 fn balancer(balancing: Balancing, changes: Changes) -> Balanced {
     match balancing {
-        Balancing::P2c => Balanced::new(Balance::new(changes)),
-        Balancing::RoundRobin => Balanced::new(RoundRobin::new(changes)),
+        Balancing::P2c => Balanced::Left(tower::balance::p2c::Balance::new(changes)),
+        Balancing::RoundRobin => Balanced::Right(RoundRobin::new(changes)),
     }
 }
 

@@ -6,7 +6,7 @@ use crate::body::Body;
 use crate::decision_log::{self, Entry};
 use crate::error::{Fault, Refusal};
 use crate::identity::oidc::LoginError;
-use crate::metrics::{FaultLabels, RequestLabels, RouteLabel, RouteOnly};
+use crate::metrics::{FaultLabels, RouteLabel};
 use crate::policy::Decision;
 use crate::reason::{Code, Reason};
 use http::{Response, StatusCode};
@@ -156,32 +156,25 @@ impl Context<'_> {
         };
         let facts = decided.and_then(|d| d.facts.as_deref());
         self.shared.decisions.record_with_facts(&entry, facts);
-        let label = match &self.route {
-            Some(r) => RouteLabel(r.label.clone()),
-            None => RouteLabel(self.shared.no_route_label.clone()),
-        };
+        let route = self.route.as_ref();
         let metrics = &self.shared.metrics;
-        metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                route: label.clone(),
-                decision,
-                status: status.as_u16(),
-            })
-            .inc();
+        metrics.request(
+            route.map(|r| (&r.label, &r.series)),
+            &self.shared.no_route_label,
+            decision,
+            status.as_u16(),
+            latency.as_secs_f64(),
+        );
         if let Some(fault) = fault {
+            let label = route.map_or(&self.shared.no_route_label, |r| &r.label);
             metrics
                 .refusals
                 .get_or_create(&FaultLabels {
-                    route: label.clone(),
+                    route: RouteLabel(label.clone()),
                     fault: fault.as_str(),
                 })
                 .inc();
         }
-        metrics
-            .request_duration
-            .get_or_create(&RouteOnly { route: label })
-            .observe(latency.as_secs_f64());
         if let Some(point) = &self.enforcement_point {
             metrics.authz_decision(point, decision);
         }
